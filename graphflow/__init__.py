@@ -1,0 +1,25 @@
+"""graphflow: run diffusion experiments as JSON graphs of typed nodes.
+
+The public API, for embedding the executor::
+
+    import graphflow
+    wf = graphflow.load("workflows/txt2img.json")
+    ex = graphflow.Executor(cache_dir=".graphflow-cache")
+    result = ex.run(wf.with_params(seed=7))
+    image = result["image"]
+"""
+
+from graphflow.context import Cancelled, Context
+from graphflow.executor import Executor, NodeError, RunResult
+from graphflow.node import Inputs, Node, Outputs
+from graphflow.ports import ANY, OBJECT, TENSOR, Kind, kind, list_of
+from graphflow.problems import Problem, ValidationFailed
+from graphflow.registry import Registry, default_registry
+from graphflow.workflow import Workflow, load, registry
+
+__all__ = [
+    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "Inputs", "Kind", "Node", "NodeError",
+    "Outputs", "Problem", "Registry", "RunResult", "ValidationFailed", "Workflow", "default_registry", "kind",
+    "list_of", "load", "registry",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,343 @@
+"""The `graphflow` command. Exit codes: 0 success, 1 a node failed while running, 2 the workflow
+or the command line is invalid (nothing ran), 130 cancelled with Ctrl-C.
+
+Heavy imports (torch, diffusers) happen only inside node code, so `validate`, `nodes`,
+`describe`, `schema` and `graph` answer quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from graphflow.problems import Problem, ValidationFailed
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def default_cache_dir() -> str:
+    env = os.environ.get("GRAPHFLOW_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "graphflow")
+
+
+def _registry(args: argparse.Namespace):
+    from graphflow.registry import RegistryError, default_registry
+
+    try:
+        return default_registry(args.plugin or [])
+    except RegistryError as e:
+        raise ValidationFailed([Problem("bad_plugin", str(e))]) from None
+
+
+def _parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
+    """``--set k=v``: v is read as JSON (7, 7.5, true, [1,2]) unless the parameter is declared a
+    string, and falls back to the plain text (``--set prompt=a red circle``)."""
+    out, problems = {}, []
+    for pair in pairs:
+        if "=" not in pair:
+            problems.append(Problem("bad_set", f"--set takes name=value, got {pair!r}"))
+            continue
+        k, v = pair.split("=", 1)
+        p = declared.get(k)
+        if p is not None and p.type == "string":
+            out[k] = v
+            continue
+        try:
+            out[k] = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            out[k] = v
+    if problems:
+        raise ValidationFailed(problems)
+    return out
+
+
+def _load(args: argparse.Namespace):
+    from graphflow.workflow import Workflow
+
+    reg = _registry(args)
+    wf = Workflow.load(args.workflow, reg)
+    params = _parse_sets(getattr(args, "set", None) or [], wf.doc.params)
+    wf = wf.with_params(**params)
+    wf.check()
+    return wf
+
+
+def _print_problems(e: ValidationFailed, as_json: bool, source: str) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps({"ok": False, "file": source, "problems": [p.to_dict() for p in e.problems]}).decode() + "\n")
+    else:
+        sys.stderr.write(f"{source}: {e}\n")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        wf = _load(args)
+    except ValidationFailed as e:
+        _print_problems(e, args.json, args.workflow)
+        return EXIT_INVALID
+    if args.json:
+        sys.stdout.write(orjson.dumps({"ok": True, "file": args.workflow, "problems": []}).decode() + "\n")
+    else:
+        n = len(wf.doc.all_nodes())
+        print(f"{args.workflow}: ok ({n} nodes, {len(wf.doc.params)} parameters, outputs: {', '.join(wf.doc.outputs)})")
+    return EXIT_OK
+
+
+class _Progress:
+    """tqdm bars on stderr: one for the workflow's nodes, one for the current loop's steps."""
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.enabled = enabled
+        self.nodes = None
+        self.loop = None
+
+    def __call__(self, e) -> None:
+        if not self.enabled:
+            return
+        from graphflow import events as ev
+
+        if isinstance(e, ev.RunStarted):
+            self.nodes = self.tqdm(total=e.nodes, desc="nodes", unit="node", leave=False, file=sys.stderr)
+        elif isinstance(e, ev.NodeStarted) and e.iteration is None and self.nodes is not None:
+            self.nodes.set_postfix_str(e.node)
+        elif isinstance(e, ev.LoopStep):
+            if self.loop is None:
+                self.loop = self.tqdm(total=e.count, desc=f"loop {e.node}", unit="step", leave=False, file=sys.stderr)
+            self.loop.update(1) if e.index else None
+        elif isinstance(e, ev.NodeFinished) and e.iteration is None:
+            if self.loop is not None:
+                self.loop.update(self.loop.total - self.loop.n)
+                self.loop.close()
+                self.loop = None
+            if self.nodes is not None:
+                self.nodes.update(1)
+        elif isinstance(e, ev.RunFinished):
+            for bar in (self.loop, self.nodes):
+                if bar is not None:
+                    bar.close()
+
+
+def _describe_value(v: Any) -> str:
+    shape = getattr(v, "shape", None)
+    if shape is not None and hasattr(v, "dtype"):
+        return f"tensor {tuple(shape)} {str(v.dtype).replace('torch.', '')}"
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, str) for x in v):
+            return ", ".join(v)
+        return f"list of {len(v)}" + (f" ({_describe_value(v[0])})" if v else "")
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_describe_value(x)}" for k, x in v.items()) + "}"
+    text = repr(v) if not isinstance(v, str) else v
+    return text if len(text) < 100 else text[:97] + "..."
+
+
+def _profile_table(result) -> str:
+    rows = sorted(result.stats.items(), key=lambda kv: -kv[1].seconds)
+    width = max([len(n) for n, _ in rows] + [4])
+    twidth = max([len(s.type) for _, s in rows] + [4])
+    lines = [f"{'node':<{width}}  {'type':<{twidth}}  {'runs':>5}  {'hits':>5}  {'seconds':>8}  status"]
+    for name, s in rows:
+        lines.append(f"{name:<{width}}  {s.type:<{twidth}}  {s.runs:>5}  {s.hits:>5}  {s.seconds:>8.3f}  {s.status}")
+    lines.append(f"run wall time {result.seconds:.3f} s")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        wf = _load(args)
+    except ValidationFailed as e:
+        _print_problems(e, False, args.workflow)
+        return EXIT_INVALID
+    from graphflow.executor import Executor
+
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    ex = Executor(device=args.device, dtype=args.dtype, out_dir=args.out, cache_dir=cache_dir)
+    progress = _Progress(not args.quiet and sys.stderr.isatty() or args.progress)
+    ex.subscribe(progress)
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly at the next node or loop step
+        sys.stderr.write("\ncancelling after the current step (Ctrl-C again to abort)\n")
+        ex.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = ex.run(wf)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if args.profile:
+        print(_profile_table(result), file=sys.stderr)
+    for name, value in result.outputs.items():
+        print(f"{name}: {_describe_value(value)}")
+    for err in result.errors:
+        print(f"error: {err}", file=sys.stderr)
+    for name, why in result.missing.items():
+        print(f"output '{name}' not produced: {why}", file=sys.stderr)
+    if ex.disk is not None:
+        for msg in ex.disk.errors:
+            print(f"cache: recomputed a damaged entry ({msg})", file=sys.stderr)
+    if result.cancelled:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    if args.json:
+        data = [{"type": n.type_name, "category": n.category, "version": n.version, "doc": n.doc().split("\n")[0]} for n in reg]
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    current = None
+    for n in reg:
+        if n.category != current:
+            current = n.category
+            print(f"\n{current}:" if current else "")
+        print(f"  {n.type_name:<24} {n.doc().split(chr(10))[0]}")
+    return EXIT_OK
+
+
+def _port_line(p, inputs: bool) -> str:
+    bits = [f"{p.name}: {p.kind}"]
+    if inputs:
+        if p.required:
+            bits.append("required")
+        else:
+            bits.append(f"default {p.default!r}")
+        if p.choices:
+            bits.append("one of " + ", ".join(repr(c) for c in p.choices))
+        for m in p.metadata:
+            for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if getattr(m, attr, None) is not None:
+                    bits.append(f"{sym} {getattr(m, attr)}")
+        if not p.kind.literal:
+            bits.append("link only")
+    head = "  " + ", ".join(bits)
+    return head + (f"\n      {p.description}" if p.description else "")
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    n = reg.get(args.node)
+    if n is None:
+        near = [t for t in reg.names() if args.node.lower() in t.lower()]
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        print(f"unknown node type '{args.node}'{hint}", file=sys.stderr)
+        return EXIT_INVALID
+    flags = [] if n.pure else ["side effects: always runs, never cached"]
+    print(f"{n.type_name} (version {n.version}, category {n.category}{', ' + flags[0] if flags else ''})")
+    print(textwrap.indent(n.doc(), "  "))
+    print("inputs:")
+    for p in n.inputs.values():
+        print(_port_line(p, True))
+    print("outputs:")
+    for p in n.outputs.values():
+        print(_port_line(p, False))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from graphflow.schema import workflow_schema
+
+    data = orjson.dumps(workflow_schema(_registry(args)), option=orjson.OPT_INDENT_2)
+    if args.output:
+        Path(args.output).write_bytes(data + b"\n")
+    else:
+        sys.stdout.write(data.decode() + "\n")
+    return EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from graphflow.document import load_json_file, read_document
+    from graphflow.render import dot, mermaid
+
+    doc, problems = read_document(load_json_file(args.workflow), args.workflow)
+    if doc is None:
+        raise ValidationFailed(problems)
+    sys.stdout.write(mermaid(doc) if args.format == "mermaid" else dot(doc))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphflow", description="Run diffusion workflows written as JSON graphs of typed nodes.")
+    p.add_argument("--version", action="version", version="graphflow 0.1.0")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--plugin", action="append", metavar="MODULE", help="extra node module (dotted path or .py file); repeatable")
+
+    r = sub.add_parser("run", help="validate, then run a workflow", description="Validate, then run a workflow.")
+    r.add_argument("workflow", help="workflow JSON file")
+    r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a workflow parameter; repeatable")
+    r.add_argument("--out", default="out", help="folder for files the workflow writes (default: out)")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where models run (default: cpu)")
+    r.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
+    r.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
+    r.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
+    r.add_argument("--profile", action="store_true", help="print a per-node table of time and cache hits")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check a workflow without running it", description="Check a workflow without running anything.")
+    v.add_argument("workflow")
+    v.add_argument("--set", action="append", metavar="NAME=VALUE", help="check with this parameter value")
+    v.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    common(v)
+    v.set_defaults(func=cmd_validate)
+
+    n = sub.add_parser("nodes", help="list the node types, grouped by category")
+    n.add_argument("--json", action="store_true")
+    common(n)
+    n.set_defaults(func=cmd_nodes)
+
+    d = sub.add_parser("describe", help="a node type's inputs, outputs, types, defaults and docs")
+    d.add_argument("node")
+    common(d)
+    d.set_defaults(func=cmd_describe)
+
+    s = sub.add_parser("schema", help="JSON Schema of the workflow format, for editors")
+    s.add_argument("-o", "--output", help="write to this file instead of stdout")
+    common(s)
+    s.set_defaults(func=cmd_schema)
+
+    g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text")
+    g.add_argument("workflow")
+    g.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    g.set_defaults(func=cmd_graph)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValidationFailed as e:
+        _print_problems(e, getattr(args, "json", False), getattr(args, "workflow", "graphflow"))
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as e:  # never a raw traceback for a user; GRAPHFLOW_DEBUG=1 shows it
+        if os.environ.get("GRAPHFLOW_DEBUG"):
+            raise
+        print(f"graphflow: internal error: {type(e).__name__}: {e} (set GRAPHFLOW_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""How a node type is declared: one pydantic ``In`` model, one ``Out`` model and a ``run`` method.
+
+The two models are the single source of truth: the validator, ``describe``, the JSON Schema and
+the cache key are all read from them, so a node author never repeats a port's type or range.
+Node modules must not import torch at module level: ``graphflow validate`` imports every node
+type and must stay fast.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic_core import PydanticUndefined
+
+from graphflow.ports import Kind, choices_of_annotation, kind_of_annotation
+
+if TYPE_CHECKING:
+    from graphflow.context import Context
+
+TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+class Inputs(BaseModel):
+    """Base of a node's input model. Arbitrary types are allowed so tensor and model ports can be
+    annotated ``Annotated[Any, SOME_KIND]``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
+
+
+class Outputs(BaseModel):
+    """Base of a node's output model."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    kind: Kind
+    description: str
+    required: bool = True
+    default: Any = None
+    choices: tuple | None = None
+    annotation: Any = None
+    metadata: tuple = ()
+
+    @cached_property
+    def adapter(self) -> TypeAdapter:
+        """Validates a literal (or a linked scalar at run time) against the field's type and range."""
+        from typing import Annotated
+
+        ann = Annotated[(self.annotation, *self.metadata)] if self.metadata else self.annotation
+        return TypeAdapter(ann)
+
+    @property
+    def validates_values(self) -> bool:
+        """Ports of literal kinds are checked value by value; opaque kinds (tensors, models) are not."""
+        return self.kind.literal and self.kind.name != "any"
+
+
+def _ports(model: type[BaseModel], *, outputs: bool) -> dict[str, Port]:
+    ports = {}
+    for name, f in model.model_fields.items():
+        required = f.is_required()
+        default = None if required else (f.default if f.default is not PydanticUndefined else None)
+        ports[name] = Port(
+            name=name,
+            kind=kind_of_annotation(f.annotation if not f.metadata else _annotated(f)),
+            description=f.description or "",
+            required=required and not outputs,
+            default=default,
+            choices=choices_of_annotation(f.annotation),
+            annotation=f.annotation,
+            metadata=tuple(f.metadata),
+        )
+    return ports
+
+
+def _annotated(f) -> Any:
+    from typing import Annotated
+
+    return Annotated[(f.annotation, *f.metadata)]
+
+
+class Node:
+    """Base class of every node type.
+
+    Declare with class keywords::
+
+        class Add(Node, name="Add", version=1, category="math"):
+            class In(Inputs):
+                a: float = Field(0.0, description="first term")
+            class Out(Outputs):
+                sum: float = Field(description="a + b")
+            def run(self, i, ctx):
+                return {"sum": i.a + i.b}
+
+    ``pure=False`` marks a node with side effects (saving a file): it always runs and is never
+    cached. ``disk_cache=False`` keeps a pure node's outputs out of the on-disk cache (cheap or
+    huge values). ``version`` is part of every cache key: bump it when the outputs change.
+    """
+
+    type_name: ClassVar[str]
+    version: ClassVar[int]
+    category: ClassVar[str]
+    pure: ClassVar[bool]
+    disk_cache: ClassVar[bool]
+    In: ClassVar[type[Inputs]]
+    Out: ClassVar[type[Outputs]]
+    inputs: ClassVar[dict[str, Port]]
+    outputs: ClassVar[dict[str, Port]]
+
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        version: int = 1,
+        category: str = "misc",
+        pure: bool = True,
+        disk_cache: bool = True,
+        abstract: bool = False,
+        **kw: Any,
+    ) -> None:
+        super().__init_subclass__(**kw)
+        if abstract:
+            return
+        type_name = name or cls.__name__
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        if not TYPE_NAME.match(type_name) or type_name == "Loop":
+            raise TypeError(f"{where}: invalid node type name {type_name!r}")
+        if not isinstance(version, int) or version < 1:
+            raise TypeError(f"{where}: version must be a positive int, got {version!r}")
+        for attr, base in (("In", Inputs), ("Out", Outputs)):
+            model = cls.__dict__.get(attr) or getattr(cls, attr, None)
+            if not (isinstance(model, type) and issubclass(model, base)):
+                raise TypeError(f"{where}: must define `class {attr}({base.__name__})`")
+        if "run" not in cls.__dict__ and getattr(cls, "run", None) is Node.run:
+            raise TypeError(f"{where}: must define run(self, inputs, ctx)")
+        cls.type_name = type_name
+        cls.version = version
+        cls.category = category
+        cls.pure = pure
+        cls.disk_cache = disk_cache and pure
+        cls.inputs = _ports(cls.In, outputs=False)
+        cls.outputs = _ports(cls.Out, outputs=True)
+        if not cls.outputs:
+            raise TypeError(f"{where}: a node needs at least one output")
+
+    @classmethod
+    def doc(cls) -> str:
+        return (cls.__doc__ or "").strip()
+
+    def run(self, inputs: Any, ctx: Context) -> dict[str, Any] | Outputs:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,112 @@
+"""The set of node types a workflow may use. An explicit object rather than a global: tests and
+embedding tools build their own, and a duplicate type name is refused instead of silently
+overriding an earlier one."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from types import ModuleType
+
+from graphflow.node import Node
+
+ENTRY_POINT_GROUP = "graphflow.nodes"
+
+
+class RegistryError(Exception):
+    pass
+
+
+class Registry:
+    def __init__(self, nodes: Iterable[type[Node]] = ()) -> None:
+        self._types: dict[str, type[Node]] = {}
+        self.sources: dict[str, str] = {}
+        for n in nodes:
+            self.register(n)
+
+    def register(self, node: type[Node], source: str = "") -> type[Node]:
+        """Add one node type; usable as a class decorator."""
+        if not (isinstance(node, type) and issubclass(node, Node) and hasattr(node, "type_name")):
+            raise RegistryError(f"{node!r} is not a node type")
+        name = node.type_name
+        existing = self._types.get(name)
+        if existing is not None and existing is not node:
+            raise RegistryError(
+                f"node type {name!r} from {source or node.__module__} is already registered "
+                f"by {self.sources.get(name) or existing.__module__}"
+            )
+        self._types[name] = node
+        self.sources[name] = source or node.__module__
+        return node
+
+    def register_module(self, module: ModuleType | str, source: str = "") -> list[type[Node]]:
+        """Register every node type a module (or package) exposes at its top level."""
+        if isinstance(module, str):
+            module = importlib.import_module(module)
+        found = [
+            obj
+            for obj in vars(module).values()
+            if inspect.isclass(obj) and issubclass(obj, Node) and "type_name" in obj.__dict__
+        ]
+        for n in sorted(found, key=lambda n: n.type_name):
+            self.register(n, source or module.__name__)
+        return found
+
+    def load_plugin(self, spec: str) -> list[type[Node]]:
+        """``--plugin`` accepts a module path (``my_pack.nodes``) or a file path (``./my_nodes.py``)."""
+        if spec.endswith(".py"):
+            import importlib.util
+            from pathlib import Path
+
+            path = Path(spec).resolve()
+            if not path.is_file():
+                raise RegistryError(f"plugin file not found: {spec}")
+            mod_name = f"graphflow_plugin_{path.stem}"
+            s = importlib.util.spec_from_file_location(mod_name, path)
+            assert s and s.loader
+            module = importlib.util.module_from_spec(s)
+            s.loader.exec_module(module)
+            return self.register_module(module, str(path))
+        try:
+            return self.register_module(spec)
+        except ImportError as e:
+            raise RegistryError(f"cannot import plugin {spec!r}: {e}") from e
+
+    def load_entry_points(self) -> None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            obj = ep.load()
+            if isinstance(obj, ModuleType):
+                self.register_module(obj, f"entry point {ep.name}")
+            elif callable(obj) and not isinstance(obj, type):
+                obj(self)
+            else:
+                self.register(obj, f"entry point {ep.name}")
+
+    def get(self, name: str) -> type[Node] | None:
+        return self._types.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._types
+
+    def __iter__(self):
+        return iter(sorted(self._types.values(), key=lambda n: (n.category, n.type_name)))
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+
+def default_registry(plugins: Iterable[str] = ()) -> Registry:
+    """The engine's built-in nodes, every installed node pack, and any ``--plugin`` modules."""
+    from graphflow import builtin_nodes
+
+    reg = Registry()
+    reg.register_module(builtin_nodes, "graphflow (built-in)")
+    reg.load_entry_points()
+    for p in plugins:
+        reg.load_plugin(p)
+    return reg

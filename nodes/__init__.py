@@ -1,0 +1,1 @@
+"""graphflow's Stable Diffusion node library (installed as ``graphflow_nodes``)."""
