@@ -18,8 +18,9 @@ types exist and links fit is the validator's job, which has the registry.
       "outputs": {"total": "loop.acc"}
     }
 
-An input value is a link ``{"from": "node.port"}``, a parameter ``{"param": "name"}``, an escaped
-literal ``{"literal": ...}``, or any other JSON value taken literally.
+An input value is a link ``{"from": "node.port"}``, a list of links (gathered into one list), a
+parameter ``{"param": "name"}``, an escaped literal ``{"literal": ...}``, or any other JSON value
+taken literally.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class Link:
 
 
 @dataclass(frozen=True)
+class LinkList:
+    """Several links gathered into one list input (fan-in): ``[{"from": "a.image"}, {"from": "b.image"}]``."""
+
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
 class ParamRef:
     name: str
 
@@ -59,7 +67,7 @@ class Lit:
     value: Any
 
 
-Ref = Link | ParamRef | Lit
+Ref = Link | LinkList | ParamRef | Lit
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,10 @@ def _pydantic_problems(e: ValidationError, node: str | None, prefix: str = "") -
 
 def parse_ref(value: Any) -> Ref | str:
     """Classify one input value; returns an error message (str) for a malformed link."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and set(v) == {"from"} for v in value):
+        links = [parse_ref(v) for v in value]
+        bad = next((x for x in links if isinstance(x, str)), None)
+        return bad if bad is not None else LinkList(tuple(links))
     if not isinstance(value, dict):
         return Lit(value)
     if isinstance(value, dict) and len(value) == 1:

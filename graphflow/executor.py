@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from graphflow import events as ev
 from graphflow.cache import DiskCache, MemoryCache
 from graphflow.context import Cancelled, Context
-from graphflow.document import Link, Lit, LoopDef, NodeDef, ParamRef, Ref
+from graphflow.document import Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
 from graphflow.node import Node, Outputs
 from graphflow.validate import Checked
 
@@ -131,16 +131,23 @@ class _Run:
 
     @staticmethod
     def _refs_of(d: NodeDef | LoopDef) -> list[Ref]:
+        """Every reference a node (or a loop with its body) makes, list inputs flattened."""
         if isinstance(d, NodeDef):
-            return [*d.inputs.values(), *d.otherwise.values()]
-        refs = [d.over, *d.carry.values(), *d.next.values(), *d.collect.values()]
-        for b in d.body.values():
-            refs += [*b.inputs.values(), *b.otherwise.values()]
-        return refs
+            refs = [*d.inputs.values(), *d.otherwise.values()]
+        else:
+            refs = [d.over, *d.carry.values(), *d.next.values(), *d.collect.values()]
+            for b in d.body.values():
+                refs += [*b.inputs.values(), *b.otherwise.values()]
+        flat: list[Ref] = []
+        for r in refs:
+            flat.extend(r.links if isinstance(r, LinkList) else (r,))
+        return flat
 
     # --- fingerprints -----------------------------------------------------------------------
 
     def ref_key(self, ref: Ref, nid: str, name: str, inner: set[str] = frozenset()) -> Any:
+        if isinstance(ref, LinkList):
+            return [self.ref_key(link, nid, name, inner) for link in ref.links]
         if isinstance(ref, Link):
             if ref.node in inner:
                 return ["inner", ref.node, ref.port]
@@ -188,6 +195,8 @@ class _Run:
     # --- values -----------------------------------------------------------------------------
 
     def resolve(self, ref: Ref, nid: str, name: str, scope: dict[str, dict[str, Any]]) -> Any:
+        if isinstance(ref, LinkList):
+            return [self.resolve(link, nid, name, scope) for link in ref.links]
         if isinstance(ref, Link):
             src = scope.get(ref.node)
             if src is None:
@@ -202,7 +211,7 @@ class _Run:
         kwargs = {}
         for name, ref in d.inputs.items():
             v = self.resolve(ref, d.id, name, scope)
-            if isinstance(ref, Link):
+            if isinstance(ref, (Link, LinkList)):
                 port = cls.inputs[name]
                 if port.validates_values:
                     try:

@@ -3,7 +3,7 @@ with loops drawn as boxes around their bodies."""
 
 from __future__ import annotations
 
-from graphflow.document import Document, Link, LoopDef, NodeDef
+from graphflow.document import Document, Link, LinkList, LoopDef, NodeDef
 
 
 def _edges(doc: Document) -> list[tuple[str, str, str]]:
@@ -11,7 +11,10 @@ def _edges(doc: Document) -> list[tuple[str, str, str]]:
     out = []
 
     def add(ref, target: str, label: str) -> None:
-        if isinstance(ref, Link):
+        if isinstance(ref, LinkList):
+            for link in ref.links:
+                add(link, target, label)
+        elif isinstance(ref, Link):
             out.append((ref.node, target, f"{ref.port}→{label}"))
 
     for nid, n in doc.nodes.items():

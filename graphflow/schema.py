@@ -37,6 +37,8 @@ NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 def _input_schema(node: type[Node], name: str, defs: dict[str, Any]) -> dict[str, Any]:
     port = node.inputs[name]
     options: list[dict[str, Any]] = [{"$ref": "#/$defs/link"}]
+    if port.kind.name == "list":
+        options.append({"type": "array", "items": {"$ref": "#/$defs/link"}, "description": "links gathered into a list"})
     if port.kind.literal:
         options.append({"$ref": "#/$defs/param"})
         lit = node.In.model_json_schema(ref_template="#/$defs/{model}")

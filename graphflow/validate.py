@@ -12,7 +12,7 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from graphflow.document import LOOP_VARIABLES, Document, Link, Lit, LoopDef, NodeDef, ParamRef, Ref
+from graphflow.document import LOOP_VARIABLES, Document, Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
 from graphflow.node import Node, Port
 from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
@@ -197,6 +197,15 @@ class _Checker:
                 k = self.ref_kind(ref, n.loop, n.id, fld)
                 if k is not None and not compatible(k, port.kind):
                     self.add("type_mismatch", f"'{ref}' is a {k}, but input '{name}' takes a {port.kind}", n.id, fld)
+            elif isinstance(ref, LinkList):
+                if port.kind.name not in ("list", "any"):
+                    self.add("type_mismatch", f"a list of links was given, but input '{name}' takes one {port.kind}", n.id, fld)
+                    continue
+                item = port.kind.item or ANY
+                for j, link in enumerate(ref.links):
+                    k = self.ref_kind(link, n.loop, n.id, f"{fld}[{j}]")
+                    if k is not None and not compatible(k, item):
+                        self.add("type_mismatch", f"'{link}' is a {k}, but the items of input '{name}' are {item}", n.id, f"{fld}[{j}]")
             else:
                 if isinstance(ref, ParamRef):
                     self.ref_kind(ref, n.loop, n.id, fld)
@@ -240,8 +249,9 @@ class _Checker:
                 if m.when == n.when:
                     continue
                 for name, ref in [*m.inputs.items(), *m.otherwise.items()]:
-                    if isinstance(ref, Link) and ref.node == n.id:
-                        readers.append((ref.port, m.id, name))
+                    for link in ref.links if isinstance(ref, LinkList) else [ref]:
+                        if isinstance(link, Link) and link.node == n.id:
+                            readers.append((link.port, m.id, name))
             for name, ref in loop.next.items():
                 if isinstance(ref, Link) and ref.node == n.id:
                     readers.append((ref.port, loop.id, f"next.{name}"))
@@ -257,6 +267,15 @@ class _Checker:
         top.add_nodes_from(self.doc.nodes)
         bodies: dict[str, nx.DiGraph] = {}
 
+        def links(refs) -> list[Link]:
+            out = []
+            for r in refs:
+                if isinstance(r, Link):
+                    out.append(r)
+                elif isinstance(r, LinkList):
+                    out.extend(r.links)
+            return out
+
         def top_of(nid: str) -> str | None:
             t = self.all.get(nid)
             if t is None:
@@ -265,8 +284,8 @@ class _Checker:
 
         for nid, n in self.doc.nodes.items():
             if isinstance(n, NodeDef):
-                for ref in n.inputs.values():
-                    if isinstance(ref, Link) and top_of(ref.node):
+                for ref in links(n.inputs.values()):
+                    if top_of(ref.node):
                         top.add_edge(top_of(ref.node), nid)
                 continue
             body = bodies[nid] = nx.DiGraph()
@@ -274,11 +293,11 @@ class _Checker:
             refs = [n.over, *n.carry.values(), *n.next.values(), *n.collect.values()]
             for b in n.body.values():
                 refs += [*b.inputs.values(), *b.otherwise.values()]
-                for ref in [*b.inputs.values(), *b.otherwise.values()]:
-                    if isinstance(ref, Link) and ref.node in n.body:
+                for ref in links([*b.inputs.values(), *b.otherwise.values()]):
+                    if ref.node in n.body:
                         body.add_edge(ref.node, b.id)
-            for ref in refs:
-                if isinstance(ref, Link) and ref.node != nid and ref.node not in n.body and top_of(ref.node):
+            for ref in links(refs):
+                if ref.node != nid and ref.node not in n.body and top_of(ref.node):
                     top.add_edge(top_of(ref.node), nid)
         order: list[str] = []
         for where, g in [(None, top), *bodies.items()]:
