@@ -198,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     reg = _registry(args)
     if args.json:
-        data = [{"type": n.type_name, "category": n.category, "version": n.version, "doc": n.doc().split("\n")[0]} for n in reg]
+        data = [{"type": n.type_name, "category": n.category, "version": n.version, "doc": n.summary()} for n in reg]
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
     current = None
@@ -206,7 +206,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         if n.category != current:
             current = n.category
             print(f"\n{current}:" if current else "")
-        print(f"  {n.type_name:<24} {n.doc().split(chr(10))[0]}")
+        print(f"  {n.type_name:<22} {n.summary()}")
     return EXIT_OK
 
 
@@ -332,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:  # `graphflow nodes | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:  # never a raw traceback for a user; GRAPHFLOW_DEBUG=1 shows it
         if os.environ.get("GRAPHFLOW_DEBUG"):
             raise

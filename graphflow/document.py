@@ -37,8 +37,6 @@ from graphflow.problems import Problem, ValidationFailed
 
 FORMAT_VERSION = 1
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-#: names a loop provides to its body besides its carried values
-LOOP_VARIABLES = ("item", "index", "count")
 
 
 @dataclass(frozen=True)
@@ -101,6 +99,12 @@ class LoopDef:
     collect: dict[str, Ref]
     title: str | None = None
     type: str = "Loop"
+    #: the name under which the body sees the current element ("item" unless renamed)
+    item: str = "item"
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return (self.item, "index", "count")
 
 
 @dataclass
@@ -156,6 +160,7 @@ class _LoopModel(BaseModel):
     model_config = _Strict
     type: Literal["Loop"]
     over: Any = Field(description="the sequence to iterate: a link to a list or tensor")
+    item: str = Field("item", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the name of the current element inside the body")
     carry: dict[str, Any] = Field(default_factory=dict, description="loop-carried values and their initial values")
     body: dict[str, dict[str, Any]] = Field(description="the nodes run once per iteration")
     next: dict[str, Any] = Field(default_factory=dict, description="each carried value's value for the next iteration")
@@ -296,8 +301,11 @@ class _Reader:
             n = self.plain_node(bid, bbody, nid)
             if n:
                 inner[bid] = n
+        variables = (m.item, "index", "count")
+        if m.item in ("index", "count"):
+            self.problems.append(Problem("bad_loop", f"'item' cannot be renamed to '{m.item}'", node=nid, field="item"))
         for name in m.carry:
-            if name in LOOP_VARIABLES:
+            if name in variables:
                 self.problems.append(
                     Problem("bad_loop", f"'{name}' is a loop variable and cannot be a carried value name", node=nid, field=f"carry.{name}")
                 )
@@ -308,12 +316,13 @@ class _Reader:
             if name not in m.next:
                 self.problems.append(Problem("bad_loop", f"carried value '{name}' has no 'next' value", node=nid, field=f"carry.{name}"))
         for name in m.collect:
-            if name in m.carry or name in LOOP_VARIABLES:
+            if name in m.carry or name in variables:
                 self.problems.append(
                     Problem("bad_loop", f"collected output '{name}' clashes with a carried value or loop variable", node=nid, field=f"collect.{name}")
                 )
         return LoopDef(
-            nid, over, self.refs(m.carry, nid, "carry"), inner, self.refs(m.next, nid, "next"), self.refs(m.collect, nid, "collect"), m.title
+            nid, over, self.refs(m.carry, nid, "carry"), inner, self.refs(m.next, nid, "next"), self.refs(m.collect, nid, "collect"),
+            m.title, item=m.item,
         )
 
     def read(self) -> Document | None:

@@ -159,7 +159,18 @@ class _Run:
 
     def node_key(self, d: NodeDef, inner: set[str] = frozenset()) -> list:
         cls = self.wf.types[d.id]
+        extra = None
+        if cls.has_identity:
+            lits = {k: self.wf.literals[(d.id, k)] for k in d.inputs if (d.id, k) in self.wf.literals}
+            for k, port in cls.inputs.items():
+                if k not in d.inputs and not port.required:
+                    lits[k] = port.default
+            try:
+                extra = cls.identity(lits)
+            except Exception as e:  # an unreadable file: let the node itself report it when it runs
+                extra = f"identity failed: {e}"
         return [
+            extra,
             cls.type_name,
             cls.version,
             {k: self.ref_key(r, d.id, k, inner) for k, r in d.inputs.items()},
@@ -177,6 +188,7 @@ class _Run:
             fp = _fingerprint([
                 self.salt,
                 "Loop",
+                d.item,
                 self.ref_key(d.over, d.id, "over"),
                 {k: self.ref_key(r, d.id, f"carry.{k}") for k, r in d.carry.items()},
                 {bid: self.node_key(b, inner) for bid, b in d.body.items()},
@@ -327,7 +339,7 @@ class _Run:
                 raise Cancelled()
             if listen:
                 self.emit(ev.LoopStep(loop.id, i, count))
-            scope[loop.id] = {"item": item, "index": i, "count": count, **carry}
+            scope[loop.id] = {loop.item: item, "index": i, "count": count, **carry}
             for b in per_step:
                 bd = loop.body[b]
                 if bd.when and not bd.when.active(i):

@@ -109,6 +109,7 @@ class Node:
     category: ClassVar[str]
     pure: ClassVar[bool]
     disk_cache: ClassVar[bool]
+    has_identity: ClassVar[bool]
     In: ClassVar[type[Inputs]]
     Out: ClassVar[type[Outputs]]
     inputs: ClassVar[dict[str, Port]]
@@ -145,14 +146,29 @@ class Node:
         cls.category = category
         cls.pure = pure
         cls.disk_cache = disk_cache and pure
+        cls.has_identity = cls.identity.__func__ is not Node.identity.__func__
         cls.inputs = _ports(cls.In, outputs=False)
         cls.outputs = _ports(cls.Out, outputs=True)
         if not cls.outputs:
             raise TypeError(f"{where}: a node needs at least one output")
 
     @classmethod
+    def identity(cls, literals: dict[str, Any]) -> Any:
+        """What besides the inputs decides this node's outputs, for its cache key: a loader returns
+        the size and modification time of the files it reads, so an edited file is read again.
+        Receives the literal inputs; None means nothing else matters."""
+        return None
+
+    @classmethod
     def doc(cls) -> str:
         return (cls.__doc__ or "").strip()
+
+    @classmethod
+    def summary(cls) -> str:
+        """The docstring's first sentence, for listings."""
+        para = " ".join(cls.doc().split("\n\n")[0].split())
+        end = para.find(". ")
+        return para if end < 0 else para[: end + 1]
 
     def run(self, inputs: Any, ctx: Context) -> dict[str, Any] | Outputs:  # pragma: no cover
         raise NotImplementedError

@@ -51,7 +51,7 @@ def _input_schema(node: type[Node], name: str, defs: dict[str, Any]) -> dict[str
 
 def _node_schema(node: type[Node], defs: dict[str, Any], in_loop: bool) -> dict[str, Any]:
     props: dict[str, Any] = {
-        "type": {"const": node.type_name, "description": node.doc().split("\n")[0]},
+        "type": {"const": node.type_name, "description": node.summary()},
         "inputs": {
             "type": "object",
             "properties": {n: _input_schema(node, n, defs) for n in node.inputs},
@@ -77,6 +77,7 @@ def workflow_schema(registry: Registry) -> dict[str, Any]:
         "properties": {
             "type": {"const": "Loop", "description": "runs its body once per element of 'over'"},
             "over": {"$ref": "#/$defs/link"},
+            "item": {"type": "string", "description": "the name of the current element inside the body (default 'item')"},
             "carry": {"type": "object", "additionalProperties": value},
             "body": {"type": "object", "patternProperties": {NODE_ID: {"$ref": "#/$defs/body_node"}}, "additionalProperties": False},
             "next": {"type": "object", "additionalProperties": {"$ref": "#/$defs/link"}},

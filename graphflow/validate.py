@@ -12,7 +12,7 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from graphflow.document import LOOP_VARIABLES, Document, Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
+from graphflow.document import Document, Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
 from graphflow.node import Node, Port
 from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
@@ -107,19 +107,19 @@ class _Checker:
             if scope == target.id:
                 if link.port in ("index", "count"):
                     return INT
-                if link.port == "item":
+                if link.port == target.item:
                     over = self.quiet_kind(target.over, None)
                     return (over.item if over else None) or ANY
                 if link.port in target.carry:
                     return self.quiet_kind(target.carry[link.port], None)
                 self.add("unknown_output", f"link to '{link}': inside the body, loop '{target.id}' provides "
-                         f"{', '.join([*LOOP_VARIABLES, *target.carry])}")
+                         f"{', '.join([*target.variables, *target.carry])}")
                 return None
             if link.port in target.carry:
                 return self.quiet_kind(target.carry[link.port], None)
             if link.port in target.collect:
                 return list_of(self.quiet_kind(target.collect[link.port], target.id) or ANY)
-            if link.port in LOOP_VARIABLES:
+            if link.port in target.variables:
                 self.add("loop_scope", f"link to '{link}': loop variables are only visible inside the loop's body")
                 return None
             outs = [*target.carry, *target.collect]

@@ -36,7 +36,7 @@ from train import shapes  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(REPO, "nodes", "models", "tiny-sd")
 TOKENIZER_DIR = os.path.join(MODEL_DIR, "tokenizer")
-CKPT = "/tmp/tinysd"
+CKPT = os.environ.get("TINYSD_CKPT", "/tmp/tinysd")
 
 TEXT_HIDDEN = 64
 
@@ -90,14 +90,14 @@ def lr_at(step, total, peak, warmup=50, hold=0.3, floor=0.05):
 # VAE
 # ----------------------------------------------------------------------------------------------
 def edge_weight(x):
-    """1 + 4 on pixels within 1px of a colour edge of the ground-truth image."""
+    """1 on pixels within 1px of a colour edge of the ground-truth image, else 0."""
     g = torch.zeros_like(x[:, :1])
     dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().sum(1, keepdim=True) > 0.05
     dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().sum(1, keepdim=True) > 0.05
     g[:, :, :, 1:] += dx; g[:, :, :, :-1] += dx
     g[:, :, 1:, :] += dy; g[:, :, :-1, :] += dy
     g = F.max_pool2d((g > 0).float(), 3, 1, 1)
-    return 1.0 + 4.0 * g
+    return g
 
 
 def vae_eval(vae, n=600, seed=999):
@@ -132,14 +132,14 @@ def train_vae(args):
         x = to_tensor(imgs)
         post = vae.encode(x).latent_dist
         y = vae.decode(post.sample()).sample
-        w = edge_weight(x)
+        w = 1.0 + args.edge_weight * edge_weight(x)
         err = y - x
         rec = (w * (err.pow(2) + 0.5 * err.abs())).mean()
         gx = (y[..., 1:] - y[..., :-1]) - (x[..., 1:] - x[..., :-1])
         gy = (y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
         grad = gx.abs().mean() + gy.abs().mean()
         kl = post.kl().mean()
-        loss = rec + 0.5 * grad + args.kl_weight * kl
+        loss = rec + args.grad_weight * grad + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -148,7 +148,7 @@ def train_vae(args):
             el = time.time() - t0
             log(f"vae step {step}/{steps} loss {loss.item():.4f} rec {rec.item():.4f} "
                 f"grad {grad.item():.4f} kl {kl.item():.1f} | {el:.0f}s, eta {el/(step+1)*(steps-step-1):.0f}s")
-        if (step + 1) % 250 == 0 and step + 1 < steps:
+        if (step + 1) % args.vae_eval_every == 0 and step + 1 < steps:
             vae.eval()
             psnr, acc, _ = vae_eval(vae, n=200)
             vae.train()
@@ -309,6 +309,9 @@ def main():
     ap.add_argument("--vae-steps", type=int, default=1000)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--edge-weight", type=float, default=4.0)
+    ap.add_argument("--grad-weight", type=float, default=0.5)
+    ap.add_argument("--vae-eval-every", type=int, default=250)
     ap.add_argument("--kl-weight", type=float, default=2e-7)
     ap.add_argument("--n-images", type=int, default=40000)
     ap.add_argument("--steps", type=int, default=3000)

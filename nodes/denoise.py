@@ -1,0 +1,98 @@
+"""The model side of one denoising step: the UNet's noise prediction, classifier-free guidance,
+and steering the latents with a loss on the decoded image."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
+from graphflow_nodes.kinds import VAE, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
+from graphflow_nodes.latents import decode
+from graphflow_nodes.scheduling import step_index
+
+
+class PredictNoise(Node, name="PredictNoise", category="sampling"):
+    """The UNet's noise prediction for this timestep, conditioned on the text embeddings (both
+    halves of a guidance batch in one call)."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="from LoadModel")
+        model_input: ModelInput = Field(description="from ScaleModelInput")
+        timestep: Timestep = Field(description="the loop's timestep")
+        embeddings: Embeddings = Field(description="CFGEmbeddings (batched guidance) or plain text embeddings")
+
+    class Out(Outputs):
+        noise_pred: NoisePred = Field(description="the predicted noise, same batch as model_input")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        emb = i.embeddings.to(device=i.unet.device, dtype=i.unet.dtype)
+        x = i.model_input.to(dtype=i.unet.dtype)
+        if emb.shape[0] != x.shape[0]:
+            if x.shape[0] % emb.shape[0]:
+                raise ValueError(f"embeddings batch {emb.shape[0]} does not divide model input batch {x.shape[0]}")
+            emb = emb.repeat_interleave(x.shape[0] // emb.shape[0], dim=0)
+        with torch.no_grad():
+            return {"noise_pred": i.unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False)[0]}
+
+
+class CFG(Node, name="CFG", category="sampling"):
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)`` on a batched prediction."""
+
+    class In(Inputs):
+        noise_pred: NoisePred = Field(description="from PredictNoise on CFGEmbeddings")
+        guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="1 means no guidance")
+
+    class Out(Outputs):
+        noise_pred: NoisePred = Field(description="the guided prediction (half the batch)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        uncond, cond = i.noise_pred.chunk(2)
+        return {"noise_pred": uncond + i.guidance_scale * (cond - uncond)}
+
+
+CHANNELS = {"red": 0, "green": 1, "blue": 2}
+
+
+class ColorGuidance(Node, name="ColorGuidance", category="sampling"):
+    """Moves the latents down the gradient of a colour loss on the decoded predicted image (the
+    notebook's "blue loss": mean distance of one channel to a target value). Put it between CFG
+    and SchedulerStep; give it a ``when`` to act every N steps."""
+
+    class In(Inputs):
+        vae: VAE = Field(description="decodes the predicted x0")
+        scheduler: Scheduler = Field(description="the loop's current scheduler (gives the noise level)")
+        latents: Latents = Field(description="the current latents")
+        noise_pred: NoisePred = Field(description="the guided noise prediction")
+        timestep: Timestep = Field(description="the loop's timestep")
+        channel: Literal["red", "green", "blue"] = Field("blue", description="the channel the loss looks at")
+        target: float = Field(0.9, ge=0.0, le=1.0, description="the value the channel is pulled towards")
+        scale: float = Field(200.0, ge=0.0, le=1e5, description="loss multiplier")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="the steered latents")
+        loss: float = Field(description="the loss before the step")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        s = i.scheduler
+        idx = step_index(s, i.timestep)
+        sigmas = getattr(s, "sigmas", None)
+        latents = i.latents.detach().requires_grad_(True)
+        with torch.enable_grad():
+            if sigmas is not None and idx is not None:  # sigma-parametrised schedulers (LMS, Euler, ...)
+                sigma = sigmas[idx].to(latents)
+                x0 = latents - sigma * i.noise_pred
+                weight = sigma**2
+            else:  # alpha-parametrised ones (DDIM, DDPM, PNDM)
+                a = s.alphas_cumprod.to(latents.device)[int(i.timestep)].to(latents)
+                x0 = (latents - (1 - a).sqrt() * i.noise_pred) / a.sqrt()
+                weight = 1 - a
+            image = decode(i.vae, x0)
+            loss = (image[:, CHANNELS[i.channel]] - i.target).abs().mean() * i.scale
+            (grad,) = torch.autograd.grad(loss, latents)
+        return {"latents": (latents - grad * weight).detach(), "loss": float(loss)}

@@ -1,0 +1,56 @@
+"""The port kinds of the Stable Diffusion node library. Distinct kinds for tensors that share a
+shape (token embeddings vs. final text embeddings, latents vs. images) are what let the validator
+catch a wrong wire before anything loads."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from graphflow.ports import OBJECT, TENSOR, kind, list_of
+
+TOKENIZER_K = kind("tokenizer", parent=OBJECT, description="a CLIP tokenizer")
+TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a CLIPTextModel")
+UNET_K = kind("unet", parent=OBJECT, description="a UNet2DConditionModel")
+VAE_K = kind("vae", parent=OBJECT, description="an AutoencoderKL")
+SCHEDULER_K = kind("scheduler", parent=OBJECT, description="a diffusers scheduler with its timesteps set")
+SCHEDULER_CONFIG_K = kind("scheduler_config", parent=OBJECT, description="a diffusers scheduler config")
+
+TOKEN_IDS_K = kind("token_ids", description="token ids, (batch, 77) int64")
+ATTENTION_MASK_K = kind("attention_mask", description="1 for real tokens, 0 for padding, (batch, 77)")
+EMBEDDINGS_K = kind("embeddings", description="any (batch, tokens, hidden) embedding sequence")
+TOKEN_EMBEDDINGS_K = kind("token_embeddings", parent=EMBEDDINGS_K, description="rows of the token-embedding table, (batch, 77, hidden)")
+POSITION_EMBEDDINGS_K = kind("position_embeddings", parent=EMBEDDINGS_K, description="position embeddings, (1, 77, hidden)")
+INPUT_EMBEDDINGS_K = kind("input_embeddings", parent=EMBEDDINGS_K, description="token + position embeddings, the transformer's input")
+TEXT_EMBEDDINGS_K = kind("text_embeddings", parent=EMBEDDINGS_K, description="the text encoder's final hidden states, (batch, 77, hidden)")
+CFG_EMBEDDINGS_K = kind("cfg_embeddings", parent=EMBEDDINGS_K, description="unconditional and conditional text embeddings stacked, (2*batch, 77, hidden)")
+VECTOR_K = kind("vector", description="one embedding vector, (hidden,)")
+LATENTS_K = kind("latents", description="latents, (batch, 4, height/8, width/8)")
+NOISE_PRED_K = kind("noise_pred", description="the UNet's noise prediction")
+IMAGE_K = kind("image", description="images, (batch, 3, height, width) in [0, 1]")
+TIMESTEP_K = kind("timestep", description="one scheduler timestep (0-d tensor)")
+TIMESTEPS_K = kind("timesteps", item=TIMESTEP_K, description="the scheduler's timesteps to run, in order")
+
+Tokenizer = Annotated[Any, TOKENIZER_K]
+TextEncoder = Annotated[Any, TEXT_ENCODER_K]
+UNet = Annotated[Any, UNET_K]
+VAE = Annotated[Any, VAE_K]
+Scheduler = Annotated[Any, SCHEDULER_K]
+SchedulerConfig = Annotated[Any, SCHEDULER_CONFIG_K]
+TokenIds = Annotated[Any, TOKEN_IDS_K]
+AttentionMask = Annotated[Any, ATTENTION_MASK_K]
+Embeddings = Annotated[Any, EMBEDDINGS_K]
+TokenEmbeddings = Annotated[Any, TOKEN_EMBEDDINGS_K]
+PositionEmbeddings = Annotated[Any, POSITION_EMBEDDINGS_K]
+InputEmbeddings = Annotated[Any, INPUT_EMBEDDINGS_K]
+TextEmbeddings = Annotated[Any, TEXT_EMBEDDINGS_K]
+CFGEmbeddings = Annotated[Any, CFG_EMBEDDINGS_K]
+Vector = Annotated[Any, VECTOR_K]
+Latents = Annotated[Any, LATENTS_K]
+NoisePred = Annotated[Any, NOISE_PRED_K]
+Image = Annotated[Any, IMAGE_K]
+Timestep = Annotated[Any, TIMESTEP_K]
+Timesteps = Annotated[Any, TIMESTEPS_K]
+ImageList = Annotated[list[Any], list_of(IMAGE_K)]
+LatentsList = Annotated[list[Any], list_of(LATENTS_K)]
+MODEL_INPUT_K = kind("model_input", description="latents scaled for the UNet (and doubled for guidance)")
+ModelInput = Annotated[Any, MODEL_INPUT_K]

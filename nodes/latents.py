@@ -1,0 +1,123 @@
+"""Latents in and out of the VAE, and the seeded noise that starts sampling."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
+from graphflow_nodes.files import file_identity, resolve_input_file
+from graphflow_nodes.kinds import VAE, Image, Latents, Scheduler, UNet
+
+
+def vae_scale_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+class RandomLatents(Node, name="RandomLatents", category="latents"):
+    """Seeded Gaussian latents of the right shape, scaled by the scheduler's initial noise sigma,
+    drawn as diffusers' pipelines draw them (so a seed gives the pipeline's picture)."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="gives the latent channels and default size")
+        vae: VAE = Field(description="gives the downscaling factor")
+        scheduler: Scheduler = Field(description="gives init_noise_sigma")
+        seed: int = Field(0, description="random seed")
+        width: int | None = Field(None, ge=8, le=4096, multiple_of=8, description="image width in pixels; default: the model's")
+        height: int | None = Field(None, ge=8, le=4096, multiple_of=8, description="image height in pixels; default: the model's")
+        batch_size: int = Field(1, ge=1, le=64, description="images per prompt")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="noise × init_noise_sigma: the loop's starting latents")
+        noise: Latents = Field(description="the unit noise itself (for AddNoise)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        from graphflow_nodes.runtime import generator
+
+        f = vae_scale_factor(i.vae)
+        w = i.width or i.unet.config.sample_size * f
+        h = i.height or i.unet.config.sample_size * f
+        shape = (i.batch_size, i.unet.config.in_channels, h // f, w // f)
+        noise = torch.randn(shape, generator=generator(i.seed), dtype=i.unet.dtype).to(ctx.device)
+        return {"latents": noise * i.scheduler.init_noise_sigma, "noise": noise}
+
+
+class LoadLatents(Node, name="LoadLatents", category="latents"):
+    """A tensor from a safetensors file (latents or noise saved elsewhere)."""
+
+    class In(Inputs):
+        path: str = Field(description="a .safetensors file")
+        key: str = Field("latents", description="the tensor's name in the file")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="the tensor")
+
+    @classmethod
+    def identity(cls, literals: dict[str, Any]) -> Any:
+        p = resolve_input_file(literals.get("path", ""))
+        return file_identity(p) if p.is_file() else None
+
+    def run(self, i: In, ctx: Context) -> dict:
+        from safetensors.torch import load_file
+
+        path = resolve_input_file(i.path)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: only .safetensors files are read (no pickles)")
+        data = load_file(str(path), device=ctx.device)
+        if i.key not in data:
+            raise KeyError(f"{path} has no tensor {i.key!r} (it has {', '.join(data)})")
+        return {"latents": data[i.key]}
+
+
+class VAEEncode(Node, name="VAEEncode", category="latents"):
+    """Image in [0, 1] → latents × the VAE's scaling factor: a sample of the latent distribution
+    (seeded, as diffusers' img2img draws it) or its mean."""
+
+    class In(Inputs):
+        vae: VAE = Field(description="from LoadModel")
+        image: Image = Field(description="(batch, 3, H, W) in [0, 1]")
+        mode: Literal["sample", "mean"] = Field("sample", description="sample the latent distribution, or take its mean")
+        seed: int = Field(0, description="seed for 'sample'")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="scaled latents")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        from graphflow_nodes.runtime import generator
+
+        vae = i.vae
+        x = (i.image * 2 - 1).to(device=vae.device, dtype=vae.dtype)
+        with torch.no_grad():
+            dist = vae.encode(x).latent_dist
+            z = dist.sample(generator=generator(i.seed)) if i.mode == "sample" else dist.mode()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return {"latents": (z - shift) * vae.config.scaling_factor}
+
+
+def decode(vae, latents):
+    """Latents → images in [0, 1], differentiable (guidance takes gradients through it)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latents.to(dtype=vae.dtype) / vae.config.scaling_factor + shift
+    return (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
+
+
+class Decode(Node, name="Decode", category="latents"):
+    """Latents ÷ scaling factor → VAE decoder → images in [0, 1]."""
+
+    class In(Inputs):
+        vae: VAE = Field(description="from LoadModel")
+        latents: Latents = Field(description="latents to decode")
+
+    class Out(Outputs):
+        image: Image = Field(description="(batch, 3, H, W) in [0, 1]")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        with torch.no_grad():
+            return {"image": decode(i.vae, i.latents).float()}

@@ -1,0 +1,157 @@
+"""Schedulers as dataflow values. A diffusers scheduler keeps state between ``step()`` calls
+(step index, LMS derivatives, DPM-Solver's model outputs), so no node mutates a scheduler it
+received: each works on its own copy and ``SchedulerStep`` returns the advanced scheduler, which
+the loop carries to the next iteration. A cached or re-run graph therefore never sees a scheduler
+that an earlier run already advanced."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, Literal
+
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
+from graphflow_nodes.kinds import Latents, ModelInput, NoisePred, Scheduler, SchedulerConfig, Timestep, Timesteps
+
+SCHEDULERS = {
+    "lms": "LMSDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+SchedulerName = Literal["model", "lms", "ddim", "ddpm", "euler", "euler_a", "dpm", "pndm", "heun"]
+
+
+def clone(scheduler: Any) -> Any:
+    """A copy that ``step()`` can advance without touching the original. Schedulers rebind their
+    tensors and counters but append to lists (LMS ``derivatives``, DPM ``model_outputs``), so a
+    shallow copy with fresh lists and dicts is enough, and far cheaper than a deep copy."""
+    c = copy.copy(scheduler)
+    for k, v in vars(c).items():
+        if isinstance(v, list):
+            setattr(c, k, list(v))
+        elif isinstance(v, dict) and k not in ("config", "_internal_dict"):
+            setattr(c, k, dict(v))
+    return c
+
+
+def step_index(scheduler: Any, t: Any) -> int | None:
+    """The index of timestep ``t`` in the schedule, as the scheduler itself would pick it."""
+    s = clone(scheduler)
+    if getattr(s, "step_index", None) is None and hasattr(s, "_init_step_index"):
+        s._init_step_index(t)
+    return getattr(s, "step_index", None)
+
+
+class MakeScheduler(Node, name="Scheduler", category="sampling"):
+    """A diffusers scheduler from the model's config (or another by name, with extra options),
+    its timesteps set for the number of steps and sliced from a start step (img2img starts at
+    step k, as diffusers' img2img pipeline does for strength ``1 - k / steps``)."""
+
+    class In(Inputs):
+        scheduler_config: SchedulerConfig = Field(description="from LoadModel")
+        name: SchedulerName = Field("lms", description="'model' keeps the model's own scheduler class")
+        steps: int = Field(30, ge=1, le=1000, description="number of inference steps")
+        start_step: int = Field(0, ge=0, description="skip this many steps (img2img)")
+        options: dict[str, Any] = Field(default_factory=dict, description="extra scheduler config, e.g. {\"use_karras_sigmas\": true}")
+
+    class Out(Outputs):
+        scheduler: Scheduler = Field(description="the scheduler, timesteps set")
+        timesteps: Timesteps = Field(description="the timesteps to run")
+        init_noise_sigma: float = Field(description="the scale of the initial noise")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import diffusers
+
+        cls_name = i.scheduler_config.get("_class_name") if i.name == "model" else SCHEDULERS[i.name]
+        cls = getattr(diffusers, cls_name or "", None)
+        if cls is None:
+            raise ValueError(f"diffusers has no scheduler class {cls_name!r}")
+        config = {**i.scheduler_config, **i.options}
+        s = cls.from_config(config)
+        s.set_timesteps(i.steps, device=ctx.device)
+        order = getattr(s, "order", 1)
+        if i.start_step >= i.steps:
+            raise ValueError(f"start_step {i.start_step} leaves nothing of {i.steps} steps")
+        begin = i.start_step * order
+        timesteps = s.timesteps[begin:]
+        if i.start_step and hasattr(s, "set_begin_index"):
+            s.set_begin_index(begin)
+        return {"scheduler": s, "timesteps": timesteps, "init_noise_sigma": float(s.init_noise_sigma)}
+
+
+class ScaleModelInput(Node, name="ScaleModelInput", category="sampling"):
+    """The scheduler's input scaling for this timestep, on the latents doubled for classifier-free
+    guidance (unconditional and conditional in one UNet batch)."""
+
+    class In(Inputs):
+        scheduler: Scheduler = Field(description="the loop's current scheduler")
+        latents: Latents = Field(description="the current latents")
+        timestep: Timestep = Field(description="the loop's timestep")
+        cfg: bool = Field(True, description="double the batch for classifier-free guidance")
+
+    class Out(Outputs):
+        model_input: ModelInput = Field(description="what the UNet takes")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        x = torch.cat([i.latents] * 2) if i.cfg else i.latents
+        return {"model_input": clone(i.scheduler).scale_model_input(x, i.timestep)}
+
+
+class SchedulerStep(Node, name="SchedulerStep", category="sampling"):
+    """One scheduler step: the latents of the previous timestep and the predicted clean latents
+    (x0) from a single ``step()`` call, plus the advanced scheduler for the next iteration."""
+
+    class In(Inputs):
+        scheduler: Scheduler = Field(description="the loop's current scheduler")
+        noise_pred: NoisePred = Field(description="the guided noise prediction")
+        timestep: Timestep = Field(description="the loop's timestep")
+        latents: Latents = Field(description="the current latents")
+        seed: int = Field(0, description="noise seed for stochastic schedulers (DDPM, Euler ancestral)")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="latents for the next timestep (prev_sample)")
+        pred_x0: Latents = Field(description="the predicted denoised latents")
+        scheduler: Scheduler = Field(description="the advanced scheduler: carry it to the next iteration")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        from graphflow_nodes.runtime import generator
+
+        s = clone(i.scheduler)
+        if hasattr(s, "is_scale_input_called"):
+            s.is_scale_input_called = True  # ScaleModelInput scaled on its own copy of the scheduler
+        kwargs = {}
+        if "generator" in inspect.signature(s.step).parameters:
+            kwargs["generator"] = generator(i.seed * 1_000_003 + (ctx.iteration or 0))
+        out = s.step(i.noise_pred, i.timestep, i.latents, return_dict=True, **kwargs)
+        x0 = getattr(out, "pred_original_sample", None)
+        if x0 is None and getattr(s, "model_outputs", None) and s.model_outputs[-1] is not None:
+            x0 = s.model_outputs[-1]  # DPM-Solver++ keeps its x0 prediction there
+        if x0 is None:
+            x0 = out.prev_sample
+        return {"latents": out.prev_sample, "pred_x0": x0, "scheduler": s}
+
+
+class AddNoise(Node, name="AddNoise", category="sampling"):
+    """Noises clean latents to the first of the given timesteps: the start of img2img."""
+
+    class In(Inputs):
+        scheduler: Scheduler = Field(description="from Scheduler (with its start step)")
+        latents: Latents = Field(description="clean latents, e.g. from VAEEncode")
+        noise: Latents = Field(description="unit Gaussian noise, e.g. RandomLatents.noise")
+        timesteps: Timesteps = Field(description="the timesteps to run; the first is the noise level")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="noised latents")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        t = i.timesteps[:1].repeat(i.latents.shape[0])
+        return {"latents": clone(i.scheduler).add_noise(i.latents, i.noise.to(i.latents), t)}

@@ -1,0 +1,185 @@
+"""The text side of Stable Diffusion, one step per node, as the Deep Dive notebook takes it apart:
+tokenize → token embeddings + position embeddings → transformer with causal mask → final layer
+norm. ``EncodePrompt`` does all of it in one node and gives the same tensor."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
+from graphflow_nodes.kinds import (
+    AttentionMask,
+    CFGEmbeddings,
+    InputEmbeddings,
+    PositionEmbeddings,
+    TextEmbeddings,
+    TextEncoder,
+    TokenEmbeddings,
+    TokenIds,
+    Tokenizer,
+)
+
+
+def _text_model(te):
+    """transformers 5 flattened CLIPTextModel; 4.x kept the parts under ``.text_model``."""
+    return getattr(te, "text_model", te)
+
+
+def tokenize(tokenizer, text: str, max_length: int | None = None):
+    import torch
+
+    length = max_length or tokenizer.model_max_length
+    enc = tokenizer([text], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return enc.input_ids.to(torch.long), enc.attention_mask
+
+
+def encode_embeddings(te, input_embeddings):
+    """The transformer and its final layer norm on given input embeddings, with the causal mask
+    CLIP was trained with: what ``text_encoder(input_ids)`` does after its embedding layer."""
+    import torch
+    from transformers.masking_utils import create_causal_mask
+
+    tm = _text_model(te)
+    h = input_embeddings.to(device=te.device, dtype=te.dtype)
+    with torch.no_grad():
+        mask = create_causal_mask(config=te.config, inputs_embeds=h, attention_mask=None, past_key_values=None)
+        out = tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True)
+        return tm.final_layer_norm(out.last_hidden_state)
+
+
+class Tokenize(Node, name="Tokenize", category="text"):
+    """Text → CLIP token ids, padded and truncated to the model's length (77 for CLIP)."""
+
+    class In(Inputs):
+        tokenizer: Tokenizer = Field(description="from LoadModel")
+        text: str = Field(description="the prompt")
+        max_length: int | None = Field(None, ge=2, le=4096, description="sequence length; default: the tokenizer's (77)")
+
+    class Out(Outputs):
+        token_ids: TokenIds = Field(description="(1, 77) token ids: start token, the text's tokens, end token, padding")
+        attention_mask: AttentionMask = Field(description="(1, 77): 1 for real tokens, 0 for padding")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        ids, mask = tokenize(i.tokenizer, i.text, i.max_length)
+        return {"token_ids": ids, "attention_mask": mask}
+
+
+class TokenEmbed(Node, name="TokenEmbed", category="text"):
+    """Token ids → rows of the text encoder's token-embedding table (before positions are added)."""
+
+    class In(Inputs):
+        text_encoder: TextEncoder = Field(description="from LoadModel")
+        token_ids: TokenIds = Field(description="from Tokenize")
+
+    class Out(Outputs):
+        token_embeddings: TokenEmbeddings = Field(description="(batch, 77, hidden)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        table = _text_model(i.text_encoder).embeddings.token_embedding
+        with torch.no_grad():
+            return {"token_embeddings": table(i.token_ids.to(table.weight.device))}
+
+
+class PosEmbed(Node, name="PosEmbed", category="text"):
+    """The position embeddings for a sequence as long as the token ids."""
+
+    class In(Inputs):
+        text_encoder: TextEncoder = Field(description="from LoadModel")
+        token_ids: TokenIds = Field(description="only their length is used")
+
+    class Out(Outputs):
+        position_embeddings: PositionEmbeddings = Field(description="(1, 77, hidden)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        emb = _text_model(i.text_encoder).embeddings
+        n = i.token_ids.shape[-1]
+        with torch.no_grad():
+            return {"position_embeddings": emb.position_embedding(emb.position_ids[:, :n])}
+
+
+class AddEmbeddings(Node, name="AddEmbeddings", category="text"):
+    """Token embeddings + position embeddings: the transformer's input."""
+
+    class In(Inputs):
+        token_embeddings: TokenEmbeddings = Field(description="from TokenEmbed (possibly edited)")
+        position_embeddings: PositionEmbeddings = Field(description="from PosEmbed")
+
+    class Out(Outputs):
+        input_embeddings: InputEmbeddings = Field(description="(batch, 77, hidden)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        return {"input_embeddings": i.token_embeddings + i.position_embeddings.to(i.token_embeddings.device)}
+
+
+class TextEncode(Node, name="TextEncode", category="text"):
+    """Input embeddings → the text encoder's final hidden states: the transformer layers with
+    CLIP's causal mask, then the final layer norm (the notebook's ``get_output_embeds``)."""
+
+    class In(Inputs):
+        text_encoder: TextEncoder = Field(description="from LoadModel")
+        input_embeddings: InputEmbeddings = Field(description="from AddEmbeddings")
+
+    class Out(Outputs):
+        text_embeddings: TextEmbeddings = Field(description="(batch, 77, hidden): what the UNet attends to")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        return {"text_embeddings": encode_embeddings(i.text_encoder, i.input_embeddings)}
+
+
+class EncodePrompt(Node, name="EncodePrompt", category="text"):
+    """Text → final text embeddings in one node, for everyday workflows. Gives the same tensor as
+    Tokenize → TokenEmbed + PosEmbed → AddEmbeddings → TextEncode."""
+
+    class In(Inputs):
+        tokenizer: Tokenizer = Field(description="from LoadModel")
+        text_encoder: TextEncoder = Field(description="from LoadModel")
+        text: str = Field("", description="the prompt; empty for the unconditional embedding")
+
+    class Out(Outputs):
+        text_embeddings: TextEmbeddings = Field(description="(1, 77, hidden)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        ids, _ = tokenize(i.tokenizer, i.text)
+        with torch.no_grad():
+            return {"text_embeddings": i.text_encoder(ids.to(i.text_encoder.device))[0]}
+
+
+class MixEmbeddings(Node, name="MixEmbeddings", category="text"):
+    """Linear mix of two prompts' final embeddings: ``(1 - weight) * a + weight * b`` (the
+    notebook's mouse/leopard mix is weight 0.65 towards the leopard)."""
+
+    class In(Inputs):
+        a: TextEmbeddings = Field(description="first prompt's embeddings")
+        b: TextEmbeddings = Field(description="second prompt's embeddings")
+        weight: float = Field(0.5, ge=-1.0, le=2.0, description="0 gives a, 1 gives b")
+
+    class Out(Outputs):
+        text_embeddings: TextEmbeddings = Field(description="the mix")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        return {"text_embeddings": (1.0 - i.weight) * i.a + i.weight * i.b}
+
+
+class CFGEmbeddings(Node, name="CFGEmbeddings", category="text"):
+    """Stacks unconditional (or negative-prompt) and conditional embeddings so the UNet predicts
+    both in one batched call, as diffusers' pipelines do (unconditional first)."""
+
+    class In(Inputs):
+        uncond: TextEmbeddings = Field(description="embeddings of the empty prompt, or of a negative prompt")
+        cond: TextEmbeddings = Field(description="embeddings of the prompt")
+
+    class Out(Outputs):
+        embeddings: CFGEmbeddings = Field(description="(2*batch, 77, hidden)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        cond = i.cond
+        uncond = i.uncond.expand(cond.shape[0], -1, -1) if i.uncond.shape[0] == 1 else i.uncond
+        return {"embeddings": torch.cat([uncond, cond])}
