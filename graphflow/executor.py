@@ -95,6 +95,7 @@ class _Run:
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
         self.failed: dict[str, str] = {}  # node -> why it produced nothing
+        self.root_cause: dict[str, str] = {}  # skipped node -> the failed node behind it
         self.listen = ex._listeners
         self.all = wf.doc.all_nodes()
         self.run_token = uuid.uuid4().hex
@@ -106,6 +107,9 @@ class _Run:
     # --- planning ---------------------------------------------------------------------------
 
     def plan(self) -> list[str]:
+        """The nodes to touch, in order. Fingerprints need no values, so they are computed first;
+        then, walking back from the outputs, a node found in a cache stops the walk: what only it
+        consumes is never run or even loaded (a fully cached re-run loads no model)."""
         preds = self.wf.preds
         needed = set()
         stack = [link.node for link in self.wf.doc.outputs.values()]
@@ -117,16 +121,33 @@ class _Run:
             stack.extend(preds[n])
         order = [n for n in self.wf.order if n in needed]
         self.keep = {link.node for link in self.wf.doc.outputs.values()}
-        succs = self.wf.succs
-        self.remaining = {n: sum(1 for s in succs[n] if s in needed) for n in needed}
+        top = {n: (d.loop if isinstance(d, NodeDef) and d.loop else n) for n, d in self.all.items()}
         self.consumed: dict[str, set[str]] = {n: set() for n in needed}
         for link in self.wf.doc.outputs.values():
             self.consumed[link.node].add(link.port)
-        top = {n: (d.loop if isinstance(d, NodeDef) and d.loop else n) for n, d in self.all.items()}
         for n in needed:
             for ref in self._refs_of(self.wf.doc.nodes[n]):
                 if isinstance(ref, Link) and top.get(ref.node) in needed and top[ref.node] != n:
                     self.consumed[top[ref.node]].add(ref.port)
+        for n in order:
+            self.fingerprint(n)
+        self.prefetched: dict[str, tuple[dict[str, Any], str]] = {}
+        active: set[str] = set()
+        stack = list(self.keep)
+        while stack:
+            n = stack.pop()
+            if n in active:
+                continue
+            active.add(n)
+            if self.is_pure(n):
+                out, where = self.cached(n, self.fps[n])
+                if out is not None:
+                    self.prefetched[n] = (out, where)
+                    continue
+            stack.extend(preds[n])
+        order = [n for n in order if n in active]
+        succs = self.wf.succs
+        self.remaining = {n: sum(1 for s in succs[n] if s in active and s not in self.prefetched) for n in order}
         return order
 
     @staticmethod
@@ -277,12 +298,12 @@ class _Run:
     def run_top(self, nid: str) -> None:
         d = self.wf.doc.nodes[nid]
         s = self.stat(nid)
-        fp = self.fingerprint(nid)
+        fp = self.fps[nid]
         if self.listen:
             self.emit(ev.NodeStarted(nid, d.type))
         t0 = time.perf_counter()
         pure = self.is_pure(nid)
-        out, where = self.cached(nid, fp) if pure else (None, None)
+        out, where = self.prefetched.pop(nid, (None, None))
         if out is None:
             if isinstance(d, LoopDef):
                 out = self.run_loop(d)
@@ -385,7 +406,8 @@ class _Run:
                 break
             blocked = [p for p in self.wf.preds[nid] if p in self.failed] if self.failed else None
             if blocked:
-                self.failed[nid] = f"skipped because '{blocked[0]}' failed"
+                self.root_cause[nid] = root = self.root_cause.get(blocked[0], blocked[0])
+                self.failed[nid] = f"skipped because '{root}' failed"
                 self.stat(nid).status = "skipped"
                 continue
             try:

@@ -6,7 +6,7 @@ validate`` imports every node type and must stay fast."""
 
 from graphflow_nodes.denoise import CFG, ColorGuidance, PredictNoise
 from graphflow_nodes.images import ImageGrid, LatentChannels, LoadImage, SaveAnimation, SaveImage, SplitChannels
-from graphflow_nodes.latents import Decode, LoadLatents, RandomLatents, VAEEncode
+from graphflow_nodes.latents import Decode, LoadLatents, NoiseLike, RandomLatents, VAEEncode
 from graphflow_nodes.models import LoadModel
 from graphflow_nodes.scheduling import AddNoise, MakeScheduler, ScaleModelInput, SchedulerStep
 from graphflow_nodes.text import AddEmbeddings, CFGEmbeddings, EncodePrompt, MixEmbeddings, PosEmbed, TextEncode, TokenEmbed, Tokenize
@@ -15,6 +15,6 @@ from graphflow_nodes.tokens import LoadTextualInversion, MixVectors, ReplaceToke
 __all__ = [
     "CFG", "AddEmbeddings", "AddNoise", "CFGEmbeddings", "ColorGuidance", "Decode", "EncodePrompt", "ImageGrid",
     "LatentChannels", "LoadImage", "LoadLatents", "LoadModel", "LoadTextualInversion", "MakeScheduler", "MixEmbeddings",
-    "MixVectors", "PosEmbed", "PredictNoise", "RandomLatents", "ReplaceToken", "SaveAnimation", "SaveImage",
+    "MixVectors", "NoiseLike", "PosEmbed", "PredictNoise", "RandomLatents", "ReplaceToken", "SaveAnimation", "SaveImage",
     "ScaleModelInput", "SchedulerStep", "SplitChannels", "TextEncode", "TokenEmbed", "TokenVector", "Tokenize", "VAEEncode",
 ]

@@ -95,4 +95,4 @@ class ColorGuidance(Node, name="ColorGuidance", category="sampling"):
             image = decode(i.vae, x0)
             loss = (image[:, CHANNELS[i.channel]] - i.target).abs().mean() * i.scale
             (grad,) = torch.autograd.grad(loss, latents)
-        return {"latents": (latents - grad * weight).detach(), "loss": float(loss)}
+        return {"latents": (latents - grad * weight).detach(), "loss": float(loss.detach())}

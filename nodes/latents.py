@@ -45,6 +45,25 @@ class RandomLatents(Node, name="RandomLatents", category="latents"):
         return {"latents": noise * i.scheduler.init_noise_sigma, "noise": noise}
 
 
+class NoiseLike(Node, name="NoiseLike", category="latents"):
+    """Seeded unit Gaussian noise shaped like the given latents (the noise img2img adds)."""
+
+    class In(Inputs):
+        latents: Latents = Field(description="gives the shape, dtype and device")
+        seed: int = Field(0, description="random seed")
+
+    class Out(Outputs):
+        noise: Latents = Field(description="unit noise")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        from graphflow_nodes.runtime import generator
+
+        noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=i.latents.dtype)
+        return {"noise": noise.to(i.latents.device)}
+
+
 class LoadLatents(Node, name="LoadLatents", category="latents"):
     """A tensor from a safetensors file (latents or noise saved elsewhere)."""
 

@@ -43,7 +43,7 @@ TEXT_HIDDEN = 64
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4,
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[16, 32, 64, 128], layers_per_block=1, norm_num_groups=8,
+    block_out_channels=[16, 32, 64, 128], layers_per_block=1, norm_num_groups=4,
     sample_size=64,
 )
 UNET_CONFIG = dict(
@@ -131,7 +131,9 @@ def train_vae(args):
         imgs, _, _ = shapes.make_batch(bs, args.seed * 1_000_003 + step, train_only=True)
         x = to_tensor(imgs)
         post = vae.encode(x).latent_dist
-        y = vae.decode(post.sample()).sample
+        # deterministic (mode) latents for the first part of training: much faster to learn
+        z = post.mode() if step < args.vae_det_steps else post.sample()
+        y = vae.decode(z).sample
         w = 1.0 + args.edge_weight * edge_weight(x)
         err = y - x
         rec = (w * (err.pow(2) + 0.5 * err.abs())).mean()
@@ -306,11 +308,12 @@ def main():
     ap.add_argument("--stage", choices=["all", "vae", "unet", "install"], default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vae-steps", type=int, default=1000)
-    ap.add_argument("--vae-batch", type=int, default=32)
-    ap.add_argument("--vae-lr", type=float, default=2e-3)
-    ap.add_argument("--edge-weight", type=float, default=4.0)
-    ap.add_argument("--grad-weight", type=float, default=0.5)
+    ap.add_argument("--vae-steps", type=int, default=1600)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--edge-weight", type=float, default=2.0)
+    ap.add_argument("--grad-weight", type=float, default=0.25)
+    ap.add_argument("--vae-det-steps", type=int, default=800)
     ap.add_argument("--vae-eval-every", type=int, default=250)
     ap.add_argument("--kl-weight", type=float, default=2e-7)
     ap.add_argument("--n-images", type=int, default=40000)

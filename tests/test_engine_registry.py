@@ -1,0 +1,200 @@
+"""Node declarations and the registry: what a node type must define, duplicate names, plugins."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+
+from graphflow import Context, Executor, Inputs, Node, Outputs, Registry, Workflow, default_registry
+from graphflow.registry import RegistryError
+from tests import toy_nodes
+from tests.toy_nodes import RUNS, Num, toy_registry
+
+TOY_PLUGIN = str(Path(__file__).resolve().parent / "toy_nodes.py")
+TOY_TYPES = {"Num", "Add", "MakeVec", "ScaleVec", "SumVec", "TakeOther", "Fail", "Record", "CancelMe"}
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    toy_nodes.reset()
+    yield
+    toy_nodes.reset()
+
+
+def test_a_node_runs_with_a_bare_context():
+    out = Num().run(Num.In(value=2.5), Context(node_id="n"))
+    assert out == {"value": 2.5} and RUNS["n"] == 1
+
+
+def test_declaration_derives_ports_kinds_defaults_and_ranges():
+    from graphflow.builtin_nodes import Math
+
+    assert Math.type_name == "Math" and Math.version == 1 and Math.category == "values" and Math.pure
+    a, op = Math.inputs["a"], Math.inputs["op"]
+    assert a.required and a.kind.name == "float"
+    assert not op.required and op.default == "add" and op.choices == ("add", "sub", "mul", "div", "min", "max", "pow")
+    assert Math.outputs["result"].kind.name == "float"
+    assert toy_nodes.ScaleVec.inputs["vec"].kind.name == "vec"
+    assert not toy_nodes.ScaleVec.inputs["vec"].kind.literal
+    assert not toy_nodes.Record.pure and not toy_nodes.Record.disk_cache
+
+
+def _declare(**kw):
+    class In(Inputs):
+        x: float = 0.0
+
+    class Out(Outputs):
+        y: float = Field()
+
+    body = {"In": In, "Out": Out, "run": lambda self, i, ctx: {"y": i.x}}
+    for k, v in kw.pop("body", {}).items():
+        if v is None:
+            body.pop(k)
+        else:
+            body[k] = v
+    return type("T", (Node,), body, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"name": "Loop"}, "invalid node type name"),
+        ({"name": "9lives"}, "invalid node type name"),
+        ({"name": "has space"}, "invalid node type name"),
+        ({"name": "V", "version": 0}, "version must be a positive int"),
+        ({"name": "NoIn", "body": {"In": None}}, re.escape("must define `class In(Inputs)`")),
+        ({"name": "NoOutModel", "body": {"Out": None}}, re.escape("must define `class Out(Outputs)`")),
+        ({"name": "NoRun", "body": {"run": None}}, re.escape("must define run(self, inputs, ctx)")),
+    ],
+)
+def test_invalid_declarations_are_refused(kw, message):
+    with pytest.raises(TypeError, match=message):
+        _declare(**kw)
+
+
+def test_a_node_needs_an_output():
+    with pytest.raises(TypeError, match="at least one output"):
+
+        class NoOut(Node, name="NoOut"):
+            class In(Inputs):
+                x: float = 0.0
+
+            class Out(Outputs):
+                pass
+
+            def run(self, i, ctx):
+                return {}
+
+
+def test_duplicate_type_name_is_refused_naming_both_sources():
+    class Num2(Node, name="Num"):
+        class In(Inputs):
+            x: float = 0.0
+
+        class Out(Outputs):
+            y: float = Field()
+
+        def run(self, i, ctx):
+            return {"y": 0.0}
+
+    reg = toy_registry()
+    reg.register(Num)  # the same class again is fine
+    with pytest.raises(RegistryError, match="node type 'Num' from .* is already registered by tests.toy_nodes"):
+        reg.register(Num2)
+
+
+def test_only_node_types_can_be_registered():
+    with pytest.raises(RegistryError, match="not a node type"):
+        Registry().register(int)
+
+
+def test_registry_iterates_by_category_then_name():
+    names = [n.type_name for n in toy_registry()]
+    assert names[:3] == ["SaveText", "Text", "Add"]  # category 'output', 'text', then 'toy'
+    assert toy_registry().names() == sorted(names)
+    assert len(toy_registry()) == 14 and "Num" in toy_registry() and toy_registry().get("Nope") is None
+
+
+def test_plugin_file_next_to_default_registry_loads_without_duplicate_error():
+    reg = default_registry([TOY_PLUGIN])
+    assert TOY_TYPES <= set(reg.names())
+    assert {"Math", "Range", "Text", "SaveText", "Value"} <= set(reg.names())
+
+
+def test_loading_the_same_plugin_file_twice_is_a_duplicate():
+    reg = Registry()
+    reg.load_plugin(TOY_PLUGIN)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.load_plugin(TOY_PLUGIN)
+
+
+def test_missing_plugin_file():
+    with pytest.raises(RegistryError, match="plugin file not found"):
+        Registry().load_plugin("no/such/file.py")
+
+
+@pytest.mark.xfail(
+    reason="engine bug: registry.py register_module takes every Node subclass found at the module's top level, "
+    "including ones it merely imported (toy_nodes imports Math, Range, Text, SaveText, Value), and relabels "
+    "their source as the plugin; it should take only classes whose __module__ is that module",
+    strict=True,
+)
+def test_register_module_takes_only_the_modules_own_node_types():
+    found = Registry().load_plugin(TOY_PLUGIN)
+    assert {n.type_name for n in found} == TOY_TYPES
+    reg = default_registry([TOY_PLUGIN])
+    assert reg.sources["Math"] == "graphflow (built-in)"
+
+
+@pytest.mark.xfail(
+    reason="engine bug: registry.py load_plugin runs a .py plugin without adding it to sys.modules, so pydantic "
+    "cannot resolve `from __future__ import annotations` type hints: Annotated[Any, Vec] stays a ForwardRef, "
+    "the port's kind becomes 'any' and the model is not fully defined",
+    strict=True,
+)
+def test_plugin_file_with_postponed_annotations_keeps_port_kinds():
+    reg = Registry()
+    reg.load_plugin(TOY_PLUGIN)
+    cls = reg.get("ScaleVec")
+    assert cls.inputs["vec"].kind.name == "vec"
+    assert cls.In.__pydantic_complete__
+
+
+# --- identity: what besides the inputs decides a node's outputs ----------------------------------------
+
+STAMP = {"value": 1}
+
+
+class Stamped(Node, name="Stamped", category="test"):
+    """Reads something outside the workflow (like a file): its identity is part of the cache key."""
+
+    class In(Inputs):
+        path: str = "x"
+
+    class Out(Outputs):
+        value: float = Field()
+
+    @classmethod
+    def identity(cls, literals):
+        return [literals["path"], STAMP["value"]]
+
+    def run(self, i, ctx):
+        RUNS[ctx.node_id] += 1
+        return {"value": float(STAMP["value"])}
+
+
+def test_identity_is_part_of_the_cache_key():
+    reg = toy_registry()
+    reg.register(Stamped)
+    wf = Workflow.from_dict({"format": 1, "nodes": {"s": {"type": "Stamped"}}, "outputs": {"v": "s.value"}}, reg)
+    ex = Executor()
+    STAMP["value"] = 1
+    assert ex.run(wf)["v"] == 1.0
+    assert ex.run(wf)["v"] == 1.0
+    assert RUNS["s"] == 1
+    STAMP["value"] = 2  # "the file changed"
+    assert ex.run(wf)["v"] == 2.0
+    assert RUNS["s"] == 2
