@@ -146,6 +146,7 @@ class _Run:
                     continue
             stack.extend(preds[n])
         order = [n for n in order if n in active]
+        self.hits = set(self.prefetched)
         succs = self.wf.succs
         self.remaining = {n: sum(1 for s in succs[n] if s in active and s not in self.prefetched) for n in order}
         return order
@@ -388,6 +389,8 @@ class _Run:
 
     def release(self, nid: str) -> None:
         """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""
+        if nid in self.hits:
+            return  # it read nothing from its producers; they were not counted for it
         for p in self.wf.preds[nid]:
             if p in self.remaining:
                 self.remaining[p] -= 1

@@ -105,10 +105,13 @@ def test_second_executor_reads_every_entry_from_disk(tmp_path):
     r2 = ex2.run(wf)
     assert r2["total"] == 24.0
     assert sum(RUNS.values()) == 0
-    assert {n: r2.stats[n].status for n in ("make", "scale", "total", "save")} == {
-        "make": "disk", "scale": "disk", "total": "disk", "save": "ran"}
+    statuses = {n: s.status for n, s in r2.stats.items()}
+    # 'make' only feeds 'scale', a hit: it need not be touched (if it is, it is a disk hit too)
+    assert statuses.pop("make", "disk") == "disk"
+    assert statuses == {"scale": "disk", "total": "disk", "save": "ran"}
     cached = {e.node: e.cached for e in events if isinstance(e, ev.NodeFinished)}
-    assert cached == {"make": "disk", "scale": "disk", "total": "disk", "save": None}
+    assert cached.pop("make", "disk") == "disk"
+    assert cached == {"scale": "disk", "total": "disk", "save": None}
     assert (tmp_path / "out" / "vec.txt").read_text() == "tensor([6., 6., 6., 6.])\n"
     assert ex2.disk.errors == []
 
@@ -142,7 +145,7 @@ def test_damaged_tensor_entry_is_recomputed_not_trusted(tmp_path, damage):
     r = ex.run(wf)
     assert r.ok and r["total"] == 24.0
     assert dict(RUNS) == {"scale": 1}  # only the damaged node ran again
-    assert r.stats["make"].status == "disk" and r.stats["total"].status == "disk"
+    assert r.stats["make"].status == "disk" and r.stats["scale"].status == "ran" and r.stats["total"].status == "disk"
     assert (tmp_path / "vec.txt").read_text() == "tensor([6., 6., 6., 6.])\n"
     assert len(ex.disk.errors) == 1 and scale_entry.name in ex.disk.errors[0]
     # the entry was written again, intact
@@ -296,13 +299,9 @@ def test_partial_disk_entry_does_not_poison_memory_cache(tmp_path):
     assert r.ok and r["n"] == "Obj"
 
 
-@pytest.mark.xfail(
-    reason="engine limitation: the executor walks every needed node in order and only then asks the cache, so "
-    "the ancestors of a cache hit still run: a model loader (disk_cache=False) reruns in every new process "
-    "although its only consumer's outputs are on disk (executor.py _Run.plan/execute)",
-    strict=True,
-)
 def test_ancestors_of_a_disk_hit_do_not_run(tmp_path):
+    """A model loader (never on disk) is not run again in a new process when its only consumer is a
+    disk hit."""
     reg = _reg()
     wf = Workflow.from_dict(
         {"format": 1, "nodes": {"load": {"type": "Loader"}, "enc": {"type": "Encode", "inputs": {"model": link("load.model")}}},
@@ -356,9 +355,11 @@ def test_disk_cache_across_processes_and_damaged_entries(tmp_path):
     second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "total: 24.0" in second.stdout
-    # no toy node ran: every pure node came from disk; only the side effect ran
-    assert profile(second.stderr) == {
-        "make": (0, 1, "disk"), "scale": (0, 1, "disk"), "total": (0, 1, "disk"), "save": (1, 0, "ran")}
+    # no toy node ran: every pure node came from disk (or, like 'make', whose only consumer is a
+    # hit, was not needed at all); only the side effect ran
+    rows = profile(second.stderr)
+    assert rows.pop("make", (0, 1, "disk")) == (0, 1, "disk")
+    assert rows == {"scale": (0, 1, "disk"), "total": (0, 1, "disk"), "save": (1, 0, "ran")}
     assert out_file.read_text() == "tensor([6., 6., 6., 6.])\n"
     assert "damaged" not in second.stderr
 

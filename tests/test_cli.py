@@ -196,9 +196,12 @@ def test_run_uses_cache_dir_across_invocations(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
-    statuses = {line.split()[0]: line.split()[-1] for line in err.splitlines() if line.split()[:1] in (["sum"], ["save"], ["numbers"])}
-    # a fresh Executor in the same process: the pure nodes come from disk, the side effect runs
-    assert statuses == {"numbers": "disk", "sum": "disk", "save": "ran"}
+    rows = [line.split() for line in err.splitlines()]
+    statuses = {r[0]: r[-1] for r in rows if r[:1] in (["sum"], ["save"], ["numbers"])}
+    # a fresh Executor in the same process: the pure nodes come from disk, the side effect runs;
+    # 'numbers' only feeds the loop, which is a hit, so it need not be touched at all
+    assert statuses.pop("numbers", "disk") == "disk"
+    assert statuses == {"sum": "disk", "save": "ran"}
 
 
 def test_run_cancelled_by_a_node_is_exit_130(tmp_path, capsys):

@@ -276,3 +276,33 @@ def test_loop_step_events_count_iterations():
 def test_invariant_body_node_status_is_ran():
     r = Executor().run(loop_workflow())
     assert r.stats["inv"].status == "ran"
+
+
+def _sum_over(over) -> Workflow:
+    return make(
+        {
+            "L": {
+                "type": "Loop",
+                "over": over,
+                "carry": {"acc": 0},
+                "body": {"inc": {"type": "Add", "inputs": {"a": link("L.acc"), "b": link("L.item")}}},
+                "next": {"acc": link("inc.sum")},
+            }
+        },
+        {"acc": "L.acc"},
+        {"xs": {"default": [1, 2, 3]}},
+    )
+
+
+def test_loop_over_a_literal_or_a_parameter_list():
+    ex = Executor()
+    assert ex.run(_sum_over([1, 2, 3]))["acc"] == 6.0
+    assert RUNS["inc"] == 3
+    # the parameter's value equals the literal: same fingerprint, a cache hit
+    RUNS.clear()
+    wf = _sum_over({"param": "xs"})
+    assert ex.run(wf)["acc"] == 6.0 and sum(RUNS.values()) == 0
+    RUNS.clear()
+    assert ex.run(wf.with_params(xs=[10, 20]))["acc"] == 30.0 and RUNS["inc"] == 2
+    RUNS.clear()
+    assert ex.run(_sum_over({"literal": [4, 5]}))["acc"] == 9.0 and RUNS["inc"] == 2

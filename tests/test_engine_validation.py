@@ -209,7 +209,9 @@ def test_unknown_param_from_reference():
 
 
 def test_bad_param_declared_type():
-    d = doc({"r": {"type": "Range", "inputs": {"stop": {"param": "n"}}}}, {"x": "r.values"}, params={"n": {"default": 3, "type": "int"}})
+    d = doc(
+        {"r": {"type": "Range", "inputs": {"stop": {"param": "n"}}}}, {"x": "r.values"}, params={"n": {"default": 3, "type": "int"}}
+    )
     ps = problems(d, n="many")
     assert {p.code for p in ps} == {"bad_param"}
     declared = next(p for p in ps if p.field == "params.n")
@@ -500,3 +502,37 @@ def test_problems_api_and_unchanged_document():
 def test_problem_to_dict_omits_empty_fields():
     p = Problem("unknown_input", "msg", node="n", field="inputs.x")
     assert p.to_dict() == {"code": "unknown_input", "message": "msg", "node": "n", "field": "inputs.x"}
+
+
+def test_unknown_node_output_inside_a_loop_body():
+    d = doc(
+        {
+            "r": {"type": "Range", "inputs": {"stop": 2}},
+            "L": {"type": "Loop", "over": link("r.values"), "body": {"b": {"type": "Add", "inputs": {"a": link("L.item")}}},
+                  "collect": {"c": link("b.sum")}},
+        },
+        {"x": "b.sum"},
+    )
+    p = only(d, "unknown_node")
+    assert p.field == "outputs.x" and "'b' is inside loop 'L'" in p.message
+
+
+def test_unknown_output_of_a_loop():
+    d = doc(
+        {
+            "r": {"type": "Range", "inputs": {"stop": 2}},
+            "L": {"type": "Loop", "over": link("r.values"), "body": {"b": {"type": "Add", "inputs": {"a": link("L.item")}}},
+                  "collect": {"c": link("b.sum")}},
+            "after": {"type": "Add", "inputs": {"a": link("L.nope")}},
+        },
+        {"x": "after.sum"},
+    )
+    p = only(d, "unknown_output")
+    assert (p.node, p.field) == ("after", "inputs.a") and "loop 'L' outputs c" in p.message
+
+
+def test_not_plain_json_data_is_an_invalid_document():
+    with pytest.raises(ValidationFailed) as e:
+        Workflow.from_dict(doc({"n": {"type": "Num", "inputs": {"value": object()}}}), toy_registry())
+    (p,) = e.value.problems
+    assert p.code == "invalid_document" and "not plain JSON" in p.message
