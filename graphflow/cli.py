@@ -197,6 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     reg = _registry(args)
+    if args.markdown:
+        print(nodes_markdown(reg), end="")
+        return EXIT_OK
     if args.json:
         data = [{"type": n.type_name, "category": n.category, "version": n.version, "doc": n.summary()} for n in reg]
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
@@ -208,6 +211,16 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             print(f"\n{current}:" if current else "")
         print(f"  {n.type_name:<22} {n.summary()}")
     return EXIT_OK
+
+
+def nodes_markdown(reg) -> str:
+    """The README's node table, generated so that it cannot drift from the code."""
+    lines = ["| node | category | inputs | outputs | what it does |", "|---|---|---|---|---|"]
+    for n in reg:
+        ins = ", ".join(f"`{p.name}`" + ("" if p.required else "?") for p in n.inputs.values())
+        outs = ", ".join(f"`{p.name}`" for p in n.outputs.values())
+        lines.append(f"| `{n.type_name}` | {n.category} | {ins} | {outs} | {n.summary()} |")
+    return "\n".join(lines) + "\n"
 
 
 def _port_line(p, inputs: bool) -> str:
@@ -301,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     n = sub.add_parser("nodes", help="list the node types, grouped by category")
-    n.add_argument("--json", action="store_true")
+    n.add_argument("--json", action="store_true", help="machine-readable list")
+    n.add_argument("--markdown", action="store_true", help="a Markdown table (the README's)")
     common(n)
     n.set_defaults(func=cmd_nodes)
 
