@@ -1,0 +1,8 @@
+"""Runs every benchmark in turn (`make bench`)."""
+
+import runpy
+from pathlib import Path
+
+for name in ("bench_engine.py", "bench_pipeline.py"):
+    print(f"\n== {name}")
+    runpy.run_path(str(Path(__file__).parent / name), run_name="__main__")
