@@ -220,6 +220,12 @@ class _Run:
         self.fps[nid] = fp
         return fp
 
+    def output_names(self, nid: str) -> set[str]:
+        d = self.wf.doc.nodes[nid]
+        if isinstance(d, LoopDef):
+            return {*d.carry, *d.collect}
+        return set(self.wf.types[nid].outputs)
+
     def is_pure(self, nid: str) -> bool:
         d = self.wf.doc.nodes[nid]
         if isinstance(d, LoopDef):
@@ -282,7 +288,8 @@ class _Run:
         if disk is not None:
             hit = disk.get(fp, self.consumed.get(nid, set()) - {"*"})
             if hit is not None:
-                self.ex.memory.put(fp, hit)
+                if hit.keys() >= self.output_names(nid):  # a partial entry must not pose as complete
+                    self.ex.memory.put(fp, hit)
                 return hit, "disk"
         return None, None
 
@@ -347,14 +354,24 @@ class _Run:
                 stack.extend(body.pred[n])
         order = [b for b in nx.topological_sort(body.subgraph(needed))]
         scope: dict[str, dict[str, Any]] = {}
+        listen = self.listen
         for b in order:
             if b not in varying:
-                scope[b] = self.call(loop.body[b], scope, self.context(b))
-                self.stat(b).runs += 1
+                bd = loop.body[b]
+                if listen:
+                    self.emit(ev.NodeStarted(b, bd.type))
+                t0 = time.perf_counter()
+                scope[b] = self.call(bd, scope, self.context(b))
+                dt = time.perf_counter() - t0
+                st = self.stat(b)
+                st.runs += 1
+                st.seconds += dt
+                st.status = "ran"
+                if listen:
+                    self.emit(ev.NodeFinished(b, bd.type, dt, None))
         per_step = [b for b in order if b in varying]
         carry = {k: self.resolve(r, loop.id, f"carry.{k}", {}) for k, r in loop.carry.items()}
         collected: dict[str, list] = {k: [] for k in loop.collect}
-        listen = self.listen
         cancel = self.ex._cancel
         for i, item in enumerate(seq):
             if cancel.is_set():

@@ -5,9 +5,12 @@ overriding an earlier one."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import ModuleType
 
 from graphflow.node import Node
@@ -45,10 +48,15 @@ class Registry:
         """Register every node type a module (or package) exposes at its top level."""
         if isinstance(module, str):
             module = importlib.import_module(module)
+        name = module.__name__
         found = [
             obj
             for obj in vars(module).values()
-            if inspect.isclass(obj) and issubclass(obj, Node) and "type_name" in obj.__dict__
+            if inspect.isclass(obj)
+            and issubclass(obj, Node)
+            and "type_name" in obj.__dict__
+            # defined in this module or its package, not imported from elsewhere
+            and (obj.__module__ == name or obj.__module__.startswith(name + "."))
         ]
         for n in sorted(found, key=lambda n: n.type_name):
             self.register(n, source or module.__name__)
@@ -57,9 +65,6 @@ class Registry:
     def load_plugin(self, spec: str) -> list[type[Node]]:
         """``--plugin`` accepts a module path (``my_pack.nodes``) or a file path (``./my_nodes.py``)."""
         if spec.endswith(".py"):
-            import importlib.util
-            from pathlib import Path
-
             path = Path(spec).resolve()
             if not path.is_file():
                 raise RegistryError(f"plugin file not found: {spec}")
@@ -67,12 +72,19 @@ class Registry:
             s = importlib.util.spec_from_file_location(mod_name, path)
             assert s and s.loader
             module = importlib.util.module_from_spec(s)
-            s.loader.exec_module(module)
+            # registered before it runs, so pydantic can resolve postponed annotations in it
+            sys.modules[mod_name] = module
+            try:
+                s.loader.exec_module(module)
+            except Exception as e:
+                sys.modules.pop(mod_name, None)
+                raise RegistryError(f"plugin {spec} failed to load: {type(e).__name__}: {e}") from e
             return self.register_module(module, str(path))
         try:
-            return self.register_module(spec)
-        except ImportError as e:
-            raise RegistryError(f"cannot import plugin {spec!r}: {e}") from e
+            module = importlib.import_module(spec)
+        except Exception as e:
+            raise RegistryError(f"cannot import plugin {spec!r}: {type(e).__name__}: {e}") from e
+        return self.register_module(module)
 
     def load_entry_points(self) -> None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):

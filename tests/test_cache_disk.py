@@ -278,12 +278,6 @@ def _reg():
     return reg
 
 
-@pytest.mark.xfail(
-    reason="engine bug: executor.py _Run.cached() copies a partial disk entry (unstorable outputs left out) into "
-    "the memory cache; a later run in the same Executor needing the missing output gets that partial memory hit "
-    "and resolve() raises a bare KeyError out of Executor.run",
-    strict=True,
-)
 def test_partial_disk_entry_does_not_poison_memory_cache(tmp_path):
     reg = _reg()
     uses_tensor = Workflow.from_dict(
@@ -292,9 +286,13 @@ def test_partial_disk_entry_does_not_poison_memory_cache(tmp_path):
     uses_object = Workflow.from_dict(
         {"format": 1, "nodes": {"b": {"type": "TensorAndObject"}, "u": {"type": "UseObject", "inputs": {"o": link("b.obj")}}},
          "outputs": {"n": "u.name"}}, reg)
+    scaled = Workflow.from_dict(
+        {"format": 1, "nodes": {"b": {"type": "TensorAndObject"}, "x": {"type": "ScaleVec", "inputs": {"vec": link("b.vec"), "factor": 3}},
+                                "s": {"type": "SumVec", "inputs": {"vec": link("x.vec")}}}, "outputs": {"t": "s.total"}}, reg)
     Executor(cache_dir=tmp_path).run(uses_tensor)
     ex = Executor(cache_dir=tmp_path)
-    assert ex.run(uses_tensor).stats["b"].status == "disk"  # only 'vec' needed: the disk entry is enough
+    r = ex.run(scaled)  # a new consumer of 'b.vec': 'b' itself comes from its partial disk entry
+    assert r.stats["b"].status == "disk" and r["t"] == 6.0  # 3 × sum(ones(2))
     r = ex.run(uses_object)  # needs 'obj', which the disk entry lacks: must rerun 'b'
     assert r.ok and r["n"] == "Obj"
 

@@ -272,23 +272,11 @@ def test_describe_plugin_node(capsys):
     assert "value: float, default 0.0, >= -1000000.0, <= 1000000.0" in out
 
 
-@pytest.mark.xfail(
-    reason="engine bug: registry.py load_plugin executes a .py plugin without putting it in sys.modules, so "
-    "pydantic cannot resolve postponed annotations (`from __future__ import annotations`, as in toy_nodes.py): "
-    "the In/Out models stay incomplete and every Annotated[Any, KIND] port degrades to kind 'any'",
-    strict=True,
-)
 def test_describe_plugin_tensor_port_keeps_its_kind(capsys):
     assert main(["describe", "ScaleVec", "--plugin", TOY_PLUGIN]) == 0
     assert "vec: vec, required, link only" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(
-    reason="engine bug: same cause as above (registry.py load_plugin, no sys.modules entry); `validate --plugin "
-    "file.py` on a tensor link ends in 'internal error: PydanticUserError ... not fully defined' (exit 1) "
-    "and type checks between plugin kinds are skipped",
-    strict=True,
-)
 def test_validate_with_file_plugin_checks_tensor_kinds(tmp_path, capsys):
     wf = write(tmp_path, "kinds.json", {
         "format": 1,
@@ -329,11 +317,6 @@ def test_schema_to_file(tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
-@pytest.mark.xfail(
-    reason="engine bug: same cause as above (registry.py load_plugin, no sys.modules entry); `schema --plugin "
-    "tests/toy_nodes.py` ends in 'internal error: PydanticUserError: `In` is not fully defined' (exit 1)",
-    strict=True,
-)
 def test_schema_with_file_plugin(tmp_path, capsys):
     target = tmp_path / "schema.json"
     assert main(["schema", "-o", str(target), "--plugin", TOY_PLUGIN]) == 0
@@ -479,12 +462,6 @@ def test_dotted_module_plugin_checks_tensor_kinds(tmp_path, capsys):
         ("literal_not_allowed", "s", "inputs.vec"), ("type_mismatch", "t", "inputs.x")]
 
 
-@pytest.mark.xfail(
-    reason="engine bug (minor): registry.py load_plugin lets any exception from executing a .py plugin escape "
-    "(only a missing file or an ImportError of a dotted path become [bad_plugin]); the CLI then reports "
-    "'internal error' with exit 1 instead of a bad_plugin problem with exit 2",
-    strict=True,
-)
 def test_plugin_that_fails_to_import_is_a_bad_plugin(tmp_path, capsys):
     plugin = tmp_path / "broken_plugin.py"
     plugin.write_text("raise RuntimeError('plugin is broken')\n")

@@ -271,8 +271,6 @@ def test_loop_step_events_count_iterations():
     assert body_runs == list(range(6))
 
 
-@pytest.mark.xfail(reason="engine bug: a loop-invariant body node that ran keeps status 'pending' in RunResult.stats "
-                   "(executor.py run_loop sets only .runs for invariant nodes)", strict=True)
 def test_invariant_body_node_status_is_ran():
     r = Executor().run(loop_workflow())
     assert r.stats["inv"].status == "ran"

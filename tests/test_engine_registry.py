@@ -136,12 +136,6 @@ def test_missing_plugin_file():
         Registry().load_plugin("no/such/file.py")
 
 
-@pytest.mark.xfail(
-    reason="engine bug: registry.py register_module takes every Node subclass found at the module's top level, "
-    "including ones it merely imported (toy_nodes imports Math, Range, Text, SaveText, Value), and relabels "
-    "their source as the plugin; it should take only classes whose __module__ is that module",
-    strict=True,
-)
 def test_register_module_takes_only_the_modules_own_node_types():
     found = Registry().load_plugin(TOY_PLUGIN)
     assert {n.type_name for n in found} == TOY_TYPES
@@ -149,12 +143,6 @@ def test_register_module_takes_only_the_modules_own_node_types():
     assert reg.sources["Math"] == "graphflow (built-in)"
 
 
-@pytest.mark.xfail(
-    reason="engine bug: registry.py load_plugin runs a .py plugin without adding it to sys.modules, so pydantic "
-    "cannot resolve `from __future__ import annotations` type hints: Annotated[Any, Vec] stays a ForwardRef, "
-    "the port's kind becomes 'any' and the model is not fully defined",
-    strict=True,
-)
 def test_plugin_file_with_postponed_annotations_keeps_port_kinds():
     reg = Registry()
     reg.load_plugin(TOY_PLUGIN)
