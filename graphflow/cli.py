@@ -116,7 +116,8 @@ class _Progress:
         elif isinstance(e, ev.LoopStep):
             if self.loop is None:
                 self.loop = self.tqdm(total=e.count, desc=f"loop {e.node}", unit="step", leave=False, file=sys.stderr)
-            self.loop.update(1) if e.index else None
+            elif e.index:
+                self.loop.update(1)  # step e.index begins, so the one before it is done
         elif isinstance(e, ev.NodeFinished) and e.iteration is None:
             if self.loop is not None:
                 self.loop.update(self.loop.total - self.loop.n)

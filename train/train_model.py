@@ -117,6 +117,35 @@ def vae_eval(vae, n=600, seed=999):
     return psnr, ok.mean(0), torch.cat(lat)
 
 
+def finalize_vae(args, vae=None, seconds=None):
+    """Make the posterior (near-)deterministic and measure scaling_factor = 1/std(latents).
+
+    The VAE is trained on the posterior mode (an autoencoder with a very light KL term), so
+    its log-variance head is untrained; it is set to a constant tiny variance (std e^-6 in raw
+    latent units) so that latent_dist.sample() == mode() up to negligible noise."""
+    from diffusers import AutoencoderKL
+    if vae is None:
+        vae = AutoencoderKL.from_pretrained(os.path.join(CKPT, "vae")).eval()
+    with torch.no_grad():
+        c = vae.config.latent_channels
+        vae.quant_conv.weight[c:] = 0.0
+        vae.quant_conv.bias[c:] = -12.0
+        imgs, _, _ = shapes.make_batch(1000, 4242, train_only=True)
+        post = vae.encode(to_tensor(imgs)).latent_dist
+        z = post.sample(generator=torch.Generator().manual_seed(0))
+    sf = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=round(sf, 5))
+    psnr, acc, _ = vae_eval(vae, n=1000)
+    log(f"VAE: PSNR {psnr:.2f} dB, round-trip measured colour/bg/shape {acc.round(4)}, "
+        f"latent std {z.std():.4f} mean {z.mean():.4f} -> scaling_factor {sf:.5f}")
+    vae.save_pretrained(os.path.join(CKPT, "vae"))
+    st = dict(psnr=psnr, acc=acc.tolist(), scaling_factor=sf)
+    if seconds is not None:
+        st["seconds"] = seconds
+    json.dump(st, open(os.path.join(CKPT, "vae_stats.json"), "w"))
+    return vae
+
+
 def train_vae(args):
     from diffusers import AutoencoderKL
     torch.manual_seed(args.seed)
@@ -157,21 +186,52 @@ def train_vae(args):
             log(f"  eval: PSNR {psnr:.2f} dB, round-trip measured colour/bg/shape {acc.round(3)}")
             vae.save_pretrained(os.path.join(CKPT, "vae_partial"))
     vae.eval()
-    psnr, acc, lat = vae_eval(vae, n=1000)
-    # scaling factor as in SD (0.18215 = 1/std of the latents)
-    with torch.no_grad():
-        imgs, _, _ = shapes.make_batch(1000, 4242, train_only=True)
-        post = vae.encode(to_tensor(imgs)).latent_dist
-        z = post.sample(generator=torch.Generator().manual_seed(0))
-    sf = float(1.0 / z.std())
-    vae.register_to_config(scaling_factor=round(sf, 5))
-    log(f"VAE done in {time.time()-t0:.0f}s: PSNR {psnr:.2f} dB, round-trip measured "
-        f"colour/bg/shape {acc.round(4)}, latent std {z.std():.4f} mean {z.mean():.4f} -> scaling_factor {sf:.5f}")
     os.makedirs(CKPT, exist_ok=True)
     vae.save_pretrained(os.path.join(CKPT, "vae"))
-    json.dump(dict(psnr=psnr, acc=acc.tolist(), scaling_factor=sf, seconds=time.time() - t0),
-              open(os.path.join(CKPT, "vae_stats.json"), "w"))
+    finalize_vae(args, vae, seconds=time.time() - t0)
     return vae
+
+
+def finetune_decoder(args):
+    """Optional: more decoder training with the encoder frozen (the latent space, and so the
+    UNet trained on it, stays valid)."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(args.seed + 5)
+    vae = AutoencoderKL.from_pretrained(os.path.join(CKPT, "vae"))
+    sf = vae.config.scaling_factor
+    vae.encoder.requires_grad_(False); vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0)
+    t0 = time.time()
+    steps, bs = args.dec_steps, args.vae_batch
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, args.dec_lr, warmup=20, hold=0.0)
+        imgs, _, _ = shapes.make_batch(bs, args.seed * 7_000_003 + step, train_only=True)
+        x = to_tensor(imgs)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        y = vae.decode(z).sample
+        w = 1.0 + args.edge_weight * edge_weight(x)
+        err = y - x
+        rec = (w * (err.pow(2) + 0.5 * err.abs())).mean()
+        gx = (y[..., 1:] - y[..., :-1]) - (x[..., 1:] - x[..., :-1])
+        gy = (y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
+        loss = rec + args.grad_weight * (gx.abs().mean() + gy.abs().mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"decoder step {step}/{steps} loss {loss.item():.4f} | {time.time()-t0:.0f}s")
+    vae.eval()
+    psnr, acc, _ = vae_eval(vae, n=1000)
+    log(f"decoder fine-tune done in {time.time()-t0:.0f}s: PSNR {psnr:.2f} dB, round-trip measured "
+        f"colour/bg/shape {acc.round(4)} (scaling_factor kept {sf})")
+    vae.save_pretrained(os.path.join(CKPT, "vae"))
+    st = json.load(open(os.path.join(CKPT, "vae_stats.json")))
+    st.update(dec_psnr=psnr, dec_acc=acc.tolist(), dec_seconds=time.time() - t0, dec_steps=steps)
+    json.dump(st, open(os.path.join(CKPT, "vae_stats.json"), "w"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +287,7 @@ def train_unet(args):
         for gr in opt.param_groups:
             gr["lr"] = lr
         idx = torch.randint(0, len(caps), (bs,), generator=g)
-        z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)) * sf
+        z0 = lat_mean[idx] * sf  # posterior std is ~e^-6 (see finalize_vae): use the mean
         ci = cap_idx[idx].clone()
         drop = torch.rand(bs, generator=g) < args.p_uncond
         ci[drop] = len(uniq) - 1
@@ -306,7 +366,7 @@ def install(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["all", "vae", "unet", "install"], default="all")
+    ap.add_argument("--stage", choices=["all", "vae", "vae-finalize", "decoder", "unet", "install"], default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vae-steps", type=int, default=700)
@@ -316,21 +376,27 @@ def main():
     ap.add_argument("--grad-weight", type=float, default=0.25)
     ap.add_argument("--vae-det-steps", type=int, default=700)
     ap.add_argument("--vae-eval-every", type=int, default=250)
+    ap.add_argument("--dec-steps", type=int, default=0)
+    ap.add_argument("--dec-lr", type=float, default=5e-4)
     ap.add_argument("--kl-weight", type=float, default=2e-7)
-    ap.add_argument("--n-images", type=int, default=40000)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--n-images", type=int, default=20000)
+    ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--min-snr", type=float, default=5.0)
-    ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--ema-start", type=int, default=300)
-    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--ema-start", type=int, default=200)
+    ap.add_argument("--ckpt-every", type=int, default=200)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     if args.stage in ("all", "vae"):
         train_vae(args)
+    if args.stage == "vae-finalize":
+        finalize_vae(args)
+    if args.stage in ("all", "decoder") and args.dec_steps > 0:
+        finetune_decoder(args)
     if args.stage in ("all", "unet"):
         train_unet(args)
     if args.stage in ("all", "install"):
