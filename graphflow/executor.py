@@ -357,18 +357,7 @@ class _Run:
         listen = self.listen
         for b in order:
             if b not in varying:
-                bd = loop.body[b]
-                if listen:
-                    self.emit(ev.NodeStarted(b, bd.type))
-                t0 = time.perf_counter()
-                scope[b] = self.call(bd, scope, self.context(b))
-                dt = time.perf_counter() - t0
-                st = self.stat(b)
-                st.runs += 1
-                st.seconds += dt
-                st.status = "ran"
-                if listen:
-                    self.emit(ev.NodeFinished(b, bd.type, dt, None))
+                scope[b] = self.run_body_node(loop.body[b], scope, None, count)
         per_step = [b for b in order if b in varying]
         carry = {k: self.resolve(r, loop.id, f"carry.{k}", {}) for k, r in loop.carry.items()}
         collected: dict[str, list] = {k: [] for k in loop.collect}
@@ -386,23 +375,28 @@ class _Run:
                     if listen:
                         self.emit(ev.NodeFinished(b, bd.type, 0.0, "skipped", i))
                     continue
-                if listen:
-                    self.emit(ev.NodeStarted(b, bd.type, i))
-                t0 = time.perf_counter()
-                scope[b] = self.call(bd, scope, self.context(b, i, count))
-                dt = time.perf_counter() - t0
-                st = self.stat(b)
-                st.runs += 1
-                st.seconds += dt
-                st.status = "ran"
-                if listen:
-                    self.emit(ev.NodeFinished(b, bd.type, dt, None, i))
+                scope[b] = self.run_body_node(bd, scope, i, count)
             for k, r in loop.collect.items():
                 if isinstance(r, Link) and r.port not in scope.get(r.node, {r.port: None}):
                     continue  # produced by a node that skipped this iteration
                 collected[k].append(self.resolve(r, loop.id, f"collect.{k}", scope))
             carry = {k: self.resolve(r, loop.id, f"next.{k}", scope) for k, r in loop.next.items()}
         return {**carry, **collected}
+
+    def run_body_node(self, bd: NodeDef, scope: dict[str, dict[str, Any]], i: int | None, count: int) -> dict[str, Any]:
+        """One body node, once (``i`` None: a loop-invariant node run before the first step)."""
+        if self.listen:
+            self.emit(ev.NodeStarted(bd.id, bd.type, i))
+        t0 = time.perf_counter()
+        out = self.call(bd, scope, self.context(bd.id, i, count if i is not None else None))
+        dt = time.perf_counter() - t0
+        st = self.stat(bd.id)
+        st.runs += 1
+        st.seconds += dt
+        st.status = "ran"
+        if self.listen:
+            self.emit(ev.NodeFinished(bd.id, bd.type, dt, None, i))
+        return out
 
     def release(self, nid: str) -> None:
         """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""

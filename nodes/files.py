@@ -41,3 +41,13 @@ def resolve_input_file(name: str) -> Path:
         return p
     q = PACKAGE_DIR / name
     return q if q.exists() else p
+
+
+class ReadsFile:
+    """Mixin for nodes whose ``path`` input names a file they read: the file's size and
+    modification time join the cache key, so an edited file is read again."""
+
+    @classmethod
+    def identity(cls, literals: dict) -> list | None:
+        p = resolve_input_file(literals.get("path", ""))
+        return file_identity(p) if p.is_file() else None

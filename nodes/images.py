@@ -12,7 +12,7 @@ import orjson
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.files import file_identity, resolve_input_file
+from graphflow_nodes.files import ReadsFile, resolve_input_file
 from graphflow_nodes.kinds import Image, ImageList, Latents
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -49,7 +49,7 @@ def _next_number(folder: Path, prefix: str, suffix: str) -> int:
     return max(nums, default=0) + 1
 
 
-class LoadImage(Node, name="LoadImage", category="image"):
+class LoadImage(ReadsFile, Node, name="LoadImage", category="image"):
     """An image file as a (1, 3, H, W) tensor in [0, 1], resized if asked."""
 
     class In(Inputs):
@@ -59,11 +59,6 @@ class LoadImage(Node, name="LoadImage", category="image"):
 
     class Out(Outputs):
         image: Image = Field(description="(1, 3, H, W) in [0, 1]")
-
-    @classmethod
-    def identity(cls, literals: dict[str, Any]) -> Any:
-        p = resolve_input_file(literals.get("path", ""))
-        return file_identity(p) if p.is_file() else None
 
     def run(self, i: In, ctx: Context) -> dict:
         from PIL import Image as PILImage

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.files import file_identity, resolve_input_file
+from graphflow_nodes.files import ReadsFile, resolve_input_file
 from graphflow_nodes.kinds import VAE, Image, Latents, Scheduler, UNet
 
 
@@ -64,7 +64,7 @@ class NoiseLike(Node, name="NoiseLike", category="latents"):
         return {"noise": noise.to(i.latents.device)}
 
 
-class LoadLatents(Node, name="LoadLatents", category="latents"):
+class LoadLatents(ReadsFile, Node, name="LoadLatents", category="latents"):
     """A tensor from a safetensors file (latents or noise saved elsewhere)."""
 
     class In(Inputs):
@@ -73,11 +73,6 @@ class LoadLatents(Node, name="LoadLatents", category="latents"):
 
     class Out(Outputs):
         latents: Latents = Field(description="the tensor")
-
-    @classmethod
-    def identity(cls, literals: dict[str, Any]) -> Any:
-        p = resolve_input_file(literals.get("path", ""))
-        return file_identity(p) if p.is_file() else None
 
     def run(self, i: In, ctx: Context) -> dict:
         from safetensors.torch import load_file

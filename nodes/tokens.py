@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.files import file_identity, resolve_input_file
+from graphflow_nodes.files import ReadsFile, resolve_input_file
 from graphflow_nodes.kinds import TextEncoder, TokenEmbeddings, TokenIds, Tokenizer, Vector
 from graphflow_nodes.text import _text_model
 
@@ -143,7 +143,7 @@ def read_textual_inversion(path, token: str | None) -> tuple[Any, str]:
     return vec.reshape(-1, vec.shape[-1]).float(), token or str(name)
 
 
-class LoadTextualInversion(Node, name="LoadTextualInversion", category="tokens"):
+class LoadTextualInversion(ReadsFile, Node, name="LoadTextualInversion", category="tokens"):
     """Loads a learned embedding (``learned_embeds.bin`` or ``.safetensors``), to put in place of
     a placeholder with ReplaceToken."""
 
@@ -154,11 +154,6 @@ class LoadTextualInversion(Node, name="LoadTextualInversion", category="tokens")
     class Out(Outputs):
         vector: Vector = Field(description="(n, hidden) learned vectors")
         token: str = Field(description="the placeholder token")
-
-    @classmethod
-    def identity(cls, literals: dict[str, Any]) -> Any:
-        p = resolve_input_file(literals.get("path", ""))
-        return file_identity(p) if p.is_file() else None
 
     def run(self, i: In, ctx: Context) -> dict:
         path = resolve_input_file(i.path)

@@ -154,3 +154,20 @@ def test_loop_result_is_reused_from_disk_by_a_second_process(tiny_model, tmp_pat
     assert rows["embeddings"][-1] == "disk" and rows["noise"][-1] == "disk" and rows["schedule"][-1] == "ran"
     assert not {"cond", "uncond"} & rows.keys()
     assert rows["denoise"][-1] == "ran" and rows["unet"][2] == "4"
+
+
+def test_an_edited_input_file_is_read_again(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "in.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(path)
+    wf = Workflow.from_dict({"format": 1, "nodes": {"img": {"type": "LoadImage", "inputs": {"path": str(path)}},
+                                                    "mean": {"type": "ImageChannels", "inputs": {"image": {"from": "img.image"}}}},
+                             "outputs": {"red": "mean.red", "blue": "mean.blue"}})
+    ex = Executor()
+    assert ex.run(wf)["red"] == 1.0
+    assert ex.run(wf).runs("img") == 0  # unchanged file: cached
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    r = ex.run(wf)
+    assert r.runs("img") == 1 and r["red"] == 0.0 and r["blue"] == 1.0
