@@ -119,6 +119,17 @@ class DiskCache:
         self.root = Path(root)
         self.errors: list[str] = []
 
+    def entries(self) -> list[Path]:
+        return sorted(self.root.glob("??/*.safetensors")) if self.root.is_dir() else []
+
+    def clear(self) -> int:
+        """Delete every entry (and stray temporary files); returns how many entries there were."""
+        n = 0
+        for p in self.root.glob("??/*") if self.root.is_dir() else []:
+            n += p.suffix == ".safetensors"
+            p.unlink(missing_ok=True)
+        return n
+
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 

@@ -285,6 +285,19 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from graphflow.cache import DiskCache
+
+    disk = DiskCache(args.cache_dir or default_cache_dir())
+    if args.clear:
+        print(f"{disk.root}: removed {disk.clear()} entries")
+        return EXIT_OK
+    entries = disk.entries()
+    size = sum(p.stat().st_size for p in entries)
+    print(f"{disk.root}: {len(entries)} entries, {size / 2**20:.1f} MiB")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphflow", description="Run diffusion workflows written as JSON graphs of typed nodes.")
     p.add_argument("--version", action="version", version="graphflow 0.1.0")
@@ -329,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="write to this file instead of stdout")
     common(s)
     s.set_defaults(func=cmd_schema)
+
+    c = sub.add_parser("cache", help="size of the on-disk cache, or --clear to empty it")
+    c.add_argument("--cache-dir", help="the cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
+    c.add_argument("--clear", action="store_true", help="delete every entry")
+    c.set_defaults(func=cmd_cache)
 
     g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text")
     g.add_argument("workflow")

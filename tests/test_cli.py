@@ -468,3 +468,18 @@ def test_plugin_that_fails_to_import_is_a_bad_plugin(tmp_path, capsys):
     assert main(["validate", HELLO, "--plugin", str(plugin)]) == 2
     err = capsys.readouterr().err
     assert "[bad_plugin]" in err and "plugin is broken" in err
+
+
+def test_cache_command_reports_and_clears_the_disk_cache(tmp_path, capsys):
+    wf = write(tmp_path, "v.json", {
+        "format": 1, "nodes": {"v": {"type": "MakeVec", "inputs": {"size": 3}}, "s": {"type": "SumVec", "inputs": {"vec": link("v.vec")}}},
+        "outputs": {"t": "s.total"}})
+    cache = str(tmp_path / "cache")
+    assert main(["run", wf, "--plugin", "tests.toy_nodes", "--cache-dir", cache, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "--cache-dir", cache]) == 0
+    assert ": 2 entries" in capsys.readouterr().out
+    assert main(["cache", "--cache-dir", cache, "--clear"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert main(["cache", "--cache-dir", cache]) == 0
+    assert ": 0 entries" in capsys.readouterr().out
