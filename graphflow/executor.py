@@ -69,7 +69,11 @@ class RunResult:
 
 
 def _fingerprint(obj: Any) -> str:
-    return hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=str), digest_size=20).hexdigest()
+    try:
+        data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:  # e.g. an int beyond 64 bits, which orjson does not write
+        data = repr(obj).encode()
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
 def _outputs_dict(out: Any, cls: type[Node]) -> dict[str, Any]:

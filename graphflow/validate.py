@@ -153,6 +153,10 @@ class _Checker:
                 p = self.problems[i]
                 self.problems[i] = Problem(p.code, p.message, node=node, field=fld)
             return k
+        if isinstance(ref, LinkList):
+            kinds = [self.ref_kind(link, scope, node, f"{fld}[{j}]") for j, link in enumerate(ref.links)]
+            first = next((k for k in kinds if k is not None), None)
+            return list_of(first or ANY)
         if isinstance(ref, ParamRef):
             if ref.name not in self.doc.params:
                 self.add("unknown_param", f"no parameter '{ref.name}' is declared in 'params'", node, fld)

@@ -67,7 +67,10 @@ class Workflow:
 
     def check(self, params: dict[str, Any] | None = None) -> Checked:
         merged = {**self.params, **(params or {})}
-        key = orjson.dumps(merged, option=orjson.OPT_SORT_KEYS, default=repr)
+        try:
+            key = orjson.dumps(merged, option=orjson.OPT_SORT_KEYS, default=repr)
+        except TypeError:  # an int beyond 64 bits
+            key = repr(sorted(merged.items(), key=lambda kv: kv[0])).encode()
         hit = self._checked.get(key)
         if hit is not None:
             return hit

@@ -8,6 +8,9 @@ from typing import Annotated, Any
 
 from graphflow.ports import OBJECT, TENSOR, kind, list_of
 
+#: seeds go to torch.Generator.manual_seed, which takes at most 64 bits
+SEED_MAX = 2**63 - 1
+
 TOKENIZER_K = kind("tokenizer", parent=OBJECT, description="a CLIP tokenizer")
 TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a CLIPTextModel")
 UNET_K = kind("unet", parent=OBJECT, description="a UNet2DConditionModel")

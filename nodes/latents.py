@@ -8,7 +8,7 @@ from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
 from graphflow_nodes.files import ReadsFile, resolve_input_file
-from graphflow_nodes.kinds import VAE, Image, Latents, Scheduler, UNet
+from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Scheduler, UNet
 
 
 def vae_scale_factor(vae) -> int:
@@ -23,7 +23,7 @@ class RandomLatents(Node, name="RandomLatents", category="latents"):
         unet: UNet = Field(description="gives the latent channels and default size")
         vae: VAE = Field(description="gives the downscaling factor")
         scheduler: Scheduler = Field(description="gives init_noise_sigma")
-        seed: int = Field(0, description="random seed")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="random seed")
         width: int | None = Field(None, ge=8, le=4096, multiple_of=8, description="image width in pixels; default: the model's")
         height: int | None = Field(None, ge=8, le=4096, multiple_of=8, description="image height in pixels; default: the model's")
         batch_size: int = Field(1, ge=1, le=64, description="images per prompt")
@@ -50,7 +50,7 @@ class NoiseLike(Node, name="NoiseLike", category="latents"):
 
     class In(Inputs):
         latents: Latents = Field(description="gives the shape, dtype and device")
-        seed: int = Field(0, description="random seed")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="random seed")
 
     class Out(Outputs):
         noise: Latents = Field(description="unit noise")
@@ -94,7 +94,7 @@ class VAEEncode(Node, name="VAEEncode", category="latents"):
         vae: VAE = Field(description="from LoadModel")
         image: Image = Field(description="(batch, 3, H, W) in [0, 1]")
         mode: Literal["sample", "mean"] = Field("sample", description="sample the latent distribution, or take its mean")
-        seed: int = Field(0, description="seed for 'sample'")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for 'sample'")
 
     class Out(Outputs):
         latents: Latents = Field(description="scaled latents")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.kinds import Latents, ModelInput, NoisePred, Scheduler, SchedulerConfig, Timestep, Timesteps
+from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Scheduler, SchedulerConfig, Timestep, Timesteps
 
 SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
@@ -115,7 +115,7 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling"):
         noise_pred: NoisePred = Field(description="the guided noise prediction")
         timestep: Timestep = Field(description="the loop's timestep")
         latents: Latents = Field(description="the current latents")
-        seed: int = Field(0, description="noise seed for stochastic schedulers (DDPM, Euler ancestral)")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="noise seed for stochastic schedulers (DDPM, Euler ancestral)")
 
     class Out(Outputs):
         latents: Latents = Field(description="latents for the next timestep (prev_sample)")
@@ -130,7 +130,7 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling"):
             s.is_scale_input_called = True  # ScaleModelInput scaled on its own copy of the scheduler
         kwargs = {}
         if "generator" in inspect.signature(s.step).parameters:
-            kwargs["generator"] = generator(i.seed * 1_000_003 + (ctx.iteration or 0))
+            kwargs["generator"] = generator((i.seed * 1_000_003 + (ctx.iteration or 0)) % 2**63)
         out = s.step(i.noise_pred, i.timestep, i.latents, return_dict=True, **kwargs)
         x0 = getattr(out, "pred_original_sample", None)
         if x0 is None and getattr(s, "model_outputs", None) and s.model_outputs[-1] is not None:
