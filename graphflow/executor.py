@@ -290,7 +290,8 @@ class _Run:
             return hit, "memory"
         disk = self.ex.disk
         if disk is not None:
-            hit = disk.get(fp, self.consumed.get(nid, set()) - {"*"})
+            needed = self.consumed.get(nid, set())
+            hit = disk.get(fp, self.output_names(nid) if "*" in needed else needed)
             if hit is not None:
                 if hit.keys() >= self.output_names(nid):  # a partial entry must not pose as complete
                     self.ex.memory.put(fp, hit)
