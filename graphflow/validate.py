@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import difflib
+
 import networkx as nx
 from pydantic import ValidationError
 
@@ -59,6 +61,11 @@ def _literal_kind(value: Any) -> Kind:
     return ANY
 
 
+def _did_you_mean(name: str, options) -> str:
+    near = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
 def _pyd_message(e: ValidationError) -> str:
     errs = e.errors()
     return "; ".join(err["msg"] for err in errs[:3]) if errs else str(e)
@@ -77,7 +84,7 @@ class _Checker:
         for name, value in overrides.items():
             if name not in doc.params:
                 known = ", ".join(sorted(doc.params)) or "none"
-                self.problems.append(Problem("unknown_param", f"no parameter '{name}' (known: {known})", field=f"params.{name}"))
+                self.problems.append(Problem("unknown_param", f"no parameter '{name}'{_did_you_mean(name, doc.params)} (known: {known})", field=f"params.{name}"))
         for name, p in doc.params.items():
             if name in overrides:
                 self.params[name] = overrides[name]
@@ -101,7 +108,7 @@ class _Checker:
         Reports and returns None when the link points nowhere valid."""
         target = self.all.get(link.node)
         if target is None:
-            self.add("unknown_node", f"link to '{link}': there is no node '{link.node}'")
+            self.add("unknown_node", f"link to '{link}': there is no node '{link.node}'{_did_you_mean(link.node, self.all)}")
             return None
         if isinstance(target, LoopDef):
             if scope == target.id:
@@ -134,7 +141,8 @@ class _Checker:
             return None  # unknown type, already reported
         port = node_cls.outputs.get(link.port)
         if port is None:
-            self.add("unknown_output", f"link to '{link}': {node_cls.type_name} has outputs {', '.join(node_cls.outputs)}")
+            self.add("unknown_output", f"link to '{link}': {node_cls.type_name} has outputs {', '.join(node_cls.outputs)}"
+                     f"{_did_you_mean(link.port, node_cls.outputs)}")
             return None
         return port.kind
 
@@ -159,7 +167,7 @@ class _Checker:
             return list_of(first or ANY)
         if isinstance(ref, ParamRef):
             if ref.name not in self.doc.params:
-                self.add("unknown_param", f"no parameter '{ref.name}' is declared in 'params'", node, fld)
+                self.add("unknown_param", f"no parameter '{ref.name}' is declared in 'params'{_did_you_mean(ref.name, self.doc.params)}", node, fld)
                 return None
             self.used_params.add(ref.name)
             if ref.name not in self.params:
@@ -185,7 +193,7 @@ class _Checker:
         except ValidationError as e:
             what = f"parameter '{ref.name}' = {value!r}" if isinstance(ref, ParamRef) else repr(value)
             code = "bad_param" if isinstance(ref, ParamRef) else "bad_literal"
-            self.add(code, f"{what} is not a valid {port.kind}: {_pyd_message(e)}", nid, fld)
+            self.add(code, f"{what} is not valid for input '{port.name}' ({port.kind}): {_pyd_message(e)}", nid, fld)
 
     def check_node(self, n: NodeDef) -> None:
         node_cls = self.types.get(n.id)
@@ -195,7 +203,8 @@ class _Checker:
             fld = f"inputs.{name}"
             port = node_cls.inputs.get(name)
             if port is None:
-                self.add("unknown_input", f"{node_cls.type_name} has no input '{name}' (inputs: {', '.join(node_cls.inputs)})", n.id, fld)
+                self.add("unknown_input", f"{node_cls.type_name} has no input '{name}'{_did_you_mean(name, node_cls.inputs)} "
+                         f"(inputs: {', '.join(node_cls.inputs)})", n.id, fld)
                 continue
             if isinstance(ref, Link):
                 k = self.ref_kind(ref, n.loop, n.id, fld)
@@ -323,7 +332,7 @@ class _Checker:
                 cls = self.reg.get(n.type)
                 if cls is None:
                     near = [t for t in self.reg.names() if t.lower() == n.type.lower()]
-                    hint = f" (did you mean '{near[0]}'?)" if near else " (see `graphflow nodes`)"
+                    hint = f" (did you mean '{near[0]}'?)" if near else (_did_you_mean(n.type, self.reg.names()) or " (see `graphflow nodes`)")
                     self.add("unknown_node_type", f"unknown node type '{n.type}'{hint}", nid, "type")
                 else:
                     self.types[nid] = cls
