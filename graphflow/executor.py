@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from graphflow import events as ev
 from graphflow.cache import DiskCache, MemoryCache
 from graphflow.context import Cancelled, Context
+from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.document import Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
 from graphflow.node import Node, Outputs
 from graphflow.validate import Checked
@@ -490,8 +491,9 @@ class Executor:
 
     def run(self, wf: Any, params: dict[str, Any] | None = None) -> RunResult:
         """Run a ``graphflow.Workflow`` (or an already checked workflow)."""
-        checked = wf.check(params) if hasattr(wf, "check") else wf
-        with self._lock:
-            self._cancel.clear()
-            salt = f"{self.device}|{self.dtype}"
-            return _Run(self, checked, salt).execute()
+        with fewer_gc_passes():
+            checked = wf.check(params) if hasattr(wf, "check") else wf
+            with self._lock:
+                self._cancel.clear()
+                salt = f"{self.device}|{self.dtype}"
+                return _Run(self, checked, salt).execute()

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from graphflow.document import Document, load_json_file, read_document
+from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.registry import Registry, default_registry
 from graphflow.validate import Checked, check
@@ -44,7 +45,8 @@ class Workflow:
 
     @classmethod
     def _from_json(cls, data: dict[str, Any], registry: Registry | None, source: str) -> Workflow:
-        doc, problems = read_document(data, source)
+        with fewer_gc_passes():
+            doc, problems = read_document(data, source)
         if problems or doc is None:
             raise ValidationFailed(problems)
         return cls(doc, registry or globals()["registry"]())
@@ -74,7 +76,8 @@ class Workflow:
         hit = self._checked.get(key)
         if hit is not None:
             return hit
-        checked, problems = check(self.doc, self.registry, merged)
+        with fewer_gc_passes():
+            checked, problems = check(self.doc, self.registry, merged)
         if problems or checked is None:
             raise ValidationFailed(problems)
         if len(self._checked) > 64:  # a long-lived process sweeping parameters
