@@ -73,6 +73,10 @@ class MakeScheduler(Node, name="Scheduler", category="sampling"):
         cls = getattr(diffusers, cls_name or "", None)
         if cls is None:
             raise ValueError(f"diffusers has no scheduler class {cls_name!r}")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(i.options) - accepted)
+        if unknown:
+            raise ValueError(f"{cls_name} has no option {', '.join(map(repr, unknown))} (it takes: {', '.join(sorted(accepted))})")
         config = {**i.scheduler_config, **i.options}
         s = cls.from_config(config)
         s.set_timesteps(i.steps, device=ctx.device)

@@ -171,3 +171,20 @@ def test_an_edited_input_file_is_read_again(tmp_path):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     r = ex.run(wf)
     assert r.runs("img") == 1 and r["red"] == 0.0 and r["blue"] == 1.0
+
+
+def test_scheduler_by_name_with_options_and_a_clear_error_for_a_wrong_option(tiny_model):
+    def run(options):
+        return Executor().run(Workflow.from_dict({
+            "format": 1,
+            "nodes": {"m": {"type": "LoadModel", "inputs": {"path": str(tiny_model)}},
+                      "s": {"type": "Scheduler", "inputs": {"scheduler_config": {"from": "m.scheduler_config"}, "name": "dpm",
+                                                            "steps": 10, "start_step": 4, "options": options}}},
+            "outputs": {"t": "s.timesteps", "sched": "s.scheduler"}}))
+
+    r = run({"use_karras_sigmas": True})
+    assert r.ok, r.errors
+    assert type(r["sched"]).__name__ == "DPMSolverMultistepScheduler" and r["sched"].config.use_karras_sigmas
+    assert len(r["t"]) == 6 and r["sched"].begin_index == 4  # sliced from step 4, as diffusers' img2img does
+    bad = run({"use_karras_sigma": True})
+    assert bad.errors[0].node == "s" and "has no option 'use_karras_sigma'" in bad.errors[0].message
