@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-WORKFLOW ?= workflows/hello.json
+WORKFLOW ?= workflows/txt2img.json
 
 .PHONY: setup run test bench clean
 

@@ -1,6 +1,6 @@
 """Evaluate the embedded tiny SD model with diffusers' own StableDiffusionPipeline.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python train/evaluate.py                    # guidance 1.0, 4.0, 7.5
+    HF_HUB_OFFLINE=1 .venv/bin/python train/evaluate.py                    # guidance 1.0, 2.5 (recommended), 7.5
     HF_HUB_OFFLINE=1 .venv/bin/python train/evaluate.py --guidance 1 2 3 4 5 7.5 --seeds 2
 
 Prompts: every held-out (colour, background, shape) triple of train.shapes plus as many
@@ -25,13 +25,14 @@ from train import shapes  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(REPO, "nodes", "models", "tiny-sd")
-RECOMMENDED_GUIDANCE = 4.0
+RECOMMENDED_GUIDANCE = 2.5
 
 
 def load_pipe(model_dir=MODEL_DIR, scheduler="lms"):
-    from diffusers import DDIMScheduler, LMSDiscreteScheduler, StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
-    cls = {"lms": LMSDiscreteScheduler, "ddim": DDIMScheduler}.get(scheduler)
+    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler,
+                           StableDiffusionPipeline)
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    cls = {"lms": LMSDiscreteScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}.get(scheduler)
     if cls is not None:
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -69,9 +70,10 @@ def main():
     ap.add_argument("--model", default=MODEL_DIR)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, RECOMMENDED_GUIDANCE, 7.5])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-base", type=int, default=1000, help="first generator seed (sweeps used 2000)")
     ap.add_argument("--n-train", type=int, default=18, help="training triples evaluated besides the held-out ones")
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--scheduler", default="lms", choices=["lms", "ddim", "pndm"])
+    ap.add_argument("--scheduler", default="lms", choices=["lms", "ddim", "euler", "pndm"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recommended", type=float, default=RECOMMENDED_GUIDANCE)
     ap.add_argument("--save", default="/tmp/tinysd/eval", help="folder for sample grids and eval.json")
@@ -82,7 +84,7 @@ def main():
     tr = eval_triples(args.n_train)
     triples = [t for t, _ in tr]
     held = {t for t, h in tr if h}
-    seeds = list(range(1000, 1000 + args.seeds))
+    seeds = list(range(args.seed_base, args.seed_base + args.seeds))
     os.makedirs(args.save, exist_ok=True)
     results = {}
     print(f"{len(triples)} prompts ({len(held)} held-out) x {len(seeds)} seeds, {args.steps} steps, "

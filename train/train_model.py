@@ -3,6 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python train/train_model.py            # all stages, then install
     HF_HUB_OFFLINE=1 .venv/bin/python train/train_model.py --stage vae
     HF_HUB_OFFLINE=1 .venv/bin/python train/train_model.py --stage unet
+    HF_HUB_OFFLINE=1 .venv/bin/python train/train_model.py --stage unet2
     HF_HUB_OFFLINE=1 .venv/bin/python train/train_model.py --stage install
 
 Stages:
@@ -12,6 +13,8 @@ Stages:
   unet    - encode a fixed set of training images once, then train UNet2DConditionModel and
             CLIPTextModel jointly (epsilon objective, min-SNR-5 weighting, 10% empty captions,
             EMA); checkpoint in /tmp/tinysd/{unet,text_encoder}
+  unet2   - phase 2: copy that checkpoint to /tmp/tinysd/phase1 and continue training from it
+            (new EMA, lower peak lr, new data order); checkpoint in /tmp/tinysd/{unet,text_encoder}
   install - write the StableDiffusionPipeline folder (fp16 safetensors) to
             nodes/models/tiny-sd (the tokenizer already there is kept as is).
 Nothing here is imported by the graphflow engine.
@@ -267,6 +270,12 @@ def train_unet(args):
     torch.manual_seed(args.seed)
     text = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     unet = UNet2DConditionModel(**UNET_CONFIG)
+    if args.resume:
+        # phase 2: continue from the (EMA) weights of the previous phase, new schedule and data order
+        src = args.resume
+        text = CLIPTextModel.from_pretrained(os.path.join(src, "text_encoder")).float().train()
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(src, "unet")).float().train()
+        log(f"continuing from {src}")
     log(f"UNet params {sum(p.numel() for p in unet.parameters())/1e6:.2f} M, text encoder "
         f"{sum(p.numel() for p in text.parameters())/1e6:.2f} M")
     sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
@@ -278,12 +287,12 @@ def train_unet(args):
     ema_u, ema_t = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
     for p in list(ema_u.parameters()) + list(ema_t.parameters()):
         p.requires_grad_(False)
-    g = torch.Generator().manual_seed(args.seed + 1)
+    g = torch.Generator().manual_seed(args.seed + 1 + (1000 if args.resume else 0))
     steps, bs = args.steps, args.batch
     t0 = time.time()
     run_loss = None
     for step in range(steps):
-        lr = lr_at(step, steps, args.lr, warmup=100, hold=0.4)
+        lr = lr_at(step, steps, args.lr, warmup=100, hold=args.hold)
         for gr in opt.param_groups:
             gr["lr"] = lr
         idx = torch.randint(0, len(caps), (bs,), generator=g)
@@ -330,7 +339,10 @@ def install(args):
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    out = MODEL_DIR
+    out = args.out
+    if os.path.abspath(out) != os.path.abspath(MODEL_DIR):
+        shutil.rmtree(os.path.join(out, "tokenizer"), ignore_errors=True)
+        shutil.copytree(TOKENIZER_DIR, os.path.join(out, "tokenizer"))
     for sub in ("vae", "unet", "text_encoder", "scheduler"):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     AutoencoderKL.from_pretrained(os.path.join(CKPT, "vae")).to(torch.float16).save_pretrained(
@@ -341,6 +353,12 @@ def install(args):
         os.path.join(out, "text_encoder"), safe_serialization=True)
     PNDMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "clip_sample"}).save_pretrained(
         os.path.join(out, "scheduler"))
+    # like SD v1's scheduler_config.json, record clip_sample=false (PNDM ignores it; DDIM & co.
+    # would otherwise default to clipping x0 to [-1, 1], which is wrong for latents)
+    sc_path = os.path.join(out, "scheduler", "scheduler_config.json")
+    sc = json.load(open(sc_path))
+    sc["clip_sample"] = False
+    json.dump(sc, open(sc_path, "w"), indent=2, sort_keys=True)
     mi = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": __import__("diffusers").__version__,
@@ -355,7 +373,15 @@ def install(args):
         "vae": ["diffusers", "AutoencoderKL"],
     }
     json.dump(mi, open(os.path.join(out, "model_index.json"), "w"), indent=2)
-    # the transformers config records dtype float16; the weights load as float32 by default
+    # weights are stored in float16; make the text encoder's config say float32 so that
+    # transformers' default dtype="auto" loads it as float32 like the diffusers components
+    tc_path = os.path.join(out, "text_encoder", "config.json")
+    tc = json.load(open(tc_path))
+    tc["dtype"] = "float32"
+    json.dump(tc, open(tc_path, "w"), indent=2, sort_keys=True)
+    for root, _, files in os.walk(out):
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
     total = 0
     for root, _, files in os.walk(out):
         for f in files:
@@ -366,8 +392,9 @@ def install(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["all", "vae", "vae-finalize", "decoder", "unet", "install"], default="all")
+    ap.add_argument("--stage", choices=["all", "vae", "vae-finalize", "decoder", "unet", "unet2", "install"], default="all")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=MODEL_DIR, help="install stage: where to write the pipeline folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vae-steps", type=int, default=700)
     ap.add_argument("--vae-batch", type=int, default=16)
@@ -383,6 +410,12 @@ def main():
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--hold", type=float, default=0.4, help="fraction of steps at peak lr before cosine decay")
+    ap.add_argument("--resume", default="", help="unet stage: continue from this folder's unet/ and text_encoder/")
+    ap.add_argument("--steps2", type=int, default=1200, help="phase-2 steps (0: no phase 2)")
+    ap.add_argument("--lr2", type=float, default=5e-4)
+    ap.add_argument("--hold2", type=float, default=0.3)
+    ap.add_argument("--ema-start2", type=int, default=100)
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--ema", type=float, default=0.998)
@@ -399,6 +432,17 @@ def main():
         finetune_decoder(args)
     if args.stage in ("all", "unet"):
         train_unet(args)
+    if args.stage in ("all", "unet2") and args.steps2 > 0:
+        # phase 2: continue from phase 1's EMA weights with a lower, decaying learning rate
+        p1 = os.path.join(CKPT, "phase1")
+        shutil.rmtree(p1, ignore_errors=True)
+        os.makedirs(p1)
+        for sub in ("unet", "text_encoder"):
+            shutil.copytree(os.path.join(CKPT, sub), os.path.join(p1, sub))
+        a2 = argparse.Namespace(**vars(args))
+        a2.steps, a2.lr, a2.hold, a2.ema_start, a2.resume = (args.steps2, args.lr2, args.hold2,
+                                                            args.ema_start2, p1)
+        train_unet(a2)
     if args.stage in ("all", "install"):
         install(args)
     log(f"total wall time {time.time()-t0:.0f}s ({(time.time()-t0)/60:.1f} min)")

@@ -30,12 +30,12 @@ TOKEN = "<my-shape>"
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="triangle", choices=shapes.SHAPES)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--eval-seeds", type=int, default=12)
+    ap.add_argument("--eval-seeds", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -92,6 +92,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "my-shape.safetensors")
     save_file({TOKEN: emb[new_id].detach().to(torch.float32).reshape(1, -1).clone().contiguous()}, path)
+    os.chmod(path, 0o644)
     print(f"saved {path}; training took {time.time()-t_start:.0f}s")
 
     # evaluate with a fresh pipeline + diffusers' own loader
