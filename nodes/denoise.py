@@ -29,8 +29,11 @@ class PredictNoise(Node, name="PredictNoise", category="sampling"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        emb = i.embeddings.to(device=i.unet.device, dtype=i.unet.dtype)
-        x = i.model_input.to(dtype=i.unet.dtype)
+        from graphflow_nodes.runtime import placement
+
+        device, dtype = placement(i.unet)
+        emb = i.embeddings.to(device=device, dtype=dtype)
+        x = i.model_input.to(dtype=dtype)
         if emb.shape[0] != x.shape[0]:
             if x.shape[0] % emb.shape[0]:
                 raise ValueError(f"embeddings batch {emb.shape[0]} does not divide model input batch {x.shape[0]}")

@@ -104,8 +104,11 @@ class VAEEncode(Node, name="VAEEncode", category="latents"):
 
         from graphflow_nodes.runtime import generator
 
+        from graphflow_nodes.runtime import placement
+
         vae = i.vae
-        x = (i.image * 2 - 1).to(device=vae.device, dtype=vae.dtype)
+        device, dtype = placement(vae)
+        x = (i.image * 2 - 1).to(device=device, dtype=dtype)
         with torch.no_grad():
             dist = vae.encode(x).latent_dist
             z = dist.sample(generator=generator(i.seed)) if i.mode == "sample" else dist.mode()
@@ -115,8 +118,10 @@ class VAEEncode(Node, name="VAEEncode", category="latents"):
 
 def decode(vae, latents):
     """Latents → images in [0, 1], differentiable (guidance takes gradients through it)."""
+    from graphflow_nodes.runtime import placement
+
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    z = latents.to(dtype=vae.dtype) / vae.config.scaling_factor + shift
+    z = latents.to(dtype=placement(vae)[1]) / vae.config.scaling_factor + shift
     return (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
 
 

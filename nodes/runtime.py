@@ -16,3 +16,11 @@ def generator(seed: int) -> torch.Generator:
     """Random draws happen on the CPU, as diffusers' ``randn_tensor`` does for a CPU generator, so
     a seed gives the same picture on every device."""
     return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of a model from its first parameter. diffusers' ``model.dtype`` walks
+    every submodule on each call, which inside a denoising loop costs more than the step's
+    bookkeeping; one parameter tells the same."""
+    p = next(model.parameters())
+    return p.device, p.dtype

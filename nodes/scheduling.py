@@ -7,6 +7,7 @@ that an earlier run already advanced."""
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from typing import Any, Literal
 
@@ -47,6 +48,11 @@ def step_index(scheduler: Any, t: Any) -> int | None:
     if getattr(s, "step_index", None) is None and hasattr(s, "_init_step_index"):
         s._init_step_index(t)
     return getattr(s, "step_index", None)
+
+
+@functools.cache
+def _step_takes_generator(cls: type) -> bool:
+    return "generator" in inspect.signature(cls.step).parameters
 
 
 class MakeScheduler(Node, name="Scheduler", category="sampling"):
@@ -133,7 +139,7 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling"):
         if hasattr(s, "is_scale_input_called"):
             s.is_scale_input_called = True  # ScaleModelInput scaled on its own copy of the scheduler
         kwargs = {}
-        if "generator" in inspect.signature(s.step).parameters:
+        if _step_takes_generator(type(s)):
             kwargs["generator"] = generator((i.seed * 1_000_003 + (ctx.iteration or 0)) % 2**63)
         out = s.step(i.noise_pred, i.timestep, i.latents, return_dict=True, **kwargs)
         x0 = getattr(out, "pred_original_sample", None)

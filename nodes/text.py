@@ -25,6 +25,10 @@ def _text_model(te):
     return getattr(te, "text_model", te)
 
 
+def table_device(te):
+    return _text_model(te).embeddings.token_embedding.weight.device
+
+
 def tokenize(tokenizer, text: str, max_length: int | None = None):
     import torch
 
@@ -39,8 +43,11 @@ def encode_embeddings(te, input_embeddings):
     import torch
     from transformers.masking_utils import create_causal_mask
 
+    from graphflow_nodes.runtime import placement
+
     tm = _text_model(te)
-    h = input_embeddings.to(device=te.device, dtype=te.dtype)
+    device, dtype = placement(te)
+    h = input_embeddings.to(device=device, dtype=dtype)
     with torch.no_grad():
         mask = create_causal_mask(config=te.config, inputs_embeds=h, attention_mask=None, past_key_values=None)
         out = tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True)
@@ -147,7 +154,7 @@ class EncodePrompt(Node, name="EncodePrompt", category="text"):
 
         ids, _ = tokenize(i.tokenizer, i.text)
         with torch.no_grad():
-            return {"text_embeddings": i.text_encoder(ids.to(i.text_encoder.device))[0]}
+            return {"text_embeddings": i.text_encoder(ids.to(table_device(i.text_encoder)))[0]}
 
 
 class MixEmbeddings(Node, name="MixEmbeddings", category="text"):
