@@ -149,7 +149,7 @@ def test_loop_result_is_reused_from_disk_by_a_second_process(tiny_model, tmp_pat
     assert not {"denoise", "unet", "model", "cond"} & rows.keys()
     # a new guidance scale: the loop runs again, on text embeddings and noise read from disk (the
     # prompt is not re-encoded); the scheduler, an in-memory object, is rebuilt
-    third = subprocess.run([*cmd, "--set", "guidance=2.5"], capture_output=True, text=True, timeout=300)
+    third = subprocess.run([*cmd, "--set", "guidance=3.5"], capture_output=True, text=True, timeout=300)
     rows = {r[0]: r for r in (line.split() for line in third.stderr.splitlines() if line.strip()) if len(r) == 6}
     assert rows["embeddings"][-1] == "disk" and rows["noise"][-1] == "disk" and rows["schedule"][-1] == "ran"
     assert not {"cond", "uncond"} & rows.keys()
