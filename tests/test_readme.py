@@ -19,3 +19,19 @@ def test_readme_lists_every_shipped_workflow():
     text = README.read_text()
     for wf in (README.parent / "workflows").glob("*.json"):
         assert f"| `{wf.stem}` |" in text
+
+
+def test_readme_python_example_runs_as_written(tmp_path, capsys):
+    """The README's Python API example, run with its paths pointed at a temporary folder."""
+    text = README.read_text()
+    start = text.index("## Python API")
+    code = text[text.index("```python\n", start) + len("```python\n") : text.index("```\n", text.index("```python\n", start) + 10)]
+    code = (code.replace('"workflows/', f'"{README.parent}/workflows/')
+                .replace('".graphflow-cache"', repr(str(tmp_path / "cache")))
+                .replace('out_dir="out"', f"out_dir={str(tmp_path / 'out')!r}")
+                .replace("ex.subscribe(lambda e: print(e))", "events = []; ex.subscribe(events.append)"))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["image"].shape == (1, 3, 64, 64)
+    assert capsys.readouterr().out.split() == ["30", "memory"]
+    assert len(list((tmp_path / "out").glob("txt2img_*.png"))) == 2
