@@ -195,51 +195,6 @@ def train_vae(args):
     return vae
 
 
-def finetune_decoder(args):
-    """Optional: more decoder training with the encoder frozen (the latent space, and so the
-    UNet trained on it, stays valid)."""
-    from diffusers import AutoencoderKL
-    torch.manual_seed(args.seed + 5)
-    vae = AutoencoderKL.from_pretrained(os.path.join(CKPT, "vae"))
-    sf = vae.config.scaling_factor
-    vae.encoder.requires_grad_(False); vae.quant_conv.requires_grad_(False)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0)
-    t0 = time.time()
-    steps, bs = args.dec_steps, args.vae_batch
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, args.dec_lr, warmup=20, hold=0.0)
-        imgs, _, _ = shapes.make_batch(bs, args.seed * 7_000_003 + step, train_only=True)
-        x = to_tensor(imgs)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mode()
-        y = vae.decode(z).sample
-        w = 1.0 + args.edge_weight * edge_weight(x)
-        err = y - x
-        rec = (w * (err.pow(2) + 0.5 * err.abs())).mean()
-        gx = (y[..., 1:] - y[..., :-1]) - (x[..., 1:] - x[..., :-1])
-        gy = (y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
-        loss = rec + args.grad_weight * (gx.abs().mean() + gy.abs().mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"decoder step {step}/{steps} loss {loss.item():.4f} | {time.time()-t0:.0f}s")
-    vae.eval()
-    psnr, acc, _ = vae_eval(vae, n=1000)
-    log(f"decoder fine-tune done in {time.time()-t0:.0f}s: PSNR {psnr:.2f} dB, round-trip measured "
-        f"colour/bg/shape {acc.round(4)} (scaling_factor kept {sf})")
-    vae.save_pretrained(os.path.join(CKPT, "vae"))
-    st = json.load(open(os.path.join(CKPT, "vae_stats.json")))
-    st.update(dec_psnr=psnr, dec_acc=acc.tolist(), dec_seconds=time.time() - t0, dec_steps=steps)
-    json.dump(st, open(os.path.join(CKPT, "vae_stats.json"), "w"))
-
-
-# ----------------------------------------------------------------------------------------------
-# UNet + text encoder
-# ----------------------------------------------------------------------------------------------
 def encode_dataset(vae, n, seed):
     imgs, caps, trips = shapes.make_batch(n, seed, train_only=True)
     means, stds = [], []
@@ -392,7 +347,7 @@ def install(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["all", "vae", "vae-finalize", "decoder", "unet", "unet2", "install"], default="all")
+    ap.add_argument("--stage", choices=["all", "vae", "vae-finalize", "unet", "unet2", "install"], default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=MODEL_DIR, help="install stage: where to write the pipeline folder")
     ap.add_argument("--threads", type=int, default=2)
@@ -403,8 +358,6 @@ def main():
     ap.add_argument("--grad-weight", type=float, default=0.25)
     ap.add_argument("--vae-det-steps", type=int, default=700)
     ap.add_argument("--vae-eval-every", type=int, default=250)
-    ap.add_argument("--dec-steps", type=int, default=0)
-    ap.add_argument("--dec-lr", type=float, default=5e-4)
     ap.add_argument("--kl-weight", type=float, default=2e-7)
     ap.add_argument("--n-images", type=int, default=20000)
     ap.add_argument("--steps", type=int, default=1600)
@@ -428,8 +381,6 @@ def main():
         train_vae(args)
     if args.stage == "vae-finalize":
         finalize_vae(args)
-    if args.stage in ("all", "decoder") and args.dec_steps > 0:
-        finetune_decoder(args)
     if args.stage in ("all", "unet"):
         train_unet(args)
     if args.stage in ("all", "unet2") and args.steps2 > 0:
