@@ -14,8 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import graphflow  # noqa: E402
 from graphflow_nodes.files import MODELS_DIR  # noqa: E402
+
+import graphflow  # noqa: E402
 
 STEPS, SEED, GUIDANCE, REPEAT = 30, 0, 2.5, 11
 PROMPT = "a red circle on a blue background"

@@ -23,8 +23,8 @@ from pydantic import ValidationError
 from graphflow import events as ev
 from graphflow.cache import DiskCache, MemoryCache
 from graphflow.context import Cancelled, Context
-from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.document import Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
+from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.node import Node, Outputs
 from graphflow.validate import Checked
 

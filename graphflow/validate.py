@@ -6,10 +6,9 @@ call ``graphflow validate`` on every save.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
-
-import difflib
 
 import networkx as nx
 from pydantic import ValidationError

@@ -9,7 +9,16 @@ from graphflow_nodes.images import ImageGrid, LatentChannels, LoadImage, SaveAni
 from graphflow_nodes.latents import Decode, LoadLatents, NoiseLike, RandomLatents, VAEEncode
 from graphflow_nodes.models import LoadModel
 from graphflow_nodes.scheduling import AddNoise, MakeScheduler, ScaleModelInput, SchedulerStep
-from graphflow_nodes.text import AddEmbeddings, CFGEmbeddings, EncodePrompt, MixEmbeddings, PosEmbed, TextEncode, TokenEmbed, Tokenize
+from graphflow_nodes.text import (
+    AddEmbeddings,
+    CFGEmbeddings,
+    EncodePrompt,
+    MixEmbeddings,
+    PosEmbed,
+    TextEncode,
+    TokenEmbed,
+    Tokenize,
+)
 from graphflow_nodes.tokens import LoadTextualInversion, MixVectors, ReplaceToken, TokenVector
 
 __all__ = [

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from graphflow import Context, Inputs, Node, Outputs
 from graphflow_nodes.kinds import VAE, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
 from graphflow_nodes.latents import decode
 from graphflow_nodes.scheduling import step_index
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
 
 
 class PredictNoise(Node, name="PredictNoise", category="sampling"):
@@ -28,7 +28,6 @@ class PredictNoise(Node, name="PredictNoise", category="sampling"):
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-
         from graphflow_nodes.runtime import placement
 
         device, dtype = placement(i.unet)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from graphflow_nodes.files import ReadsFile, resolve_input_file
+from graphflow_nodes.kinds import Image, ImageList, Latents
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.files import ReadsFile, resolve_input_file
-from graphflow_nodes.kinds import Image, ImageList, Latents
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 

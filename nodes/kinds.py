@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from graphflow.ports import OBJECT, TENSOR, kind, list_of
+from graphflow.ports import OBJECT, kind, list_of
 
 #: seeds go to torch.Generator.manual_seed, which takes at most 64 bits
 SEED_MAX = 2**63 - 1
@@ -46,7 +46,7 @@ TokenEmbeddings = Annotated[Any, TOKEN_EMBEDDINGS_K]
 PositionEmbeddings = Annotated[Any, POSITION_EMBEDDINGS_K]
 InputEmbeddings = Annotated[Any, INPUT_EMBEDDINGS_K]
 TextEmbeddings = Annotated[Any, TEXT_EMBEDDINGS_K]
-CFGEmbeddings = Annotated[Any, CFG_EMBEDDINGS_K]
+GuidanceBatch = Annotated[Any, CFG_EMBEDDINGS_K]
 Vector = Annotated[Any, VECTOR_K]
 Latents = Annotated[Any, LATENTS_K]
 NoisePred = Annotated[Any, NOISE_PRED_K]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
+from graphflow_nodes.files import ReadsFile, resolve_input_file
+from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Scheduler, UNet
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.files import ReadsFile, resolve_input_file
-from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Scheduler, UNet
 
 
 def vae_scale_factor(vae) -> int:
@@ -34,7 +34,6 @@ class RandomLatents(Node, name="RandomLatents", category="latents"):
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-
         from graphflow_nodes.runtime import generator
 
         f = vae_scale_factor(i.vae)
@@ -57,7 +56,6 @@ class NoiseLike(Node, name="NoiseLike", category="latents"):
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-
         from graphflow_nodes.runtime import generator
 
         noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=i.latents.dtype)
@@ -101,10 +99,7 @@ class VAEEncode(Node, name="VAEEncode", category="latents"):
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-
-        from graphflow_nodes.runtime import generator
-
-        from graphflow_nodes.runtime import placement
+        from graphflow_nodes.runtime import generator, placement
 
         vae = i.vae
         device, dtype = placement(vae)

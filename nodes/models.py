@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from graphflow_nodes.files import file_identity, resolve_model_path
+from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.files import file_identity, resolve_model_path
-from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 
 #: component -> the class names graphflow's nodes can drive
 EXPECTED = {

@@ -11,10 +11,10 @@ import functools
 import inspect
 from typing import Any, Literal
 
+from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Scheduler, SchedulerConfig, Timestep, Timesteps
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Scheduler, SchedulerConfig, Timestep, Timesteps
 
 SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",

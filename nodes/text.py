@@ -4,12 +4,9 @@ norm. ``EncodePrompt`` does all of it in one node and gives the same tensor."""
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from graphflow import Context, Inputs, Node, Outputs
 from graphflow_nodes.kinds import (
     AttentionMask,
-    CFGEmbeddings,
+    GuidanceBatch,
     InputEmbeddings,
     PositionEmbeddings,
     TextEmbeddings,
@@ -18,6 +15,9 @@ from graphflow_nodes.kinds import (
     TokenIds,
     Tokenizer,
 )
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
 
 
 def _text_model(te):
@@ -41,9 +41,8 @@ def encode_embeddings(te, input_embeddings):
     """The transformer and its final layer norm on given input embeddings, with the causal mask
     CLIP was trained with: what ``text_encoder(input_ids)`` does after its embedding layer."""
     import torch
-    from transformers.masking_utils import create_causal_mask
-
     from graphflow_nodes.runtime import placement
+    from transformers.masking_utils import create_causal_mask
 
     tm = _text_model(te)
     device, dtype = placement(te)
@@ -182,7 +181,7 @@ class CFGEmbeddings(Node, name="CFGEmbeddings", category="text"):
         cond: TextEmbeddings = Field(description="embeddings of the prompt")
 
     class Out(Outputs):
-        embeddings: CFGEmbeddings = Field(description="(2*batch, 77, hidden)")
+        embeddings: GuidanceBatch = Field(description="(2*batch, 77, hidden)")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch

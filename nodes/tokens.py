@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
-from graphflow import Context, Inputs, Node, Outputs
 from graphflow_nodes.files import ReadsFile, resolve_input_file
 from graphflow_nodes.kinds import TextEncoder, TokenEmbeddings, TokenIds, Tokenizer, Vector
 from graphflow_nodes.text import _text_model
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
 
 
 def phrase_ids(tokenizer, phrase: str) -> list[int]:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from graphflow_nodes.files import MODELS_DIR
 
 import graphflow
 from graphflow import Executor
-from graphflow_nodes.files import MODELS_DIR
 from train.shapes import COLOURS, HELD_OUT, measure
 
 REPO = Path(__file__).resolve().parents[1]

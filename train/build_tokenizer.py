@@ -1,4 +1,7 @@
-import gzip, json
+import gzip
+import json
+
+
 def bytes_to_unicode():
     bs = list(range(ord("!"), ord("~")+1))+list(range(ord("\xa1"), ord("\xac")+1))+list(range(ord("\xae"), ord("\xff")+1))
     cs = bs[:]
@@ -18,6 +21,7 @@ json.dump({t: i for i, t in enumerate(vocab)}, open('vocab.json', 'w'), ensure_a
 open('merges.txt', 'w').write('#version: 0.2\n' + '\n'.join(merges) + '\n')
 print(len(vocab))
 from transformers import CLIPTokenizer
+
 t = CLIPTokenizer('vocab.json', 'merges.txt')
 ids = t('A picture of a puppy', padding='max_length', max_length=77).input_ids
 print(ids[:9], len(ids))

@@ -29,8 +29,7 @@ RECOMMENDED_GUIDANCE = 2.5
 
 
 def load_pipe(model_dir=MODEL_DIR, scheduler="lms"):
-    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler,
-                           StableDiffusionPipeline)
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler, StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)
     cls = {"lms": LMSDiscreteScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}.get(scheduler)
     if cls is not None:
