@@ -17,7 +17,10 @@ PROMPT = "a red circle on a blue background"
 
 
 def load(name: str, **params) -> Workflow:
-    return graphflow.load(WORKFLOWS / f"{name}.json").with_params(**params)
+    """A shipped workflow without its file-writing output: these tests compare tensors."""
+    wf = graphflow.load(WORKFLOWS / f"{name}.json")
+    wf.doc.outputs.pop("files", None)
+    return wf.with_params(**params)
 
 
 def test_token_ids_are_clips():
@@ -170,4 +173,4 @@ def test_guidance_change_reruns_the_loop_and_still_equals_the_pipeline(tiny_mode
     assert (second["image"] - ref).abs().max().item() <= 1e-4
     assert (first["image"] - second["image"]).abs().max().item() > 1e-3
     third = ex.run(wf.with_params(guidance=6.0))
-    assert third.runs("denoise") == 0 and third.runs("unet") == 0 and third.runs("save") == 1
+    assert third.runs("denoise") == 0 and third.runs("unet") == 0 and third.runs("decode") == 0
