@@ -22,3 +22,13 @@ def pipe(tiny_model):
     p = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False, local_files_only=True)
     p.set_progress_bar_config(disable=True)
     return p
+
+
+@pytest.fixture(autouse=True)
+def _reset_toy_counters():
+    """Every test starts with the toy nodes' run counters and records empty."""
+    from tests import toy_nodes
+
+    toy_nodes.reset()
+    yield
+    toy_nodes.reset()

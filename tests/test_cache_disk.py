@@ -15,22 +15,10 @@ from pydantic import Field
 
 from graphflow import OBJECT, Executor, Inputs, Node, Outputs, Workflow
 from graphflow import events as ev
-from tests import toy_nodes
-from tests.toy_nodes import RUNS, Vec, toy_registry
+from tests.toy_nodes import RUNS, Vec, link, toy_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY_PLUGIN = str(ROOT / "tests" / "toy_nodes.py")
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    toy_nodes.reset()
-    yield
-    toy_nodes.reset()
-
-
-def link(ref: str) -> dict:
-    return {"from": ref}
 
 
 VEC_DOC = {

@@ -14,7 +14,7 @@ from graphflow import Executor, Inputs, Node, Outputs, Workflow
 from graphflow import events as ev
 from graphflow.cache import MemoryCache, nbytes
 from tests import toy_nodes
-from tests.toy_nodes import RUNS, Vec, toy_registry
+from tests.toy_nodes import RUNS, Vec, link, toy_registry
 
 REFS: list[weakref.ref] = []
 
@@ -44,10 +44,6 @@ def _reset():
     yield
     toy_nodes.reset()
     REFS.clear()
-
-
-def link(ref: str) -> dict:
-    return {"from": ref}
 
 
 def chain(outputs) -> Workflow:

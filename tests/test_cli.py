@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from graphflow.cli import main
+from tests.toy_nodes import link
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = str(ROOT / "workflows" / "hello.json")
@@ -32,10 +33,6 @@ def write(tmp_path: Path, name: str, doc) -> str:
     p = tmp_path / name
     p.write_bytes(doc if isinstance(doc, bytes) else orjson.dumps(doc))
     return str(p)
-
-
-def link(ref: str) -> dict:
-    return {"from": ref}
 
 
 BROKEN = {

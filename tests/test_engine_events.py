@@ -6,23 +6,7 @@ import pytest
 
 from graphflow import Executor, Workflow
 from graphflow import events as ev
-from tests import toy_nodes
-from tests.toy_nodes import RUNS, toy_registry
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    toy_nodes.reset()
-    yield
-    toy_nodes.reset()
-
-
-def link(ref: str) -> dict:
-    return {"from": ref}
-
-
-def make(nodes: dict, outputs) -> Workflow:
-    return Workflow.from_dict({"format": 1, "nodes": nodes, "outputs": outputs}, toy_registry())
+from tests.toy_nodes import RUNS, link, make
 
 
 def simple() -> Workflow:

@@ -8,26 +8,7 @@ import pytest
 
 from graphflow import Executor, NodeError, Workflow
 from graphflow import events as ev
-from tests import toy_nodes
-from tests.toy_nodes import RECORDED, RUNS, toy_registry
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    toy_nodes.reset()
-    yield
-    toy_nodes.reset()
-
-
-def make(nodes: dict, outputs, params: dict | None = None) -> Workflow:
-    doc = {"format": 1, "nodes": nodes, "outputs": outputs}
-    if params:
-        doc["params"] = params
-    return Workflow.from_dict(doc, toy_registry())
-
-
-def link(ref: str) -> dict:
-    return {"from": ref}
+from tests.toy_nodes import RECORDED, RUNS, link, make
 
 
 def started(events: list) -> list[str]:

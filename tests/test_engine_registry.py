@@ -17,13 +17,6 @@ TOY_PLUGIN = str(Path(__file__).resolve().parent / "toy_nodes.py")
 TOY_TYPES = {"Num", "Add", "MakeVec", "ScaleVec", "SumVec", "TakeOther", "Fail", "Record", "CancelMe"}
 
 
-@pytest.fixture(autouse=True)
-def _reset():
-    toy_nodes.reset()
-    yield
-    toy_nodes.reset()
-
-
 def test_a_node_runs_with_a_bare_context():
     out = Num().run(Num.In(value=2.5), Context(node_id="n"))
     assert out == {"value": 2.5} and RUNS["n"] == 1

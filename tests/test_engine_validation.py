@@ -10,7 +10,7 @@ import pytest
 from graphflow import Problem, ValidationFailed, Workflow
 from graphflow.document import parse_json
 from tests import toy_nodes
-from tests.toy_nodes import RUNS, toy_registry
+from tests.toy_nodes import RUNS, link, toy_registry
 
 
 @pytest.fixture(autouse=True)
@@ -18,10 +18,6 @@ def _reset():
     toy_nodes.reset()
     yield
     assert sum(RUNS.values()) == 0, "validation must not run any node"
-
-
-def link(ref: str) -> dict:
-    return {"from": ref}
 
 
 def doc(nodes: dict, outputs=None, params: dict | None = None, **extra) -> dict:

@@ -166,3 +166,17 @@ def toy_registry() -> Registry:
 def reset() -> None:
     RUNS.clear()
     RECORDED.clear()
+
+
+def link(ref: str) -> dict:
+    return {"from": ref}
+
+
+def make(nodes: dict, outputs, params: dict | None = None):
+    """A workflow of toy nodes from its parts."""
+    from graphflow import Workflow
+
+    doc = {"format": 1, "nodes": nodes, "outputs": outputs}
+    if params:
+        doc["params"] = params
+    return Workflow.from_dict(doc, toy_registry())
