@@ -131,6 +131,29 @@ class Document:
         return out
 
 
+def links_of(d: NodeDef | LoopDef) -> list[Link]:
+    """Every link a node makes (a loop: with its body's), lists of links flattened. The one
+    definition of "what a node reads" that the validator's graph and the executor's plan share."""
+    if isinstance(d, NodeDef):
+        refs = [*d.inputs.values(), *d.otherwise.values()]
+    else:
+        refs = [d.over, *d.carry.values(), *d.next.values(), *d.collect.values()]
+        for b in d.body.values():
+            refs += [*b.inputs.values(), *b.otherwise.values()]
+    out: list[Link] = []
+    for r in refs:
+        if isinstance(r, LinkList):
+            out.extend(r.links)
+        elif isinstance(r, Link):
+            out.append(r)
+    return out
+
+
+def top_level_of(nodes: dict[str, NodeDef | LoopDef]) -> dict[str, str]:
+    """Each node id -> the top-level node that holds it (itself, or the loop whose body it is in)."""
+    return {n: (d.loop if isinstance(d, NodeDef) and d.loop else n) for n, d in nodes.items()}
+
+
 # --- the document's shape, as pydantic models -------------------------------------------------
 
 _Strict = ConfigDict(extra="forbid")

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from graphflow import events as ev
 from graphflow.cache import DiskCache, MemoryCache
 from graphflow.context import Cancelled, Context
-from graphflow.document import Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
+from graphflow.document import Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref, links_of, top_level_of
 from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.node import Node, Outputs
 from graphflow.validate import Checked
@@ -126,13 +126,13 @@ class _Run:
             stack.extend(preds[n])
         order = [n for n in self.wf.order if n in needed]
         self.keep = {link.node for link in self.wf.doc.outputs.values()}
-        top = {n: (d.loop if isinstance(d, NodeDef) and d.loop else n) for n, d in self.all.items()}
+        top = top_level_of(self.all)
         self.consumed: dict[str, set[str]] = {n: set() for n in needed}
         for link in self.wf.doc.outputs.values():
             self.consumed[link.node].add(link.port)
         for n in needed:
-            for ref in self._refs_of(self.wf.doc.nodes[n]):
-                if isinstance(ref, Link) and top.get(ref.node) in needed and top[ref.node] != n:
+            for ref in links_of(self.wf.doc.nodes[n]):
+                if top.get(ref.node) in needed and top[ref.node] != n:
                     self.consumed[top[ref.node]].add(ref.port)
         for n in order:
             self.fingerprint(n)
@@ -155,20 +155,6 @@ class _Run:
         succs = self.wf.succs
         self.remaining = {n: sum(1 for s in succs[n] if s in active and s not in self.prefetched) for n in order}
         return order
-
-    @staticmethod
-    def _refs_of(d: NodeDef | LoopDef) -> list[Ref]:
-        """Every reference a node (or a loop with its body) makes, list inputs flattened."""
-        if isinstance(d, NodeDef):
-            refs = [*d.inputs.values(), *d.otherwise.values()]
-        else:
-            refs = [d.over, *d.carry.values(), *d.next.values(), *d.collect.values()]
-            for b in d.body.values():
-                refs += [*b.inputs.values(), *b.otherwise.values()]
-        flat: list[Ref] = []
-        for r in refs:
-            flat.extend(r.links if isinstance(r, LinkList) else (r,))
-        return flat
 
     # --- fingerprints -----------------------------------------------------------------------
 
@@ -347,7 +333,7 @@ class _Run:
         for b in nx.topological_sort(body):
             bd = loop.body[b]
             if bd.when or not self.wf.types[b].pure or any(
-                isinstance(r, Link) and (r.node == loop.id or r.node in varying) for r in self._refs_of(bd)
+                r.node == loop.id or r.node in varying for r in links_of(bd)
             ):
                 varying.add(b)
         needed = set()

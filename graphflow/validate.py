@@ -13,7 +13,7 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from graphflow.document import Document, Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref
+from graphflow.document import Document, Link, LinkList, Lit, LoopDef, NodeDef, ParamRef, Ref, links_of, top_level_of
 from graphflow.node import Node, Port
 from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
@@ -279,38 +279,21 @@ class _Checker:
         top.add_nodes_from(self.doc.nodes)
         bodies: dict[str, nx.DiGraph] = {}
 
-        def links(refs) -> list[Link]:
-            out = []
-            for r in refs:
-                if isinstance(r, Link):
-                    out.append(r)
-                elif isinstance(r, LinkList):
-                    out.extend(r.links)
-            return out
-
-        def top_of(nid: str) -> str | None:
-            t = self.all.get(nid)
-            if t is None:
-                return None
-            return t.loop if isinstance(t, NodeDef) and t.loop else nid
-
+        owner = top_level_of(self.all)
         for nid, n in self.doc.nodes.items():
-            if isinstance(n, NodeDef):
-                for ref in links(n.inputs.values()):
-                    if top_of(ref.node):
-                        top.add_edge(top_of(ref.node), nid)
-                continue
-            body = bodies[nid] = nx.DiGraph()
-            body.add_nodes_from(n.body)
-            refs = [n.over, *n.carry.values(), *n.next.values(), *n.collect.values()]
-            for b in n.body.values():
-                refs += [*b.inputs.values(), *b.otherwise.values()]
-                for ref in links([*b.inputs.values(), *b.otherwise.values()]):
-                    if ref.node in n.body:
-                        body.add_edge(ref.node, b.id)
-            for ref in links(refs):
-                if ref.node != nid and ref.node not in n.body and top_of(ref.node):
-                    top.add_edge(top_of(ref.node), nid)
+            for ref in links_of(n):
+                src = owner.get(ref.node)
+                # a loop's reads of its own body and variables are not dependencies; a plain
+                # node reading itself is a cycle
+                if src is not None and (src != nid or isinstance(n, NodeDef)):
+                    top.add_edge(src, nid)
+            if isinstance(n, LoopDef):
+                body = bodies[nid] = nx.DiGraph()
+                body.add_nodes_from(n.body)
+                for b in n.body.values():
+                    for ref in links_of(b):
+                        if ref.node in n.body:
+                            body.add_edge(ref.node, b.id)
         order: list[str] = []
         for where, g in [(None, top), *bodies.items()]:
             try:

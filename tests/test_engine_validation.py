@@ -532,3 +532,10 @@ def test_not_plain_json_data_is_an_invalid_document():
         Workflow.from_dict(doc({"n": {"type": "Num", "inputs": {"value": object()}}}), toy_registry())
     (p,) = e.value.problems
     assert p.code == "invalid_document" and "not plain JSON" in p.message
+
+
+def test_a_node_reading_its_own_output_is_a_cycle():
+    from tests.toy_nodes import make
+
+    problems = make({"a": {"type": "Add", "inputs": {"a": {"from": "a.sum"}}}}, {"x": "a.sum"}).problems()
+    assert [(p.code, p.node) for p in problems] == [("cycle", "a")]
