@@ -35,13 +35,6 @@ def shared(key: Any, factory: Callable[[], Any]) -> Any:
         return _SHARED[key]
 
 
-def forget_shared() -> None:
-    """Drop every shared object (tests, or a long-lived server freeing memory)."""
-    with _SHARED_LOCK:
-        _SHARED.clear()
-        _KEY_LOCKS.clear()
-
-
 @dataclass
 class Context:
     node_id: str = ""

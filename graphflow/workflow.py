@@ -85,9 +85,6 @@ class Workflow:
         self._checked[key] = checked
         return checked
 
-    @property
-    def param_defaults(self) -> dict[str, Any]:
-        return {n: p.default for n, p in self.doc.params.items() if p.has_default}
 
 
 def load(path: str | Path, registry: Registry | None = None) -> Workflow:
