@@ -9,17 +9,18 @@ The public API, for embedding the executor::
     image = result["image"]
 """
 
-from graphflow.context import Cancelled, Context
-from graphflow.executor import Executor, NodeError, RunResult
+from graphflow.context import Cancelled, Context, UndeclaredContext
+from graphflow.executor import Executor, RunHandle
 from graphflow.node import Inputs, Node, Outputs
-from graphflow.ports import ANY, OBJECT, TENSOR, Kind, kind, list_of
+from graphflow.ports import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
+from graphflow.results import NodeError, RunResult
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.registry import Registry, default_registry
 from graphflow.workflow import Workflow, load, registry
 
 __all__ = [
-    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "Inputs", "Kind", "Node", "NodeError",
-    "Outputs", "Problem", "Registry", "RunResult", "ValidationFailed", "Workflow", "default_registry", "kind",
-    "list_of", "load", "registry",
+    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "FileInput", "Inputs", "Kind", "Node", "NodeError",
+    "Outputs", "Problem", "Registry", "RunHandle", "RunResult", "UndeclaredContext", "ValidationFailed", "Workflow",
+    "default_registry", "kind", "list_of", "load", "registry",
 ]
 __version__ = "0.1.0"

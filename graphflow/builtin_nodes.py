@@ -91,7 +91,7 @@ class Text(Node, name="Text", category="text"):
             raise ValueError(f"template placeholder ${e.args[0]} has no value") from None
 
 
-class SaveText(Node, name="SaveText", category="output", pure=False):
+class SaveText(Node, name="SaveText", category="output", pure=False, uses=("out_dir",)):
     """Writes text to a file in the output folder, atomically (never a half-written file)."""
 
     class In(Inputs):

@@ -1,7 +1,7 @@
 """Where node outputs are kept between runs: a least-recently-used store in memory with a byte
 budget, and an optional store on disk that a later process can reuse.
 
-Keys are fingerprints (see ``fingerprint.py``): equal fingerprints promise equal outputs, so a
+Keys are fingerprints (see ``plan.py`` and ``fingerprint.py``): equal fingerprints promise equal outputs, so a
 hit is simply used. The disk store keeps tensors as safetensors with a checksum of their bytes;
 an entry that fails to read or to match its checksum is deleted and recomputed, never trusted.
 """
@@ -9,13 +9,14 @@ an entry that fails to read or to match its checksum is deleted and recomputed, 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from graphflow.atomic import write_atomic
 
 
 def nbytes(value: Any) -> int:
@@ -117,7 +118,6 @@ class DiskCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.errors: list[str] = []
 
     def entries(self) -> list[Path]:
         return sorted(self.root.glob("??/*.safetensors")) if self.root.is_dir() else []
@@ -133,28 +133,48 @@ class DiskCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str, needed: set[str]) -> dict[str, Any] | None:
+    def _header(self, data: bytes) -> dict[str, Any]:
+        header_len = int.from_bytes(data[:8], "little")
+        return orjson.loads(orjson.loads(data[8 : 8 + header_len])["__metadata__"]["graphflow"])
+
+    def has(self, key: str, needed: set[str]) -> tuple[bool, str | None]:
+        """Whether an entry holding ``needed`` exists, from its header alone (for planning); a
+        damaged header is deleted and reported."""
+        p = self.path(key)
+        try:
+            with open(p, "rb") as f:
+                head = f.read(8)
+                info = self._header(head + f.read(int.from_bytes(head, "little")))
+            if info["key"] != key:
+                raise ValueError("the entry belongs to another key")
+        except FileNotFoundError:
+            return False, None
+        except Exception as e:
+            p.unlink(missing_ok=True)
+            return False, f"{p}: {type(e).__name__}: {e}"
+        return needed <= info["outputs"].keys(), None
+
+    def get(self, key: str, needed: set[str]) -> tuple[dict[str, Any] | None, str | None]:
+        """The entry's outputs, or None and why (a damaged entry is deleted and reported)."""
         p = self.path(key)
         if not p.exists():
-            return None
+            return None, None
         import torch
         from safetensors.torch import load
 
         try:
             data = p.read_bytes()
             tensors = load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            info = orjson.loads(orjson.loads(data[8 : 8 + header_len])["__metadata__"]["graphflow"])
+            info = self._header(data)
             if info["key"] != key or _digest(tensors, torch) != info["sha256"]:
                 raise ValueError("checksum mismatch")
             outputs = {name: _decode(lay, tensors) for name, lay in info["outputs"].items()}
         except Exception as e:  # a damaged entry of any kind is recomputed
-            self.errors.append(f"{p}: {type(e).__name__}: {e}")
             p.unlink(missing_ok=True)
-            return None
+            return None, f"{p}: {type(e).__name__}: {e}"
         if not needed <= outputs.keys():
-            return None
-        return outputs
+            return None, None
+        return outputs, None
 
     def put(self, key: str, outputs: dict[str, Any]) -> bool:
         import torch
@@ -174,7 +194,5 @@ class DiskCache:
         meta = {"graphflow": orjson.dumps({"key": key, "outputs": layout, "sha256": _digest(tensors, torch)}).decode()}
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-        tmp.write_bytes(save(tensors, metadata=meta))
-        os.replace(tmp, p)
+        write_atomic(p, save(tensors, metadata=meta))
         return True

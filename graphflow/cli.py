@@ -68,7 +68,7 @@ def _load(args: argparse.Namespace):
     wf = Workflow.load(args.workflow, reg)
     params = _parse_sets(getattr(args, "set", None) or [], wf.doc.params)
     wf = wf.with_params(**params)
-    wf.check()
+    wf.bind()
     return wf
 
 
@@ -176,7 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = ex.run(wf)
+        handle = ex.submit(wf)
+        result = handle.result()
     finally:
         signal.signal(signal.SIGINT, old)
     if args.profile:
@@ -185,11 +186,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{name}: {_describe_value(value)}")
     for err in result.errors:
         print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("GRAPHFLOW_DEBUG"):
+            print(err.traceback, file=sys.stderr)
     for name, why in result.missing.items():
         print(f"output '{name}' not produced: {why}", file=sys.stderr)
-    if ex.disk is not None:
-        for msg in ex.disk.errors:
-            print(f"cache: recomputed a damaged entry ({msg})", file=sys.stderr)
+    for msg in result.cache_errors:
+        print(f"cache: recomputed a damaged entry ({msg})", file=sys.stderr)
     if result.cancelled:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
@@ -278,7 +280,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from graphflow.document import load_json_file, read_document
     from graphflow.render import dot, mermaid
 
-    doc, problems = read_document(load_json_file(args.workflow), args.workflow)
+    doc, problems = read_document(load_json_file(args.workflow)[0], args.workflow)
     if doc is None:
         raise ValidationFailed(problems)
     sys.stdout.write(mermaid(doc) if args.format == "mermaid" else dot(doc))

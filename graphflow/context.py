@@ -1,12 +1,15 @@
-"""The narrow view of a run that a node receives: run options, where to write, a process-wide
-store for heavy shared objects, and cancellation. Nodes see nothing of the executor's internals,
-so a node can be unit-tested with ``Context()`` alone."""
+"""The narrow view of a run that a node receives. Nodes see nothing of the executor's internals,
+so a node can be unit-tested with ``Context()`` alone.
+
+Everything here besides cancellation is a *context input*: a node declares the ones it reads
+(``uses=("iteration", ...)`` on the class) and they join its fingerprint. A ``Context`` built by
+the executor refuses to hand out anything undeclared, so no value can reach a node unseen by the
+cache. A bare ``Context()`` (unit tests) allows everything.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,42 +18,74 @@ class Cancelled(Exception):
     """Raised between nodes or loop steps once a run was asked to stop."""
 
 
-_SHARED: dict[Any, Any] = {}
-_SHARED_LOCK = threading.Lock()
-_KEY_LOCKS: dict[Any, threading.Lock] = {}
+class UndeclaredContext(AttributeError):
+    """A node read a context value it did not declare in ``uses``."""
 
 
-def shared(key: Any, factory: Callable[[], Any]) -> Any:
-    """Build an object once per process and hand the same one to every caller (loaded models).
-    Concurrent callers with the same key wait for the first build instead of loading twice."""
-    try:
-        return _SHARED[key]
-    except KeyError:
-        pass
-    with _SHARED_LOCK:
-        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
-    with lock:
-        if key not in _SHARED:
-            _SHARED[key] = factory()
-        return _SHARED[key]
+_FIELDS = {
+    "iteration": "iteration",
+    "iterations": "iteration",
+    "device": "device",
+    "dtype": "dtype",
+    "models": "models",
+    "out_dir": "out_dir",
+    "workflow": "workflow",
+    "params": "workflow",
+}
 
 
-@dataclass
 class Context:
-    node_id: str = ""
-    device: str = "cpu"
-    dtype: str = "float32"
-    out_dir: Path = field(default_factory=lambda: Path("out"))
-    #: the workflow document and its resolved parameters, for nodes that record provenance
-    workflow: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    #: loop index and count when the node runs inside a loop body, else None
-    iteration: int | None = None
-    iterations: int | None = None
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    __slots__ = ("node_id", "node_type", "cancel_event", "_declared", "_values")
 
-    def shared(self, key: Any, factory: Callable[[], Any]) -> Any:
-        return shared(key, factory)
+    def __init__(
+        self,
+        node_id: str = "",
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        out_dir: Path | str = "out",
+        workflow: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        iteration: int | None = None,
+        iterations: int | None = None,
+        models: Any = None,
+        cancel_event: threading.Event | None = None,
+        declared: frozenset[str] | None = None,
+        node_type: str = "",
+    ) -> None:
+        self.node_id = node_id
+        self.node_type = node_type
+        self.cancel_event = cancel_event or threading.Event()
+        self._declared = declared
+        self._values = {
+            "iteration": iteration,
+            "iterations": iterations,
+            "device": device,
+            "dtype": dtype,
+            "models": models,
+            "out_dir": Path(out_dir),
+            "workflow": workflow if workflow is not None else {},
+            "params": params if params is not None else {},
+        }
+
+    @classmethod
+    def _make(cls, node_id: str, node_type: str, declared: frozenset[str], values: dict[str, Any], cancel_event: threading.Event) -> Context:
+        """The executor's fast path: ``values`` is shared by every node of a run, never copied."""
+        c = cls.__new__(cls)
+        c.node_id, c.node_type, c.cancel_event, c._declared, c._values = node_id, node_type, cancel_event, declared, values
+        return c
+
+    def __getattr__(self, name: str) -> Any:
+        need = _FIELDS.get(name)
+        if need is None:
+            raise AttributeError(name)
+        if self._declared is not None and need not in self._declared:
+            raise UndeclaredContext(
+                f"node '{self.node_id}' ({self.node_type}) reads ctx.{name} without declaring it: "
+                f"add uses=(..., {need!r}) to its class"
+            )
+        v = self._values[name]
+        return Path(v) if name == "out_dir" else v
 
     def check_cancelled(self) -> None:
         """Long-running nodes call this between units of work."""

@@ -13,14 +13,18 @@ types exist and links fit is the validator's job, which has the registry.
                  "carry": {"acc": 0},
                  "body": {"inc": {"type": "Add", "inputs": {"a": {"from": "loop.acc"}, "b": {"from": "loop.item"}}}},
                  "next": {"acc": {"from": "inc.sum"}},
-                 "collect": {"history": {"from": "inc.sum"}}}
+                 "collect": {"history": {"from": "inc.sum"}}},
+        "each": {"type": "Map", "over": {"from": "r.values"},
+                 "body": {"sq": {"type": "Math", "inputs": {"a": {"from": "each.item"}, "b": 2, "op": "pow"}}},
+                 "collect": {"squares": {"from": "sq.result"}}}
       },
       "outputs": {"total": "loop.acc"}
     }
 
 An input value is a link ``{"from": "node.port"}``, a list of links (gathered into one list), a
 parameter ``{"param": "name"}``, an escaped literal ``{"literal": ...}``, or any other JSON value
-taken literally.
+taken literally. Loops and Maps are *scopes*: a body of nodes (and inner scopes, to any depth)
+run once per item; a body node reads its own scope's and every enclosing scope's values.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from graphflow.format import FORMAT_VERSION, NODE_ID_PATTERN, SCOPE_TYPES, DocModel, NodeModel, ParamModel, ScopeModel
 from graphflow.problems import Problem, ValidationFailed
 
-FORMAT_VERSION = 1
-NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+NODE_ID = re.compile(NODE_ID_PATTERN)
 
 
 class Link(NamedTuple):  # NamedTuples: a 10,000-node workflow makes 20,000 of these
@@ -79,28 +83,55 @@ class NodeDef:
     id: str
     type: str
     inputs: dict[str, Ref]
-    loop: str | None = None
+    #: the innermost scope (Loop or Map) whose body holds the node; None at the top level
+    scope: str | None = None
     when: When | None = None
     otherwise: dict[str, Ref] = field(default_factory=dict)
     title: str | None = None
 
+    def refs(self) -> list[tuple[str, Ref]]:
+        """Every (field, value) the node reads, the one dispatch point over its input forms."""
+        return [*((f"inputs.{k}", r) for k, r in self.inputs.items()), *((f"otherwise.{k}", r) for k, r in self.otherwise.items())]
+
 
 @dataclass
-class LoopDef:
+class ScopeDef:
+    """A Loop or a Map: ``body`` runs once per element of ``over``. A Loop carries values from
+    one iteration to the next (``carry``/``next``); a Map's items are independent."""
+
     id: str
+    type: str  # "Loop" or "Map"
     over: Ref
     carry: dict[str, Ref]
-    body: dict[str, NodeDef]
+    body: dict[str, NodeDef | ScopeDef]
     next: dict[str, Ref]
     collect: dict[str, Ref]
     title: str | None = None
-    type: str = "Loop"
     #: the name under which the body sees the current element ("item" unless renamed)
     item: str = "item"
+    #: the enclosing scope; None at the top level
+    scope: str | None = None
 
     @property
     def variables(self) -> tuple[str, ...]:
         return (self.item, "index", "count")
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What the scope gives to the nodes after it: final carried values and collected lists."""
+        return (*self.carry, *self.collect)
+
+    def refs(self) -> list[tuple[str, Ref]]:
+        """The scope's own reads (not its body's), with their fields."""
+        out: list[tuple[str, Ref]] = [("over", self.over)]
+        for section in ("carry", "next", "collect"):
+            out += [(f"{section}.{k}", r) for k, r in getattr(self, section).items()]
+        return out
+
+
+Def = NodeDef | ScopeDef
+#: kept for code written against the first engine
+LoopDef = ScopeDef
 
 
 @dataclass
@@ -117,92 +148,72 @@ class Document:
     raw: dict[str, Any]
     description: str
     params: dict[str, ParamDef]
-    nodes: dict[str, NodeDef | LoopDef]
+    nodes: dict[str, Def]
     outputs: dict[str, Link]
     source: str = "<dict>"
 
-    def all_nodes(self) -> dict[str, NodeDef | LoopDef]:
-        """Top-level nodes and loop bodies, flattened: node ids are unique across the workflow."""
-        out: dict[str, NodeDef | LoopDef] = {}
-        for nid, n in self.nodes.items():
-            out[nid] = n
-            if isinstance(n, LoopDef):
-                out.update(n.body)
+    def all_nodes(self) -> dict[str, Def]:
+        """Every node and scope at any depth, flattened: node ids are unique across the workflow."""
+        out: dict[str, Def] = {}
+        stack = list(self.nodes.values())
+        while stack:
+            n = stack.pop()
+            out[n.id] = n
+            if isinstance(n, ScopeDef):
+                stack.extend(n.body.values())
         return out
 
 
-def links_of(d: NodeDef | LoopDef) -> list[Link]:
-    """Every link a node makes (a loop: with its body's), lists of links flattened. The one
-    definition of "what a node reads" that the validator's graph and the executor's plan share."""
-    if isinstance(d, NodeDef):
-        refs = [*d.inputs.values(), *d.otherwise.values()]
-    else:
-        refs = [d.over, *d.carry.values(), *d.next.values(), *d.collect.values()]
-        for b in d.body.values():
-            refs += [*b.inputs.values(), *b.otherwise.values()]
+def ref_links(ref: Ref) -> tuple[Link, ...]:
+    if isinstance(ref, Link):
+        return (ref,)
+    if isinstance(ref, LinkList):
+        return ref.links
+    return ()
+
+
+def links_of(d: Def) -> list[Link]:
+    """Every link a node makes (a scope: with all its bodies', at any depth), lists of links
+    flattened. The one definition of "what a node reads" that the checker and the planner share."""
     out: list[Link] = []
-    for r in refs:
-        if isinstance(r, LinkList):
-            out.extend(r.links)
-        elif isinstance(r, Link):
-            out.append(r)
+    stack = [d]
+    while stack:
+        n = stack.pop()
+        for _, r in n.refs():
+            out.extend(ref_links(r))
+        if isinstance(n, ScopeDef):
+            stack.extend(n.body.values())
     return out
 
 
-def top_level_of(nodes: dict[str, NodeDef | LoopDef]) -> dict[str, str]:
-    """Each node id -> the top-level node that holds it (itself, or the loop whose body it is in)."""
-    return {n: (d.loop if isinstance(d, NodeDef) and d.loop else n) for n, d in nodes.items()}
+def scope_chain(nodes: dict[str, Def]) -> dict[str, tuple[str, ...]]:
+    """Each node id -> the scopes around it, outermost first (empty at the top level)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for nid, d in nodes.items():
+        if nid in out:
+            continue
+        path = []
+        s = d.scope
+        while s is not None:
+            path.append(s)
+            s = nodes[s].scope
+        out[nid] = tuple(reversed(path))
+    return out
 
 
-# --- the document's shape, as pydantic models -------------------------------------------------
-
-_Strict = ConfigDict(extra="forbid")
-
-
-class _WhenModel(BaseModel):
-    model_config = _Strict
-    every: int = Field(1, ge=1, description="run on every N-th iteration")
-    start: int = Field(0, ge=0, description="first iteration on which the node runs")
-    stop: int | None = Field(None, ge=0, description="iteration before which it stops running")
-
-
-class _NodeModel(BaseModel):
-    model_config = _Strict
-    type: str = Field(description="node type name (see `graphflow nodes`)")
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    when: _WhenModel | None = Field(None, description="only inside a loop body: the iterations the node runs on")
-    otherwise: dict[str, Any] = Field(default_factory=dict, description="outputs on iterations the node skips")
-    title: str | None = None
+def member_of(chain: tuple[str, ...], nid: str, scope: str | None) -> str | None:
+    """The member of ``scope``'s body (or of the top level, scope None) that holds node ``nid``
+    (itself, or the scope nesting it); None if ``nid`` is not inside ``scope``."""
+    if scope is None:
+        return chain[0] if chain else nid
+    if scope not in chain:
+        return None
+    k = chain.index(scope)
+    return chain[k + 1] if k + 1 < len(chain) else nid
 
 
-class _LoopModel(BaseModel):
-    model_config = _Strict
-    type: Literal["Loop"]
-    over: Any = Field(description="the sequence to iterate: a link to a list or tensor")
-    item: str = Field("item", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the name of the current element inside the body")
-    carry: dict[str, Any] = Field(default_factory=dict, description="loop-carried values and their initial values")
-    body: dict[str, dict[str, Any]] = Field(description="the nodes run once per iteration")
-    next: dict[str, Any] = Field(default_factory=dict, description="each carried value's value for the next iteration")
-    collect: dict[str, Any] = Field(default_factory=dict, description="per-iteration values gathered into lists")
-    title: str | None = None
 
-
-class _ParamModel(BaseModel):
-    model_config = _Strict
-    default: Any = None
-    description: str = ""
-    type: Literal["int", "float", "string", "bool", "list", "any"] | None = None
-
-
-class _DocModel(BaseModel):
-    model_config = _Strict
-    format: int = Field(description="workflow format version")
-    description: str = ""
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    nodes: dict[str, dict[str, Any]]
-    outputs: dict[str, Any] | list[str]
-    meta: dict[str, Any] = Field(default_factory=dict, description="free-form data for tools; ignored by graphflow")
-
+# --- reading the document with the format's models ----------------------------------------
 
 def _pydantic_problems(e: ValidationError, node: str | None, prefix: str = "") -> list[Problem]:
     out = []
@@ -284,71 +295,78 @@ class _Reader:
         self.seen_ids.add(nid)
         return True
 
-    def plain_node(self, nid: str, body: dict[str, Any], loop: str | None) -> NodeDef | None:
-        try:
-            m = _NodeModel.model_validate(body)
-        except ValidationError as e:
-            self.problems.extend(_pydantic_problems(e, nid))
+    def node(self, nid: str, body: Any, scope: str | None) -> Def | None:
+        if not self.node_id(nid):
+            return None
+        if not isinstance(body, dict):
+            self.problems.append(Problem("invalid_document", "a node is a JSON object", node=nid))
+            return None
+        if body.get("type") in SCOPE_TYPES:
+            return self.scope_node(nid, body, scope)
+        return self.plain_node(nid, body, scope)
+
+    def plain_node(self, nid: str, body: dict[str, Any], scope: str | None) -> NodeDef | None:
+        m = self.model(NodeModel, body, nid)
+        if m is None:
             return None
         when = When(m.when.every, m.when.start, m.when.stop) if m.when else None
-        if loop is None and (when or m.otherwise):
+        if scope is None and (when or m.otherwise):
             self.problems.append(Problem("when_outside_loop", "'when' and 'otherwise' are only allowed in a loop body", node=nid, field="when"))
-        return NodeDef(nid, m.type, self.refs(m.inputs, nid, "inputs"), loop, when, self.refs(m.otherwise, nid, "otherwise"), m.title)
+        return NodeDef(nid, m.type, self.refs(m.inputs, nid, "inputs"), scope, when, self.refs(m.otherwise, nid, "otherwise"), m.title)
 
-    def loop_node(self, nid: str, body: dict[str, Any]) -> LoopDef | None:
+    def model(self, cls: type[BaseModel], body: dict[str, Any], nid: str | None, prefix: str = "") -> Any:
         try:
-            m = _LoopModel.model_validate(body)
+            return cls.model_validate(body)
         except ValidationError as e:
-            self.problems.extend(_pydantic_problems(e, nid))
+            self.problems.extend(_pydantic_problems(e, nid, prefix))
+            return None
+
+    def scope_node(self, nid: str, body: dict[str, Any], parent: str | None) -> ScopeDef | None:
+        m = self.model(ScopeModel, body, nid)
+        if m is None:
             return None
         over = parse_ref(m.over)
         if isinstance(over, str):
             self.problems.append(Problem("bad_link", over, node=nid, field="over"))
             over = Lit([])
-        inner: dict[str, NodeDef] = {}
+        inner: dict[str, Def] = {}
         for bid, bbody in m.body.items():
-            if not self.node_id(bid):
-                continue
-            if not isinstance(bbody, dict):
-                self.problems.append(Problem("invalid_document", "a node is a JSON object", node=bid))
-                continue
-            if bbody.get("type") == "Loop":
-                self.problems.append(
-                    Problem("nested_loop", f"loops cannot be nested: move loop '{bid}' out of the body of '{nid}'", node=bid, field="type")
-                )
-                continue
-            n = self.plain_node(bid, bbody, nid)
+            n = self.node(bid, bbody, nid)
             if n:
                 inner[bid] = n
-        variables = (m.item, "index", "count")
-        if m.item in ("index", "count"):
-            self.problems.append(Problem("bad_loop", f"'item' cannot be renamed to '{m.item}'", node=nid, field="item"))
-        for name in m.carry:
-            if name in variables:
-                self.problems.append(
-                    Problem("bad_loop", f"'{name}' is a loop variable and cannot be a carried value name", node=nid, field=f"carry.{name}")
-                )
-        for name in m.next:
-            if name not in m.carry:
-                self.problems.append(Problem("bad_loop", f"'next' names '{name}', which is not in 'carry'", node=nid, field=f"next.{name}"))
-        for name in m.carry:
-            if name not in m.next:
-                self.problems.append(Problem("bad_loop", f"carried value '{name}' has no 'next' value", node=nid, field=f"carry.{name}"))
-        for name in m.collect:
-            if name in m.carry or name in variables:
-                self.problems.append(
-                    Problem("bad_loop", f"collected output '{name}' clashes with a carried value or loop variable", node=nid, field=f"collect.{name}")
-                )
-        return LoopDef(
-            nid, over, self.refs(m.carry, nid, "carry"), inner, self.refs(m.next, nid, "next"), self.refs(m.collect, nid, "collect"),
-            m.title, item=m.item,
+        self.check_scope_names(nid, m)
+        return ScopeDef(
+            nid, m.type, over, self.refs(m.carry, nid, "carry"), inner, self.refs(m.next, nid, "next"),
+            self.refs(m.collect, nid, "collect"), m.title, item=m.item, scope=parent,
         )
 
+    def check_scope_names(self, nid: str, m: ScopeModel) -> None:
+        def bad(msg: str, fld: str) -> None:
+            self.problems.append(Problem("bad_loop", msg, node=nid, field=fld))
+
+        variables = (m.item, "index", "count")
+        if m.item in ("index", "count"):
+            bad(f"'item' cannot be renamed to '{m.item}'", "item")
+        if m.type == "Map":
+            for section in ("carry", "next"):
+                if getattr(m, section):
+                    bad(f"a Map's items are independent: it has no '{section}' (use a Loop to carry values)", section)
+            return
+        for name in m.carry:
+            if name in variables:
+                bad(f"'{name}' is a loop variable and cannot be a carried value name", f"carry.{name}")
+            if name not in m.next:
+                bad(f"carried value '{name}' has no 'next' value", f"carry.{name}")
+        for name in m.next:
+            if name not in m.carry:
+                bad(f"'next' names '{name}', which is not in 'carry'", f"next.{name}")
+        for name in m.collect:
+            if name in m.carry or name in variables:
+                bad(f"collected output '{name}' clashes with a carried value or loop variable", f"collect.{name}")
+
     def read(self) -> Document | None:
-        try:
-            m = _DocModel.model_validate(self.raw)
-        except ValidationError as e:
-            self.problems.extend(_pydantic_problems(e, None))
+        m = self.model(DocModel, self.raw, None)
+        if m is None:
             return None
         if m.format != FORMAT_VERSION:
             self.problems.append(
@@ -357,17 +375,13 @@ class _Reader:
             return None
         params = {}
         for name, p in m.params.items():
-            try:
-                pm = _ParamModel.model_validate(p)
-            except ValidationError as e:
-                self.problems.extend(_pydantic_problems(e, None, f"params.{name}"))
+            pm = self.model(ParamModel, p, None, f"params.{name}")
+            if pm is None:
                 continue
             params[name] = ParamDef(name, pm.default, "default" in p, pm.description, pm.type)
-        nodes: dict[str, NodeDef | LoopDef] = {}
+        nodes: dict[str, Def] = {}
         for nid, body in m.nodes.items():
-            if not self.node_id(nid):
-                continue
-            n = self.loop_node(nid, body) if body.get("type") == "Loop" else self.plain_node(nid, body, None)
+            n = self.node(nid, body, None)
             if n:
                 nodes[nid] = n
         outputs: dict[str, Link] = {}
@@ -404,10 +418,33 @@ def parse_json(text: bytes | str, source: str = "<text>") -> dict[str, Any]:
         ) from None
 
 
-def load_json_file(path: str | Path) -> dict[str, Any]:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_json_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A workflow file's document, and the parameter values a PNG recorded with it (None for
+    JSON). A PNG that graphflow saved carries both as text chunks; they are parsed like any
+    untrusted document, never evaluated."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as e:
         raise ValidationFailed([Problem("unreadable_file", f"cannot read {p}: {e.strerror}")]) from None
-    return parse_json(data, str(p))
+    if not data.startswith(PNG_SIGNATURE):
+        return parse_json(data, str(p)), None
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            text = dict(getattr(im, "text", {}) or {})
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ValidationFailed([Problem("invalid_png", f"{p} is not a readable PNG: {e}")]) from None
+    if "graphflow_workflow" not in text:
+        raise ValidationFailed([Problem("invalid_png", f"{p} holds no graphflow workflow (it was not saved by graphflow's SaveImage)")])
+    doc = parse_json(text["graphflow_workflow"], f"{p} (embedded workflow)")
+    params = parse_json(text.get("graphflow_params", "{}"), f"{p} (embedded parameters)")
+    if not isinstance(params, dict):
+        raise ValidationFailed([Problem("invalid_png", f"{p}: the embedded parameters are not a JSON object")])
+    return doc, params

@@ -1,24 +1,27 @@
-"""What a run tells the tools embedding it (progress bars, profilers, servers). Plain dataclasses,
-delivered synchronously to each subscriber in the running thread."""
+"""What a run tells the tools embedding it (progress bars, profilers, servers). Plain frozen
+dataclasses; each names its run (``run_id``), since one executor queues many runs and a server
+streams them all. Delivered off the run thread (see ``Executor.subscribe``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunStarted:
-    nodes: int  # top-level nodes this run needs (loops count once)
+    nodes: int  # top-level nodes this run needs (a loop or map counts once)
+    run_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeStarted:
     node: str
     type: str
     iteration: int | None = None
+    run_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeFinished:
     node: str
     type: str
@@ -27,27 +30,31 @@ class NodeFinished:
     #: iteration left out, None when the node actually ran
     cached: str | None
     iteration: int | None = None
+    run_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoopStep:
     node: str
     index: int
     count: int
+    run_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeFailedEvent:
     node: str
     type: str
     message: str
+    run_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     seconds: float
     ok: bool
     cancelled: bool
+    run_id: str = ""
 
 
 Event = RunStarted | NodeStarted | NodeFinished | LoopStep | NodeFailedEvent | RunFinished

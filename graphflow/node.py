@@ -16,12 +16,22 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic_core import PydanticUndefined
 
-from graphflow.ports import Kind, choices_of_annotation, kind_of_annotation
+from graphflow.ports import FileInput, Kind, choices_of_annotation, kind_of_annotation
 
 if TYPE_CHECKING:
     from graphflow.context import Context
 
 TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+RESERVED_TYPES = ("Loop", "Map")
+
+#: What a node may read from its context besides its inputs. Each one it declares joins its
+#: fingerprint; reading one it did not declare is an error, so no value can hide from the cache.
+#:   iteration: ctx.iteration / ctx.iterations (the innermost loop's index and count)
+#:   device, dtype: where and in which precision models run
+#:   models: ctx.models, the executor's model manager (implies device and dtype)
+#:   out_dir: ctx.out_dir, the folder the node writes into
+#:   workflow: ctx.workflow and ctx.params, the document and its parameter values (provenance)
+CONTEXT_INPUTS = ("iteration", "device", "dtype", "models", "out_dir", "workflow")
 
 
 class Inputs(BaseModel):
@@ -47,6 +57,8 @@ class Port:
     choices: tuple | None = None
     annotation: Any = None
     metadata: tuple = ()
+    #: set when the input names a file or folder the node reads: its content joins the fingerprint
+    file: FileInput | None = None
 
     @cached_property
     def adapter(self) -> TypeAdapter:
@@ -76,8 +88,18 @@ def _ports(model: type[BaseModel], *, outputs: bool) -> dict[str, Port]:
             choices=choices_of_annotation(f.annotation),
             annotation=f.annotation,
             metadata=tuple(f.metadata),
+            file=_file_marker(f),
         )
     return ports
+
+
+def _file_marker(f) -> FileInput | None:
+    from typing import Annotated, get_args, get_origin
+
+    metas = list(f.metadata)
+    if get_origin(f.annotation) is Annotated:
+        metas += list(get_args(f.annotation)[1:])
+    return next((m for m in metas if isinstance(m, FileInput)), None)
 
 
 def _annotated(f) -> Any:
@@ -101,7 +123,10 @@ class Node:
 
     ``pure=False`` marks a node with side effects (saving a file): it always runs and is never
     cached. ``disk_cache=False`` keeps a pure node's outputs out of the on-disk cache (cheap or
-    huge values). ``version`` is part of every cache key: bump it when the outputs change.
+    huge values). ``uses=("iteration", "device", ...)`` declares what the node reads from its
+    context (see ``CONTEXT_INPUTS``). The cache key holds ``version`` and a hash of the class's
+    source, so editing ``run`` invalidates old results even if nobody bumps ``version``; bump it
+    when behaviour changes through code outside the class (a helper function).
     """
 
     type_name: ClassVar[str]
@@ -109,7 +134,7 @@ class Node:
     category: ClassVar[str]
     pure: ClassVar[bool]
     disk_cache: ClassVar[bool]
-    has_identity: ClassVar[bool]
+    uses: ClassVar[frozenset[str]]
     In: ClassVar[type[Inputs]]
     Out: ClassVar[type[Outputs]]
     inputs: ClassVar[dict[str, Port]]
@@ -123,6 +148,7 @@ class Node:
         category: str = "misc",
         pure: bool = True,
         disk_cache: bool = True,
+        uses: tuple[str, ...] | None = None,
         abstract: bool = False,
         **kw: Any,
     ) -> None:
@@ -131,7 +157,7 @@ class Node:
             return
         type_name = name or cls.__name__
         where = f"{cls.__module__}.{cls.__qualname__}"
-        if not TYPE_NAME.match(type_name) or type_name == "Loop":
+        if not TYPE_NAME.match(type_name) or type_name in RESERVED_TYPES:
             raise TypeError(f"{where}: invalid node type name {type_name!r}")
         if not isinstance(version, int) or version < 1:
             raise TypeError(f"{where}: version must be a positive int, got {version!r}")
@@ -146,18 +172,17 @@ class Node:
         cls.category = category
         cls.pure = pure
         cls.disk_cache = disk_cache and pure
-        cls.has_identity = cls.identity.__func__ is not Node.identity.__func__
+        declared = frozenset(uses) if uses is not None else getattr(cls, "uses", frozenset())
+        unknown = sorted(declared - set(CONTEXT_INPUTS))
+        if unknown:
+            raise TypeError(f"{where}: uses={unknown} is unknown; a node may use {', '.join(CONTEXT_INPUTS)}")
+        if "models" in declared:
+            declared |= {"device", "dtype"}
+        cls.uses = declared
         cls.inputs = _ports(cls.In, outputs=False)
         cls.outputs = _ports(cls.Out, outputs=True)
         if not cls.outputs:
             raise TypeError(f"{where}: a node needs at least one output")
-
-    @classmethod
-    def identity(cls, literals: dict[str, Any]) -> Any:
-        """What besides the inputs decides this node's outputs, for its cache key: a loader returns
-        the size and modification time of the files it reads, so an edited file is read again.
-        Receives the literal inputs; None means nothing else matters."""
-        return None
 
     @classmethod
     def doc(cls) -> str:

@@ -49,6 +49,22 @@ TENSOR = Kind("tensor", literal=False, description="a tensor")
 OBJECT = Kind("object", literal=False, description="an in-memory object")
 
 
+@dataclass(frozen=True)
+class FileInput:
+    """Marks a string input that names a file or folder the node reads:
+    ``path: Annotated[str, FileInput(resolve=my_resolver)]``. The fingerprint then holds the
+    content of what ``resolve(value)`` points at, however the value arrived (literal, parameter
+    or link), so an edited file is read again and the same bytes elsewhere are a cache hit.
+    ``resolve`` must be a module-level function (it is part of the node's declaration)."""
+
+    resolve: Any = None
+
+    def path(self, value: str):
+        from pathlib import Path
+
+        return self.resolve(value) if self.resolve is not None else Path(value).expanduser()
+
+
 def list_of(item: Kind) -> Kind:
     return Kind("list", item=item)
 

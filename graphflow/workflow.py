@@ -1,4 +1,4 @@
-"""The Python face of a workflow file: load, set parameters, validate, run."""
+"""The Python face of a workflow file: load, set parameters, check, bind, run."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Any
 
 import orjson
 
+import graphflow.check as _check
+from graphflow.bind import BoundGraph, bind
+from graphflow.check import CheckedGraph
 from graphflow.document import Document, load_json_file, read_document
 from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.registry import Registry, default_registry
-from graphflow.validate import Checked, check
 
 _DEFAULT_REGISTRY: Registry | None = None
 
@@ -25,14 +27,15 @@ def registry() -> Registry:
 
 
 class Workflow:
-    """An immutable workflow document plus parameter values. ``with_params`` returns a new one,
-    so the same object can be run again and again with other settings."""
+    """An immutable workflow document plus parameter values. ``with_params`` returns a new one
+    that shares the document's check, so a sweep of a thousand seeds checks the document once."""
 
-    def __init__(self, doc: Document, registry: Registry, params: dict[str, Any] | None = None) -> None:
+    def __init__(self, doc: Document, registry: Registry, params: dict[str, Any] | None = None,
+                 _memo: dict[str, Any] | None = None) -> None:
         self.doc = doc
         self.registry = registry
         self.params = dict(params or {})
-        self._checked: dict[bytes, Checked] = {}
+        self._memo = _memo if _memo is not None else {}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], registry: Registry | None = None, source: str = "<dict>") -> Workflow:
@@ -44,47 +47,51 @@ class Workflow:
         return cls._from_json(data, registry, source)
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any], registry: Registry | None, source: str) -> Workflow:
+    def _from_json(cls, data: dict[str, Any], registry: Registry | None, source: str, params: dict[str, Any] | None = None) -> Workflow:
         with fewer_gc_passes():
             doc, problems = read_document(data, source)
         if problems or doc is None:
             raise ValidationFailed(problems)
-        return cls(doc, registry or globals()["registry"]())
+        return cls(doc, registry or globals()["registry"](), params)
 
     @classmethod
     def load(cls, path: str | Path, registry: Registry | None = None) -> Workflow:
-        return cls._from_json(load_json_file(path), registry, str(path))
+        """A workflow file (.json), or a picture graphflow made (.png): its embedded workflow and
+        parameters, read as untrusted text like any document."""
+        data, params = load_json_file(path)
+        return cls._from_json(data, registry, str(path), params)
 
     def with_params(self, **params: Any) -> Workflow:
-        w = Workflow(self.doc, self.registry, {**self.params, **params})
-        w._checked = self._checked  # results of checking depend only on params, which key the memo
-        return w
+        return Workflow(self.doc, self.registry, {**self.params, **params}, self._memo)
+
+    def checked(self) -> CheckedGraph:
+        """The document checked (structure, kinds, scopes), once for every parameter set."""
+        hit = self._memo.get("checked")
+        if hit is None:
+            with fewer_gc_passes():
+                hit, problems = _check.check(self.doc, self.registry)
+            if problems or hit is None:
+                self._memo["checked"] = ValidationFailed(problems)
+                raise self._memo["checked"]
+            self._memo["checked"] = hit
+        if isinstance(hit, ValidationFailed):
+            raise hit
+        return hit
+
+    def bind(self, params: dict[str, Any] | None = None) -> BoundGraph:
+        """Checked graph + this workflow's parameters (and ``params`` on top): ready to plan."""
+        return bind(self.checked(), {**self.params, **(params or {})})
+
+    def check(self, params: dict[str, Any] | None = None) -> BoundGraph:
+        """Everything that can be known wrong before running: raises ValidationFailed."""
+        return self.bind(params)
 
     def problems(self, params: dict[str, Any] | None = None) -> list[Problem]:
         try:
-            self.check(params)
+            self.bind(params)
         except ValidationFailed as e:
             return e.problems
         return []
-
-    def check(self, params: dict[str, Any] | None = None) -> Checked:
-        merged = {**self.params, **(params or {})}
-        try:
-            key = orjson.dumps(merged, option=orjson.OPT_SORT_KEYS, default=repr)
-        except TypeError:  # an int beyond 64 bits
-            key = repr(sorted(merged.items(), key=lambda kv: kv[0])).encode()
-        hit = self._checked.get(key)
-        if hit is not None:
-            return hit
-        with fewer_gc_passes():
-            checked, problems = check(self.doc, self.registry, merged)
-        if problems or checked is None:
-            raise ValidationFailed(problems)
-        if len(self._checked) > 64:  # a long-lived process sweeping parameters
-            self._checked.clear()
-        self._checked[key] = checked
-        return checked
-
 
 
 def load(path: str | Path, registry: Registry | None = None) -> Workflow:

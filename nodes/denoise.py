@@ -13,7 +13,7 @@ from pydantic import Field
 from graphflow import Context, Inputs, Node, Outputs
 
 
-class PredictNoise(Node, name="PredictNoise", category="sampling"):
+class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models",)):
     """The UNet's noise prediction for this timestep, conditioned on the text embeddings (both
     halves of a guidance batch in one call)."""
 
@@ -30,7 +30,8 @@ class PredictNoise(Node, name="PredictNoise", category="sampling"):
         import torch
         from graphflow_nodes.runtime import placement
 
-        device, dtype = placement(i.unet)
+        unet = ctx.models.get(i.unet)
+        device, dtype = placement(unet)
         emb = i.embeddings.to(device=device, dtype=dtype)
         x = i.model_input.to(dtype=dtype)
         if emb.shape[0] != x.shape[0]:
@@ -38,7 +39,7 @@ class PredictNoise(Node, name="PredictNoise", category="sampling"):
                 raise ValueError(f"embeddings batch {emb.shape[0]} does not divide model input batch {x.shape[0]}")
             emb = emb.repeat_interleave(x.shape[0] // emb.shape[0], dim=0)
         with torch.no_grad():
-            return {"noise_pred": i.unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False)[0]}
+            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False)[0]}
 
 
 class CFG(Node, name="CFG", category="sampling"):
@@ -59,7 +60,7 @@ class CFG(Node, name="CFG", category="sampling"):
 CHANNELS = {"red": 0, "green": 1, "blue": 2}
 
 
-class ColorGuidance(Node, name="ColorGuidance", category="sampling"):
+class ColorGuidance(Node, name="ColorGuidance", category="sampling", uses=("models",)):
     """Moves the latents down the gradient of a colour loss on the decoded predicted image (the
     notebook's "blue loss": mean distance of one channel to a target value). Put it between CFG
     and SchedulerStep; give it a ``when`` to act every N steps."""
@@ -81,6 +82,7 @@ class ColorGuidance(Node, name="ColorGuidance", category="sampling"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
+        vae = ctx.models.get(i.vae)
         s = i.scheduler
         idx = step_index(s, i.timestep)
         sigmas = getattr(s, "sigmas", None)
@@ -94,7 +96,7 @@ class ColorGuidance(Node, name="ColorGuidance", category="sampling"):
                 a = s.alphas_cumprod.to(latents.device)[int(i.timestep)].to(latents)
                 x0 = (latents - (1 - a).sqrt() * i.noise_pred) / a.sqrt()
                 weight = 1 - a
-            image = decode(i.vae, x0)
+            image = decode(vae, x0)
             loss = (image[:, CHANNELS[i.channel]] - i.target).abs().mean() * i.scale
             (grad,) = torch.autograd.grad(loss, latents)
         return {"latents": (latents - grad * weight).detach(), "loss": float(loss.detach())}

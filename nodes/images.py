@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from graphflow_nodes.files import ReadsFile, resolve_input_file
+from graphflow_nodes.files import resolve_input_file
 from graphflow_nodes.kinds import Image, ImageList, Latents
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
+from graphflow.ports import FileInput
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -49,11 +50,13 @@ def _next_number(folder: Path, prefix: str, suffix: str) -> int:
     return max(nums, default=0) + 1
 
 
-class LoadImage(ReadsFile, Node, name="LoadImage", category="image"):
+class LoadImage(Node, name="LoadImage", category="image", uses=("device",)):
     """An image file as a (1, 3, H, W) tensor in [0, 1], resized if asked."""
 
     class In(Inputs):
-        path: str = Field(description="an image file, or the name of a sample shipped with graphflow (samples/...)")
+        path: Annotated[str, FileInput(resolve=resolve_input_file)] = Field(
+            description="an image file, or the name of a sample shipped with graphflow (samples/...)"
+        )
         width: int | None = Field(None, ge=8, le=4096, description="resize to this width")
         height: int | None = Field(None, ge=8, le=4096, description="resize to this height")
 
@@ -72,7 +75,7 @@ class LoadImage(ReadsFile, Node, name="LoadImage", category="image"):
         return {"image": from_pil(img).to(ctx.device)}
 
 
-class SaveImage(Node, name="SaveImage", category="image", pure=False):
+class SaveImage(Node, name="SaveImage", category="image", pure=False, uses=("out_dir", "workflow")):
     """Writes numbered PNGs (prefix_00001.png, ...) into the output folder, never overwriting, each
     carrying the workflow and its parameters in its metadata so the picture can be remade."""
 
@@ -128,7 +131,7 @@ class ImageGrid(Node, name="ImageGrid", category="image"):
         return {"image": grid.unsqueeze(0)}
 
 
-class SaveAnimation(Node, name="SaveAnimation", category="image", pure=False):
+class SaveAnimation(Node, name="SaveAnimation", category="image", pure=False, uses=("out_dir",)):
     """An animated GIF or WebP of per-step frames, optionally with a second sequence beside the
     first (x_t on the left, the predicted x0 on the right)."""
 

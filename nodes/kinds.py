@@ -11,10 +11,12 @@ from graphflow.ports import OBJECT, kind, list_of
 #: seeds go to torch.Generator.manual_seed, which takes at most 64 bits
 SEED_MAX = 2**63 - 1
 
-TOKENIZER_K = kind("tokenizer", parent=OBJECT, description="a CLIP tokenizer")
-TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a CLIPTextModel")
-UNET_K = kind("unet", parent=OBJECT, description="a UNet2DConditionModel")
-VAE_K = kind("vae", parent=OBJECT, description="an AutoencoderKL")
+#: Models flow through the graph as references (graphflow_nodes.models.ModelRef): small, frozen,
+#: hashable values; a node gets the live object with ctx.models.get(ref).
+TOKENIZER_K = kind("tokenizer", parent=OBJECT, description="a reference to a CLIP tokenizer")
+TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a reference to a CLIPTextModel")
+UNET_K = kind("unet", parent=OBJECT, description="a reference to a UNet2DConditionModel")
+VAE_K = kind("vae", parent=OBJECT, description="a reference to an AutoencoderKL")
 SCHEDULER_K = kind("scheduler", parent=OBJECT, description="a diffusers scheduler with its timesteps set")
 SCHEDULER_CONFIG_K = kind("scheduler_config", parent=OBJECT, description="a diffusers scheduler config")
 

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from graphflow_nodes.files import ReadsFile, resolve_input_file
+from graphflow_nodes.files import resolve_input_file
 from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Scheduler, UNet
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
+from graphflow.ports import FileInput
 
 
 def vae_scale_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-class RandomLatents(Node, name="RandomLatents", category="latents"):
+class RandomLatents(Node, name="RandomLatents", category="latents", uses=("models",)):
     """Seeded Gaussian latents of the right shape, scaled by the scheduler's initial noise sigma,
     drawn as diffusers' pipelines draw them (so a seed gives the pipeline's picture)."""
 
@@ -34,13 +35,15 @@ class RandomLatents(Node, name="RandomLatents", category="latents"):
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.runtime import generator
+        from graphflow_nodes.runtime import generator, placement
 
-        f = vae_scale_factor(i.vae)
-        w = i.width or i.unet.config.sample_size * f
-        h = i.height or i.unet.config.sample_size * f
-        shape = (i.batch_size, i.unet.config.in_channels, h // f, w // f)
-        noise = torch.randn(shape, generator=generator(i.seed), dtype=i.unet.dtype).to(ctx.device)
+        unet = ctx.models.get(i.unet)
+        f = vae_scale_factor(ctx.models.get(i.vae))
+        w = i.width or unet.config.sample_size * f
+        h = i.height or unet.config.sample_size * f
+        shape = (i.batch_size, unet.config.in_channels, h // f, w // f)
+        device, dtype = placement(unet)
+        noise = torch.randn(shape, generator=generator(i.seed), dtype=dtype).to(device)
         return {"latents": noise * i.scheduler.init_noise_sigma, "noise": noise}
 
 
@@ -62,11 +65,11 @@ class NoiseLike(Node, name="NoiseLike", category="latents"):
         return {"noise": noise.to(i.latents.device)}
 
 
-class LoadLatents(ReadsFile, Node, name="LoadLatents", category="latents"):
+class LoadLatents(Node, name="LoadLatents", category="latents", uses=("device",)):
     """A tensor from a safetensors file (latents or noise saved elsewhere)."""
 
     class In(Inputs):
-        path: str = Field(description="a .safetensors file")
+        path: Annotated[str, FileInput(resolve=resolve_input_file)] = Field(description="a .safetensors file")
         key: str = Field("latents", description="the tensor's name in the file")
 
     class Out(Outputs):
@@ -84,7 +87,7 @@ class LoadLatents(ReadsFile, Node, name="LoadLatents", category="latents"):
         return {"latents": data[i.key]}
 
 
-class VAEEncode(Node, name="VAEEncode", category="latents"):
+class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
     """Image in [0, 1] → latents × the VAE's scaling factor: a sample of the latent distribution
     (seeded, as diffusers' img2img draws it) or its mean."""
 
@@ -101,7 +104,7 @@ class VAEEncode(Node, name="VAEEncode", category="latents"):
         import torch
         from graphflow_nodes.runtime import generator, placement
 
-        vae = i.vae
+        vae = ctx.models.get(i.vae)
         device, dtype = placement(vae)
         x = (i.image * 2 - 1).to(device=device, dtype=dtype)
         with torch.no_grad():
@@ -120,7 +123,7 @@ def decode(vae, latents):
     return (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
 
 
-class Decode(Node, name="Decode", category="latents"):
+class Decode(Node, name="Decode", category="latents", uses=("models",)):
     """Latents ÷ scaling factor → VAE decoder → images in [0, 1]."""
 
     class In(Inputs):
@@ -134,4 +137,4 @@ class Decode(Node, name="Decode", category="latents"):
         import torch
 
         with torch.no_grad():
-            return {"image": decode(i.vae, i.latents).float()}
+            return {"image": decode(ctx.models.get(i.vae), i.latents).float()}

@@ -55,7 +55,7 @@ def _step_takes_generator(cls: type) -> bool:
     return "generator" in inspect.signature(cls.step).parameters
 
 
-class MakeScheduler(Node, name="Scheduler", category="sampling"):
+class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",)):
     """A diffusers scheduler from the model's config (or another by name, with extra options),
     its timesteps set for the number of steps and sliced from a start step (img2img starts at
     step k, as diffusers' img2img pipeline does for strength ``1 - k / steps``)."""
@@ -116,9 +116,11 @@ class ScaleModelInput(Node, name="ScaleModelInput", category="sampling"):
         return {"model_input": clone(i.scheduler).scale_model_input(x, i.timestep)}
 
 
-class SchedulerStep(Node, name="SchedulerStep", category="sampling"):
+class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iteration",)):
     """One scheduler step: the latents of the previous timestep and the predicted clean latents
-    (x0) from a single ``step()`` call, plus the advanced scheduler for the next iteration."""
+    (x0) from a single ``step()`` call, plus the advanced scheduler for the next iteration.
+    Stochastic schedulers draw their noise from the seed and the loop's iteration, so each step
+    gets its own noise and a re-run gets the same; outside a loop the step counts as iteration 0."""
 
     class In(Inputs):
         scheduler: Scheduler = Field(description="the loop's current scheduler")
@@ -140,7 +142,8 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling"):
             s.is_scale_input_called = True  # ScaleModelInput scaled on its own copy of the scheduler
         kwargs = {}
         if _step_takes_generator(type(s)):
-            kwargs["generator"] = generator((i.seed * 1_000_003 + (ctx.iteration or 0)) % 2**63)
+            iteration = 0 if ctx.iteration is None else ctx.iteration  # None: a single step outside a loop
+            kwargs["generator"] = generator((i.seed * 1_000_003 + iteration) % 2**63)
         out = s.step(i.noise_pred, i.timestep, i.latents, return_dict=True, **kwargs)
         x0 = getattr(out, "pred_original_sample", None)
         if x0 is None and getattr(s, "model_outputs", None) and s.model_outputs[-1] is not None:

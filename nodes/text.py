@@ -53,7 +53,7 @@ def encode_embeddings(te, input_embeddings):
         return tm.final_layer_norm(out.last_hidden_state)
 
 
-class Tokenize(Node, name="Tokenize", category="text"):
+class Tokenize(Node, name="Tokenize", category="text", uses=("models",)):
     """Text → CLIP token ids, padded and truncated to the model's length (77 for CLIP)."""
 
     class In(Inputs):
@@ -66,11 +66,11 @@ class Tokenize(Node, name="Tokenize", category="text"):
         attention_mask: AttentionMask = Field(description="(1, 77): 1 for real tokens, 0 for padding")
 
     def run(self, i: In, ctx: Context) -> dict:
-        ids, mask = tokenize(i.tokenizer, i.text, i.max_length)
+        ids, mask = tokenize(ctx.models.get(i.tokenizer), i.text, i.max_length)
         return {"token_ids": ids, "attention_mask": mask}
 
 
-class TokenEmbed(Node, name="TokenEmbed", category="text"):
+class TokenEmbed(Node, name="TokenEmbed", category="text", uses=("models",)):
     """Token ids → rows of the text encoder's token-embedding table (before positions are added)."""
 
     class In(Inputs):
@@ -83,12 +83,12 @@ class TokenEmbed(Node, name="TokenEmbed", category="text"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        table = _text_model(i.text_encoder).embeddings.token_embedding
+        table = _text_model(ctx.models.get(i.text_encoder)).embeddings.token_embedding
         with torch.no_grad():
             return {"token_embeddings": table(i.token_ids.to(table.weight.device))}
 
 
-class PosEmbed(Node, name="PosEmbed", category="text"):
+class PosEmbed(Node, name="PosEmbed", category="text", uses=("models",)):
     """The position embeddings for a sequence as long as the token ids."""
 
     class In(Inputs):
@@ -101,7 +101,7 @@ class PosEmbed(Node, name="PosEmbed", category="text"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        emb = _text_model(i.text_encoder).embeddings
+        emb = _text_model(ctx.models.get(i.text_encoder)).embeddings
         n = i.token_ids.shape[-1]
         with torch.no_grad():
             return {"position_embeddings": emb.position_embedding(emb.position_ids[:, :n])}
@@ -121,7 +121,7 @@ class AddEmbeddings(Node, name="AddEmbeddings", category="text"):
         return {"input_embeddings": i.token_embeddings + i.position_embeddings.to(i.token_embeddings.device)}
 
 
-class TextEncode(Node, name="TextEncode", category="text"):
+class TextEncode(Node, name="TextEncode", category="text", uses=("models",)):
     """Input embeddings → the text encoder's final hidden states: the transformer layers with
     CLIP's causal mask, then the final layer norm (the notebook's ``get_output_embeds``)."""
 
@@ -133,10 +133,10 @@ class TextEncode(Node, name="TextEncode", category="text"):
         text_embeddings: TextEmbeddings = Field(description="(batch, 77, hidden): what the UNet attends to")
 
     def run(self, i: In, ctx: Context) -> dict:
-        return {"text_embeddings": encode_embeddings(i.text_encoder, i.input_embeddings)}
+        return {"text_embeddings": encode_embeddings(ctx.models.get(i.text_encoder), i.input_embeddings)}
 
 
-class EncodePrompt(Node, name="EncodePrompt", category="text"):
+class EncodePrompt(Node, name="EncodePrompt", category="text", uses=("models",)):
     """Text → final text embeddings in one node, for everyday workflows. Gives the same tensor as
     Tokenize → TokenEmbed + PosEmbed → AddEmbeddings → TextEncode."""
 
@@ -151,9 +151,10 @@ class EncodePrompt(Node, name="EncodePrompt", category="text"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        ids, _ = tokenize(i.tokenizer, i.text)
+        te = ctx.models.get(i.text_encoder)
+        ids, _ = tokenize(ctx.models.get(i.tokenizer), i.text)
         with torch.no_grad():
-            return {"text_embeddings": i.text_encoder(ids.to(table_device(i.text_encoder)))[0]}
+            return {"text_embeddings": te(ids.to(table_device(te)))[0]}
 
 
 class MixEmbeddings(Node, name="MixEmbeddings", category="text"):

@@ -4,14 +4,15 @@ position embeddings are added, exactly where the notebook makes them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from graphflow_nodes.files import ReadsFile, resolve_input_file
+from graphflow_nodes.files import resolve_input_file
 from graphflow_nodes.kinds import TextEncoder, TokenEmbeddings, TokenIds, Tokenizer, Vector
 from graphflow_nodes.text import _text_model
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
+from graphflow.ports import FileInput
 
 
 def phrase_ids(tokenizer, phrase: str) -> list[int]:
@@ -21,7 +22,7 @@ def phrase_ids(tokenizer, phrase: str) -> list[int]:
     return list(ids)
 
 
-class TokenVector(Node, name="TokenVector", category="tokens"):
+class TokenVector(Node, name="TokenVector", category="tokens", uses=("models",)):
     """The token-embedding row of one token (a word that the tokenizer keeps whole)."""
 
     class In(Inputs):
@@ -36,11 +37,12 @@ class TokenVector(Node, name="TokenVector", category="tokens"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        ids = phrase_ids(i.tokenizer, i.token)
+        tokenizer = ctx.models.get(i.tokenizer)
+        ids = phrase_ids(tokenizer, i.token)
         if len(ids) != 1:
-            pieces = i.tokenizer.convert_ids_to_tokens(ids)
+            pieces = tokenizer.convert_ids_to_tokens(ids)
             raise ValueError(f"{i.token!r} is {len(ids)} tokens ({' '.join(pieces)}), not one")
-        table = _text_model(i.text_encoder).embeddings.token_embedding
+        table = _text_model(ctx.models.get(i.text_encoder)).embeddings.token_embedding
         with torch.no_grad():
             return {"vector": table.weight[ids[0]].detach().clone().unsqueeze(0), "token_id": ids[0]}
 
@@ -62,7 +64,7 @@ class MixVectors(Node, name="MixVectors", category="tokens"):
         return {"vector": (1.0 - i.weight) * i.a + i.weight * i.b}
 
 
-class ReplaceToken(Node, name="ReplaceToken", category="tokens"):
+class ReplaceToken(Node, name="ReplaceToken", category="tokens", uses=("models",)):
     """Puts vectors in place of a token or phrase wherever it occurs in the prompt. A phrase of
     several tokens (a placeholder like ``<my-shape>``) collapses to the given vectors, the rest of
     the sequence moves up and the end is padded: the same sequence diffusers builds after adding
@@ -84,7 +86,7 @@ class ReplaceToken(Node, name="ReplaceToken", category="tokens"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        pat = phrase_ids(i.tokenizer, i.token)
+        pat = phrase_ids(ctx.models.get(i.tokenizer), i.token)
         vec = i.vector.reshape(-1, i.vector.shape[-1]).to(i.token_embeddings)
         ids_out, emb_out, count = [], [], 0
         for ids, emb in zip(i.token_ids.tolist(), i.token_embeddings):
@@ -143,12 +145,14 @@ def read_textual_inversion(path, token: str | None) -> tuple[Any, str]:
     return vec.reshape(-1, vec.shape[-1]).float(), token or str(name)
 
 
-class LoadTextualInversion(ReadsFile, Node, name="LoadTextualInversion", category="tokens"):
+class LoadTextualInversion(Node, name="LoadTextualInversion", category="tokens"):
     """Loads a learned embedding (``learned_embeds.bin`` or ``.safetensors``), to put in place of
     a placeholder with ReplaceToken."""
 
     class In(Inputs):
-        path: str = Field(description="the embedding file, or the name of one shipped with graphflow")
+        path: Annotated[str, FileInput(resolve=resolve_input_file)] = Field(
+            description="the embedding file, or the name of one shipped with graphflow"
+        )
         token: str | None = Field(None, description="the placeholder; default: the name stored in the file")
 
     class Out(Outputs):

@@ -101,7 +101,7 @@ def test_second_executor_reads_every_entry_from_disk(tmp_path):
     assert cached.pop("make", "disk") == "disk"
     assert cached == {"scale": "disk", "total": "disk", "save": None}
     assert (tmp_path / "out" / "vec.txt").read_text() == "tensor([6., 6., 6., 6.])\n"
-    assert ex2.disk.errors == []
+    assert r2.cache_errors == []
 
     # the same executor again: now from memory
     RUNS.clear()
@@ -135,14 +135,14 @@ def test_damaged_tensor_entry_is_recomputed_not_trusted(tmp_path, damage):
     assert dict(RUNS) == {"scale": 1}  # only the damaged node ran again
     assert r.stats["make"].status == "disk" and r.stats["scale"].status == "ran" and r.stats["total"].status == "disk"
     assert (tmp_path / "vec.txt").read_text() == "tensor([6., 6., 6., 6.])\n"
-    assert len(ex.disk.errors) == 1 and scale_entry.name in ex.disk.errors[0]
+    assert len(r.cache_errors) == 1 and scale_entry.name in r.cache_errors[0]
     # the entry was written again, intact
     assert entry_info(scale_entry)[1]["o.vec"].tolist() == [6.0] * 4
 
     RUNS.clear()
     ex3 = Executor(cache_dir=cache, out_dir=tmp_path)
-    ex3.run(wf)
-    assert sum(RUNS.values()) == 0 and ex3.disk.errors == []
+    r3 = ex3.run(wf)
+    assert sum(RUNS.values()) == 0 and r3.cache_errors == []
 
 
 def test_damaged_scalar_entry_is_recomputed(tmp_path):

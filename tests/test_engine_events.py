@@ -150,7 +150,7 @@ def test_cancel_from_a_listener_mid_loop_leaves_no_partial_loop_in_the_cache():
         if isinstance(e, ev.LoopStep) and e.index == 2:
             ex.cancel()
 
-    unsubscribe = ex.subscribe(stop_at_step_2)
+    unsubscribe = ex.subscribe(stop_at_step_2, on_run_thread=True)  # acts at an exact step
     r = ex.run(wf)
     assert r.cancelled
     assert RUNS["inc"] == 3  # iterations 0, 1, 2 ran; the run stopped before iteration 3
@@ -172,6 +172,6 @@ def test_cancel_from_a_listener_between_top_level_nodes():
         },
         {"b": "b.sum"},
     )
-    ex.subscribe(lambda e: ex.cancel() if isinstance(e, ev.NodeFinished) and e.node == "a" else None)
+    ex.subscribe(lambda e: ex.cancel() if isinstance(e, ev.NodeFinished) and e.node == "a" else None, on_run_thread=True)
     r = ex.run(wf)
     assert r.cancelled and dict(RUNS) == {"a": 1}

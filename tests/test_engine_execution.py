@@ -223,9 +223,9 @@ def test_failure_event_is_emitted():
     ex = Executor()
     events: list = []
     ex.subscribe(events.append)
-    ex.run(make(FAILING, {"bad": "after2.sum"}))
+    r = ex.run(make(FAILING, {"bad": "after2.sum"}))
     failed = [e for e in events if isinstance(e, ev.NodeFailedEvent)]
-    assert failed == [ev.NodeFailedEvent("bad", "Fail", "RuntimeError: boom")]
+    assert failed == [ev.NodeFailedEvent("bad", "Fail", "RuntimeError: boom", r.run_id)]
     assert events[-1].ok is False and events[-1].cancelled is False
 
 

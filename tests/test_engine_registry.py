@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from graphflow import Context, Executor, Inputs, Node, Outputs, Registry, Workflow, default_registry
+from typing import Annotated
+
+from graphflow import Context, Executor, FileInput, Inputs, Node, Outputs, Registry, Workflow, default_registry
 from graphflow.registry import RegistryError
 from tests import toy_nodes
 from tests.toy_nodes import RUNS, Num, toy_registry
@@ -144,38 +146,33 @@ def test_plugin_file_with_postponed_annotations_keeps_port_kinds():
     assert cls.In.__pydantic_complete__
 
 
-# --- identity: what besides the inputs decides a node's outputs ----------------------------------------
-
-STAMP = {"value": 1}
+# --- file inputs: what the node reads from disk is part of the cache key -----------------------------
 
 
 class Stamped(Node, name="Stamped", category="test"):
-    """Reads something outside the workflow (like a file): its identity is part of the cache key."""
+    """Reads a number from a file: the file's content is part of the cache key."""
 
     class In(Inputs):
-        path: str = "x"
+        path: Annotated[str, FileInput()] = Field(description="a text file holding a number")
 
     class Out(Outputs):
         value: float = Field()
 
-    @classmethod
-    def identity(cls, literals):
-        return [literals["path"], STAMP["value"]]
-
     def run(self, i, ctx):
         RUNS[ctx.node_id] += 1
-        return {"value": float(STAMP["value"])}
+        return {"value": float(Path(i.path).read_text())}
 
 
-def test_identity_is_part_of_the_cache_key():
+def test_file_content_is_part_of_the_cache_key(tmp_path):
     reg = toy_registry()
     reg.register(Stamped)
-    wf = Workflow.from_dict({"format": 1, "nodes": {"s": {"type": "Stamped"}}, "outputs": {"v": "s.value"}}, reg)
+    f = tmp_path / "stamp.txt"
+    wf = Workflow.from_dict({"format": 1, "nodes": {"s": {"type": "Stamped", "inputs": {"path": str(f)}}}, "outputs": {"v": "s.value"}}, reg)
     ex = Executor()
-    STAMP["value"] = 1
+    f.write_text("1")
     assert ex.run(wf)["v"] == 1.0
     assert ex.run(wf)["v"] == 1.0
     assert RUNS["s"] == 1
-    STAMP["value"] = 2  # "the file changed"
+    f.write_text("2")  # the file changed
     assert ex.run(wf)["v"] == 2.0
     assert RUNS["s"] == 2

@@ -229,22 +229,23 @@ def test_missing_param():
     assert problems(d, v=2) == []
 
 
-def test_nested_loop():
-    d = doc(
-        {
-            "r": {"type": "Range", "inputs": {"stop": 2}},
-            "L": {
-                "type": "Loop",
-                "over": link("r.values"),
-                "body": {"inner": {"type": "Loop", "over": link("r.values"), "body": {}}},
-                "carry": {},
-            },
+def test_nested_loop_is_allowed_but_its_body_stays_its_own():
+    """Scopes nest; an inner body is visible to neither the outer body nor the top level."""
+    nested = {
+        "r": {"type": "Range", "inputs": {"stop": 2}},
+        "L": {
+            "type": "Loop",
+            "over": link("r.values"),
+            "body": {"inner": {"type": "Loop", "over": link("r.values"), "body": {"deep": {"type": "Num"}}}},
+            "carry": {},
         },
-        {"x": "r.values"},
-    )
-    p = only(d, "nested_loop")
-    assert (p.node, p.field) == ("inner", "type")
-    assert "'L'" in p.message
+    }
+    assert problems(doc(nested, {"x": "r.values"})) == []
+    bad = copy.deepcopy(nested)
+    bad["L"]["body"]["peek"] = {"type": "Add", "inputs": {"a": link("deep.value")}}
+    p = only(doc(bad, {"x": "r.values"}), "loop_scope")
+    assert (p.node, p.field) == ("peek", "inputs.a")
+    assert "'deep'" in p.message and "'inner'" in p.message
 
 
 def test_loop_scope_outer_node_links_into_body():

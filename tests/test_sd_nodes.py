@@ -83,11 +83,21 @@ def test_loader_errors_name_the_path_and_what_was_expected(tmp_path, tiny_model)
     assert "component 'unet'" in r.errors[0].message and "UNet2DConditionModel" in r.errors[0].message
 
 
-def test_components_are_loaded_once_per_process_and_shared(tiny_model):
-    wf = loader(str(tiny_model))
-    a = Executor().run(wf)["m"]
-    b = Executor().run(wf)["m"]  # a new executor has an empty cache, but the process keeps the weights
-    assert a["unet"] is b["unet"] and a["text_encoder"] is b["text_encoder"]
+def test_components_are_loaded_once_per_executor_and_shared(tiny_model, tmp_path):
+    refs = Executor().run(loader(str(tiny_model)))["m"]  # references only: nothing loads here
+    components = ("tokenizer", "text_encoder", "unet", "vae")
+    assert all(refs[c].component == c for c in components)
+    txt2img = graphflow.load(REPO / "workflows" / "txt2img.json").with_params(model=str(tiny_model), steps=2)
+    img2img = graphflow.load(REPO / "workflows" / "img2img.json").with_params(model=str(tiny_model), steps=4, start_step=2)
+    ex = Executor(out_dir=tmp_path)
+    for wf in (txt2img, img2img):  # two different workflows on one model
+        r = ex.run(wf)
+        assert r.ok, r.errors
+    assert all(ex.models.loads[refs[c]] == 1 for c in components), ex.models.loads
+    other = Executor(out_dir=tmp_path)
+    assert other.run(txt2img).ok
+    assert all(other.models.loads[refs[c]] == 1 for c in components)  # each executor holds its own weights
+    assert other.models.get(refs["unet"]) is not ex.models.get(refs["unet"])
 
 
 def test_save_image_numbers_files_and_embeds_the_workflow(tmp_path, tiny_model):

@@ -1,0 +1,27 @@
+"""The one way graphflow writes a file: to a temporary name in the same folder, then renamed over
+the target, the temporary removed on any failure. A reader never sees half a file, and a failed
+or interrupted write leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object] | bytes) -> Path:
+    """``write`` is the bytes, or a function that writes to the open temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(write, (bytes, bytearray, memoryview)):
+                f.write(write)
+            else:
+                write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

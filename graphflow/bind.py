@@ -1,0 +1,75 @@
+"""bind: checked graph + parameter values → bound graph. Only the values are checked here, each
+against the inputs it feeds; the structure was checked once, for every parameter set to come."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from graphflow.check import CheckedGraph, did_you_mean, pyd_message
+from graphflow.problems import Problem, ValidationFailed
+
+#: Python types a declared parameter type accepts (a JSON boolean is not a number)
+_PARAM_TYPES = {"int": (int,), "float": (int, float), "string": (str,), "bool": (bool,), "list": (list,)}
+
+
+@dataclass(frozen=True)
+class BoundGraph:
+    checked: CheckedGraph
+    #: every parameter's value: the overrides, else the defaults
+    params: dict[str, Any]
+    #: (node id, field) -> the value a parameter gives there, coerced by the port it feeds
+    values: dict[tuple[str, str], Any]
+
+    def value(self, nid: str, fld: str) -> Any:
+        """A bound input: a parameter's value where one feeds it, else the checked literal."""
+        key = (nid, fld)
+        v = self.values.get(key, _MISSING)
+        return self.checked.literals.get(key) if v is _MISSING else v
+
+
+_MISSING = object()
+
+
+def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None) -> BoundGraph:
+    """Raises ValidationFailed with every problem of the values at once."""
+    doc = checked.doc
+    overrides = overrides or {}
+    problems: list[Problem] = []
+    for name in overrides:
+        if name not in doc.params:
+            known = ", ".join(sorted(doc.params)) or "none"
+            problems.append(Problem("unknown_param", f"no parameter '{name}'{did_you_mean(name, doc.params)} (known: {known})", field=f"params.{name}"))
+    params: dict[str, Any] = {}
+    for name, p in doc.params.items():
+        if name in overrides:
+            params[name] = overrides[name]
+        elif p.has_default:
+            params[name] = p.default
+        else:
+            continue
+        v = params[name]
+        if p.type and p.type != "any":
+            ok = isinstance(v, _PARAM_TYPES[p.type]) and not (p.type in ("int", "float") and isinstance(v, bool))
+            if not ok:
+                problems.append(Problem("bad_param", f"parameter '{name}' is declared {p.type}, got {v!r}", field=f"params.{name}"))
+    values: dict[tuple[str, str], Any] = {}
+    for name, uses in checked.param_uses.items():
+        for nid, fld, port in uses:
+            if name not in params:
+                problems.append(Problem("missing_param", f"parameter '{name}' has no default; set it", node=nid, field=fld))
+                continue
+            value = params[name]
+            if port is None:
+                values[(nid, fld)] = value
+                continue
+            try:
+                values[(nid, fld)] = port.adapter.validate_python(value)
+            except ValidationError as e:
+                problems.append(Problem("bad_param", f"parameter '{name}' = {value!r} is not valid for input '{port.name}' ({port.kind}): "
+                                        f"{pyd_message(e)}", node=nid, field=fld))
+    if problems:
+        raise ValidationFailed(problems)
+    return BoundGraph(checked, params, values)

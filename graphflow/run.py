@@ -1,0 +1,341 @@
+"""run: plan → results. Executes the planned steps in order, scopes (Loop, Map) at any depth,
+emits events, stores what it computed. It never re-plans inside a scope; at the top level it
+fingerprints late members when their inputs exist, and re-plans once a cache entry it counted on
+turns out damaged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from graphflow import events as ev
+from graphflow.context import Cancelled, Context
+from graphflow.document import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
+from graphflow.node import Outputs
+from graphflow.plan import Keys, Plan, is_pure, output_ports, plan
+from graphflow.results import NodeError, NodeStat, RunResult
+
+
+class Stores:
+    """The caches a run reads and writes, seen as one index for the planner. ``done`` holds what
+    this run computed, so a re-plan never recomputes it."""
+
+    def __init__(self, memory, disk) -> None:
+        self.memory, self.disk = memory, disk
+        self.done: dict[str, dict[str, Any]] = {}
+        self.bad: set[str] = set()
+        self.errors: list[str] = []
+
+    def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
+        if fp in self.bad:
+            return None
+        if fp in self.done:
+            return "run"
+        if fp in self.memory:
+            return "memory"
+        if self.disk is not None:
+            ok, err = self.disk.has(fp, ports)
+            if err:
+                self.errors.append(err)
+            if ok:
+                return "disk"
+        return None
+
+    def load(self, fp: str, where: str, ports: set[str], complete: set[str]) -> dict[str, Any] | None:
+        if where == "run":
+            return self.done[fp]
+        if where == "memory":
+            hit = self.memory.get(fp)
+            if hit is not None:
+                return hit
+        elif self.disk is not None:
+            hit, err = self.disk.get(fp, ports)
+            if err:
+                self.errors.append(err)
+            if hit is not None:
+                if hit.keys() >= complete:  # a partial entry must not pose as complete
+                    self.memory.put(fp, hit)
+                return hit
+        self.bad.add(fp)
+        return None
+
+    def store(self, fp: str, outputs: dict[str, Any], to_disk: bool) -> None:
+        self.memory.put(fp, outputs)
+        if self.disk is not None and to_disk:
+            try:
+                self.disk.put(fp, outputs)
+            except OSError as e:
+                self.errors.append(f"cannot write cache entry {fp}: {e}")
+
+
+def _outputs_dict(out: Any, cls) -> dict[str, Any]:
+    if isinstance(out, Outputs):
+        out = dict(out.__dict__)
+    if not isinstance(out, dict):
+        raise TypeError(f"run() returned {type(out).__name__}, expected a dict of outputs")
+    missing = cls.outputs.keys() - out.keys()
+    if missing:
+        raise TypeError(f"run() did not return output(s) {', '.join(sorted(missing))}")
+    return out
+
+
+class Runner:
+    """One run. ``emit`` is None when nobody listens (then no event is even built)."""
+
+    def __init__(self, keys: Keys, stores: Stores, run_id: str, cancel, models: Any,
+                 emit: Callable[[ev.Event], None] | None) -> None:
+        self.keys, self.c, self.b = keys, keys.c, keys.b
+        self.stores = stores
+        self.run_id = run_id
+        self.cancel = cancel
+        self.emit = emit
+        self.values: dict[str, dict[str, Any]] = {}
+        self.stats: dict[str, NodeStat] = {}
+        self.errors: list[NodeError] = []
+        self.failed: dict[str, str] = {}
+        self.root_cause: dict[str, str] = {}
+        o = keys.options
+        self.ctx_values = {"iteration": None, "iterations": None, "device": o.device, "dtype": o.dtype, "models": models,
+                           "out_dir": o.out_dir, "workflow": self.c.doc.raw, "params": self.b.params}
+
+    def stat(self, nid: str) -> NodeStat:
+        s = self.stats.get(nid)
+        if s is None:
+            s = self.stats[nid] = NodeStat(self.c.nodes[nid].type)
+        return s
+
+    # --- values --------------------------------------------------------------------------------
+
+    def resolve(self, ref: Ref, nid: str, fld: str, frames: list[dict[str, dict[str, Any]]]) -> Any:
+        if isinstance(ref, Link):
+            for f in reversed(frames):
+                src = f.get(ref.node)
+                if src is not None:
+                    return src[ref.port]
+            return self.values[ref.node][ref.port]
+        if isinstance(ref, LinkList):
+            return [self.resolve(x, nid, fld, frames) for x in ref.links]
+        return self.b.value(nid, fld) if isinstance(ref, (Lit, ParamRef)) else ref
+
+    def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None) -> dict[str, Any]:
+        cls = self.c.types[d.id]
+        kwargs = {}
+        for name, ref in d.inputs.items():
+            v = self.resolve(ref, d.id, f"inputs.{name}", frames)
+            if isinstance(ref, (Link, LinkList)):
+                port = cls.inputs[name]
+                if port.validates_values:
+                    try:
+                        v = port.adapter.validate_python(v)
+                    except ValidationError as e:
+                        raise NodeError(d.id, cls.type_name, f"input '{name}' received {v!r} from '{ref}': "
+                                        f"{e.errors()[0]['msg']}", iteration, exc_type="ValidationError") from None
+            kwargs[name] = v
+        values = self.ctx_values
+        if iteration is not None:
+            values = {**values, "iteration": iteration, "iterations": count}
+        ctx = Context._make(d.id, cls.type_name, cls.uses, values, self.cancel)
+        try:
+            return _outputs_dict(cls().run(cls.In.model_construct(**kwargs), ctx), cls)
+        except (Cancelled, NodeError):
+            raise
+        except Exception as e:
+            raise NodeError.wrap(d.id, cls.type_name, e, iteration) from e
+
+    # --- scopes ----------------------------------------------------------------------------------
+
+    def run_body_node(self, d: NodeDef, frames: list, i: int | None, count: int) -> dict[str, Any]:
+        """One body node once (``i`` None: an invariant node, run once per run of its scope)."""
+        emit = self.emit
+        if emit:
+            emit(ev.NodeStarted(d.id, d.type, i, self.run_id))
+        t0 = time.perf_counter()
+        out = self.call(d, frames, i, count if i is not None else None)
+        dt = time.perf_counter() - t0
+        st = self.stat(d.id)
+        st.runs += 1
+        st.seconds += dt
+        st.status = "ran"
+        if emit:
+            emit(ev.NodeFinished(d.id, d.type, dt, None, i, self.run_id))
+        return out
+
+    def run_scope(self, s: ScopeDef, frames: list) -> dict[str, Any]:
+        seq = self.resolve(s.over, s.id, "over", frames)
+        try:
+            count = len(seq)
+        except TypeError:
+            raise NodeError(s.id, s.type, f"'over' is a {type(seq).__name__}, which has no length") from None
+        preds = self.c.preds[s.id]
+        needed: set[str] = set()
+        stack = [r.node for _, r in s.refs() if isinstance(r, Link) and r.node in s.body]
+        stack += [m for m in s.body if not is_pure(self.c, m)]
+        while stack:
+            n = stack.pop()
+            if n not in needed:
+                needed.add(n)
+                stack.extend(preds[n])
+        order = [m for m in self.c.order[s.id] if m in needed]
+        varying = self.c.varying[s.id]
+        frame: dict[str, dict[str, Any]] = {}
+        inner = [*frames, frame]
+        for m in order:
+            if m not in varying:
+                frame[m] = self.run_member(s.body[m], inner, None, count)
+        per_item = [m for m in order if m in varying]
+        carry = {k: self.resolve(r, s.id, f"carry.{k}", frames) for k, r in s.carry.items()}
+        collected: dict[str, list] = {k: [] for k in s.collect}
+        emit = self.emit
+        for i, item in enumerate(seq):
+            if self.cancel.is_set():
+                raise Cancelled()
+            if emit:
+                emit(ev.LoopStep(s.id, i, count, self.run_id))
+            frame[s.id] = {s.item: item, "index": i, "count": count, **carry}
+            for m in per_item:
+                d = s.body[m]
+                if isinstance(d, NodeDef) and d.when and not d.when.active(i):
+                    frame[m] = {k: self.resolve(r, m, f"otherwise.{k}", inner) for k, r in d.otherwise.items()}
+                    if emit:
+                        emit(ev.NodeFinished(m, d.type, 0.0, "skipped", i, self.run_id))
+                    continue
+                frame[m] = self.run_member(d, inner, i, count)
+            for k, r in s.collect.items():
+                if isinstance(r, Link) and r.port not in frame.get(r.node, {r.port: None}):
+                    continue  # produced by a node that skipped this iteration
+                collected[k].append(self.resolve(r, s.id, f"collect.{k}", inner))
+            carry = {k: self.resolve(r, s.id, f"next.{k}", inner) for k, r in s.next.items()}
+        return {**carry, **collected}
+
+    def run_member(self, d, frames: list, i: int | None, count: int) -> dict[str, Any]:
+        if isinstance(d, NodeDef):
+            return self.run_body_node(d, frames, i, count)
+        emit = self.emit
+        if emit:
+            emit(ev.NodeStarted(d.id, d.type, i, self.run_id))
+        t0 = time.perf_counter()
+        out = self.run_scope(d, frames)
+        st = self.stat(d.id)
+        st.runs += 1
+        st.seconds += time.perf_counter() - t0
+        st.status = "ran"
+        if emit:
+            emit(ev.NodeFinished(d.id, d.type, time.perf_counter() - t0, None, i, self.run_id))
+        return out
+
+    # --- the top level ---------------------------------------------------------------------------
+
+    def late_key(self, m: str) -> str | None:
+        """Fingerprint a late member now that its producers ran: file inputs by what they name."""
+        d = self.c.nodes[m]
+        files = None
+        if isinstance(d, NodeDef):
+            cls = self.c.types[m]
+            files = {k: self.resolve(r, m, f"inputs.{k}", []) for k, r in d.inputs.items()
+                     if cls.inputs[k].file is not None and isinstance(r, Link)}
+        return self.keys.member(m, files)
+
+    def run_top(self, m: str, p: Plan) -> str | None:
+        """Runs or loads one member; returns where it was loaded from, or None if it ran.
+        Raises LookupError when a planned cache entry could not be loaded (then re-plan)."""
+        d = self.c.nodes[m]
+        fp = p.fps[m] if p.fps[m] is not None else self.late_key(m)
+        pure = is_pure(self.c, m)
+        complete = output_ports(self.c, m)
+        ports = complete if "*" in p.consumed[m] else p.consumed[m]
+        where = p.hits.get(m)
+        if where is None and fp is not None and pure and p.fps[m] is None:
+            where = self.stores.lookup(fp, m, ports)  # a late member: looked up now
+        emit = self.emit
+        if emit:
+            emit(ev.NodeStarted(m, d.type, None, self.run_id))
+        t0 = time.perf_counter()
+        s = self.stat(m)
+        out = self.stores.load(fp, where, ports, complete) if where else None
+        if where and out is None:
+            raise LookupError(m)
+        if out is None:
+            out = self.run_scope(d, []) if isinstance(d, ScopeDef) else self.call(d, [])
+            s.runs += 1
+            if pure and fp is not None:
+                self.stores.store(fp, out, isinstance(d, ScopeDef) or self.c.types[m].disk_cache)
+        else:
+            s.hits += 1
+        if fp is not None:
+            self.stores.done[fp] = out
+        dt = time.perf_counter() - t0
+        s.seconds += dt
+        if where != "run":
+            s.status = where or "ran"
+        self.values[m] = out
+        if emit:
+            emit(ev.NodeFinished(m, d.type, dt, where if where != "run" else None, None, self.run_id))
+        return where
+
+    def execute(self, p: Plan) -> RunResult:
+        t0 = time.perf_counter()
+        if self.emit:
+            self.emit(ev.RunStarted(len(p.steps), self.run_id))
+        cancelled = False
+        preds = self.c.preds[None]
+        steps = list(p.steps)
+        k = 0
+        while k < len(steps):
+            m = steps[k]
+            k += 1
+            if m in self.values:
+                continue
+            if self.cancel.is_set():
+                cancelled = True
+                break
+            blocked = [x for x in preds[m] if x in self.failed] if self.failed else None
+            if blocked:
+                self.root_cause[m] = root = self.root_cause.get(blocked[0], blocked[0])
+                self.failed[m] = f"skipped because '{root}' failed"
+                self.stat(m).status = "skipped"
+                continue
+            try:
+                where = self.run_top(m, p)
+            except LookupError:  # a damaged entry: plan the rest again around it
+                p = plan(self.keys, self.stores)
+                steps, k = list(p.steps), 0
+                continue
+            except Cancelled:
+                cancelled = True
+                break
+            except NodeError as e:
+                self.errors.append(e)
+                self.failed[m] = str(e)
+                self.stat(m).status = "failed"
+                if e.node != m:
+                    self.stat(e.node).status = "failed"
+                if self.emit:
+                    self.emit(ev.NodeFailedEvent(e.node, e.type, e.message, self.run_id))
+                continue
+            if where is None:
+                self.release(m, p)
+        outputs, missing = {}, {}
+        for name, link in self.c.doc.outputs.items():
+            if link.node in self.values:
+                vals = self.values[link.node]
+                outputs[name] = dict(vals) if link.port == "*" else vals[link.port]
+            else:
+                missing[name] = self.failed.get(link.node, "the run was cancelled" if cancelled else "not run")
+        dt = time.perf_counter() - t0
+        if self.emit:
+            self.emit(ev.RunFinished(dt, not self.errors and not cancelled, cancelled, self.run_id))
+        return RunResult(outputs, self.errors, self.stats, cancelled, dt, missing, self.run_id, self.stores.errors)
+
+    def release(self, m: str, p: Plan) -> None:
+        """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""
+        rem = p.remaining
+        for x in self.c.preds[None][m]:
+            if x in rem:
+                rem[x] -= 1
+                if rem[x] == 0 and x not in p.keep:
+                    self.values.pop(x, None)
+                    self.stores.done.pop(self.keys.fps.get(x), None)
