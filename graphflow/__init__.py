@@ -10,7 +10,6 @@ The public API, for embedding the executor::
 """
 
 from graphflow.context import Cancelled, Context, UndeclaredContext
-from graphflow.executor import Executor, RunHandle
 from graphflow.node import Inputs, Node, Outputs
 from graphflow.ports import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
 from graphflow.results import NodeError, RunResult
@@ -24,3 +23,13 @@ __all__ = [
     "default_registry", "kind", "list_of", "load", "registry",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """The executor (with its caches and threads) is imported on first use, so commands that only
+    read workflows (``graphflow validate``) do not pay for it."""
+    if name in ("Executor", "RunHandle"):
+        from graphflow import executor
+
+        return getattr(executor, name)
+    raise AttributeError(f"module 'graphflow' has no attribute {name!r}")

@@ -8,10 +8,10 @@ bound to it (``bind.py`` checks the values). Needs only the registry's declarati
 from __future__ import annotations
 
 import difflib
+import graphlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 from pydantic import ValidationError
 
 from graphflow.document import Def, Document, Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef, links_of, member_of, scope_chain
@@ -279,24 +279,23 @@ class _Checker:
         scopes: list[tuple[str | None, dict[str, Def]]] = [(None, self.doc.nodes)]
         scopes += [(s.id, s.body) for s in self.nodes.values() if isinstance(s, ScopeDef)]
         for sid, members in scopes:
-            g = nx.DiGraph()
-            g.add_nodes_from(members)
+            g: dict[str, dict[str, None]] = {m: {} for m in members}  # member -> its producers, in order
             for m, d in members.items():
                 for link in links_of(d):
                     src = member_of(self.chain.get(link.node, ()), link.node, sid) if link.node in self.nodes else None
                     # a scope's reads of its own body and variables are no dependency; a plain
                     # node reading itself is a cycle
                     if src is not None and (src != m or isinstance(d, NodeDef)):
-                        g.add_edge(src, m)
+                        g[m][src] = None
             try:
-                order[sid] = list(nx.topological_sort(g))
-            except nx.NetworkXUnfeasible:
-                cycle = nx.find_cycle(g)
-                path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+                order[sid] = list(graphlib.TopologicalSorter(g).static_order())
+            except graphlib.CycleError as e:
+                cycle = e.args[1]  # [a, b, ..., a], each the producer of the one before it
+                path = " -> ".join(reversed(cycle))
                 extra = f" in the body of {self.nodes[sid].type.lower()} '{sid}' (carry values through 'next' instead)" if sid else ""
-                self.add("cycle", f"the links form a cycle{extra}: {path}", cycle[0][0])
+                self.add("cycle", f"the links form a cycle{extra}: {path}", cycle[-1])
                 continue
-            preds[sid] = {m: list(g.pred[m]) for m in order[sid]}
+            preds[sid] = {m: list(g[m]) for m in order[sid]}
             if sid is not None and not self.problems:
                 varying[sid] = self.varying_members(sid, members, order[sid], preds[sid])
         return order, preds, varying

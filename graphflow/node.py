@@ -38,13 +38,13 @@ class Inputs(BaseModel):
     """Base of a node's input model. Arbitrary types are allowed so tensor and model ports can be
     annotated ``Annotated[Any, SOME_KIND]``."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True, defer_build=True)
 
 
 class Outputs(BaseModel):
     """Base of a node's output model."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", defer_build=True)
 
 
 @dataclass(frozen=True)

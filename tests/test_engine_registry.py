@@ -143,6 +143,7 @@ def test_plugin_file_with_postponed_annotations_keeps_port_kinds():
     reg.load_plugin(TOY_PLUGIN)
     cls = reg.get("ScaleVec")
     assert cls.inputs["vec"].kind.name == "vec"
+    cls.In.model_rebuild()  # models build on first use (defer_build); their annotations must resolve
     assert cls.In.__pydantic_complete__
 
 
