@@ -1,60 +1,350 @@
-"""The executor's own cost: validate and run chains of trivial nodes, cold and fully cached, in one
-process, side by side. Prints per-node microseconds and the cached/cold ratio."""
+"""The engine's own cost per node, measured with trivial built-in nodes (Math, Value, Range) and a
+registry that holds only the built-ins, so nothing but the engine is timed.
+
+Cases:
+  chain N     N Math nodes, each adding 1 to the previous; the first reads the parameter x0
+  fan-out     one Value (reading the parameter x0) feeding 10,000 Math nodes, every one of them
+              named as a workflow output (no gathering node); 10,001 nodes
+  loop 100²   a Loop over Range(100) whose body is a Loop over Range(100) whose body is one Math
+              node adding the item to a carried sum: 10,000 body executions. The "first node" is a
+              Value (reading x0) that gives the outer loop's initial sum. Its document has 5 nodes,
+              so its check and bind+plan columns are that cost divided by 10,000 body executions.
+
+Columns, µs per node (best of N, time.perf_counter, the gc left as the engine sets it):
+  check      Workflow.checked() on a fresh Workflow object (checked() is memoised per document)
+  bind+plan  wf.bind() and graphflow.plan.plan(Keys(bound, RunOptions(), token), Stores(empty memory
+             cache, no disk)), as Executor._execute wires them (inside fewer_gc_passes)
+  cold       the whole call Executor().run(wf) on a fresh executor (the document already checked)
+  cached     the same executor again: everything in its memory cache
+  changed    the same executor with wf.with_params(x0=<a value not seen before>): every node
+             downstream of the first one runs again
+
+Then `graphflow validate workflows/txt2img.json` as a whole process (best of 5 wall times), and a
+sweep of 1,000 seeds over workflows/txt2img.json (wf.with_params(seed=i).bind(), counting the calls
+of graphflow.check.check). The targets are printed next to the numbers.
+
+`python bench/bench_engine.py --profile` prints cProfile tables (top 15 by tottime) of the cold run
+and of the fully cached re-run of the 10,000-node chain instead. The run is profiled inline in the
+calling thread (the executor's worker thread is bypassed, see ``_inline``), since cProfile sees one
+thread only.
+"""
 
 from __future__ import annotations
 
+import argparse
+import cProfile
+import gc
+import io
+import pstats
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+import graphflow  # noqa: E402
+import graphflow.builtin_nodes  # noqa: E402
+import graphflow.check  # noqa: E402
 from graphflow import Executor, Workflow  # noqa: E402
-from graphflow.builtin_nodes import Math  # noqa: E402
+from graphflow.cache import MemoryCache  # noqa: E402
+from graphflow.gc_tuning import fewer_gc_passes  # noqa: E402
+from graphflow.plan import Keys, RunOptions, plan  # noqa: E402
 from graphflow.registry import Registry  # noqa: E402
+from graphflow.run import Stores  # noqa: E402
 
+TXT2IMG = ROOT / "workflows" / "txt2img.json"
+PARAMS = {"x0": {"default": 0, "type": "float", "description": "the first node's value"}}
+
+# targets (the brief's): µs/node, ratio, seconds, count
+COLD_TARGET_US = 10.0       # cold run of the 10,000 chain
+CACHED_TARGET_US = 2.0      # fully cached re-run
+SCALING_TARGET = 1.5        # per-node cost at 100,000 ÷ per-node cost at 1,000
+VALIDATE_TARGET_S = 0.3     # `graphflow validate workflows/txt2img.json`, whole process
+SWEEP_SEEDS = 1_000
+
+
+def builtin_registry() -> Registry:
+    reg = Registry()
+    reg.register_module(graphflow.builtin_nodes)
+    return reg
+
+
+# --- the documents ------------------------------------------------------------------------------
 
 def chain(n: int) -> dict:
-    nodes = {"n0": {"type": "Math", "inputs": {"a": 0, "b": 1}}}
+    nodes = {"n0": {"type": "Math", "inputs": {"a": {"param": "x0"}, "b": 1}}}
     for i in range(1, n):
         nodes[f"n{i}"] = {"type": "Math", "inputs": {"a": {"from": f"n{i - 1}.result"}, "b": 1}}
-    return {"format": 1, "nodes": nodes, "outputs": {"x": f"n{n - 1}.result"}}
+    return {"format": 1, "params": PARAMS, "nodes": nodes, "outputs": {"x": f"n{n - 1}.result"}}
 
 
-def best(f, repeat: int = 3) -> float:
+def fan_out(n: int) -> dict:
+    nodes: dict[str, Any] = {"v": {"type": "Value", "inputs": {"value": {"param": "x0"}}}}
+    for i in range(n):
+        nodes[f"m{i}"] = {"type": "Math", "inputs": {"a": {"from": "v.value"}, "b": 1}}
+    return {"format": 1, "params": PARAMS, "nodes": nodes, "outputs": {f"o{i}": f"m{i}.result" for i in range(n)}}
+
+
+def nested_loop(n: int) -> dict:
+    return {
+        "format": 1,
+        "params": PARAMS,
+        "nodes": {
+            "start": {"type": "Value", "inputs": {"value": {"param": "x0"}}},
+            "numbers": {"type": "Range", "inputs": {"stop": n}},
+            "outer": {
+                "type": "Loop", "over": {"from": "numbers.values"}, "item": "row",
+                "carry": {"total": {"from": "start.value"}},
+                "body": {
+                    "inner": {
+                        "type": "Loop", "over": {"from": "numbers.values"}, "item": "col",
+                        "carry": {"total": {"from": "outer.total"}},
+                        "body": {"add": {"type": "Math", "inputs": {"a": {"from": "inner.total"}, "b": {"from": "inner.col"}}}},
+                        "next": {"total": {"from": "add.result"}},
+                    },
+                },
+                "next": {"total": {"from": "inner.total"}},
+            },
+        },
+        "outputs": {"total": "outer.total"},
+    }
+
+
+class Case:
+    def __init__(self, name: str, doc: dict, count: int, repeat: int, check: Callable[[Any, float], None]) -> None:
+        self.name, self.doc, self.count, self.repeat, self.check = name, doc, count, repeat, check
+
+
+def _chain_ok(n: int) -> Callable[[Any, float], None]:
+    def ok(r: Any, x0: float) -> None:
+        assert r.ok and r["x"] == x0 + n, (r.errors, r.outputs)
+    return ok
+
+
+def _fan_ok(n: int) -> Callable[[Any, float], None]:
+    def ok(r: Any, x0: float) -> None:
+        assert r.ok and len(r.outputs) == n and r["o0"] == x0 + 1 and r[f"o{n - 1}"] == x0 + 1, r.errors
+    return ok
+
+
+def _loop_ok(rows: int, cols: int) -> Callable[[Any, float], None]:
+    def ok(r: Any, x0: float) -> None:
+        assert r.ok and r["total"] == x0 + rows * cols * (cols - 1) / 2, (r.errors, r.outputs)
+    return ok
+
+
+def cases(quick: bool) -> list[Case]:
+    out = [Case(f"chain {n:,}", chain(n), n, rep, _chain_ok(n)) for n, rep in ((100, 9), (1_000, 7), (10_000, 5), (100_000, 2))]
+    out.append(Case("fan-out 10,000", fan_out(10_000), 10_001, 5, _fan_ok(10_000)))
+    out.append(Case("loop 100×100", nested_loop(100), 10_000, 5, _loop_ok(100, 100)))
+    if quick:
+        out = [c for c in out if c.count <= 10_001]
+    return out
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+def best(f: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None) -> float:
+    """Best wall time of ``repeat`` calls of f(setup()); setup and a gc.collect() run untimed."""
     times = []
     for _ in range(repeat):
+        arg = setup() if setup else None
+        gc.collect()
         t = time.perf_counter()
-        f()
+        f(arg) if setup else f()
         times.append(time.perf_counter() - t)
+        del arg
     return min(times)
 
 
-def main() -> None:
-    reg = Registry([Math])
-    print(f"{'nodes':>7} {'validate ms':>12} {'cold run ms':>12} {'cached ms':>10} {'µs/node (v+run)':>16} {'cached/cold':>12}")
-    for n in (1_000, 5_000, 10_000):
-        doc = chain(n)
-        wf_holder = {}
+_fresh_value = iter(range(1, 1 << 30))
 
-        def validate() -> None:
-            wf = Workflow.from_dict(doc, reg)
-            wf.check()
-            wf_holder["wf"] = wf
 
-        v = best(validate)
-        wf = wf_holder["wf"]
+def measure(case: Case, reg: Registry) -> dict[str, float]:
+    """Seconds per node for each column."""
+    doc, rep, n = case.doc, case.repeat, case.count
+    out: dict[str, float] = {}
 
-        def cold() -> None:
-            r = Executor().run(wf)
-            assert r["x"] == n
+    out["check"] = best(lambda wf: wf.checked(), rep, setup=lambda: Workflow.from_dict(doc, reg)) / n
 
-        c = best(cold)
-        ex = Executor()
-        ex.run(wf)
-        h = best(lambda: ex.run(wf))
-        print(f"{n:>7} {v * 1e3:>12.1f} {c * 1e3:>12.1f} {h * 1e3:>10.1f} {(v + c) / n * 1e6:>16.1f} {h / c:>12.3f}")
+    wf = Workflow.from_dict(doc, reg)
+    wf.checked()
+
+    def bind_plan() -> None:
+        with fewer_gc_passes():
+            bound = wf.bind()
+            plan(Keys(bound, RunOptions(), "bench"), Stores(MemoryCache(), None))
+
+    out["bind+plan"] = best(bind_plan, rep) / n
+
+    executors: list[Executor] = []
+
+    def cold(ex: Executor) -> None:
+        case.check(ex.run(wf), 0)
+        executors.append(ex)
+
+    def fresh_executor() -> Executor:
+        for old in executors:  # old executors stay referenced by their worker threads: drop their caches
+            old.memory.clear()
+        executors.clear()
+        return Executor()
+
+    out["cold"] = best(cold, rep, setup=fresh_executor)
+    out["cold"] /= n
+
+    ex = fresh_executor()
+    ex.run(wf)
+
+    def cached() -> None:
+        r = ex.run(wf)
+        case.check(r, 0)
+        assert not any(s.runs for s in r.stats.values()), "a fully cached re-run ran a node"
+
+    out["cached"] = best(cached, rep) / n
+
+    def changed(x0: float) -> None:
+        case.check(ex.run(wf.with_params(x0=x0)), x0)
+
+    out["changed"] = best(changed, rep, setup=lambda: float(next(_fresh_value))) / n
+    ex.memory.clear()
+    fresh_executor()
+    return out
+
+
+def validate_seconds(repeat: int = 5) -> float:
+    exe = Path(sys.executable).with_name("graphflow")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "graphflow.cli"]
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        p = subprocess.run([*cmd, "validate", str(TXT2IMG)], capture_output=True, text=True, cwd=ROOT)
+        times.append(time.perf_counter() - t)
+        assert p.returncode == 0, p.stdout + p.stderr
+    return min(times)
+
+
+def seed_sweep(repeat: int = 3) -> tuple[float, list[int]]:
+    """Best seconds for SWEEP_SEEDS binds of a freshly loaded txt2img, and how many times the
+    document was checked in each sweep."""
+    real = graphflow.check.check
+    calls = [0]
+
+    def counting(*a: Any, **k: Any) -> Any:
+        calls[0] += 1
+        return real(*a, **k)
+
+    graphflow.check.check = counting
+    counts, times = [], []
+    try:
+        for _ in range(repeat):
+            wf = graphflow.load(TXT2IMG)
+            calls[0] = 0
+            gc.collect()
+            t = time.perf_counter()
+            for i in range(SWEEP_SEEDS):
+                b = wf.with_params(seed=i).bind()
+                assert b.params["seed"] == i
+            times.append(time.perf_counter() - t)
+            counts.append(calls[0])
+    finally:
+        graphflow.check.check = real
+    return min(times), counts
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+COLUMNS = ("check", "bind+plan", "cold", "cached", "changed")
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def main(quick: bool = False) -> None:
+    reg = builtin_registry()
+    t_all = time.perf_counter()
+    print(f"engine cost per node, µs (best of N; python {sys.version.split()[0]}, gc thresholds {gc.get_threshold()})")
+    head = f"{'case':<16} {'nodes':>7} {'N':>2} " + " ".join(f"{c:>9}" for c in COLUMNS) + f" {'cold total':>11}"
+    print(head)
+    print("-" * len(head))
+    results: dict[str, dict[str, float]] = {}
+    for case in cases(quick):
+        r = results[case.name] = measure(case, reg)
+        print(f"{case.name:<16} {case.count:>7,} {case.repeat:>2} " + " ".join(f"{r[c] * 1e6:>9.2f}" for c in COLUMNS)
+              + f" {r['cold'] * case.count * 1e3:>9.0f}ms", flush=True)
+    if "chain 100,000" in results:
+        big, small = results["chain 100,000"], results["chain 1,000"]
+        print(f"{'100k ÷ 1k':<16} {'':>7} {'':>2} " + " ".join(f"{big[c] / small[c]:>8.2f}×" for c in COLUMNS))
+    print("  (loop 100×100: per body execution; its check and bind+plan are of a 5-node document)")
+
+    v = validate_seconds()
+    sweep_s, counts = seed_sweep()
+    print(f"\ngraphflow validate workflows/txt2img.json (whole process, best of 5): {v:.3f} s")
+    print(f"seed sweep, {SWEEP_SEEDS:,} × wf.with_params(seed=i).bind() on txt2img: {sweep_s * 1e3:.1f} ms "
+          f"({sweep_s / SWEEP_SEEDS * 1e6:.1f} µs each, best of {len(counts)}); "
+          f"graphflow.check.check ran {counts} times per sweep")
+
+    print(f"\n{'target':<52} {'measured':>12}  verdict")
+    cold10 = results["chain 10,000"]["cold"] * 1e6
+    rows = [(f"cold run ≤ {COLD_TARGET_US:g} µs/node (chain 10,000)", f"{cold10:.2f} µs", cold10 <= COLD_TARGET_US)]
+    for name, r in results.items():
+        us = r["cached"] * 1e6
+        rows.append((f"fully cached ≤ {CACHED_TARGET_US:g} µs/node ({name})", f"{us:.2f} µs", us <= CACHED_TARGET_US))
+    if "chain 100,000" in results:
+        for c in COLUMNS:
+            ratio = results["chain 100,000"][c] / results["chain 1,000"][c]
+            rows.append((f"{c}: per node at 100,000 ≤ {SCALING_TARGET:g}× at 1,000", f"{ratio:.2f}×",
+                         ratio <= SCALING_TARGET))
+    rows.append((f"validate txt2img ≤ {VALIDATE_TARGET_S:g} s", f"{v:.3f} s", v <= VALIDATE_TARGET_S))
+    rows.append((f"checks per {SWEEP_SEEDS:,}-seed sweep = 1", f"{max(counts)}", all(c == 1 for c in counts)))
+    for name, measured, ok in rows:
+        print(f"{name:<52} {measured:>12}  {verdict(ok)}")
+    print(f"\n(benchmark took {time.perf_counter() - t_all:.0f} s)")
+
+
+# --- profiles -------------------------------------------------------------------------------------
+
+def _inline(ex: Executor) -> Executor:
+    """Make ``ex.run`` run in the calling thread, as it does when called from its own worker (bind,
+    plan and run are the same code; only the hand-over to the worker thread is skipped)."""
+    import threading
+
+    ex._worker = threading.current_thread()
+    return ex
+
+
+def profile(n: int = 10_000, top: int = 15) -> None:
+    reg = builtin_registry()
+    wf = Workflow.from_dict(chain(n), reg)
+    wf.checked()
+    Executor().run(wf)  # warm imports and code_version
+
+    def show(title: str, f: Callable[[], Any]) -> None:
+        gc.collect()
+        pr = cProfile.Profile()
+        t = time.perf_counter()
+        pr.enable()
+        f()
+        pr.disable()
+        dt = time.perf_counter() - t
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(top)
+        text = s.getvalue()
+        text = (text[text.index("   ncalls"):] if "   ncalls" in text else text).rstrip()
+        print(f"\n== {title}: {dt * 1e3:.0f} ms under cProfile ({dt / n * 1e6:.1f} µs/node)\n{text}")
+
+    ex = _inline(Executor())
+    show(f"cold run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
+    show(f"fully cached re-run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", action="store_true", help="cProfile the cold and cached runs of the 10,000 chain")
+    ap.add_argument("--quick", action="store_true", help="leave out the 100,000 chain")
+    args = ap.parse_args()
+    profile() if args.profile else main(args.quick)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow.document import Def, Document, Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef, links_of, member_of, scope_chain
+from graphflow.document import Def, Document, Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef, links_of, member_of, ref_links, scope_chain
 from graphflow.node import Node, Port
 from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
@@ -39,8 +39,14 @@ class CheckedGraph:
     order: dict[str | None, list[str]]
     #: scope id -> member -> the members of the same scope it reads
     preds: dict[str | None, dict[str, list[str]]]
-    #: scope id -> the members that change from one item to the next (the rest run once per scope run)
-    varying: dict[str, set[str]] = field(default_factory=dict)
+    #: body member -> the enclosing scopes it changes with from item to item (see ``variance``)
+    varies: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def level(self, m: str) -> str | None:
+        """The innermost scope a body member changes with: it runs once per item of that scope,
+        once per run if None."""
+        v = self.varies.get(m)
+        return next((s for s in reversed(self.chain[m]) if s in v), None) if v else None
 
 
 def literal_kind(value: Any) -> Kind:
@@ -272,10 +278,9 @@ class _Checker:
 
     # --- order, within each scope --------------------------------------------------------------
 
-    def scope_graphs(self) -> tuple[dict, dict, dict]:
+    def scope_graphs(self) -> tuple[dict, dict, dict[str, frozenset[str]]]:
         order: dict[str | None, list[str]] = {}
         preds: dict[str | None, dict[str, list[str]]] = {}
-        varying: dict[str, set[str]] = {}
         scopes: list[tuple[str | None, dict[str, Def]]] = [(None, self.doc.nodes)]
         scopes += [(s.id, s.body) for s in self.nodes.values() if isinstance(s, ScopeDef)]
         for sid, members in scopes:
@@ -296,29 +301,43 @@ class _Checker:
                 self.add("cycle", f"the links form a cycle{extra}: {path}", cycle[-1])
                 continue
             preds[sid] = {m: list(g[m]) for m in order[sid]}
-            if sid is not None and not self.problems:
-                varying[sid] = self.varying_members(sid, members, order[sid], preds[sid])
-        return order, preds, varying
+        if self.problems:
+            return order, preds, {}
+        return order, preds, self.variance(order)
 
-    def varying_members(self, sid: str, members: dict[str, Def], order: list[str], preds: dict[str, list[str]]) -> set[str]:
-        """Members that change from item to item: they read the scope's variables (at any depth),
-        a varying member, or declare the iteration; or they act only on some iterations or have
-        side effects. Hoisting follows this, not the syntax of the inputs."""
-        out: set[str] = set()
-        for m in order:
-            d = members[m]
-            if isinstance(d, NodeDef):
-                cls = self.types[m]
-                if d.when or not cls.pure or "iteration" in cls.uses:
-                    out.add(m)
-                    continue
-            elif any(isinstance(x, NodeDef) and (x.when or not self.types[x.id].pure or "iteration" in self.types[x.id].uses)
-                     for x in self.nodes.values() if d.id in self.chain[x.id]):
-                out.add(m)
-                continue
-            if any(link.node == sid for link in links_of(d)) or any(p in out for p in preds[m]):
-                out.add(m)
-        return out
+    def variance(self, order: dict[str | None, list[str]]) -> dict[str, frozenset[str]]:
+        """For every member of a scope body: the enclosing scopes it changes with from item to item.
+        It changes with a scope when it reads that scope's variables, or a value that changes with
+        it; a node with a condition, a side effect or a declared use of the iteration changes with
+        its own scope. Hoisting follows this, not the syntax of the inputs: a node runs once per
+        item of the innermost scope it changes with (once per run if none)."""
+        varies: dict[str, frozenset[str]] = {}
+
+        def of(link: Link, reader: str) -> frozenset[str]:
+            target = self.nodes[link.node]
+            if isinstance(target, ScopeDef) and target.id in self.chain[reader] + (reader,):
+                return frozenset((target.id,))  # an enclosing scope's variables
+            return varies.get(link.node, frozenset())
+
+        def visit(sid: str) -> None:
+            for m in order[sid]:
+                d = self.nodes[m]
+                if isinstance(d, ScopeDef):
+                    visit(m)
+                    inside = [x for x in self.nodes if m in self.chain[x]]
+                    own = [of(link, m) for fld, r in d.refs() if not fld.startswith(("next", "collect")) for link in ref_links(r)]
+                    v = frozenset().union(*own, *(varies[x] for x in inside)) - {m, *inside}
+                else:
+                    cls = self.types[m]
+                    v = frozenset().union(*(of(link, m) for link in links_of(d)))
+                    if d.when or not cls.pure or "iteration" in cls.uses:
+                        v |= {sid}
+                varies[m] = v
+
+        for s in order:
+            if s is not None and self.nodes[s].scope is None:
+                visit(s)
+        return varies
 
     def run(self) -> CheckedGraph | None:
         for nid, n in self.nodes.items():
@@ -345,10 +364,10 @@ class _Checker:
                 for i in range(n, len(self.problems)):
                     p = self.problems[i]
                     self.problems[i] = Problem(p.code, p.message, node=link.node, field=f"outputs.{name}")
-        order, preds, varying = self.scope_graphs()
+        order, preds, varies = self.scope_graphs()
         if self.problems:
             return None
-        return CheckedGraph(self.doc, self.nodes, self.types, self.chain, self.literals, self.param_uses, order, preds, varying)
+        return CheckedGraph(self.doc, self.nodes, self.types, self.chain, self.literals, self.param_uses, order, preds, varies)
 
 
 def check(doc: Document, registry: Registry) -> tuple[CheckedGraph | None, list[Problem]]:

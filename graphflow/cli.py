@@ -167,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     ex = Executor(device=args.device, dtype=args.dtype, out_dir=args.out, cache_dir=cache_dir)
     progress = _Progress(not args.quiet and sys.stderr.isatty() or args.progress)
-    ex.subscribe(progress)
+    ex.subscribe(progress, on_run_thread=True)  # bars must be closed before the results print
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly at the next node or loop step
         sys.stderr.write("\ncancelling after the current step (Ctrl-C again to abort)\n")

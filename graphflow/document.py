@@ -438,7 +438,7 @@ def load_json_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | N
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            text = dict(getattr(im, "text", {}) or {})
+            text = {k: str(v) for k, v in (getattr(im, "text", {}) or {}).items()}  # iTXt values are str subclasses
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ValidationFailed([Problem("invalid_png", f"{p} is not a readable PNG: {e}")]) from None
     if "graphflow_workflow" not in text:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,32 +27,36 @@ from graphflow.run import Runner, Stores
 
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
 
-_END = object()
+_END, _FLUSH = object(), object()  # markers in the listeners' queue: a run's last event; a flush
 
 
 class RunHandle:
     """One submitted run: its id, status, result, cancellation and its own event stream."""
 
-    def __init__(self, bound: BoundGraph) -> None:
+    def __init__(self, bound: BoundGraph, on_cancel: Callable[[RunHandle], None] | None = None) -> None:
         self.id = uuid.uuid4().hex[:16]
+        self._on_cancel = on_cancel
         self.bound = bound
         self.status = "queued"  # running, done, failed, cancelled
         self.cancel_event = threading.Event()
         self._result: RunResult | None = None
         self._finished = threading.Event()
+        self._delivered = threading.Event()  # its last event reached every listener
         self._log: list[ev.Event] = []
         self._grew = threading.Condition()
         self._watchers = 0
 
     def cancel(self) -> None:
-        """Stop at the next node or loop step; a queued run never starts."""
+        """Stop at the next node or loop step; a queued run never starts (it is cancelled now)."""
         self.cancel_event.set()
+        if self._on_cancel is not None:
+            self._on_cancel(self)
 
     def done(self) -> bool:
         return self._finished.is_set()
 
     def result(self, timeout: float | None = None) -> RunResult:
-        """Waits for the run and for its events to reach every listener."""
+        """Waits for the run (not for listeners: a listener may itself wait for this result)."""
         if not self._finished.wait(timeout):
             raise TimeoutError(f"run {self.id} is still {self.status}")
         assert self._result is not None
@@ -112,23 +117,17 @@ class Executor:
         with self._lock:
             group.append(listener)
             if not on_run_thread and self._dispatcher is None:
-                self._dispatcher = threading.Thread(target=self._dispatch, name="graphflow-events", daemon=True)
-                self._dispatcher.start()
+                self._dispatcher = _start(_dispatch, self, self._events)
         return lambda: group.remove(listener) if listener in group else None
 
-    def _dispatch(self) -> None:
-        while True:
-            e, handle = self._events.get()
-            if e is _END:
-                handle._finished.set()
-                del e, handle
-                continue
-            for f in list(self._async):
-                try:
-                    f(e)
-                except Exception:  # a broken listener must not stop the others
-                    pass
-            del e, handle  # hold no run's results while waiting for the next event
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event emitted so far has reached the listeners; False on timeout."""
+        if self._dispatcher is None:
+            return True
+        done = threading.Event()
+        self._events.put((_FLUSH, done))
+        return done.wait(timeout)
 
     def _emitter(self, h: RunHandle) -> Callable[[ev.Event], None]:
         sync, record, put = self._sync, h._record, self._events.put
@@ -148,12 +147,11 @@ class Executor:
         before queueing anything if the workflow or a parameter is invalid."""
         with fewer_gc_passes():
             bound = wf if isinstance(wf, BoundGraph) else wf.bind(params)
-        h = RunHandle(bound)
+        h = RunHandle(bound, self._cancel_queued)
         with self._lock:
             self._pending.append(h)
             if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="graphflow-runs", daemon=True)
-                self._worker.start()
+                self._worker = _start(_work, self, self._runs)
         self._runs.put(h)
         return h
 
@@ -167,56 +165,67 @@ class Executor:
             return h.result()
         return self.submit(wf, params).result()
 
+    def _cancel_queued(self, h: RunHandle) -> None:
+        with self._lock:
+            if h not in self._pending:
+                return  # running or finished: the run itself sees its cancel event
+            self._pending.remove(h)
+        self._finish_cancelled(h)
+
+    def _finish_cancelled(self, h: RunHandle) -> None:
+        h.status = "cancelled"
+        h._result = RunResult({}, [], {}, True, 0.0, {n: "the run was cancelled" for n in h.bound.checked.doc.outputs}, h.id)
+        self._emitter(h)(ev.RunFinished(0.0, False, True, h.id))
+        self._finished(h)
+
+    def _finished(self, h: RunHandle) -> None:
+        h._finished.set()
+        if self._async:
+            self._events.put((_END, h))
+        else:
+            h._delivered.set()
+        with h._grew:
+            h._grew.notify_all()
+
     def cancel(self) -> None:
         """Cancel the running run and every queued one."""
         with self._lock:
-            for h in [*self._pending, *([self._current] if self._current else [])]:
-                h.cancel()
-
-    def _work(self) -> None:
-        while True:
-            h = self._runs.get()
-            self._execute(h)
-            del h  # hold no run's results while waiting for the next one
+            handles = [*self._pending, *([self._current] if self._current else [])]
+        for h in handles:  # outside the lock: cancelling a queued handle takes it
+            h.cancel()
 
     def _execute(self, h: RunHandle) -> None:
         with self._lock:
+            if h.status == "cancelled":
+                return  # cancelled while queued: already finished
             if h in self._pending:
                 self._pending.remove(h)
-            self._current = h
-        emit = self._emitter(h)
-        try:
             if h.cancel_event.is_set():
                 h.status = "cancelled"
-                h._result = RunResult({}, [], {}, True, 0.0, {n: "the run was cancelled" for n in h.bound.checked.doc.outputs}, h.id)
-                emit(ev.RunFinished(0.0, False, True, h.id))
             else:
                 h.status = "running"
-                with fewer_gc_passes():
-                    options = RunOptions(self.device, self.dtype, str(self.out_dir))
-                    keys = Keys(h.bound, options, h.id)
-                    stores = Stores(self.memory, self.disk)
-                    p = plan(keys, stores)
-                    runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit)
-                    h._result = r = runner.execute(p)
-                h.status = "cancelled" if r.cancelled else ("done" if r.ok else "failed")
+                self._current = h
+        if h.status == "cancelled":
+            self._finish_cancelled(h)
+            return
+        try:
+            with fewer_gc_passes():
+                keys = Keys(h.bound, RunOptions(self.device, self.dtype, str(self.out_dir)), h.id)
+                stores = Stores(self.memory, self.disk)
+                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), self._emitter(h))
+                h._result = r = runner.execute(plan(keys, stores))
+            h.status = "cancelled" if r.cancelled else ("done" if r.ok else "failed")
         except BaseException as e:  # an engine bug must not kill the worker or hang result()
             h.status = "failed"
-            err = NodeError.wrap("(executor)", "Executor", e, None)
-            h._result = RunResult({}, [err], {}, False, 0.0, {}, h.id)
+            h._result = RunResult({}, [NodeError.wrap("(executor)", "Executor", e, None)], {}, False, 0.0, {}, h.id)
         finally:
             self.models.release(h.id)
             with self._lock:
                 self._current = None
-            if self._async:
-                self._events.put((_END, h))
-            else:
-                h._finished.set()
-            with h._grew:
-                h._grew.notify_all()
+            self._finished(h)
 
     def close(self) -> None:
-        """Cancel what is queued; threads are daemons and end with the process."""
+        """Cancel what is queued and running; the threads end once the executor is collected."""
         self.cancel()
 
     def __enter__(self) -> Executor:
@@ -224,3 +233,37 @@ class Executor:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _start(loop: Callable, ex: Executor, q: queue.Queue) -> threading.Thread:
+    """A daemon thread that holds the executor only weakly, so a dropped executor (and its caches)
+    is collected; collection sends the thread a stop sentinel."""
+    t = threading.Thread(target=loop, args=(weakref.ref(ex), q), name=f"graphflow-{loop.__name__.strip('_')}", daemon=True)
+    weakref.finalize(ex, q.put, None)
+    t.start()
+    return t
+
+
+def _work(ref: weakref.ref, runs: queue.Queue) -> None:
+    while (h := runs.get()) is not None:
+        ex = ref()
+        if ex is None:
+            return
+        ex._execute(h)
+        del ex, h  # hold neither the executor nor a run's results while waiting
+
+
+def _dispatch(ref: weakref.ref, events: queue.Queue) -> None:
+    while (item := events.get()) is not None:
+        e, handle = item
+        if e is _END or e is _FLUSH:
+            handle.set() if e is _FLUSH else handle._delivered.set()
+        else:
+            ex = ref()
+            for f in list(ex._async) if ex is not None else ():
+                try:
+                    f(e)
+                except Exception:  # a broken listener must not stop the others
+                    pass
+            ex = None
+        del item, e, handle

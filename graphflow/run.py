@@ -98,6 +98,8 @@ class Runner:
         self.errors: list[NodeError] = []
         self.failed: dict[str, str] = {}
         self.root_cause: dict[str, str] = {}
+        self.tokens: dict[str | None, int] = {}  # scope -> items begun so far (hoisting's clock)
+        self.memo: dict[str, tuple[tuple, dict[str, Any]]] = {}  # hoisted member -> (clock, outputs)
         o = keys.options
         self.ctx_values = {"iteration": None, "iterations": None, "device": o.device, "dtype": o.dtype, "models": models,
                            "out_dir": o.out_dir, "workflow": self.c.doc.raw, "params": self.b.params}
@@ -180,13 +182,13 @@ class Runner:
                 needed.add(n)
                 stack.extend(preds[n])
         order = [m for m in self.c.order[s.id] if m in needed]
-        varying = self.c.varying[s.id]
+        varies = self.c.varies
         frame: dict[str, dict[str, Any]] = {}
         inner = [*frames, frame]
         for m in order:
-            if m not in varying:
-                frame[m] = self.run_member(s.body[m], inner, None, count)
-        per_item = [m for m in order if m in varying]
+            if s.id not in varies[m]:
+                frame[m] = self.hoisted(s.body[m], inner, count)
+        per_item = [m for m in order if s.id in varies[m]]
         carry = {k: self.resolve(r, s.id, f"carry.{k}", frames) for k, r in s.carry.items()}
         collected: dict[str, list] = {k: [] for k in s.collect}
         emit = self.emit
@@ -196,6 +198,7 @@ class Runner:
             if emit:
                 emit(ev.LoopStep(s.id, i, count, self.run_id))
             frame[s.id] = {s.item: item, "index": i, "count": count, **carry}
+            self.tokens[s.id] = self.tokens.get(s.id, 0) + 1
             for m in per_item:
                 d = s.body[m]
                 if isinstance(d, NodeDef) and d.when and not d.when.active(i):
@@ -210,6 +213,18 @@ class Runner:
                 collected[k].append(self.resolve(r, s.id, f"collect.{k}", inner))
             carry = {k: self.resolve(r, s.id, f"next.{k}", inner) for k, r in s.next.items()}
         return {**carry, **collected}
+
+    def hoisted(self, d, frames: list, count: int) -> dict[str, Any]:
+        """A member that does not change with its scope's items: run once per item of the
+        innermost scope it does change with (once per run if none), however deep it sits."""
+        level = self.c.level(d.id)
+        key = (level, self.tokens.get(level, 0))
+        hit = self.memo.get(d.id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        out = self.run_member(d, frames, None, count)
+        self.memo[d.id] = (key, out)
+        return out
 
     def run_member(self, d, frames: list, i: int | None, count: int) -> dict[str, Any]:
         if isinstance(d, NodeDef):

@@ -89,7 +89,7 @@ def test_second_executor_reads_every_entry_from_disk(tmp_path):
     RUNS.clear()
     ex2 = Executor(cache_dir=cache, out_dir=tmp_path / "out")
     events: list = []
-    ex2.subscribe(events.append)
+    ex2.subscribe(events.append, on_run_thread=True)
     r2 = ex2.run(wf)
     assert r2["total"] == 24.0
     assert sum(RUNS.values()) == 0

@@ -72,7 +72,7 @@ def test_intermediate_value_released_after_last_consumer_ran():
             gc.collect()
             alive_when_last_started.append(REFS[0]() is not None)
 
-    ex.subscribe(probe)
+    ex.subscribe(probe, on_run_thread=True)
     r = ex.run(chain({"out": "last.vec"}))
     assert r["out"].tolist() == [7.0] * 8
     assert len(REFS) == 1

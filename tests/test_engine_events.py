@@ -48,7 +48,7 @@ def strip(events: list) -> list:
 def test_event_stream_of_a_run_and_of_a_cached_rerun():
     ex = Executor()
     events: list = []
-    ex.subscribe(events.append)
+    ex.subscribe(events.append, on_run_thread=True)
     r = ex.run(simple())
     assert r["acc"] == 4.0  # 1 + 0 + 1 + 2
     first = strip(events)
@@ -91,6 +91,7 @@ def test_several_subscribers_each_get_every_event():
     ex.subscribe(a.append)
     ex.subscribe(b.append)
     ex.run(simple())
+    ex.flush()  # listeners are called off the run thread: wait until they caught up
     assert strip(a) == strip(b) and len(a) == 17
 
 
@@ -109,7 +110,7 @@ def cancel_chain() -> Workflow:
 def test_cancel_from_a_node_stops_before_the_next_node_and_next_run_works():
     ex = Executor()
     events: list = []
-    ex.subscribe(events.append)
+    ex.subscribe(events.append, on_run_thread=True)
     r = ex.run(cancel_chain())
     assert r.cancelled and not r.ok and r.errors == []
     assert dict(RUNS) == {"a": 1, "c": 1}

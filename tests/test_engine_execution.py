@@ -37,7 +37,7 @@ def diamond() -> Workflow:
 def test_order_respects_dependencies_and_unneeded_nodes_never_run():
     ex = Executor()
     events: list = []
-    ex.subscribe(events.append)
+    ex.subscribe(events.append, on_run_thread=True)
     r = ex.run(diamond())
     assert r.ok and r["d"] == 32.0  # (1+10) + (1+20)
     order = started(events)
@@ -222,7 +222,7 @@ def test_failed_node_is_not_cached_and_retried_next_run():
 def test_failure_event_is_emitted():
     ex = Executor()
     events: list = []
-    ex.subscribe(events.append)
+    ex.subscribe(events.append, on_run_thread=True)
     r = ex.run(make(FAILING, {"bad": "after2.sum"}))
     failed = [e for e in events if isinstance(e, ev.NodeFailedEvent)]
     assert failed == [ev.NodeFailedEvent("bad", "Fail", "RuntimeError: boom", r.run_id)]
@@ -247,7 +247,7 @@ def test_linked_value_out_of_range_fails_at_run_time_naming_node_and_input():
 def test_unsubscribe_stops_events():
     ex = Executor()
     events: list = []
-    unsubscribe = ex.subscribe(events.append)
+    unsubscribe = ex.subscribe(events.append, on_run_thread=True)
     ex.run(diamond())
     n = len(events)
     unsubscribe()

@@ -240,7 +240,7 @@ def test_failure_inside_loop_names_body_node_and_iteration():
 def test_loop_step_events_count_iterations():
     ex = Executor()
     events: list = []
-    ex.subscribe(events.append)
+    ex.subscribe(events.append, on_run_thread=True)
     ex.run(loop_workflow())
     steps = [(e.node, e.index, e.count) for e in events if isinstance(e, ev.LoopStep)]
     assert steps == [("L", i, 6) for i in range(6)]
