@@ -66,7 +66,7 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None) -> Boun
                 values[(nid, fld)] = value
                 continue
             try:
-                values[(nid, fld)] = port.adapter.validate_python(value)
+                values[(nid, fld)] = port.adapter.validate_python(value, strict=True)
             except ValidationError as e:
                 problems.append(Problem("bad_param", f"parameter '{name}' = {value!r} is not valid for input '{port.name}' ({port.kind}): "
                                         f"{pyd_message(e)}", node=nid, field=fld))

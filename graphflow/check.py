@@ -165,7 +165,7 @@ class _Checker:
                 self.param_uses[ref.name].append((nid, fld, port))
             return
         try:
-            self.literals[(nid, fld)] = port.adapter.validate_python(ref.value)
+            self.literals[(nid, fld)] = port.adapter.validate_python(ref.value, strict=True)
         except ValidationError as e:
             self.add("bad_literal", f"{ref.value!r} is not valid for input '{port.name}' ({port.kind}): {pyd_message(e)}", nid, fld)
 

@@ -37,10 +37,11 @@ from typing import Any, Literal, NamedTuple
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from graphflow.format import FORMAT_VERSION, NODE_ID_PATTERN, SCOPE_TYPES, DocModel, NodeModel, ParamModel, ScopeModel
+from graphflow.format import FORMAT_VERSION, NAME_PATTERN, NODE_ID_PATTERN, SCOPE_TYPES, DocModel, NodeModel, ParamModel, ScopeModel
 from graphflow.problems import Problem, ValidationFailed
 
 NODE_ID = re.compile(NODE_ID_PATTERN)
+NAME = re.compile(NAME_PATTERN)
 
 
 class Link(NamedTuple):  # NamedTuples: a 10,000-node workflow makes 20,000 of these
@@ -284,7 +285,7 @@ class _Reader:
         return out
 
     def node_id(self, nid: str) -> bool:
-        if not NODE_ID.match(nid):
+        if not NODE_ID.fullmatch(nid):
             self.problems.append(
                 Problem("bad_node_id", "node ids start with a letter or '_' and use letters, digits, '_' and '-'", node=nid)
             )
@@ -310,13 +311,13 @@ class _Reader:
         if m is None:
             return None
         when = When(m.when.every, m.when.start, m.when.stop) if m.when else None
-        if scope is None and (when or m.otherwise):
+        if scope is None and ("when" in body or "otherwise" in body):
             self.problems.append(Problem("when_outside_loop", "'when' and 'otherwise' are only allowed in a loop body", node=nid, field="when"))
         return NodeDef(nid, m.type, self.refs(m.inputs, nid, "inputs"), scope, when, self.refs(m.otherwise, nid, "otherwise"), m.title)
 
     def model(self, cls: type[BaseModel], body: dict[str, Any], nid: str | None, prefix: str = "") -> Any:
         try:
-            return cls.model_validate(body)
+            return cls.model_validate(body, strict=True)  # JSON true is no number, "1" no version
         except ValidationError as e:
             self.problems.extend(_pydantic_problems(e, nid, prefix))
             return None
@@ -345,6 +346,10 @@ class _Reader:
             self.problems.append(Problem("bad_loop", msg, node=nid, field=fld))
 
         variables = (m.item, "index", "count")
+        for section in ("carry", "collect"):
+            for name in getattr(m, section):
+                if not NAME.fullmatch(name):
+                    bad(f"'{name}' cannot be read through a link: names use letters, digits and '_'", f"{section}.{name}")
         if m.item in ("index", "count"):
             bad(f"'item' cannot be renamed to '{m.item}'", "item")
         if m.type == "Map":
@@ -375,6 +380,10 @@ class _Reader:
             return None
         params = {}
         for name, p in m.params.items():
+            if not NAME.fullmatch(name):
+                self.problems.append(Problem("invalid_document", "parameter names use letters, digits and '_', starting with a letter or '_'",
+                                            field=f"params.{name}"))
+                continue
             pm = self.model(ParamModel, p, None, f"params.{name}")
             if pm is None:
                 continue

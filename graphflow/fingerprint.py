@@ -13,10 +13,13 @@ import hashlib
 import inspect
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
+
+from graphflow.document import Link, LinkList, Lit, ParamRef, ScopeDef
 
 DIGEST = 20  # bytes of blake2b: 160 bits, as git's object ids
 
@@ -99,3 +102,165 @@ def content_id(path: str | Path) -> str:
             full = os.path.join(root, name)
             entries.append((os.path.relpath(full, p), _file_hash(full, os.stat(full))))
     return "dir:" + digest(entries)
+
+
+# --- node fingerprints -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The context values a run offers its nodes (``Node.uses``)."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    out_dir: str = "out"
+
+
+def _bytes(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=_default)
+    except TypeError:  # an int beyond 64 bits
+        return repr(value).encode()
+
+
+class _Recipe(NamedTuple):
+    static: bytes  # what never changes for the document: type, versions, condition
+    values: bytes | None  # the inline values, serialised, when no parameter feeds the node
+    value_fields: tuple  # the fields holding values (literals or parameters)
+    dynamic: tuple  # (tag, field, ref, file marker or None) for links and file inputs
+    uses: frozenset
+    pure: bool
+
+
+def _recipes(c) -> dict[str, _Recipe]:
+    """Per node, the part of its key fixed by the document, serialised once per checked graph.
+    A file input's literal path is left out: the file is identified by its content."""
+    memo = getattr(c, "_recipes", None)
+    if memo is not None:
+        return memo
+    memo = {}
+    for nid, d in c.nodes.items():
+        if isinstance(d, ScopeDef):
+            static, refs, uses, pure = [d.type, d.item], d.refs(), frozenset(), True
+            ports: dict = {}
+        else:
+            cls = c.types[nid]
+            static = [cls.type_name, cls.version, code_version(cls), sorted(cls.uses),
+                      [d.when.every, d.when.start, d.when.stop] if d.when else None]
+            refs, uses, pure = d.refs(), cls.uses, cls.pure
+            ports = {f"inputs.{k}": p.file for k, p in cls.inputs.items() if p.file is not None}
+        fields, dynamic = [], []
+        for fld, ref in sorted(refs, key=lambda fr: fr[0]):
+            if isinstance(ref, (Lit, ParamRef)) and fld not in ports:
+                fields.append(fld)  # a parameter and a literal of equal value hash alike
+            else:
+                dynamic.append((fld.encode() + b"=", fld, ref, ports.get(fld)))
+        lits = None
+        if all(isinstance(r, Lit) for f, r in refs if f in fields):
+            lits = _bytes({f: c.literals.get((nid, f), r.value) for f, r in refs if f in fields})
+        memo[nid] = _Recipe(_bytes(static), lits, tuple(fields), tuple(dynamic), uses, pure)
+    c._recipes = memo
+    return memo
+
+
+class Keys:
+    """The fingerprints of a bound graph's members, as they become known. ``token`` makes a node
+    with side effects (and what depends on it) unique to one run. Fingerprints that depend on
+    neither the token nor a link's run-time value are remembered per parameter set, so a re-run
+    with the same parameters re-hashes only the files it reads."""
+
+    def __init__(self, bound, options: RunOptions, token: str) -> None:
+        self.b = bound
+        self.c = bound.checked
+        self.options = options
+        self.token = token.encode()
+        self.fps: dict[str, str | None] = {}
+        self.tainted: set[str] = set()  # members whose key holds the token
+        self.files: list[tuple[Path, str]] = []  # (file, content id) the keys hold
+        self._recipes = _recipes(self.c)
+        self._ctx: dict[frozenset, bytes] = {}
+
+    def all(self, members: list[str]) -> None:
+        """Fingerprint every member, from the remembered keys of this parameter set if the files
+        they read are unchanged."""
+        memo = self.c.__dict__.setdefault("_fp_memo", {})
+        mkey = (_bytes(self.b.params), self.options)
+        hit = memo.get(mkey)
+        if hit is not None and all(content_id(p) == cid for p, cid in hit[1]):
+            known = hit[0]
+            for m in members:
+                fp = known.get(m)
+                if fp is None:
+                    self.member(m)
+                else:
+                    self.fps[m] = fp
+            return
+        for m in members:
+            self.member(m)
+        if len(memo) >= 32:  # a long sweep keeps the newest parameter sets only
+            memo.pop(next(iter(memo)))
+        memo[mkey] = ({m: fp for m, fp in self.fps.items() if fp is not None and m not in self.tainted}, list(self.files))
+
+    def member(self, m: str, files: dict[str, Any] | None = None) -> str | None:
+        """A top-level member's fingerprint; None while a linked file path is not known yet.
+        ``files`` gives those paths once the run has them."""
+        d = self.c.nodes[m]
+        if isinstance(d, ScopeDef):
+            inner = frozenset(x for x in self.c.nodes if m in self.c.chain[x]) | {m}
+            h = self._hash(d, inner, None, m)
+            if h is not None:
+                for x in sorted(inner - {m}):
+                    part = self._hash(self.c.nodes[x], inner, None, m)
+                    h.update(x.encode() + b"\0" + (part.digest() if part is not None else self._taint(m)))
+        else:
+            h = self._hash(d, frozenset(), files, m)
+        fp = None if h is None else h.hexdigest()
+        self.fps[m] = fp
+        return fp
+
+    def _taint(self, m: str) -> bytes:
+        self.tainted.add(m)
+        return self.token
+
+    def _hash(self, d, inner: frozenset, files: dict[str, Any] | None, member: str):
+        r = self._recipes[d.id]
+        h = hashlib.blake2b(r.static, digest_size=DIGEST)
+        h.update(r.values if r.values is not None else _bytes({f: self.b.value(d.id, f) for f in r.value_fields}))
+        fps = self.fps
+        for tag, fld, ref, file in r.dynamic:
+            h.update(tag)
+            if file is not None:
+                if isinstance(ref, (Lit, ParamRef)):
+                    path = file.path(self.b.value(d.id, fld))
+                    cid = content_id(path)
+                    self.files.append((path, cid))
+                elif files is not None and fld[7:] in files:
+                    cid = content_id(file.path(files[fld[7:]]))
+                else:
+                    return None
+                h.update(cid.encode())
+                continue
+            for link in (ref.links if isinstance(ref, LinkList) else (ref,) if isinstance(ref, Link) else ()):
+                if link.node in inner:
+                    h.update(b"I" + link.node.encode() + b"." + link.port.encode() + b"\0")
+                    continue
+                fp = fps[link.node]
+                if fp is None:
+                    return None
+                if link.node in self.tainted:
+                    self.tainted.add(member)
+                h.update(b"F" + fp.encode() + b"." + link.port.encode() + b"\0")
+        if r.uses:
+            h.update(self._context(r.uses))
+        if not r.pure:
+            h.update(self._taint(member))
+        return h
+
+    def _context(self, uses: frozenset) -> bytes:
+        v = self._ctx.get(uses)
+        if v is None:
+            o = self.options
+            vals = {"device": o.device, "dtype": o.dtype, "out_dir": o.out_dir, "iteration": True, "models": True}
+            key = [[u, vals[u]] if u in vals else [u, digest([self.c.doc.raw, self.b.params])] for u in sorted(uses)]
+            v = self._ctx[uses] = _bytes(key)
+        return v

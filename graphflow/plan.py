@@ -9,36 +9,18 @@ with ``node_key`` below, and looks it up then.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from graphflow.bind import BoundGraph
-from graphflow.document import Def, Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef, links_of
-from graphflow.fingerprint import code_version, content_id, digest
+from graphflow.document import NodeDef, ScopeDef, links_of, ref_links
+from graphflow.fingerprint import Keys, RunOptions
+
+__all__ = ["CacheIndex", "Keys", "Plan", "RunOptions", "plan"]
 
 
 class CacheIndex(Protocol):
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
         """Where a complete-enough entry for ``fp`` is ("memory", "disk", ...), or None."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The context values a run offers its nodes (``Node.uses``)."""
-
-    device: str = "cpu"
-    dtype: str = "float32"
-    out_dir: str = "out"
-
-    def context_key(self, uses: frozenset[str], workflow_key: Callable[[], str]) -> list:
-        out = []
-        for u in sorted(uses):
-            if u in ("device", "dtype", "out_dir"):
-                out.append([u, getattr(self, u)])
-            elif u == "workflow":
-                out.append([u, workflow_key()])
-        return out
 
 
 @dataclass
@@ -57,95 +39,66 @@ class Plan:
     keep: set[str] = field(default_factory=set)
 
 
-class Keys:
-    """Fingerprints of a bound graph's members. ``token`` makes impure nodes (side effects) unique
-    to a run; ``fps`` holds the members' fingerprints as they become known."""
+@dataclass
+class Shape:
+    """What planning needs that depends on the document alone: computed once per checked graph."""
 
-    def __init__(self, bound: BoundGraph, options: RunOptions, token: str) -> None:
-        self.b = bound
-        self.c = bound.checked
-        self.options = options
-        self.token = token
-        self.fps: dict[str, str | None] = {}
-        self._static = _static_keys(self.c)
-        self._wf: str | None = None
-
-    def workflow_key(self) -> str:
-        if self._wf is None:
-            self._wf = digest([self.c.doc.raw, self.b.params])
-        return self._wf
-
-    def ref_key(self, ref: Ref, nid: str, fld: str, inner: frozenset[str]) -> Any:
-        if isinstance(ref, Link):
-            if ref.node in inner:
-                return ["in", ref.node, ref.port]
-            return ["fp", self.fps[ref.node], ref.port]
-        if isinstance(ref, LinkList):
-            return [self.ref_key(x, nid, fld, inner) for x in ref.links]
-        return ["v", self.b.value(nid, fld)]
-
-    def node_key(self, d: NodeDef, inner: frozenset[str] = frozenset(), files: dict[str, Any] | None = None) -> list | None:
-        """The key of one node; None when a file input's value is not known yet (late).
-        ``files`` gives the run-time values of linked file inputs."""
-        cls = self.c.types[d.id]
-        ins = {}
-        for k, r in d.inputs.items():
-            key = self.ref_key(r, d.id, f"inputs.{k}", inner)
-            if key[0] == "fp" and key[1] is None:
-                return None
-            port = cls.inputs[k]
-            if port.file is not None:
-                if isinstance(r, (Lit, ParamRef)):
-                    key = ["file", content_id(port.file.path(self.b.value(d.id, f"inputs.{k}")))]
-                elif files is not None and k in files:
-                    key = ["file", content_id(port.file.path(files[k]))]
-                else:
-                    return None
-            ins[k] = key
-        other = {k: self.ref_key(r, d.id, f"otherwise.{k}", inner) for k, r in d.otherwise.items()}
-        ctx = self.options.context_key(cls.uses, self.workflow_key)
-        return [self._static[d.id], ins, other, ctx, True if cls.pure else self.token]
-
-    def scope_key(self, s: ScopeDef) -> list | None:
-        inner = frozenset(x for x in self.c.nodes if s.id in self.c.chain[x]) | {s.id}
-        own = {f: self.ref_key(r, s.id, f, inner) for f, r in s.refs()}
-        if any(k[0] == "fp" and k[1] is None for k in own.values()):
-            return None
-        body = {}
-        for x in sorted(inner - {s.id}):
-            d = self.c.nodes[x]
-            if isinstance(d, ScopeDef):
-                body[x] = [self._static[x], {f: self.ref_key(r, x, f, inner) for f, r in d.refs()}]
-                continue
-            k = self.node_key(d, inner)
-            if k is None:  # a file path produced inside the scope: no key can promise its outputs
-                k = self.token
-            body[x] = k
-        return [self._static[s.id], own, body]
-
-    def member(self, m: str, files: dict[str, Any] | None = None) -> str | None:
-        d = self.c.nodes[m]
-        k = self.scope_key(d) if isinstance(d, ScopeDef) else self.node_key(d, files=files)
-        fp = None if k is None else digest(k)
-        self.fps[m] = fp
-        return fp
+    members: list[str]  # the top-level members the outputs need, in order
+    consumed: dict[str, set[str]]
+    keep: set[str]
+    pure: dict[str, bool]
+    ports: dict[str, set[str]]  # every output port of each member
+    to_disk: dict[str, bool]
 
 
-def _static_keys(c) -> dict[str, Any]:
-    """What never changes for a checked document: each node's type, versions, condition and
-    scope shape. Computed once per document and kept on it."""
-    memo = getattr(c, "_static_keys", None)
-    if memo is None:
-        memo = {}
-        for nid, d in c.nodes.items():
-            if isinstance(d, ScopeDef):
-                memo[nid] = [d.type, d.item]
-            else:
-                cls = c.types[nid]
-                memo[nid] = [cls.type_name, cls.version, code_version(cls), sorted(cls.uses),
-                             [d.when.every, d.when.start, d.when.stop] if d.when else None]
-        c._static_keys = memo
+def shape(c) -> Shape:
+    memo = getattr(c, "_shape", None)
+    if memo is not None:
+        return memo
+    preds = c.preds[None]
+    outputs = c.doc.outputs.values()
+    needed: set[str] = set()
+    stack = [link.node for link in outputs]
+    while stack:  # iterative: no recursion limit on long chains
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack.extend(preds[n])
+    consumed: dict[str, set[str]] = {n: set() for n in needed}
+    for link in outputs:
+        consumed[link.node].add(link.port)
+    members = [n for n in c.order[None] if n in needed]
+    for n in members:
+        for link in links_of(c.nodes[n]):
+            if link.node in consumed and link.node != n:
+                consumed[link.node].add(link.port)
+    scope = {n: isinstance(c.nodes[n], ScopeDef) for n in members}
+    c._shape = memo = Shape(
+        members, consumed, {link.node for link in outputs},
+        {n: is_pure(c, n) for n in members},
+        {n: output_ports(c, n) for n in members},
+        {n: scope[n] or c.types[n].disk_cache for n in members},
+    )
     return memo
+
+
+def body_order(c, sid: str) -> list[str]:
+    """The members of a scope's body that its values need (what ``next`` and ``collect`` read,
+    and every side effect), in order; once per checked graph."""
+    memo = c.__dict__.setdefault("_body_order", {})
+    hit = memo.get(sid)
+    if hit is None:
+        s, preds = c.nodes[sid], c.preds[sid]
+        needed: set[str] = set()
+        stack = [link.node for _, r in s.refs() for link in ref_links(r) if link.node in s.body]
+        stack += [m for m in s.body if not is_pure(c, m)]
+        while stack:
+            n = stack.pop()
+            if n not in needed:
+                needed.add(n)
+                stack.extend(preds[n])
+        hit = memo[sid] = [m for m in c.order[sid] if m in needed]
+    return hit
 
 
 def output_ports(c, m: str) -> set[str]:
@@ -162,44 +115,28 @@ def is_pure(c, m: str) -> bool:
 
 def plan(keys: Keys, index: CacheIndex) -> Plan:
     c = keys.c
-    top = c.order[None]
+    sh = shape(c)
     preds = c.preds[None]
-    outputs = c.doc.outputs.values()
-    needed: set[str] = set()
-    stack = [link.node for link in outputs]
-    while stack:  # iterative: no recursion limit on long chains
-        n = stack.pop()
-        if n not in needed:
-            needed.add(n)
-            stack.extend(preds[n])
-    consumed: dict[str, set[str]] = {n: set() for n in needed}
-    for link in outputs:
-        consumed[link.node].add(link.port)
-    members = [n for n in top if n in needed]
-    for n in members:
-        for link in links_of(c.nodes[n]):
-            if link.node in consumed and link.node != n:
-                consumed[link.node].add(link.port)
-        keys.member(n)
+    keys.all(sh.members)
+    fps = keys.fps
     hits: dict[str, str] = {}
     active: set[str] = set()
-    keep = {link.node for link in outputs}
-    stack = list(keep)
+    stack = list(sh.keep)
     while stack:
         n = stack.pop()
         if n in active:
             continue
         active.add(n)
-        fp = keys.fps[n]
-        if fp is not None and is_pure(c, n):
-            ports = consumed[n]
-            where = index.lookup(fp, n, output_ports(c, n) if "*" in ports else ports)
+        fp = fps[n]
+        if fp is not None and sh.pure[n]:
+            ports = sh.consumed[n]
+            where = index.lookup(fp, n, sh.ports[n] if "*" in ports else ports)
             if where is not None:
                 hits[n] = where
                 continue
         stack.extend(preds[n])
-    steps = [n for n in members if n in active]
-    return Plan(steps, {n: keys.fps[n] for n in steps}, hits, consumed, _remaining(c, steps, hits), keep)
+    steps = [n for n in sh.members if n in active] if len(active) < len(sh.members) else list(sh.members)
+    return Plan(steps, {n: fps[n] for n in steps}, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
 
 
 def _remaining(c, steps: list[str], hits: dict[str, str]) -> dict[str, int]:

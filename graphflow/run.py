@@ -16,7 +16,7 @@ from graphflow import events as ev
 from graphflow.context import Cancelled, Context
 from graphflow.document import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
 from graphflow.node import Outputs
-from graphflow.plan import Keys, Plan, is_pure, output_ports, plan
+from graphflow.plan import Keys, Plan, body_order, plan, shape
 from graphflow.results import NodeError, NodeStat, RunResult
 
 
@@ -94,6 +94,7 @@ class Runner:
         self.cancel = cancel
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = {}
+        self.shape = shape(self.c)
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
         self.failed: dict[str, str] = {}
@@ -172,16 +173,7 @@ class Runner:
             count = len(seq)
         except TypeError:
             raise NodeError(s.id, s.type, f"'over' is a {type(seq).__name__}, which has no length") from None
-        preds = self.c.preds[s.id]
-        needed: set[str] = set()
-        stack = [r.node for _, r in s.refs() if isinstance(r, Link) and r.node in s.body]
-        stack += [m for m in s.body if not is_pure(self.c, m)]
-        while stack:
-            n = stack.pop()
-            if n not in needed:
-                needed.add(n)
-                stack.extend(preds[n])
-        order = [m for m in self.c.order[s.id] if m in needed]
+        order = body_order(self.c, s.id)
         varies = self.c.varies
         frame: dict[str, dict[str, Any]] = {}
         inner = [*frames, frame]
@@ -259,8 +251,9 @@ class Runner:
         Raises LookupError when a planned cache entry could not be loaded (then re-plan)."""
         d = self.c.nodes[m]
         fp = p.fps[m] if p.fps[m] is not None else self.late_key(m)
-        pure = is_pure(self.c, m)
-        complete = output_ports(self.c, m)
+        sh = self.shape
+        pure = sh.pure[m]
+        complete = sh.ports[m]
         ports = complete if "*" in p.consumed[m] else p.consumed[m]
         where = p.hits.get(m)
         if where is None and fp is not None and pure and p.fps[m] is None:
@@ -277,7 +270,7 @@ class Runner:
             out = self.run_scope(d, []) if isinstance(d, ScopeDef) else self.call(d, [])
             s.runs += 1
             if pure and fp is not None:
-                self.stores.store(fp, out, isinstance(d, ScopeDef) or self.c.types[m].disk_cache)
+                self.stores.store(fp, out, sh.to_disk[m])
         else:
             s.hits += 1
         if fp is not None:
