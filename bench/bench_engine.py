@@ -13,8 +13,10 @@ Cases:
 Columns, µs per node (best of N, time.perf_counter, the gc left as the engine sets it):
   check      Workflow.checked() on a fresh Workflow object (checked() is memoised per document)
   bind+plan  wf.bind() and graphflow.plan.plan(Keys(bound, RunOptions(), token), Stores(empty memory
-             cache, no disk)), as Executor._execute wires them (inside fewer_gc_passes)
-  cold       the whole call Executor().run(wf) on a fresh executor (the document already checked)
+             cache, no disk)), as Executor._execute wires them (inside fewer_gc_passes), with no
+             fingerprints remembered from an earlier run
+  cold       the whole call Executor().run(wf) on a fresh executor (the document already checked,
+             no fingerprints remembered)
   cached     the same executor again: everything in its memory cache
   changed    the same executor with wf.with_params(x0=<a value not seen before>): every node
              downstream of the first one runs again
@@ -174,23 +176,23 @@ def measure(case: Case, reg: Registry) -> dict[str, float]:
     wf = Workflow.from_dict(doc, reg)
     wf.checked()
 
-    def bind_plan() -> None:
+    def forget() -> None:
+        """Fingerprints are remembered per document and parameter set: start without them, as a
+        new process would."""
+        wf.checked().__dict__.pop("_fp_memo", None)
+
+    def bind_plan(_: Any) -> None:
         with fewer_gc_passes():
             bound = wf.bind()
             plan(Keys(bound, RunOptions(), "bench"), Stores(MemoryCache(), None))
 
-    out["bind+plan"] = best(bind_plan, rep) / n
-
-    executors: list[Executor] = []
+    out["bind+plan"] = best(bind_plan, rep, setup=forget) / n
 
     def cold(ex: Executor) -> None:
         case.check(ex.run(wf), 0)
-        executors.append(ex)
 
     def fresh_executor() -> Executor:
-        for old in executors:  # old executors stay referenced by their worker threads: drop their caches
-            old.memory.clear()
-        executors.clear()
+        forget()
         return Executor()
 
     out["cold"] = best(cold, rep, setup=fresh_executor)
@@ -338,6 +340,7 @@ def profile(n: int = 10_000, top: int = 15) -> None:
         print(f"\n== {title}: {dt * 1e3:.0f} ms under cProfile ({dt / n * 1e6:.1f} µs/node)\n{text}")
 
     ex = _inline(Executor())
+    wf.checked().__dict__.pop("_fp_memo", None)
     show(f"cold run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
     show(f"fully cached re-run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
 

@@ -19,9 +19,14 @@ import orjson
 from graphflow.atomic import write_atomic
 
 
+_SCALARS = (int, float, str, bool, type(None))
+
+
 def nbytes(value: Any) -> int:
     """Memory a value holds, as far as the cache budget is concerned: tensors and arrays count,
     containers add up their items, opaque objects (models) count as zero."""
+    if type(value) in _SCALARS:
+        return 0
     n = getattr(value, "nbytes", None)
     if isinstance(n, int):
         return n

@@ -1,19 +1,21 @@
-"""What a run tells the tools embedding it (progress bars, profilers, servers). Plain frozen
-dataclasses; each names its run (``run_id``), since one executor queues many runs and a server
-streams them all. Delivered off the run thread (see ``Executor.subscribe``)."""
+"""What a run tells the tools embedding it (progress bars, profilers, servers). Plain dataclasses,
+to be treated as read-only (every listener gets the same object; not frozen, because a frozen
+dataclass costs four times as much to build, twice per node); each names its run (``run_id``),
+since one executor queues many runs and a server streams them all. Delivered off the run thread
+(see ``Executor.subscribe``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunStarted:
     nodes: int  # top-level nodes this run needs (a loop or map counts once)
     run_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeStarted:
     node: str
     type: str
@@ -21,7 +23,7 @@ class NodeStarted:
     run_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeFinished:
     node: str
     type: str
@@ -33,7 +35,7 @@ class NodeFinished:
     run_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoopStep:
     node: str
     index: int
@@ -41,7 +43,7 @@ class LoopStep:
     run_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeFailedEvent:
     node: str
     type: str
@@ -49,7 +51,7 @@ class NodeFailedEvent:
     run_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunFinished:
     seconds: float
     ok: bool

@@ -93,6 +93,18 @@ def _ports(model: type[BaseModel], *, outputs: bool) -> dict[str, Port]:
     return ports
 
 
+def _defaults(model: type[BaseModel]) -> tuple[dict[str, Any], tuple]:
+    defaults, factories = {}, []
+    for name, f in model.model_fields.items():
+        if f.alias is not None or f.validation_alias is not None:
+            raise TypeError(f"{model.__qualname__}.{name}: node inputs take no aliases (a port's name is its field's name)")
+        if f.default_factory is not None:
+            factories.append((name, f.default_factory))
+        elif f.default is not PydanticUndefined:
+            defaults[name] = f.default
+    return defaults, tuple(factories)
+
+
 def _file_marker(f) -> FileInput | None:
     from typing import Annotated, get_args, get_origin
 
@@ -138,6 +150,8 @@ class Node:
     In: ClassVar[type[Inputs]]
     Out: ClassVar[type[Outputs]]
     inputs: ClassVar[dict[str, Port]]
+    _defaults: ClassVar[dict[str, Any]]
+    _factories: ClassVar[tuple]
     outputs: ClassVar[dict[str, Port]]
 
     def __init_subclass__(
@@ -180,9 +194,27 @@ class Node:
             declared |= {"device", "dtype"}
         cls.uses = declared
         cls.inputs = _ports(cls.In, outputs=False)
+        cls._defaults, cls._factories = _defaults(cls.In)
         cls.outputs = _ports(cls.Out, outputs=True)
         if not cls.outputs:
             raise TypeError(f"{where}: a node needs at least one output")
+
+    @classmethod
+    def make_inputs(cls, values: dict[str, Any]) -> Inputs:
+        """The ``In`` instance a run hands to ``run``: what ``In.model_construct(**values)`` builds
+        (values already validated, defaults filled in), without its per-field alias handling,
+        which costs more than a trivial node's whole run. ``Inputs`` declares no aliases."""
+        d = {**cls._defaults, **values}
+        for name, factory in cls._factories:
+            if name not in values:
+                d[name] = factory()
+        m = cls.In.__new__(cls.In)
+        _set = object.__setattr__
+        _set(m, "__dict__", d)
+        _set(m, "__pydantic_fields_set__", set(values))
+        _set(m, "__pydantic_extra__", None)
+        _set(m, "__pydantic_private__", None)
+        return m
 
     @classmethod
     def doc(cls) -> str:

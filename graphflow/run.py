@@ -72,6 +72,9 @@ class Stores:
                 self.errors.append(f"cannot write cache entry {fp}: {e}")
 
 
+_LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
+
+
 def _outputs_dict(out: Any, cls) -> dict[str, Any]:
     if isinstance(out, Outputs):
         out = dict(out.__dict__)
@@ -95,6 +98,7 @@ class Runner:
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = {}
         self.shape = shape(self.c)
+        self.specs: dict[str, tuple] = self.c.__dict__.setdefault("_input_specs", {})
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
         self.failed: dict[str, str] = {}
@@ -124,26 +128,45 @@ class Runner:
             return [self.resolve(x, nid, fld, frames) for x in ref.links]
         return self.b.value(nid, fld) if isinstance(ref, (Lit, ParamRef)) else ref
 
+    def inputs_of(self, d: NodeDef) -> tuple:
+        """Per input: (name, field, ref, how to read it, the adapter that checks a linked value,
+        the literal). Kept with the checked graph: the same for every run of the document."""
+        spec = self.specs.get(d.id)
+        if spec is None:
+            ports, out = self.c.types[d.id].inputs, []
+            for name, ref in d.inputs.items():
+                fld = f"inputs.{name}"
+                how = _LITERAL if type(ref) is Lit else _PARAM if type(ref) is ParamRef else _LINK if type(ref) is Link else _LINKS
+                check = ports[name].adapter if how in (_LINK, _LINKS) and ports[name].validates_values else None
+                out.append((name, fld, ref, how, check, self.c.literals.get((d.id, fld)) if how == _LITERAL else None))
+            spec = self.specs[d.id] = tuple(out)
+        return spec
+
     def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None) -> dict[str, Any]:
         cls = self.c.types[d.id]
         kwargs = {}
-        for name, ref in d.inputs.items():
-            v = self.resolve(ref, d.id, f"inputs.{name}", frames)
-            if isinstance(ref, (Link, LinkList)):
-                port = cls.inputs[name]
-                if port.validates_values:
-                    try:
-                        v = port.adapter.validate_python(v)
-                    except ValidationError as e:
-                        raise NodeError(d.id, cls.type_name, f"input '{name}' received {v!r} from '{ref}': "
-                                        f"{e.errors()[0]['msg']}", iteration, exc_type="ValidationError") from None
+        values = self.values
+        for name, fld, ref, how, check, literal in self.inputs_of(d):
+            if how == _LITERAL:
+                kwargs[name] = literal
+                continue
+            if how == _PARAM:
+                kwargs[name] = self.b.values[(d.id, fld)]
+                continue
+            v = values[ref.node][ref.port] if how == _LINK and not frames else self.resolve(ref, d.id, fld, frames)
+            if check is not None:
+                try:
+                    v = check.validate_python(v)
+                except ValidationError as e:
+                    raise NodeError(d.id, cls.type_name, f"input '{name}' received {v!r} from '{ref}': "
+                                    f"{e.errors()[0]['msg']}", iteration, exc_type="ValidationError") from None
             kwargs[name] = v
-        values = self.ctx_values
+        ctx_values = self.ctx_values
         if iteration is not None:
-            values = {**values, "iteration": iteration, "iterations": count}
-        ctx = Context._make(d.id, cls.type_name, cls.uses, values, self.cancel)
+            ctx_values = {**ctx_values, "iteration": iteration, "iterations": count}
+        ctx = Context._make(d.id, cls.type_name, cls.uses, ctx_values, self.cancel)
         try:
-            return _outputs_dict(cls().run(cls.In.model_construct(**kwargs), ctx), cls)
+            return _outputs_dict(cls().run(cls.make_inputs(kwargs), ctx), cls)
         except (Cancelled, NodeError):
             raise
         except Exception as e:
@@ -250,39 +273,43 @@ class Runner:
         """Runs or loads one member; returns where it was loaded from, or None if it ran.
         Raises LookupError when a planned cache entry could not be loaded (then re-plan)."""
         d = self.c.nodes[m]
-        fp = p.fps[m] if p.fps[m] is not None else self.late_key(m)
         sh = self.shape
-        pure = sh.pure[m]
-        complete = sh.ports[m]
-        ports = complete if "*" in p.consumed[m] else p.consumed[m]
+        fp = p.fps[m]
         where = p.hits.get(m)
-        if where is None and fp is not None and pure and p.fps[m] is None:
-            where = self.stores.lookup(fp, m, ports)  # a late member: looked up now
+        if fp is None:
+            fp = self.late_key(m)
+            if fp is not None and sh.pure[m]:
+                where = self.stores.lookup(fp, m, self.wanted(m, p))  # a late member: looked up now
         emit = self.emit
         if emit:
             emit(ev.NodeStarted(m, d.type, None, self.run_id))
         t0 = time.perf_counter()
-        s = self.stat(m)
-        out = self.stores.load(fp, where, ports, complete) if where else None
-        if where and out is None:
-            raise LookupError(m)
-        if out is None:
-            out = self.run_scope(d, []) if isinstance(d, ScopeDef) else self.call(d, [])
-            s.runs += 1
-            if pure and fp is not None:
-                self.stores.store(fp, out, sh.to_disk[m])
-        else:
+        s = self.stats.get(m) or self.stat(m)
+        if where:
+            out = self.stores.load(fp, where, self.wanted(m, p), sh.ports[m])
+            if out is None:
+                raise LookupError(m)
             s.hits += 1
+            if where != "run":
+                s.status = where
+        else:
+            out = self.run_scope(d, []) if type(d) is ScopeDef else self.call(d, [])
+            s.runs += 1
+            s.status = "ran"
+            if fp is not None and sh.pure[m]:
+                self.stores.store(fp, out, sh.to_disk[m])
         if fp is not None:
             self.stores.done[fp] = out
         dt = time.perf_counter() - t0
         s.seconds += dt
-        if where != "run":
-            s.status = where or "ran"
         self.values[m] = out
         if emit:
             emit(ev.NodeFinished(m, d.type, dt, where if where != "run" else None, None, self.run_id))
         return where
+
+    def wanted(self, m: str, p: Plan) -> set[str]:
+        """The output ports of ``m`` this run reads."""
+        return self.shape.ports[m] if "*" in p.consumed[m] else p.consumed[m]
 
     def execute(self, p: Plan) -> RunResult:
         t0 = time.perf_counter()
