@@ -12,9 +12,9 @@ The public API, for embedding the executor::
 from graphflow.context import Cancelled, Context, UndeclaredContext
 from graphflow.node import Inputs, Node, Outputs
 from graphflow.ports import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
-from graphflow.results import NodeError, RunResult
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.registry import Registry, default_registry
+from graphflow.results import NodeError, RunResult
 from graphflow.workflow import Workflow, load, registry
 
 __all__ = [

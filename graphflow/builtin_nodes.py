@@ -3,12 +3,12 @@ nothing of diffusion; they let a workflow compute a value, build a file name or 
 
 from __future__ import annotations
 
-import os
 import string
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from graphflow.atomic import write_atomic
 from graphflow.context import Context
 from graphflow.node import Inputs, Node, Outputs
 from graphflow.ports import ANY, Kind, list_of
@@ -104,7 +104,5 @@ class SaveText(Node, name="SaveText", category="output", pure=False, uses=("out_
     def run(self, i: In, ctx: Context) -> dict:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         path = ctx.out_dir / i.filename
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(str(i.text) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, (str(i.text) + "\n").encode("utf-8"))
         return {"path": str(path)}

@@ -18,7 +18,6 @@ import orjson
 
 from graphflow.atomic import write_atomic
 
-
 _SCALARS = (int, float, str, bool, type(None))
 
 

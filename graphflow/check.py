@@ -14,7 +14,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow.document import Def, Document, Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef, links_of, member_of, ref_links, scope_chain
+from graphflow.document import (
+    Def,
+    Document,
+    Link,
+    LinkList,
+    Lit,
+    NodeDef,
+    ParamRef,
+    Ref,
+    ScopeDef,
+    links_of,
+    member_of,
+    ref_links,
+    scope_chain,
+)
 from graphflow.node import Node, Port
 from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem

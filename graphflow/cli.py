@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -270,7 +269,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     data = orjson.dumps(workflow_schema(_registry(args)), option=orjson.OPT_INDENT_2)
     if args.output:
-        Path(args.output).write_bytes(data + b"\n")
+        from graphflow.atomic import write_atomic
+
+        write_atomic(args.output, data + b"\n")
     else:
         sys.stdout.write(data.decode() + "\n")
     return EXIT_OK

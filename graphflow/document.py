@@ -32,12 +32,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from graphflow.format import FORMAT_VERSION, NAME_PATTERN, NODE_ID_PATTERN, SCOPE_TYPES, DocModel, NodeModel, ParamModel, ScopeModel
+from graphflow.format import (
+    FORMAT_VERSION,
+    NAME_PATTERN,
+    NODE_ID_PATTERN,
+    SCOPE_TYPES,
+    DocModel,
+    NodeModel,
+    ParamModel,
+    ScopeModel,
+)
 from graphflow.problems import Problem, ValidationFailed
 
 NODE_ID = re.compile(NODE_ID_PATTERN)

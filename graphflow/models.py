@@ -20,7 +20,6 @@ import threading
 from collections import Counter, OrderedDict
 from typing import Any, Protocol
 
-
 _MISSING: Any = object()  # "not loaded", distinct from a model that is None
 
 

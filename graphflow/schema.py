@@ -31,7 +31,15 @@ from pydantic import BaseModel
 
 from graphflow.document import Lit, ScopeDef
 from graphflow.format import (
-    FORMAT_VERSION, NAME_PATTERN, NODE_ID_PATTERN, SCOPE_TYPES, DocModel, NodeModel, ParamModel, ParamType, ScopeModel,
+    FORMAT_VERSION,
+    NAME_PATTERN,
+    NODE_ID_PATTERN,
+    SCOPE_TYPES,
+    DocModel,
+    NodeModel,
+    ParamModel,
+    ParamType,
+    ScopeModel,
     WhenModel,
 )
 from graphflow.node import Node, Port

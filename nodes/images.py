@@ -3,7 +3,6 @@ animations of per-step frames, and a picture of a latent's channels."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from graphflow_nodes.kinds import Image, ImageList, Latents
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
+from graphflow.atomic import write_atomic
 from graphflow.ports import FileInput
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -36,12 +36,8 @@ def from_pil(img) -> Any:
 
 
 def _atomic_save(img, path: Path, **kw) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        img.save(tmp, format=kw.pop("format", None) or path.suffix[1:].upper(), **kw)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fmt = kw.pop("format", None) or path.suffix[1:].upper()
+    write_atomic(path, lambda f: img.save(f, format=fmt, **kw))
 
 
 def _next_number(folder: Path, prefix: str, suffix: str) -> int:
