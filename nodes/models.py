@@ -118,12 +118,13 @@ def load_component(path: Path, comp: str, device: str, dtype_name: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One component of a model folder, named by the folder's content. Equality and hashing leave
+    """One component of a model folder, named by that component's content (two fine-tunes that ship
+    the same VAE bytes share one VAE in memory). Equality and hashing leave
     out ``path``: the same bytes at another path are the same model, loaded once and sharing cache
     entries. ``patches`` (frozen objects with ``apply(model)``) make a different model that loads
     as a copy of the unpatched one, which stays untouched in memory."""
 
-    source: str  # content_id of the model folder
+    source: str  # content_id of the component's subfolder
     path: str = field(compare=False)  # where the bytes were found, for loading
     component: str
     family: str
@@ -172,7 +173,7 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
     def run(self, i: In, ctx: Context) -> dict:
         path = resolve_model_path(i.path)
         family = read_model_index(path)
-        source, where = content_id(path), str(path.resolve())
-        out: dict[str, Any] = {c: ModelRef(source, where, c, family) for c in COMPONENTS}
+        where = str(path.resolve())
+        out: dict[str, Any] = {c: ModelRef(content_id(path / c), where, c, family) for c in COMPONENTS}
         out["scheduler_config"] = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
         return out

@@ -56,6 +56,20 @@ def test_refs_are_hashable_picklable_and_the_same_model_at_another_path(tiny_mod
     assert model_refs(copy)["vae"] != a["vae"]  # other bytes: another model
 
 
+def test_two_models_that_ship_the_same_component_bytes_share_it(tiny_model, tmp_path):
+    """A reference names a component by its own content: a fine-tune with another UNet and the
+    same VAE shares the VAE already in memory."""
+    tuned = tmp_path / "fine-tune"
+    shutil.copytree(tiny_model, tuned)
+    cfg = tuned / "unet" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "sample_size": 16}))
+    a, b = model_refs(tiny_model), model_refs(tuned)
+    assert a["unet"] != b["unet"]
+    assert all(a[c] == b[c] for c in ("tokenizer", "text_encoder", "vae"))
+    mm = ModelManager()
+    assert mm.get(a["vae"]) is mm.get(b["vae"]) and mm.loads[a["vae"]] == 1
+
+
 def test_load_model_refuses_sdxl_naming_its_pipeline_and_the_supported_families(tiny_model, tmp_path):
     xl = tmp_path / "sdxl"
     shutil.copytree(tiny_model, xl)
