@@ -59,10 +59,13 @@ def main() -> None:
     wf = graphflow.load(ROOT / "workflows" / "txt2img.json")
     wf = base_wf = wf.with_params(model=str(path), steps=STEPS, seed=SEED, guidance=GUIDANCE, scheduler="lms")
     wf.doc.outputs.pop("files", None)  # time sampling, not PNG writing
-    graphflow.Executor().run(wf)  # load the weights into the process once, like the pipeline above
+    from graphflow.models import ModelManager
+
+    weights = ModelManager()  # loaded once, like the pipeline's; every "cold" executor shares them
+    graphflow.Executor(models=weights).run(wf)
 
     def graph_cold():
-        return graphflow.Executor().run(wf)["image"]
+        return graphflow.Executor(models=weights).run(wf)["image"]
 
     ex = graphflow.Executor()
     ex.run(wf)

@@ -92,11 +92,15 @@ class Executor:
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", out_dir: str | Path = "out",
                  cache_dir: str | Path | None = None, memory_budget: int = 4 << 30, model_budget: int = 8 << 30,
-                 listener_queue: int = 10_000) -> None:
+                 models: ModelManager | None = None, listener_queue: int = 10_000) -> None:
+        """``models``: a model manager to share with other executors (same device and dtype), so
+        loaded weights outlive this executor's caches; by default the executor owns one."""
         self.device, self.dtype, self.out_dir = device, dtype, Path(out_dir)
         self.memory = MemoryCache(memory_budget)
         self.disk = DiskCache(cache_dir) if cache_dir else None
-        self.models = ModelManager(device, dtype, model_budget)
+        if models is not None and (models.device, models.dtype) != (device, dtype):
+            raise ValueError(f"the shared model manager runs on {models.device}/{models.dtype}, this executor on {device}/{dtype}")
+        self.models = models if models is not None else ModelManager(device, dtype, model_budget)
         self._sync: list[Callable[[ev.Event], None]] = []
         self._async: list[Callable[[ev.Event], None]] = []
         self._events: queue.Queue = queue.Queue(maxsize=listener_queue)

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from pydantic import Field
 
 import graphflow
@@ -241,6 +242,17 @@ def test_a_small_model_budget_reloads_between_runs(tiny_model, tmp_path):
     for seed in (1, 2):
         roomy.run(txt2img(tiny_model, patched=False).with_params(seed=seed))
     assert roomy.models.loads[refs["unet"]] == 1 and refs["unet"] in roomy.models
+
+
+def test_executors_can_share_one_model_manager(tiny_model):
+    """Fresh executors (empty result caches) over one manager load the weights once."""
+    refs = model_refs(tiny_model)
+    shared = ModelManager()
+    for seed in (1, 2):
+        assert Executor(models=shared).run(txt2img(tiny_model, patched=False).with_params(seed=seed)).ok
+    assert shared.loads[refs["unet"]] == 1 and shared.loads[refs["text_encoder"]] == 1
+    with pytest.raises(ValueError, match="float16"):
+        Executor(models=shared, dtype="float16")
 
 
 # --- context inputs --------------------------------------------------------------------------
