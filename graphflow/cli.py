@@ -278,7 +278,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from graphflow.document import load_json_file, read_document
+    from graphflow.reader import load_json_file, read_document
     from graphflow.render import dot, mermaid
 
     doc, problems = read_document(load_json_file(args.workflow)[0], args.workflow)

@@ -1,55 +1,40 @@
 """Text pictures of a workflow (Mermaid for Markdown viewers, Graphviz DOT for `dot -Tsvg`),
-with loops drawn as boxes around their bodies."""
+with scopes (loops and maps, at any depth) drawn as boxes around their bodies."""
 
 from __future__ import annotations
 
-from graphflow.document import Document, Link, LinkList, LoopDef, NodeDef
+from graphflow.document import Def, Document, NodeDef, ScopeDef, ref_links
 
 
 def _edges(doc: Document) -> list[tuple[str, str, str]]:
-    """(source, target, label) for every link, loop-internal ones included."""
+    """(source, target, label) for every link, those inside bodies included."""
     out = []
-
-    def add(ref, target: str, label: str) -> None:
-        if isinstance(ref, LinkList):
-            for link in ref.links:
-                add(link, target, label)
-        elif isinstance(ref, Link):
-            out.append((ref.node, target, f"{ref.port}→{label}"))
-
-    for nid, n in doc.nodes.items():
-        if isinstance(n, NodeDef):
-            for k, r in n.inputs.items():
-                add(r, nid, k)
-            continue
-        add(n.over, nid, "over")
-        for k, r in n.carry.items():
-            add(r, nid, k)
-        for b in n.body.values():
-            for k, r in b.inputs.items():
-                add(r, b.id, k)
-        for k, r in n.next.items():
-            add(r, nid, f"next {k}")
-        for k, r in n.collect.items():
-            add(r, nid, f"collect {k}")
-    return out
+    for n in doc.all_nodes().values():
+        for fld, ref in n.refs():
+            section, _, name = fld.partition(".")
+            label = name if section in ("inputs", "carry") else fld.replace(".", " ")
+            out += [(link.node, n.id, f"{link.port}→{label}") for link in ref_links(ref)]
+    return sorted(out)
 
 
-def _label(n: NodeDef | LoopDef) -> str:
+def _label(n: Def) -> str:
     return f"{n.id}: {n.type}" + (f" (every {n.when.every})" if isinstance(n, NodeDef) and n.when else "")
 
 
 def mermaid(doc: Document) -> str:
     lines = ["flowchart LR"]
-    for nid, n in doc.nodes.items():
-        if isinstance(n, LoopDef):
-            lines.append(f'  subgraph {nid}_body["loop {nid}"]')
-            lines.append(f'    {nid}(["{nid}: Loop"])')
-            for b in n.body.values():
-                lines.append(f'    {b.id}["{_label(b)}"]')
-            lines.append("  end")
-        else:
-            lines.append(f'  {nid}["{_label(n)}"]')
+
+    def nodes(members: dict[str, Def], indent: str) -> None:
+        for nid, n in members.items():
+            if isinstance(n, ScopeDef):
+                lines.append(f'{indent}subgraph {nid}_body["{n.type.lower()} {nid}"]')
+                lines.append(f'{indent}  {nid}(["{nid}: {n.type}"])')
+                nodes(n.body, indent + "  ")
+                lines.append(f"{indent}end")
+            else:
+                lines.append(f'{indent}{nid}["{_label(n)}"]')
+
+    nodes(doc.nodes, "  ")
     for s, t, label in _edges(doc):
         lines.append(f"  {s} -->|{label}| {t}")
     for name, link in doc.outputs.items():
@@ -60,15 +45,18 @@ def mermaid(doc: Document) -> str:
 
 def dot(doc: Document) -> str:
     lines = ["digraph workflow {", "  rankdir=LR;", "  node [shape=box, fontname=Helvetica];"]
-    for nid, n in doc.nodes.items():
-        if isinstance(n, LoopDef):
-            lines.append(f'  subgraph "cluster_{nid}" {{ label="loop {nid}"; style=rounded;')
-            lines.append(f'    "{nid}" [shape=ellipse, label="{nid}: Loop"];')
-            for b in n.body.values():
-                lines.append(f'    "{b.id}" [label="{_label(b)}"];')
-            lines.append("  }")
-        else:
-            lines.append(f'  "{nid}" [label="{_label(n)}"];')
+
+    def nodes(members: dict[str, Def], indent: str) -> None:
+        for nid, n in members.items():
+            if isinstance(n, ScopeDef):
+                lines.append(f'{indent}subgraph "cluster_{nid}" {{ label="{n.type.lower()} {nid}"; style=rounded;')
+                lines.append(f'{indent}  "{nid}" [shape=ellipse, label="{nid}: {n.type}"];')
+                nodes(n.body, indent + "  ")
+                lines.append(f"{indent}}}")
+            else:
+                lines.append(f'{indent}"{nid}" [label="{_label(n)}"];')
+
+    nodes(doc.nodes, "  ")
     for s, t, label in _edges(doc):
         lines.append(f'  "{s}" -> "{t}" [label="{label}"];')
     for name, link in doc.outputs.items():

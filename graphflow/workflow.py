@@ -10,9 +10,10 @@ import orjson
 import graphflow.check as _check
 from graphflow.bind import BoundGraph, bind
 from graphflow.check import CheckedGraph
-from graphflow.document import Document, load_json_file, read_document
+from graphflow.document import Document
 from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.problems import Problem, ValidationFailed
+from graphflow.reader import load_json_file, read_document
 from graphflow.registry import Registry, default_registry
 
 _DEFAULT_REGISTRY: Registry | None = None

@@ -335,6 +335,18 @@ def test_graph_mermaid(capsys):
     assert "  save --> out_file" in out
 
 
+def test_graph_draws_nested_scopes_inside_each_other(capsys):
+    nested = str(Path(HELLO).parent / "nested_loop.json")
+    assert main(["graph", nested]) == 0
+    out = capsys.readouterr().out
+    outer, inner = out.index('  subgraph table_body["loop table"]'), out.index('    subgraph line_body["loop line"]')
+    assert outer < inner < out.index('      product["product: Math"]') < out.index("    end\n  end")
+    assert "  line -->|col→a| col_number" in out
+    assert main(["graph", nested, "--format", "dot"]) == 0
+    dot = capsys.readouterr().out
+    assert dot.index('subgraph "cluster_table"') < dot.index('    subgraph "cluster_line"')
+
+
 def test_graph_dot(capsys):
     assert main(["graph", HELLO, "--format", "dot"]) == 0
     out = capsys.readouterr().out
