@@ -9,10 +9,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from graphflow.check import CheckedGraph, did_you_mean, pyd_message
+from graphflow.format import PARAM_VALUES
 from graphflow.problems import Problem, ValidationFailed
-
-#: Python types a declared parameter type accepts (a JSON boolean is not a number)
-_PARAM_TYPES = {"int": (int,), "float": (int, float), "string": (str,), "bool": (bool,), "list": (list,)}
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,8 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None) -> Boun
         else:
             continue
         v = params[name]
-        if p.type and p.type != "any":
-            ok = isinstance(v, _PARAM_TYPES[p.type]) and not (p.type in ("int", "float") and isinstance(v, bool))
+        if p.type:
+            ok = isinstance(v, PARAM_VALUES[p.type]) and not (p.type in ("int", "float") and isinstance(v, bool))
             if not ok:
                 problems.append(Problem("bad_param", f"parameter '{name}' is declared {p.type}, got {v!r}", field=f"params.{name}"))
     values: dict[tuple[str, str], Any] = {}

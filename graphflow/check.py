@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import graphlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -29,12 +29,15 @@ from graphflow.document import (
     ref_links,
     scope_chain,
 )
+from graphflow.format import PARAM_VALUES, ParamType
 from graphflow.node import Node, Port
 from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
 from graphflow.registry import Registry
 
+#: the port kind of each declared parameter type (format.ParamType names them)
 PARAM_KINDS = {"int": INT, "float": FLOAT, "string": STRING, "bool": BOOL, "list": list_of(ANY), "any": ANY}
+assert set(PARAM_KINDS) == set(get_args(ParamType)) == set(PARAM_VALUES)
 
 
 @dataclass

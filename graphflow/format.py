@@ -14,8 +14,10 @@ NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: the scope types: a body of nodes run once per item, with (Loop) or without (Map) carried state
 SCOPE_TYPES = ("Loop", "Map")
-#: the declared types a parameter may have; the one list CLI, checker and schema read
+#: the declared types a parameter may have; the one list CLI, checker, binder and schema read
 ParamType = Literal["int", "float", "string", "bool", "list", "any"]
+#: the JSON values each declared type accepts (a JSON boolean is no number; "any" takes all)
+PARAM_VALUES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "string": (str,), "bool": (bool,), "list": (list,), "any": (object,)}
 
 _Strict = ConfigDict(extra="forbid")
 
