@@ -10,6 +10,9 @@ from pydantic import ValidationError
 
 from graphflow.check import CheckedGraph, did_you_mean, pyd_message
 from graphflow.format import PARAM_VALUES
+from graphflow.limits import Limits
+
+DEFAULT_LIMITS = Limits()
 from graphflow.problems import Problem, ValidationFailed
 
 
@@ -31,8 +34,9 @@ class BoundGraph:
 _MISSING = object()
 
 
-def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None) -> BoundGraph:
-    """Raises ValidationFailed with every problem of the values at once."""
+def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:
+    """Raises ValidationFailed with every problem of the values at once, resource ceilings
+    (``limits``, the defaults if None) included."""
     doc = checked.doc
     overrides = overrides or {}
     problems: list[Problem] = []
@@ -68,6 +72,25 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None) -> Boun
             except ValidationError as e:
                 problems.append(Problem("bad_param", f"parameter '{name}' = {value!r} is not valid for input '{port.name}' ({port.kind}): "
                                         f"{pyd_message(e)}", node=nid, field=fld))
+    bound = BoundGraph(checked, params, values)
+    problems += _over_limits(bound, limits or DEFAULT_LIMITS)
     if problems:
         raise ValidationFailed(problems)
-    return BoundGraph(checked, params, values)
+    return bound
+
+
+def _over_limits(b: BoundGraph, limits: Limits) -> list[Problem]:
+    out = []
+    for nid, fld, name in b.checked.limited:
+        v = b.value(nid, fld)
+        ceiling = getattr(limits, name)
+        if isinstance(v, (int, float)) and v > ceiling:
+            out.append(Problem("over_limit", f"{fld.split('.')[-1]} = {v} is over the limit of {ceiling} for '{name}' "
+                                             f"(raise it with --limit {name}=N, or Executor(limits=...))", node=nid, field=fld))
+    lists = [(nid, fld, n) for nid, fld, n in b.checked.lists]
+    lists += [(None, f"params.{k}", len(v)) for k, v in b.params.items() if isinstance(v, list)]
+    for nid, fld, n in lists:
+        if n > limits.list:
+            out.append(Problem("over_limit", f"a list of {n} items is over the limit of {limits.list} for 'list' "
+                                             f"(raise it with --limit list=N)", node=nid, field=fld))
+    return out

@@ -52,6 +52,10 @@ class CheckedGraph:
     literals: dict[tuple[str, str], Any]
     #: parameter name -> the (node id, field, port or None) it feeds; bind checks values there
     param_uses: dict[str, list[tuple[str, str, Port | None]]]
+    #: (node id, field, limit name) of every input subject to a resource ceiling
+    limited: list[tuple[str, str, str]]
+    #: (node id, field, length) of every list written inline
+    lists: list[tuple[str, str, int]]
     #: scope id (None: the top level) -> its members in a topological order
     order: dict[str | None, list[str]]
     #: scope id -> member -> the members of the same scope it reads
@@ -100,6 +104,8 @@ class _Checker:
         self.types: dict[str, type[Node]] = {}
         self.literals: dict[tuple[str, str], Any] = {}
         self.param_uses: dict[str, list[tuple[str, str, Port | None]]] = {p: [] for p in doc.params}
+        self.limited: list[tuple[str, str, str]] = []
+        self.lists: list[tuple[str, str, int]] = []
 
     def add(self, code: str, msg: str, node: str | None = None, fld: str | None = None) -> None:
         self.problems.append(Problem(code, msg, node=node, field=fld))
@@ -177,10 +183,14 @@ class _Checker:
         if not port.kind.literal:
             self.add("literal_not_allowed", f"input '{port.name}' takes a link to a {port.kind} output, not a value written inline", nid, fld)
             return
+        if port.limit is not None:
+            self.limited.append((nid, fld, port.limit))
         if isinstance(ref, ParamRef):
             if self.ref_kind(ref, where, nid, fld) is not None:
                 self.param_uses[ref.name].append((nid, fld, port))
             return
+        if isinstance(ref.value, list):
+            self.lists.append((nid, fld, len(ref.value)))
         try:
             self.literals[(nid, fld)] = port.adapter.validate_python(ref.value, strict=True)
         except ValidationError as e:
@@ -234,6 +244,8 @@ class _Checker:
         """A value written inline where no port coerces it (scope fields, 'otherwise')."""
         if isinstance(ref, Lit):
             self.literals[(nid, fld)] = ref.value
+            if isinstance(ref.value, list):
+                self.lists.append((nid, fld, len(ref.value)))
         elif isinstance(ref, ParamRef) and kind is not None:
             self.param_uses[ref.name].append((nid, fld, None))
 
@@ -384,7 +396,8 @@ class _Checker:
         order, preds, varies = self.scope_graphs()
         if self.problems:
             return None
-        return CheckedGraph(self.doc, self.nodes, self.types, self.chain, self.literals, self.param_uses, order, preds, varies)
+        return CheckedGraph(self.doc, self.nodes, self.types, self.chain, self.literals, self.param_uses, self.limited, self.lists,
+                            order, preds, varies)
 
 
 def check(doc: Document, registry: Registry) -> tuple[CheckedGraph | None, list[Problem]]:

@@ -1,5 +1,5 @@
 """The `graphflow` command. Exit codes: 0 success, 1 a node failed while running, 2 the workflow
-or the command line is invalid (nothing ran), 130 cancelled with Ctrl-C.
+or the command line is invalid (nothing ran), 130 cancelled with Ctrl-C, 143 stopped by SIGTERM.
 
 Heavy imports (torch, diffusers) happen only inside node code, so `validate`, `nodes`,
 `describe`, `schema` and `graph` answer quickly.
@@ -18,7 +18,7 @@ import orjson
 
 from graphflow.problems import Problem, ValidationFailed
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def default_cache_dir() -> str:
@@ -60,15 +60,36 @@ def _parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _limits(args: argparse.Namespace):
+    """``--limit NAME=N`` on top of the default resource ceilings."""
+    from graphflow.limits import Limits
+
+    values, problems = {}, []
+    for pair in getattr(args, "limit", None) or []:
+        name, _, n = pair.partition("=")
+        if not n.isdigit():
+            problems.append(Problem("bad_limit", f"--limit takes NAME=N with N a whole number, got {pair!r}"))
+            continue
+        values[name] = int(n)
+    try:
+        limits = Limits().with_values(**values)
+    except ValueError as e:
+        problems.append(Problem("bad_limit", str(e)))
+    if problems:
+        raise ValidationFailed(problems)
+    return limits
+
+
 def _load(args: argparse.Namespace):
     from graphflow.workflow import Workflow
 
     reg = _registry(args)
-    wf = Workflow.load(args.workflow, reg)
+    limits = _limits(args)
+    wf = Workflow.load(args.workflow, reg, limits)
     params = _parse_sets(getattr(args, "set", None) or [], wf.doc.params)
     wf = wf.with_params(**params)
-    wf.bind()
-    return wf
+    wf.bind(limits=limits)
+    return wf, limits
 
 
 def _print_problems(e: ValidationFailed, as_json: bool, source: str) -> None:
@@ -80,7 +101,7 @@ def _print_problems(e: ValidationFailed, as_json: bool, source: str) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        wf = _load(args)
+        wf, _ = _load(args)
     except ValidationFailed as e:
         _print_problems(e, args.json, args.workflow)
         return EXIT_INVALID
@@ -157,28 +178,44 @@ def _profile_table(result) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        wf = _load(args)
+        wf, limits = _load(args)
     except ValidationFailed as e:
         _print_problems(e, False, args.workflow)
         return EXIT_INVALID
     from graphflow.executor import Executor
 
+    from graphflow.cache import DEFAULT_MAX_BYTES, parse_size
+
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    ex = Executor(device=args.device, dtype=args.dtype, out_dir=args.out, cache_dir=cache_dir)
+    try:
+        cache_max_size = DEFAULT_MAX_BYTES if args.cache_max_size is None else parse_size(args.cache_max_size)
+    except ValueError as e:
+        print(f"graphflow run: error: argument --cache-max-size: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    ex = Executor(device=args.device, dtype=args.dtype, out_dir=args.out, cache_dir=cache_dir, limits=limits,
+                  cache_max_size=cache_max_size,
+                  check_finite=not args.no_check_finite)
     progress = _Progress(not args.quiet and sys.stderr.isatty() or args.progress)
     ex.subscribe(progress, on_run_thread=True)  # bars must be closed before the results print
 
-    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly at the next node or loop step
-        sys.stderr.write("\ncancelling after the current step (Ctrl-C again to abort)\n")
-        ex.cancel()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    stopped_by: list[int] = []
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+    def on_signal(signum, frame):  # Ctrl-C or SIGTERM: stop cleanly at the next node or loop step
+        stopped_by.append(signum)
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        sys.stderr.write(f"\n{name}: cancelling after the current step; finished steps stay cached, nothing is half-written"
+                         + (" (Ctrl-C again to abort)\n" if signum == signal.SIGINT else "\n"))
+        ex.cancel()
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         handle = ex.submit(wf)
         result = handle.result()
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
     if args.profile:
         print(_profile_table(result), file=sys.stderr)
     for name, value in result.outputs.items():
@@ -193,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"cache: recomputed a damaged entry ({msg})", file=sys.stderr)
     if result.cancelled:
         print("cancelled", file=sys.stderr)
-        return EXIT_CANCELLED
+        return EXIT_TERMINATED if signal.SIGTERM in stopped_by else EXIT_CANCELLED
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -289,15 +326,28 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from graphflow.cache import DiskCache
+    from graphflow.cache import DEFAULT_MAX_BYTES, DiskCache, format_size, parse_size
 
-    disk = DiskCache(args.cache_dir or default_cache_dir())
+    disk = DiskCache(args.cache_dir or default_cache_dir(), max_bytes=None)
+    if args.max_size is not None and not args.prune:
+        print("graphflow cache: error: --max-size goes with --prune", file=sys.stderr)
+        return EXIT_INVALID
     if args.clear:
         print(f"{disk.root}: removed {disk.clear()} entries")
         return EXIT_OK
-    entries = disk.entries()
-    size = sum(p.stat().st_size for p in entries)
-    print(f"{disk.root}: {len(entries)} entries, {size / 2**20:.1f} MiB")
+    if args.prune:
+        try:
+            limit = DEFAULT_MAX_BYTES if args.max_size is None else parse_size(args.max_size)
+        except ValueError as e:
+            print(f"graphflow cache: error: argument --max-size: {e}", file=sys.stderr)
+            return EXIT_INVALID
+        r = disk.prune(limit)
+        tmp = f" and {r.temporaries} stray temporary file{'s' * (r.temporaries != 1)}" if r.temporaries else ""
+        print(f"{disk.root}: removed {r.removed} least recently used entries ({format_size(r.freed)}){tmp}; "
+              f"{r.entries} entries, {r.size / 2**20:.1f} MiB left (limit {format_size(limit)})")
+        return EXIT_OK
+    n, size = disk.usage()
+    print(f"{disk.root}: {n} entries, {size / 2**20:.1f} MiB")
     return EXIT_OK
 
 
@@ -309,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--plugin", action="append", metavar="MODULE", help="extra node module (dotted path or .py file); repeatable")
 
+    def limit(sp: argparse.ArgumentParser) -> None:
+        from graphflow.limits import Limits
+
+        d = Limits()
+        sp.add_argument("--limit", action="append", metavar="NAME=N",
+                        help="raise or lower a resource ceiling; repeatable ("
+                        + ", ".join(f"{n} {getattr(d, n)}" for n in d.names()) + ")")
+
     r = sub.add_parser("run", help="validate, then run a workflow", description="Validate, then run a workflow.")
     r.add_argument("workflow", help="workflow JSON file")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a workflow parameter; repeatable")
@@ -317,10 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
     r.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
     r.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
+    r.add_argument("--cache-max-size", metavar="SIZE", help="disk cache limit, least recently used out first (500M; default 4G)")
     r.add_argument("--profile", action="store_true", help="print a per-node table of time and cache hits")
+    r.add_argument("--no-check-finite", action="store_true", help="do not fail a node whose output holds NaN or Inf")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
     common(r)
+    limit(r)
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check a workflow without running it", description="Check a workflow without running anything.")
@@ -328,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", action="append", metavar="NAME=VALUE", help="check with this parameter value")
     v.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     common(v)
+    limit(v)
     v.set_defaults(func=cmd_validate)
 
     n = sub.add_parser("nodes", help="list the node types, grouped by category")
@@ -346,9 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=cmd_schema)
 
-    c = sub.add_parser("cache", help="size of the on-disk cache, or --clear to empty it")
+    c = sub.add_parser("cache", help="size of the on-disk cache; --prune to shrink it, --clear to empty it",
+                       description="Size of the on-disk cache; --prune evicts least-recently-used entries, --clear empties it.")
     c.add_argument("--cache-dir", help="the cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
-    c.add_argument("--clear", action="store_true", help="delete every entry")
+    what = c.add_mutually_exclusive_group()
+    what.add_argument("--clear", action="store_true", help="delete every entry")
+    what.add_argument("--prune", action="store_true",
+                      help="delete least-recently-used entries until the cache holds at most --max-size, and temporary "
+                           "files that killed processes left over an hour ago")
+    c.add_argument("--max-size", metavar="SIZE", help="the size --prune shrinks the cache to: 500M, 4G or bytes (default: 4G)")
     c.set_defaults(func=cmd_cache)
 
     g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text")

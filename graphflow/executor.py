@@ -20,6 +20,7 @@ from graphflow import events as ev
 from graphflow.bind import BoundGraph
 from graphflow.cache import DiskCache, MemoryCache
 from graphflow.gc_tuning import fewer_gc_passes
+from graphflow.limits import Limits
 from graphflow.models import ModelManager
 from graphflow.plan import Keys, RunOptions, plan
 from graphflow.results import NodeError, NodeStat, RunResult
@@ -91,13 +92,20 @@ class Executor:
     """Runs workflows and remembers their results (in memory, and on disk with ``cache_dir``)."""
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", out_dir: str | Path = "out",
-                 cache_dir: str | Path | None = None, memory_budget: int = 4 << 30, model_budget: int = 8 << 30,
-                 models: ModelManager | None = None, listener_queue: int = 10_000) -> None:
-        """``models``: a model manager to share with other executors (same device and dtype), so
-        loaded weights outlive this executor's caches; by default the executor owns one."""
+                 cache_dir: str | Path | None = None, cache_max_size: int | str | None = 4 << 30,
+                 memory_budget: int = 4 << 30, model_budget: int = 8 << 30,
+                 models: ModelManager | None = None, limits: Limits | None = None, check_finite: bool = False,
+                 listener_queue: int = 10_000) -> None:
+        """``cache_max_size``: how much the disk cache (``cache_dir``) may hold, in bytes or as
+        ``"500M"``/``"4G"``, before its least recently used entries are deleted (None: no limit).
+        ``models``: a model manager to share with other executors (same device and dtype), so
+        loaded weights outlive this executor's caches; by default the executor owns one.
+        ``limits``: the resource ceilings every submitted run is bound within. ``check_finite``:
+        fail a node whose output holds NaN or Inf, naming it (the CLI turns this on)."""
         self.device, self.dtype, self.out_dir = device, dtype, Path(out_dir)
+        self.limits, self.check_finite = limits or Limits(), check_finite
         self.memory = MemoryCache(memory_budget)
-        self.disk = DiskCache(cache_dir) if cache_dir else None
+        self.disk = DiskCache(cache_dir, max_bytes=cache_max_size) if cache_dir else None
         if models is not None and (models.device, models.dtype) != (device, dtype):
             raise ValueError(f"the shared model manager runs on {models.device}/{models.dtype}, this executor on {device}/{dtype}")
         self.models = models if models is not None else ModelManager(device, dtype, model_budget)
@@ -150,7 +158,7 @@ class Executor:
         """Queue a run of a ``graphflow.Workflow`` (or a bound graph). Raises ValidationFailed
         before queueing anything if the workflow or a parameter is invalid."""
         with fewer_gc_passes():
-            bound = wf if isinstance(wf, BoundGraph) else wf.bind(params)
+            bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
         h = RunHandle(bound, self._cancel_queued)
         with self._lock:
             self._pending.append(h)
@@ -163,7 +171,7 @@ class Executor:
         """``submit(wf).result()``; called from a node or a run-thread hook, it runs inline."""
         if threading.current_thread() is self._worker:
             with fewer_gc_passes():
-                bound = wf if isinstance(wf, BoundGraph) else wf.bind(params)
+                bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
             h = RunHandle(bound)
             self._execute(h)
             return h.result()
@@ -216,7 +224,7 @@ class Executor:
             with fewer_gc_passes():
                 keys = Keys(h.bound, RunOptions(self.device, self.dtype, str(self.out_dir)), h.id)
                 stores = Stores(self.memory, self.disk)
-                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), self._emitter(h))
+                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), self._emitter(h), self.check_finite)
                 h._result = r = runner.execute(plan(keys, stores))
             h.status = "cancelled" if r.cancelled else ("done" if r.ok else "failed")
         except BaseException as e:  # an engine bug must not kill the worker or hang result()

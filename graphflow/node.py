@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic_core import PydanticUndefined
 
+from graphflow.limits import Limit
 from graphflow.ports import FileInput, Kind, choices_of_annotation, kind_of_annotation
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class Port:
     metadata: tuple = ()
     #: set when the input names a file or folder the node reads: its content joins the fingerprint
     file: FileInput | None = None
+    #: the resource ceiling (graphflow.limits) the input's value may not exceed
+    limit: str | None = None
 
     @cached_property
     def adapter(self) -> TypeAdapter:
@@ -88,7 +91,8 @@ def _ports(model: type[BaseModel], *, outputs: bool) -> dict[str, Port]:
             choices=choices_of_annotation(f.annotation),
             annotation=f.annotation,
             metadata=tuple(f.metadata),
-            file=_file_marker(f),
+            file=_marker(f, FileInput),
+            limit=getattr(_marker(f, Limit), "name", None),
         )
     return ports
 
@@ -105,13 +109,15 @@ def _defaults(model: type[BaseModel]) -> tuple[dict[str, Any], tuple]:
     return defaults, tuple(factories)
 
 
-def _file_marker(f) -> FileInput | None:
+def _marker(f, cls: type) -> Any:
+    """A declaration object (FileInput, Limit) in a field's ``Annotated`` metadata."""
     from typing import Annotated, get_args, get_origin
 
     metas = list(f.metadata)
-    if get_origin(f.annotation) is Annotated:
-        metas += list(get_args(f.annotation)[1:])
-    return next((m for m in metas if isinstance(m, FileInput)), None)
+    for a in [f.annotation, *get_args(f.annotation)]:  # Annotated[...], or Annotated inside Optional
+        if get_origin(a) is Annotated:
+            metas += list(get_args(a)[1:])
+    return next((m for m in metas if isinstance(m, cls)), None)
 
 
 def _annotated(f) -> Any:

@@ -75,6 +75,22 @@ class Stores:
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
 
 
+def non_finite(outputs: dict[str, Any]) -> str | None:
+    """The first output holding NaN or Inf, by duck typing (the engine knows no tensor library):
+    a float, or anything with ``isfinite()`` (tensors, arrays), or a list of those."""
+    for name, v in outputs.items():
+        for x in v if isinstance(v, (list, tuple)) else (v,):
+            if isinstance(x, float):
+                bad = x != x or x in (float("inf"), float("-inf"))
+            elif hasattr(x, "isfinite") and hasattr(x, "dtype"):
+                bad = not bool(x.isfinite().all())
+            else:
+                continue
+            if bad:
+                return name
+    return None
+
+
 def _outputs_dict(out: Any, cls) -> dict[str, Any]:
     if isinstance(out, Outputs):
         out = dict(out.__dict__)
@@ -90,7 +106,8 @@ class Runner:
     """One run. ``emit`` is None when nobody listens (then no event is even built)."""
 
     def __init__(self, keys: Keys, stores: Stores, run_id: str, cancel, models: Any,
-                 emit: Callable[[ev.Event], None] | None) -> None:
+                 emit: Callable[[ev.Event], None] | None, check_finite: bool = False) -> None:
+        self.check_finite = check_finite
         self.keys, self.c, self.b = keys, keys.c, keys.b
         self.stores = stores
         self.run_id = run_id
@@ -166,11 +183,14 @@ class Runner:
             ctx_values = {**ctx_values, "iteration": iteration, "iterations": count}
         ctx = Context._make(d.id, cls.type_name, cls.uses, ctx_values, self.cancel)
         try:
-            return _outputs_dict(cls().run(cls.make_inputs(kwargs), ctx), cls)
+            out = _outputs_dict(cls().run(cls.make_inputs(kwargs), ctx), cls)
         except (Cancelled, NodeError):
             raise
         except Exception as e:
-            raise NodeError.wrap(d.id, cls.type_name, e, iteration) from e
+            raise NodeError.wrap(d.id, cls.type_name, e, iteration) from None
+        if self.check_finite and (bad := non_finite(out)) is not None:
+            raise NodeError(d.id, cls.type_name, f"output '{bad}' holds NaN or Inf", iteration, exc_type="NonFinite")
+        return out
 
     # --- scopes ----------------------------------------------------------------------------------
 
@@ -343,6 +363,9 @@ class Runner:
                 cancelled = True
                 break
             except NodeError as e:
+                # the error outlives the run in its result: it must not keep the failed run's
+                # frames (and their tensors) alive; its text traceback is kept
+                e.__traceback__ = e.__context__ = e.__cause__ = None
                 self.errors.append(e)
                 self.failed[m] = str(e)
                 self.stat(m).status = "failed"

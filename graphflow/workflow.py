@@ -12,6 +12,7 @@ from graphflow.bind import BoundGraph, bind
 from graphflow.check import CheckedGraph
 from graphflow.document import Document
 from graphflow.gc_tuning import fewer_gc_passes
+from graphflow.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.reader import load_json_file, read_document
 from graphflow.registry import Registry, default_registry
@@ -56,10 +57,10 @@ class Workflow:
         return cls(doc, registry or globals()["registry"](), params)
 
     @classmethod
-    def load(cls, path: str | Path, registry: Registry | None = None) -> Workflow:
+    def load(cls, path: str | Path, registry: Registry | None = None, limits: Limits | None = None) -> Workflow:
         """A workflow file (.json), or a picture graphflow made (.png): its embedded workflow and
-        parameters, read as untrusted text like any document."""
-        data, params = load_json_file(path)
+        parameters, read as untrusted text like any document (no larger than ``limits.document``)."""
+        data, params = load_json_file(path, (limits or Limits()).document)
         return cls._from_json(data, registry, str(path), params)
 
     def with_params(self, **params: Any) -> Workflow:
@@ -70,30 +71,28 @@ class Workflow:
         hit = self._memo.get("checked")
         if hit is None:
             with fewer_gc_passes():
-                hit, problems = _check.check(self.doc, self.registry)
-            if problems or hit is None:
-                self._memo["checked"] = ValidationFailed(problems)
-                raise self._memo["checked"]
-            self._memo["checked"] = hit
-        if isinstance(hit, ValidationFailed):
-            raise hit
+                checked, problems = _check.check(self.doc, self.registry)
+            hit = self._memo["checked"] = checked if checked is not None and not problems else problems
+        if isinstance(hit, list):  # remembered problems: a fresh exception each time (no traceback piles up)
+            raise ValidationFailed(hit)
         return hit
 
-    def bind(self, params: dict[str, Any] | None = None) -> BoundGraph:
-        """Checked graph + this workflow's parameters (and ``params`` on top): ready to plan."""
-        return bind(self.checked(), {**self.params, **(params or {})})
+    def bind(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:
+        """Checked graph + this workflow's parameters (and ``params`` on top), within the
+        resource ceilings: ready to plan."""
+        return bind(self.checked(), {**self.params, **(params or {})}, limits)
 
-    def check(self, params: dict[str, Any] | None = None) -> BoundGraph:
+    def check(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:
         """Everything that can be known wrong before running: raises ValidationFailed."""
-        return self.bind(params)
+        return self.bind(params, limits)
 
-    def problems(self, params: dict[str, Any] | None = None) -> list[Problem]:
+    def problems(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> list[Problem]:
         try:
-            self.bind(params)
+            self.bind(params, limits)
         except ValidationFailed as e:
             return e.problems
         return []
 
 
-def load(path: str | Path, registry: Registry | None = None) -> Workflow:
-    return Workflow.load(path, registry)
+def load(path: str | Path, registry: Registry | None = None, limits: Limits | None = None) -> Workflow:
+    return Workflow.load(path, registry, limits)

@@ -9,6 +9,7 @@ from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Scheduler, UNet
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
+from graphflow.limits import Limit
 from graphflow.ports import FileInput
 
 
@@ -25,9 +26,9 @@ class RandomLatents(Node, name="RandomLatents", category="latents", uses=("model
         vae: VAE = Field(description="gives the downscaling factor")
         scheduler: Scheduler = Field(description="gives init_noise_sigma")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="random seed")
-        width: int | None = Field(None, ge=8, le=4096, multiple_of=8, description="image width in pixels; default: the model's")
-        height: int | None = Field(None, ge=8, le=4096, multiple_of=8, description="image height in pixels; default: the model's")
-        batch_size: int = Field(1, ge=1, le=64, description="images per prompt")
+        width: Annotated[int, Limit("size")] | None = Field(None, ge=8, le=4096, multiple_of=8, description="image width in pixels; default: the model's")
+        height: Annotated[int, Limit("size")] | None = Field(None, ge=8, le=4096, multiple_of=8, description="image height in pixels; default: the model's")
+        batch_size: Annotated[int, Limit("batch")] = Field(1, ge=1, le=64, description="images per prompt")
 
     class Out(Outputs):
         latents: Latents = Field(description="noise × init_noise_sigma: the loop's starting latents")

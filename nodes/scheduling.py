@@ -9,12 +9,13 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Scheduler, SchedulerConfig, Timestep, Timesteps
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
+from graphflow.limits import Limit
 
 SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
@@ -63,7 +64,7 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
     class In(Inputs):
         scheduler_config: SchedulerConfig = Field(description="from LoadModel")
         name: SchedulerName = Field("lms", description="'model' keeps the model's own scheduler class")
-        steps: int = Field(30, ge=1, le=1000, description="number of inference steps")
+        steps: Annotated[int, Limit("steps")] = Field(30, ge=1, le=1000, description="number of inference steps")
         start_step: int = Field(0, ge=0, description="skip this many steps (img2img)")
         options: dict[str, Any] = Field(default_factory=dict, description="extra scheduler config, e.g. {\"use_karras_sigmas\": true}")
 

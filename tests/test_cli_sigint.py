@@ -1,5 +1,6 @@
-"""A real Ctrl-C: SIGINT to a running `graphflow run` stops it at the next loop step, exit 130,
-and what finished before is in the disk cache for the next run."""
+"""A real Ctrl-C (SIGINT) or SIGTERM (what servers, Ray and container runtimes send) to a running
+`graphflow run` stops it at the next loop step, exit 130 or 143, and what finished before is in
+the disk cache for the next run; nothing half-made is left behind."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 PLUGIN = '''
 import time
@@ -30,7 +33,8 @@ class Slow(Node, name="Slow", category="test"):
 '''
 
 
-def test_sigint_stops_a_run_cleanly(tmp_path):
+@pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_stops_a_run_cleanly(tmp_path, sig, code, name):
     (tmp_path / "slow_nodes.py").write_text(PLUGIN)
     marker = tmp_path / "started"
     wf = tmp_path / "wf.json"
@@ -52,10 +56,10 @@ def test_sigint_stops_a_run_cleanly(tmp_path):
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "the loop never started"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "cancelling after the current step" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert f"{name}: cancelling after the current step" in err and "Traceback" not in err
     from graphflow.cache import DiskCache
 
     # 'r' and 'first' finished and were stored; the cancelled loop left nothing half-made behind

@@ -1,0 +1,43 @@
+"""Resource ceilings, checked before anything runs, so that a typo (steps 30000, a 40000-pixel
+image, a list of ten million seeds) is refused with a clear message instead of freezing the
+machine. Nodes name the ceiling an input is subject to (``Annotated[int, Limit("steps")]``); the
+values come from the executor or the command line (``--limit steps=2000``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Marks an input whose value may not exceed the named ceiling: ``Annotated[int, Limit("size")]``."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    #: bytes of a workflow document
+    document: int = 16 << 20
+    #: image side in pixels (width, height)
+    size: int = 2048
+    #: images per batch
+    batch: int = 16
+    #: denoising steps
+    steps: int = 500
+    #: items of a list written inline or given as a parameter
+    list: int = 100_000
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def with_values(self, **values: int) -> Limits:
+        unknown = sorted(set(values) - set(self.names()))
+        if unknown:
+            raise ValueError(f"unknown limit {', '.join(unknown)} (limits: {', '.join(self.names())})")
+        return replace(self, **values)
+
+
+def limit_of(annotation_metadata) -> str | None:
+    return next((m.name for m in annotation_metadata if isinstance(m, Limit)), None)
