@@ -96,7 +96,9 @@ class SaveText(Node, name="SaveText", category="output", pure=False, uses=("out_
 
     class In(Inputs):
         text: AnyValue = Field(description="what to write (non-strings are converted with str())")
-        filename: str = Field("output.txt", description="file name inside the output folder", pattern=r"^[^/\\]+$")
+        filename: str = Field("output.txt", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
+                              description="file name inside the output folder: up to 100 letters, digits, '_', '.' and '-', "
+                                          "starting with a letter or digit (no folders, no '..')")
 
     class Out(Outputs):
         path: str = Field(description="where the file was written")

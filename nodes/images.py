@@ -14,6 +14,7 @@ from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
 from graphflow.atomic import write_atomic
+from graphflow.limits import Limit
 from graphflow.ports import FileInput
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -53,8 +54,8 @@ class LoadImage(Node, name="LoadImage", category="image", uses=("device",)):
         path: Annotated[str, FileInput(resolve=resolve_input_file)] = Field(
             description="an image file, or the name of a sample shipped with graphflow (samples/...)"
         )
-        width: int | None = Field(None, ge=8, le=4096, description="resize to this width")
-        height: int | None = Field(None, ge=8, le=4096, description="resize to this height")
+        width: Annotated[int, Limit("size")] | None = Field(None, ge=8, le=4096, description="resize to this width")
+        height: Annotated[int, Limit("size")] | None = Field(None, ge=8, le=4096, description="resize to this height")
 
     class Out(Outputs):
         image: Image = Field(description="(1, 3, H, W) in [0, 1]")
@@ -77,7 +78,8 @@ class SaveImage(Node, name="SaveImage", category="image", pure=False, uses=("out
 
     class In(Inputs):
         image: Image = Field(description="(batch, 3, H, W) in [0, 1]")
-        prefix: str = Field("image", pattern=SAFE_NAME, description="file name prefix")
+        prefix: str = Field("image", pattern=SAFE_NAME, max_length=100,
+                            description="file name prefix: up to 100 letters, digits, '_', '.' and '-', starting with a letter or digit")
 
     class Out(Outputs):
         paths: list[str] = Field(description="the files written")
@@ -134,7 +136,8 @@ class SaveAnimation(Node, name="SaveAnimation", category="image", pure=False, us
     class In(Inputs):
         frames: ImageList = Field(description="one image per step (e.g. collected from a loop)")
         beside: ImageList | None = Field(None, description="a second sequence of the same length, shown to the right")
-        filename: str = Field("steps.gif", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.(gif|webp)$", description="file name (.gif or .webp)")
+        filename: str = Field("steps.gif", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.(gif|webp)$", max_length=100,
+                              description="file name (.gif or .webp): up to 100 letters, digits, '_', '.' and '-', starting with a letter or digit")
         frame_ms: int = Field(120, ge=10, le=10000, description="time per frame")
         scale: int = Field(1, ge=1, le=16, description="upscale small images by this factor")
 
