@@ -30,7 +30,7 @@ from pydantic import Field
 import graphflow
 from graphflow import Executor, Inputs, Node, Outputs, ValidationFailed, Workflow
 from graphflow import events as ev
-from tests.toy_nodes import RUNS, counted, link, make, toy_registry
+from tests.toy_nodes import RUNS, Iteration, counted, link, make, toy_registry
 
 try:  # module level: pydantic resolves the (postponed) annotations of ReadText from here
     from graphflow.ports import FileInput
@@ -123,27 +123,6 @@ def read_text_node() -> type[Node]:
             return {"text": _text_file(i.path).read_text()}
 
     return ReadText
-
-
-@functools.cache
-def iteration_node() -> type[Node]:
-    """A node that declares the loop iteration as a context input."""
-
-    class Iteration(Node, name="Iteration", category="toy", uses=("iteration",)):
-        """The loop's index times a literal: fed only literals, yet different on every iteration."""
-
-        class In(Inputs):
-            scale: float = Field(1.0, description="multiplier")
-
-        class Out(Outputs):
-            value: float = Field(description="iteration * scale")
-            count: int = Field(description="ctx.iterations")
-
-        def run(self, i, ctx):
-            counted(ctx)
-            return {"value": ctx.iteration * i.scale, "count": ctx.iterations}
-
-    return Iteration
 
 
 @functools.cache
@@ -327,7 +306,7 @@ def test_body_node_with_literal_inputs_declaring_iteration_runs_every_iteration(
             },
         },
         {"values": "L.values", "counts": "L.counts"},
-        extra=(iteration_node(),),
+        extra=(Iteration,),
     )
     ex = Executor()
     r = ex.run(wf)

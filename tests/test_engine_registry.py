@@ -15,7 +15,7 @@ from tests import toy_nodes
 from tests.toy_nodes import RUNS, Num, toy_registry
 
 TOY_PLUGIN = str(Path(__file__).resolve().parent / "toy_nodes.py")
-TOY_TYPES = {"Num", "Add", "MakeVec", "ScaleVec", "SumVec", "TakeOther", "Fail", "Record", "CancelMe"}
+TOY_TYPES = {"Num", "Add", "MakeVec", "ScaleVec", "SumVec", "TakeOther", "Fail", "Record", "CancelMe", "Iteration"}
 
 
 def test_a_node_runs_with_a_bare_context():

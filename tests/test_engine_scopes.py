@@ -5,38 +5,16 @@ problem. Counted on toy nodes, plus the shipped example workflows."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
-from pydantic import Field
 
 import graphflow
-from graphflow import Executor, Inputs, Node, Outputs, ValidationFailed, Workflow
-from tests.toy_nodes import RUNS, counted, link, make, toy_registry
+from graphflow import Executor, ValidationFailed, Workflow
+from tests.toy_nodes import RUNS, Iteration, link, make, toy_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-
-
-@functools.cache
-def iteration_node() -> type[Node]:
-    """A node fed only literals that declares the (innermost) loop iteration as a context input."""
-
-    class Iteration(Node, name="Iteration", category="toy", uses=("iteration",)):
-        """The innermost loop's index."""
-
-        class In(Inputs):
-            scale: float = Field(1.0, description="multiplier")
-
-        class Out(Outputs):
-            value: float = Field(description="iteration * scale")
-
-        def run(self, i, ctx):
-            counted(ctx)
-            return {"value": ctx.iteration * i.scale}
-
-    return Iteration
 
 
 def problems_of(factory) -> list:
@@ -131,7 +109,7 @@ def test_a_node_declaring_iteration_is_not_hoisted_and_sees_the_innermost_index(
     nodes["outer"]["body"]["inner"]["collect"]["its"] = link("it.value")
     nodes["outer"]["collect"]["its"] = link("inner.its")
     reg = toy_registry()
-    reg.register(iteration_node())
+    reg.register(Iteration)
     wf = Workflow.from_dict({"format": 1, "nodes": nodes, "outputs": {**NESTED_OUTPUTS, "its": "outer.its"},
                              "params": {"k": {"default": 0.5, "type": "float"}}}, reg)
     r = Executor().run(wf)

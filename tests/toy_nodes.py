@@ -156,6 +156,22 @@ class Cancel(Node, name="CancelMe", category="toy"):
         return {"x": i.x}
 
 
+class Iteration(Node, name="Iteration", category="toy", uses=("iteration",)):
+    """The innermost loop's index: a node fed only literals that declares the iteration as a
+    context input (so it must run on every iteration, not once)."""
+
+    class In(Inputs):
+        scale: float = Field(1.0, description="multiplier")
+
+    class Out(Outputs):
+        value: float = Field(description="iteration * scale")
+        count: int = Field(description="ctx.iterations")
+
+    def run(self, i, ctx):
+        counted(ctx)
+        return {"value": ctx.iteration * i.scale, "count": ctx.iterations}
+
+
 RECORDED: list = []
 
 
