@@ -182,9 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValidationFailed as e:
         _print_problems(e, False, args.workflow)
         return EXIT_INVALID
-    from graphflow.executor import Executor
-
     from graphflow.cache import DEFAULT_MAX_BYTES, parse_size
+    from graphflow.executor import Executor
 
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     try:

@@ -105,7 +105,7 @@ def _worker(cache: str, worker: int, max_bytes: int, go: str) -> None:
 
     reg = toy_registry()
     shared, own = Workflow.from_dict(vec_doc(3), reg), Workflow.from_dict(vec_doc(10 + worker), reg)
-    for i in range(3):
+    for _ in range(3):
         for wf, factor in ((shared, 3), (own, 10 + worker)):
             ex = Executor(cache_dir=cache, cache_max_size=max_bytes, out_dir=os.path.join(cache, "..", f"out{worker}"))
             count_prunes(ex.disk)
