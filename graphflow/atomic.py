@@ -5,7 +5,7 @@ or interrupted write leaves nothing behind."""
 from __future__ import annotations
 
 import os
-import threading
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -14,7 +14,8 @@ from typing import IO
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object] | bytes) -> Path:
     """``write`` is the bytes, or a function that writes to the open temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    # unique across threads, processes and machines sharing a folder (a network cache)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(6)}")
     try:
         with open(tmp, "wb") as f:
             if isinstance(write, (bytes, bytearray, memoryview)):
