@@ -18,7 +18,7 @@ from pydantic import Field
 from graphflow import Inputs, Node, Outputs
 
 class Slow(Node, name="Slow", category="test"):
-    """Marks that it started, then works for 0.2 s: 300 of them give the test time to interrupt."""
+    """Marks that it started, then works for 0.2 s: 20 of them give the test time to interrupt."""
     class In(Inputs):
         marker: str = Field(description="file to create when running")
         i: int = Field(0)
@@ -41,7 +41,7 @@ def test_a_signal_stops_a_run_cleanly(tmp_path, sig, code, name):
     wf.write_text(json.dumps({
         "format": 1,
         "nodes": {
-            "r": {"type": "Range", "inputs": {"stop": 300}},
+            "r": {"type": "Range", "inputs": {"stop": 20}},
             "first": {"type": "Math", "inputs": {"a": 41, "b": 1}},
             "loop": {"type": "Loop", "over": {"from": "r.values"}, "carry": {"x": 0},
                      "body": {"s": {"type": "Slow", "inputs": {"marker": str(marker), "i": {"from": "loop.item"}}}},
@@ -66,3 +66,9 @@ def test_a_signal_stops_a_run_cleanly(tmp_path, sig, code, name):
     cache = DiskCache(tmp_path / "cache")
     assert len(cache.entries()) == 2
     assert not [p for p in (tmp_path / "cache").rglob("*") if ".tmp" in p.name]
+
+    # the next run reuses what finished before the signal, and completes the loop
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    status = {row[0]: row[-1] for row in (line.split() for line in again.stderr.splitlines()) if len(row) == 6}
+    assert status["first"] == "disk" and status["loop"] == "ran" and "x: 19" in again.stdout
