@@ -56,7 +56,7 @@ from graphflow.cache import MemoryCache  # noqa: E402
 from graphflow.gc_tuning import fewer_gc_passes  # noqa: E402
 from graphflow.plan import Keys, RunOptions, plan  # noqa: E402
 from graphflow.registry import Registry  # noqa: E402
-from graphflow.run import Stores  # noqa: E402
+from graphflow.stores import Stores  # noqa: E402
 
 TXT2IMG = ROOT / "workflows" / "txt2img.json"
 PARAMS = {"x0": {"default": 0, "type": "float", "description": "the first node's value"}}

@@ -8,7 +8,6 @@ bound to it (``bind.py`` checks the values). Needs only the registry's declarati
 from __future__ import annotations
 
 import difflib
-import graphlib
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -24,9 +23,6 @@ from graphflow.document import (
     ParamRef,
     Ref,
     ScopeDef,
-    links_of,
-    member_of,
-    ref_links,
     scope_chain,
 )
 from graphflow.format import PARAM_VALUES, ParamType
@@ -34,6 +30,7 @@ from graphflow.node import Node, Port
 from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
 from graphflow.registry import Registry
+from graphflow.scopes import scope_order, variance
 
 #: the port kind of each declared parameter type (format.ParamType names them)
 PARAM_KINDS = {"int": INT, "float": FLOAT, "string": STRING, "bool": BOOL, "list": list_of(ANY), "any": ANY}
@@ -305,69 +302,6 @@ class _Checker:
                     self.add("conditional_output", f"'{n.id}' runs only on some iterations, but '{reader}' reads its output "
                              f"'{port}' on every iteration: give '{n.id}' an 'otherwise' value for '{port}'", n.id, "otherwise")
 
-    # --- order, within each scope --------------------------------------------------------------
-
-    def scope_graphs(self) -> tuple[dict, dict, dict[str, frozenset[str]]]:
-        order: dict[str | None, list[str]] = {}
-        preds: dict[str | None, dict[str, list[str]]] = {}
-        scopes: list[tuple[str | None, dict[str, Def]]] = [(None, self.doc.nodes)]
-        scopes += [(s.id, s.body) for s in self.nodes.values() if isinstance(s, ScopeDef)]
-        for sid, members in scopes:
-            g: dict[str, dict[str, None]] = {m: {} for m in members}  # member -> its producers, in order
-            for m, d in members.items():
-                for link in links_of(d):
-                    src = member_of(self.chain.get(link.node, ()), link.node, sid) if link.node in self.nodes else None
-                    # a scope's reads of its own body and variables are no dependency; a plain
-                    # node reading itself is a cycle
-                    if src is not None and (src != m or isinstance(d, NodeDef)):
-                        g[m][src] = None
-            try:
-                order[sid] = list(graphlib.TopologicalSorter(g).static_order())
-            except graphlib.CycleError as e:
-                cycle = e.args[1]  # [a, b, ..., a], each the producer of the one before it
-                path = " -> ".join(reversed(cycle))
-                extra = f" in the body of {self.nodes[sid].type.lower()} '{sid}' (carry values through 'next' instead)" if sid else ""
-                self.add("cycle", f"the links form a cycle{extra}: {path}", cycle[-1])
-                continue
-            preds[sid] = {m: list(g[m]) for m in order[sid]}
-        if self.problems:
-            return order, preds, {}
-        return order, preds, self.variance(order)
-
-    def variance(self, order: dict[str | None, list[str]]) -> dict[str, frozenset[str]]:
-        """For every member of a scope body: the enclosing scopes it changes with from item to item.
-        It changes with a scope when it reads that scope's variables, or a value that changes with
-        it; a node with a condition, a side effect or a declared use of the iteration changes with
-        its own scope. Hoisting follows this, not the syntax of the inputs: a node runs once per
-        item of the innermost scope it changes with (once per run if none)."""
-        varies: dict[str, frozenset[str]] = {}
-
-        def of(link: Link, reader: str) -> frozenset[str]:
-            target = self.nodes[link.node]
-            if isinstance(target, ScopeDef) and target.id in self.chain[reader] + (reader,):
-                return frozenset((target.id,))  # an enclosing scope's variables
-            return varies.get(link.node, frozenset())
-
-        def visit(sid: str) -> None:
-            for m in order[sid]:
-                d = self.nodes[m]
-                if isinstance(d, ScopeDef):
-                    visit(m)
-                    inside = [x for x in self.nodes if m in self.chain[x]]
-                    own = [of(link, m) for fld, r in d.refs() if not fld.startswith(("next", "collect")) for link in ref_links(r)]
-                    v = frozenset().union(*own, *(varies[x] for x in inside)) - {m, *inside}
-                else:
-                    cls = self.types[m]
-                    v = frozenset().union(*(of(link, m) for link in links_of(d)))
-                    if d.when or not cls.pure or "iteration" in cls.uses:
-                        v |= {sid}
-                varies[m] = v
-
-        for s in order:
-            if s is not None and self.nodes[s].scope is None:
-                visit(s)
-        return varies
-
     def run(self) -> CheckedGraph | None:
         for nid, n in self.nodes.items():
             if isinstance(n, NodeDef):
@@ -393,9 +327,11 @@ class _Checker:
                 for i in range(n, len(self.problems)):
                     p = self.problems[i]
                     self.problems[i] = Problem(p.code, p.message, node=link.node, field=f"outputs.{name}")
-        order, preds, varies = self.scope_graphs()
+        order, preds, cycles = scope_order(self.doc, self.nodes, self.chain)
+        self.problems += cycles
         if self.problems:
             return None
+        varies = variance(self.nodes, self.chain, self.types, order)
         return CheckedGraph(self.doc, self.nodes, self.types, self.chain, self.literals, self.param_uses, self.limited, self.lists,
                             order, preds, varies)
 

@@ -24,7 +24,8 @@ from graphflow.limits import Limits
 from graphflow.models import ModelManager
 from graphflow.plan import Keys, RunOptions, plan
 from graphflow.results import NodeError, NodeStat, RunResult
-from graphflow.run import Runner, Stores
+from graphflow.run import Runner
+from graphflow.stores import Stores
 
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
 
