@@ -1,0 +1,69 @@
+"""What `graphflow run` shows on a terminal: progress bars, a value in one line, the profile."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+class Progress:
+    """tqdm bars on stderr: one for the workflow's nodes, one for the current loop's steps."""
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.enabled = enabled
+        self.nodes = None
+        self.loop = None
+
+    def __call__(self, e) -> None:
+        if not self.enabled:
+            return
+        from graphflow import events as ev
+
+        if isinstance(e, ev.RunStarted):
+            self.nodes = self.tqdm(total=e.nodes, desc="nodes", unit="node", leave=False, file=sys.stderr)
+        elif isinstance(e, ev.NodeStarted) and e.iteration is None and self.nodes is not None:
+            self.nodes.set_postfix_str(e.node)
+        elif isinstance(e, ev.LoopStep):
+            if self.loop is None:
+                self.loop = self.tqdm(total=e.count, desc=f"loop {e.node}", unit="step", leave=False, file=sys.stderr)
+            elif e.index:
+                self.loop.update(1)  # step e.index begins, so the one before it is done
+        elif isinstance(e, ev.NodeFinished) and e.iteration is None:
+            if self.loop is not None:
+                self.loop.update(self.loop.total - self.loop.n)
+                self.loop.close()
+                self.loop = None
+            if self.nodes is not None:
+                self.nodes.update(1)
+        elif isinstance(e, ev.RunFinished):
+            for bar in (self.loop, self.nodes):
+                if bar is not None:
+                    bar.close()
+
+
+def describe_value(v: Any) -> str:
+    shape = getattr(v, "shape", None)
+    if shape is not None and hasattr(v, "dtype"):
+        return f"tensor {tuple(shape)} {str(v.dtype).replace('torch.', '')}"
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, str) for x in v):
+            return ", ".join(v)
+        return f"list of {len(v)}" + (f" ({describe_value(v[0])})" if v else "")
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {describe_value(x)}" for k, x in v.items()) + "}"
+    text = repr(v) if not isinstance(v, str) else v
+    return text if len(text) < 100 else text[:97] + "..."
+
+
+def profile_table(result) -> str:
+    rows = sorted(result.stats.items(), key=lambda kv: -kv[1].seconds)
+    width = max([len(n) for n, _ in rows] + [4])
+    twidth = max([len(s.type) for _, s in rows] + [4])
+    lines = [f"{'node':<{width}}  {'type':<{twidth}}  {'runs':>5}  {'hits':>5}  {'seconds':>8}  status"]
+    for name, s in rows:
+        lines.append(f"{name:<{width}}  {s.type:<{twidth}}  {s.runs:>5}  {s.hits:>5}  {s.seconds:>8.3f}  {s.status}")
+    lines.append(f"run wall time {result.seconds:.3f} s")
+    return "\n".join(lines)
