@@ -17,7 +17,9 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object] | bytes)
     # unique across threads, processes and machines sharing a folder (a network cache)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(6)}")
     try:
-        with open(tmp, "wb") as f:
+        # O_EXCL | O_NOFOLLOW: never through a link or file someone placed at the temporary name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
             if isinstance(write, (bytes, bytearray, memoryview)):
                 f.write(write)
             else:

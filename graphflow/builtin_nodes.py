@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from graphflow.atomic import write_atomic
+from graphflow.limits import Limit
 from graphflow.context import Context
 from graphflow.node import Inputs, Node, Outputs
 from graphflow.ports import ANY, Kind, list_of
@@ -61,7 +62,7 @@ class Range(Node, name="Range", category="values"):
 
     class In(Inputs):
         start: int = Field(0, description="first value")
-        stop: int = Field(description="end (exclusive)")
+        stop: Annotated[int, Limit("list")] = Field(description="end (exclusive); at most the 'list' ceiling")
         step: int = Field(1, description="increment", ge=1)
 
     class Out(Outputs):

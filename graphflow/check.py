@@ -82,6 +82,8 @@ def literal_kind(value: Any) -> Kind:
 
 
 def did_you_mean(name: str, options) -> str:
+    if len(name) > 100:  # nothing is near a runaway name, and comparing costs seconds
+        return ""
     near = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{near[0]}'?)" if near else ""
 
@@ -102,6 +104,7 @@ class _Checker:
         self.literals: dict[tuple[str, str], Any] = {}
         self.param_uses: dict[str, list[tuple[str, str, Port | None]]] = {p: [] for p in doc.params}
         self.limited: list[tuple[str, str, str]] = []
+        self.resolving: set[tuple[str, str]] = set()
         self.lists: list[tuple[str, str, int]] = []
 
     def add(self, code: str, msg: str, node: str | None = None, fld: str | None = None) -> None:
@@ -121,7 +124,7 @@ class _Checker:
                 over = self.quiet_kind(target.over, self.chain[target.id])
                 return (over.item if over else None) or ANY
             if link.port in target.carry:
-                return self.quiet_kind(target.carry[link.port], self.chain[target.id])
+                return self.carried_kind(target, link.port)
             self.add("unknown_output", f"link to '{link}': inside the body, {target.type.lower()} '{target.id}' provides "
                      f"{', '.join([*target.variables, *target.carry])}", node, fld)
             return None
@@ -133,7 +136,7 @@ class _Checker:
             return None
         if isinstance(target, ScopeDef):
             if link.port in target.carry:
-                return self.quiet_kind(target.carry[link.port], home)
+                return self.carried_kind(target, link.port)
             if link.port in target.collect:
                 return list_of(self.quiet_kind(target.collect[link.port], (*home, target.id)) or ANY)
             if link.port in target.variables:
@@ -150,6 +153,18 @@ class _Checker:
                      f"{did_you_mean(link.port, cls.outputs)}", node, fld)
             return None
         return port.kind
+
+    def carried_kind(self, s: ScopeDef, name: str) -> Kind | None:
+        """The kind of a carried value: its initial value's. A carry whose initial value reads
+        carried values in a circle has none (the circle is reported as a cycle)."""
+        key = (s.id, name)
+        if key in self.resolving:
+            return None
+        self.resolving.add(key)
+        try:
+            return self.quiet_kind(s.carry[name], self.chain[s.id])
+        finally:
+            self.resolving.discard(key)
 
     def quiet_kind(self, ref: Ref, where: tuple[str, ...]) -> Kind | None:
         """Kind of a scope's own value seen through a link; its problems are reported where it is written."""

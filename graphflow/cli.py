@@ -55,6 +55,10 @@ def _parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
             out[k] = orjson.loads(v)
         except orjson.JSONDecodeError:
             out[k] = v
+            continue
+        from graphflow.reader import silent_losses
+
+        problems += [Problem("bad_set", f"--set {k}: {p.message}") for p in silent_losses(v)]  # {"a":1,"a":2}, 2**70
     if problems:
         raise ValidationFailed(problems)
     return out

@@ -11,7 +11,7 @@ MAX_NAME = 200
 #: a whole message longer than this is shortened to its two ends
 MAX_MESSAGE = 2000
 _KEEP = 100  # characters kept at each end of a shortened name or quoted value
-_LONG_QUOTED = re.compile(r"'[^']{%d,}'|\"[^\"]{%d,}\"" % (MAX_NAME, MAX_NAME))
+_LONG_QUOTED = re.compile(rf"'[^']{{{MAX_NAME},}}'|\"[^\"]{{{MAX_NAME},}}\"")
 
 
 def shorten(text: str, limit: int = MAX_NAME, keep: int = _KEEP) -> str:

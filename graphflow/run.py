@@ -23,6 +23,11 @@ from graphflow.stores import Stores
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
 
 
+class Unloadable(Exception):
+    """A cache entry the plan counted on could not be loaded (damaged, or deleted meanwhile).
+    Its own class: a KeyError from a node must never pass for it."""
+
+
 def non_finite(outputs: dict[str, Any]) -> str | None:
     """The first output holding NaN or Inf, by duck typing (the engine knows no tensor library):
     a float, or anything with ``isfinite()`` (tensors, arrays), or a list of those."""
@@ -239,7 +244,7 @@ class Runner:
 
     def run_top(self, m: str, p: Plan) -> str | None:
         """Runs or loads one member; returns where it was loaded from, or None if it ran.
-        Raises LookupError when a planned cache entry could not be loaded (then re-plan)."""
+        Raises Unloadable when a planned cache entry could not be loaded (then re-plan)."""
         d = self.c.nodes[m]
         sh = self.shape
         fp = p.fps[m]
@@ -256,7 +261,7 @@ class Runner:
         if where:
             out = self.stores.load(fp, where, self.wanted(m, p), sh.ports[m])
             if out is None:
-                raise LookupError(m)
+                raise Unloadable(m)
             s.hits += 1
             if where != "run":
                 s.status = where
@@ -303,7 +308,7 @@ class Runner:
                 continue
             try:
                 where = self.run_top(m, p)
-            except LookupError:  # a damaged entry: plan the rest again around it
+            except Unloadable:  # a damaged entry: plan the rest again around it
                 p = plan(self.keys, self.stores)
                 steps, k = list(p.steps), 0
                 continue

@@ -20,11 +20,14 @@ def scope_order(doc: Document, nodes: dict[str, Def], chain: dict[str, tuple[str
     for sid, members in scopes:
         g: dict[str, dict[str, None]] = {m: {} for m in members}  # member -> its producers, in order
         for m, d in members.items():
+            # a scope's body, 'next' and 'collect' may read the scope's own values; its 'over' and
+            # 'carry' are read before it starts, so reading itself there is a cycle, as it is for
+            # a plain node
+            outer = {link for fld, r in d.refs() if fld == "over" or fld.startswith("carry.") for link in ref_links(r)} \
+                if isinstance(d, ScopeDef) else set()
             for link in links_of(d):
                 src = member_of(chain.get(link.node, ()), link.node, sid) if link.node in nodes else None
-                # a scope's reads of its own body and variables are no dependency; a plain
-                # node reading itself is a cycle
-                if src is not None and (src != m or isinstance(d, NodeDef)):
+                if src is not None and (src != m or isinstance(d, NodeDef) or link in outer):
                     g[m][src] = None
         try:
             order[sid] = list(graphlib.TopologicalSorter(g).static_order())
