@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from graphflow.atomic import write_atomic
-from graphflow.limits import Limit
+from graphflow.atomic import write_new
 from graphflow.context import Context
+from graphflow.limits import Limit
 from graphflow.node import Inputs, Node, Outputs
 from graphflow.ports import ANY, Kind, list_of
 
@@ -93,7 +93,8 @@ class Text(Node, name="Text", category="text"):
 
 
 class SaveText(Node, name="SaveText", category="output", pure=False, uses=("out_dir",)):
-    """Writes text to a file in the output folder, atomically (never a half-written file)."""
+    """Writes text to a new file in the output folder, atomically (never a half-written file, never
+    over an existing one: a taken name gets a number, output_00001.txt)."""
 
     class In(Inputs):
         text: AnyValue = Field(description="what to write (non-strings are converted with str())")
@@ -106,6 +107,5 @@ class SaveText(Node, name="SaveText", category="output", pure=False, uses=("out_
 
     def run(self, i: In, ctx: Context) -> dict:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        path = ctx.out_dir / i.filename
-        write_atomic(path, (str(i.text) + "\n").encode("utf-8"))
+        path = write_new(ctx.out_dir, i.filename, (str(i.text) + "\n").encode("utf-8"))
         return {"path": str(path)}

@@ -3,7 +3,6 @@ animations of per-step frames, and a picture of a latent's channels."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ from graphflow_nodes.kinds import Image, ImageList, Latents
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow.atomic import write_atomic
+from graphflow.atomic import write_new
 from graphflow.limits import Limit
 from graphflow.ports import FileInput
 
@@ -36,15 +35,10 @@ def from_pil(img) -> Any:
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def _atomic_save(img, path: Path, **kw) -> None:
-    fmt = kw.pop("format", None) or path.suffix[1:].upper()
-    write_atomic(path, lambda f: img.save(f, format=fmt, **kw))
-
-
-def _next_number(folder: Path, prefix: str, suffix: str) -> int:
-    pat = re.compile(rf"^{re.escape(prefix)}_(\d+){re.escape(suffix)}$")
-    nums = [int(m.group(1)) for p in folder.iterdir() if (m := pat.match(p.name))] if folder.exists() else []
-    return max(nums, default=0) + 1
+def _save_new(img, folder: Path, name: str, numbered: bool = False, **kw) -> Path:
+    """A picture as a new file (never replacing one), written whole or not at all."""
+    fmt = kw.pop("format", None) or name.rsplit(".", 1)[-1].upper()
+    return write_new(folder, name, lambda f: img.save(f, format=fmt, **kw), numbered=numbered)
 
 
 class LoadImage(Node, name="LoadImage", category="image", uses=("device",)):
@@ -91,12 +85,7 @@ class SaveImage(Node, name="SaveImage", category="image", pure=False, uses=("out
         info = PngInfo()
         info.add_text("graphflow_workflow", orjson.dumps(ctx.workflow).decode())
         info.add_text("graphflow_params", orjson.dumps(ctx.params, default=str).decode())
-        n = _next_number(ctx.out_dir, i.prefix, ".png")
-        paths = []
-        for k, img in enumerate(to_pil(i.image)):
-            path = ctx.out_dir / f"{i.prefix}_{n + k:05d}.png"
-            _atomic_save(img, path, pnginfo=info)
-            paths.append(str(path))
+        paths = [str(_save_new(img, ctx.out_dir, f"{i.prefix}.png", numbered=True, pnginfo=info)) for img in to_pil(i.image)]
         return {"paths": paths}
 
 
@@ -131,7 +120,8 @@ class ImageGrid(Node, name="ImageGrid", category="image"):
 
 class SaveAnimation(Node, name="SaveAnimation", category="image", pure=False, uses=("out_dir",)):
     """An animated GIF or WebP of per-step frames, optionally with a second sequence beside the
-    first (x_t on the left, the predicted x0 on the right)."""
+    first (x_t on the left, the predicted x0 on the right). Never over an existing file: a taken
+    name gets a number (steps_00001.gif)."""
 
     class In(Inputs):
         frames: ImageList = Field(description="one image per step (e.g. collected from a loop)")
@@ -166,10 +156,10 @@ class SaveAnimation(Node, name="SaveAnimation", category="image", pure=False, us
                 canvas = canvas.resize((w * i.scale, h * i.scale), PILImage.Resampling.NEAREST)
             pictures.append(canvas)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        path = ctx.out_dir / i.filename
         fmt = "GIF" if i.filename.endswith(".gif") else "WEBP"
         extra = {"lossless": True} if fmt == "WEBP" else {}
-        _atomic_save(pictures[0], path, format=fmt, save_all=True, append_images=pictures[1:], duration=i.frame_ms, loop=0, **extra)
+        path = _save_new(pictures[0], ctx.out_dir, i.filename, format=fmt, save_all=True, append_images=pictures[1:],
+                         duration=i.frame_ms, loop=0, **extra)
         return {"path": str(path), "frames_written": len(pictures)}
 
 

@@ -450,6 +450,7 @@ def test_set_value_types_follow_the_declared_parameter_type(tmp_path, capsys):
     assert main(["run", wf, "--out", str(out), "--no-cache", "--set", "word=true", "--set", "anything=true"]) == 0
     assert (out / "w.txt").read_text() == "say true\n"
     assert (out / "a.txt").read_text() == "got True\n"
+    out = tmp_path / "out2"  # (outputs are never overwritten: a second run into out/ would write w_00001.txt)
     assert main(["run", wf, "--out", str(out), "--no-cache", "--set", "word=a red circle", "--set", "anything=a b"]) == 0
     assert (out / "w.txt").read_text() == "say a red circle\n"
     assert (out / "a.txt").read_text() == "got a b\n"

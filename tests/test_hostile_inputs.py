@@ -169,7 +169,8 @@ def plant_link(out: Path, name: str, outside: Path) -> None:
 
 
 @pytest.mark.parametrize("node", ["SaveText", "SaveAnimation"])
-def test_a_symlink_at_the_target_is_replaced_never_written_through(node, tmp_path):
+def test_a_symlink_at_the_target_is_never_written_through_nor_replaced(node, tmp_path):
+    """Outputs are never overwritten: a taken name, even by a planted link, gets a number."""
     make, _, shape = SAVES[node]
     name = shape.format("target")
     outside = tmp_path / "outside.bin"
@@ -178,9 +179,22 @@ def test_a_symlink_at_the_target_is_replaced_never_written_through(node, tmp_pat
     plant_link(out, name, outside)
     r = Executor(out_dir=out).run(Workflow.from_dict(make(name)))
     assert r.ok, r.errors
-    assert outside.read_bytes() == b"precious"
-    assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
-    assert tree(out) == [name]
+    assert outside.read_bytes() == b"precious" and (out / name).is_symlink()
+    stem, ext = name.rsplit(".", 1)
+    written = out / f"{stem}_00001.{ext}"
+    assert not written.is_symlink() and written.stat().st_size > 0
+    assert tree(out) == sorted([name, written.name])
+
+
+@pytest.mark.parametrize("node", ["SaveText", "SaveAnimation"])
+def test_saving_twice_never_overwrites(node, tmp_path):
+    make, _, shape = SAVES[node]
+    name = shape.format("twice")
+    ex = Executor(out_dir=tmp_path)
+    wf = Workflow.from_dict(make(name))
+    assert ex.run(wf).ok and ex.run(wf).ok  # a side effect: runs again, into a new file
+    stem, ext = name.rsplit(".", 1)
+    assert tree(tmp_path) == sorted([name, f"{stem}_00001.{ext}"])
 
 
 def test_saveimage_never_writes_through_a_planted_symlink(tmp_path):
@@ -201,14 +215,14 @@ def test_saveimage_never_writes_through_a_planted_symlink(tmp_path):
 
 def test_a_failed_save_leaves_nothing_behind(tmp_path, capsys):
     out = tmp_path / "out"
-    (out / "taken.txt").mkdir(parents=True)  # the target is a folder: the final rename fails
+    (out / "taken.txt").mkdir(parents=True)  # the name is taken (by a folder): a new, numbered file
     (out / "taken.gif").mkdir()
-    for doc in (save_text("taken.txt"), save_animation("taken.gif")):
+    for doc, name in ((save_text("taken.txt"), "taken_00001.txt"), (save_animation("taken.gif"), "taken_00001.gif")):
         wf = write(tmp_path / "wf.json", doc)
         before = tree(tmp_path)
-        assert main(["run", wf, "--out", str(out), "--no-cache"]) == 1
-        assert "node 's' (Save" in capsys.readouterr().err
-        assert tree(tmp_path) == before, "a failed save left a file behind"
+        assert main(["run", wf, "--out", str(out), "--no-cache"]) == 0
+        capsys.readouterr()
+        assert tree(tmp_path) == sorted([*before, f"out/{name}"]), "only the new file, no temporary, was left"
     # the output folder is a file: nothing can be created in it, or beside it
     blocked = tmp_path / "blocked"
     blocked.write_bytes(b"")
