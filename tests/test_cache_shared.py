@@ -116,6 +116,7 @@ def _worker(cache: str, worker: int, max_bytes: int, go: str) -> None:
     print(json.dumps(n))
 
 
+@pytest.mark.slow
 def test_processes_share_one_cache_without_crash_or_corruption(tmp_path):
     cache = tmp_path / "cache"
     go = str(tmp_path / "go")

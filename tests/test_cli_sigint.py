@@ -33,6 +33,7 @@ class Slow(Node, name="Slow", category="test"):
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_stops_a_run_cleanly(tmp_path, sig, code, name):
     (tmp_path / "slow_nodes.py").write_text(PLUGIN)

@@ -145,6 +145,7 @@ def test_every_shipped_workflow_validates_and_runs(path, tiny_model, tmp_path, c
     assert all(p.stat().st_size > 0 for p in written)
 
 
+@pytest.mark.slow
 def test_loop_result_is_reused_from_disk_by_a_second_process(tiny_model, tmp_path):
     cmd = [sys.executable, "-m", "graphflow.cli", "run", str(REPO / "workflows" / "txt2img.json"), "--set", f"model={tiny_model}",
            "--set", "steps=4", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--profile", "--quiet"]
