@@ -13,11 +13,11 @@ import pytest
 import torch
 from graphflow_nodes.files import MODELS_DIR
 
-pytestmark = pytest.mark.slow  # the embedded model measured: each test draws dozens of pictures
-
 import graphflow
 from graphflow import Executor
 from train.shapes import COLOURS, HELD_OUT, measure
+
+pytestmark = pytest.mark.slow  # the embedded model measured: each test draws dozens of pictures
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = MODELS_DIR / "tiny-sd"
