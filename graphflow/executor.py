@@ -29,7 +29,7 @@ from graphflow.stores import Stores
 
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
 
-_END, _FLUSH = object(), object()  # markers in the listeners' queue: a run's last event; a flush
+_FLUSH = object()  # a marker in the listeners' queue: everything before it was delivered
 
 
 class RunHandle:
@@ -43,7 +43,6 @@ class RunHandle:
         self.cancel_event = threading.Event()
         self._result: RunResult | None = None
         self._finished = threading.Event()
-        self._delivered = threading.Event()  # its last event reached every listener
         self._log: list[ev.Event] = []
         self._grew = threading.Condition()
         self._watchers = 0
@@ -193,10 +192,6 @@ class Executor:
 
     def _finished(self, h: RunHandle) -> None:
         h._finished.set()
-        if self._async:
-            self._events.put((_END, h))
-        else:
-            h._delivered.set()
         with h._grew:
             h._grew.notify_all()
 
@@ -268,9 +263,9 @@ def _work(ref: weakref.ref, runs: queue.Queue) -> None:
 
 def _dispatch(ref: weakref.ref, events: queue.Queue) -> None:
     while (item := events.get()) is not None:
-        e, handle = item
-        if e is _END or e is _FLUSH:
-            handle.set() if e is _FLUSH else handle._delivered.set()
+        e, done = item
+        if e is _FLUSH:
+            done.set()
         else:
             ex = ref()
             for f in list(ex._async) if ex is not None else ():
@@ -279,4 +274,4 @@ def _dispatch(ref: weakref.ref, events: queue.Queue) -> None:
                 except Exception:  # a broken listener must not stop the others
                     pass
             ex = None
-        del item, e, handle
+        del item, e, done
