@@ -56,7 +56,8 @@ def _outputs_dict(out: Any, cls) -> dict[str, Any]:
 
 
 class Runner:
-    """One run. ``emit`` is None when nobody listens (then no event is even built)."""
+    """One run. ``emit`` gets every event (the executor records them for the run's handle and
+    forwards them to listeners); with None, no event is even built."""
 
     def __init__(self, keys: Keys, stores: Stores, run_id: str, cancel, models: Any,
                  emit: Callable[[ev.Event], None] | None, check_finite: bool = False) -> None:
