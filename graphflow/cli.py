@@ -56,7 +56,7 @@ def _parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             out[k] = v
             continue
-        from graphflow.reader import silent_losses
+        from graphflow.jsontext import silent_losses
 
         problems += [Problem("bad_set", f"--set {k}: {p.message}") for p in silent_losses(v)]  # {"a":1,"a":2}, 2**70
     if problems:

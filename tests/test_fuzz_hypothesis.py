@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 import graphflow
 from graphflow import Executor, ValidationFailed, Workflow
 from graphflow.document import Link, NodeDef
-from graphflow.reader import parse_json
+from graphflow.jsontext import parse_json
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 DOCS = {p.stem: orjson.loads(p.read_bytes()) for p in sorted(WORKFLOWS.glob("*.json"))}

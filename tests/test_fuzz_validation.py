@@ -12,7 +12,7 @@ import pytest
 
 import graphflow
 from graphflow import ValidationFailed, Workflow
-from graphflow.reader import parse_json
+from graphflow.jsontext import parse_json
 
 DOCS = [json.loads(p.read_text()) for p in sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))]
 VALUES = [None, 0, -1, 1e300, "x", "", [], {}, {"from": "a.b"}, {"from": "model.unet"}, {"from": "nope"}, {"param": "zz"},
