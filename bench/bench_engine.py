@@ -52,8 +52,8 @@ import graphflow  # noqa: E402
 import graphflow.builtin_nodes  # noqa: E402
 import graphflow.check  # noqa: E402
 from graphflow import Executor, Workflow  # noqa: E402
-from graphflow.cache import MemoryCache  # noqa: E402
 from graphflow.gc_tuning import fewer_gc_passes  # noqa: E402
+from graphflow.memory_cache import MemoryCache  # noqa: E402
 from graphflow.plan import Keys, RunOptions, plan  # noqa: E402
 from graphflow.registry import Registry  # noqa: E402
 from graphflow.stores import Stores  # noqa: E402

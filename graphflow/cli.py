@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValidationFailed as e:
         _print_problems(e, False, args.workflow)
         return EXIT_INVALID
-    from graphflow.cache import DEFAULT_MAX_BYTES, parse_size
+    from graphflow.disk_cache import DEFAULT_MAX_BYTES, parse_size
     from graphflow.executor import Executor
 
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
@@ -268,7 +268,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from graphflow.cache import DEFAULT_MAX_BYTES, DiskCache, format_size, parse_size
+    from graphflow.disk_cache import DEFAULT_MAX_BYTES, DiskCache, format_size, parse_size
 
     disk = DiskCache(args.cache_dir or default_cache_dir(), max_bytes=None)
     if args.max_size is not None and not args.prune:

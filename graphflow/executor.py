@@ -18,9 +18,10 @@ from typing import Any
 
 from graphflow import events as ev
 from graphflow.bind import BoundGraph
-from graphflow.cache import DiskCache, MemoryCache
+from graphflow.disk_cache import DiskCache
 from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.limits import Limits
+from graphflow.memory_cache import MemoryCache
 from graphflow.models import ModelManager
 from graphflow.plan import Keys, RunOptions, plan
 from graphflow.results import NodeError, NodeStat, RunResult
