@@ -179,7 +179,7 @@ def measure(case: Case, reg: Registry) -> dict[str, float]:
     def forget() -> None:
         """Fingerprints are remembered per document and parameter set: start without them, as a
         new process would."""
-        wf.checked().__dict__.pop("_fp_memo", None)
+        wf.checked().memo.pop("fingerprints", None)
 
     def bind_plan(_: Any) -> None:
         with fewer_gc_passes():
@@ -340,7 +340,7 @@ def profile(n: int = 10_000, top: int = 15) -> None:
         print(f"\n== {title}: {dt * 1e3:.0f} ms under cProfile ({dt / n * 1e6:.1f} µs/node)\n{text}")
 
     ex = _inline(Executor())
-    wf.checked().__dict__.pop("_fp_memo", None)
+    wf.checked().memo.pop("fingerprints", None)
     show(f"cold run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
     show(f"fully cached re-run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
 

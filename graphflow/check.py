@@ -59,6 +59,9 @@ class CheckedGraph:
     preds: dict[str | None, dict[str, list[str]]]
     #: body member -> the enclosing scopes it changes with from item to item (see ``variance``)
     varies: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: what later stages derive from the document alone (fingerprint recipes, the plan's shape,
+    #: input specs, fingerprints per parameter set), worked out on first use and kept with it
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def level(self, m: str) -> str | None:
         """The innermost scope a body member changes with: it runs once per item of that scope,

@@ -135,7 +135,7 @@ class _Recipe(NamedTuple):
 def _recipes(c) -> dict[str, _Recipe]:
     """Per node, the part of its key fixed by the document, serialised once per checked graph.
     A file input's literal path is left out: the file is identified by its content."""
-    memo = getattr(c, "_recipes", None)
+    memo = c.memo.get("recipes")
     if memo is not None:
         return memo
     memo = {}
@@ -159,7 +159,7 @@ def _recipes(c) -> dict[str, _Recipe]:
         if all(isinstance(r, Lit) for f, r in refs if f in fields):
             lits = _bytes({f: c.literals.get((nid, f), r.value) for f, r in refs if f in fields})
         memo[nid] = _Recipe(_bytes(static), lits, tuple(fields), tuple(dynamic), uses, pure)
-    c._recipes = memo
+    c.memo["recipes"] = memo
     return memo
 
 
@@ -183,7 +183,7 @@ class Keys:
     def all(self, members: list[str]) -> None:
         """Fingerprint every member, from the remembered keys of this parameter set if the files
         they read are unchanged."""
-        memo = self.c.__dict__.setdefault("_fp_memo", {})
+        memo = self.c.memo.setdefault("fingerprints", {})
         mkey = (_bytes(self.b.params), self.options)
         hit = memo.get(mkey)
         if hit is not None and all(content_id(p) == cid for p, cid in hit[1]):

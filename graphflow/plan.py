@@ -52,7 +52,7 @@ class Shape:
 
 
 def shape(c) -> Shape:
-    memo = getattr(c, "_shape", None)
+    memo = c.memo.get("shape")
     if memo is not None:
         return memo
     preds = c.preds[None]
@@ -73,7 +73,7 @@ def shape(c) -> Shape:
             if link.node in consumed and link.node != n:
                 consumed[link.node].add(link.port)
     scope = {n: isinstance(c.nodes[n], ScopeDef) for n in members}
-    c._shape = memo = Shape(
+    c.memo["shape"] = memo = Shape(
         members, consumed, {link.node for link in outputs},
         {n: is_pure(c, n) for n in members},
         {n: output_ports(c, n) for n in members},
@@ -85,7 +85,7 @@ def shape(c) -> Shape:
 def body_order(c, sid: str) -> list[str]:
     """The members of a scope's body that its values need (what ``next`` and ``collect`` read,
     and every side effect), in order; once per checked graph."""
-    memo = c.__dict__.setdefault("_body_order", {})
+    memo = c.memo.setdefault("body_order", {})
     hit = memo.get(sid)
     if hit is None:
         s, preds = c.nodes[sid], c.preds[sid]
