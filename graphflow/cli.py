@@ -176,6 +176,78 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a workflow over a grid (and zipped lists) of parameter values; see graphflow/sweep.py."""
+    try:
+        wf, limits = _load(args)
+        axes: dict[str, dict[str, Any]] = {"grid": {}, "zip": {}}
+        problems = []
+        for flag, found in axes.items():
+            for pair in getattr(args, flag) or []:
+                k, eq, v = pair.partition("=")
+                try:
+                    value = orjson.loads(v) if eq and k else None
+                except orjson.JSONDecodeError:
+                    value = None
+                if not isinstance(value, list):
+                    problems.append(Problem("bad_set", f"--{flag} takes NAME=JSON_LIST (e.g. 'seed=[0,1,2]'), got {pair!r}"))
+                elif k in found:
+                    problems.append(Problem("bad_set", f"--{flag} {k} given twice"))
+                else:
+                    found[k] = value
+        if not (args.grid or args.zip):
+            problems.append(Problem("bad_set", "sweep needs at least one --grid or --zip"))
+        if problems:
+            raise ValidationFailed(problems)
+        from graphflow.sweep import Sweep
+
+        cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+        from graphflow.executor import Executor
+
+        ex = Executor(device=args.device, dtype=args.dtype, out_dir=args.out, cache_dir=cache_dir, limits=limits, check_finite=True)
+        sw = Sweep(wf, axes["grid"], axes["zip"], args.out, ex, args.resume, limits)
+    except ValidationFailed as e:
+        _print_problems(e, False, args.workflow)
+        return EXIT_INVALID
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(sw), desc="sweep", unit="item", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty())
+    stopped: list[int] = []
+
+    def on_signal(signum, frame):
+        stopped.append(signum)
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        sys.stderr.write(f"\n{name}: stopping after the current step; the index keeps every finished item (--resume goes on)\n")
+        sw.cancel()
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    failed = cancelled = 0
+    try:
+        for r in sw:
+            if r.status == "cancelled":
+                cancelled += 1
+                continue
+            if r.status == "failed":
+                failed += 1
+                err = r.error or {}
+                tqdm.write(f"item {r.item} failed: node '{err.get('node')}' ({err.get('type')}): {err.get('message')}", file=sys.stderr)
+            bar.update(1)
+            bar.set_postfix_str(f"failed {failed}")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        bar.close()
+    done = sum(1 for r in sw.results.values() if r.status in ("ok", "skipped"))
+    if not args.quiet:
+        print(f"{done} of {len(sw)} items ok, {failed} failed; index: {os.path.join(args.out, 'index.jsonl')}", file=sys.stderr)
+    if stopped or cancelled:
+        print("cancelled", file=sys.stderr)
+        return EXIT_TERMINATED if signal.SIGTERM in stopped else EXIT_CANCELLED
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     reg = _registry(args)
     if args.markdown:
@@ -325,6 +397,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     limit(r)
     r.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="run a workflow over a grid of parameter values",
+                        description="Run a workflow over a grid (cartesian product) and zipped lists of parameter values; "
+                                    "files in OUT/item_NNNNN/, one line per item in OUT/index.jsonl, OUT/contact_sheet.png.")
+    sw.add_argument("workflow", help="workflow JSON file")
+    sw.add_argument("--grid", action="append", metavar="NAME=JSON_LIST", help="an axis of the grid, e.g. 'seed=[0,1,2]'; repeatable")
+    sw.add_argument("--zip", action="append", metavar="NAME=JSON_LIST", help="lists of equal length advancing together (one more axis); repeatable")
+    sw.add_argument("--set", action="append", metavar="NAME=VALUE", help="a parameter for every item; repeatable")
+    sw.add_argument("--out", default="sweep", help="the sweep's folder (default: sweep)")
+    sw.add_argument("--resume", action="store_true", help="skip items the index already records as ok")
+    sw.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where models run (default: cpu)")
+    sw.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
+    sw.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
+    sw.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    common(sw)
+    limit(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     v = sub.add_parser("validate", help="check a workflow without running it", description="Check a workflow without running anything.")
     v.add_argument("workflow")

@@ -44,7 +44,7 @@ import orjson
 from graphflow.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
 
-__all__ = ["ItemResult", "Sweep", "expand", "run_order", "sweep", "read_index", "params_key"]
+__all__ = ["ItemResult", "Sweep", "expand", "params_key", "read_index", "run_order", "sweep"]
 
 INDEX = "index.jsonl"
 SHEET = "contact_sheet.png"
@@ -79,7 +79,7 @@ def params_key(params: dict[str, Any]) -> bytes:
 
 
 def _label(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" if not isinstance(v, str) else f"{k}={v}" for k, v in params.items())
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 def expand(grid: dict[str, list] | None = None, zip: dict[str, list] | None = None) -> list[dict[str, Any]]:
@@ -139,7 +139,7 @@ def run_order(items: list[dict[str, Any]], checked=None) -> list[int]:
     varying = [k for k in names if len({params_key({k: it.get(k)}) for it in items}) > 1]
     try:
         depths = _param_depths(checked) if checked is not None else {}
-    except Exception:  # an ordering hint only: never a reason to fail
+    except (AttributeError, KeyError, IndexError, TypeError):  # an ordering hint only: never a reason to fail
         depths = {}
     hint = {"model": 0, "prompt": 1, "negative_prompt": 1}
     varying.sort(key=lambda k: (depths.get(k, 10**6), hint.get(k, 2), names.index(k)))
