@@ -117,6 +117,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _executor(args: argparse.Namespace, limits):
+    """The executor `run` and `sweep` build from their shared flags (see ``execution_flags``)."""
+    from graphflow.disk_cache import DEFAULT_MAX_BYTES, parse_size
+    from graphflow.executor import Executor
+
+    try:
+        max_size = DEFAULT_MAX_BYTES if args.cache_max_size is None else parse_size(args.cache_max_size)
+    except ValueError as e:
+        raise ValueError(f"argument --cache-max-size: {e}") from None
+    return Executor(device=args.device, dtype=args.dtype, out_dir=args.out, limits=limits, check_finite=not args.no_check_finite,
+                    cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()), cache_max_size=max_size)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from graphflow.console import Progress, describe_value, profile_table
 
@@ -125,18 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValidationFailed as e:
         _print_problems(e, False, args.workflow)
         return EXIT_INVALID
-    from graphflow.disk_cache import DEFAULT_MAX_BYTES, parse_size
-    from graphflow.executor import Executor
-
-    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     try:
-        cache_max_size = DEFAULT_MAX_BYTES if args.cache_max_size is None else parse_size(args.cache_max_size)
+        ex = _executor(args, limits)
     except ValueError as e:
-        print(f"graphflow run: error: argument --cache-max-size: {e}", file=sys.stderr)
+        print(f"graphflow run: error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    ex = Executor(device=args.device, dtype=args.dtype, out_dir=args.out, cache_dir=cache_dir, limits=limits,
-                  cache_max_size=cache_max_size,
-                  check_finite=not args.no_check_finite)
     progress = Progress(not args.quiet and sys.stderr.isatty() or args.progress)
     ex.subscribe(progress, on_run_thread=True)  # bars must be closed before the results print
 
@@ -201,10 +207,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ValidationFailed(problems)
         from graphflow.sweep import Sweep
 
-        cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-        from graphflow.executor import Executor
-
-        ex = Executor(device=args.device, dtype=args.dtype, out_dir=args.out, cache_dir=cache_dir, limits=limits, check_finite=True)
+        try:
+            ex = _executor(args, limits)
+        except ValueError as e:
+            print(f"graphflow sweep: error: {e}", file=sys.stderr)
+            return EXIT_INVALID
         sw = Sweep(wf, axes["grid"], axes["zip"], args.out, ex, args.resume, limits)
     except ValidationFailed as e:
         _print_problems(e, False, args.workflow)
@@ -381,17 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="raise or lower a resource ceiling; repeatable ("
                         + ", ".join(f"{n} {getattr(d, n)}" for n in d.names()) + ")")
 
+    def execution_flags(sp: argparse.ArgumentParser) -> None:
+        """What `run` and `sweep` share: where models run, the disk cache, the NaN check."""
+        sp.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where models run (default: cpu)")
+        sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
+        sp.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
+        sp.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
+        sp.add_argument("--cache-max-size", metavar="SIZE", help="disk cache limit, least recently used out first (500M; default 4G)")
+        sp.add_argument("--no-check-finite", action="store_true", help="do not fail a node whose output holds NaN or Inf")
+
     r = sub.add_parser("run", help="validate, then run a workflow", description="Validate, then run a workflow.")
     r.add_argument("workflow", help="workflow JSON file")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a workflow parameter; repeatable")
     r.add_argument("--out", default="out", help="folder for files the workflow writes (default: out)")
-    r.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where models run (default: cpu)")
-    r.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
-    r.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
-    r.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
-    r.add_argument("--cache-max-size", metavar="SIZE", help="disk cache limit, least recently used out first (500M; default 4G)")
+    execution_flags(r)
     r.add_argument("--profile", action="store_true", help="print a per-node table of time and cache hits")
-    r.add_argument("--no-check-finite", action="store_true", help="do not fail a node whose output holds NaN or Inf")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
     common(r)
@@ -407,10 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", metavar="NAME=VALUE", help="a parameter for every item; repeatable")
     sw.add_argument("--out", default="sweep", help="the sweep's folder (default: sweep)")
     sw.add_argument("--resume", action="store_true", help="skip items the index already records as ok")
-    sw.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where models run (default: cpu)")
-    sw.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
-    sw.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
-    sw.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
+    execution_flags(sw)
     sw.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     common(sw)
     limit(sw)
