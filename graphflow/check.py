@@ -24,6 +24,7 @@ from graphflow.document import (
     Ref,
     ScopeDef,
     scope_chain,
+    scope_contents,
 )
 from graphflow.format import PARAM_VALUES, ParamType
 from graphflow.node import Node, Port
@@ -57,6 +58,8 @@ class CheckedGraph:
     order: dict[str | None, list[str]]
     #: scope id -> member -> the members of the same scope it reads
     preds: dict[str | None, dict[str, list[str]]]
+    #: scope id -> every node inside it, at any depth, sorted
+    within: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: body member -> the enclosing scopes it changes with from item to item (see ``variance``)
     varies: dict[str, frozenset[str]] = field(default_factory=dict)
     #: what later stages derive from the document alone (fingerprint recipes, the plan's shape,
@@ -103,6 +106,7 @@ class _Checker:
         self.problems: list[Problem] = []
         self.nodes = doc.all_nodes()
         self.chain = scope_chain(self.nodes)
+        self.within = scope_contents(self.chain)
         self.types: dict[str, type[Node]] = {}
         self.literals: dict[tuple[str, str], Any] = {}
         self.param_uses: dict[str, list[tuple[str, str, Port | None]]] = {p: [] for p in doc.params}
@@ -289,8 +293,9 @@ class _Checker:
     def check_literal_carries(self, s: ScopeDef) -> None:
         """A carried value written inline must suit every input that reads it: the first iteration
         would otherwise fail at run time, after models were loaded."""
-        readers = [(n, name) for n in self.nodes.values() if isinstance(n, NodeDef) and s.id in self.chain[n.id]
-                   for name, ref in n.inputs.items() if ref in [Link(s.id, c) for c in s.carry]]
+        carried = {Link(s.id, c) for c in s.carry}
+        readers = [(n, name) for n in map(self.nodes.get, self.within.get(s.id, ())) if isinstance(n, NodeDef)
+                   for name, ref in n.inputs.items() if ref in carried]
         for n, name in readers:
             carried = n.inputs[name].port
             init = s.carry[carried]
@@ -349,9 +354,9 @@ class _Checker:
         self.problems += cycles
         if self.problems:
             return None
-        varies = variance(self.nodes, self.chain, self.types, order)
+        varies = variance(self.nodes, self.chain, self.within, self.types, order)
         return CheckedGraph(self.doc, self.nodes, self.types, self.chain, self.literals, self.param_uses, self.limited, self.lists,
-                            order, preds, varies)
+                            order, preds, self.within, varies)
 
 
 def check(doc: Document, registry: Registry) -> tuple[CheckedGraph | None, list[Problem]]:

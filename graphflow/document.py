@@ -190,6 +190,16 @@ def scope_chain(nodes: dict[str, Def]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def scope_contents(chain: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Each scope id -> every node inside it, at any depth, sorted: one pass over the scope
+    chains, so no later stage scans the whole document once per scope."""
+    out: dict[str, list[str]] = {}
+    for nid, scopes in chain.items():
+        for s in scopes:
+            out.setdefault(s, []).append(nid)
+    return {s: tuple(sorted(ids)) for s, ids in out.items()}
+
+
 def member_of(chain: tuple[str, ...], nid: str, scope: str | None) -> str | None:
     """The member of ``scope``'s body (or of the top level, scope None) that holds node ``nid``
     (itself, or the scope nesting it); None if ``nid`` is not inside ``scope``."""

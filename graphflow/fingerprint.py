@@ -206,10 +206,11 @@ class Keys:
         ``files`` gives those paths once the run has them."""
         d = self.c.nodes[m]
         if isinstance(d, ScopeDef):
-            inner = frozenset(x for x in self.c.nodes if m in self.c.chain[x]) | {m}
+            inside = self.c.within.get(m, ())
+            inner = frozenset(inside) | {m}
             h = self._hash(d, inner, None, m)
             if h is not None:
-                for x in sorted(inner - {m}):
+                for x in inside:
                     part = self._hash(self.c.nodes[x], inner, None, m)
                     h.update(x.encode() + b"\0" + (part.digest() if part is not None else self._taint(m)))
         else:

@@ -41,7 +41,8 @@ def scope_order(doc: Document, nodes: dict[str, Def], chain: dict[str, tuple[str
     return order, preds, problems
 
 
-def variance(nodes: dict[str, Def], chain: dict[str, tuple[str, ...]], types: dict, order: dict[str | None, list[str]]) -> dict[str, frozenset[str]]:
+def variance(nodes: dict[str, Def], chain: dict[str, tuple[str, ...]], within: dict[str, tuple[str, ...]], types: dict,
+             order: dict[str | None, list[str]]) -> dict[str, frozenset[str]]:
     """For every member of a scope body: the enclosing scopes it changes with from item to item.
     It changes with a scope when it reads that scope's variables, or a value that changes with
     it; a node with a condition, a side effect or a declared use of the iteration changes with
@@ -60,7 +61,7 @@ def variance(nodes: dict[str, Def], chain: dict[str, tuple[str, ...]], types: di
             d = nodes[m]
             if isinstance(d, ScopeDef):
                 visit(m)
-                inside = [x for x in nodes if m in chain[x]]
+                inside = within.get(m, ())
                 own = [of(link, m) for fld, r in d.refs() if not fld.startswith(("next", "collect")) for link in ref_links(r)]
                 v = frozenset().union(*own, *(varies[x] for x in inside)) - {m, *inside}
             else:
