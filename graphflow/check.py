@@ -295,7 +295,7 @@ class _Checker:
         would otherwise fail at run time, after models were loaded."""
         carried = {Link(s.id, c) for c in s.carry}
         readers = [(n, name) for n in map(self.nodes.get, self.within.get(s.id, ())) if isinstance(n, NodeDef)
-                   for name, ref in n.inputs.items() if ref in carried]
+                   for name, ref in n.inputs.items() if isinstance(ref, Link) and ref in carried]
         for n, name in readers:
             carried = n.inputs[name].port
             init = s.carry[carried]
