@@ -7,6 +7,8 @@ The public API, for embedding the executor::
     ex = graphflow.Executor(cache_dir=".graphflow-cache")
     result = ex.run(wf.with_params(seed=7))
     image = result["image"]
+    for item in graphflow.sweep(wf, grid={"seed": [0, 1, 2]}, out_dir="sweep"):
+        print(item.item, item.status, item.files)
 """
 
 from graphflow.context import Cancelled, Context, UndeclaredContext
@@ -20,7 +22,7 @@ from graphflow.workflow import Workflow, load, registry
 __all__ = [
     "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "FileInput", "Inputs", "Kind", "Node", "NodeError",
     "Outputs", "Problem", "Registry", "RunHandle", "RunResult", "UndeclaredContext", "ValidationFailed", "Workflow",
-    "default_registry", "kind", "list_of", "load", "registry",
+    "default_registry", "kind", "list_of", "load", "registry", "sweep",
 ]
 __version__ = "0.1.0"
 
@@ -32,4 +34,8 @@ def __getattr__(name: str):
         from graphflow import executor
 
         return getattr(executor, name)
+    if name == "sweep":  # graphflow.sweep(workflow, grid=..., zip=..., ray=None): see graphflow/sweeps.py
+        from graphflow.sweeps import sweep
+
+        return sweep
     raise AttributeError(f"module 'graphflow' has no attribute {name!r}")

@@ -117,17 +117,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _executor(args: argparse.Namespace, limits):
-    """The executor `run` and `sweep` build from their shared flags (see ``execution_flags``)."""
+def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor settings `run` and `sweep` take from their shared flags (see ``execution_flags``);
+    a Ray sweep sends the same settings to each of its workers."""
     from graphflow.disk_cache import DEFAULT_MAX_BYTES, parse_size
-    from graphflow.executor import Executor
 
     try:
         max_size = DEFAULT_MAX_BYTES if args.cache_max_size is None else parse_size(args.cache_max_size)
     except ValueError as e:
         raise ValueError(f"argument --cache-max-size: {e}") from None
-    return Executor(device=args.device, dtype=args.dtype, out_dir=args.out, limits=limits, check_finite=not args.no_check_finite,
-                    cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()), cache_max_size=max_size)
+    cache_dir = None if args.no_cache else os.path.abspath(args.cache_dir or default_cache_dir())
+    return {"device": args.device, "dtype": args.dtype, "check_finite": not args.no_check_finite,
+            "cache_dir": cache_dir, "cache_max_size": max_size}
+
+
+def _executor(args: argparse.Namespace, limits):
+    from graphflow.executor import Executor
+
+    return Executor(out_dir=args.out, limits=limits, **_executor_options(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,7 +190,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run a workflow over a grid (and zipped lists) of parameter values; see graphflow/sweep.py."""
+    """Run a workflow over a grid (and zipped lists) of parameter values; see graphflow/sweeps.py
+    (and graphflow/ray_sweep.py for --ray)."""
+    from graphflow.ray_sweep import RayUnavailable
+
     try:
         wf, limits = _load(args)
         axes: dict[str, dict[str, Any]] = {"grid": {}, "zip": {}}
@@ -205,16 +215,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             problems.append(Problem("bad_set", "sweep needs at least one --grid or --zip"))
         if problems:
             raise ValidationFailed(problems)
-        from graphflow.sweep import Sweep
+        from graphflow.sweeps import Sweep
 
         try:
-            ex = _executor(args, limits)
+            if args.ray is None:
+                ex, ray_options = _executor(args, limits), None
+            else:
+                ex = None
+                ray_options = {"workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+                               "gpus_per_worker": args.gpus_per_worker, "executor_options": _executor_options(args),
+                               "plugins": args.plugin or []}
         except ValueError as e:
             print(f"graphflow sweep: error: {e}", file=sys.stderr)
             return EXIT_INVALID
-        sw = Sweep(wf, axes["grid"], axes["zip"], args.out, ex, args.resume, limits)
+        sw = Sweep(wf, axes["grid"], axes["zip"], args.out, ex, args.resume, limits, args.ray, ray_options)
     except ValidationFailed as e:
         _print_problems(e, False, args.workflow)
+        return EXIT_INVALID
+    except RayUnavailable as e:  # --ray without Ray installed
+        print(f"graphflow sweep: error: {e}", file=sys.stderr)
         return EXIT_INVALID
     from tqdm import tqdm
 
@@ -242,6 +261,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 tqdm.write(f"item {r.item} failed: node '{err.get('node')}' ({err.get('type')}): {err.get('message')}", file=sys.stderr)
             bar.update(1)
             bar.set_postfix_str(f"failed {failed}")
+    except RayUnavailable as e:  # the cluster could not be reached
+        print(f"graphflow sweep: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -418,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", metavar="NAME=VALUE", help="a parameter for every item; repeatable")
     sw.add_argument("--out", default="sweep", help="the sweep's folder (default: sweep)")
     sw.add_argument("--resume", action="store_true", help="skip items the index already records as ok")
+    sw.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="run the items on Ray actors: alone, a Ray started here for the sweep; 'auto' or HOST:PORT joins "
+                         "a cluster started with `ray start --head` (needs pip install 'graphflow[ray]')")
+    sw.add_argument("--workers", type=int, metavar="N", help="with --ray: actors to start (default: the cluster's CPUs / --cpus-per-worker)")
+    sw.add_argument("--cpus-per-worker", type=float, default=1, metavar="N", help="with --ray: CPUs (and torch threads) per actor (default 1)")
+    sw.add_argument("--gpus-per-worker", type=float, default=0, metavar="N", help="with --ray: GPUs per actor (default 0)")
     execution_flags(sw)
     sw.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     common(sw)

@@ -14,7 +14,7 @@ from PIL import Image
 from graphflow.cli import main
 from graphflow.executor import Executor
 from graphflow.problems import ValidationFailed
-from graphflow.sweep import Sweep, expand, read_index, run_order, sweep
+from graphflow.sweeps import Sweep, expand, read_index, run_order, sweep
 from graphflow.workflow import Workflow
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,35 +1,36 @@
 """Parameter sweeps: one workflow run over a grid (and zipped lists) of parameter values.
 
-``sweep(workflow, grid={"seed": [0, 1]}, zip={...}, out_dir="sweep")`` binds every parameter set
-first (one bad value: ``ValidationFailed`` naming the item and the parameter, nothing runs), then
-runs the items on ONE executor, yielding an ``ItemResult`` as each finishes.
+``sweep(workflow, grid={"seed": [0, 1]}, zip={...}, out_dir="sweep", ray=None)`` binds every
+parameter set first (one bad value: ``ValidationFailed`` naming the item and the parameter,
+nothing runs), then runs the items and yields an ``ItemResult`` as each finishes, on this process
+(the default) or on Ray actors (``ray=True`` starts a local Ray, ``ray="auto"`` or
+``"HOST:PORT"`` joins a cluster; see ``graphflow.ray_sweep``).
 
-Why one executor whose ``out_dir`` is set per item (and not one executor per item sharing the
-model manager and the memory cache): ``Executor._execute`` reads ``self.out_dir`` when a run
-starts, to build that run's ``RunOptions``, and ``Executor.run`` waits for its run, so setting
-``executor.out_dir`` before each ``run`` puts each item's files in ``out_dir/item_NNNNN/`` while
-the caches, the model manager (the model loads once) and the worker thread are shared by
-construction, with nothing to keep in step. The caller's ``out_dir`` is restored at the end.
-Only the nodes that declare the output folder (``SaveImage``...) see the change; every other
-node's fingerprint is the same from item to item, so a prompt shared by items is encoded once.
+The sweep (this module) owns what must be one thing wherever items run: numbering, validation,
+resume, the index and the contact sheet. A runner only turns item numbers into ``ItemResult``s;
+``run_item`` is the one function that runs an item on an executor, used by both runners, so a
+result is the same bytes wherever it ran.
+
+Why, locally, one executor whose ``out_dir`` is set per item (and not one executor per item
+sharing the model manager and the memory cache): ``Executor._execute`` reads ``self.out_dir`` when
+a run starts, and ``Executor.run`` waits for its run, so setting ``executor.out_dir`` before each
+``run`` puts each item's files in ``out_dir/item_NNNNN/`` while the caches, the model manager (the
+model loads once) and the worker thread are shared by construction. Only the nodes that declare
+the output folder (``SaveImage``...) see the change; every other node's fingerprint is the same
+from item to item, so a prompt shared by items is encoded once.
 
 Items are run in an order that does shared work once: sorted, stably, by the values of the
 varying parameters that feed the nodes nearest the start of the graph (model, prompt) before
 those fed deeper (seed, guidance). Items are numbered in the order given (the grid's cartesian
 product, first axis slowest, the zipped lists as one more, last, axis).
 
-Items and results are plain data (a dict of parameters in, an ``ItemResult`` of paths, status,
-error and seconds out), so another runner (Ray) can take the items and feed the same index.
-
 ``out_dir/index.jsonl`` gets one JSON line per finished item (append, flush, fsync: a killed
-sweep leaves whole lines); ``resume=True`` skips items with an ``ok`` line. ``contact_sheet.png``
-tiles each item's first image, labelled; ``contact_sheet.json`` gives each tile's box.
+sweep leaves whole lines); ``resume=True`` skips items with an ``ok`` line.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import socket
 import threading
@@ -41,16 +42,13 @@ from typing import Any
 
 import orjson
 
+from graphflow.contact_sheet import SHEET, SHEET_LAYOUT, write_contact_sheet
 from graphflow.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
 
-__all__ = ["ItemResult", "Sweep", "expand", "params_key", "read_index", "run_order", "sweep"]
+__all__ = ["SHEET", "SHEET_LAYOUT", "ItemResult", "Sweep", "expand", "params_key", "read_index", "run_item", "run_order", "sweep"]
 
 INDEX = "index.jsonl"
-SHEET = "contact_sheet.png"
-SHEET_LAYOUT = "contact_sheet.json"
-LABEL_H = 14  # pixels of a label band (PIL's default bitmap font is about 11 high)
-PAD = 2
 
 
 @dataclass
@@ -66,11 +64,14 @@ class ItemResult:
     host: str = ""
     runs: dict[str, int] = field(default_factory=dict)  # node id -> times its code ran
     image: Any = field(default=None, repr=False)  # (H, W, 3) uint8 array of the first image, or None
+    worker: str = ""  # "host:pid" of the process that ran it
+    attempts: int = 1  # > 1: its worker died and it was run again elsewhere
+    loads: int = 0  # model loads its worker had done when it finished (constant after the first item)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("image")
-        d.pop("runs")
+        for k in ("image", "runs", "loads"):
+            d.pop(k)
         return d
 
 
@@ -187,17 +188,48 @@ def _first_image(outputs: dict[str, Any]):
     return (v[:1].detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()[0] * 255).round().astype("uint8")
 
 
+def run_item(ex, bound, item: int, params: dict[str, Any], folder: Path, prefix: str = "") -> ItemResult:
+    """Run one item on ``ex``, its files going to ``folder`` (named ``prefix`` + their name in the
+    result). The one place an item runs, whichever runner called it."""
+    before = set(_files(folder))
+    ex.out_dir = folder
+    t0 = time.perf_counter()
+    result = ex.run(bound)
+    seconds = time.perf_counter() - t0
+    files = sorted(prefix + str(p.relative_to(folder)) for p in set(_files(folder)) - before)
+    host = socket.gethostname()
+    common = {"host": host, "worker": f"{host}:{os.getpid()}", "runs": {n: s.runs for n, s in result.stats.items()},
+              "loads": sum(ex.models.loads.values())}
+    if result.cancelled:
+        return ItemResult(item, params, "cancelled", files, None, seconds, **common)
+    error = None
+    if result.errors:
+        e = result.errors[0]
+        error = {"node": e.node, "type": e.type, "message": e.message}
+    elif result.missing:
+        name, why = next(iter(result.missing.items()))
+        error = {"node": None, "type": None, "message": f"output '{name}' not produced: {why}"}
+    image = _first_image(result.outputs) if error is None else None
+    return ItemResult(item, params, "ok" if error is None else "failed", files, error, round(seconds, 4), image=image, **common)
+
+
 class Sweep:
     """A prepared sweep: every item bound and ordered. Iterate it to run; ``cancel()`` from another
-    thread (a signal handler) stops after the current node or loop step."""
+    thread (a signal handler) stops after the current node or loop step.
+
+    ``ray``: None runs here on ``executor``; True (or "local") starts a Ray instance on this
+    machine for the sweep; "auto" or "HOST:PORT" joins a running cluster. ``ray_options``: the
+    Ray runner's settings (workers, cpus_per_worker, gpus_per_worker, max_attempts, executor
+    options and plugins for the workers); see ``graphflow.ray_sweep.RaySweep``."""
 
     def __init__(self, workflow, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None,
-                 out_dir: str | Path = "sweep", executor=None, resume: bool = False, limits: Limits | None = None) -> None:
+                 out_dir: str | Path = "sweep", executor=None, resume: bool = False, limits: Limits | None = None,
+                 ray: bool | str | None = None, ray_options: dict[str, Any] | None = None) -> None:
         self.workflow, self.out_dir, self.resume = workflow, Path(out_dir), resume
         self.grid = dict(grid or {})
         self.items = expand(grid, zip)
         self.limits = limits or (executor.limits if executor is not None else Limits())
-        checked = workflow.checked()  # once; raises ValidationFailed for a bad document
+        self.checked = workflow.checked()  # once; raises ValidationFailed for a bad document
         problems: list[Problem] = []
         self.bound = []
         for i, params in enumerate(self.items):
@@ -208,19 +240,29 @@ class Sweep:
                              for p in e.problems]
         if problems:
             raise ValidationFailed(problems)
-        self.order = run_order(self.items, checked)
+        self.order = run_order(self.items, self.checked)
         self._executor = executor
         self._cancel = threading.Event()
-        self.host = socket.gethostname()
         self.results: dict[int, ItemResult] = {}
+        self.runner = None
+        if ray is not None and ray is not False:
+            from graphflow.ray_sweep import RaySweep
+
+            self.runner = RaySweep(self, address=ray, **(ray_options or {}))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def cancel(self) -> None:
         self._cancel.set()
-        if self._executor is not None:
+        if self.runner is not None:
+            self.runner.cancel()
+        elif self._executor is not None:
             self._executor.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     @property
     def executor(self):
@@ -239,52 +281,45 @@ class Sweep:
         done = {params_key(r.get("params", {})): r for r in previous if r.get("status") == "ok"}
         if not self.resume and (self.out_dir / INDEX).exists():
             read_index(self.out_dir, repair=True)  # appending to an old index: start on a whole line
-        ex = self.executor
-        saved_out = ex.out_dir
+        todo = []
         try:
             for i in self.order:
                 params = self.items[i]
                 old = done.get(params_key(params))
-                if old is not None:
-                    r = ItemResult(i, params, "skipped", list(old.get("files", [])), None, float(old.get("seconds", 0.0)), old.get("host", ""))
-                    self.results[i] = r
-                    yield r
+                if old is None:
+                    todo.append(i)
                     continue
-                if self._cancel.is_set():
-                    return
-                r = self._run_item(ex, i)
-                if r.status == "cancelled":
-                    self.results[i] = r
-                    yield r
-                    return
-                self._append(r)
+                r = ItemResult(i, params, "skipped", list(old.get("files", [])), None, float(old.get("seconds", 0.0)),
+                               old.get("host", ""), worker=old.get("worker", ""))
                 self.results[i] = r
                 yield r
+            results = self._run_here(todo) if self.runner is None else self.runner.run(todo)
+            for r in results:
+                self.results[r.item] = r
+                if r.status == "cancelled":
+                    yield r
+                    continue
+                self._append(r)
+                yield r
         finally:
-            ex.out_dir = saved_out
+            if self.runner is not None:
+                self.runner.close()
             self.write_contact_sheet()
 
-    def _run_item(self, ex, i: int) -> ItemResult:
-        params = self.items[i]
-        folder = self.out_dir / f"item_{i:05d}"
-        before = set(_files(folder))
-        ex.out_dir = folder
-        t0 = time.perf_counter()
-        result = ex.run(self.bound[i])
-        seconds = time.perf_counter() - t0
-        files = sorted(str(p.relative_to(self.out_dir)) for p in set(_files(folder)) - before)
-        runs = {n: s.runs for n, s in result.stats.items()}
-        if result.cancelled:
-            return ItemResult(i, params, "cancelled", files, None, seconds, self.host, runs)
-        error = None
-        if result.errors:
-            e = result.errors[0]
-            error = {"node": e.node, "type": e.type, "message": e.message}
-        elif result.missing:
-            name, why = next(iter(result.missing.items()))
-            error = {"node": None, "type": None, "message": f"output '{name}' not produced: {why}"}
-        image = _first_image(result.outputs) if error is None else None
-        return ItemResult(i, params, "ok" if error is None else "failed", files, error, round(seconds, 4), self.host, runs, image)
+    def _run_here(self, todo: list[int]) -> Iterator[ItemResult]:
+        ex = self.executor
+        saved_out = ex.out_dir
+        try:
+            for i in todo:
+                if self._cancel.is_set():
+                    return
+                prefix = f"item_{i:05d}/"
+                r = run_item(ex, self.bound[i], i, self.items[i], self.out_dir / prefix, prefix)
+                yield r
+                if r.status == "cancelled":
+                    return
+        finally:
+            ex.out_dir = saved_out
 
     def _append(self, r: ItemResult) -> None:
         line = orjson.dumps(r.to_json()) + b"\n"
@@ -295,75 +330,8 @@ class Sweep:
         finally:
             os.close(fd)
 
-    # --- the contact sheet ---------------------------------------------------------------------
-
-    def _tile(self, r: ItemResult):
-        if r.image is not None:
-            return r.image
-        for f in r.files:  # an item done by an earlier sweep: its saved picture
-            if f.lower().endswith(".png") and (self.out_dir / f).exists():
-                import numpy as np
-                from PIL import Image
-
-                with Image.open(self.out_dir / f) as im:
-                    return np.asarray(im.convert("RGB"))
-        return None
-
     def write_contact_sheet(self) -> Path | None:
-        """Tile every finished item's first image; None when there is none. Two grid axes (and no
-        zip): an XY plot, rows the first axis's values, columns the second's. Otherwise one tile per
-        item, in item order, ceil(sqrt(n)) columns, each labelled with the varying parameters."""
-        tiles = {i: t for i, r in sorted(self.results.items()) if r.status in ("ok", "skipped") and (t := self._tile(r)) is not None}
-        if not tiles:
-            return None
-        from PIL import Image, ImageDraw
-
-        th = max(t.shape[0] for t in tiles.values())
-        tw = max(t.shape[1] for t in tiles.values())
-        varying = [k for k in self.items[0] if len({params_key({k: it[k]}) for it in self.items}) > 1]
-        xy = len(self.grid) == 2 and len(self.items[0]) == 2 and len(self.items) > 1
-        boxes: dict[int, tuple[int, int]] = {}
-        if xy:
-            (rk, rv), (ck, cv) = self.grid.items()
-            rows, cols = len(rv), len(cv)
-            left = max(60, 7 * max(len(f"{rk}={v}") for v in rv)) + PAD
-            top = LABEL_H + PAD
-            W, H = left + cols * (tw + PAD), top + rows * (th + PAD)
-            sheet = Image.new("RGB", (W, H), "white")
-            draw = ImageDraw.Draw(sheet)
-            for c, v in enumerate(cv):
-                draw.text((left + c * (tw + PAD) + 1, 1), f"{ck}={v}", fill="black")
-            for r_, v in enumerate(rv):
-                draw.text((1, top + r_ * (th + PAD) + th // 2 - 5), f"{rk}={v}", fill="black")
-            for i in tiles:
-                r_, c = divmod(i, cols)
-                boxes[i] = (left + c * (tw + PAD), top + r_ * (th + PAD))
-        else:
-            n = len(self.items)
-            cols = max(1, math.ceil(math.sqrt(n)))
-            rows = math.ceil(n / cols)
-            W, H = cols * (tw + PAD), rows * (th + LABEL_H + PAD)
-            sheet = Image.new("RGB", (W, H), "white")
-            draw = ImageDraw.Draw(sheet)
-            for i in tiles:
-                r_, c = divmod(i, cols)
-                x, y = c * (tw + PAD), r_ * (th + LABEL_H + PAD)
-                boxes[i] = (x, y)
-                label = _label({k: self.items[i][k] for k in varying}) or f"item {i}"
-                draw.text((x + 1, y + th + 1), label, fill="black")
-        for i, t in tiles.items():
-            sheet.paste(Image.fromarray(t), boxes[i])
-        import io
-
-        from graphflow.atomic import write_atomic
-
-        buf = io.BytesIO()
-        sheet.save(buf, format="PNG")
-        path = write_atomic(self.out_dir / SHEET, buf.getvalue())
-        layout = {"rows": rows, "cols": cols, "tile": [tw, th], "xy": xy,
-                  "boxes": {str(i): [x, y, tiles[i].shape[1], tiles[i].shape[0]] for i, (x, y) in boxes.items()}}
-        write_atomic(self.out_dir / SHEET_LAYOUT, orjson.dumps(layout, option=orjson.OPT_INDENT_2))
-        return path
+        return write_contact_sheet(self.out_dir, self.items, self.grid, self.results)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -374,8 +342,8 @@ def _files(folder: Path) -> list[Path]:
 
 def sweep(workflow, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None,
           out_dir: str | Path = "sweep", executor=None, resume: bool = False,
-          limits: Limits | None = None) -> Iterator[ItemResult]:
+          limits: Limits | None = None, ray: bool | str | None = None, **ray_options: Any) -> Iterator[ItemResult]:
     """Bind every item now (raises ValidationFailed, nothing run), then a lazy iterator that runs
     them and yields each ``ItemResult`` as it finishes. See the module's doc."""
-    s = Sweep(workflow, grid, zip, out_dir, executor, resume, limits)
+    s = Sweep(workflow, grid, zip, out_dir, executor, resume, limits, ray, ray_options)
     return iter(s)

@@ -1,0 +1,327 @@
+"""Running a sweep's items on Ray actors (``graphflow sweep --ray``, ``sweep(..., ray=...)``).
+
+Ray does the distribution (processes, scheduling on a cluster, detecting a dead worker, moving
+data); this module only decides which item goes to which actor and turns what comes back into the
+sweep's ``ItemResult``s. The sweep (``graphflow.sweeps``) still owns numbering, the index, resume
+and the contact sheet, so a Ray sweep's folder is the same as a local one's.
+
+Why actors, not tasks: an actor is a process that keeps one ``Executor``, with its loaded models
+and its memory cache, across items; a task per item would load the model per item. Each actor
+runs ``run_item``, the same function the local sweep runs, so the bytes are the same.
+
+Why files come back as bytes: on a cluster the actor's disk is another machine's. The actor runs
+an item into a private temporary folder, returns the files' bytes, and deletes the folder; the
+driver writes them into ``OUT/item_NNNNN/``. The images are small next to the compute.
+
+Cache affinity: before anything runs, every item's node fingerprints are computed (the engine's
+own, the same the caches use). Items are dealt to actors in run order, each to the actor whose
+items already share most of its fingerprints (the same prompt encoding, the same model), within
+an even share per actor; an idle actor whose queue is empty takes work from the back of the
+longest queue when that queue holds more than one item (stealing a queue's last item would save
+at most one item's time at the end, and cost the work the two actors then both do). With ``cache_dir`` on shared storage, actors also share the disk cache: the
+fingerprints hold content ids, not paths or hosts, so one actor's entry is right for another.
+
+Failures: an item whose node fails is an ordinary ``failed`` result (the sweep goes on). An actor
+that dies (killed, out of memory) loses only its item in flight: that item is run again on another
+actor, up to ``max_attempts`` in all, its queue goes to the others, and a replacement actor is
+started while the number of replacements allows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from graphflow.atomic import write_new
+
+__all__ = ["INSTALL", "RayUnavailable", "RaySweep", "SweepWorker"]
+
+INSTALL = "pip install 'graphflow[ray]'"
+CANCEL_GRACE_S = 30.0  # how long a cancelled sweep waits for items in flight before killing actors
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed (or a cluster cannot be joined): the sweep cannot start."""
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable(f"--ray needs Ray, an optional extra: {INSTALL}") from None
+    return ray
+
+
+class SweepWorker:
+    """The body of a Ray actor: one executor, kept across items (made a Ray actor class at run
+    time, so that importing graphflow never imports Ray)."""
+
+    def __init__(self, doc, params: dict[str, Any], plugins: list[str], executor_options: dict[str, Any], limits,
+                 cwd: str | None = None) -> None:
+        if cwd and os.path.isdir(cwd):  # relative paths in parameters mean what they meant to the driver
+            os.chdir(cwd)
+        from graphflow.executor import Executor
+        from graphflow.registry import default_registry
+        from graphflow.workflow import Workflow
+
+        self.wf = Workflow(doc, default_registry(plugins), params)
+        self.limits = limits
+        self.ex = Executor(limits=limits, **executor_options)
+        self.host = socket.gethostname()
+
+    def info(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": os.getpid(), "threads": os.environ.get("OMP_NUM_THREADS"),
+                "loads": sum(self.ex.models.loads.values())}
+
+    def run(self, item: int, params: dict[str, Any], attempt: int):
+        """Run one item; returns (ItemResult, {file name: bytes})."""
+        from graphflow.sweeps import run_item
+
+        bound = self.wf.bind(params, self.limits)
+        with tempfile.TemporaryDirectory(prefix="graphflow-item-") as tmp:
+            r = run_item(self.ex, bound, item, params, Path(tmp))
+            r.attempts = attempt
+            files = {name: (Path(tmp) / name).read_bytes() for name in r.files}
+        return r, files
+
+    def cancel(self) -> None:
+        self.ex.cancel()
+
+
+def affinity_keys(sweep, todo: list[int]) -> dict[int, frozenset]:
+    """Per item, the fingerprints of its top-level nodes that it shares with some but not all
+    other items: what an actor that ran one of those items has in its caches."""
+    from graphflow.fingerprint import Keys, RunOptions
+
+    members = sweep.checked.order.get(None, [])
+    keys: dict[int, frozenset] = {}
+    for i in todo:
+        k = Keys(sweep.bound[i], RunOptions(), "affinity")
+        k.all(members)
+        keys[i] = frozenset(fp for m, fp in k.fps.items() if fp is not None and m not in k.tainted)
+    if keys:
+        common = frozenset.intersection(*keys.values())
+        keys = {i: ks - common for i, ks in keys.items()}
+    return keys
+
+
+def deal(todo: list[int], keys: dict[int, frozenset], n: int) -> list[deque]:
+    """Items (in run order) dealt to ``n`` queues: each to the queue sharing most fingerprints
+    with it, among those under an even share; ties to the shortest queue."""
+    cap = max(1, math.ceil(len(todo) / max(1, n)))
+    queues: list[deque] = [deque() for _ in range(n)]
+    seen: list[set] = [set() for _ in range(n)]
+    for i in todo:
+        a = max(range(n), key=lambda q: (len(queues[q]) < cap, len(keys.get(i, frozenset()) & seen[q]), -len(queues[q]), -q))
+        queues[a].append(i)
+        seen[a] |= keys.get(i, frozenset())
+    return queues
+
+
+class _Actor:
+    __slots__ = ("handle", "queue", "alive", "busy", "name")
+
+    def __init__(self, handle, name: str) -> None:
+        self.handle, self.queue, self.alive, self.busy, self.name = handle, deque(), True, False, name
+
+
+class RaySweep:
+    """Runs a ``Sweep``'s items on Ray actors. ``address``: True/"local" starts a Ray instance on
+    this machine (stopped at the end); "auto" or "HOST:PORT" joins a cluster started with
+    ``ray start --head``. ``workers``: actors (default: as many as the cluster's CPUs allow at
+    ``cpus_per_worker`` each, and its GPUs at ``gpus_per_worker``). Each actor's torch threads are
+    its CPUs (OMP_NUM_THREADS), so actors do not fight over cores."""
+
+    def __init__(self, sweep, address: bool | str = True, workers: int | None = None, cpus_per_worker: float = 1,
+                 gpus_per_worker: float = 0, max_attempts: int = 2, max_replacements: int | None = None,
+                 executor_options: dict[str, Any] | None = None, plugins: list[str] | tuple = ()) -> None:
+        self.ray = _import_ray()
+        self.sweep = sweep
+        self.address = None if address in (True, "local", "") else str(address)
+        self.workers, self.cpus, self.gpus = workers, float(cpus_per_worker), float(gpus_per_worker)
+        self.max_attempts = max(1, int(max_attempts))
+        self.max_replacements = max_replacements
+        self.executor_options = dict(executor_options or {})
+        self.plugins = [os.path.abspath(p) for p in plugins]
+        self.actors: list[_Actor] = []
+        self.replaced = 0
+        self._cancelled = False
+        self._started_ray = False
+        self._owns_connection = False
+
+    # --- connecting ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
+        try:
+            if self.address is None:
+                ray.init(**kw)
+                self._started_ray = True
+            else:
+                ray.init(address=self.address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayUnavailable(f"cannot reach the Ray cluster at {self.address!r}: {e}") from None
+        self._owns_connection = True
+
+    def _worker_count(self) -> int:
+        if self.workers:
+            return max(1, int(self.workers))
+        res = self.ray.cluster_resources()
+        n = int(res.get("CPU", 1) // self.cpus) if self.cpus > 0 else 1
+        if self.gpus > 0:
+            n = min(n, int(res.get("GPU", 0) // self.gpus))
+        return max(1, n)
+
+    def _start_actor(self, name: str) -> _Actor:
+        threads = str(max(1, int(self.cpus)))
+        cls = self.ray.remote(SweepWorker).options(
+            num_cpus=self.cpus, num_gpus=self.gpus, max_concurrency=2,  # run + cancel at once
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}})
+        wf = self.sweep.workflow
+        handle = cls.remote(wf.doc, wf.params, self.plugins, self.executor_options, self.sweep.limits, os.getcwd())
+        return _Actor(handle, name)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def info(self) -> list[dict[str, Any]]:
+        """Each live actor's host, pid, torch threads and model loads (for tests and tools)."""
+        live = [a for a in self.actors if a.alive]
+        return [dict(self.ray.get(a.handle.info.remote(), timeout=120), name=a.name) for a in live]
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        for a in self.actors:
+            if a.alive:
+                try:
+                    a.handle.cancel.remote()
+                except Exception:  # noqa: BLE001 - a dead actor has nothing to cancel
+                    pass
+
+    def run(self, todo: list[int]):
+        """Yield an ``ItemResult`` per item as it finishes (its files already written)."""
+        if not todo:
+            return
+        self._connect()
+        n = min(self._worker_count(), len(todo))
+        if self.max_replacements is None:
+            self.max_replacements = n
+        queues = deal(todo, affinity_keys(self.sweep, todo), n)
+        self.actors = [self._start_actor(f"worker-{k}") for k in range(n)]
+        for a, q in zip(self.actors, queues):
+            a.queue = q
+        attempts = {i: 0 for i in todo}
+        inflight: dict[Any, tuple[_Actor, int]] = {}
+        cancel_deadline = None
+        while True:
+            if self._cancelled:
+                cancel_deadline = cancel_deadline or time.monotonic() + CANCEL_GRACE_S
+                for a in self.actors:
+                    a.queue.clear()
+            else:
+                self._dispatch(inflight, attempts)
+            if not inflight:
+                return
+            if cancel_deadline is not None and time.monotonic() > cancel_deadline:
+                return
+            ready, _ = self.ray.wait(list(inflight), num_returns=1, timeout=0.5)
+            for ref in ready:
+                a, i = inflight.pop(ref)
+                a.busy = False
+                yield from self._collect(ref, a, i, attempts)
+
+    def _dispatch(self, inflight: dict, attempts: dict[int, int]) -> None:
+        live = [a for a in self.actors if a.alive]
+        for a in live:
+            if a.busy:
+                continue
+            if not a.queue:  # idle: take from the back of the longest queue, if it has more than one item
+                donor = max(live, key=lambda b: len(b.queue))  # (its last item waits at most one item's time)
+                if len(donor.queue) > 1:
+                    a.queue.append(donor.queue.pop())
+            if not a.queue:
+                continue
+            i = a.queue.popleft()
+            attempts[i] += 1
+            ref = a.handle.run.remote(i, self.sweep.items[i], attempts[i])
+            inflight[ref] = (a, i)
+            a.busy = True
+
+    def _collect(self, ref, a: _Actor, i: int, attempts: dict[int, int]):
+        from graphflow.sweeps import ItemResult
+
+        ray = self.ray
+        params = self.sweep.items[i]
+        try:
+            r, files = ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            self._lost(a)
+            if self._cancelled:
+                yield ItemResult(i, params, "cancelled", attempts=attempts[i])
+            elif attempts[i] < self.max_attempts and any(b.alive for b in self.actors):
+                min((b for b in self.actors if b.alive), key=lambda b: len(b.queue)).queue.appendleft(i)
+            else:
+                msg = f"its worker died {attempts[i]} time(s) ({type(e).__name__}); not retried"
+                yield ItemResult(i, params, "failed", error={"node": None, "type": None, "message": msg}, attempts=attempts[i],
+                                 worker=a.name)
+                if not any(b.alive for b in self.actors):
+                    yield from self._abandon("every worker died")
+            return
+        except ray.exceptions.RayTaskError as e:  # the worker's own code raised: a bug, not the item's
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            yield ItemResult(i, params, "failed", error={"node": None, "type": None, "message": msg}, attempts=attempts[i])
+            return
+        r.files = self._write(i, files)
+        yield r
+
+    def _lost(self, a: _Actor) -> None:
+        """An actor died: its queue goes to the live ones, and a replacement starts if allowed."""
+        a.alive = False
+        orphans = list(a.queue)
+        a.queue.clear()
+        if not self._cancelled and self.replaced < (self.max_replacements or 0):
+            self.replaced += 1
+            self.actors.append(self._start_actor(f"worker-{len(self.actors)}"))
+        live = [b for b in self.actors if b.alive]
+        for k, i in enumerate(orphans):
+            if live:
+                live[k % len(live)].queue.append(i)
+
+    def _abandon(self, why: str):
+        from graphflow.sweeps import ItemResult
+
+        for a in self.actors:
+            while a.queue:
+                i = a.queue.popleft()
+                yield ItemResult(i, self.sweep.items[i], "failed", error={"node": None, "type": None, "message": why})
+
+    def _write(self, i: int, files: dict[str, bytes]) -> list[str]:
+        folder = self.sweep.out_dir / f"item_{i:05d}"
+        names = []
+        for name in sorted(files):
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path = write_new(target.parent, target.name, files[name])
+            names.append(str(path.relative_to(self.sweep.out_dir)))
+        return names
+
+    def close(self) -> None:
+        """Stop this sweep's actors; stop Ray if this sweep started it, else just disconnect."""
+        ray = self.ray
+        for a in self.actors:
+            try:
+                ray.kill(a.handle)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors = []
+        if self._owns_connection and ray.is_initialized():
+            ray.shutdown()
