@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,11 +85,37 @@ def _file_hash(path: str, st: os.stat_result) -> str:
     return value
 
 
+_steady = threading.local()
+
+
+@contextmanager
+def steady_files():
+    """Within the block, each path's content id is worked out once: for a caller fingerprinting
+    many parameter sets at one moment (a sweep dealing its items), where re-walking a model folder
+    per set costs milliseconds and the files cannot be expected to change meanwhile."""
+    outer = getattr(_steady, "ids", None)
+    _steady.ids = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _steady.ids = outer
+
+
 def content_id(path: str | Path) -> str:
     """The identity of a file or folder by content: the same bytes anywhere give the same id; a
     folder's id covers its files' relative names and contents. A missing path has an id of its own
     (the node that reads it reports the error when it runs)."""
     p = os.fspath(path)
+    ids = getattr(_steady, "ids", None)
+    if ids is not None:
+        hit = ids.get(p)
+        if hit is None:
+            _steady.ids = None
+            try:
+                hit = ids[p] = content_id(p)
+            finally:
+                _steady.ids = ids
+        return hit
     try:
         st = os.stat(p)
     except OSError:

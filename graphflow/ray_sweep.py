@@ -40,7 +40,7 @@ from typing import Any
 
 from graphflow.atomic import write_new
 
-__all__ = ["INSTALL", "RayUnavailable", "RaySweep", "SweepWorker"]
+__all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker"]
 
 INSTALL = "pip install 'graphflow[ray]'"
 CANCEL_GRACE_S = 30.0  # how long a cancelled sweep waits for items in flight before killing actors
@@ -56,6 +56,18 @@ def _import_ray():
     except ImportError:
         raise RayUnavailable(f"--ray needs Ray, an optional extra: {INSTALL}") from None
     return ray
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on an address nothing listens at: Ray itself retries for minutes."""
+    host, _, port = address.rpartition(":")
+    if address.startswith("ray://"):
+        return  # Ray Client: its own protocol and timeouts
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} ({e}); start one with `ray start --head`") from None
 
 
 class SweepWorker:
@@ -97,14 +109,15 @@ class SweepWorker:
 def affinity_keys(sweep, todo: list[int]) -> dict[int, frozenset]:
     """Per item, the fingerprints of its top-level nodes that it shares with some but not all
     other items: what an actor that ran one of those items has in its caches."""
-    from graphflow.fingerprint import Keys, RunOptions
+    from graphflow.fingerprint import Keys, RunOptions, steady_files
 
     members = sweep.checked.order.get(None, [])
     keys: dict[int, frozenset] = {}
-    for i in todo:
-        k = Keys(sweep.bound[i], RunOptions(), "affinity")
-        k.all(members)
-        keys[i] = frozenset(fp for m, fp in k.fps.items() if fp is not None and m not in k.tainted)
+    with steady_files():
+        for i in todo:
+            k = Keys(sweep.bound[i], RunOptions(), "affinity")
+            k.all(members)
+            keys[i] = frozenset(fp for m, fp in k.fps.items() if fp is not None and m not in k.tainted)
     if keys:
         common = frozenset.intersection(*keys.values())
         keys = {i: ks - common for i, ks in keys.items()}
@@ -125,7 +138,7 @@ def deal(todo: list[int], keys: dict[int, frozenset], n: int) -> list[deque]:
 
 
 class _Actor:
-    __slots__ = ("handle", "queue", "alive", "busy", "name")
+    __slots__ = ("alive", "busy", "handle", "name", "queue")
 
     def __init__(self, handle, name: str) -> None:
         self.handle, self.queue, self.alive, self.busy, self.name = handle, deque(), True, False, name
@@ -163,6 +176,8 @@ class RaySweep:
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
+        if self.address not in (None, "auto"):
+            _reachable(self.address)
         try:
             if self.address is None:
                 ray.init(**kw)
@@ -204,7 +219,7 @@ class RaySweep:
             if a.alive:
                 try:
                     a.handle.cancel.remote()
-                except Exception:  # noqa: BLE001 - a dead actor has nothing to cancel
+                except Exception:
                     pass
 
     def run(self, todo: list[int]):
@@ -320,7 +335,7 @@ class RaySweep:
         for a in self.actors:
             try:
                 ray.kill(a.handle)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:
                 pass
         self.actors = []
         if self._owns_connection and ray.is_initialized():
