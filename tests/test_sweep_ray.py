@@ -147,3 +147,16 @@ def test_ray_missing_exits_2_with_the_install_command(tmp_path, tiny_model):
     assert p.returncode == 2, p.stderr
     assert "pip install 'graphflow[ray]'" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_actors_share_a_disk_cache(tmp_path, tiny_model, ray_session):
+    """Two sweeps, each with fresh actors, over one --cache-dir: the second computes nothing but the
+    saving, whichever actor computed each entry, and gives the same bytes."""
+    opts = {"workers": 2, "executor_options": {"cache_dir": str(tmp_path / "shared-cache")}}
+    grid = {"seed": [0, 1]}
+    first = list(Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "a", ray="local", ray_options=opts))
+    second = list(Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "b", ray="local", ray_options=opts))
+    assert all(r.runs.get("denoise") == 1 for r in first), [r.runs for r in first]
+    assert all(r.runs.get("denoise", 0) == 0 and r.runs.get("cond", 0) == 0 and r.runs.get("save") == 1 for r in second), [r.runs for r in second]
+    assert pngs(tmp_path / "a") == pngs(tmp_path / "b")
