@@ -76,3 +76,35 @@ def test_unreachable_cluster_exits_2_naming_it(tmp_path, tiny_model):
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr[-2000:]
     assert f"127.0.0.1:{port}" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_cli_ray_alone_starts_ray_and_ctrl_c_stops_it_cleanly(tmp_path, tiny_model):
+    """`--ray` alone: a Ray started for the sweep and stopped after it. Ctrl-C after the first item:
+    exit 130, the index holds whole lines of finished items only, no Ray process is left."""
+    import signal
+    import time
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([GRAPHFLOW, "sweep", TXT2IMG, "--set", f"model={tiny_model}", "--set", "steps=30",
+                             "--grid", "seed=[0,1,2,3,4,5,6,7]", "--ray", "--workers", "2", "--out", "sw", "--no-cache"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    index = tmp_path / "sw" / "index.jsonl"
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and not (index.exists() and index.read_bytes().count(b"\n") >= 1):
+            time.sleep(0.2)
+        assert index.exists(), "no item finished in time"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    done = read_index(tmp_path / "sw")
+    assert 1 <= len(done) < 8 and all(r["status"] == "ok" for r in done)
+    assert index.read_bytes().endswith(b"\n")
+    assert all((tmp_path / "sw" / r["files"][0]).exists() for r in done)
+    leftover = subprocess.run(["pgrep", "-f", "ray::SweepWorker"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""  # the sweep's actors are gone with its Ray
