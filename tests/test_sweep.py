@@ -175,3 +175,18 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert idx[1]["error"]["node"] == "q" and "ZeroDivisionError" in idx[1]["error"]["message"]
     assert (tmp_path / "div" / "item_00002" / "q.txt").exists()
     assert not os.path.exists(tmp_path / "div" / "contact_sheet.png")  # no images, no sheet
+
+
+def test_a_change_after_the_loop_reuses_the_latents(tmp_path, tiny_model):
+    """Items that differ only downstream of the denoising loop (here the saved file's prefix)
+    denoise once: the loop's result is shared through the executor's cache."""
+    doc = orjson.loads(Path(TXT2IMG).read_bytes())
+    doc["params"]["prefix"] = {"default": "txt2img", "type": "string"}
+    doc["nodes"]["save"]["inputs"]["prefix"] = {"param": "prefix"}
+    wf = Workflow.from_dict(doc).with_params(model=str(tiny_model), steps=2)
+    results = list(sweep(wf, grid={"prefix": ["a", "b", "c"]}, out_dir=tmp_path / "p", executor=Executor(out_dir=tmp_path / "x")))
+    assert [r.status for r in results] == ["ok"] * 3
+    assert sum(r.runs.get("denoise", 0) for r in results) == 1
+    assert sum(r.runs.get("decode", 0) for r in results) == 1
+    assert sum(r.runs.get("save", 0) for r in results) == 3
+    assert [Path(r.files[0]).name for r in sorted(results, key=lambda r: r.item)] == ["a_00001.png", "b_00001.png", "c_00001.png"]
