@@ -55,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(2048)  # before the address is printed: a client that reads it may connect at once
     except OSError as e:
         print(f"graphflow serve: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return EXIT_INVALID
