@@ -1,0 +1,39 @@
+"""The README's curl example, run as written against a real server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server_helpers import ROOT, ProcessServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_curl_example(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Server")
+    block = text.index("```sh\nURL=", start) + len("```sh\n")
+    script = text[block:text.index("```\n", block)]
+    s = ProcessServer(tmp_path)
+    try:
+        script = script.replace("URL=http://127.0.0.1:8188", f"URL={s.url}")
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+    finally:
+        s.stop()
+    lines = r.stdout.splitlines()
+    events = [line.split(": ", 1)[1] for line in lines if line.startswith("event: ")]
+    assert events[0] == "queued" and events[-1] == "run_finished" and events.count("loop_step") == 30
+    assert '"status":"done"' in lines[-1]
+    # "a yellow triangle on a black background": yellow in the middle, black at the corner
+    px = np.asarray(Image.open(tmp_path / "picture.png").convert("RGB")).astype(int)
+    assert px.shape == (64, 64, 3)
+    centre, corner = px[28:36, 28:36].reshape(-1, 3).mean(0), px[:4, :4].reshape(-1, 3).mean(0)
+    assert centre[0] > 120 and centre[1] > 120 and centre[2] < 90, centre
+    assert corner.max() < 70, corner
