@@ -96,6 +96,11 @@ def test_a_run_killed_twice_is_left_interrupted(tmp_path, servers):
     servers.append(s)
     r = Client(s.url).run(rid)
     assert (r["status"], r["attempts"], r["interruptions"]) == ("interrupted", 2, 2)
+    assert list(Client(s.url).events(rid, timeout=10))[-1]["status"] == "interrupted"
+    s.stop()
+    s = ProcessServer(tmp_path)  # a later life: the stream still ends, with the run's end
+    servers.append(s)
+    assert list(Client(s.url).events(rid, timeout=10))[-1]["status"] == "interrupted"
 
 
 def test_clients_dropping_mid_stream_disturb_nothing(tmp_path, servers):

@@ -241,6 +241,11 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
             batch, done, here = broker.read(run_id, k)
             if not here:
                 stored = await run_in_threadpool(store.events, run_id)
+                if stored is None:  # ended with no log kept (left running by a crash, then given up): its end only
+                    row = await run_in_threadpool(store.get, run_id)
+                    if row is not None and row["status"] in FINAL:
+                        stored = [{"type": "run_finished", "status": row["status"], "ok": row["status"] == "done",
+                                   "cancelled": row["status"] == "cancelled", "run_id": run_id, "seq": 0}]
                 if stored is not None:  # ended before this server started, or long ago
                     for e in stored[k:]:
                         yield ServerSentEvent(raw_data=orjson.dumps(e).decode(), event=e["type"], id=str(e["seq"]))
