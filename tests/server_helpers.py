@@ -64,7 +64,8 @@ class ProcessServer:
 
     def __init__(self, tmp: Path, *args: str, env: dict | None = None, timeout: float = 60) -> None:
         self.tmp = Path(tmp)
-        self.log = open(self.tmp / f"server-{time.monotonic_ns()}.log", "w+")
+        self.log_path = self.tmp / f"server-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w+")
         cmd = [sys.executable, "-m", "graphflow.cli", "serve", "--port", "0", "--out", str(self.tmp / "out"), "--no-cache",
                "--plugin", PLUGIN, *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT,
@@ -76,9 +77,9 @@ class ProcessServer:
         self.url = line.split()[2]
 
     def stderr(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text()
 
     def kill(self) -> None:
         """kill -9: no shutdown code runs."""

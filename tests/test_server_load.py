@@ -82,6 +82,24 @@ def test_kill_9_with_10_queued_then_restart_completes_them(tmp_path, servers):
     assert blocker in [r["id"] for r in c.history(limit=100)]
 
 
+def test_sigterm_puts_the_running_run_back_in_the_queue(tmp_path, servers):
+    gate = tmp_path / "open"
+    s = ProcessServer(tmp_path)
+    servers.append(s)
+    c = Client(s.url)
+    rid = c.submit(gate_workflow(str(gate)))
+    wait_for(lambda: c.run(rid)["status"] == "running")
+    t0 = time.monotonic()
+    assert s.stop() in (0, -15)  # uvicorn stops gracefully, then exits by the signal it got
+    assert time.monotonic() - t0 < 15
+    assert "Traceback" not in s.stderr()
+    gate.touch()
+    s2 = ProcessServer(tmp_path)
+    servers.append(s2)
+    r = Client(s2.url).wait(rid, timeout=60)
+    assert (r["status"], r["attempts"], r["interruptions"]) == ("done", 1, 0)  # a clean stop is not an interruption
+
+
 def test_a_run_killed_twice_is_left_interrupted(tmp_path, servers):
     gate = tmp_path / "never"
     for attempt in (1, 2):
@@ -154,7 +172,7 @@ def test_txt2img_through_the_server_equals_the_python_api(tmp_path, servers):
     s = ProcessServer(tmp_path)
     servers.append(s)
     c = Client(s.url, timeout=120)
-    rid = c.submit("txt2img", {"seed": 5, "steps": 10})
+    rid = c.submit("txt2img", {"seed": 5, "steps": 4})
     t0 = time.monotonic()
     run = c.wait(rid, timeout=300)
     assert run["status"] == "done", run
@@ -164,7 +182,7 @@ def test_txt2img_through_the_server_equals_the_python_api(tmp_path, servers):
     got = np.asarray(Image.open(c.download(rid, png[0]["name"], tmp_path)))
 
     ex = graphflow.Executor(out_dir=tmp_path / "api")
-    r = ex.run(graphflow.load("workflows/txt2img.json").with_params(seed=5, steps=10))
+    r = ex.run(graphflow.load("workflows/txt2img.json").with_params(seed=5, steps=4))
     want = np.asarray(Image.open(r["files"][0]))
     assert got.shape == (64, 64, 3) and np.array_equal(got, want)
     # the embedded model draws a red circle on a blue background: centre red, corner blue
