@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,15 @@ class ProcessServer:
                 self.kill()
         self.log.close()
         return self.proc.returncode
+
+
+@pytest.fixture
+def servers():
+    """Collects the ProcessServers a test starts, and stops every one of them after it."""
+    started: list[ProcessServer] = []
+    yield started
+    for s in started:
+        s.stop()
 
 
 def _readline(proc: subprocess.Popen, timeout: float) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from graphflow.client import Client
-from tests.server_helpers import ProcessServer, wait_for
+from tests.server_helpers import ProcessServer, servers, wait_for  # noqa: F401 (servers: a fixture)
 from tests.server_nodes import naps_workflow
 
 pytestmark = pytest.mark.slow
@@ -46,14 +46,6 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def servers():
-    started: list[ProcessServer] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 PIXELS = """

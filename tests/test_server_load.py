@@ -14,18 +14,10 @@ from urllib.parse import urlparse
 import pytest
 
 from graphflow.client import Client
-from tests.server_helpers import ProcessServer, wait_for
+from tests.server_helpers import ProcessServer, servers, wait_for  # noqa: F401 (servers: a fixture)
 from tests.server_nodes import gate_workflow, naps_workflow
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def servers():
-    started: list[ProcessServer] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 def test_200_submissions_from_20_clients(tmp_path, servers):
