@@ -148,6 +148,16 @@ def test_events_live_while_running(srv, client, tmp_path):
     assert seen[-1][0] == "run_finished"
 
 
+def test_status_of_a_running_run_shows_its_progress(srv, client):
+    run_id = client.submit(naps_workflow(40, 0.02))
+    run = wait_for(lambda: (r := client.run(run_id))["status"] == "running" and (r.get("progress") or {}).get("loop") and r)
+    p = run["progress"]
+    assert p["nodes"] == 2 and p["finished"] == 1 and p["node"] == "loop"
+    assert p["loop"]["node"] == "loop" and p["loop"]["count"] == 40 and 0 <= p["loop"]["index"] < 40
+    done = client.wait(run_id, timeout=60)
+    assert done["status"] == "done" and "progress" not in done
+
+
 def test_cancel_queued_never_starts_and_running_stops(srv, client, tmp_path):
     gate = tmp_path / "open"
     blocker = client.submit(gate_workflow(str(gate)))
@@ -384,3 +394,24 @@ def test_concurrent_submits_in_process(srv, client):
     runs = [client.wait(i, timeout=30) for i in ids]
     assert sorted(r["outputs"]["partial_sums"][-1] for r in runs) == sorted(n * (n - 1) / 2 for n in range(1, 11))
     assert all(r["attempts"] == 1 for r in runs)
+
+
+def test_executor_submit_out_dir_gives_a_run_its_own_folder(tmp_path):
+    import graphflow
+
+    ex = graphflow.Executor(out_dir=tmp_path / "default")
+    wf = graphflow.load(ROOT / "workflows" / "hello.json")
+    a = ex.submit(wf.with_params(n=3), out_dir=tmp_path / "a")
+    b = ex.submit(wf.with_params(n=4))
+    assert a.result(30).ok and b.result(30).ok
+    assert (tmp_path / "a" / "sum.txt").read_text() == "the sum is 3.0\n"
+    assert (tmp_path / "default" / "sum.txt").read_text() == "the sum is 6.0\n"
+    ex.close()
+
+
+def test_broker_keeps_no_waiter_for_ended_runs(srv, client):
+    run_id = client.submit("hello", {"n": 2})
+    client.wait(run_id, timeout=30)
+    for _ in range(3):
+        list(client.events(run_id))
+    assert run_id not in srv.app.state.broker._waiters

@@ -212,6 +212,8 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
 
     @api.get("/runs/{run_id}", summary="A run: status, parameters, timings, errors, outputs (files as URLs)")
     def get_run(run: Annotated[dict[str, Any], Depends(known_run)]) -> dict[str, Any]:
+        if run["status"] == "running":
+            run["progress"] = broker.progress(run["id"])
         return run
 
     @api.post("/runs/{run_id}/cancel", summary="A queued run never starts; a running one stops at its next node or loop step")
@@ -247,6 +249,7 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
                         stored = [{"type": "run_finished", "status": row["status"], "ok": row["status"] == "done",
                                    "cancelled": row["status"] == "cancelled", "run_id": run_id, "seq": 0}]
                 if stored is not None:  # ended before this server started, or long ago
+                    broker.forget_waiter(run_id)
                     for e in stored[k:]:
                         yield ServerSentEvent(raw_data=orjson.dumps(e).decode(), event=e["type"], id=str(e["seq"]))
                     return
@@ -254,6 +257,7 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
                 yield ServerSentEvent(raw_data=orjson.dumps(e).decode(), event=e["type"], id=str(e["seq"]))
                 k = e["seq"] + 1
             if done:
+                broker.forget_waiter(run_id)
                 return
             try:
                 await asyncio.wait_for(waiter.wait(), 5.0)  # the timeout re-checks a run queued before a restart

@@ -27,6 +27,7 @@ class Broker:
         self._lock = threading.Lock()
         self._logs: dict[str, list[dict[str, Any]]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._progress: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, asyncio.Event] = {}  # loop thread only
         self._sockets: set[asyncio.Queue] = set()  # loop thread only
@@ -43,7 +44,9 @@ class Broker:
                 return event
             event["run_id"], event["seq"] = run_id, len(log)
             log.append(event)
+            self._count(run_id, event)
             if final:
+                self._progress.pop(run_id, None)
                 self._finished[run_id] = None
                 while len(self._finished) > KEEP_FINISHED:
                     old, _ = self._finished.popitem(last=False)
@@ -55,6 +58,25 @@ class Broker:
             except RuntimeError:  # the loop has closed: the server is stopping
                 pass
         return event
+
+    def _count(self, run_id: str, e: dict[str, Any]) -> None:
+        kind = e["type"]
+        if kind == "run_started":
+            self._progress[run_id] = {"nodes": e["nodes"], "finished": 0, "node": None, "loop": None}
+        elif (p := self._progress.get(run_id)) is not None:
+            if kind == "node_started" and e["iteration"] is None:
+                p["node"] = e["node"]
+            elif kind == "node_finished" and e["iteration"] is None:
+                p["finished"] += 1
+                p["loop"] = None
+            elif kind == "loop_step":
+                p["loop"] = {"node": e["node"], "index": e["index"], "count": e["count"]}
+
+    def progress(self, run_id: str) -> dict[str, Any] | None:
+        """A running run's top-level nodes finished of all, the node running, its loop step."""
+        with self._lock:
+            p = self._progress.get(run_id)
+            return None if p is None else {**p}
 
     def log(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -76,6 +98,10 @@ class Broker:
         if w is None:
             w = self._waiters[run_id] = asyncio.Event()
         return w
+
+    def forget_waiter(self, run_id: str) -> None:
+        """A finished run has no next event to wait for."""
+        self._waiters.pop(run_id, None)
 
     def _wake(self, run_id: str, event: dict[str, Any]) -> None:
         w = self._waiters.pop(run_id, None)
