@@ -107,7 +107,7 @@ def test_page_pasted_workflow_cancel_and_token(tmp_path, browser, servers):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    s = ProcessServer(tmp_path, "--token", "pa55")
+    s = ProcessServer(tmp_path, env={"GRAPHFLOW_TOKEN": "pa55"})
     servers.append(s)
     browser.get(s.url + "/")
     alert = wait_for(lambda: _alert(browser), timeout=30)  # the page asks for the token once

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     """The flags of `graphflow serve` beyond those it shares with `run` (see cli.build_parser)."""
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     sp.add_argument("--port", type=int, default=8188, help="port (default: 8188; 0 picks a free one, printed on the first line)")
-    sp.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every API call and file (default: none)")
+    sp.add_argument("--token", default=os.environ.get("GRAPHFLOW_TOKEN"),
+                    help="require 'Authorization: Bearer TOKEN' on every API call and file (default: $GRAPHFLOW_TOKEN, "
+                         "which keeps it out of the process list; none if unset)")
     sp.add_argument("--out", default="out", help="folder for the runs' files, OUT/runs/<id>/ (default: out)")
     sp.add_argument("--db", help="the SQLite file of the queue and history (default: OUT/graphflow.db)")
     sp.add_argument("--max-queue", type=int, default=1000, help="runs that may wait; more are answered 429 (default: 1000)")
