@@ -81,7 +81,7 @@ class RunRequest:
 
 
 def problems_response(e: ValidationFailed) -> JSONResponse:
-    return JSONResponse({"detail": str(e).splitlines()[0], "problems": [p.to_dict() for p in e.problems]}, status_code=422)
+    return JSONResponse({"detail": str(e).splitlines()[0].rstrip(":"), "problems": [p.to_dict() for p in e.problems]}, status_code=422)
 
 
 def node_description(n) -> dict[str, Any]:
