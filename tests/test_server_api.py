@@ -131,6 +131,11 @@ def test_events_late_client_gets_everything_in_order(srv, client):
     finished = [e for e in events if e["type"] == "node_finished"]
     assert sum(1 for e in finished if e["node"] == "add") == 7
     assert {e["node"] for e in finished if e["iteration"] is None} == {"numbers", "sum", "message", "save"}
+    # the same run again: its nodes come from the executor's memory cache, and the events say so
+    again = client.submit("hello", {"n": 7})
+    client.wait(again, timeout=30)
+    cached = {e["node"]: e["cached"] for e in client.events(again) if e["type"] == "node_finished" and e["iteration"] is None}
+    assert cached == {"sum": "memory", "message": "memory", "save": None}  # SaveText has side effects: it always runs
     # Last-Event-ID: a reconnecting client gets only what it has not seen
     r = httpx.get(srv.url + f"/api/runs/{run_id}/events", headers={"Last-Event-ID": str(len(events) - 3)})
     ids = [int(line[3:]) for line in r.text.splitlines() if line.startswith("id:")]
