@@ -153,14 +153,16 @@ def test_events_live_while_running(srv, client, tmp_path):
     assert seen.count("loop_step") == 20 and seen[-1] == "run_finished"
 
 
-def test_status_of_a_running_run_shows_its_progress(srv, client):
-    run_id = client.submit(naps_workflow(40, 0.02))
+def test_status_of_a_running_run_shows_its_progress(srv, client, tmp_path):
+    gate = tmp_path / "open"
+    wf = naps_workflow(40, 0.0)
+    wf["nodes"]["loop"]["body"]["nap"] = {"type": "Gate", "inputs": {"path": str(gate), "x": {"from": "loop.item"}}}
+    run_id = client.submit(wf)  # held at the gate in the loop's first step
     run = wait_for(lambda: (r := client.run(run_id))["status"] == "running" and (r.get("progress") or {}).get("loop") and r)
-    p = run["progress"]
-    assert p["nodes"] == 2 and p["finished"] == 1 and p["node"] == "loop"
-    assert p["loop"]["node"] == "loop" and p["loop"]["count"] == 40 and 0 <= p["loop"]["index"] < 40
+    assert run["progress"] == {"nodes": 2, "finished": 1, "node": "loop", "loop": {"node": "loop", "index": 0, "count": 40}}
+    gate.touch()
     done = client.wait(run_id, timeout=60)
-    assert done["status"] == "done" and "progress" not in done
+    assert done["status"] == "done" and done["outputs"]["x"] == 39 and "progress" not in done
 
 
 def test_cancel_queued_never_starts_and_running_stops(srv, client, tmp_path):
