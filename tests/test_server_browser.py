@@ -86,7 +86,11 @@ def test_page_submits_txt2img_and_shows_the_picture(tmp_path, browser, servers):
     assert (px["w"], px["h"]) == (64, 64)
     # a red circle on a blue background: measured in the picture the browser shows
     assert px["centre"][0] > px["centre"][2] + 60 and px["corner"][2] > px["corner"][0] + 60, px
-    assert any("step" in st for st in statuses) or any(st.startswith("running") for st in statuses), statuses  # live progress
+    assert any(st.startswith("running") or "step" in st for st in statuses), statuses
+    bar = browser.execute_script("return state.progress")  # every event the page read, and the bar after it
+    steps = [v for kind, v in bar if kind == "loop_step"]
+    assert len(steps) == 12 and steps == sorted(steps) and 0 < steps[0] < steps[-1] < 1  # the bar moved with the loop
+    assert bar[-1] == ["run_finished", 1]
     assert browser.find_element(By.ID, "status").text.startswith("done")
     assert float(browser.find_element(By.ID, "progress").get_attribute("value")) == 1.0
 
