@@ -196,15 +196,16 @@ def test_files_are_confined_to_the_run_folder(srv, client, tmp_path):
     secret.write_text("secret")
     folder = srv.tmp / "out" / "runs" / run_id
     os.symlink(secret, folder / "link.txt")  # a link planted in the folder, pointing out of it
+    (folder / ".tmp-sum.txt").write_text("half written")  # an atomic write's temporary
     assert raw_get(srv, f"/api/files/{run_id}/sum.txt")[0] == 200
     for path in [f"/api/files/{run_id}/../../graphflow.db", f"/api/files/{run_id}/..%2F..%2Fgraphflow.db",
                  f"/api/files/{run_id}/%2e%2e/%2e%2e/graphflow.db", f"/api/files/{run_id}/link.txt",
                  f"/api/files/{run_id}/{secret}", f"/api/files/{run_id}/%2F{str(secret)[1:]}", f"/api/files/{run_id}/",
                  f"/api/files/{run_id}/../{other}/sum.txt", "/api/files/../out/graphflow.db", f"/api/files/{run_id[:-1]}x/sum.txt",
-                 f"/api/files/{run_id}/%00"]:
+                 f"/api/files/{run_id}/%00", f"/api/files/{run_id}/.tmp-sum.txt"]:
         status, body = raw_get(srv, path)
         assert status == 404, (path, status)
-        assert b"secret" not in body and b"SQLite" not in body
+        assert b"secret" not in body and b"SQLite" not in body and b"half" not in body
     assert "link.txt" not in [f["name"] for f in client.run(run_id)["files"]]
 
 

@@ -275,6 +275,8 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
             raise HTTPException(404, "no such file") from None
         if not path.is_relative_to(root) or path == root or not path.is_file():
             raise HTTPException(404, "no such file")
+        if any(part.startswith(".") for part in path.relative_to(root).parts):  # a file still being written
+            raise HTTPException(404, "no such file")
         return FileResponse(path)
 
     @api.get("/nodes", summary="Every node type: ports, kinds, defaults, ranges (what `graphflow describe` shows)")
