@@ -116,9 +116,15 @@ class Client:
                         return
 
     def cancel(self, run_id: str) -> str:
-        """Cancel a run: returns ``cancelled`` (it was waiting, it never runs) or ``cancelling``
-        (it stops at its next node or loop step)."""
-        return self._json("POST", f"/api/runs/{quote(run_id)}/cancel")["status"]
+        """Cancel a run: returns ``cancelled`` (it was waiting, it never runs), ``cancelling`` (it
+        stops at its next node or loop step), or the status of a run that had already ended (the
+        server's 409: a race a caller cannot avoid, so not an error here)."""
+        try:
+            return self._json("POST", f"/api/runs/{quote(run_id)}/cancel")["status"]
+        except ServerError as e:
+            if e.status != 409:
+                raise
+            return self.run(run_id)["status"]
 
     def download(self, run_id: str, name: str, dest: str | Path) -> Path:
         """Save a file the run wrote to ``dest`` (a file path, or a folder to put it in)."""

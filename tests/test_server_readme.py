@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_readme_curl_example(tmp_path):
+def test_readme_curl_and_python_examples(tmp_path, monkeypatch, capsys):
     text = (ROOT / "README.md").read_text()
     start = text.index("## Server")
     block = text.index("```sh\nURL=", start) + len("```sh\n")
@@ -25,6 +25,17 @@ def test_readme_curl_example(tmp_path):
         script = script.replace("URL=http://127.0.0.1:8188", f"URL={s.url}")
         r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
+        # the Python client's example, as written, against the same server
+        py = text.index("```python\nfrom graphflow.client import Client", start) + len("```python\n")
+        code = text[py:text.index("```\n", py)].replace('"http://127.0.0.1:8188"', repr(s.url))
+        (tmp_path / "py").mkdir()
+        monkeypatch.chdir(tmp_path / "py")
+        scope: dict = {}
+        exec(compile(code, "README.md", "exec"), scope)
+        printed = capsys.readouterr().out.split("\n")
+        assert printed[0] == "queued " and printed[-2] == "run_finished " and "loop_step denoise" in printed
+        assert scope["run"]["status"] == "done" and (tmp_path / "py" / "picture.png").stat().st_size > 1000
+        assert scope["c"].run(scope["run_id"])["params"] == {"seed": 3}
     finally:
         s.stop()
     lines = r.stdout.splitlines()
