@@ -394,6 +394,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from graphflow.server.main import serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphflow", description="Run diffusion workflows written as JSON graphs of typed nodes.")
     p.add_argument("--version", action="version", version="graphflow 0.1.0")
@@ -486,6 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "files that killed processes left over an hour ago")
     c.add_argument("--max-size", metavar="SIZE", help="the size --prune shrinks the cache to: 500M, 4G or bytes (default: 4G)")
     c.set_defaults(func=cmd_cache)
+
+    from graphflow.server.main import add_arguments as serve_arguments
+
+    sv = sub.add_parser("serve", help="an HTTP server: a queue other tools drive, live progress, history, a web page",
+                        description="Serve the HTTP API and the web page (see the README's Server section).")
+    serve_arguments(sv)
+    execution_flags(sv)
+    common(sv)
+    limit(sv)
+    sv.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text")
     g.add_argument("workflow")

@@ -36,10 +36,12 @@ _FLUSH = object()  # a marker in the listeners' queue: everything before it was 
 class RunHandle:
     """One submitted run: its id, status, result, cancellation and its own event stream."""
 
-    def __init__(self, bound: BoundGraph, on_cancel: Callable[[RunHandle], None] | None = None) -> None:
+    def __init__(self, bound: BoundGraph, on_cancel: Callable[[RunHandle], None] | None = None,
+                 out_dir: Path | None = None) -> None:
         self.id = uuid.uuid4().hex[:16]
         self._on_cancel = on_cancel
         self.bound = bound
+        self.out_dir = out_dir  # None: the executor's
         self.status = "queued"  # running, done, failed, cancelled
         self.cancel_event = threading.Event()
         self._result: RunResult | None = None
@@ -155,12 +157,13 @@ class Executor:
 
     # --- runs ----------------------------------------------------------------------------------
 
-    def submit(self, wf: Any, params: dict[str, Any] | None = None) -> RunHandle:
+    def submit(self, wf: Any, params: dict[str, Any] | None = None, *, out_dir: str | Path | None = None) -> RunHandle:
         """Queue a run of a ``graphflow.Workflow`` (or a bound graph). Raises ValidationFailed
-        before queueing anything if the workflow or a parameter is invalid."""
+        before queueing anything if the workflow or a parameter is invalid. ``out_dir``: where
+        this run's files go instead of the executor's folder (a server gives each run its own)."""
         with fewer_gc_passes():
             bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
-        h = RunHandle(bound, self._cancel_queued)
+        h = RunHandle(bound, self._cancel_queued, None if out_dir is None else Path(out_dir))
         with self._lock:
             self._pending.append(h)
             if self._worker is None:
@@ -219,7 +222,7 @@ class Executor:
             return
         try:
             with fewer_gc_passes():
-                keys = Keys(h.bound, RunOptions(self.device, self.dtype, str(self.out_dir)), h.id)
+                keys = Keys(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id)
                 stores = Stores(self.memory, self.disk)
                 runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), self._emitter(h), self.check_finite)
                 h._result = r = runner.execute(plan(keys, stores))
