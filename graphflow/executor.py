@@ -171,15 +171,15 @@ class Executor:
         self._runs.put(h)
         return h
 
-    def run(self, wf: Any, params: dict[str, Any] | None = None) -> RunResult:
+    def run(self, wf: Any, params: dict[str, Any] | None = None, *, out_dir: str | Path | None = None) -> RunResult:
         """``submit(wf).result()``; called from a node or a run-thread hook, it runs inline."""
         if threading.current_thread() is self._worker:
             with fewer_gc_passes():
                 bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
-            h = RunHandle(bound)
+            h = RunHandle(bound, out_dir=None if out_dir is None else Path(out_dir))
             self._execute(h)
             return h.result()
-        return self.submit(wf, params).result()
+        return self.submit(wf, params, out_dir=out_dir).result()
 
     def _cancel_queued(self, h: RunHandle) -> None:
         with self._lock:

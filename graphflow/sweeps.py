@@ -11,13 +11,11 @@ resume, the index and the contact sheet. A runner only turns item numbers into `
 ``run_item`` is the one function that runs an item on an executor, used by both runners, so a
 result is the same bytes wherever it ran.
 
-Why, locally, one executor whose ``out_dir`` is set per item (and not one executor per item
-sharing the model manager and the memory cache): ``Executor._execute`` reads ``self.out_dir`` when
-a run starts, and ``Executor.run`` waits for its run, so setting ``executor.out_dir`` before each
-``run`` puts each item's files in ``out_dir/item_NNNNN/`` while the caches, the model manager (the
-model loads once) and the worker thread are shared by construction. Only the nodes that declare
-the output folder (``SaveImage``...) see the change; every other node's fingerprint is the same
-from item to item, so a prompt shared by items is encoded once.
+Locally, every item runs on ONE executor, each run given its own output folder
+(``Executor.run(..., out_dir=out_dir/item_NNNNN)``): the caches, the model manager (the model
+loads once) and the worker thread are shared by construction. Only the nodes that declare the
+output folder (``SaveImage``...) see the folder; every other node's fingerprint is the same from
+item to item, so a prompt shared by items is encoded once.
 
 Items are run in an order that does shared work once: sorted, stably, by the values of the
 varying parameters that feed the nodes nearest the start of the graph (model, prompt) before
@@ -192,9 +190,8 @@ def run_item(ex, bound, item: int, params: dict[str, Any], folder: Path, prefix:
     """Run one item on ``ex``, its files going to ``folder`` (named ``prefix`` + their name in the
     result). The one place an item runs, whichever runner called it."""
     before = set(_files(folder))
-    ex.out_dir = folder
     t0 = time.perf_counter()
-    result = ex.run(bound)
+    result = ex.run(bound, out_dir=folder)
     seconds = time.perf_counter() - t0
     files = sorted(prefix + str(p.relative_to(folder)) for p in set(_files(folder)) - before)
     host = socket.gethostname()
@@ -308,18 +305,14 @@ class Sweep:
 
     def _run_here(self, todo: list[int]) -> Iterator[ItemResult]:
         ex = self.executor
-        saved_out = ex.out_dir
-        try:
-            for i in todo:
-                if self._cancel.is_set():
-                    return
-                prefix = f"item_{i:05d}/"
-                r = run_item(ex, self.bound[i], i, self.items[i], self.out_dir / prefix, prefix)
-                yield r
-                if r.status == "cancelled":
-                    return
-        finally:
-            ex.out_dir = saved_out
+        for i in todo:
+            if self._cancel.is_set():
+                return
+            prefix = f"item_{i:05d}/"
+            r = run_item(ex, self.bound[i], i, self.items[i], self.out_dir / prefix, prefix)
+            yield r
+            if r.status == "cancelled":
+                return
 
     def _append(self, r: ItemResult) -> None:
         line = orjson.dumps(r.to_json()) + b"\n"
