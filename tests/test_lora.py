@@ -93,7 +93,7 @@ def base(tiny_model):
 
 @pytest.mark.parametrize("stack", [
     pytest.param([("a", 0.8, 0.6)], id="one"),
-    pytest.param([("a", 0.7, 0.5), ("b", 0.4, 1.2)], id="two-stacked"),
+    pytest.param([("a", 0.7, 0.5), ("b", 0.4, 1.2)], id="two-stacked", marks=pytest.mark.slow),
 ])
 def test_loras_equal_diffusers_load_lora_weights_and_set_adapters(tiny_model, loras, base, stack):
     stack = [(loras[k], su, st) for k, su, st in stack]
