@@ -39,6 +39,10 @@ class ModelPathError(ValueError):
     """A model file name that cannot be placed, or that would leave the models folders."""
 
 
+class ModelNotFound(ModelPathError):
+    """A well-formed name that no models folder holds."""
+
+
 def models_dirs() -> list[Path]:
     """The configured models folders, in search order (``GRAPHFLOW_MODELS``)."""
     raw = os.environ.get(MODELS_ENV, "")
@@ -81,12 +85,12 @@ def locate(name: str, kind: str) -> Path:
         if not strict and Path(name).exists():  # a relative path from the working folder, as before
             return Path(name)
         where = ", ".join(str(f) for f in search_folders(kind))
-        raise ModelPathError(f"no {kind[:-1]} named {name!r} (looked in {where}; set {MODELS_ENV} or --models-dir)")
+        raise ModelNotFound(f"no {kind[:-1]} named {name!r} (looked in {where}; set {MODELS_ENV} or --models-dir)")
     p = Path(name).expanduser()
     if strict and not any(_inside(p, d) for d in models_dirs()):
         raise ModelPathError(f"{name!r} is outside the models folders ({MODELS_ONLY_ENV} is set)")
     if not p.exists():
-        raise ModelPathError(f"{p} does not exist")
+        raise ModelNotFound(f"{p} does not exist")
     return p
 
 
@@ -109,13 +113,21 @@ def resolve_lora_path(name_or_path: str) -> Path:
     return _resolve(name_or_path, "loras")
 
 
-def resolve_embedding_path(name_or_path: str) -> Path:
+def locate_embedding(name: str) -> Path:
     """A textual-inversion embedding: a name in the models folders' ``embeddings/``, else a file
-    as ``resolve_input_file`` finds it (the shipped workflows name it by its path in the package)."""
+    as ``resolve_input_file`` finds it (the shipped workflows name it by its path in the package).
+    A name that would leave the folders is refused, not looked up elsewhere."""
     try:
-        return locate(name_or_path, "embeddings")
+        return locate(name, "embeddings")
+    except ModelNotFound:
+        return resolve_input_file(name)
+
+
+def resolve_embedding_path(name_or_path: str) -> Path:
+    try:
+        return locate_embedding(name_or_path)
     except ModelPathError:
-        return resolve_input_file(name_or_path)
+        return _resolve(name_or_path, "embeddings")
 
 
 def resolve_input_file(name: str) -> Path:

@@ -38,7 +38,7 @@ HELD_OUT_PAIRS = [("red", "yellow"), ("green", "white"), ("blue", "black"), ("ye
 TRAIN_PAIRS = [p for p in PAIRS if p not in HELD_OUT_PAIRS]
 SEEN_EVAL_PAIRS = [("red", "blue"), ("green", "black"), ("blue", "white"), ("yellow", "red"),
                    ("white", "green"), ("black", "yellow")]
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
@@ -93,6 +93,18 @@ def train(args):
     unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
     text = inject_adapter_in_model(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                               target_modules=TEXT_TARGETS), text)
+    if args.resume:  # continue from a saved LoRA (its file, in the layout save_lora_weights wrote)
+        from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        saved = load_file(args.resume)
+        for model, prefix in ((unet, "unet."), (text, "text_encoder.")):
+            part = {k.removeprefix(prefix).removeprefix("text_model."): v for k, v in saved.items() if k.startswith(prefix)}
+            part = convert_unet_state_dict_to_peft(part) if prefix == "unet." else convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+            res = set_peft_model_state_dict(model, part)  # layers the saved LoRA lacks start at B = 0
+            assert not res.unexpected_keys, res.unexpected_keys[:3]
+        print(f"resumed from {args.resume}", flush=True)
     params = [p for m in (unet, text) for n, p in m.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
@@ -102,7 +114,7 @@ def train(args):
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(args.seed + 1)
+    g = torch.Generator().manual_seed(args.seed + 1 + (1000 if args.resume else 0))
     t0 = time.time()
     avg = None
     step = 0
@@ -234,6 +246,7 @@ def main():
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--save", default="/tmp/tinysd/lora")
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--resume", help="a LoRA file to continue training from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     stats = {} if args.eval_only else train(args)
