@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from graphflow_nodes.files import locate, resolve_lora_path
@@ -121,10 +122,41 @@ class LoRAPatch:
         the adapter layers are removed. Merging (rather than keeping peft's layers) leaves an
         ordinary model of the base's class and speed, and makes stacking a sequence of merges."""
         state, alphas, meta = _converted(self.path, self.source, self.family)
+        self._check_shapes(model, state)
         if self.component == "unet":
             self._apply_unet(model, state, alphas, meta)
         else:
             self._apply_text_encoder(model, state, alphas, meta)
+
+    def _check_shapes(self, model, state) -> None:
+        """Refuses a LoRA made for another model, naming a layer. Needed because transformers'
+        ``load_adapter`` only reports mismatched shapes and goes on (leaving that layer's adapter
+        at its random initialisation)."""
+        from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+        prefix = self.component + "."
+        part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if not part:
+            return
+        if self.component == "unet":
+            part = part if "lora_A" in next(iter(part)) else convert_unet_state_dict_to_peft(part)
+        else:
+            part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+        modules = dict(model.named_modules())
+        for key, a in part.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            name = key[: -len(".lora_A.weight")]
+            module = modules.get(name) or modules.get(name.removeprefix("text_model."))
+            b = part.get(f"{name}.lora_B.weight")
+            weight = getattr(module, "weight", None)
+            if weight is None or b is None:
+                continue
+            if a.shape[1] != weight.shape[1] or b.shape[0] != weight.shape[0]:
+                raise LoRAError(
+                    f"{Path(self.path).name} does not fit this {self.component}: at {name} it maps {a.shape[1]} → {b.shape[0]} "
+                    f"features, the model's layer {weight.shape[1]} → {weight.shape[0]} (a LoRA made for another model)"
+                )
 
     def _apply_unet(self, unet, state, alphas, meta) -> None:
         unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, metadata=meta, adapter_name=ADAPTER)

@@ -209,3 +209,15 @@ def test_bad_lora_files_are_refused_by_name(tiny_model, tmp_path, loras):
     assert "text_encoder_2" in msg and "another model family" in msg
 
     assert "does not exist" in _fails(tiny_model, tmp_path / "nope.safetensors")
+
+
+def test_a_lora_made_for_another_model_is_refused_naming_a_layer(tiny_model):
+    """The shipped LoRA fits tiny-sd (text width 64), not the random model (32): refused when the
+    patched model loads, naming the layer, never half-applied."""
+    from graphflow_nodes.files import locate
+
+    wf = Workflow.from_dict(lora_doc(tiny_model, [(locate("tiny-sd-cross.safetensors", "loras"), 1.0, 1.0)]))
+    res = Executor().run(wf.with_params(steps=2))
+    assert not res.ok
+    msg = res.errors[0].message
+    assert "tiny-sd-cross.safetensors does not fit this" in msg and "a LoRA made for another model" in msg
