@@ -197,6 +197,9 @@ def patch_refs(refs: dict[str, Any], path, strengths: dict[str, float]) -> dict[
     if foreign:
         raise LoRAError(f"{path} has weights for {', '.join(sorted(foreign))}, which a {family} model does not have: "
                         f"it was made for another model family (SDXL's LoRAs patch two text encoders)")
+    unwired = [c for c in present if c in refs and refs[c] is None and strengths.get(c, 0) != 0]
+    if unwired:
+        raise LoRAError(f"{path} has weights for {', '.join(sorted(unwired))}: connect that input too (or set its strength to 0)")
     source = content_id(path)
     out = {}
     for port, ref in refs.items():
@@ -223,15 +226,20 @@ class LoadLoRA(Node, name="LoadLoRA", category="model", disk_cache=False):
         text_encoder_strength: float = Field(
             1.0, ge=-10.0, le=10.0, description="scale of its text-encoder weights (0: leave the text encoder as it is)"
         )
+        text_encoder_2: TextEncoder | None = Field(
+            None, description="SDXL's second text encoder, patched at text_encoder_strength (as ComfyUI's one CLIP strength)"
+        )
 
     class Out(Outputs):
         unet: UNet = Field(description="the UNet with this LoRA (a reference; the base stays as it was)")
         text_encoder: TextEncoder = Field(description="the text encoder with this LoRA")
+        text_encoder_2: TextEncoder | None = Field(None, description="the second text encoder with this LoRA (SDXL; else None)")
 
     def run(self, i: In, ctx: Context) -> dict:
-        for port in ("unet", "text_encoder"):
-            if not callable(getattr(getattr(i, port), "with_patch", None)):
-                raise TypeError(f"{port}: expected a model reference from LoadModel, got {type(getattr(i, port)).__name__}")
+        refs = {"unet": i.unet, "text_encoder": i.text_encoder, "text_encoder_2": i.text_encoder_2}
+        for port, ref in refs.items():
+            if ref is not None and not callable(getattr(ref, "with_patch", None)):
+                raise TypeError(f"{port}: expected a model reference from LoadModel, got {type(ref).__name__}")
         path = locate(i.path, "loras")
-        return patch_refs({"unet": i.unet, "text_encoder": i.text_encoder}, path,
-                          {"unet": i.unet_strength, "text_encoder": i.text_encoder_strength})
+        return patch_refs(refs, path, {"unet": i.unet_strength, "text_encoder": i.text_encoder_strength,
+                                       "text_encoder_2": i.text_encoder_strength})

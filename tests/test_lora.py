@@ -221,3 +221,31 @@ def test_a_lora_made_for_another_model_is_refused_naming_a_layer(tiny_model):
     assert not res.ok
     msg = res.errors[0].message
     assert "tiny-sd-cross.safetensors does not fit this" in msg and "a LoRA made for another model" in msg
+
+
+def test_sdxl_loras_patch_both_text_encoders(tiny_model, loras, tmp_path):
+    """Where SDXL plugs in: a file with text_encoder_2 weights, on references of the sdxl family,
+    patches the second text encoder too (kohya's lora_te1_/lora_te2_ name the same parts), and
+    asks for it when it is not connected. Only references here: no SDXL model is built."""
+    from dataclasses import replace
+
+    from graphflow_nodes.lora import LoadLoRA, LoRAError, file_components
+    from graphflow_nodes.models import LoadModel
+    from safetensors.torch import load_file, save_file
+
+    assert file_components(["lora_te1_text_model_x.lora_down.weight", "lora_te2_text_model_x.alpha"]) == {"text_encoder", "text_encoder_2"}
+    tensors = load_file(loras["a"])
+    xl = {**tensors, **{k.replace("text_encoder.", "text_encoder_2.", 1): v.clone() for k, v in tensors.items() if k.startswith("text_encoder.")}}
+    save_file(xl, tmp_path / "xl.safetensors")
+    refs = {c: replace(r, family="sdxl") for c, r in LoadModel().run(LoadModel.In(path=str(tiny_model)), graphflow.Context()).items()
+            if c in ("unet", "text_encoder")}
+    te2 = replace(refs["text_encoder"], component="text_encoder_2", source="another-encoder")
+    out = LoadLoRA().run(LoadLoRA.In(**refs, text_encoder_2=te2, path=str(tmp_path / "xl.safetensors"), text_encoder_strength=0.5),
+                         graphflow.Context())
+    for port in ("unet", "text_encoder", "text_encoder_2"):
+        (patch,) = out[port].patches
+        assert (patch.component, patch.family) == (port, "sdxl")
+    assert out["text_encoder_2"].patches[0].strength == 0.5
+    with pytest.raises(LoRAError, match="text_encoder_2: connect that input"):
+        LoadLoRA().run(LoadLoRA.In(**refs, path=str(tmp_path / "xl.safetensors")), graphflow.Context())
+    assert LoadLoRA().run(LoadLoRA.In(**refs, path=str(loras["a"])), graphflow.Context())["text_encoder_2"] is None
