@@ -58,14 +58,30 @@ def _loader(family: str):
     return StableDiffusionLoraLoaderMixin
 
 
+def _check_suffix(path) -> None:
+    if not str(path).endswith(".safetensors"):
+        raise LoRAError(f"{path}: only .safetensors LoRA files are read (a pickled .ckpt/.bin/.pt file can run code when loaded)")
+
+
+def lora_keys(path) -> list[str]:
+    """The tensor names of a LoRA file, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    _check_suffix(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise LoRAError(f"{path} is not a readable safetensors file: {e}") from None
+
+
 def read_lora_file(path: str) -> tuple[dict, dict | None]:
     """The tensors and diffusers' adapter metadata (rank, alpha per component) of a LoRA file.
     safetensors only: a pickle (``.ckpt``, ``.bin``, ``.pt``) could run code when read."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    if not str(path).endswith(".safetensors"):
-        raise LoRAError(f"{path}: only .safetensors LoRA files are read (a pickled .ckpt/.bin/.pt file can run code when loaded)")
+    _check_suffix(path)
     try:
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
@@ -184,10 +200,10 @@ class LoRAPatch:
 def patch_refs(refs: dict[str, Any], path, strengths: dict[str, float]) -> dict[str, Any]:
     """The references with this LoRA appended where the file has weights for them and the
     strength is not 0; the others come back unchanged (and share the base)."""
-    tensors, _ = read_lora_file(str(path))
-    present = file_components(tensors)
+    keys = lora_keys(path)
+    present = file_components(keys)
     if not present:
-        sample = ", ".join(list(tensors)[:3])
+        sample = ", ".join(keys[:3])
         raise LoRAError(f"{path} holds no LoRA weights graphflow recognises (keys like {sample}); expected diffusers/peft "
                         "keys (unet.…lora_A.weight) or kohya keys (lora_unet_…, lora_te_…)")
     families = {getattr(r, "family", None) for r in refs.values() if r is not None}

@@ -249,3 +249,40 @@ def test_sdxl_loras_patch_both_text_encoders(tiny_model, loras, tmp_path):
     with pytest.raises(LoRAError, match="text_encoder_2: connect that input"):
         LoadLoRA().run(LoadLoRA.In(**refs, path=str(tmp_path / "xl.safetensors")), graphflow.Context())
     assert LoadLoRA().run(LoadLoRA.In(**refs, path=str(loras["a"])), graphflow.Context())["text_encoder_2"] is None
+
+
+@pytest.mark.slow
+def test_the_shipped_lora_equals_diffusers_on_tiny_sd():
+    """The shipped file (diffusers' training-script layout, LoRA on attention, feed-forward and
+    resnet convolutions) through the graph against diffusers' pipeline on tiny-sd itself."""
+    from graphflow_nodes.files import MODELS_DIR, locate
+
+    path = locate("tiny-sd-cross.safetensors", "loras")
+    stack = [(path, 0.9, 0.7)]
+    r = graph_run(Executor(), MODELS_DIR / "tiny-sd", stack)
+    ref, pipe = diffusers_run(MODELS_DIR / "tiny-sd", stack)
+    assert (r["image"] - ref).abs().max().item() <= 1e-4
+    assert (r["cond"] - embed(pipe, pipe.tokenizer)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.slow
+def test_the_shipped_lora_teaches_tiny_sd_to_draw_a_cross():
+    """workflows/lora.json as shipped: crosses with the LoRA, none without it (strength 0 is the
+    base model), the colours right either way. Measured by train/shapes.py with the cross
+    template (the base model's own tests measure without it)."""
+    from train.shapes import ALL_SHAPES, measure
+
+    wf = graphflow.load(REPO / "workflows" / "lora.json")
+    wf.doc.outputs.pop("files", None)
+    ex = Executor()
+    drawn = {1.0: [], 0.0: []}
+    for fg, bg in (("red", "yellow"), ("green", "white"), ("blue", "black"), ("red", "blue")):  # three held out of training
+        for seed in (0, 1):
+            for strength in drawn:
+                r = ex.run(wf.with_params(prompt=f"a {fg} cross on a {bg} background", seed=seed, lora_strength=strength,
+                                          lora_text_strength=strength))
+                m = measure(r["image"][0].permute(1, 2, 0).numpy(), shapes=ALL_SHAPES)
+                drawn[strength].append(m["shape"])
+                assert (m["colour"], m["background"]) == (fg, bg)
+    assert drawn[0.0].count("cross") == 0, drawn
+    assert drawn[1.0].count("cross") >= CROSS_MIN, drawn
