@@ -111,10 +111,22 @@ def file_components(keys) -> set[str]:
 
 @lru_cache(maxsize=8)
 def _converted(path: str, source: str, family: str) -> tuple[dict, dict | None, dict | None]:
-    """The file in diffusers' key layout with kohya alphas; cached per content (``source``), so
-    the UNet and text-encoder patches of one file read it once."""
+    """The file in diffusers' key layout with kohya alphas, its UNet part in peft's layout; cached
+    per content (``source``), so the UNet and text-encoder patches of one file read it once.
+
+    The UNet part is converted key by key here because diffusers' ``load_lora_adapter`` decides
+    the layout from the first key alone, and the files diffusers' own training scripts write for
+    a LoRA that also targets convolutions or feed-forward layers mix both layouts
+    (``…to_q.lora.down.weight`` beside ``…conv1.lora_A.weight``): loaded as they are, one of the
+    two halves is dropped."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
     tensors, meta = read_lora_file(path)
     state, alphas = _loader(family).lora_state_dict(tensors)
+    unet = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    if unet:
+        state = {**{k: v for k, v in state.items() if not k.startswith("unet.")},
+                 **{"unet." + k: v for k, v in convert_unet_state_dict_to_peft(unet).items()}}
     return state, alphas, meta
 
 
@@ -148,15 +160,13 @@ class LoRAPatch:
         """Refuses a LoRA made for another model, naming a layer. Needed because transformers'
         ``load_adapter`` only reports mismatched shapes and goes on (leaving that layer's adapter
         at its random initialisation)."""
-        from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+        from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
 
         prefix = self.component + "."
         part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if not part:
             return
-        if self.component == "unet":
-            part = part if "lora_A" in next(iter(part)) else convert_unet_state_dict_to_peft(part)
-        else:
+        if self.component != "unet":  # (the UNet part is in peft's layout already: _converted)
             part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
         modules = dict(model.named_modules())
         for key, a in part.items():

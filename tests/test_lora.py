@@ -287,3 +287,21 @@ def test_the_shipped_lora_teaches_tiny_sd_to_draw_a_cross():
                 assert (m["colour"], m["background"]) == (fg, bg)
     assert drawn[0.0].count("cross") == 0, drawn
     assert drawn[1.0].count("cross") >= CROSS_MIN, drawn
+
+
+def test_a_file_mixing_diffusers_and_peft_key_layouts_loses_nothing(tiny_model, loras, tmp_path):
+    """diffusers' training scripts write attention layers as …to_q.lora.down.weight and other
+    layers as …lora_A.weight in one file; every layer must count."""
+    from safetensors.torch import load_file, save_file
+
+    pure = load_file(loras["a"])
+    mixed = {}
+    for k, v in pure.items():
+        if k.startswith("unet.") and (".to_q." in k or ".to_k." in k):
+            k = k.replace("lora_A.weight", "lora.down.weight").replace("lora_B.weight", "lora.up.weight")
+        mixed[k] = v
+    save_file(mixed, tmp_path / "mixed.safetensors")
+    ex = Executor()
+    a = graph_run(ex, tiny_model, [(loras["a"], 1.0, 0.0)])
+    b = graph_run(ex, tiny_model, [(tmp_path / "mixed.safetensors", 1.0, 0.0)])
+    assert torch.equal(a["image"], b["image"])

@@ -69,7 +69,6 @@ def dataset(n, seed):
 
 def train(args):
     from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
     torch.manual_seed(args.seed)
@@ -94,7 +93,7 @@ def train(args):
     text = inject_adapter_in_model(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                               target_modules=TEXT_TARGETS), text)
     if args.resume:  # continue from a saved LoRA (its file, in the layout save_lora_weights wrote)
-        from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+        from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -149,7 +148,11 @@ def train(args):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(
         os.path.dirname(out),
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        # peft's own key layout throughout (unet.…lora_A.weight). diffusers' training scripts pass
+        # these through convert_state_dict_to_diffusers, which renames only the attention layers
+        # (…to_q.lora.down.weight); diffusers' loader then looks at the first key alone to decide
+        # the layout, and a file mixing both loses one of them (measured: the attention weights)
+        unet_lora_layers=get_peft_model_state_dict(unet),
         # the keys other tools expect (text_encoder.text_model.encoder…): transformers 5 flattened
         # CLIPTextModel, whose own names start at encoder.…; diffusers' loader accepts both
         text_encoder_lora_layers={("text_model." + k if not k.startswith("text_model.") else k): v for k, v in
