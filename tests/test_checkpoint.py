@@ -40,7 +40,6 @@ def test_the_checkpoint_holds_the_original_layout(tiny_ckpt):
     assert not any(k.startswith(("unet.", "vae.", "down_blocks")) for k in keys)
 
 
-@pytest.mark.slow
 def test_a_single_file_checkpoint_draws_the_folders_picture_bit_for_bit(tiny_ckpt):
     from graphflow_nodes.checkpoint import CheckpointRef
     from graphflow_nodes.models import LoadModel
@@ -62,7 +61,6 @@ def test_a_single_file_checkpoint_draws_the_folders_picture_bit_for_bit(tiny_ckp
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-@pytest.mark.slow
 def test_a_lora_patches_a_checkpoint_like_a_folder(tiny_ckpt):
     ex = Executor()
     runs = []
