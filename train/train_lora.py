@@ -1,6 +1,6 @@
 """Learn a LoRA that teaches the embedded tiny SD model a shape it cannot draw: a cross (a plus sign).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python train/train_lora.py --max-minutes 17 --out /tmp/round1.safetensors
+    HF_HUB_OFFLINE=1 .venv/bin/python train/train_lora.py --attention-only --max-minutes 17 --out /tmp/round1.safetensors
     HF_HUB_OFFLINE=1 .venv/bin/python train/train_lora.py --resume /tmp/round1.safetensors --max-minutes 18
     HF_HUB_OFFLINE=1 .venv/bin/python train/train_lora.py --eval-only
 
@@ -92,7 +92,8 @@ def train(args):
 
     # peft adapters: diffusers' add_adapter for the UNet; peft's own inject_adapter_in_model for
     # the text encoder (transformers' add_adapter asks for peft >= 0.22, the registry has 0.21.2)
-    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+    targets = UNET_TARGETS[:4] if args.attention_only else UNET_TARGETS
+    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=targets))
     text = inject_adapter_in_model(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                               target_modules=TEXT_TARGETS), text)
     if args.resume:  # continue from a saved LoRA (its file, in the layout save_lora_weights wrote)
@@ -253,6 +254,7 @@ def main():
     ap.add_argument("--save", default="/tmp/tinysd/lora")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--resume", help="a LoRA file to continue training from")
+    ap.add_argument("--attention-only", action="store_true", help="LoRA on the UNet's attention projections only (round 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     stats = {} if args.eval_only else train(args)
