@@ -305,3 +305,19 @@ def test_a_file_mixing_diffusers_and_peft_key_layouts_loses_nothing(tiny_model, 
     a = graph_run(ex, tiny_model, [(loras["a"], 1.0, 0.0)])
     b = graph_run(ex, tiny_model, [(tmp_path / "mixed.safetensors", 1.0, 0.0)])
     assert torch.equal(a["image"], b["image"])
+
+
+def test_a_lora_file_changed_on_disk_is_read_again(tiny_model, loras, tmp_path):
+    """The LoRA file is in the cache key by content: new bytes at the same path give the new
+    LoRA's picture in the same executor, never the old one's from a cache."""
+    import shutil
+
+    path = tmp_path / "style.safetensors"
+    shutil.copy(loras["a"], path)
+    ex = Executor()
+    first = graph_run(ex, tiny_model, [(path, 1.0, 1.0)])
+    shutil.copy(loras["b"], path)
+    second = graph_run(ex, tiny_model, [(path, 1.0, 1.0)])
+    direct = graph_run(Executor(models=ex.models), tiny_model, [(loras["b"], 1.0, 1.0)])  # the same bytes: a model already loaded
+    assert not torch.equal(first["image"], second["image"])
+    assert torch.equal(second["image"], direct["image"])
