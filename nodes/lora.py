@@ -110,7 +110,7 @@ def file_components(keys) -> set[str]:
 
 
 @lru_cache(maxsize=8)
-def _converted(path: str, source: str, family: str) -> tuple[dict, dict | None, dict | None]:
+def _converted(path: str, source: str, family: str, layers_per_block: int | None = None) -> tuple[dict, dict | None, dict | None]:
     """The file in diffusers' key layout with kohya alphas, its UNet part in peft's layout; cached
     per content (``source``), so the UNet and text-encoder patches of one file read it once.
 
@@ -118,11 +118,18 @@ def _converted(path: str, source: str, family: str) -> tuple[dict, dict | None, 
     the layout from the first key alone, and the files diffusers' own training scripts write for
     a LoRA that also targets convolutions or feed-forward layers mix both layouts
     (``…to_q.lora.down.weight`` beside ``…conv1.lora_A.weight``): loaded as they are, one of the
-    two halves is dropped."""
+    two halves is dropped.
+
+    ``layers_per_block`` (the UNet's) lets kohya files that name the UNet's blocks in the original
+    layout (``lora_unet_input_blocks_1_1_…``, as A1111-era trainers write them) be mapped to
+    diffusers' blocks."""
+    from types import SimpleNamespace
+
     from diffusers.utils import convert_unet_state_dict_to_peft
 
     tensors, meta = read_lora_file(path)
-    state, alphas = _loader(family).lora_state_dict(tensors)
+    unet_config = SimpleNamespace(layers_per_block=layers_per_block) if layers_per_block else None
+    state, alphas = _loader(family).lora_state_dict(tensors, unet_config=unet_config)
     unet = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
     if unet:
         state = {**{k: v for k, v in state.items() if not k.startswith("unet.")},
@@ -149,7 +156,8 @@ class LoRAPatch:
         adapter's scale, then ``merge`` folds ``strength * alpha/r * B @ A`` into each weight and
         the adapter layers are removed. Merging (rather than keeping peft's layers) leaves an
         ordinary model of the base's class and speed, and makes stacking a sequence of merges."""
-        state, alphas, meta = _converted(self.path, self.source, self.family)
+        blocks = model.config.layers_per_block if self.component == "unet" else None
+        state, alphas, meta = _converted(self.path, self.source, self.family, blocks)
         self._check_shapes(model, state)
         if self.component == "unet":
             self._apply_unet(model, state, alphas, meta)

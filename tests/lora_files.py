@@ -67,3 +67,29 @@ def write_kohya(path: Path, unet_layers: dict, te_layers: dict, alpha: float) ->
             out[f"{name}.alpha"] = torch.tensor(float(alpha))
     save_file(out, str(path))
     return path
+
+
+def write_kohya_original_blocks(path: Path, model_dir: Path, unet_layers: dict, te_layers: dict, alpha: float) -> Path:
+    """kohya's layout with the UNet's blocks named as in the original checkpoints
+    (``lora_unet_input_blocks_1_1_…``), as A1111-era trainers write them."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.original_layout import unet_prefixes
+
+    write_kohya(path, unet_layers, te_layers, alpha)
+    cfg = json.loads((model_dir / "unet" / "config.json").read_text())
+    renames = [(hf.replace(".", "_"), sd.replace(".", "_")) for sd, hf in unet_prefixes(cfg) if "blocks" in hf or "mid_block" in hf]
+    out = {}
+    for key, value in load_file(path).items():
+        if key.startswith("lora_unet_"):
+            rest = key[len("lora_unet_"):]
+            for hf, sd in renames:
+                if rest.startswith(hf):
+                    rest = sd + rest[len(hf):]
+                    break
+            key = "lora_unet_" + rest
+        out[key] = value
+    save_file(out, str(path))
+    return path

@@ -321,3 +321,18 @@ def test_a_lora_file_changed_on_disk_is_read_again(tiny_model, loras, tmp_path):
     direct = graph_run(Executor(models=ex.models), tiny_model, [(loras["b"], 1.0, 1.0)])  # the same bytes: a model already loaded
     assert not torch.equal(first["image"], second["image"])
     assert torch.equal(second["image"], direct["image"])
+
+
+def test_kohya_files_naming_the_original_blocks_map_to_diffusers_blocks(tiny_model, loras, tmp_path):
+    from safetensors import safe_open
+
+    from tests.lora_files import write_kohya_original_blocks
+
+    path = write_kohya_original_blocks(tmp_path / "a1111.safetensors", tiny_model, *loras["layers"], alpha=2.0)
+    with safe_open(str(path), "pt") as f:
+        assert any(k.startswith("lora_unet_input_blocks_") for k in f.keys())
+    ex = Executor()
+    a = graph_run(ex, tiny_model, [(loras["a"], 0.8, 0.6)])
+    k = graph_run(ex, tiny_model, [(path, 0.8, 0.6)])
+    assert (a["image"] - k["image"]).abs().max().item() <= 1e-5
+    assert (a["cond"] - k["cond"]).abs().max().item() <= 1e-5
