@@ -407,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--plugin", action="append", metavar="MODULE", help="extra node module (dotted path or .py file); repeatable")
+        models_dir(sp)
+
+    def models_dir(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--models-dir", metavar="DIR", action="append",
+                        help="a models folder (checkpoints/, loras/, embeddings/) where workflows' bare file names are "
+                             "looked up; repeatable; default $GRAPHFLOW_MODELS")
 
     def limit(sp: argparse.ArgumentParser) -> None:
         from graphflow.limits import Limits
@@ -507,11 +513,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("workflow")
     g.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     g.set_defaults(func=cmd_graph)
+
+    mo = sub.add_parser("models", help="what the models folders hold: checkpoints, LoRAs, embeddings, with family and size")
+    mo.add_argument("--json", action="store_true", help="machine-readable list")
+    models_dir(mo)
+    mo.set_defaults(func=cmd_models)
     return p
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from graphflow_nodes.catalog import cmd_models as run
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "models_dir", None):  # read by the node library's file resolvers, in this process and its workers
+        os.environ["GRAPHFLOW_MODELS"] = os.pathsep.join(os.path.abspath(d) for d in args.models_dir)
     try:
         return args.func(args)
     except ValidationFailed as e:

@@ -7,6 +7,7 @@ validate`` imports every node type and must stay fast."""
 from graphflow_nodes.denoise import CFG, ColorGuidance, PredictNoise
 from graphflow_nodes.images import ImageGrid, LatentChannels, LoadImage, SaveAnimation, SaveImage, SplitChannels
 from graphflow_nodes.latents import Decode, LoadLatents, NoiseLike, RandomLatents, VAEEncode
+from graphflow_nodes.lora import LoadLoRA
 from graphflow_nodes.models import LoadModel
 from graphflow_nodes.scheduling import AddNoise, MakeScheduler, ScaleModelInput, SchedulerStep
 from graphflow_nodes.text import (
@@ -23,7 +24,7 @@ from graphflow_nodes.tokens import LoadTextualInversion, MixVectors, ReplaceToke
 
 __all__ = [
     "CFG", "AddEmbeddings", "AddNoise", "CFGEmbeddings", "ColorGuidance", "Decode", "EncodePrompt", "ImageGrid",
-    "LatentChannels", "LoadImage", "LoadLatents", "LoadModel", "LoadTextualInversion", "MakeScheduler", "MixEmbeddings",
+    "LatentChannels", "LoadImage", "LoadLatents", "LoadLoRA", "LoadModel", "LoadTextualInversion", "MakeScheduler", "MixEmbeddings",
     "MixVectors", "NoiseLike", "PosEmbed", "PredictNoise", "RandomLatents", "ReplaceToken", "SaveAnimation", "SaveImage",
     "ScaleModelInput", "SchedulerStep", "SplitChannels", "TextEncode", "TokenEmbed", "TokenVector", "Tokenize", "VAEEncode",
 ]

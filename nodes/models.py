@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from graphflow_nodes.files import resolve_model_path
+from graphflow_nodes.files import locate, resolve_model_path
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 from pydantic import Field
 
@@ -153,14 +153,15 @@ class ModelRef:
 
 
 class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
-    """Loads a Stable Diffusion 1.x-style model folder (diffusers format) from local disk.
-    ``tiny-sd``, the default, is the small model shipped inside graphflow; point ``path`` at a
-    real SD folder to run the same workflow on it. Only the index is read here: each component's
-    weights load when a node first uses them, once per executor."""
+    """Loads a Stable Diffusion 1.x-style model from local disk: a diffusers folder, or a single-file
+    ``.safetensors`` checkpoint in the original layout. ``tiny-sd``, the default, is the small model
+    shipped inside graphflow; a bare name is looked up in the models folders' ``checkpoints/``.
+    Only the index (or the file's header) is read here: each component's weights load when a node
+    first uses them, once per executor."""
 
     class In(Inputs):
         path: Annotated[str, FileInput(resolve=resolve_model_path)] = Field(
-            DEFAULT_MODEL, description="a diffusers model folder, or the name of a model shipped with graphflow"
+            DEFAULT_MODEL, description="a diffusers model folder or a .safetensors checkpoint: a name in the models folders' checkpoints/, or a path"
         )
 
     class Out(Outputs):
@@ -171,7 +172,11 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         scheduler_config: SchedulerConfig = Field(description="the model's scheduler configuration")
 
     def run(self, i: In, ctx: Context) -> dict:
-        path = resolve_model_path(i.path)
+        path = locate(i.path, "checkpoints")
+        if path.is_file():  # a single-file checkpoint (original SD layout)
+            from graphflow_nodes.checkpoint import checkpoint_refs
+
+            return checkpoint_refs(path)
         family = read_model_index(path)
         where = str(path.resolve())
         out: dict[str, Any] = {c: ModelRef(content_id(path / c), where, c, family) for c in COMPONENTS}

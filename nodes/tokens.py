@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from graphflow_nodes.files import resolve_input_file
+from graphflow_nodes.files import locate_embedding, resolve_embedding_path
 from graphflow_nodes.kinds import TextEncoder, TokenEmbeddings, TokenIds, Tokenizer, Vector
 from graphflow_nodes.text import _text_model
 from pydantic import Field
@@ -150,8 +150,8 @@ class LoadTextualInversion(Node, name="LoadTextualInversion", category="tokens")
     a placeholder with ReplaceToken."""
 
     class In(Inputs):
-        path: Annotated[str, FileInput(resolve=resolve_input_file)] = Field(
-            description="the embedding file, or the name of one shipped with graphflow"
+        path: Annotated[str, FileInput(resolve=resolve_embedding_path)] = Field(
+            description="the embedding file: a name in the models folders' embeddings/ (my-shape.safetensors is shipped), or a path"
         )
         token: str | None = Field(None, description="the placeholder; default: the name stored in the file")
 
@@ -160,7 +160,7 @@ class LoadTextualInversion(Node, name="LoadTextualInversion", category="tokens")
         token: str = Field(description="the placeholder token")
 
     def run(self, i: In, ctx: Context) -> dict:
-        path = resolve_input_file(i.path)
+        path = locate_embedding(i.path)
         if not path.is_file():
             raise FileNotFoundError(f"no textual-inversion file at {path}")
         vec, token = read_textual_inversion(path, i.token)

@@ -128,6 +128,10 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path) -> list[str]:
 
         save_file({"<my-shape>": torch.randn(32)}, tmp_path / "ti.safetensors")
         sets.append(f"embedding={tmp_path / 'ti.safetensors'}")
+    if "lora" in doc["params"]:  # the shipped LoRA fits tiny-sd, not the random model: one made for it
+        from tests.lora_files import lora_tensors, write_lora
+
+        sets.append(f"lora={write_lora(tmp_path / 'lora.safetensors', *lora_tensors(tiny_model, seed=0))}")
     return sets
 
 

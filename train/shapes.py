@@ -24,7 +24,16 @@ COLOURS = {
     "black": (15, 15, 15),
 }
 COLOUR_NAMES = list(COLOURS)
+# Colours the base model never saw, taught by add-ons (train/train_lora.py teaches "purple").
+# render() draws them; measure() names them only when asked (palette=ALL_COLOUR_NAMES), so the
+# base model's own numbers are measured exactly as before.
+EXTRA_COLOURS = {"purple": (150, 30, 190)}
+ALL_COLOUR_NAMES = COLOUR_NAMES + list(EXTRA_COLOURS)
 SHAPES = ["circle", "square", "triangle"]
+# A shape the base model never saw, taught by an add-on (train/train_lora.py teaches "cross", a
+# plus sign). measure() considers it only when asked (shapes=ALL_SHAPES).
+EXTRA_SHAPES = ["cross"]
+ALL_SHAPES = SHAPES + EXTRA_SHAPES
 
 TEMPLATES = [
     "a {fg} {shape} on a {bg} background",
@@ -68,17 +77,22 @@ def caption_for(fg, bg, shape, variant=0):
 
 def render(fg, bg, shape, cx, cy, size):
     """Draw one shape whose bounding box is size x size, centred at (cx, cy). Returns uint8 HxWx3."""
-    im = Image.new("RGB", (SIZE, SIZE), COLOURS[bg])
+    im = Image.new("RGB", (SIZE, SIZE), COLOURS[bg] if bg in COLOURS else EXTRA_COLOURS[bg])
     d = ImageDraw.Draw(im)
     x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))
     x1, y1 = x0 + size - 1, y0 + size - 1
-    c = COLOURS[fg]
+    c = COLOURS[fg] if fg in COLOURS else EXTRA_COLOURS[fg]
     if shape == "square":
         d.rectangle([x0, y0, x1, y1], fill=c)
     elif shape == "circle":
         d.ellipse([x0, y0, x1, y1], fill=c)
     elif shape == "triangle":
         d.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=c)
+    elif shape == "cross":  # a plus sign, arms a third of the box wide
+        a0, a1 = x0 + size / 3, x0 + 2 * size / 3 - 1
+        b0, b1 = y0 + size / 3, y0 + 2 * size / 3 - 1
+        d.rectangle([a0, y0, a1, y1], fill=c)
+        d.rectangle([x0, b0, x1, b1], fill=c)
     else:
         raise ValueError(shape)
     return np.asarray(im, dtype=np.uint8)
@@ -125,26 +139,34 @@ def _to_float(image):
     return np.clip(a, 0.0, 1.0)
 
 
-def classify_colour(rgb):
-    """Nearest named colour to an RGB triple (in [0,1] floats or 0..255)."""
+def classify_colour(rgb, palette=None):
+    """Nearest named colour to an RGB triple (in [0,1] floats or 0..255), among the six base
+    colours or the given names (e.g. ALL_COLOUR_NAMES)."""
     c = np.asarray(rgb, dtype=np.float64).reshape(3)
     if c.max() > 1.5:
         c = c / 255.0
-    return COLOUR_NAMES[int(np.argmin(((_PALETTE - c) ** 2).sum(1)))]
+    if palette is None:
+        return COLOUR_NAMES[int(np.argmin(((_PALETTE - c) ** 2).sum(1)))]
+    table = np.array([{**COLOURS, **EXTRA_COLOURS}[n] for n in palette], dtype=np.float64) / 255.0
+    return list(palette)[int(np.argmin(((table - c) ** 2).sum(1)))]
 
 
-def _templates(h, w):
-    """Ideal square / circle / upright-triangle masks filling an h x w box."""
+def _templates(h, w, extra=False):
+    """Ideal square / circle / upright-triangle masks filling an h x w box (and with ``extra``,
+    the plus-sign cross)."""
     yy, xx = np.mgrid[0:h, 0:w]
     u = (xx + 0.5) / w  # 0..1
     v = (yy + 0.5) / h
     sq = np.ones((h, w), bool)
     circ = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
     tri = np.abs(u - 0.5) <= 0.5 * v
-    return {"square": sq, "circle": circ, "triangle": tri}
+    out = {"square": sq, "circle": circ, "triangle": tri}
+    if extra:
+        out["cross"] = (np.abs(u - 0.5) <= 1 / 6) | (np.abs(v - 0.5) <= 1 / 6)
+    return out
 
 
-def measure(image):
+def measure(image, palette=None, shapes=None):
     """Measure a generated/dataset image (HxWx3, uint8 or floats in [0,1]).
 
     Returns dict(background, colour, shape, fill, ious, found).
@@ -162,7 +184,7 @@ def measure(image):
     border = np.concatenate([a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3),
                              a[:, :2].reshape(-1, 3), a[:, -2:].reshape(-1, 3)])
     bg_rgb = np.median(border, axis=0)
-    background = classify_colour(bg_rgb)
+    background = classify_colour(bg_rgb, palette)
     dist = np.sqrt(((a - bg_rgb) ** 2).sum(-1))
     mask = dist > 0.3
     # light opening removes one-pixel specks and thin lines
@@ -180,12 +202,12 @@ def measure(image):
     # colour from the blob's interior where possible (edges blend with the background)
     inner = ndimage.binary_erosion(blob, iterations=1)
     px = a[inner] if inner.sum() >= 6 else a[blob]
-    colour = classify_colour(np.median(px, axis=0))
+    colour = classify_colour(np.median(px, axis=0), palette)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     box = blob[y0:y1, x0:x1]
     fill = float(box.mean())
     ious = {}
-    for name, t in _templates(*box.shape).items():
+    for name, t in _templates(*box.shape, extra=bool(shapes and set(shapes) - set(SHAPES))).items():
         ious[name] = float((box & t).sum() / max(1, (box | t).sum()))
     shape = max(ious, key=ious.get)
     return {"background": background, "colour": colour, "shape": shape, "fill": fill,

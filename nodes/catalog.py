@@ -1,0 +1,152 @@
+"""``graphflow models``: what the models folders hold, with each file's family and size.
+
+Families are read from what a file declares without loading a weight: a diffusers folder's
+``model_index.json`` and text-encoder config, a safetensors file's header (key names and shapes).
+Pickled files are listed as refused (graphflow never opens them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from graphflow_nodes.files import KINDS, search_folders
+
+#: text-encoder width -> family (CLIP ViT-L/14: SD 1.x, OpenCLIP ViT-H: SD 2.x, both concatenated: SDXL)
+WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+
+
+def _size(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def _width_family(width: int | None) -> str:
+    if width is None:
+        return "?"
+    return WIDTHS.get(width, f"sd1-like (text width {width})")
+
+
+def _shapes(p: Path) -> dict[str, tuple] | None:
+    from graphflow_nodes.checkpoint import header_shapes
+    from graphflow_nodes.models import ModelError
+
+    try:
+        return header_shapes(p)
+    except ModelError:
+        return None
+
+
+def folder_family(p: Path) -> str:
+    try:
+        index = json.loads((p / "model_index.json").read_text())
+        family = PIPELINES.get(index.get("_class_name"), f"unsupported ({index.get('_class_name')})")
+        if family == "sd":
+            te = json.loads((p / "text_encoder" / "config.json").read_text())
+            family = _width_family(te.get("hidden_size"))
+        return family
+    except (OSError, ValueError, AttributeError):
+        return "not a model folder"
+
+
+def checkpoint_family(p: Path) -> str:
+    from graphflow_nodes.checkpoint import CLIP_KEYS, detect_family
+
+    shapes = _shapes(p)
+    if shapes is None:
+        return "unreadable"
+    family = detect_family(shapes)
+    if family == "sd1":
+        width = next(shapes[k][1] for k in CLIP_KEYS if k in shapes)
+        return _width_family(width) if width != 768 else "sd1"
+    return family or "not a checkpoint"
+
+
+def lora_family(p: Path) -> str:
+    shapes = _shapes(p)
+    if shapes is None:
+        return "unreadable"
+    if any(k.startswith(("text_encoder_2.", "lora_te2_")) for k in shapes):
+        return "sdxl"
+    for k, s in shapes.items():  # the cross-attention key projection reads the text encoder's width
+        if ("attn2" in k and "to_k" in k) and ("lora_A" in k or "lora_down" in k):
+            return _width_family(s[1])
+    return "?"
+
+
+def embedding_family(p: Path) -> str:
+    shapes = _shapes(p)
+    if shapes is None:
+        return "unreadable"
+    if {"clip_l", "clip_g"} <= set(shapes):
+        return "sdxl"
+    widths = {s[-1] for s in shapes.values() if s}
+    return _width_family(widths.pop()) if len(widths) == 1 else "?"
+
+
+def describe(p: Path, kind: str) -> dict:
+    from graphflow_nodes.checkpoint import PICKLE_SUFFIXES
+
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        family = "refused: a pickle (.safetensors only)"
+    elif kind == "checkpoints":
+        family = folder_family(p) if p.is_dir() else checkpoint_family(p)
+    elif p.suffix.lower() != ".safetensors":
+        family = "not .safetensors"
+    else:
+        family = {"loras": lora_family, "embeddings": embedding_family}[kind](p)
+    return {"kind": kind, "name": p.name, "family": family, "bytes": _size(p), "path": str(p)}
+
+
+def catalog() -> list[dict]:
+    """Every entry of every models folder, in search order; the first of a name wins a lookup."""
+    rows = []
+    for kind in KINDS:
+        seen = set()
+        for folder in search_folders(kind):
+            if not folder.is_dir():
+                continue
+            for p in sorted(folder.iterdir()):
+                if p.name.startswith("."):
+                    continue
+                if kind == "checkpoints" and p.is_dir() and not (p / "model_index.json").is_file():
+                    continue
+                if kind != "checkpoints" and p.is_dir():
+                    continue
+                row = describe(p, kind)
+                row["shadowed"] = p.name in seen  # an earlier folder has a file of that name
+                seen.add(p.name)
+                rows.append(row)
+    return rows
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_models(args) -> int:
+    rows = catalog()
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=1))
+        return 0
+    folders = ", ".join(str(f.parent) for f in search_folders("loras")[:-1]) or "none (set GRAPHFLOW_MODELS or --models-dir)"
+    print(f"models folders: {folders}; then graphflow's shipped files")
+    if not rows:
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        note = "  (shadowed by an earlier folder)" if r["shadowed"] else ""
+        print(f"{r['kind']:<12} {r['name']:<{width}}  {r['family']:<22} {human(r['bytes']):>10}  {os.path.dirname(r['path'])}{note}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cmd_models(type("A", (), {"json": "--json" in sys.argv})()))
