@@ -181,6 +181,8 @@ class Executor:
             return h.result()
         h = self.submit(wf, params)
         try:
+            while not h._finished.wait(0.25):  # short waits: the caller's thread sees a signal promptly
+                pass
             return h.result()
         except KeyboardInterrupt:
             h.cancel()
