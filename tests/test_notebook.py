@@ -56,6 +56,7 @@ def test_the_example_notebook_runs_top_to_bottom_with_pictures_inline(tmp_path):
     NotebookClient(nb, timeout=CELL_TIMEOUT, startup_timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path / "examples")}}).execute()
     seconds = time.perf_counter() - t0
+    nbformat.write(nb, tmp_path / "executed.ipynb")  # kept with pytest's temporary folders, for a look
     print(f"deep_dive.ipynb executed in {seconds:.1f} s")
 
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -66,8 +67,8 @@ def test_the_example_notebook_runs_top_to_bottom_with_pictures_inline(tmp_path):
     assert len(runs) >= 14
     for c in runs:
         assert any(WIDGET in o.get("data", {}) for o in c.outputs), f"no progress widget in {c.source!r}"
-        if "zebrafish" in c.source or "print(" in c.source:
-            continue
+        if "zebrafish" in c.source or "print(" in c.source or c.source.splitlines()[-1].startswith("gn.profile("):
+            continue  # a failed run, a printed number, a table of timings
         pics = pictures(c)
         assert pics, f"no picture from {c.source!r}"
         assert all(p.shape[0] >= 64 and p.shape[1] >= 64 for p in pics)
