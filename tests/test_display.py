@@ -294,8 +294,8 @@ def slow_loop(n: int) -> Workflow:
     from tests.toy_nodes import toy_registry
 
     reg = Registry([*toy_registry(), Slow])
-    return Workflow.from_dict({"format": 1, "nodes": {
-        "r": {"type": "Range", "inputs": {"stop": n}},
+    return Workflow.from_dict({"format": 1, "params": {"n": {"default": n, "type": "int"}}, "nodes": {
+        "r": {"type": "Range", "inputs": {"stop": {"param": "n"}}},
         "loop": {"type": "Loop", "over": {"from": "r.values"}, "carry": {"acc": 0.0},
                  "body": {"s": {"type": "Slow", "inputs": {"x": {"from": "loop.acc"}}}},
                  "next": {"acc": {"from": "s.y"}}}}, "outputs": {"acc": "loop.acc"}}, reg)
@@ -331,3 +331,14 @@ def test_an_interrupt_while_waiting_stops_the_run_at_its_next_step(how):
     assert 4 <= len(steps) <= 6  # stopped within a step or two of the interrupt, and nothing ran on after it returned
     assert ex._current is None
     assert ex.run(slow_loop(3))["acc"] == 2.0  # the executor goes on with the next run
+
+
+def test_an_interrupted_notebook_sweep_stops_its_item_and_keeps_the_executor_usable(tmp_path):
+    ex = Executor(out_dir=tmp_path / "mine")
+    steps = interrupt_at_step(ex, 3)
+    with pytest.raises(KeyboardInterrupt):
+        gn.sweep(slow_loop(3), grid={"n": [200, 201]}, out_dir=tmp_path / "sw", executor=ex, progress=False)
+    time.sleep(0.2)
+    assert 4 <= len(steps) <= 6  # the first item stopped within a step or two; the second never started
+    assert ex.out_dir == tmp_path / "mine" and ex._current is None
+    assert not (tmp_path / "sw" / "index.jsonl").exists() or (tmp_path / "sw" / "index.jsonl").read_text() == ""
