@@ -24,6 +24,7 @@ PICTURE_FILES = {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp"
 MAX_FILE_BYTES = 16 << 20  # a picture file larger than this (a contact sheet) is named, not embedded
 MAX_BATCH = 64  # pictures of one batch shown; the rest are counted
 MAX_FRAMES = 1000  # frames of one animation
+ROW_LIST = 8  # a list of up to this many pictures is a row; a longer one, frames of an animation
 FRAME_MS = 120
 LAST_FRAME_MS = 1000  # the final frame holds, so the result can be seen before the loop restarts
 PIXELATED = "image-rendering:pixelated;image-rendering:crisp-edges"
@@ -52,8 +53,10 @@ def is_image(v: Any) -> bool:
 
 
 def is_frames(v: Any) -> bool:
-    """A list of images of one size: per-step frames, shown as an animation."""
-    return (isinstance(v, (list, tuple)) and len(v) >= 2 and all(is_image(x) for x in v)
+    """A long list of images of one size (more than ``ROW_LIST``): per-step frames, shown as an
+    animation. A short list (a Map's pictures, one per seed) is shown as a row instead: a value
+    does not say which scope collected it, and a few pictures read best side by side."""
+    return (isinstance(v, (list, tuple)) and len(v) > ROW_LIST and all(is_image(x) for x in v)
             and len({tuple(x.shape[2:]) for x in v}) == 1)
 
 
@@ -173,8 +176,8 @@ def _pictures(name: str, v: Any) -> str | None:
         return image_html(v, name)
     if is_frames(v):
         return frames_html(v, name)
-    if isinstance(v, (list, tuple)) and len(v) == 1 and is_image(v[0]):
-        return image_html(v[0], name)
+    if isinstance(v, (list, tuple)) and 1 <= len(v) <= ROW_LIST and all(is_image(x) for x in v):
+        return "".join(image_html(x, f"{name}[{k}]") for k, x in enumerate(v))
     return None  # a path to a saved file stays a path: the picture it holds is already shown as a value
 
 
@@ -267,8 +270,8 @@ def labelled_row(pictures: list[tuple[str, Any]], scale: int | None = None) -> b
 
 
 def result_png(result) -> bytes | None:
-    """The run's pictures (each image of a batch, the last frame of a frame list) in one labelled
-    row; None when it produced none."""
+    """The run's pictures (each image of a batch or of a short list, the last frame of a frame
+    list) in one labelled row; None when it produced none."""
     pics = []
     for name, v in result.outputs.items():
         if is_image(v):
@@ -276,6 +279,8 @@ def result_png(result) -> bytes | None:
             pics += [(name if len(arr) == 1 else f"{name}[{k}]", a) for k, a in enumerate(arr)]
         elif is_frames(v):
             pics.append((f"{name}[-1]", to_uint8(v[-1][:1])[0]))
+        elif isinstance(v, (list, tuple)) and 1 <= len(v) <= ROW_LIST and all(is_image(x) for x in v):
+            pics += [(f"{name}[{k}]", to_uint8(x[:1])[0]) for k, x in enumerate(v)]
     return labelled_row(pics)
 
 

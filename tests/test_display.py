@@ -104,19 +104,27 @@ def test_a_big_picture_is_not_enlarged_and_a_huge_batch_is_cut():
 
 
 def test_a_list_of_frames_shows_as_one_looping_animation():
-    levels = [0, 60, 120, 180, 240]
+    levels = list(range(0, 250, 25))
     frames = [solid((v / 255, v / 255, v / 255)) for v in levels]
     html = result_html(result({"x0": frames}))
     (mime, gif, w, h), = images(html)
-    assert mime == "image/gif" and gif.size == (8, 8) and gif.n_frames == 5
+    assert mime == "image/gif" and gif.size == (8, 8) and gif.n_frames == 10
     seen, durations = [], []
     for k in range(gif.n_frames):
         gif.seek(k)
         seen.append(gif.convert("RGB").getpixel((3, 3)))
         durations.append(gif.info["duration"])
     assert seen == [(v, v, v) for v in levels]
-    assert durations == [120, 120, 120, 120, 1000] and gif.info["loop"] == 0
-    assert "x0 · 5 frames" in html
+    assert durations == [120] * 9 + [1000] and gif.info["loop"] == 0
+    assert "x0 · 10 frames" in html
+
+
+def test_a_short_list_of_pictures_is_a_row_not_an_animation():
+    html = result_html(result({"images": [solid((1, 0, 0)), solid((0, 1, 0)), solid((0, 0, 1))]}))
+    pics = images(html)
+    assert [p[0] for p in pics] == ["image/png"] * 3
+    assert [p[1].convert("RGB").getpixel((1, 1)) for p in pics] == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    assert "images[2] · 8×8" in html
 
 
 def test_numbers_and_text_show_in_a_table_escaped():
@@ -204,7 +212,7 @@ def test_the_profile_counts_runs_and_cache_hits_per_node():
 
 def test_the_png_of_a_result_is_its_pictures_in_a_labelled_row():
     red, blue, black, green = (solid(c, size=32) for c in ((1, 0, 0), (0, 0, 1), (0, 0, 0), (0, 1, 0)))
-    png = result_png(result({"image": torch.cat([red, blue]), "frames": [black, green], "n": 3}))
+    png = result_png(result({"image": torch.cat([red, blue]), "frames": [black] * 9 + [green], "n": 3}))
     im = Image.open(io.BytesIO(png)).convert("RGB")
     assert im.size == (128 * 3 + 6 * 2, 128 + 16)  # 32 px enlarged 4x, 6 px apart, a 16 px label band
     assert [im.getpixel((64 + k * 134, 64)) for k in range(3)] == [(255, 0, 0), (0, 0, 255), (0, 255, 0)]  # the last frame
