@@ -84,13 +84,14 @@ def gif_bytes(frames: list, frame_ms: int = FRAME_MS, last_ms: int = LAST_FRAME_
     return buf.getvalue()
 
 
-def _scale(h: int, w: int) -> int:
-    """How many screen pixels per image pixel: small samples enlarged up to 4×, big ones as they are."""
-    return max(1, min(4, 192 // max(h, w, 1)))
+def _scale(h: int, w: int, target: int = 192) -> int:
+    """How many screen pixels per image pixel: small pictures enlarged (up to 4×) towards ``target``
+    pixels, big ones as they are."""
+    return max(1, min(4, target // max(h, w, 1)))
 
 
-def img_tag(data: bytes, mime: str, width: int, height: int, title: str = "") -> str:
-    s = _scale(height, width)
+def img_tag(data: bytes, mime: str, width: int, height: int, title: str = "", target: int = 192) -> str:
+    s = _scale(height, width, target)
     uri = f"data:{mime};base64,{base64.b64encode(data).decode()}"
     t = f' title="{html.escape(title)}"' if title else ""
     return f'<img src="{uri}" width="{width * s}" height="{height * s}" style="{PIXELATED}"{t}/>'
@@ -122,7 +123,7 @@ def frames_html(frames, name: str) -> str:
     return _figure(img_tag(gif, "image/gif", w, h, name), f"{html.escape(name)} · {len(frames)} frames{more}")
 
 
-def file_html(path: Path, name: str) -> str:
+def file_html(path: Path, name: str, target: int = 192) -> str:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         return _figure(f"<code>{html.escape(str(path))}</code>", f"{html.escape(name)} · {size / 2**20:.1f} MiB, not embedded")
@@ -134,7 +135,8 @@ def file_html(path: Path, name: str) -> str:
             w, h = im.size
     except Exception:  # not a picture after all: name it
         return _figure(f"<code>{html.escape(str(path))}</code>", html.escape(name))
-    return _figure(img_tag(data, PICTURE_FILES[path.suffix.lower()], w, h, str(path)), f"{html.escape(name)} · {html.escape(path.name)}")
+    return _figure(img_tag(data, PICTURE_FILES[path.suffix.lower()], w, h, str(path), target),
+                   f"{html.escape(name)} · {html.escape(path.name)}")
 
 
 def _number(x: Any) -> str:
@@ -317,7 +319,7 @@ def sweep_html(sw) -> str:
     sheet = Path(sw.out_dir) / SHEET
     pic = ""
     if done and sheet.is_file():
-        pic = file_html(sheet, "contact sheet")
+        pic = file_html(sheet, "contact sheet", target=512)  # a sheet of 64-pixel tiles: enlarged to about 500 px
     rows = []
     for i, params in enumerate(items):
         r = done.get(i)

@@ -273,6 +273,7 @@ def test_a_sweep_displays_its_labelled_contact_sheet_and_its_items(tmp_path):
     assert html == sweep_html(sw)
     (mime, sheet, w, h), = images(html)
     assert sheet.tobytes() == Image.open(tmp_path / "sw" / "contact_sheet.png").tobytes()  # the sheet sweep.py drew
+    assert (w, h) == (sheet.width * 4, sheet.height * 4)  # small tiles: enlarged on screen, towards 512 px
     import orjson
 
     boxes = orjson.loads((tmp_path / "sw" / "contact_sheet.json").read_bytes())["boxes"]
