@@ -103,12 +103,22 @@ def _figure(inner: str, caption: str) -> str:
 
 
 def image_html(image, name: str) -> str:
-    """A batch as a row of pictures."""
+    """A batch as a row of pictures (smaller on screen than a single one)."""
     arr = to_uint8(image[:MAX_BATCH])
-    b, h, w = image.shape[0], arr.shape[1], arr.shape[2]
-    tags = "".join(img_tag(png_bytes(a), "image/png", w, h, f"{name}[{k}]") for k, a in enumerate(arr))
-    more = f" (first {MAX_BATCH} shown)" if b > MAX_BATCH else ""
-    cap = f"{html.escape(name)} · {w}×{h}" + (f" · batch of {b}{more}" if b > 1 else "")
+    return _row(list(arr), name, image.shape[0], "batch")
+
+
+def list_html(images: list, name: str) -> str:
+    """A short list of pictures (each the first of its batch) as one row."""
+    return _row([to_uint8(x[:1])[0] for x in images], name, len(images), "list")
+
+
+def _row(arrs: list, name: str, n: int, what: str) -> str:
+    h, w = arrs[0].shape[:2]
+    target = 192 if n == 1 else 128
+    tags = "".join(img_tag(png_bytes(a), "image/png", a.shape[1], a.shape[0], f"{name}[{k}]", target) for k, a in enumerate(arrs))
+    more = f" (first {len(arrs)} shown)" if n > len(arrs) else ""
+    cap = f"{html.escape(name)} · {w}×{h}" + (f" · {what} of {n}{more}" if n > 1 else "")
     return _figure(f'<div style="display:flex;gap:3px;flex-wrap:wrap">{tags}</div>', cap)
 
 
@@ -179,7 +189,7 @@ def _pictures(name: str, v: Any) -> str | None:
     if is_frames(v):
         return frames_html(v, name)
     if isinstance(v, (list, tuple)) and 1 <= len(v) <= ROW_LIST and all(is_image(x) for x in v):
-        return "".join(image_html(x, f"{name}[{k}]") for k, x in enumerate(v))
+        return list_html(v, name)
     return None  # a path to a saved file stays a path: the picture it holds is already shown as a value
 
 
@@ -319,7 +329,7 @@ def sweep_html(sw) -> str:
     sheet = Path(sw.out_dir) / SHEET
     pic = ""
     if done and sheet.is_file():
-        pic = file_html(sheet, "contact sheet", target=512)  # a sheet of 64-pixel tiles: enlarged to about 500 px
+        pic = file_html(sheet, "contact sheet", target=384)  # a sheet of 64-pixel tiles: enlarged, but not past ~400 px
     rows = []
     for i, params in enumerate(items):
         r = done.get(i)

@@ -91,6 +91,8 @@ def test_a_batch_shows_as_a_row_of_pictures_at_their_own_size_and_colour():
     assert [p[1].size for p in pics] == [(8, 8)] * 3
     assert [p[1].convert("RGB").getpixel((4, 4)) for p in pics] == [(255, 0, 0), (0, 0, 255), (0, 255, 0)]
     assert all(p[0] == "image/png" and (p[2], p[3]) == (32, 32) for p in pics)  # 8 px enlarged 4x by the browser
+    assert images(result_html(result({"image": solid((0, 0, 0), size=64)})))[0][2:] == (192, 192)  # one 64 px picture: 3x
+    assert images(result_html(result({"image": solid((0, 0, 0), size=64, batch=2)})))[0][2:] == (128, 128)  # in a row: 2x
     assert "display:flex" in html and "batch of 3" in html
 
 
@@ -124,7 +126,7 @@ def test_a_short_list_of_pictures_is_a_row_not_an_animation():
     pics = images(html)
     assert [p[0] for p in pics] == ["image/png"] * 3
     assert [p[1].convert("RGB").getpixel((1, 1)) for p in pics] == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    assert "images[2] · 8×8" in html
+    assert "images · 8×8 · list of 3" in html and html.count("<figure") == 1
 
 
 def test_numbers_and_text_show_in_a_table_escaped():
@@ -273,7 +275,8 @@ def test_a_sweep_displays_its_labelled_contact_sheet_and_its_items(tmp_path):
     assert html == sweep_html(sw)
     (mime, sheet, w, h), = images(html)
     assert sheet.tobytes() == Image.open(tmp_path / "sw" / "contact_sheet.png").tobytes()  # the sheet sweep.py drew
-    assert (w, h) == (sheet.width * 4, sheet.height * 4)  # small tiles: enlarged on screen, towards 512 px
+    k = max(1, min(4, 384 // max(sheet.size)))
+    assert k > 1 and (w, h) == (sheet.width * k, sheet.height * k)  # small tiles: enlarged on screen, towards 384 px
     import orjson
 
     boxes = orjson.loads((tmp_path / "sw" / "contact_sheet.json").read_bytes())["boxes"]
@@ -336,8 +339,9 @@ def test_an_interrupt_while_waiting_stops_the_run_at_its_next_step(how):
         else:
             gn.run(wf, executor=ex, progress=False)
     assert time.perf_counter() - t0 < 5  # 500 steps would take 10 s
-    time.sleep(0.2)
-    assert 4 <= len(steps) <= 6  # stopped within a step or two of the interrupt, and nothing ran on after it returned
+    stopped_at = len(steps)
+    time.sleep(0.3)
+    assert 4 <= stopped_at < 50 and len(steps) == stopped_at  # stopped soon after the interrupt, nothing ran on after it returned
     assert ex._current is None
     assert ex.run(slow_loop(3))["acc"] == 2.0  # the executor goes on with the next run
 
@@ -347,7 +351,8 @@ def test_an_interrupted_notebook_sweep_stops_its_item_and_keeps_the_executor_usa
     steps = interrupt_at_step(ex, 3)
     with pytest.raises(KeyboardInterrupt):
         gn.sweep(slow_loop(3), grid={"n": [200, 201]}, out_dir=tmp_path / "sw", executor=ex, progress=False)
-    time.sleep(0.2)
-    assert 4 <= len(steps) <= 6  # the first item stopped within a step or two; the second never started
+    stopped_at = len(steps)
+    time.sleep(0.3)
+    assert 4 <= stopped_at < 50 and len(steps) == stopped_at  # the first item stopped soon; the second never started
     assert ex.out_dir == tmp_path / "mine" and ex._current is None
     assert not (tmp_path / "sw" / "index.jsonl").exists() or (tmp_path / "sw" / "index.jsonl").read_text() == ""
