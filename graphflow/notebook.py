@@ -43,6 +43,15 @@ def executor(**options: Any):
     return _default
 
 
+def _workflow(wf):
+    """A Workflow as given, or loaded from a path (a .json file or a picture graphflow saved)."""
+    if isinstance(wf, (str, Path)):
+        from graphflow.workflow import Workflow
+
+        return Workflow.load(wf)
+    return wf
+
+
 def _bar():
     from tqdm.auto import tqdm
 
@@ -50,12 +59,13 @@ def _bar():
 
 
 def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bool = True, **values: Any):
-    """Run a workflow (with parameter values as keywords) and return its RunResult, which a cell
+    """Run a workflow (a Workflow or a path; parameter values as keywords) and return its RunResult, which a cell
     displays as its pictures and a table. Interrupting the cell cancels the run: it stops at the
     next node or loop step and the KeyboardInterrupt is raised once it has."""
     from graphflow.console import Progress
 
     ex = executor or globals()["executor"]()
+    wf = _workflow(wf)
     if values:
         wf = wf.with_params(**values)
     handle = ex.submit(wf, params)
@@ -81,7 +91,7 @@ def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None =
     from graphflow.sweep import Sweep
 
     ex = executor or globals()["executor"]()
-    sw = Sweep(wf, grid, zip, out_dir, ex, resume)
+    sw = Sweep(_workflow(wf), grid, zip, out_dir, ex, resume)
     bar = _bar()(total=len(sw), desc="sweep", unit="item", leave=False, disable=not progress)
     try:
         for r in sw:

@@ -223,6 +223,12 @@ def test_the_png_of_a_result_is_its_pictures_in_a_labelled_row():
     assert result_png(result({"n": 3})) is None
 
 
+def test_notebook_run_takes_a_path_and_parameters(tmp_path):
+    r = gn.run(str(ROOT / "workflows" / "hello.json"), n=4, executor=Executor(out_dir=tmp_path), progress=False)
+    assert r.ok and r["partial_sums"] == [0, 1, 3, 6]
+    assert table(r._repr_html_())[1:] == [["file", str(tmp_path / "sum.txt")], ["partial_sums", "4 values: 0, 1, 3, 6"]]
+
+
 def test_a_run_result_displays_itself_in_jupyter():
     r = result({"image": solid((1, 1, 0))})
     assert r._repr_html_() == result_html(r)
