@@ -143,7 +143,7 @@ def file_html(path: Path, name: str, target: int = 192) -> str:
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-    except Exception:  # not a picture after all: name it
+    except (OSError, ValueError):  # not a picture after all (PIL's UnidentifiedImageError is an OSError): name it
         return _figure(f"<code>{html.escape(str(path))}</code>", html.escape(name))
     return _figure(img_tag(data, PICTURE_FILES[path.suffix.lower()], w, h, str(path), target),
                    f"{html.escape(name)} · {html.escape(path.name)}")
@@ -245,8 +245,8 @@ def result_html(result, profile: bool = False) -> str:
         else:
             rows.append((name, value_text(v)))
     color = "#070" if result.ok else ("#a60" if result.cancelled else "#a00")
-    out = [f'<div class="graphflow-result"><div style="font-size:12px;color:{color};margin-bottom:4px">'
-           f"{html.escape(summary(result))}</div>"]
+    head = f'<div class="graphflow-result"><div style="font-size:12px;color:{color};margin-bottom:4px">{html.escape(summary(result))}</div>'
+    out = [head]
     if pics:
         out.append(f"<div>{''.join(pics)}</div>")
     if rows:

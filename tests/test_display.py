@@ -25,7 +25,7 @@ from graphflow import events as ev
 from graphflow import notebook as gn
 from graphflow.display import result_html, result_png, sweep_html, workflow_svg
 from graphflow.ports import ANY
-from graphflow.results import NodeStat, RunResult
+from graphflow.results import RunResult
 from graphflow.sweep import Sweep
 from tests.toy_nodes import link, make
 
@@ -98,7 +98,7 @@ def test_a_batch_shows_as_a_row_of_pictures_at_their_own_size_and_colour():
 
 def test_a_big_picture_is_not_enlarged_and_a_huge_batch_is_cut():
     big = solid((0.5, 0.5, 0.5), size=256)
-    (mime, im, w, h), = images(result_html(result({"image": big})))
+    (_mime, im, w, h), = images(result_html(result({"image": big})))
     assert im.size == (256, 256) and (w, h) == (256, 256)
     many = solid((0, 0, 0), size=4, batch=70)
     html = result_html(result({"image": many}))
@@ -109,7 +109,7 @@ def test_a_list_of_frames_shows_as_one_looping_animation():
     levels = list(range(0, 250, 25))
     frames = [solid((v / 255, v / 255, v / 255)) for v in levels]
     html = result_html(result({"x0": frames}))
-    (mime, gif, w, h), = images(html)
+    (mime, gif, _w, _h), = images(html)
     assert mime == "image/gif" and gif.size == (8, 8) and gif.n_frames == 10
     seen, durations = [], []
     for k in range(gif.n_frames):
@@ -279,7 +279,7 @@ def test_a_sweep_displays_its_labelled_contact_sheet_and_its_items(tmp_path):
     sw = gn.sweep(wf, grid={"red": [0.0, 1.0], "blue": [0.0, 1.0]}, out_dir=tmp_path / "sw", executor=Executor(), progress=False)
     html = sw._repr_html_()
     assert html == sweep_html(sw)
-    (mime, sheet, w, h), = images(html)
+    (_mime, sheet, w, h), = images(html)
     assert sheet.tobytes() == Image.open(tmp_path / "sw" / "contact_sheet.png").tobytes()  # the sheet sweep.py drew
     k = max(1, min(4, 384 // max(sheet.size)))
     assert k > 1 and (w, h) == (sheet.width * k, sheet.height * k)  # small tiles: enlarged on screen, towards 384 px
