@@ -364,7 +364,17 @@ def cmd_graph(args: argparse.Namespace) -> int:
     doc, problems = read_document(load_json_file(args.workflow)[0], args.workflow)
     if doc is None:
         raise ValidationFailed(problems)
-    sys.stdout.write(mermaid(doc) if args.format == "mermaid" else dot(doc))
+    if args.format in ("svg", "png"):
+        from graphflow.render import write_picture
+
+        return write_picture(doc, args.format, args.output)
+    text = mermaid(doc) if args.format == "mermaid" else dot(doc)
+    if args.output:
+        from graphflow.atomic import write_atomic
+
+        write_atomic(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -509,9 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     limit(sv)
     sv.set_defaults(func=cmd_serve)
 
-    g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text")
+    g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text, or a picture (SVG, PNG)")
     g.add_argument("workflow")
-    g.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
+                   help="svg and png are drawn by Graphviz's `dot` program")
+    g.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")
     g.set_defaults(func=cmd_graph)
 
     mo = sub.add_parser("models", help="what the models folders hold: checkpoints, LoRAs, embeddings, with family and size")

@@ -7,12 +7,13 @@ from typing import Any
 
 
 class Progress:
-    """tqdm bars on stderr: one for the workflow's nodes, one for the current loop's steps."""
+    """tqdm bars on stderr: one for the workflow's nodes, one for the current loop's steps.
+    ``bar``: another tqdm class (``tqdm.auto.tqdm`` draws notebook widgets in Jupyter)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, bar=None) -> None:
         from tqdm import tqdm
 
-        self.tqdm = tqdm
+        self.tqdm = bar or tqdm
         self.enabled = enabled
         self.nodes = None
         self.loop = None
@@ -39,9 +40,13 @@ class Progress:
             if self.nodes is not None:
                 self.nodes.update(1)
         elif isinstance(e, ev.RunFinished):
-            for bar in (self.loop, self.nodes):
-                if bar is not None:
-                    bar.close()
+            self.close()
+
+    def close(self) -> None:
+        for bar in (self.loop, self.nodes):
+            if bar is not None:
+                bar.close()
+        self.loop = self.nodes = None
 
 
 def describe_value(v: Any) -> str:

@@ -172,14 +172,25 @@ class Executor:
         return h
 
     def run(self, wf: Any, params: dict[str, Any] | None = None, *, out_dir: str | Path | None = None) -> RunResult:
-        """``submit(wf).result()``; called from a node or a run-thread hook, it runs inline."""
+        """``submit(wf).result()``; called from a node or a run-thread hook, it runs inline.
+        Interrupted while waiting (Ctrl-C, Jupyter's interrupt), it cancels the run, waits for it
+        to stop at its next node or loop step, then lets the KeyboardInterrupt go on: an
+        interrupted call leaves no run going on behind the caller's back."""
         if threading.current_thread() is self._worker:
             with fewer_gc_passes():
                 bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
             h = RunHandle(bound, out_dir=None if out_dir is None else Path(out_dir))
             self._execute(h)
             return h.result()
-        return self.submit(wf, params, out_dir=out_dir).result()
+        h = self.submit(wf, params, out_dir=out_dir)
+        try:
+            while not h._finished.wait(0.25):  # short waits: the caller's thread sees a signal promptly
+                pass
+            return h.result()
+        except KeyboardInterrupt:
+            h.cancel()
+            h.result()  # a second interrupt stops only this wait; the run still stops at its next step
+            raise
 
     def _cancel_queued(self, h: RunHandle) -> None:
         with self._lock:

@@ -250,6 +250,11 @@ class Sweep:
     def __len__(self) -> int:
         return len(self.items)
 
+    def _repr_html_(self) -> str:  # Jupyter: the contact sheet and the items (graphflow/display.py)
+        from graphflow.display import sweep_html
+
+        return sweep_html(self)
+
     def cancel(self) -> None:
         self._cancel.set()
         if self.runner is not None:

@@ -1,0 +1,135 @@
+"""graphflow in Jupyter: runs and sweeps with progress widgets, stopped cleanly by the notebook's
+interrupt, on one executor shared by the notebook's cells (so a cell re-run recomputes only what
+changed), and ``show``/``profile`` for the views a user asks for.
+
+    from graphflow import notebook as gn
+    wf = graphflow.load("../workflows/txt2img.json")
+    wf                                        # a picture of the graph
+    r = gn.run(wf, prompt="a blue square on a white background")
+    r                                         # the picture, other outputs in a table
+    gn.profile(r)                             # per node: runs, cache hits, seconds
+
+Why the progress bars are driven from the cell's own thread (``handle.events()``) and not by a
+listener on the executor's threads: a widget displayed from another thread may land in whichever
+cell runs at that moment (or none); and the cell's thread is where Jupyter's interrupt arrives as
+a KeyboardInterrupt, so that is where the run is cancelled (as the CLI's Ctrl-C cancels it): the
+executor stops at the next node or loop step, the finished steps stay cached, and the
+KeyboardInterrupt goes on so that "Run all" stops too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from graphflow.display import Shown, profile_html, result_html, sweep_html, workflow_svg
+
+__all__ = ["executor", "profile", "run", "show", "sweep"]
+
+_default = None
+
+
+def executor(**options: Any):
+    """The executor the notebook's cells share (made on first use: output folder ``out``, the
+    in-memory cache). With options (``out_dir=``, ``cache_dir=``, ``device=``...), a new one made
+    with them becomes the shared one."""
+    global _default
+    if options or _default is None:
+        from graphflow.executor import Executor
+
+        options.setdefault("out_dir", "out")
+        _default = Executor(**options)
+    return _default
+
+
+def _workflow(wf):
+    """A Workflow as given, or loaded from a path (a .json file or a picture graphflow saved)."""
+    if isinstance(wf, (str, Path)):
+        from graphflow.workflow import Workflow
+
+        return Workflow.load(wf)
+    return wf
+
+
+def _bar():
+    from tqdm.auto import tqdm
+
+    return tqdm
+
+
+def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bool = True, **values: Any):
+    """Run a workflow (a Workflow or a path; parameter values as keywords) and return its RunResult, which a cell
+    displays as its pictures and a table. Interrupting the cell cancels the run: it stops at the
+    next node or loop step and the KeyboardInterrupt is raised once it has."""
+    from graphflow.console import Progress
+
+    ex = executor or globals()["executor"]()
+    wf = _workflow(wf)
+    if values:
+        wf = wf.with_params(**values)
+    handle = ex.submit(wf, params)
+    bars = Progress(progress, _bar())
+    try:
+        for e in handle.events():
+            bars(e)
+    except KeyboardInterrupt:
+        handle.cancel()
+        sys.stderr.write("interrupted: cancelling after the current step (finished steps stay cached)\n")
+        handle.result()
+        raise
+    finally:
+        bars.close()
+    return handle.result()
+
+
+def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None, *, out_dir: str | Path = "sweep",
+          executor=None, resume: bool = False, progress: bool = True, ray: bool | str | None = None, **ray_options: Any):
+    """Run a parameter sweep (graphflow/sweeps.py) with a bar over its items; returns the Sweep,
+    which a cell displays as its labelled contact sheet and a table of items. Interrupting the cell
+    stops the current item at its next step; finished items stay in the index (``resume=True``).
+    ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``)."""
+    from graphflow.sweeps import Sweep
+
+    ex = None if ray else (executor or globals()["executor"]())
+    sw = Sweep(_workflow(wf), grid, zip, out_dir, ex, resume, ray=ray, ray_options=ray_options or None)
+    bar = _bar()(total=len(sw), desc="sweep", unit="item", leave=False, disable=not progress)
+    try:
+        for r in sw:
+            bar.update(1)
+            if r.status == "failed":
+                bar.set_postfix_str(f"item {r.item} failed")
+    except KeyboardInterrupt:
+        sw.cancel()
+        sys.stderr.write("interrupted: the sweep stopped; finished items are in the index (resume=True goes on)\n")
+        raise
+    finally:
+        bar.close()
+    return sw
+
+
+def show(obj, profile: bool = False) -> Shown:
+    """The notebook view of a RunResult (``profile=True`` adds the per-node table), a Workflow or
+    a Sweep, as an object a cell displays."""
+    from graphflow.results import RunResult
+    from graphflow.sweeps import Sweep
+    from graphflow.workflow import Workflow
+
+    if isinstance(obj, RunResult):
+        from graphflow.display import summary
+
+        return Shown(result_html(obj, profile), summary(obj))
+    if isinstance(obj, Workflow):
+        svg = workflow_svg(obj)
+        return Shown(svg if svg is not None else "<pre>Graphviz's dot is not installed</pre>", obj.doc.description)
+    if isinstance(obj, Sweep):
+        return Shown(sweep_html(obj), f"sweep of {len(obj)} items")
+    raise TypeError(f"graphflow.notebook.show takes a RunResult, a Workflow or a Sweep, not {type(obj).__name__}")
+
+
+def profile(result) -> Shown:
+    """Per-node timings and cache hits of a run: how often each node's code ran, how often its
+    outputs came from a cache, its seconds, and its status."""
+    from graphflow.console import profile_table
+
+    return Shown(profile_html(result), profile_table(result))
