@@ -24,7 +24,8 @@ SCHEDULER_CONFIG = {
 }
 
 
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """``prediction_type``: epsilon (SD 1.x), v_prediction (SD 2.x 768 models) or sample."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -55,7 +56,7 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
         shutil.rmtree(path / "tokenizer")
     shutil.copytree(TOKENIZER, path / "tokenizer")
     (path / "scheduler").mkdir(exist_ok=True)
-    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps({**SCHEDULER_CONFIG, "prediction_type": prediction_type}, indent=2))
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
