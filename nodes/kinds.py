@@ -58,6 +58,12 @@ Image = Annotated[Any, IMAGE_K]
 Timestep = Annotated[Any, TIMESTEP_K]
 Timesteps = Annotated[Any, TIMESTEPS_K]
 Rng = Annotated[Any, RNG_K]
+POOLED_K = kind("pooled", description="a text encoder's pooled (or projected) embedding, (batch, dim): SDXL's added text condition")
+TIME_IDS_K = kind("time_ids", description="SDXL's size conditions, (batch, 6): original (h, w), crop (top, left), target (h, w)")
+CLASS_LABELS_K = kind("class_labels", description="class ids for a class-conditioned UNet, (batch,) int64")
+Pooled = Annotated[Any, POOLED_K]
+TimeIds = Annotated[Any, TIME_IDS_K]
+ClassLabels = Annotated[Any, CLASS_LABELS_K]
 ImageList = Annotated[list[Any], list_of(IMAGE_K)]
 LatentsList = Annotated[list[Any], list_of(LATENTS_K)]
 MODEL_INPUT_K = kind("model_input", description="latents scaled for the UNet (and doubled for guidance)")

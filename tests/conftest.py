@@ -32,3 +32,11 @@ def _reset_toy_counters():
     toy_nodes.reset()
     yield
     toy_nodes.reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A random-weight SDXL folder (two text encoders, added conditions), built once per session."""
+    from tests.tiny_model import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-random-sdxl")
