@@ -8,6 +8,7 @@ from graphflow_nodes.denoise import CFG, ColorGuidance, PredictNoise
 from graphflow_nodes.images import ImageGrid, LatentChannels, LoadImage, SaveAnimation, SaveImage, SplitChannels
 from graphflow_nodes.latents import Decode, LoadLatents, NoiseLike, RandomLatents, VAEEncode
 from graphflow_nodes.models import LoadModel
+from graphflow_nodes.pixel import ClassLabel, PixelsToImage, PredictNoisePixel, RandomPixels
 from graphflow_nodes.sdxl import CFGConditions, ConcatEmbeddings, EncodeHidden, PredictNoiseXL, SizeConditions, UncondXL
 from graphflow_nodes.scheduling import AddNoise, MakeScheduler, ScaleModelInput, SchedulerStep
 from graphflow_nodes.text import (
@@ -28,4 +29,5 @@ __all__ = [
     "MixVectors", "NoiseLike", "PosEmbed", "PredictNoise", "RandomLatents", "ReplaceToken", "SaveAnimation", "SaveImage",
     "ScaleModelInput", "SchedulerStep", "SplitChannels", "TextEncode", "TokenEmbed", "TokenVector", "Tokenize", "VAEEncode",
     "CFGConditions", "ConcatEmbeddings", "EncodeHidden", "PredictNoiseXL", "SizeConditions", "UncondXL",
+    "ClassLabel", "PixelsToImage", "PredictNoisePixel", "RandomPixels",
 ]

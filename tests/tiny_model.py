@@ -144,3 +144,39 @@ def build_tiny_sdxl(path: Path, seed: int = 0) -> Path:
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
+
+
+PIXEL_SCHEDULER_CONFIG = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+    "clip_sample": True,
+    "variance_type": "fixed_small",
+}
+
+
+def build_tiny_pixel(path: Path, seed: int = 0, num_class_embeds: int | None = None) -> Path:
+    """A tiny random pixel-space DDPM folder (UNet2DModel + DDPMScheduler, as
+    google/ddpm-cifar10-32 is laid out), unconditional or class-conditioned."""
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    unet = UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, attention_head_dim=8, num_class_embeds=num_class_embeds,
+    )
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    (path / "scheduler").mkdir(exist_ok=True)
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(PIXEL_SCHEDULER_CONFIG, indent=2))
+    index = {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1", "scheduler": ["diffusers", "DDPMScheduler"],
+             "unet": ["diffusers", "UNet2DModel"]}
+    if num_class_embeds:
+        index["id2label"] = {str(k): f"class {k}" for k in range(num_class_embeds)}
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path
