@@ -93,3 +93,19 @@ def family_of(path: Path) -> Family:
 
 def component_class(path: Path, comp: str) -> str:
     return read_index(path)[comp][1]
+
+
+def describe_model_folder(value: str) -> str:
+    """One line for ``graphflow validate``: which family a model folder is (raises ModelError,
+    with LoadModel's own message, for a folder LoadModel would refuse)."""
+    from graphflow_nodes.files import resolve_model_path
+
+    if not value.strip():
+        raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
+    path = resolve_model_path(value)
+    family = family_of(path)
+    extra = ""
+    if family.name == "pixel":
+        labels = read_index(path).get("id2label") or {}
+        extra = f", {len(labels)} classes" if labels else ""
+    return f"{family.name} model ({read_index(path)['_class_name']}: {family.note}{extra}) at {path}"

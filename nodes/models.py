@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from graphflow_nodes.families import ModelError, component_class, family_of, read_index
+from graphflow_nodes.families import ModelError, component_class, describe_model_folder, family_of, read_index
 from graphflow_nodes.files import resolve_model_path
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 from pydantic import Field
@@ -130,7 +130,7 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
     weights load when a node first uses them, once per executor."""
 
     class In(Inputs):
-        path: Annotated[str, FileInput(resolve=resolve_model_path)] = Field(
+        path: Annotated[str, FileInput(resolve=resolve_model_path, describe=describe_model_folder)] = Field(
             DEFAULT_MODEL, description="a diffusers model folder, or the name of a model shipped with graphflow"
         )
 
