@@ -113,7 +113,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     notes = file_notes(wf.bind(limits=_limits(args)))
     if args.json:
-        sys.stdout.write(orjson.dumps({"ok": True, "file": args.workflow, "problems": [], "files": [n.to_dict() for n in notes]}).decode() + "\n")
+        extra = {"files": [n.to_dict() for n in notes]} if notes else {}
+        sys.stdout.write(orjson.dumps({"ok": True, "file": args.workflow, "problems": [], **extra}).decode() + "\n")
     else:
         n = len(wf.doc.all_nodes())
         print(f"{args.workflow}: ok ({n} nodes, {len(wf.doc.params)} parameters, outputs: {', '.join(wf.doc.outputs)})")

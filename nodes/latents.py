@@ -116,7 +116,9 @@ class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
 
         vae = ctx.models.get(i.vae)
         device, dtype = placement(vae)
-        x = (i.image * 2 - 1).to(device=device, dtype=dtype)
+        # channels-last, as diffusers' image processor hands a picture to the VAE (a numpy HWC
+        # array transposed): convolutions sum in another order on the other layout, 1e-5 apart
+        x = (i.image * 2 - 1).to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         g = generator_from(i.seed, i.rng)
         with torch.no_grad():
             dist = vae.encode(x).latent_dist
