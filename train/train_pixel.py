@@ -5,7 +5,9 @@ of train/shapes.py drawn at 32x32. A class is a (shape colour, shape) pair: 6 co
 `UNet2DModel.from_pretrained(path, subfolder="unet")` and `DDPMScheduler.from_pretrained(path,
 subfolder="scheduler")`, and with graphflow's LoadModel (family `pixel`).
 
-    .venv/bin/python train/train_pixel.py                 # train (~17 min, 1 thread) + install + evaluate
+    .venv/bin/python train/train_pixel.py --stage train --out /tmp/tinyshapes/phase1        # phase 1
+    .venv/bin/python train/train_pixel.py --stage train --resume /tmp/tinyshapes/phase1 \
+        --steps 600 --lr 1e-3 --ema-start 50                                                 # phase 2, installs
     .venv/bin/python train/train_pixel.py --stage eval    # only the measurement of the installed model
 
 Recipe and numbers: train/REPORT.md (section "tiny-shapes-ddpm")."""
@@ -87,13 +89,18 @@ def train(args) -> None:
     imgs, labels = dataset(args.images, seed=0)
     x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
     y_all = torch.from_numpy(labels).long()
-    unet = UNet2DModel(**UNET)
+    if args.resume:  # phase 2: continue from a saved model (its float16 weights, in float32)
+        unet = UNet2DModel.from_pretrained(args.resume, subfolder="unet", torch_dtype=torch.float32)
+        torch.manual_seed(1)
+    else:
+        unet = UNet2DModel(**UNET)
+    unet.train()
     ema = UNet2DModel(**UNET)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     sched = DDPMScheduler.from_config(SCHEDULER)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    warm = 50
+    warm = 20 if args.resume else 50
 
     def lr_at(step: int) -> float:
         if step < warm:
@@ -101,7 +108,7 @@ def train(args) -> None:
         p = (step - warm) / max(1, args.steps - warm)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(1 if args.resume else 0)
     t0 = time.time()
     print(f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters; {args.steps} steps of batch {args.batch}", flush=True)
     for step in range(args.steps):
@@ -200,6 +207,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--schedulers", nargs="+", default=["ddim", "ddpm"])
+    ap.add_argument("--resume", default=None, help="continue from this model folder (phase 2)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--scratch", default="/tmp/tinyshapes")
     args = ap.parse_args()
