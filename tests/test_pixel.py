@@ -103,4 +103,4 @@ def test_shipped_shapes_model_draws_the_asked_class():
         for im in as_np(r["image"]):
             m = measure32(im)
             hits += m["colour"] == colour and m["shape"] == shape
-    assert hits >= 14, hits  # 58 % (chance: 1 in 18); measured on 144 pictures: see train/REPORT.md
+    assert hits >= 17, hits  # 71 % (chance: 1 in 18); measured here: 19 of 24; 95.8 % of 144 in train/REPORT.md

@@ -5,9 +5,11 @@ of train/shapes.py drawn at 32x32. A class is a (shape colour, shape) pair: 6 co
 `UNet2DModel.from_pretrained(path, subfolder="unet")` and `DDPMScheduler.from_pretrained(path,
 subfolder="scheduler")`, and with graphflow's LoadModel (family `pixel`).
 
-    .venv/bin/python train/train_pixel.py --stage train --out /tmp/tinyshapes/phase1        # phase 1
+    .venv/bin/python train/train_pixel.py --stage train --out /tmp/tinyshapes/phase1            # 1,300 steps
     .venv/bin/python train/train_pixel.py --stage train --resume /tmp/tinyshapes/phase1 \
-        --steps 600 --lr 1e-3 --ema-start 50                                                 # phase 2, installs
+        --steps 600 --lr 1e-3 --ema-start 50 --out /tmp/tinyshapes/phase2
+    .venv/bin/python train/train_pixel.py --stage train --resume /tmp/tinyshapes/phase2 \
+        --steps 600 --lr 5e-4 --ema-start 50                                                     # installs
     .venv/bin/python train/train_pixel.py --stage eval    # only the measurement of the installed model
 
 Recipe and numbers: train/REPORT.md (section "tiny-shapes-ddpm")."""
