@@ -109,11 +109,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ValidationFailed as e:
         _print_problems(e, args.json, args.workflow)
         return EXIT_INVALID
+    from graphflow.file_notes import file_notes
+
+    notes = file_notes(wf.bind(limits=_limits(args)))
     if args.json:
-        sys.stdout.write(orjson.dumps({"ok": True, "file": args.workflow, "problems": []}).decode() + "\n")
+        extra = {"files": [n.to_dict() for n in notes]} if notes else {}
+        sys.stdout.write(orjson.dumps({"ok": True, "file": args.workflow, "problems": [], **extra}).decode() + "\n")
     else:
         n = len(wf.doc.all_nodes())
         print(f"{args.workflow}: ok ({n} nodes, {len(wf.doc.params)} parameters, outputs: {', '.join(wf.doc.outputs)})")
+        for note in notes:
+            print(f"  node '{note.node}', {note.field} = {note.value!r}: {note.text}")
     return EXIT_OK
 
 

@@ -55,9 +55,12 @@ class FileInput:
     ``path: Annotated[str, FileInput(resolve=my_resolver)]``. The fingerprint then holds the
     content of what ``resolve(value)`` points at, however the value arrived (literal, parameter
     or link), so an edited file is read again and the same bytes elsewhere are a cache hit.
-    ``resolve`` must be a module-level function (it is part of the node's declaration)."""
+    ``resolve`` must be a module-level function (it is part of the node's declaration).
+    ``describe`` (optional, module-level, cheap, no heavy imports) says in one line what the
+    named file is, for ``graphflow validate``; it may raise to say what is wrong with it."""
 
     resolve: Any = None
+    describe: Any = None
 
     def path(self, value: str):
         from pathlib import Path

@@ -7,7 +7,7 @@ from typing import Literal
 
 from graphflow_nodes.kinds import VAE, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
 from graphflow_nodes.latents import decode
-from graphflow_nodes.scheduling import step_index
+from graphflow_nodes.prediction import noise_levels, predicted_x0
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
@@ -69,7 +69,7 @@ class ColorGuidance(Node, name="ColorGuidance", category="sampling", uses=("mode
         vae: VAE = Field(description="decodes the predicted x0")
         scheduler: Scheduler = Field(description="the loop's current scheduler (gives the noise level)")
         latents: Latents = Field(description="the current latents")
-        noise_pred: NoisePred = Field(description="the guided noise prediction")
+        noise_pred: NoisePred = Field(description="the guided model output (noise, velocity or sample: the scheduler's prediction_type says which)")
         timestep: Timestep = Field(description="the loop's timestep")
         channel: Literal["red", "green", "blue"] = Field("blue", description="the channel the loss looks at")
         target: float = Field(0.9, ge=0.0, le=1.0, description="the value the channel is pulled towards")
@@ -83,19 +83,11 @@ class ColorGuidance(Node, name="ColorGuidance", category="sampling", uses=("mode
         import torch
 
         vae = ctx.models.get(i.vae)
-        s = i.scheduler
-        idx = step_index(s, i.timestep)
-        sigmas = getattr(s, "sigmas", None)
         latents = i.latents.detach().requires_grad_(True)
         with torch.enable_grad():
-            if sigmas is not None and idx is not None:  # sigma-parametrised schedulers (LMS, Euler, ...)
-                sigma = sigmas[idx].to(latents)
-                x0 = latents - sigma * i.noise_pred
-                weight = sigma**2
-            else:  # alpha-parametrised ones (DDIM, DDPM, PNDM)
-                a = s.alphas_cumprod.to(latents.device)[int(i.timestep)].to(latents)
-                x0 = (latents - (1 - a).sqrt() * i.noise_pred) / a.sqrt()
-                weight = 1 - a
+            x0 = predicted_x0(i.scheduler, i.noise_pred, i.timestep, latents)
+            _, sigma_t, _ = noise_levels(i.scheduler, i.timestep, latents)
+            weight = sigma_t**2  # the notebook's sigma² (1 - alpha_bar for variance-preserving schedulers)
             image = decode(vae, x0)
             loss = (image[:, CHANNELS[i.channel]] - i.target).abs().mean() * i.scale
             (grad,) = torch.autograd.grad(loss, latents)

@@ -34,6 +34,8 @@ NOISE_PRED_K = kind("noise_pred", description="the UNet's noise prediction")
 IMAGE_K = kind("image", description="images, (batch, 3, height, width) in [0, 1]")
 TIMESTEP_K = kind("timestep", description="one scheduler timestep (0-d tensor)")
 TIMESTEPS_K = kind("timesteps", item=TIMESTEP_K, description="the scheduler's timesteps to run, in order")
+RNG_K = kind("rng", description="a seeded CPU random generator's state after its draws so far (uint8 tensor): "
+             "handed from draw to draw, it makes one seed's draws come in a diffusers pipeline's order")
 
 Tokenizer = Annotated[Any, TOKENIZER_K]
 TextEncoder = Annotated[Any, TEXT_ENCODER_K]
@@ -55,6 +57,13 @@ NoisePred = Annotated[Any, NOISE_PRED_K]
 Image = Annotated[Any, IMAGE_K]
 Timestep = Annotated[Any, TIMESTEP_K]
 Timesteps = Annotated[Any, TIMESTEPS_K]
+Rng = Annotated[Any, RNG_K]
+POOLED_K = kind("pooled", description="a text encoder's pooled (or projected) embedding, (batch, dim): SDXL's added text condition")
+TIME_IDS_K = kind("time_ids", description="SDXL's size conditions, (batch, 6): original (h, w), crop (top, left), target (h, w)")
+CLASS_LABELS_K = kind("class_labels", description="class ids for a class-conditioned UNet, (batch,) int64")
+Pooled = Annotated[Any, POOLED_K]
+TimeIds = Annotated[Any, TIME_IDS_K]
+ClassLabels = Annotated[Any, CLASS_LABELS_K]
 ImageList = Annotated[list[Any], list_of(IMAGE_K)]
 LatentsList = Annotated[list[Any], list_of(LATENTS_K)]
 MODEL_INPUT_K = kind("model_input", description="latents scaled for the UNet (and doubled for guidance)")

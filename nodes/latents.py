@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from graphflow_nodes.files import resolve_input_file
-from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Scheduler, UNet
+from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Rng, Scheduler, UNet
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
@@ -29,14 +29,16 @@ class RandomLatents(Node, name="RandomLatents", category="latents", uses=("model
         width: Annotated[int, Limit("size")] | None = Field(None, ge=8, le=4096, multiple_of=8, description="image width in pixels; default: the model's")
         height: Annotated[int, Limit("size")] | None = Field(None, ge=8, le=4096, multiple_of=8, description="image height in pixels; default: the model's")
         batch_size: Annotated[int, Limit("batch")] = Field(1, ge=1, le=64, description="images per prompt")
+        rng: Rng | None = Field(None, description="draw from this generator state instead of a fresh one from the seed")
 
     class Out(Outputs):
         latents: Latents = Field(description="noise × init_noise_sigma: the loop's starting latents")
         noise: Latents = Field(description="the unit noise itself (for AddNoise)")
+        rng: Rng = Field(description="the generator after this draw: hand it to the loop's SchedulerStep (stochastic schedulers)")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.runtime import generator, placement
+        from graphflow_nodes.runtime import generator_from, placement
 
         unet = ctx.models.get(i.unet)
         f = vae_scale_factor(ctx.models.get(i.vae))
@@ -44,8 +46,9 @@ class RandomLatents(Node, name="RandomLatents", category="latents", uses=("model
         h = i.height or unet.config.sample_size * f
         shape = (i.batch_size, unet.config.in_channels, h // f, w // f)
         device, dtype = placement(unet)
-        noise = torch.randn(shape, generator=generator(i.seed), dtype=dtype).to(device)
-        return {"latents": noise * i.scheduler.init_noise_sigma, "noise": noise}
+        g = generator_from(i.seed, i.rng)
+        noise = torch.randn(shape, generator=g, dtype=dtype).to(device)
+        return {"latents": noise * i.scheduler.init_noise_sigma, "noise": noise, "rng": g.get_state()}
 
 
 class NoiseLike(Node, name="NoiseLike", category="latents"):
@@ -54,16 +57,19 @@ class NoiseLike(Node, name="NoiseLike", category="latents"):
     class In(Inputs):
         latents: Latents = Field(description="gives the shape, dtype and device")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="random seed")
+        rng: Rng | None = Field(None, description="draw from this generator state (e.g. VAEEncode.rng: the pipeline's order) instead of the seed")
 
     class Out(Outputs):
         noise: Latents = Field(description="unit noise")
+        rng: Rng = Field(description="the generator after this draw")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.runtime import generator
+        from graphflow_nodes.runtime import generator_from
 
-        noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=i.latents.dtype)
-        return {"noise": noise.to(i.latents.device)}
+        g = generator_from(i.seed, i.rng)
+        noise = torch.randn(tuple(i.latents.shape), generator=g, dtype=i.latents.dtype)
+        return {"noise": noise.to(i.latents.device), "rng": g.get_state()}
 
 
 class LoadLatents(Node, name="LoadLatents", category="latents", uses=("device",)):
@@ -97,22 +103,28 @@ class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
         image: Image = Field(description="(batch, 3, H, W) in [0, 1]")
         mode: Literal["sample", "mean"] = Field("sample", description="sample the latent distribution, or take its mean")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for 'sample'")
+        rng: Rng | None = Field(None, description="draw from this generator state instead of a fresh one from the seed")
 
     class Out(Outputs):
         latents: Latents = Field(description="scaled latents")
+        rng: Rng = Field(description="the generator after the sample: give it to NoiseLike, and the noise comes as "
+                                     "diffusers' img2img pipelines draw it from the same seed")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.runtime import generator, placement
+        from graphflow_nodes.runtime import generator_from, placement
 
         vae = ctx.models.get(i.vae)
         device, dtype = placement(vae)
-        x = (i.image * 2 - 1).to(device=device, dtype=dtype)
+        # channels-last, as diffusers' image processor hands a picture to the VAE (a numpy HWC
+        # array transposed): convolutions sum in another order on the other layout, 1e-5 apart
+        x = (i.image * 2 - 1).to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        g = generator_from(i.seed, i.rng)
         with torch.no_grad():
             dist = vae.encode(x).latent_dist
-            z = dist.sample(generator=generator(i.seed)) if i.mode == "sample" else dist.mode()
+            z = dist.sample(generator=g) if i.mode == "sample" else dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return {"latents": (z - shift) * vae.config.scaling_factor}
+        return {"latents": (z - shift) * vae.config.scaling_factor, "rng": g.get_state()}
 
 
 def decode(vae, latents):

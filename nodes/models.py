@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
+from graphflow_nodes.families import ModelError, component_class, describe_model_folder, family_of, read_index
 from graphflow_nodes.files import locate, resolve_model_path
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 from pydantic import Field
@@ -25,24 +26,7 @@ from graphflow.fingerprint import content_id
 from graphflow.models import load_patched
 from graphflow.ports import FileInput
 
-#: component -> the class names graphflow's nodes can drive
-EXPECTED = {
-    "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"),
-    "text_encoder": ("CLIPTextModel",),
-    "unet": ("UNet2DConditionModel",),
-    "vae": ("AutoencoderKL",),
-    "scheduler": None,  # any diffusers scheduler; the Scheduler node picks the class
-}
-COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae")
-#: model_index.json's _class_name -> the family graphflow's nodes know how to drive
-FAMILIES = {"StableDiffusionPipeline": "sd"}
-FAMILY_NOTES = {"sd": "Stable Diffusion 1.x and 2.x, _class_name StableDiffusionPipeline"}
-
 DEFAULT_MODEL = "tiny-sd"
-
-
-class ModelError(Exception):
-    pass
 
 
 def _offline() -> None:
@@ -57,59 +41,26 @@ def _offline() -> None:
     dlog.disable_progress_bar()
 
 
-def supported_families() -> str:
-    return "; ".join(f"{fam} ({note})" for fam, note in FAMILY_NOTES.items())
-
-
 def read_model_index(path: Path) -> str:
-    """Checks a model folder before anything loads, and returns its family. Refusing an SDXL or
-    other pipeline here gives one clear message instead of a shape error deep inside a UNet."""
-    if not path.exists():
-        raise ModelError(f"model folder {path} does not exist (give a local diffusers folder, or '{DEFAULT_MODEL}')")
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ModelError(f"{path} is not a diffusers model folder: it has no model_index.json")
-    try:
-        data = json.loads(index.read_text())
-    except ValueError as e:
-        raise ModelError(f"{index} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{index} is not a diffusers model index (a JSON object)")
-    pipeline = data.get("_class_name")
-    family = FAMILIES.get(pipeline)
-    if family is None:
-        raise ModelError(
-            f"{path} is a {pipeline or 'model without a _class_name'}: that model family is not supported; "
-            f"supported families: {supported_families()}"
-        )
-    for comp, classes in EXPECTED.items():
-        entry = data.get(comp)
-        if not (isinstance(entry, list) and len(entry) == 2):
-            raise ModelError(f"{index} has no '{comp}' component; a Stable Diffusion model needs {', '.join(EXPECTED)}")
-        if classes and entry[1] not in classes:
-            raise ModelError(f"component '{comp}' of {path} is a {entry[1]}; expected {' or '.join(classes)}")
-        if not (path / comp).is_dir():
-            raise ModelError(f"{path} lists '{comp}' but has no {comp}/ folder")
-    return family
+    """Checks a model folder before anything loads, and returns its family (nodes/families.py)."""
+    return family_of(path).name
 
 
 def load_component(path: Path, comp: str, device: str, dtype_name: str) -> Any:
-    """One component from disk, in inference mode on the manager's device and dtype."""
+    """One component from disk, in inference mode on the manager's device and dtype; its class is
+    the one model_index.json names, among those the folder's family allows."""
     _offline()
+    import diffusers
+    import transformers
     from graphflow_nodes.runtime import torch_dtype
 
-    if comp == "tokenizer":
-        from transformers import CLIPTokenizer
-
-        return CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    if comp == "text_encoder":
-        from transformers import CLIPTextModel as cls
-    elif comp == "unet":
-        from diffusers import UNet2DConditionModel as cls
-    elif comp == "vae":
-        from diffusers import AutoencoderKL as cls
-    else:
-        raise ModelError(f"unknown component {comp}")
+    allowed = family_of(path).components.get(comp, ())
+    name = component_class(path, comp)
+    if comp not in COMPONENT_KINDS or (allowed and name not in allowed):
+        raise ModelError(f"component {comp!r} ({name}) of {path} is not one graphflow loads")
+    if comp.startswith("tokenizer"):
+        return transformers.CLIPTokenizer.from_pretrained(path / comp, local_files_only=True)
+    cls = getattr(transformers, name, None) or getattr(diffusers, name)
     model = cls.from_pretrained(path, subfolder=comp, torch_dtype=torch_dtype(dtype_name), local_files_only=True)
     model = model.to(device).eval()
     model.requires_grad_(False)
@@ -152,15 +103,35 @@ class ModelRef:
         return f"ModelRef({self.family} {self.component} {self.source[:16]}… at {self.path}{extra})"
 
 
+@dataclass(frozen=True)
+class MissingComponent:
+    """What LoadModel hands out for a component the folder's family does not have (an SD model's
+    second text encoder, a pixel model's VAE): a node that asks for it fails naming the component
+    and the family, instead of an AttributeError on None."""
+
+    component: str
+    family: str
+    path: str = field(compare=False)
+
+    def load(self, manager: Any) -> Any:
+        raise ModelError(f"the model at {self.path} is a {self.family} model: it has no {self.component} "
+                         f"(wire this node to a model of a family that has one)")
+
+
+#: LoadModel's component outputs, in order
+COMPONENT_KINDS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae")
+
+
 class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
-    """Loads a Stable Diffusion 1.x-style model from local disk: a diffusers folder, or a single-file
-    ``.safetensors`` checkpoint in the original layout. ``tiny-sd``, the default, is the small model
-    shipped inside graphflow; a bare name is looked up in the models folders' ``checkpoints/``.
-    Only the index (or the file's header) is read here: each component's weights load when a node
-    first uses them, once per executor."""
+    """Loads a model from local disk: a diffusers folder of Stable Diffusion 1.x/2.x, SDXL or a
+    pixel-space DDPM (the ``family`` output says which; any other pipeline is refused by name), or
+    a single-file ``.safetensors`` checkpoint in the original SD layout. ``tiny-sd``, the default,
+    is the small model shipped inside graphflow; a bare name is looked up in the models folders'
+    ``checkpoints/``. Only the index (or the file's header) is read here: each component's weights
+    load when a node first uses them, once per executor."""
 
     class In(Inputs):
-        path: Annotated[str, FileInput(resolve=resolve_model_path)] = Field(
+        path: Annotated[str, FileInput(resolve=resolve_model_path, describe=describe_model_folder)] = Field(
             DEFAULT_MODEL, description="a diffusers model folder or a .safetensors checkpoint: a name in the models folders' checkpoints/, or a path"
         )
 
@@ -170,15 +141,30 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         unet: UNet = Field(description="the denoising UNet")
         vae: VAE = Field(description="the autoencoder")
         scheduler_config: SchedulerConfig = Field(description="the model's scheduler configuration")
+        tokenizer_2: Tokenizer = Field(description="SDXL: the second tokenizer")
+        text_encoder_2: TextEncoder = Field(description="SDXL: the second text encoder (with projection)")
+        family: str = Field(description="sd, sdxl or pixel")
+        pipeline_config: dict = Field(description="model_index.json's settings (force_zeros_for_empty_prompt, id2label, ...)")
 
     def run(self, i: In, ctx: Context) -> dict:
+        if not i.path.strip():
+            raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
         path = locate(i.path, "checkpoints")
         if path.is_file():  # a single-file checkpoint (original SD layout)
             from graphflow_nodes.checkpoint import checkpoint_refs
 
-            return checkpoint_refs(path)
-        family = read_model_index(path)
+            out = checkpoint_refs(path)
+            fam = out["tokenizer"].family
+            for c in COMPONENT_KINDS:
+                out.setdefault(c, MissingComponent(c, fam, str(path.resolve())))
+            return {**out, "family": fam, "pipeline_config": {}}
+        family = family_of(path)
         where = str(path.resolve())
-        out: dict[str, Any] = {c: ModelRef(content_id(path / c), where, c, family) for c in COMPONENTS}
+        out: dict[str, Any] = {
+            c: ModelRef(content_id(path / c), where, c, family.name) if c in family.components else MissingComponent(c, family.name, where)
+            for c in COMPONENT_KINDS
+        }
         out["scheduler_config"] = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        out["family"] = family.name
+        out["pipeline_config"] = {k: v for k, v in read_index(path).items() if not isinstance(v, list)}
         return out

@@ -18,6 +18,17 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
+def generator_from(seed: int, rng: torch.Tensor | None) -> torch.Generator:
+    """The generator a node draws from: the state handed on by an earlier draw (``rng``), so one
+    seed's draws follow each other as in a diffusers pipeline that passes one generator around,
+    or else a fresh one from ``seed``."""
+    if rng is None:
+        return generator(seed)
+    g = torch.Generator("cpu")
+    g.set_state(rng.to(device="cpu", dtype=torch.uint8))
+    return g
+
+
 def placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and dtype of a model from its first parameter. diffusers' ``model.dtype`` walks
     every submodule on each call, which inside a denoising loop costs more than the step's

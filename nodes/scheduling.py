@@ -11,7 +11,7 @@ import functools
 import inspect
 from typing import Annotated, Any, Literal
 
-from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Scheduler, SchedulerConfig, Timestep, Timesteps
+from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, Timestep, Timesteps
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
@@ -120,38 +120,43 @@ class ScaleModelInput(Node, name="ScaleModelInput", category="sampling"):
 class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iteration",)):
     """One scheduler step: the latents of the previous timestep and the predicted clean latents
     (x0) from a single ``step()`` call, plus the advanced scheduler for the next iteration.
-    Stochastic schedulers draw their noise from the seed and the loop's iteration, so each step
-    gets its own noise and a re-run gets the same; outside a loop the step counts as iteration 0."""
+    Stochastic schedulers (DDPM, Euler ancestral) draw their noise from ``rng`` when the loop
+    carries one (the generator state RandomLatents or NoiseLike handed on: then a seed gives the
+    diffusers pipeline's picture), else from the seed and the loop's iteration, so each step gets
+    its own noise and a re-run gets the same; outside a loop the step counts as iteration 0."""
 
     class In(Inputs):
         scheduler: Scheduler = Field(description="the loop's current scheduler")
-        noise_pred: NoisePred = Field(description="the guided noise prediction")
+        noise_pred: NoisePred = Field(description="the guided model output (noise, velocity or sample, as the model predicts)")
         timestep: Timestep = Field(description="the loop's timestep")
         latents: Latents = Field(description="the current latents")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="noise seed for stochastic schedulers (DDPM, Euler ancestral)")
+        rng: Rng | None = Field(None, description="the generator state carried by the loop (takes the place of seed)")
 
     class Out(Outputs):
         latents: Latents = Field(description="latents for the next timestep (prev_sample)")
         pred_x0: Latents = Field(description="the predicted denoised latents")
         scheduler: Scheduler = Field(description="the advanced scheduler: carry it to the next iteration")
+        rng: Rng = Field(description="the generator after this step's draws: carry it to the next iteration")
 
     def run(self, i: In, ctx: Context) -> dict:
-        from graphflow_nodes.runtime import generator
+        from graphflow_nodes.prediction import predicted_x0
+        from graphflow_nodes.runtime import generator_from
 
         s = clone(i.scheduler)
         if hasattr(s, "is_scale_input_called"):
             s.is_scale_input_called = True  # ScaleModelInput scaled on its own copy of the scheduler
-        kwargs = {}
-        if _step_takes_generator(type(s)):
+        if i.rng is None:
             iteration = 0 if ctx.iteration is None else ctx.iteration  # None: a single step outside a loop
-            kwargs["generator"] = generator((i.seed * 1_000_003 + iteration) % 2**63)
+            g = generator_from((i.seed * 1_000_003 + iteration) % 2**63, None)
+        else:
+            g = generator_from(0, i.rng)
+        kwargs = {"generator": g} if _step_takes_generator(type(s)) else {}
         out = s.step(i.noise_pred, i.timestep, i.latents, return_dict=True, **kwargs)
         x0 = getattr(out, "pred_original_sample", None)
-        if x0 is None and getattr(s, "model_outputs", None) and s.model_outputs[-1] is not None:
-            x0 = s.model_outputs[-1]  # DPM-Solver++ keeps its x0 prediction there
-        if x0 is None:
-            x0 = out.prev_sample
-        return {"latents": out.prev_sample, "pred_x0": x0, "scheduler": s}
+        if x0 is None:  # PNDM and DPM-Solver report none: derive it from the unadvanced scheduler
+            x0 = predicted_x0(i.scheduler, i.noise_pred, i.timestep, i.latents)
+        return {"latents": out.prev_sample, "pred_x0": x0, "scheduler": s, "rng": g.get_state()}
 
 
 class AddNoise(Node, name="AddNoise", category="sampling"):

@@ -32,3 +32,27 @@ def _reset_toy_counters():
     toy_nodes.reset()
     yield
     toy_nodes.reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A random-weight SDXL folder (two text encoders, added conditions), built once per session."""
+    from tests.tiny_model import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-random-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm(tmp_path_factory) -> Path:
+    """A random-weight unconditional pixel-space DDPM folder (UNet2DModel, 16x16)."""
+    from tests.tiny_model import build_tiny_pixel
+
+    return build_tiny_pixel(tmp_path_factory.mktemp("models") / "tiny-random-ddpm")
+
+
+@pytest.fixture(scope="session")
+def tiny_class_ddpm(tmp_path_factory) -> Path:
+    """A random-weight class-conditioned pixel-space DDPM folder (5 classes)."""
+    from tests.tiny_model import build_tiny_pixel
+
+    return build_tiny_pixel(tmp_path_factory.mktemp("models") / "tiny-random-class-ddpm", seed=1, num_class_embeds=5)

@@ -71,20 +71,20 @@ def test_two_models_that_ship_the_same_component_bytes_share_it(tiny_model, tmp_
     assert mm.get(a["vae"]) is mm.get(b["vae"]) and mm.loads[a["vae"]] == 1
 
 
-def test_load_model_refuses_sdxl_naming_its_pipeline_and_the_supported_families(tiny_model, tmp_path):
-    xl = tmp_path / "sdxl"
-    shutil.copytree(tiny_model, xl)
-    index = json.loads((xl / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionXLPipeline"
-    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
-    index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
-    (xl / "model_index.json").write_text(json.dumps(index))
-    r = Executor().run(Workflow.from_dict({"format": 1, "nodes": {"m": {"type": "LoadModel", "inputs": {"path": str(xl)}}},
+def test_load_model_refuses_an_unknown_family_naming_its_pipeline_and_the_supported_families(tiny_model, tmp_path):
+    sd3 = tmp_path / "sd3"
+    shutil.copytree(tiny_model, sd3)
+    index = json.loads((sd3 / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusion3Pipeline"
+    index["transformer"] = ["diffusers", "SD3Transformer2DModel"]
+    (sd3 / "model_index.json").write_text(json.dumps(index))
+    r = Executor().run(Workflow.from_dict({"format": 1, "nodes": {"m": {"type": "LoadModel", "inputs": {"path": str(sd3)}}},
                                            "outputs": ["m"]}))
     assert not r.ok and r.errors[0].node == "m"
     msg = r.errors[0].message
-    assert "StableDiffusionXLPipeline" in msg and "not supported" in msg
-    assert "supported families: sd (" in msg and "StableDiffusionPipeline" in msg
+    assert "StableDiffusion3Pipeline" in msg and "not supported" in msg
+    for family, pipeline in (("sd", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline"), ("pixel", "DDPMPipeline")):
+        assert f"{family} (" in msg and pipeline in msg
 
 
 # --- patches ---------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ def test_text_internals_equal_the_text_encoder(tiny_model, pipe):
     ("ddim", "DDIMScheduler"),
     ("dpm", "DPMSolverMultistepScheduler"),
     ("euler", "EulerDiscreteScheduler"),
+    ("euler_a", "EulerAncestralDiscreteScheduler"),
+    ("ddpm", "DDPMScheduler"),
 ])
 def test_txt2img_equals_stable_diffusion_pipeline(tiny_model, pipe, name, cls):
     import diffusers
@@ -93,34 +95,30 @@ def test_txt2img_equals_stable_diffusion_pipeline(tiny_model, pipe, name, cls):
     assert ref.std().item() > 0.01  # the comparison is between pictures, not two flat fields
 
 
-def test_img2img_equals_img2img_pipeline(tiny_model, tmp_path):
-    """Start step k of n steps is strength 1 - k/n. The pipeline draws the VAE sample and then
-    the noise from one generator; the graph's VAEEncode draws the first from the same seed, and
-    the second draw is handed to the graph as a file: the same initial noise."""
-    from diffusers import LMSDiscreteScheduler, StableDiffusionImg2ImgPipeline
+@pytest.mark.parametrize("name,cls", [("lms", "LMSDiscreteScheduler"), ("euler_a", "EulerAncestralDiscreteScheduler")])
+def test_img2img_same_seed_same_picture(tiny_model, tmp_path, name, cls):
+    """Start step k of n steps is strength 1 - k/n. With nothing but the seed, the graph draws the
+    VAE's sample, then the noise, then each ancestral step's noise from one generator, in the
+    pipeline's order (VAEEncode.rng -> NoiseLike -> the loop's carried rng): the same picture."""
+    import diffusers
+    from diffusers import StableDiffusionImg2ImgPipeline
     from PIL import Image
-    from safetensors.torch import save_file
 
     steps, start, seed = 10, 4, 5
     image_path = REPO / "nodes" / "samples" / "red-circle-on-blue.png"
     p2 = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False, local_files_only=True)
     p2.set_progress_bar_config(disable=True)
-    p2.scheduler = LMSDiscreteScheduler.from_config(p2.scheduler.config)
+    p2.scheduler = getattr(diffusers, cls).from_config(p2.scheduler.config)
     ref = p2("a yellow circle on a blue background", image=Image.open(image_path), strength=1 - start / steps,
              num_inference_steps=steps, guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), output_type="pt").images
-
-    g = torch.Generator().manual_seed(seed)
-    torch.randn((1, 4, 8, 8), generator=g)  # the VAE's sample
-    save_file({"latents": torch.randn((1, 4, 8, 8), generator=g)}, tmp_path / "noise.safetensors")
-    doc = load("img2img").doc.raw
-    doc["nodes"]["noise"] = {"type": "LoadLatents", "inputs": {"path": str(tmp_path / "noise.safetensors")}}
-    doc["nodes"]["noised"]["inputs"]["noise"] = {"from": "noise.latents"}
-    wf = Workflow.from_dict(doc).with_params(model=str(tiny_model), steps=steps, start_step=start, seed=seed, scheduler="lms",
-                                             image=str(image_path), guidance=4.0)
+    wf = load("img2img", model=str(tiny_model), steps=steps, start_step=start, seed=seed, scheduler=name,
+              image=str(image_path), guidance=4.0)
     r = Executor(out_dir=tmp_path).run(wf)
     assert r.ok, r.errors
     assert (r["image"] - ref).abs().max().item() <= 1e-4
     assert ref.std().item() > 0.01
+    other = Executor(out_dir=tmp_path).run(wf.with_params(seed=seed + 1))
+    assert (other["image"] - ref).abs().max().item() > 1e-3  # the seed reaches the picture
 
 
 def test_textual_inversion_equals_diffusers_loader(tiny_model, tmp_path):

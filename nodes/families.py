@@ -1,0 +1,116 @@
+"""The model families graphflow's nodes can drive, read from a diffusers folder's
+``model_index.json``: which pipeline class names each family, and which components (with the
+classes allowed for each) its folder holds. One table, used by LoadModel to refuse anything else
+by name and by ``graphflow validate`` to say what a folder is. Free of torch: validation reads it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipelines: tuple[str, ...]
+    #: component -> class names allowed for it (None: any, the Scheduler node picks the class)
+    components: dict
+    note: str
+
+
+SCHEDULER_ANY = None
+FAMILIES = (
+    Family(
+        "sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+        {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "text_encoder": ("CLIPTextModel",),
+         "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
+        "Stable Diffusion 1.x and 2.x (epsilon or v-prediction)",
+    ),
+    Family(
+        "sdxl", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+        {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
+         "text_encoder": ("CLIPTextModel",), "text_encoder_2": ("CLIPTextModelWithProjection",),
+         "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
+        "Stable Diffusion XL base: two text encoders, pooled embedding and size conditions",
+    ),
+    Family(
+        "pixel", ("DDPMPipeline", "DDIMPipeline"),
+        {"unet": ("UNet2DModel",), "scheduler": SCHEDULER_ANY},
+        "pixel-space UNet2DModel, unconditional or class-conditioned (the book's DDPMs)",
+    ),
+)
+BY_PIPELINE = {p: f for f in FAMILIES for p in f.pipelines}
+BY_NAME = {f.name: f for f in FAMILIES}
+
+
+class ModelError(Exception):
+    pass
+
+
+def supported_families() -> str:
+    return "; ".join(f"{f.name} ({f.note}: {', '.join(f.pipelines)})" for f in FAMILIES)
+
+
+def read_index(path: Path) -> dict:
+    index = path / "model_index.json"
+    if not path.exists():
+        raise ModelError(f"model folder {path} does not exist (give a local diffusers folder, or the name of a shipped model)")
+    if not index.is_file():
+        raise ModelError(f"{path} is not a diffusers model folder: it has no model_index.json")
+    try:
+        data = json.loads(index.read_text())
+    except ValueError as e:
+        raise ModelError(f"{index} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{index} is not a diffusers model index (a JSON object)")
+    return data
+
+
+def family_of(path: Path) -> Family:
+    """The family of a model folder, its components checked before anything loads: a pipeline
+    graphflow has no nodes for is refused here, by name, with the supported list, instead of a
+    shape error deep inside a UNet."""
+    data = read_index(path)
+    pipeline = data.get("_class_name")
+    family = BY_PIPELINE.get(pipeline)
+    if family is None:
+        raise ModelError(
+            f"{path} is a {pipeline or 'model without a _class_name'}: that model family is not supported; "
+            f"supported families: {supported_families()}"
+        )
+    for comp, classes in family.components.items():
+        entry = data.get(comp)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+            raise ModelError(f"{path / 'model_index.json'} has no '{comp}' component; a {family.name} model "
+                             f"({pipeline}) needs {', '.join(family.components)}")
+        if classes and entry[1] not in classes:
+            raise ModelError(f"component '{comp}' of {path} is a {entry[1]}; expected {' or '.join(classes)}")
+        if not (path / comp).is_dir():
+            raise ModelError(f"{path} lists '{comp}' but has no {comp}/ folder")
+    return family
+
+
+def component_class(path: Path, comp: str) -> str:
+    return read_index(path)[comp][1]
+
+
+def describe_model_folder(value: str) -> str:
+    """One line for ``graphflow validate``: which family a model folder is (raises ModelError,
+    with LoadModel's own message, for a folder LoadModel would refuse)."""
+    from graphflow_nodes.files import resolve_model_path
+
+    if not value.strip():
+        raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
+    path = resolve_model_path(value)
+    if path.is_file():  # a single-file checkpoint: what its keys and shapes say (nodes/checkpoint.py)
+        from graphflow_nodes.checkpoint import choose_variant
+
+        v = choose_variant(path)
+        return f"{v.ref_family} model (a single-file {v.family} checkpoint, built with the {v.name} configs) at {path}"
+    family = family_of(path)
+    extra = ""
+    if family.name == "pixel":
+        labels = read_index(path).get("id2label") or {}
+        extra = f", {len(labels)} classes" if labels else ""
+    return f"{family.name} model ({read_index(path)['_class_name']}: {family.note}{extra}) at {path}"

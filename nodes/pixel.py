@@ -1,0 +1,120 @@
+"""Pixel-space diffusion, the book's first chapters: a ``UNet2DModel`` denoises the picture itself
+(no text encoder, no VAE), unconditionally or given a class label. The scheduler nodes
+(Scheduler, ScaleModelInput, SchedulerStep, AddNoise) are the ones latent models use: a pixel
+sample is what they step, so it travels as ``latents``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from graphflow_nodes.kinds import SEED_MAX, ClassLabels, Image, Latents, ModelInput, NoisePred, Rng, Scheduler, Timestep, UNet
+from pydantic import Field
+
+from graphflow import Context, Inputs, Node, Outputs
+from graphflow.limits import Limit
+
+
+class RandomPixels(Node, name="RandomPixels", category="pixel", uses=("models",)):
+    """Seeded Gaussian noise the size of the UNet's pictures, drawn as DDPMPipeline and
+    DDIMPipeline draw it (so a seed gives the pipeline's picture)."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="a UNet2DModel: gives channels and size")
+        scheduler: Scheduler = Field(description="gives init_noise_sigma (1 for DDPM and DDIM)")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="random seed")
+        batch_size: Annotated[int, Limit("batch")] = Field(1, ge=1, le=64, description="pictures to draw")
+        rng: Rng | None = Field(None, description="draw from this generator state instead of a fresh one from the seed")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="the starting sample, (batch, channels, size, size)")
+        rng: Rng = Field(description="the generator after this draw: carry it to SchedulerStep (DDPM draws every step)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.runtime import generator_from, placement
+
+        unet = ctx.models.get(i.unet)
+        size = unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        device, dtype = placement(unet)
+        g = generator_from(i.seed, i.rng)
+        x = torch.randn((i.batch_size, unet.config.in_channels, h, w), generator=g, dtype=dtype).to(device)
+        return {"latents": x * i.scheduler.init_noise_sigma, "rng": g.get_state()}
+
+
+class ClassLabel(Node, name="ClassLabel", category="pixel"):
+    """A class id for a class-conditioned UNet, by name (the model's ``id2label`` in
+    model_index.json, e.g. "red circle") or by number, repeated for the batch."""
+
+    class In(Inputs):
+        label: str = Field(description="a class name from the model's labels, or its number")
+        pipeline_config: dict = Field(default_factory=dict, description="LoadModel.pipeline_config (gives id2label)")
+        batch_size: Annotated[int, Limit("batch")] = Field(1, ge=1, le=64, description="how many pictures")
+
+    class Out(Outputs):
+        class_labels: ClassLabels = Field(description="(batch,) int64")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        labels = {str(v): int(k) for k, v in (i.pipeline_config.get("id2label") or {}).items()}
+        text = i.label.strip()
+        if text in labels:
+            k = labels[text]
+        elif text.isdigit():
+            k = int(text)
+            if labels and k not in labels.values():
+                raise ValueError(f"class {k} is not one of the model's {len(labels)} classes (0..{len(labels) - 1})")
+        else:
+            known = ", ".join(repr(n) for n in labels) or "none: give a number"
+            raise ValueError(f"unknown class label {i.label!r}; the model's labels: {known}")
+        return {"class_labels": torch.full((i.batch_size,), k, dtype=torch.long)}
+
+
+class PredictNoisePixel(Node, name="PredictNoisePixel", category="pixel", uses=("models",)):
+    """A pixel-space UNet2DModel's prediction for this timestep, given class labels when the
+    model is class-conditioned (``num_class_embeds`` in its config)."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="a UNet2DModel from LoadModel")
+        model_input: ModelInput = Field(description="from ScaleModelInput (cfg off)")
+        timestep: Timestep = Field(description="the loop's timestep")
+        class_labels: ClassLabels | None = Field(None, description="from ClassLabel; required by a class-conditioned model")
+
+    class Out(Outputs):
+        noise_pred: NoisePred = Field(description="the model output, same shape as model_input")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.runtime import placement
+
+        unet = ctx.models.get(i.unet)
+        device, dtype = placement(unet)
+        conditioned = unet.config.get("num_class_embeds") is not None or unet.config.get("class_embed_type") is not None
+        if conditioned and i.class_labels is None:
+            raise ValueError("this UNet is class-conditioned: give class_labels (a ClassLabel node)")
+        if not conditioned and i.class_labels is not None:
+            raise ValueError("this UNet is unconditional: it takes no class_labels")
+        x = i.model_input.to(dtype=dtype)
+        labels = None
+        if i.class_labels is not None:
+            labels = i.class_labels.to(device)
+            if labels.shape[0] != x.shape[0]:
+                if x.shape[0] % labels.shape[0]:
+                    raise ValueError(f"class_labels batch {labels.shape[0]} does not divide model input batch {x.shape[0]}")
+                labels = labels.repeat_interleave(x.shape[0] // labels.shape[0])
+        with torch.no_grad():
+            return {"noise_pred": unet(x, i.timestep, class_labels=labels, return_dict=False)[0]}
+
+
+class PixelsToImage(Node, name="PixelsToImage", category="pixel"):
+    """A denoised pixel sample in [-1, 1] → an image in [0, 1] (what DDPMPipeline returns)."""
+
+    class In(Inputs):
+        latents: Latents = Field(description="the loop's final sample")
+
+    class Out(Outputs):
+        image: Image = Field(description="(batch, channels, H, W) in [0, 1]")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        return {"image": (i.latents / 2 + 0.5).clamp(0, 1).float()}
