@@ -4,14 +4,21 @@ diffusers script calling StableDiffusionPipeline in a loop over the same 16. For
 second, text-encoder calls and model loads. Then Ray's own per-call overhead (a no-op actor method),
 the number the README's projection to 100,000 items on 50 GPU workers rests on.
 
+Each variant runs in a fresh process of its own (this script with --variant), as a user would run
+it: within one process, torch work done on one thread slows later torch work on another (the
+executor's worker) by about 2x with 2 threads on this machine, so variants sharing a process
+would measure each other.
+
     .venv/bin/python bench/bench_sweep.py [--steps N] [--no-ray]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,20 +75,6 @@ def diffusers_loop(steps: int) -> dict:
             "steady": sum(steady) / len(steady)}
 
 
-def warm_up() -> None:
-    """Pay the process's one-time costs (imports, torch's first kernels) before timing anything,
-    so that no variant pays them for the others."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-    from graphflow_nodes.files import MODELS_DIR
-
-    pipe = StableDiffusionPipeline.from_pretrained(MODELS_DIR / "tiny-sd", safety_checker=None, requires_safety_checker=False,
-                                                   local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe("warm up", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pil")
-    graphflow.Executor().run(graphflow.load(TXT2IMG).with_params(steps=2, prompt="warm up"))
-
-
 def ray_call_overhead(n: int = 300) -> float:
     import ray
 
@@ -115,31 +108,51 @@ def driver_cost(n: int = 10_000, workers: int = 50) -> dict:
     return {"bind": (t1 - t0) / n, "fingerprints": (t2 - t1) / n, "deal": (t3 - t2) / n}
 
 
+def variant(name: str, steps: int) -> dict:
+    import diffusers  # noqa: F401 - imports are paid before the clock starts, as for the diffusers loop
+    import graphflow_nodes  # noqa: F401
+    import transformers  # noqa: F401
+
+    tmp = Path(tempfile.mkdtemp(prefix="graphflow-bench-sweep-"))
+    try:
+        if name == "diffusers":
+            return diffusers_loop(steps)
+        if name == "local":
+            return graphflow_sweep(steps, tmp / "local", ray=False)
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        try:
+            return {**graphflow_sweep(steps, tmp / "ray", ray=True), "overhead": ray_call_overhead()}
+        finally:
+            ray.shutdown()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--variant", choices=["diffusers", "local", "ray"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="graphflow-bench-sweep-"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if args.variant:
+        print("RESULT " + json.dumps(variant(args.variant, args.steps)))
+        return
     rows = {}
-    warm_up()
-    try:
-        rows["diffusers loop"] = diffusers_loop(args.steps)
-        rows["graphflow, local"] = graphflow_sweep(args.steps, tmp / "local", ray=False)
-        if not args.no_ray:
-            import ray
-
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
-            try:
-                rows["graphflow, Ray, 2 actors"] = graphflow_sweep(args.steps, tmp / "ray", ray=True)
-                overhead = ray_call_overhead()
-            finally:
-                ray.shutdown()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    names = {"diffusers": "diffusers loop", "local": "graphflow, local", "ray": "graphflow, Ray, 2 actors"}
+    for v in ("diffusers", "local") + (() if args.no_ray else ("ray",)):
+        p = subprocess.run([sys.executable, __file__, "--variant", v, "--steps", str(args.steps)], capture_output=True, text=True,
+                           timeout=1800)
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"variant {v} failed:\n{p.stderr[-3000:]}")
+        rows[names[v]] = json.loads(line[7:])
+    overhead = rows.get(names["ray"], {}).get("overhead", 0.0)
     base = rows["diffusers loop"]["seconds"]
-    print(f"4 prompts x 4 seeds, txt2img, {args.steps} steps, embedded tiny-sd, 2 CPU cores (wall clock includes model loads)")
+    print(f"4 prompts x 4 seeds, txt2img, {args.steps} steps, embedded tiny-sd, 2 CPU cores; each variant a fresh process "
+          "(wall clock includes model loads, and for Ray starting Ray and its actors; not imports)")
     print(f"{'':28} {'seconds':>8} {'items/s':>8} {'vs diffusers':>13} {'s/item, warm':>13} {'text encodes':>13} "
           f"{'model loads':>12}  (components: tokenizer, text encoder, UNet, VAE)")
     for name, r in rows.items():
