@@ -61,8 +61,16 @@ def is_frames(v: Any) -> bool:
 
 
 def to_uint8(image) -> Any:
-    """(batch, 3, H, W) in [0, 1] → (batch, H, W, 3) uint8, rounded as the node library saves."""
-    return (image.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    """(batch, 3, H, W) in [0, 1] → (batch, H, W, 3) uint8, rounded as the node library saves.
+    numpy does the arithmetic, not torch: a torch op on the caller's thread (a notebook's, a
+    sweep's) starts a second torch thread team in the process, which halves the speed of the
+    executor's thread on a 2-core machine (measured: 0.35 s -> 0.75 s a txt2img run)."""
+    import numpy as np
+
+    a = image.detach()
+    if str(a.dtype) != "torch.float32":
+        a = a.float()
+    return (np.clip(a.cpu().numpy(), 0, 1).transpose(0, 2, 3, 1) * 255).round().astype("uint8")
 
 
 def png_bytes(array) -> bytes:
@@ -162,9 +170,10 @@ def value_text(v: Any, limit: int = 300) -> str:
     if hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "detach"):
         if v.ndim == 0 or v.numel() == 1:
             return _number(v.detach().cpu().reshape(-1)[0].item())
-        f = v.detach().float().cpu()
+        f = v.detach()
+        f = (f if str(f.dtype) == "torch.float32" else f.float()).cpu().numpy()  # numpy: see to_uint8
         return (f"tensor {tuple(v.shape)} {str(v.dtype).replace('torch.', '')} "
-                f"(min {f.min().item():.4g}, mean {f.mean().item():.4g}, max {f.max().item():.4g})")
+                f"(min {f.min():.4g}, mean {f.mean():.4g}, max {f.max():.4g})")
     if isinstance(v, (list, tuple)):
         if not v:
             return "[]"
