@@ -74,21 +74,25 @@ def write_sdxl_lora(path: Path, unet_layers: dict, te_layers: dict, te2_layers: 
     return path
 
 
-def write_kohya(path: Path, unet_layers: dict, te_layers: dict, alpha: float) -> Path:
+def write_kohya(path: Path, unet_layers: dict, te_layers: dict, alpha: float, te2_layers: dict | None = None) -> Path:
     """The same LoRA in kohya's layout with network alpha ``alpha``: kohya scales by alpha/rank,
-    so each up matrix is multiplied by rank/alpha to keep the same weights change."""
+    so each up matrix is multiplied by rank/alpha to keep the same weights change. With
+    ``te2_layers`` (SDXL) the encoders are ``lora_te1_`` and ``lora_te2_``."""
     import torch
     from safetensors.torch import save_file
 
+    parts = [("lora_unet_", unet_layers), ("lora_te_", te_layers)]
+    if te2_layers is not None:
+        parts = [("lora_unet_", unet_layers), ("lora_te1_", te_layers), ("lora_te2_", te2_layers)]
     out = {}
-    for prefix, layers, strip in (("lora_unet_", unet_layers, ""), ("lora_te_", te_layers, "")):
+    for prefix, layers in parts:
         for key, value in layers.items():
             if not key.endswith("lora_A.weight"):
                 continue
-            module = key[: -len(".lora_A.weight")].removeprefix(strip)
+            module = key[: -len(".lora_A.weight")]
             up = layers[f"{module}.lora_B.weight"]
             rank = value.shape[0]
-            if prefix == "lora_te_" and not module.startswith("text_model."):
+            if prefix.startswith("lora_te") and not module.startswith("text_model."):
                 module = "text_model." + module
             name = prefix + module.replace(".", "_")
             out[f"{name}.lora_down.weight"] = value.contiguous()

@@ -134,3 +134,22 @@ def test_sdxl_base_picture_comes_back_bit_for_bit_after_a_lora_run(tiny_sdxl, xl
         assert all(torch.equal(v, after[k]) for k, v in before[part].items()), part
     patched = [ref for ref in models.loads if getattr(ref, "patches", ())]
     assert sorted(ref.component for ref in patched) == sorted(MODEL_PARTS) and all(models.loads[p] == 1 for p in patched)
+
+
+def test_an_sdxl_kohya_file_gives_the_diffusers_files_model(tiny_sdxl, xl_loras, tmp_path):
+    """The same LoRA in kohya's SDXL layout (lora_unet_…, lora_te1_…, lora_te2_…, alpha 2 for
+    rank 4) patches all three parts as the diffusers file does."""
+    from graphflow_nodes.lora import file_components, lora_keys
+
+    from tests.lora_files import write_kohya
+
+    unet, te, te2 = sdxl_lora_tensors(tiny_sdxl, seed=1, rank=4)
+    path = write_kohya(tmp_path / "xl_kohya.safetensors", unet, te, alpha=2.0, te2_layers=te2)
+    keys = lora_keys(path)
+    assert any(k.startswith("lora_te2_") for k in keys) and file_components(keys) == set(MODEL_PARTS)
+    ex = Executor()
+    a = graph_run(ex, tiny_sdxl, [(xl_loras["a"], 0.8, 0.6)])
+    k = graph_run(ex, tiny_sdxl, [(path, 0.8, 0.6)])
+    assert (a["image"] - k["image"]).abs().max().item() <= 1e-5
+    assert (a["embeddings"] - k["embeddings"]).abs().max().item() <= 1e-5
+    assert (a["pooled"] - k["pooled"]).abs().max().item() <= 1e-5
