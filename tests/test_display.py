@@ -319,6 +319,15 @@ def slow_loop(n: int) -> Workflow:
                  "next": {"acc": {"from": "s.y"}}}}, "outputs": {"acc": "loop.acc"}}, reg)
 
 
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt during the test even in a process started with SIGINT
+    ignored (a shell's background job passes that on, and Python then keeps it ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def interrupt_at_step(ex: Executor, k: int) -> list[int]:
     """Sends this process a real SIGINT (what Ctrl-C and Jupyter's interrupt send) when step k begins."""
     steps: list[int] = []
@@ -333,7 +342,7 @@ def interrupt_at_step(ex: Executor, k: int) -> list[int]:
 
 
 @pytest.mark.parametrize("how", ["Executor.run", "notebook.run"])
-def test_an_interrupt_while_waiting_stops_the_run_at_its_next_step(how):
+def test_an_interrupt_while_waiting_stops_the_run_at_its_next_step(how, sigint_raises):
     assert threading.current_thread() is threading.main_thread()
     ex = Executor()
     wf = slow_loop(500)
@@ -352,7 +361,7 @@ def test_an_interrupt_while_waiting_stops_the_run_at_its_next_step(how):
     assert ex.run(slow_loop(3))["acc"] == 2.0  # the executor goes on with the next run
 
 
-def test_an_interrupted_notebook_sweep_stops_its_item_and_keeps_the_executor_usable(tmp_path):
+def test_an_interrupted_notebook_sweep_stops_its_item_and_keeps_the_executor_usable(tmp_path, sigint_raises):
     ex = Executor(out_dir=tmp_path / "mine")
     steps = interrupt_at_step(ex, 3)
     with pytest.raises(KeyboardInterrupt):
