@@ -301,15 +301,14 @@ class RaySweep:
     def _lost(self, a: _Actor) -> None:
         """An actor died: its queue goes to the live ones, and a replacement starts if allowed."""
         a.alive = False
-        orphans = list(a.queue)
-        a.queue.clear()
         if not self._cancelled and self.replaced < (self.max_replacements or 0):
             self.replaced += 1
             self.actors.append(self._start_actor(f"worker-{len(self.actors)}"))
         live = [b for b in self.actors if b.alive]
-        for k, i in enumerate(orphans):
-            if live:
+        if live:  # else the queue stays where _abandon finds it: no item goes unreported
+            for k, i in enumerate(list(a.queue)):
                 live[k % len(live)].queue.append(i)
+            a.queue.clear()
 
     def _abandon(self, why: str):
         from graphflow.sweeps import ItemResult

@@ -160,3 +160,16 @@ def test_actors_share_a_disk_cache(tmp_path, tiny_model, ray_session):
     assert all(r.runs.get("denoise") == 1 for r in first), [r.runs for r in first]
     assert all(r.runs.get("denoise", 0) == 0 and r.runs.get("cond", 0) == 0 and r.runs.get("save") == 1 for r in second), [r.runs for r in second]
     assert pngs(tmp_path / "a") == pngs(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_when_every_actor_dies_every_item_is_still_reported(tmp_path, tiny_model, ray_session):
+    sw = Sweep(txt2img(tiny_model), grid={"seed": list(range(4))}, out_dir=tmp_path / "d", ray="local",
+               ray_options={"workers": 1, "max_replacements": 0})
+    it = iter(sw)
+    first = next(it)
+    os.kill(sw.runner.info()[0]["pid"], signal.SIGKILL)  # the only actor, and no replacement allowed
+    rest = list(it)
+    assert first.status == "ok" and sorted(r.item for r in rest) == [1, 2, 3]  # none lost
+    assert all(r.status == "failed" and "died" in r.error["message"] for r in rest)
+    assert sorted(r["item"] for r in read_index(tmp_path / "d")) == [0, 1, 2, 3]
