@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["SHEET", "SHEET_LAYOUT", "write_contact_sheet"]
+__all__ = ["SHEET", "SHEET_LAYOUT", "label", "write_contact_sheet"]
 
 SHEET = "contact_sheet.png"
 SHEET_LAYOUT = "contact_sheet.json"
@@ -23,11 +23,8 @@ LABEL_H = 14  # pixels of a label band (PIL's default bitmap font is about 11 hi
 PAD = 2
 
 
-def _key(params: dict[str, Any]) -> bytes:
-    return orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
-
-
-def _label(params: dict[str, Any]) -> str:
+def label(params: dict[str, Any]) -> str:
+    """``k=v, k=v``: how a sweep names an item, on its tile and in its errors."""
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
@@ -44,7 +41,7 @@ def _tile(out_dir: Path, r):
     return None
 
 
-def write_contact_sheet(out_dir: str | Path, items: list[dict[str, Any]], grid: dict[str, list],
+def write_contact_sheet(out_dir: str | Path, items: list[dict[str, Any]], grid: dict[str, list], varying: list[str],
                         results: dict[int, Any]) -> Path | None:
     """Tile every finished item's first image; None when there is none. Two grid axes (and no
     zip): an XY plot, rows the first axis's values, columns the second's. Otherwise one tile per
@@ -59,7 +56,6 @@ def write_contact_sheet(out_dir: str | Path, items: list[dict[str, Any]], grid: 
 
     th = max(t.shape[0] for t in tiles.values())
     tw = max(t.shape[1] for t in tiles.values())
-    varying = [k for k in items[0] if len({_key({k: it[k]}) for it in items}) > 1]
     xy = len(grid) == 2 and len(items[0]) == 2 and len(items) > 1
     boxes: dict[int, tuple[int, int]] = {}
     if xy:
@@ -85,8 +81,7 @@ def write_contact_sheet(out_dir: str | Path, items: list[dict[str, Any]], grid: 
             r_, c = divmod(i, cols)
             x, y = c * (tw + PAD), r_ * (th + LABEL_H + PAD)
             boxes[i] = (x, y)
-            label = _label({k: items[i][k] for k in varying}) or f"item {i}"
-            draw.text((x + 1, y + th + 1), label, fill="black")
+            draw.text((x + 1, y + th + 1), label({k: items[i][k] for k in varying}) or f"item {i}", fill="black")
     for i, t in tiles.items():
         sheet.paste(Image.fromarray(t), boxes[i])
     buf = io.BytesIO()

@@ -323,10 +323,9 @@ def workflow_svg(wf) -> str | None:
 def sweep_html(sw) -> str:
     """The sweep's contact sheet (drawn and labelled by sweep.py) and a table of its items: the
     varying parameters, status, seconds and, for a failed item, the node that failed."""
-    from graphflow.sweeps import SHEET, params_key
+    from graphflow.sweeps import SHEET
 
-    items = sw.items
-    varying = [k for k in (items[0] if items else {}) if len({params_key({k: it[k]}) for it in items}) > 1]
+    items, varying = sw.items, sw.varying
     done = {i: r for i, r in sw.results.items()}
     counts: dict[str, int] = {}
     for r in done.values():

@@ -165,7 +165,6 @@ class RaySweep:
         self.actors: list[_Actor] = []
         self.replaced = 0
         self._cancelled = False
-        self._started_ray = False
         self._owns_connection = False
 
     # --- connecting ----------------------------------------------------------------------------
@@ -181,7 +180,6 @@ class RaySweep:
         try:
             if self.address is None:
                 ray.init(**kw)
-                self._started_ray = True
             else:
                 ray.init(address=self.address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:

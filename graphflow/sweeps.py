@@ -40,11 +40,11 @@ from typing import Any
 
 import orjson
 
-from graphflow.contact_sheet import SHEET, SHEET_LAYOUT, write_contact_sheet
+from graphflow.contact_sheet import SHEET, SHEET_LAYOUT, label, write_contact_sheet
 from graphflow.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
 
-__all__ = ["SHEET", "SHEET_LAYOUT", "ItemResult", "Sweep", "expand", "params_key", "read_index", "run_item", "run_order", "sweep"]
+__all__ = ["SHEET", "SHEET_LAYOUT", "ItemResult", "Sweep", "expand", "params_key", "read_index", "run_item", "run_order", "sweep", "varying"]
 
 INDEX = "index.jsonl"
 
@@ -77,8 +77,9 @@ def params_key(params: dict[str, Any]) -> bytes:
     return orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
 
 
-def _label(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items())
+def varying(items: list[dict[str, Any]]) -> list[str]:
+    """The parameters whose value is not the same in every item, in the items' order."""
+    return [k for k in (items[0] if items else {}) if len({params_key({k: it.get(k)}) for it in items}) > 1]
 
 
 def expand(grid: dict[str, list] | None = None, zip: dict[str, list] | None = None) -> list[dict[str, Any]]:
@@ -135,18 +136,18 @@ def run_order(items: list[dict[str, Any]], checked=None) -> list[int]:
     if not items:
         return []
     names = list(items[0])
-    varying = [k for k in names if len({params_key({k: it.get(k)}) for it in items}) > 1]
+    axes = varying(items)
     try:
         depths = _param_depths(checked) if checked is not None else {}
     except (AttributeError, KeyError, IndexError, TypeError):  # an ordering hint only: never a reason to fail
         depths = {}
     hint = {"model": 0, "prompt": 1, "negative_prompt": 1}
-    varying.sort(key=lambda k: (depths.get(k, 10**6), hint.get(k, 2), names.index(k)))
-    ranks = {k: {} for k in varying}
+    axes.sort(key=lambda k: (depths.get(k, 10**6), hint.get(k, 2), names.index(k)))
+    ranks = {k: {} for k in axes}
     for it in items:
-        for k in varying:
+        for k in axes:
             ranks[k].setdefault(params_key({k: it[k]}), len(ranks[k]))
-    return sorted(range(len(items)), key=lambda i: tuple(ranks[k][params_key({k: items[i][k]})] for k in varying))
+    return sorted(range(len(items)), key=lambda i: tuple(ranks[k][params_key({k: items[i][k]})] for k in axes))
 
 
 def read_index(out_dir: str | Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -235,11 +236,12 @@ class Sweep:
             try:
                 self.bound.append(workflow.bind(params, self.limits))
             except ValidationFailed as e:
-                problems += [Problem(p.code, f"item {i} ({_label(params)}): {p.message}", p.node, p.field, p.line, p.column)
+                problems += [Problem(p.code, f"item {i} ({label(params)}): {p.message}", p.node, p.field, p.line, p.column)
                              for p in e.problems]
         if problems:
             raise ValidationFailed(problems)
         self.order = run_order(self.items, self.checked)
+        self.varying = varying(self.items)
         self._executor = executor
         self._cancel = threading.Event()
         self.results: dict[int, ItemResult] = {}
@@ -265,19 +267,12 @@ class Sweep:
             self._executor.cancel()
 
     @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    @property
     def executor(self):
         if self._executor is None:
             from graphflow.executor import Executor
 
             self._executor = Executor(out_dir=self.out_dir, limits=self.limits)
         return self._executor
-
-    def done_keys(self) -> set[bytes]:
-        return {params_key(r.get("params", {})) for r in read_index(self.out_dir) if r.get("status") == "ok"}
 
     def __iter__(self) -> Iterator[ItemResult]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -331,7 +326,7 @@ class Sweep:
             os.close(fd)
 
     def write_contact_sheet(self) -> Path | None:
-        return write_contact_sheet(self.out_dir, self.items, self.grid, self.results)
+        return write_contact_sheet(self.out_dir, self.items, self.grid, self.varying, self.results)
 
 
 def _files(folder: Path) -> list[Path]:
