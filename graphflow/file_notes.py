@@ -34,7 +34,10 @@ def file_notes(bound: Any) -> list[FileNote]:
             if not isinstance(value, str):
                 continue  # arrives through a link: known only when the graph runs
             try:
-                notes.append(FileNote(nid, fld, value, str(describe(value)), True))
+                text = describe(value)
             except Exception as e:  # the library's own words about what is wrong
                 notes.append(FileNote(nid, fld, value, str(e), False))
+                continue
+            if text is not None:  # None: the value names no file (an optional input left empty)
+                notes.append(FileNote(nid, fld, value, str(text), True))
     return notes

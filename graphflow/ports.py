@@ -57,7 +57,8 @@ class FileInput:
     or link), so an edited file is read again and the same bytes elsewhere are a cache hit.
     ``resolve`` must be a module-level function (it is part of the node's declaration).
     ``describe`` (optional, module-level, cheap, no heavy imports) says in one line what the
-    named file is, for ``graphflow validate``; it may raise to say what is wrong with it."""
+    named file is, for ``graphflow validate``; it may raise to say what is wrong with it, or
+    return None when the value names no file (an optional input left empty)."""
 
     resolve: Any = None
     describe: Any = None

@@ -67,6 +67,21 @@ def read_index(path: Path) -> dict:
     return data
 
 
+def pipeline_settings(path: Path) -> dict:
+    """model_index.json's settings, without its component entries (force_zeros_for_empty_prompt, id2label, ...)."""
+    return {k: v for k, v in read_index(path).items() if not isinstance(v, list)}
+
+
+def pipeline_family(path: Path) -> Family:
+    """The family a folder's model_index.json names, without asking for the components' folders
+    (a folder of configs, as single-file checkpoints are built with, has no weights)."""
+    name = read_index(path).get("_class_name")
+    if name not in BY_PIPELINE:
+        raise ModelError(f"{path} is a {name or 'model without a _class_name'}: that model family is not supported; "
+                         f"supported families: {supported_families()}")
+    return BY_PIPELINE[name]
+
+
 def family_of(path: Path) -> Family:
     """The family of a model folder, its components checked before anything loads: a pipeline
     graphflow has no nodes for is refused here, by name, with the supported list, instead of a
@@ -104,13 +119,34 @@ def describe_model_folder(value: str) -> str:
         raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
     path = resolve_model_path(value)
     if path.is_file():  # a single-file checkpoint: what its keys and shapes say (nodes/checkpoint.py)
-        from graphflow_nodes.checkpoint import choose_variant
+        from graphflow_nodes.checkpoint import NoShippedConfig, alternatives, choose_variant
 
-        v = choose_variant(path)
-        return f"{v.ref_family} model (a single-file {v.family} checkpoint, built with the {v.name} configs) at {path}"
+        try:
+            v = choose_variant(path)
+        except NoShippedConfig as e:  # the node's config input may name the folder it needs: not an error yet
+            return str(e)
+        other = alternatives(v)
+        extra = f"; LoadModel's config may name {' or '.join(other)} instead" if other else ""
+        return f"{pipeline_family(v.config).name} model (a single-file {v.family} checkpoint, built with the {v.name} configs: {v.note}{extra}) at {path}"
     family = family_of(path)
     extra = ""
     if family.name == "pixel":
         labels = read_index(path).get("id2label") or {}
         extra = f", {len(labels)} classes" if labels else ""
     return f"{family.name} model ({read_index(path)['_class_name']}: {family.note}{extra}) at {path}"
+
+
+def describe_config(value: str) -> str | None:
+    """One line for ``graphflow validate`` about LoadModel's ``config`` (nothing when it is empty:
+    the model's own line says which configs a checkpoint is built with)."""
+    if not value.strip():
+        return None
+    from graphflow_nodes.checkpoint import VARIANTS
+    from graphflow_nodes.files import locate
+
+    shipped = {v.name: v for v in VARIANTS}
+    if value in shipped:
+        return f"the shipped {value} configs: {shipped[value].note}"
+    folder = locate(value, "checkpoints")
+    return f"the configs of a {pipeline_family(folder).name} model folder at {folder}"
+

@@ -23,6 +23,8 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).parent
 MODELS_DIR = PACKAGE_DIR / "models"
+#: the configs single-file checkpoints are built with (no weights): sd15, sd2-base, sd2-v, sdxl
+CONFIGS_DIR = PACKAGE_DIR / "configs"
 MODELS_ENV = "GRAPHFLOW_MODELS"
 MODELS_ONLY_ENV = "GRAPHFLOW_MODELS_ONLY"
 
@@ -105,6 +107,14 @@ def _resolve(name: str, kind: str) -> Path:
 def resolve_model_path(name_or_path: str) -> Path:
     """A model folder or single-file checkpoint: a name in the models folders' ``checkpoints/``
     (``tiny-sd`` is shipped), or a path."""
+    return _resolve(name_or_path, "checkpoints")
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """LoadModel's ``config``: a shipped config's name (``configs/``), else a diffusers folder as
+    ``resolve_model_path`` finds it."""
+    if name_or_path and "/" not in name_or_path and (CONFIGS_DIR / name_or_path / "model_index.json").is_file():
+        return CONFIGS_DIR / name_or_path
     return _resolve(name_or_path, "checkpoints")
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from graphflow_nodes.families import ModelError, component_class, describe_model_folder, family_of, read_index
-from graphflow_nodes.files import locate, resolve_model_path
+from graphflow_nodes.families import ModelError, component_class, describe_config, describe_model_folder, family_of, pipeline_settings
+from graphflow_nodes.files import locate, resolve_config_path, resolve_model_path
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 from pydantic import Field
 
@@ -134,6 +134,10 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         path: Annotated[str, FileInput(resolve=resolve_model_path, describe=describe_model_folder)] = Field(
             DEFAULT_MODEL, description="a diffusers model folder or a .safetensors checkpoint: a name in the models folders' checkpoints/, or a path"
         )
+        config: Annotated[str, FileInput(resolve=resolve_config_path, describe=describe_config)] = Field(
+            "", description="single-file checkpoints only: the configs to build it with, a shipped name (sd15, sd2-v, sd2-base, sdxl) "
+            "or a diffusers folder of its architecture; empty: chosen from the file's keys and shapes (SD 2.x: sd2-v)"
+        )
 
     class Out(Outputs):
         tokenizer: Tokenizer = Field(description="the CLIP tokenizer")
@@ -153,11 +157,12 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         if path.is_file():  # a single-file checkpoint (original SD layout)
             from graphflow_nodes.checkpoint import checkpoint_refs
 
-            out = checkpoint_refs(path)
-            fam = out["tokenizer"].family
+            out = checkpoint_refs(path, i.config.strip())
             for c in COMPONENT_KINDS:
-                out.setdefault(c, MissingComponent(c, fam, str(path.resolve())))
-            return {**out, "family": fam, "pipeline_config": {}}
+                out.setdefault(c, MissingComponent(c, out["family"], str(path.resolve())))
+            return out
+        if i.config.strip():
+            raise ModelError(f"config applies to single-file checkpoints; {path} is a diffusers folder, which carries its own configs")
         family = family_of(path)
         where = str(path.resolve())
         out: dict[str, Any] = {
@@ -166,5 +171,5 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         }
         out["scheduler_config"] = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
         out["family"] = family.name
-        out["pipeline_config"] = {k: v for k, v in read_index(path).items() if not isinstance(v, list)}
+        out["pipeline_config"] = pipeline_settings(path)
         return out

@@ -1,10 +1,14 @@
-"""Writes a diffusers SD 1.x folder as one single-file checkpoint in the original (LDM/CompVis)
-layout: the test's stand-in for the files model sites ship.
+"""Writes a diffusers SD 1.x, SD 2.x or SDXL folder as one single-file checkpoint in the original
+(LDM/CompVis, Stability's generative-models) layout: the test's stand-in for the files model sites
+ship.
 
 The key mapping is diffusers' own scripts/convert_diffusers_to_original_stable_diffusion.py,
 generalised from its hard-coded SD 1.x sizes (4 levels, 2 resnets per level, no attention in the
 last down block or the first up block) to any UNet2DConditionModel/AutoencoderKL config, so that
-tiny-sd (3 levels, 1 resnet per level, attention everywhere) converts too."""
+tiny-sd (3 levels, 1 resnet per level, attention everywhere) converts too. SD 2.x's text encoder
+is written as OpenCLIP's (``cond_stage_model.model.``: fused q/k/v, ``resblocks``, ``ln_final``),
+SDXL's two as ``conditioner.embedders.0`` (CLIP, transformers' names) and ``.1`` (OpenCLIP, with its
+projection), the inverse of diffusers' ``convert_open_clip_checkpoint``."""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ UNET_TOP = {  # (stable-diffusion, diffusers)
     "input_blocks.0.0.": "conv_in.",
     "out.0.": "conv_norm_out.",
     "out.2.": "conv_out.",
+    "label_emb.0.0.": "add_embedding.linear_1.",  # SDXL's added (text, time) conditions
+    "label_emb.0.2.": "add_embedding.linear_2.",
 }
 UNET_RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"), ("out_layers.3", "conv2"),
                ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
@@ -102,19 +108,66 @@ def convert_vae(sd: dict, cfg: dict) -> dict:
     return new
 
 
-def convert_text_encoder(sd: dict) -> dict:
-    return {"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
+def _text_model_keys(sd: dict) -> dict:
+    """transformers saves CLIPTextModel with or without the ``text_model.`` level (5.6 flattened it)."""
+    return {k.removeprefix("text_model."): v for k, v in sd.items()}
 
 
-def write_original_checkpoint(folder: Path, out: Path) -> Path:
+def convert_text_encoder(sd: dict, prefix: str = "cond_stage_model.transformer.") -> dict:
+    return {prefix + "text_model." + k: v for k, v in _text_model_keys(sd).items() if k != "text_projection.weight"}
+
+
+OPEN_CLIP_NAMES = [("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+                   ("self_attn.out_proj", "attn.out_proj")]
+
+
+def convert_open_clip(sd: dict, prefix: str) -> dict:
+    """A transformers CLIP text model as OpenCLIP names it. SD 2.x files carry a projection their
+    UNet never uses (diffusers ignores it): an identity of the model's width stands in for it."""
+    import torch
+
+    sd = _text_model_keys(sd)
+    new = {prefix + "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+           prefix + "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+           prefix + "ln_final.weight": sd.pop("final_layer_norm.weight"),
+           prefix + "ln_final.bias": sd.pop("final_layer_norm.bias")}
+    width = new[prefix + "token_embedding.weight"].shape[1]
+    proj = sd.pop("text_projection.weight", None)
+    new[prefix + "text_projection"] = torch.eye(width) if proj is None else proj.T.contiguous()
+    for part in ("weight", "bias"):
+        for layer in sorted({k.split(".")[2] for k in sd if k.startswith("encoder.layers.")}, key=int):
+            qkv = [sd.pop(f"encoder.layers.{layer}.self_attn.{x}_proj.{part}") for x in "qkv"]
+            new[f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{part}"] = torch.cat(qkv)
+    for k, v in sd.items():
+        if not k.startswith("encoder.layers."):
+            continue  # position_ids and the like: buffers, not weights
+        name = k.replace("encoder.layers.", "transformer.resblocks.")
+        for hf, oc in OPEN_CLIP_NAMES:
+            name = name.replace(hf, oc)
+        new[prefix + name] = v
+    return new
+
+
+def write_original_checkpoint(folder: Path, out: Path, layout: str = "sd1") -> Path:
+    """``layout``: sd1, sd2 (OpenCLIP text encoder) or sdxl (two text encoders)."""
     from safetensors.torch import load_file, save_file
 
     unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
+    te = load_file(folder / "text_encoder" / "model.safetensors")
+    if layout == "sd1":
+        text = convert_text_encoder(te)
+    elif layout == "sd2":
+        text = convert_open_clip(te, "cond_stage_model.model.")
+    elif layout == "sdxl":
+        text = {**convert_text_encoder(te, "conditioner.embedders.0.transformer."),
+                **convert_open_clip(load_file(folder / "text_encoder_2" / "model.safetensors"), "conditioner.embedders.1.model.")}
+    else:
+        raise ValueError(f"unknown layout {layout}")
     state = {
         **convert_unet(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), unet_cfg),
         **convert_vae(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"), vae_cfg),
-        **convert_text_encoder(load_file(folder / "text_encoder" / "model.safetensors")),
+        **text,
     }
     save_file({k: v.contiguous() for k, v in state.items()}, str(out))
     return out

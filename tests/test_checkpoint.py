@@ -1,12 +1,14 @@
-"""Single-file checkpoints: tiny-sd written out in the original Stable Diffusion layout loads
-through LoadModel and draws the folder's pictures bit for bit; the family comes from the keys;
-pickles are refused unread; the shipped SD 1.5 configs have SD 1.5's sizes."""
+"""Single-file checkpoints: tiny SD 1.x, SD 2.x and SDXL models written out in the original
+layout load through LoadModel and draw their folders' pictures bit for bit; the family and the
+config come from the keys and shapes (checked on full-size SD 1.5, SD 2.x and SDXL shapes built
+on the meta device); pickles are refused unread; the shipped configs have the real models' sizes."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 import torch
 
@@ -97,14 +99,18 @@ def test_the_family_comes_from_the_keys(tmp_path):
     unet = "model.diffusion_model.input_blocks.0.0.weight"
     assert detect_family([unet, "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]) == "sd1"
     assert detect_family([unet, "cond_stage_model.model.token_embedding.weight"]) == "sd2"
-    assert detect_family([unet, "conditioner.embedders.1.model.positional_embedding"]) == "sdxl"
+    assert detect_family([unet, "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+                          "conditioner.embedders.1.model.positional_embedding"]) == "sdxl"
+    assert detect_family([unet, "conditioner.embedders.0.model.text_projection"]) == "sdxl-refiner"
     assert detect_family(["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"]) is None
 
     z = torch.zeros(1)
     save_file({unet: torch.zeros(320, 4, 3, 3), "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": z},
               tmp_path / "xl.safetensors")
     msg = _load_error(tmp_path / "xl.safetensors")
-    assert "sdxl checkpoint" in msg and "not supported yet" in msg
+    assert "single-file sdxl checkpoint without its vae" in msg
+    save_file({unet: torch.zeros(384, 4, 3, 3), "conditioner.embedders.0.model.text_projection": z}, tmp_path / "refiner.safetensors")
+    assert "SDXL refiner" in _load_error(tmp_path / "refiner.safetensors")
     save_file({"weight": z}, tmp_path / "other.safetensors")
     assert "not a Stable Diffusion checkpoint" in _load_error(tmp_path / "other.safetensors")
     (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 32)
@@ -136,3 +142,210 @@ def test_the_shipped_sd15_configs_build_sd15_sized_models():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert (count(unet), count(vae), count(te)) == (859_520_964, 83_653_863, 123_060_480)
     assert json.loads((d / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+
+# --- SD 2.x and SDXL --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd2(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny random SD 2.x (v-prediction) folder and the same weights as one original-layout file."""
+    from tests.tiny_model import build_tiny_sd2
+
+    d = tmp_path_factory.mktemp("sd2")
+    folder = build_tiny_sd2(d / "tiny-sd2")
+    return folder, write_original_checkpoint(folder, d / "tiny-sd2.safetensors", "sd2")
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl, tmp_path_factory) -> tuple[Path, Path]:
+    return tiny_sdxl, write_original_checkpoint(tiny_sdxl, tmp_path_factory.mktemp("sdxl") / "tiny-sdxl.safetensors", "sdxl")
+
+
+def _same_weights(ex: Executor, a, b) -> bool:
+    x, y = ex.models.get(a).state_dict(), ex.models.get(b).state_dict()
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_the_sd2_file_holds_openclip_names(sd2):
+    from safetensors import safe_open
+
+    with safe_open(str(sd2[1]), "pt") as f:
+        keys = set(f.keys())
+    assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in keys
+    assert "cond_stage_model.model.ln_final.weight" in keys and not any(k.startswith("cond_stage_model.transformer.") for k in keys)
+
+
+def test_an_sd2_checkpoint_draws_its_folders_picture_bit_for_bit(sd2):
+    """Built with its own folder's configs (a tiny model fits no shipped config): the OpenCLIP text
+    encoder converts to the folder's weights exactly, the tokenizer pads with "!" as the folder's,
+    the scheduler predicts v, and txt2img gives the folder's picture."""
+    from graphflow_nodes.models import LoadModel
+
+    folder, ckpt = sd2
+    refs = LoadModel().run(LoadModel.In(path=str(ckpt), config=str(folder)), Context())
+    base = LoadModel().run(LoadModel.In(path=str(folder)), Context())
+    assert refs["family"] == "sd" and refs["scheduler_config"]["prediction_type"] == "v_prediction"
+    assert refs["tokenizer"] == base["tokenizer"]
+    ex = Executor()
+    for c in ("unet", "vae", "text_encoder"):
+        assert _same_weights(ex, refs[c], base[c]), c
+    a = ex.run(txt2img(str(folder), prompt="a yellow square", seed=5, scheduler="ddim"))
+    b = ex.run(txt2img(str(ckpt), config=str(folder), prompt="a yellow square", seed=5, scheduler="ddim"))
+    assert a.ok and b.ok, (a.errors, b.errors)
+    assert torch.equal(a["image"], b["image"]) and a["image"].std().item() > 0.02
+
+
+def test_an_sdxl_checkpoint_draws_its_folders_picture_bit_for_bit(sdxl):
+    """Both text encoders (CLIP in slot 0, OpenCLIP bigG with its projection in slot 1), the added
+    conditions' embedding and force_zeros_for_empty_prompt come through: every weight is the
+    folder's exactly, the prompt embeddings equal, the pooled embedding and the picture within 1e-6
+    and 1e-5 (see below)."""
+    from graphflow_nodes.models import LoadModel
+
+    folder, ckpt = sdxl
+    refs = LoadModel().run(LoadModel.In(path=str(ckpt), config=str(folder)), Context())
+    base = LoadModel().run(LoadModel.In(path=str(folder)), Context())
+    assert refs["family"] == "sdxl" and refs["pipeline_config"]["force_zeros_for_empty_prompt"] is True
+    assert (refs["tokenizer"], refs["tokenizer_2"]) == (base["tokenizer"], base["tokenizer_2"])
+    ex = Executor()
+    for c in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert _same_weights(ex, refs[c], base[c]), c
+    runs = []
+    for params in ({"model": str(folder)}, {"model": str(ckpt), "config": str(folder)}):
+        doc = graphflow.load(REPO / "workflows" / "txt2img_sdxl.json").doc.raw
+        doc["outputs"] = {"image": "decode.image", "embeddings": "conditions.embeddings", "pooled": "conditions.pooled"}
+        r = ex.run(graphflow.Workflow.from_dict(doc).with_params(steps=4, seed=3, prompt="a red circle", **params))
+        assert r.ok, r.errors
+        runs.append(r)
+    assert torch.equal(runs[0]["embeddings"], runs[1]["embeddings"])
+    # Equal weights, but the folder's projection matrix is memory-mapped from its file at an address
+    # 12 bytes past a 64-byte boundary and the checkpoint's is aligned: the CPU matrix product takes
+    # another path and the pooled embedding differs in the last bit (measured 2.6e-7; cloning both
+    # makes them equal). Everything downstream stays within 1e-5.
+    assert (runs[0]["pooled"] - runs[1]["pooled"]).abs().max().item() <= 1e-6
+    assert (runs[0]["image"] - runs[1]["image"]).abs().max().item() <= 1e-5
+    assert runs[0]["image"].std().item() > 0.02
+
+
+def test_a_config_that_does_not_fit_is_refused_naming_both(sd2, sdxl, tiny_ckpt):
+    folder2, ckpt2 = sd2
+    assert "match no shipped config (sd2-v, sd2-base)" in _load_error(ckpt2)  # tiny shapes: the configs must be given
+    msg = _load_error_with(ckpt2, "sd2-base")
+    assert "does not fit config 'sd2-base'" in msg and "text width 40" in msg and "text width 1024" in msg
+    assert "builds sdxl checkpoints" in _load_error_with(ckpt2, "sdxl")
+    assert "must be a shipped config" in _load_error_with(ckpt2, str(sdxl[0]))  # an SDXL folder for an SD 2.x file
+    assert "config applies to single-file checkpoints" in _load_error_with(folder2, "sd2-v")
+
+
+def _load_error_with(path: Path, config: str) -> str:
+    doc = {"format": 1, "nodes": {"m": {"type": "LoadModel", "inputs": {"path": str(path), "config": config}}}, "outputs": ["m"]}
+    r = Executor().run(graphflow.Workflow.from_dict(doc))
+    assert not r.ok and r.errors[0].node == "m"
+    return r.errors[0].message
+
+
+
+def _full_size_shapes(config: Path, layout: str) -> dict[str, tuple]:
+    """The original-layout names and shapes of a full-size model, its weights never allocated
+    (meta tensors), through the same converter the tiny files are written with."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from tests import original_layout as ol
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config, subfolder="vae"))
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(config, subfolder="text_encoder"))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config, subfolder="text_encoder_2")) if layout == "sdxl" else None
+    state = {**ol.convert_unet(unet.state_dict(), unet.config), **ol.convert_vae(vae.state_dict(), vae.config)}
+    if layout == "sd1":
+        state.update(ol.convert_text_encoder(te.state_dict()))
+    elif layout == "sd2":
+        state.update(ol.convert_open_clip(te.state_dict(), "cond_stage_model.model."))
+    else:
+        state.update(ol.convert_text_encoder(te.state_dict(), "conditioner.embedders.0.transformer."))
+        state.update(ol.convert_open_clip(te2.state_dict(), "conditioner.embedders.1.model."))
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("config, layout, chosen, other", [
+    ("sd15", "sd1", "sd15", []),
+    ("sd2-v", "sd2", "sd2-v", ["sd2-base"]),
+    ("sd2-base", "sd2", "sd2-v", ["sd2-base"]),  # the same shapes: 768-v unless the workflow says base
+    ("sdxl", "sdxl", "sdxl", []),
+])
+def test_full_size_checkpoints_are_matched_to_the_shipped_configs(config, layout, chosen, other):
+    from graphflow_nodes.checkpoint import alternatives, variant_for
+
+    shapes = _full_size_shapes(REPO / "nodes" / "configs" / config, layout)
+    assert shapes["model.diffusion_model.input_blocks.0.0.weight"] == (320, 4, 3, 3)
+    v = variant_for("model.safetensors", shapes)
+    assert (v.name, alternatives(v)) == (chosen, other)
+    assert variant_for("model.safetensors", shapes, config).name == config
+
+
+def test_the_shipped_sd2_and_sdxl_configs_build_their_models_sizes():
+    """Parameter counts (meta device) of stable-diffusion-2-1's UNet and OpenCLIP ViT-H text
+    encoder (23 of its 24 layers, as SD 2.x uses), SDXL base's UNet and its two text encoders;
+    the schedulers predict what each model was trained to predict."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    sizes = {}
+    for name in ("sd2-v", "sd2-base", "sdxl"):
+        d = REPO / "nodes" / "configs" / name
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(d, subfolder="unet"))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(d, subfolder="vae"))
+            te = CLIPTextModel(CLIPTextConfig.from_pretrained(d, subfolder="text_encoder"))
+            sizes[name] = [count(unet), count(vae), count(te)]
+            if name == "sdxl":
+                sizes[name].append(count(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(d, subfolder="text_encoder_2"))))
+    assert sizes == {"sd2-v": [865_910_724, 83_653_863, 340_387_840], "sd2-base": [865_910_724, 83_653_863, 340_387_840],
+                     "sdxl": [2_567_463_684, 83_653_863, 123_060_480, 694_659_840]}
+    predicts = {n: json.loads((REPO / "nodes" / "configs" / n / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
+                for n in ("sd2-v", "sd2-base", "sdxl")}
+    assert predicts == {"sd2-v": "v_prediction", "sd2-base": "epsilon", "sdxl": "epsilon"}
+
+
+def test_shipped_configs_pad_their_tokenizers_as_the_models_do(tiny_sdxl):
+    """The shipped configs carry no tokenizer: SD 2.x's tokenizer and SDXL's second pad with "!"
+    (id 0), the others with the end token (49407), exactly as the SDXL folder's own tokenizers."""
+    from graphflow_nodes.checkpoint import VARIANTS, tokenizer_refs
+    from graphflow_nodes.models import LoadModel
+
+    ex = Executor()
+    by_name = {v.name: v for v in VARIANTS}
+    ids = lambda ref: ex.models.get(ref)("a red circle", padding="max_length", max_length=8).input_ids  # noqa: E731
+    xl = tokenizer_refs(by_name["sdxl"], "sdxl")
+    folder = LoadModel().run(LoadModel.In(path=str(tiny_sdxl)), Context())
+    assert ids(xl["tokenizer"]) == ids(folder["tokenizer"]) == [49406, 320, 736, 7117, 49407, 49407, 49407, 49407]
+    assert ids(xl["tokenizer_2"]) == ids(folder["tokenizer_2"]) == [49406, 320, 736, 7117, 49407, 0, 0, 0]
+    assert ids(tokenizer_refs(by_name["sd2-v"], "sd")["tokenizer"]) == [49406, 320, 736, 7117, 49407, 0, 0, 0]
+    assert ids(tokenizer_refs(by_name["sd15"], "sd")["tokenizer"])[-1] == 49407
+
+
+def test_validate_says_what_a_checkpoint_is_built_with(sd2, tmp_path):
+    """``graphflow validate`` reads the header and the configs only (no torch): the family, the
+    configs chosen, and a config that does not fit, named by node and field."""
+    from tests.test_families import _validate
+
+    folder, ckpt = sd2
+    wf = str(REPO / "workflows" / "txt2img.json")
+    p = _validate([wf, "--set", f"model={ckpt}", "--set", f"config={folder}"], tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"inputs.path = '{ckpt}': tiny-sd2.safetensors is a single-file sd2 checkpoint whose shapes (UNet width 16, " in p.stdout
+    assert "match no shipped config (sd2-v, sd2-base); LoadModel's config must name a diffusers folder" in p.stdout
+    assert f"inputs.config = '{folder}': the configs of a sd model folder at {folder}" in p.stdout
+    p = _validate([wf, "--set", f"model={ckpt}", "--set", "config=sdxl", "--json"], tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (note,) = orjson.loads(p.stdout)["files"][1:]
+    assert (note["field"], note["ok"]) == ("inputs.config", True) and note["note"].startswith("the shipped sdxl configs: Stable Diffusion XL")
+    p = _validate([wf, "--set", f"model={ckpt}", "--set", "config=sdxl-turbo", "--json"], tmp_path)
+    (note,) = orjson.loads(p.stdout)["files"][1:]
+    assert note["ok"] is False and "no checkpoint named 'sdxl-turbo'" in note["note"]

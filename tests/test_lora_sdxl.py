@@ -153,3 +153,21 @@ def test_an_sdxl_kohya_file_gives_the_diffusers_files_model(tiny_sdxl, xl_loras,
     assert (a["image"] - k["image"]).abs().max().item() <= 1e-5
     assert (a["embeddings"] - k["embeddings"]).abs().max().item() <= 1e-5
     assert (a["pooled"] - k["pooled"]).abs().max().item() <= 1e-5
+
+
+def test_an_sdxl_lora_patches_a_single_file_checkpoint_as_it_patches_the_folder(tiny_sdxl, xl_loras, tmp_path):
+    """The same SDXL weights as one original-layout file (built with the folder's configs): two
+    stacked LoRAs give the folder's LoRA picture (within 1e-5: the folder's weights are
+    memory-mapped at other alignments, see test_checkpoint) and embeddings exactly."""
+    from tests.original_layout import write_original_checkpoint
+
+    ckpt = write_original_checkpoint(tiny_sdxl, tmp_path / "tiny-sdxl.safetensors", "sdxl")
+    stack = [(xl_loras["a"], 0.7, 0.5), (xl_loras["b"], 0.4, 1.2)]
+    ex = Executor()
+    folder = graph_run(ex, tiny_sdxl, stack)
+    r = ex.run(Workflow.from_dict(sdxl_lora_doc(ckpt, stack)).with_params(
+        config=str(tiny_sdxl), steps=STEPS, seed=SEED, guidance=GUIDANCE, prompt=PROMPT))
+    assert r.ok, r.errors
+    assert torch.equal(r["embeddings"], folder["embeddings"])
+    assert (r["pooled"] - folder["pooled"]).abs().max().item() <= 1e-6
+    assert (r["image"] - folder["image"]).abs().max().item() <= 1e-5
