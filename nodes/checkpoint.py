@@ -7,8 +7,8 @@ a config folder shipped inside graphflow (``configs/``: SD 1.5, SD 2.x base and 
 ``models/tiny-sd`` for the embedded model), and each component is converted when a node first
 needs it by diffusers' own single-file loaders (``from_single_file(config=…)`` for the UNet and
 VAE, ``create_diffusers_clip_model_from_ldm`` for the text encoders), offline: the config is a
-folder, never a hub repository. Only the component's own tensors are read from the file, so an
-SDXL checkpoint is never held whole in memory. Pickled checkpoints (``.ckpt``, ``.pt``, ``.bin``)
+folder, never a hub repository. Each loader is handed only its component's tensors (memory-mapped,
+as the whole file would be: bench/bench_checkpoint.py measures the small difference). Pickled checkpoints (``.ckpt``, ``.pt``, ``.bin``)
 are refused, never unpickled: loading one can run any code.
 
 SD 2.x base (512, predicts the noise) and 768-v (predicts v) checkpoints have the same keys and
