@@ -54,14 +54,14 @@ def folder_family(p: Path) -> str:
 
 
 def checkpoint_family(p: Path) -> str:
-    from graphflow_nodes.checkpoint import CLIP_KEYS, detect_family
+    from graphflow_nodes.checkpoint import TEXT_KEYS, detect_family
 
     shapes = _shapes(p)
     if shapes is None:
         return "unreadable"
     family = detect_family(shapes)
     if family == "sd1":
-        width = next(shapes[k][1] for k in CLIP_KEYS if k in shapes)
+        width = next(shapes[k][1] for k in TEXT_KEYS["text_encoder"] if k in shapes)
         return _width_family(width) if width != 768 else "sd1"
     return family or "not a checkpoint"
 

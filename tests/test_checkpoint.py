@@ -349,3 +349,13 @@ def test_validate_says_what_a_checkpoint_is_built_with(sd2, tmp_path):
     p = _validate([wf, "--set", f"model={ckpt}", "--set", "config=sdxl-turbo", "--json"], tmp_path)
     (note,) = orjson.loads(p.stdout)["files"][1:]
     assert note["ok"] is False and "no checkpoint named 'sdxl-turbo'" in note["note"]
+
+
+def test_graphflow_models_lists_each_checkpoints_family(tiny_ckpt, sd2, sdxl, tmp_path):
+    from graphflow_nodes.catalog import describe
+
+    assert describe(tiny_ckpt, "checkpoints")["family"] == "sd1-like (text width 64)"
+    assert describe(sd2[1], "checkpoints")["family"] == "sd2"
+    assert describe(sdxl[1], "checkpoints")["family"] == "sdxl"
+    (tmp_path / "model.ckpt").write_bytes(b"never read")
+    assert describe(tmp_path / "model.ckpt", "checkpoints")["family"].startswith("refused")
