@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from graphflow_nodes.kinds import VAE, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
-from graphflow_nodes.latents import decode
+from graphflow_nodes.latents import decode, pixel_vae
 from graphflow_nodes.prediction import noise_levels, predicted_x0
 from pydantic import Field
 
@@ -82,7 +82,7 @@ class ColorGuidance(Node, name="ColorGuidance", category="sampling", uses=("mode
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        vae = ctx.models.get(i.vae)
+        vae = pixel_vae(ctx, i.vae)
         latents = i.latents.detach().requires_grad_(True)
         with torch.enable_grad():
             x0 = predicted_x0(i.scheduler, i.noise_pred, i.timestep, latents)

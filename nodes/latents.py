@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from graphflow_nodes.files import resolve_input_file
@@ -15,6 +16,30 @@ from graphflow.ports import FileInput
 
 def vae_scale_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@dataclass(frozen=True)
+class Float32:
+    """A model patch: the model in float32. A copy, like every patch: the float16 VAE the executor
+    shares stays as it is."""
+
+    def apply(self, model) -> None:
+        import torch
+
+        model.to(torch.float32)
+
+
+def pixel_vae(ctx: Context, ref):
+    """The VAE to turn latents into pixels and back with. SDXL's VAE overflows in float16
+    (``force_upcast`` in its config), so under ``--dtype float16`` its pictures are made by a
+    float32 copy, as diffusers' SDXL pipelines do (``upcast_vae``); SD 1.x/2.x pipelines decode in
+    float16, and so does graphflow."""
+    import torch
+
+    vae = ctx.models.get(ref)
+    if getattr(ref, "family", None) == "sdxl" and getattr(vae.config, "force_upcast", False) and next(vae.parameters()).dtype == torch.float16:
+        return ctx.models.get(ref.with_patch(Float32()))
+    return vae
 
 
 class RandomLatents(Node, name="RandomLatents", category="latents", uses=("models",)):
@@ -114,17 +139,19 @@ class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
         import torch
         from graphflow_nodes.runtime import generator_from, placement
 
-        vae = ctx.models.get(i.vae)
+        dtype_out = placement(ctx.models.get(i.vae))[1]  # latents come out in the model's dtype, even from an upcast VAE
+        vae = pixel_vae(ctx, i.vae)
         device, dtype = placement(vae)
         # channels-last, as diffusers' image processor hands a picture to the VAE (a numpy HWC
         # array transposed): convolutions sum in another order on the other layout, 1e-5 apart
-        x = (i.image * 2 - 1).to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        # the picture passes through the model's dtype even for an upcast VAE, as in diffusers' SDXL img2img
+        x = (i.image * 2 - 1).to(device=device, dtype=dtype_out).to(dtype).contiguous(memory_format=torch.channels_last)
         g = generator_from(i.seed, i.rng)
         with torch.no_grad():
             dist = vae.encode(x).latent_dist
             z = dist.sample(generator=g) if i.mode == "sample" else dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return {"latents": (z - shift) * vae.config.scaling_factor, "rng": g.get_state()}
+        return {"latents": (z.to(dtype_out) - shift) * vae.config.scaling_factor, "rng": g.get_state()}
 
 
 def decode(vae, latents):
@@ -150,4 +177,4 @@ class Decode(Node, name="Decode", category="latents", uses=("models",)):
         import torch
 
         with torch.no_grad():
-            return {"image": decode(ctx.models.get(i.vae), i.latents).float()}
+            return {"image": decode(pixel_vae(ctx, i.vae), i.latents).float()}
