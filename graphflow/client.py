@@ -67,7 +67,7 @@ class Client:
         with self._request(method, path, body) as r:
             return json.loads(r.read())
 
-    # --- the five verbs ----------------------------------------------------------------------
+    # --- the verbs ---------------------------------------------------------------------------
 
     def submit(self, workflow: str | dict[str, Any], params: dict[str, Any] | None = None) -> str:
         """Queue a run of a shipped workflow (by name) or of a document; returns its id. An
@@ -125,6 +125,11 @@ class Client:
             if e.status != 409:
                 raise
             return self.run(run_id)["status"]
+
+    def delete(self, run_id: str) -> None:
+        """Delete an ended run and its files from the server (ServerError 409 while it is queued
+        or running, 404 when there is no such run)."""
+        self._json("DELETE", f"/api/runs/{quote(run_id)}")
 
     def download(self, run_id: str, name: str, dest: str | Path) -> Path:
         """Save a file the run wrote to ``dest`` (a file path, or a folder to put it in)."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from graphflow.client import ServerError
 from tests.server_helpers import ROOT, ProcessServer
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,9 @@ def test_readme_curl_and_python_examples(tmp_path, monkeypatch, capsys):
         printed = capsys.readouterr().out.split("\n")
         assert printed[0] == "queued " and printed[-2] == "run_finished " and "loop_step denoise" in printed
         assert scope["run"]["status"] == "done" and (tmp_path / "py" / "picture.png").stat().st_size > 1000
-        assert scope["c"].run(scope["run_id"])["params"] == {"seed": 3}
+        with pytest.raises(ServerError) as gone:  # the example's last line deleted it
+            scope["c"].run(scope["run_id"])
+        assert gone.value.status == 404
     finally:
         s.stop()
     lines = r.stdout.splitlines()

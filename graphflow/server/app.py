@@ -10,7 +10,6 @@ or an integer beyond 64 bits is refused (422), never silently changed. POST bodi
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations, which name local dependencies
 
 import asyncio
-import re
 import secrets
 import time
 import uuid
@@ -34,10 +33,11 @@ from graphflow.problems import Problem, ValidationFailed
 from graphflow.registry import Registry
 from graphflow.server.broker import Broker
 from graphflow.server.catalog import Catalog
+from graphflow.server.outputs import RUN_ID, run_dir
+from graphflow.server.retention import Retention, remove_run
 from graphflow.server.store import FINAL, Store
-from graphflow.server.worker import Worker, run_dir
+from graphflow.server.worker import Worker
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 PAGE = Path(__file__).with_name("page.html")
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
@@ -54,6 +54,9 @@ class Settings:
     #: stops DNS-rebinding pages from reaching it under a name of their own
     allowed_hosts: list[str] | None = None
     workflows: Path | None = None
+    #: ended runs kept in the history with their files: the newest ``keep_runs``, none older than ``keep_days`` (None: no limit)
+    keep_runs: int | None = 10_000
+    keep_days: float | None = None
 
 
 class RunRequest:
@@ -112,7 +115,7 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
     store = Store(settings.db)
     broker = Broker()
     catalog = Catalog(settings.workflows, registry, executor.limits)
-    worker = Worker(store, executor, broker, catalog, out)
+    worker = Worker(store, executor, broker, catalog, out, Retention(settings.keep_runs, settings.keep_days))
     cached: dict[str, bytes] = {}
 
     @asynccontextmanager
@@ -136,7 +139,7 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
 
     bearer = HTTPBearer(auto_error=False)
@@ -231,6 +234,14 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
         elif status in FINAL and status != "cancelled":
             raise HTTPException(409, f"run {run_id} has already ended ({status})")
         return JSONResponse({"id": run_id, "status": status}, status_code=202 if status == "cancelling" else 200)
+
+    @api.delete("/runs/{run_id}", summary="Delete an ended run from the history, with its files")
+    def delete_run(run: Annotated[dict[str, Any], Depends(known_run)]) -> dict[str, Any]:
+        status = store.delete(run["id"])
+        if status != "deleted":
+            raise HTTPException(409, f"run {run['id']} is {status}: cancel it first, then delete it once it has ended")
+        remove_run(out, broker, run["id"])
+        return {"id": run["id"], "deleted": True}
 
     @api.get("/runs/{run_id}/events", response_class=EventSourceResponse,
              summary="Server-Sent Events: what the run did so far, then live, ending with run_finished")

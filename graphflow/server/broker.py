@@ -78,6 +78,13 @@ class Broker:
             p = self._progress.get(run_id)
             return None if p is None else {**p}
 
+    def forget(self, run_id: str) -> None:
+        """A deleted run: its events go too."""
+        with self._lock:
+            self._logs.pop(run_id, None)
+            self._finished.pop(run_id, None)
+            self._progress.pop(run_id, None)
+
     def log(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._logs.get(run_id, ()))

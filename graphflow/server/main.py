@@ -46,11 +46,20 @@ def serve(args: argparse.Namespace) -> int:
     if args.max_queue < 1:
         print("graphflow serve: error: --max-queue must be at least 1", file=sys.stderr)
         return EXIT_INVALID
+    try:
+        keep_runs = None if args.keep_runs == "all" else int(args.keep_runs)
+        if keep_runs is not None and keep_runs < 1 or args.keep_days is not None and not args.keep_days > 0:
+            raise ValueError
+    except ValueError:
+        print("graphflow serve: error: --keep-runs takes a number of runs (at least 1) or 'all'; --keep-days a positive number",
+              file=sys.stderr)
+        return EXIT_INVALID
     out = Path(args.out)
     settings = Settings(out=out, db=Path(args.db) if args.db else out / "graphflow.db", token=args.token or None,
                         max_queue=args.max_queue, max_body=max_body, cors_origins=args.cors_origin or [],
                         allowed_hosts=LOOPBACK_NAMES if is_loopback(args.host) else None,
-                        workflows=Path(args.workflows) if args.workflows else shipped_folder())
+                        workflows=Path(args.workflows) if args.workflows else shipped_folder(),
+                        keep_runs=keep_runs, keep_days=args.keep_days)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,5 +95,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                     help="allow cross-origin calls from this origin (e.g. http://localhost:5173); repeatable (default: CORS off)")
     sp.add_argument("--workflows", help="folder of the workflows offered by name (default: the shipped workflows/)")
+    sp.add_argument("--keep-runs", default="10000", metavar="N",
+                    help="ended runs kept in the history, with their files; older ones are deleted (default: 10000; 'all' keeps every one)")
+    sp.add_argument("--keep-days", type=float, metavar="DAYS", help="also delete ended runs older than this (default: no age limit)")
     sp.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                     help="uvicorn's log level (default: warning; debug also logs every request)")

@@ -1,9 +1,11 @@
-"""A run's result as JSON: numbers and text inline, files the run wrote as URLs under
-``/api/files/{id}/``, tensors and images described (shape, dtype, size), never serialized whole."""
+"""Where a run's files live (``OUT/runs/<id>/``) and its result as JSON: numbers and text inline,
+files the run wrote as URLs under ``/api/files/{id}/``, tensors and images described (shape,
+dtype, size), never serialized whole."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -12,6 +14,12 @@ from graphflow.results import RunResult
 
 #: list items shown inline; a longer list is summarized
 MAX_ITEMS = 1000
+#: the server's run ids, which name the runs' folders
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def run_dir(out_root: Path, run_id: str) -> Path:
+    return out_root / "runs" / run_id
 
 
 def file_url(run_id: str, name: str) -> str:

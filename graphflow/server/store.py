@@ -186,6 +186,58 @@ class Store:
                              "ORDER BY seq DESC LIMIT ?", (before, limit)).fetchall()
         return [_row(r) for r in rows]
 
+    # --- retention -----------------------------------------------------------------------------
+
+    def prune(self, keep: int | None, ended_before: float | None) -> list[str]:
+        """Delete ended runs beyond the newest ``keep`` ended ones, and those that ended before
+        ``ended_before`` (a time); queued and running runs are never touched. Returns their ids
+        (their files are the caller's to remove)."""
+        if keep is None and ended_before is None:
+            return []
+        final = ", ".join(f"'{s}'" for s in FINAL)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids: list[str] = []
+                if keep is not None:
+                    ids += [r[0] for r in self._db.execute(
+                        f"SELECT id FROM runs WHERE status IN ({final}) ORDER BY seq DESC LIMIT -1 OFFSET ?", (keep,))]
+                if ended_before is not None:
+                    ids += [r[0] for r in self._db.execute(
+                        f"SELECT id FROM runs WHERE status IN ({final}) AND finished < ?", (ended_before,))]
+                ids = list(dict.fromkeys(ids))
+                self._db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return ids
+
+    def delete(self, run_id: str) -> str | None:
+        """Delete one ended run: returns ``deleted``, its status when it has not ended (nothing
+        deleted), or None for an unknown id."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+                status = None if row is None else row["status"]
+                if status in FINAL:
+                    self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                    status = "deleted"
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return status
+
+    def known(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are runs in the store."""
+        found: set[str] = set()
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            found.update(r[0] for r in self._run(f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk)))
+        return found
+
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._run("SELECT status, count(*) FROM runs GROUP BY status").fetchall()}
 

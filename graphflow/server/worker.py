@@ -18,7 +18,8 @@ from graphflow.executor import Executor, RunHandle
 from graphflow.problems import ValidationFailed
 from graphflow.server.broker import Broker
 from graphflow.server.catalog import Catalog
-from graphflow.server.outputs import list_files, summarize
+from graphflow.server.outputs import list_files, run_dir, summarize
+from graphflow.server.retention import Retention, sweep_orphans
 from graphflow.server.store import Store
 
 _NAMES = {ev.RunStarted: "run_started", ev.NodeStarted: "node_started", ev.NodeFinished: "node_finished",
@@ -39,13 +40,11 @@ def event_dict(e: ev.Event) -> dict[str, Any] | None:
     return d
 
 
-def run_dir(out_root: Path, run_id: str) -> Path:
-    return out_root / "runs" / run_id
-
-
 class Worker:
-    def __init__(self, store: Store, executor: Executor, broker: Broker, catalog: Catalog, out_root: Path) -> None:
+    def __init__(self, store: Store, executor: Executor, broker: Broker, catalog: Catalog, out_root: Path,
+                 retention: Retention | None = None) -> None:
         self.store, self.executor, self.broker, self.catalog = store, executor, broker, catalog
+        self.retention = retention or Retention()
         self.out_root = Path(out_root).resolve()
         self._wake = threading.Condition()
         self._stopping = False
@@ -53,6 +52,8 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        sweep_orphans(self.store, self.out_root)
+        self.retention.prune(self.store, self.broker, self.out_root)
         for run_id, status in self.store.recover():
             if status == "queued":
                 self.broker.publish(run_id, {"type": "requeued", "reason": "interrupted"})
@@ -137,3 +138,4 @@ class Worker:
         log = self.broker.log(run_id)
         self.store.finish(run_id, status, summary, [*log, {**final, "run_id": run_id, "seq": len(log)}])
         self.broker.publish(run_id, final, final=True)
+        self.retention.prune(self.store, self.broker, self.out_root)
