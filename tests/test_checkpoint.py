@@ -150,10 +150,10 @@ def test_the_shipped_sd15_configs_build_sd15_sized_models():
 @pytest.fixture(scope="module")
 def sd2(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random SD 2.x (v-prediction) folder and the same weights as one original-layout file."""
-    from tests.tiny_model import build_tiny_sd2
+    from tests.tiny_model import build_tiny_model
 
     d = tmp_path_factory.mktemp("sd2")
-    folder = build_tiny_sd2(d / "tiny-sd2")
+    folder = build_tiny_model(d / "tiny-sd2", prediction_type="v_prediction", sd2=True)
     return folder, write_original_checkpoint(folder, d / "tiny-sd2.safetensors", "sd2")
 
 

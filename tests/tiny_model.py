@@ -24,77 +24,31 @@ SCHEDULER_CONFIG = {
 }
 
 
-def build_tiny_model(path: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
-    """``prediction_type``: epsilon (SD 1.x), v_prediction (SD 2.x 768 models) or sample."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    hidden = 32
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=hidden, attention_head_dim=4, norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
-        sample_size=64, scaling_factor=0.5,
-    )
-    te.save_pretrained(path / "text_encoder", safe_serialization=True)
-    unet.save_pretrained(path / "unet", safe_serialization=True)
-    vae.save_pretrained(path / "vae", safe_serialization=True)
-    if (path / "tokenizer").exists():
-        shutil.rmtree(path / "tokenizer")
-    shutil.copytree(TOKENIZER, path / "tokenizer")
-    (path / "scheduler").mkdir(exist_ok=True)
-    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps({**SCHEDULER_CONFIG, "prediction_type": prediction_type}, indent=2))
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.42.1",
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (path / "model_index.json").write_text(json.dumps(index, indent=2))
-    return path
-
-
-def build_tiny_sd2(path: Path, seed: int = 0, prediction_type: str = "v_prediction") -> Path:
-    """A tiny random SD 2.x folder shaped like stable-diffusion-2-1: a GELU text encoder (OpenCLIP's
-    activation, which SD 2.x's encoder keeps), a tokenizer padding with "!" as SD 2.x's does, a UNet
-    with linear projections and per-level head sizes, a DDIM scheduler predicting v (768-v) or
-    epsilon (512-base)."""
+def build_tiny_model(path: Path, seed: int = 0, prediction_type: str = "epsilon", sd2: bool = False) -> Path:
+    """``prediction_type``: epsilon (SD 1.x), v_prediction (SD 2.x 768 models) or sample.
+    ``sd2``: shaped like stable-diffusion-2-1 instead: a GELU text encoder (OpenCLIP's activation,
+    which SD 2.x's encoder keeps), a tokenizer padding with "!" as SD 2.x's does, a UNet with
+    linear projections and per-level head sizes, a DDIM scheduler."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
-    hidden = 40
+    hidden = 40 if sd2 else 32
+    ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_act="gelu") if sd2 else \
+        dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     te = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_act="gelu",
+            max_position_embeddings=77, **ids,
         )
     )
+    heads = dict(attention_head_dim=(2, 4), use_linear_projection=True) if sd2 else dict(attention_head_dim=4)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=hidden, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+        cross_attention_dim=hidden, norm_num_groups=8, **heads,
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
@@ -106,17 +60,21 @@ def build_tiny_sd2(path: Path, seed: int = 0, prediction_type: str = "v_predicti
     vae.save_pretrained(path / "vae", safe_serialization=True)
     if (path / "tokenizer").exists():
         shutil.rmtree(path / "tokenizer")
-    CLIPTokenizer.from_pretrained(TOKENIZER, pad_token="!").save_pretrained(path / "tokenizer")
+    if sd2:
+        CLIPTokenizer.from_pretrained(TOKENIZER, pad_token="!").save_pretrained(path / "tokenizer")
+    else:
+        shutil.copytree(TOKENIZER, path / "tokenizer")
+    scheduler = "DDIMScheduler" if sd2 else "PNDMScheduler"
     (path / "scheduler").mkdir(exist_ok=True)
-    scheduler = {**SCHEDULER_CONFIG, "_class_name": "DDIMScheduler", "prediction_type": prediction_type}
-    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    (path / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({**SCHEDULER_CONFIG, "_class_name": scheduler, "prediction_type": prediction_type}, indent=2))
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
         "feature_extractor": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", scheduler],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
