@@ -41,7 +41,7 @@ def write_checkpoint(out: Path) -> Path:
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIG, subfolder="unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIG, subfolder="vae"))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIG, subfolder="text_encoder"))
-    zeros = lambda sd: {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in sd.items()}  # noqa: E731
+    zeros = lambda sd: {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in sd.items()}
     state = {**ol.convert_unet(zeros(unet.state_dict()), unet.config), **ol.convert_vae(zeros(vae.state_dict()), vae.config),
              **ol.convert_text_encoder(zeros(te.state_dict()))}
     save_file({k: v.contiguous() for k, v in state.items()}, str(out))
@@ -54,9 +54,9 @@ def load_once(path: str, comp: str, how: str) -> dict:
     from graphflow_nodes.models import _offline
 
     _offline()
-    import diffusers  # noqa: F401  (imports before the baseline)
+    import diffusers
     import torch
-    import transformers  # noqa: F401
+    import transformers
 
     # built by hand: LoadModel would hash the file's content first, reading it all (once; cached by its stat)
     ref = CheckpointRef("bench", path, comp, "sd", config=str(CONFIG), prefix=PREFIXES["sd1"][comp])

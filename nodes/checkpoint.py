@@ -124,7 +124,7 @@ def _shape_facts(shapes: dict[str, tuple], family: str) -> dict[str, int | None]
 
 
 def _config_facts(config: Path, family: str) -> dict[str, int | None]:
-    read = lambda comp: json.loads((config / comp / "config.json").read_text())  # noqa: E731
+    read = lambda comp: json.loads((config / comp / "config.json").read_text())
     try:
         unet, vae, te = read("unet"), read("vae"), read("text_encoder")
         facts = {"unet": unet["block_out_channels"][0], "vae": vae["block_out_channels"][0], "text": te["hidden_size"],
@@ -233,9 +233,8 @@ def load_checkpoint_component(ref: CheckpointRef, device: str, dtype_name: str) 
         model = create_diffusers_clip_model_from_ldm(cls, tensors, subfolder=ref.component, config=ref.config,
                                                      torch_dtype=dtype, local_files_only=True)
     elif ref.component in ("unet", "vae"):
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
         import diffusers.utils.logging as dlog
+        from diffusers import AutoencoderKL, UNet2DConditionModel
 
         cls = UNet2DConditionModel if ref.component == "unet" else AutoencoderKL
         level = dlog.get_verbosity()

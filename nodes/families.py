@@ -149,4 +149,3 @@ def describe_config(value: str) -> str | None:
         return f"the shipped {value} configs: {shipped[value].note}"
     folder = locate(value, "checkpoints")
     return f"the configs of a {pipeline_family(folder).name} model folder at {folder}"
-

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from graphflow_nodes.families import ModelError, component_class, describe_config, describe_model_folder, family_of, pipeline_settings
+from graphflow_nodes.families import (
+    ModelError,
+    component_class,
+    describe_config,
+    describe_model_folder,
+    family_of,
+    pipeline_settings,
+)
 from graphflow_nodes.files import locate, resolve_config_path, resolve_model_path
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 from pydantic import Field

@@ -139,7 +139,7 @@ def test_the_shipped_sd15_configs_build_sd15_sized_models():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(d, subfolder="unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(d, subfolder="vae"))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(d, subfolder="text_encoder"))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert (count(unet), count(vae), count(te)) == (859_520_964, 83_653_863, 123_060_480)
     assert json.loads((d / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
 
@@ -295,7 +295,7 @@ def test_the_shipped_sd2_and_sdxl_configs_build_their_models_sizes():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     sizes = {}
     for name in ("sd2-v", "sd2-base", "sdxl"):
         d = REPO / "nodes" / "configs" / name
@@ -321,7 +321,7 @@ def test_shipped_configs_pad_their_tokenizers_as_the_models_do(tiny_sdxl):
 
     ex = Executor()
     by_name = {v.name: v for v in VARIANTS}
-    ids = lambda ref: ex.models.get(ref)("a red circle", padding="max_length", max_length=8).input_ids  # noqa: E731
+    ids = lambda ref: ex.models.get(ref)("a red circle", padding="max_length", max_length=8).input_ids
     xl = tokenizer_refs(by_name["sdxl"], "sdxl")
     folder = LoadModel().run(LoadModel.In(path=str(tiny_sdxl)), Context())
     assert ids(xl["tokenizer"]) == ids(folder["tokenizer"]) == [49406, 320, 736, 7117, 49407, 49407, 49407, 49407]

@@ -77,7 +77,7 @@ def test_empty_prompt_is_encoded_when_the_model_does_not_force_zeros(tiny_sdxl, 
 def test_hidden_state_choice_equals_clip_skip(tiny_sdxl, xl):
     """EncodeHidden 'last' is the final state after the final norm; 'penultimate' with skip=1 is
     diffusers' clip_skip=1."""
-    f = lambda r: {"from": r}  # noqa: E731
+    f = lambda r: {"from": r}
     doc = {"format": 1, "nodes": {
         "model": {"type": "LoadModel", "inputs": {"path": str(tiny_sdxl)}},
         "last": {"type": "EncodeHidden", "inputs": {"tokenizer": f("model.tokenizer"), "text_encoder": f("model.text_encoder"), "text": PROMPT, "layer": "last"}},
