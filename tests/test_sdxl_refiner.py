@@ -125,3 +125,18 @@ def test_a_base_model_in_the_refiner_workflow_is_told_which_conditions_it_takes(
     assert not r.ok
     (err,) = [e for e in r.errors if "time ids" in e.message]
     assert err.node == "unet" and "take 6 time ids" in err.message and "SizeConditions" in err.message
+
+
+def test_a_lora_on_a_refiner_is_refused_by_name(tiny_model, tiny_sdxl_refiner, tmp_path):
+    """The LoRA conversion knows SD and SDXL base layouts; a refiner's is refused, not guessed."""
+    from tests.lora_files import lora_tensors, write_lora
+
+    lora = write_lora(tmp_path / "sd.safetensors", *lora_tensors(tiny_model, seed=0))
+    f = lambda r: {"from": r}  # noqa: E731
+    r = Executor().run(Workflow.from_dict({"format": 1, "nodes": {
+        "model": {"type": "LoadModel", "inputs": {"path": str(tiny_sdxl_refiner)}},
+        "lora": {"type": "LoadLoRA", "inputs": {"unet": f("model.unet"), "text_encoder": f("model.text_encoder_2"), "path": str(lora)}},
+    }, "outputs": {"unet": "lora.unet"}}))
+    assert not r.ok
+    (err,) = r.errors
+    assert err.node == "lora" and "sdxl-refiner" in err.message and "not supported" in err.message
