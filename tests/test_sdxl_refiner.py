@@ -82,27 +82,35 @@ def test_aesthetic_scores_reach_the_picture(tiny_sdxl_refiner, tmp_path):
     assert (a["image"] - b["image"]).abs().max().item() > 1e-3
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("negative", [None, "a green square"])
-def test_base_then_refiner_equals_denoising_end_then_denoising_start(tiny_sdxl, tiny_sdxl_refiner, refiner_pipe, negative):
+@pytest.mark.parametrize("scheduler,negative", [("model", None), ("model", "a green square"), ("euler_a", None)])
+def test_base_then_refiner_equals_denoising_end_then_denoising_start(tiny_sdxl, tiny_sdxl_refiner, refiner_pipe, scheduler, negative):
     """The base denoises steps [0, 6) of 10 and hands its latents to the refiner for [6, 10):
     diffusers' base(denoising_end=0.6, output_type="latent") then refiner(denoising_start=0.6),
-    one seeded generator. Measured: 0.0 (bit for bit)."""
+    one seeded generator (Euler ancestral draws from it in both loops: the graph carries the
+    base loop's generator state into the refiner's). Measured: 0.0 (bit for bit) in all three."""
+    import diffusers
     from diffusers import StableDiffusionXLPipeline
 
     steps, switch, seed = 10, 6, 2
     base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, local_files_only=True)
     base.set_progress_bar_config(disable=True)
+    original = refiner_pipe.scheduler
+    if scheduler == "euler_a":
+        base.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(base.scheduler.config)
+        refiner_pipe.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(original.config)
     g = torch.Generator().manual_seed(seed)
-    latents = base(PROMPT, negative_prompt=negative, num_inference_steps=steps, denoising_end=switch / steps, guidance_scale=5.0,
-                   generator=g, output_type="latent").images
-    ref = refiner_pipe(PROMPT, negative_prompt=negative, image=latents, num_inference_steps=steps, denoising_start=switch / steps,
-                       guidance_scale=5.0, generator=g, output_type="pt").images
+    try:
+        latents = base(PROMPT, negative_prompt=negative, num_inference_steps=steps, denoising_end=switch / steps, guidance_scale=5.0,
+                       generator=g, output_type="latent").images
+        ref = refiner_pipe(PROMPT, negative_prompt=negative, image=latents, num_inference_steps=steps, denoising_start=switch / steps,
+                           guidance_scale=5.0, generator=g, output_type="pt").images
+    finally:
+        refiner_pipe.scheduler = original
     doc = load("txt2img_sdxl_refiner").doc.raw
     doc["outputs"] = {"image": "decode.image", "handed_over": "denoise.latents", "base_steps": "schedule.timesteps",
                       "refiner_steps": "refiner_schedule.timesteps"}
     r = Executor().run(Workflow.from_dict(doc).with_params(model=str(tiny_sdxl), refiner=str(tiny_sdxl_refiner), negative_prompt=negative or "",
-                                                           steps=steps, switch_step=switch, seed=seed))
+                                                           steps=steps, switch_step=switch, seed=seed, scheduler=scheduler))
     assert r.ok, r.errors
     assert len(r["base_steps"]) == switch and len(r["refiner_steps"]) == steps - switch
     assert (r["handed_over"] - latents).abs().max().item() <= 1e-5
