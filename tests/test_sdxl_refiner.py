@@ -118,6 +118,18 @@ def test_base_then_refiner_equals_denoising_end_then_denoising_start(tiny_sdxl, 
     assert ref.std().item() > 0.01
 
 
+def test_a_handoff_past_the_last_step_is_refused_naming_the_node(tiny_sdxl, tiny_sdxl_refiner):
+    """switch_step = steps leaves the refiner nothing; the refiner's Scheduler says so (and an
+    end_step past the last step is refused by the base's)."""
+    params = dict(model=str(tiny_sdxl), refiner=str(tiny_sdxl_refiner), steps=4)
+    r = Executor().run(load("txt2img_sdxl_refiner", switch_step=4, **params))
+    assert not r.ok
+    (err,) = r.errors
+    assert err.node == "refiner_schedule" and "start_step 4 leaves nothing of 4 steps" in err.message
+    r = Executor().run(load("txt2img_sdxl_refiner", switch_step=5, **params))
+    assert not r.ok and any(e.node == "schedule" and "end_step 5 is past the last of 4 steps" in e.message for e in r.errors)
+
+
 def test_a_refiner_in_the_base_workflow_fails_naming_its_missing_encoder(tiny_sdxl_refiner):
     """A refiner has no first text encoder: txt2img_sdxl fails at the node that asks for it."""
     r = Executor().run(load("txt2img_sdxl", model=str(tiny_sdxl_refiner), steps=2))
@@ -148,3 +160,22 @@ def test_a_lora_on_a_refiner_is_refused_by_name(tiny_model, tiny_sdxl_refiner, t
     assert not r.ok
     (err,) = r.errors
     assert err.node == "lora" and "sdxl-refiner" in err.message and "not supported" in err.message
+
+
+def test_float16_refiner_turns_latents_into_pixels_with_a_float32_vae(tiny_sdxl_refiner):
+    """A refiner's VAE is SDXL's (``force_upcast``): under float16 it encodes and decodes through
+    one float32 copy, as for an SDXL base, while the shared VAE stays float16."""
+    f = lambda r: {"from": r}  # noqa: E731
+    ex = Executor(dtype="float16")
+    r = ex.run(Workflow.from_dict({"format": 1, "nodes": {
+        "model": {"type": "LoadModel", "inputs": {"path": str(tiny_sdxl_refiner)}},
+        "image": {"type": "LoadImage", "inputs": {"path": str(IMAGE)}},
+        "encode": {"type": "VAEEncode", "inputs": {"vae": f("model.vae"), "image": f("image.image")}},
+        "decode": {"type": "Decode", "inputs": {"vae": f("model.vae"), "latents": f("encode.latents")}},
+    }, "outputs": {"image": "decode.image", "vae": "model.vae"}}))
+    assert r.ok, r.errors
+    assert torch.isfinite(r["image"]).all()
+    assert next(ex.models.get(r["vae"]).parameters()).dtype == torch.float16
+    upcast = [ref for ref in ex.models.loads if ref.component == "vae" and ref.patches]
+    assert len(upcast) == 1 and ex.models.loads[upcast[0]] == 1
+    assert next(ex.models.get(upcast[0]).parameters()).dtype == torch.float32
