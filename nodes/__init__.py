@@ -10,7 +10,7 @@ from graphflow_nodes.latents import Decode, LoadLatents, NoiseLike, RandomLatent
 from graphflow_nodes.lora import LoadLoRA
 from graphflow_nodes.models import LoadModel
 from graphflow_nodes.pixel import ClassLabel, PixelsToImage, PredictNoisePixel, RandomPixels
-from graphflow_nodes.sdxl import CFGConditions, ConcatEmbeddings, EncodeHidden, PredictNoiseXL, SizeConditions, UncondXL
+from graphflow_nodes.sdxl import AestheticConditions, CFGConditions, ConcatEmbeddings, EncodeHidden, PredictNoiseXL, SizeConditions, UncondXL
 from graphflow_nodes.scheduling import AddNoise, MakeScheduler, ScaleModelInput, SchedulerStep
 from graphflow_nodes.text import (
     AddEmbeddings,
@@ -29,6 +29,6 @@ __all__ = [
     "LatentChannels", "LoadImage", "LoadLatents", "LoadLoRA", "LoadModel", "LoadTextualInversion", "MakeScheduler", "MixEmbeddings",
     "MixVectors", "NoiseLike", "PosEmbed", "PredictNoise", "RandomLatents", "ReplaceToken", "SaveAnimation", "SaveImage",
     "ScaleModelInput", "SchedulerStep", "SplitChannels", "TextEncode", "TokenEmbed", "TokenVector", "Tokenize", "VAEEncode",
-    "CFGConditions", "ConcatEmbeddings", "EncodeHidden", "PredictNoiseXL", "SizeConditions", "UncondXL",
+    "AestheticConditions", "CFGConditions", "ConcatEmbeddings", "EncodeHidden", "PredictNoiseXL", "SizeConditions", "UncondXL",
     "ClassLabel", "PixelsToImage", "PredictNoisePixel", "RandomPixels",
 ]

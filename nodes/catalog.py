@@ -12,11 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from graphflow_nodes.families import family_for_index
 from graphflow_nodes.files import KINDS, search_folders
 
 #: text-encoder width -> family (CLIP ViT-L/14: SD 1.x, OpenCLIP ViT-H: SD 2.x, both concatenated: SDXL)
 WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 
 
 def _size(p: Path) -> int:
@@ -44,7 +44,8 @@ def _shapes(p: Path) -> dict[str, tuple] | None:
 def folder_family(p: Path) -> str:
     try:
         index = json.loads((p / "model_index.json").read_text())
-        family = PIPELINES.get(index.get("_class_name"), f"unsupported ({index.get('_class_name')})")
+        known = family_for_index(index)
+        family = known.name if known else f"unsupported ({index.get('_class_name')})"
         if family == "sd":
             te = json.loads((p / "text_encoder" / "config.json").read_text())
             family = _width_family(te.get("hidden_size"))

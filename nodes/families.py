@@ -6,7 +6,7 @@ by name and by ``graphflow validate`` to say what a folder is. Free of torch: va
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -17,6 +17,9 @@ class Family:
     #: component -> class names allowed for it (None: any, the Scheduler node picks the class)
     components: dict
     note: str
+    #: model_index.json settings that tell this family from another of the same pipeline class
+    #: (an SDXL refiner is a StableDiffusionXLImg2ImgPipeline, as an SDXL base folder may be)
+    settings: dict = field(default_factory=dict)
 
 
 SCHEDULER_ANY = None
@@ -35,13 +38,32 @@ FAMILIES = (
         "Stable Diffusion XL base: two text encoders, pooled embedding and size conditions",
     ),
     Family(
+        "sdxl-refiner", ("StableDiffusionXLImg2ImgPipeline",),
+        {"tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"), "text_encoder_2": ("CLIPTextModelWithProjection",),
+         "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
+        "Stable Diffusion XL refiner: the second text encoder only, aesthetic-score conditions",
+        {"requires_aesthetics_score": True},
+    ),
+    Family(
         "pixel", ("DDPMPipeline", "DDIMPipeline"),
         {"unet": ("UNet2DModel",), "scheduler": SCHEDULER_ANY},
         "pixel-space UNet2DModel, unconditional or class-conditioned (the book's DDPMs)",
     ),
 )
-BY_PIPELINE = {p: f for f in FAMILIES for p in f.pipelines}
 BY_NAME = {f.name: f for f in FAMILIES}
+#: the families with SDXL's VAE (it overflows float16: pictures go through a float32 copy, nodes/latents.py)
+SDXL_FAMILIES = ("sdxl", "sdxl-refiner")
+
+
+def family_for_index(data: dict) -> Family | None:
+    """The family a model_index.json names: its pipeline class, and among the families sharing a
+    class, the one whose settings the index carries (most settings first: a folder that asks for
+    aesthetic scores is a refiner)."""
+    candidates = [f for f in FAMILIES if data.get("_class_name") in f.pipelines]
+    for f in sorted(candidates, key=lambda f: -len(f.settings)):
+        if all(data.get(k) == v for k, v in f.settings.items()):
+            return f
+    return None
 
 
 class ModelError(Exception):
@@ -49,7 +71,10 @@ class ModelError(Exception):
 
 
 def supported_families() -> str:
-    return "; ".join(f"{f.name} ({f.note}: {', '.join(f.pipelines)})" for f in FAMILIES)
+    def settings(f: Family) -> str:
+        return "".join(f" with {k}: {json.dumps(v)}" for k, v in f.settings.items())
+
+    return "; ".join(f"{f.name} ({f.note}: {', '.join(f.pipelines)}{settings(f)})" for f in FAMILIES)
 
 
 def read_index(path: Path) -> dict:
@@ -75,11 +100,13 @@ def pipeline_settings(path: Path) -> dict:
 def pipeline_family(path: Path) -> Family:
     """The family a folder's model_index.json names, without asking for the components' folders
     (a folder of configs, as single-file checkpoints are built with, has no weights)."""
-    name = read_index(path).get("_class_name")
-    if name not in BY_PIPELINE:
+    data = read_index(path)
+    family = family_for_index(data)
+    if family is None:
+        name = data.get("_class_name")
         raise ModelError(f"{path} is a {name or 'model without a _class_name'}: that model family is not supported; "
                          f"supported families: {supported_families()}")
-    return BY_PIPELINE[name]
+    return family
 
 
 def family_of(path: Path) -> Family:
@@ -88,7 +115,7 @@ def family_of(path: Path) -> Family:
     shape error deep inside a UNet."""
     data = read_index(path)
     pipeline = data.get("_class_name")
-    family = BY_PIPELINE.get(pipeline)
+    family = family_for_index(data)
     if family is None:
         raise ModelError(
             f"{path} is a {pipeline or 'model without a _class_name'}: that model family is not supported; "

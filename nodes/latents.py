@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from graphflow_nodes.families import SDXL_FAMILIES
 from graphflow_nodes.files import resolve_input_file
 from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Rng, Scheduler, UNet
 from pydantic import Field
@@ -37,7 +38,7 @@ def pixel_vae(ctx: Context, ref):
     import torch
 
     vae = ctx.models.get(ref)
-    if getattr(ref, "family", None) == "sdxl" and getattr(vae.config, "force_upcast", False) and next(vae.parameters()).dtype == torch.float16:
+    if getattr(ref, "family", None) in SDXL_FAMILIES and getattr(vae.config, "force_upcast", False) and next(vae.parameters()).dtype == torch.float16:
         return ctx.models.get(ref.with_patch(Float32()))
     return vae
 

@@ -40,6 +40,8 @@ KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_":
 #: components graphflow knows how to patch, per family; SD 2.x has SD 1.x's layout of parts
 FAMILY_COMPONENTS = {"sdxl": ("unet", "text_encoder", "text_encoder_2")}
 DEFAULT_COMPONENTS = ("unet", "text_encoder")
+#: families whose LoRAs are refused by name (their UNet has another block layout; no conversion tested)
+UNSUPPORTED_FAMILIES = ("sdxl-refiner",)
 
 
 class LoRAError(ValueError):
@@ -226,6 +228,8 @@ def patch_refs(refs: dict[str, Any], path, strengths: dict[str, float]) -> dict[
                         "keys (unet.…lora_A.weight) or kohya keys (lora_unet_…, lora_te_…)")
     families = {getattr(r, "family", None) for r in refs.values() if r is not None}
     family = next(iter(families))
+    if family in UNSUPPORTED_FAMILIES:
+        raise LoRAError(f"{path}: LoRAs on an {family} model are not supported (graphflow converts SD and SDXL base LoRAs)")
     allowed = FAMILY_COMPONENTS.get(family, DEFAULT_COMPONENTS)
     foreign = present - set(allowed)
     if foreign:

@@ -130,8 +130,8 @@ COMPONENT_KINDS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2",
 
 
 class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
-    """Loads a model from local disk: a diffusers folder of Stable Diffusion 1.x/2.x, SDXL or a
-    pixel-space DDPM (the ``family`` output says which; any other pipeline is refused by name), or
+    """Loads a model from local disk: a diffusers folder of Stable Diffusion 1.x/2.x, SDXL (base
+    or refiner) or a pixel-space DDPM (the ``family`` output says which; any other pipeline is refused by name), or
     a single-file ``.safetensors`` checkpoint in the original SD layout. ``tiny-sd``, the default,
     is the small model shipped inside graphflow; a bare name is looked up in the models folders'
     ``checkpoints/``. Only the index (or the file's header) is read here: each component's weights
@@ -154,7 +154,7 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         scheduler_config: SchedulerConfig = Field(description="the model's scheduler configuration")
         tokenizer_2: Tokenizer = Field(description="SDXL: the second tokenizer")
         text_encoder_2: TextEncoder = Field(description="SDXL: the second text encoder (with projection)")
-        family: str = Field(description="sd, sdxl or pixel")
+        family: str = Field(description="sd, sdxl, sdxl-refiner or pixel")
         pipeline_config: dict = Field(description="model_index.json's settings (force_zeros_for_empty_prompt, id2label, ...)")
 
     def run(self, i: In, ctx: Context) -> dict:

@@ -59,13 +59,16 @@ def _step_takes_generator(cls: type) -> bool:
 class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",)):
     """A diffusers scheduler from the model's config (or another by name, with extra options),
     its timesteps set for the number of steps and sliced from a start step (img2img starts at
-    step k, as diffusers' img2img pipeline does for strength ``1 - k / steps``)."""
+    step k, as diffusers' img2img pipeline does for strength ``1 - k / steps``) to an end step (an
+    SDXL base stops at step k and hands its latents to a refiner that starts there: diffusers'
+    ``denoising_end`` and ``denoising_start`` of ``k / steps``)."""
 
     class In(Inputs):
         scheduler_config: SchedulerConfig = Field(description="from LoadModel")
         name: SchedulerName = Field("lms", description="'model' keeps the model's own scheduler class")
         steps: Annotated[int, Limit("steps")] = Field(30, ge=1, le=1000, description="number of inference steps")
-        start_step: int = Field(0, ge=0, description="skip this many steps (img2img)")
+        start_step: int = Field(0, ge=0, description="skip this many steps (img2img, a refiner taking over)")
+        end_step: int | None = Field(None, ge=1, description="stop before this step (a base model handing over to a refiner); default: run to the end")
         options: dict[str, Any] = Field(default_factory=dict, description="extra scheduler config, e.g. {\"use_karras_sigmas\": true}")
 
     class Out(Outputs):
@@ -88,10 +91,13 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
         s = cls.from_config(config)
         s.set_timesteps(i.steps, device=ctx.device)
         order = getattr(s, "order", 1)
-        if i.start_step >= i.steps:
-            raise ValueError(f"start_step {i.start_step} leaves nothing of {i.steps} steps")
+        end = i.steps if i.end_step is None else i.end_step
+        if end > i.steps:
+            raise ValueError(f"end_step {end} is past the last of {i.steps} steps")
+        if i.start_step >= end:
+            raise ValueError(f"start_step {i.start_step} leaves nothing of {i.steps} steps" + (f" ending at step {end}" if end < i.steps else ""))
         begin = i.start_step * order
-        timesteps = s.timesteps[begin:]
+        timesteps = s.timesteps[begin:end * order]
         if i.start_step and hasattr(s, "set_begin_index"):
             s.set_begin_index(begin)
         return {"scheduler": s, "timesteps": timesteps, "init_noise_sigma": float(s.init_noise_sigma)}

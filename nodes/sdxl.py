@@ -1,9 +1,10 @@
 """Stable Diffusion XL, taken apart as the SD 1.x nodes take SD 1.x apart: each text encoder's
 chosen hidden state and pooled embedding, the two encoders' states joined, the unconditional side
 (a negative prompt, or zeros as ``force_zeros_for_empty_prompt`` asks), the size conditions
-(original size, crop, target size), and a UNet call that takes those added conditions. The
-scheduler, noise, loop, VAE and guidance nodes are the SD 1.x ones: SDXL changes only the
-conditioning."""
+(original size, crop, target size) or a refiner's aesthetic-score conditions, and a UNet call that
+takes those added conditions. The scheduler, noise, loop, VAE and guidance nodes are the SD 1.x
+ones: SDXL changes only the conditioning. A refiner is the same graph with the second encoder's
+states alone and ``AestheticConditions`` in place of ``SizeConditions``."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class EncodeHidden(Node, name="EncodeHidden", category="text", uses=("models",))
         tokenizer: Tokenizer = Field(description="from LoadModel (tokenizer or tokenizer_2)")
         text_encoder: TextEncoder = Field(description="the matching text encoder")
         text: str = Field("", description="the prompt")
+        fallback: str = Field("", description="encoded when text is empty (SDXL's prompt_2: empty means the same as prompt)")
         layer: Literal["last", "penultimate"] = Field("penultimate", description="which hidden state")
         skip: int = Field(0, ge=0, le=48, description="with 'penultimate': this many more layers back (diffusers' clip_skip)")
 
@@ -55,7 +57,7 @@ class EncodeHidden(Node, name="EncodeHidden", category="text", uses=("models",))
         from graphflow_nodes.text import table_device, tokenize
 
         te = ctx.models.get(i.text_encoder)
-        ids, _ = tokenize(ctx.models.get(i.tokenizer), i.text)
+        ids, _ = tokenize(ctx.models.get(i.tokenizer), i.text or i.fallback)
         with torch.no_grad():
             out = te(ids.to(table_device(te)), output_hidden_states=True)
         hidden = out[0] if i.layer == "last" else out.hidden_states[-(i.skip + 2)]
@@ -83,12 +85,14 @@ class ConcatEmbeddings(Node, name="ConcatEmbeddings", category="text"):
 class UncondXL(Node, name="UncondXL", category="text"):
     """The unconditional side of SDXL's guidance batch: the negative prompt's embeddings, or
     zeros shaped like them when no negative prompt is given and the model asks for zeros
-    (``force_zeros_for_empty_prompt`` in model_index.json, as StableDiffusionXLPipeline does)."""
+    (``force_zeros_for_empty_prompt`` in model_index.json, as StableDiffusionXLPipeline does).
+    A second negative prompt alone counts as a negative prompt: zeros would throw it away."""
 
     class In(Inputs):
         hidden_states: TextEmbeddings = Field(description="the negative prompt's concatenated hidden states")
         pooled: Pooled = Field(description="the negative prompt's pooled embedding")
         negative_prompt: str = Field("", description="the negative prompt the embeddings came from; empty means none")
+        negative_prompt_2: str = Field("", description="the second encoder's own negative prompt, if any")
         zeros: bool | None = Field(None, description="use zeros for an empty negative prompt; default: the model's force_zeros_for_empty_prompt")
         pipeline_config: dict[str, Any] = Field(default_factory=dict, description="LoadModel.pipeline_config (gives the model's default)")
 
@@ -100,7 +104,7 @@ class UncondXL(Node, name="UncondXL", category="text"):
         import torch
 
         zeros = i.zeros if i.zeros is not None else bool(i.pipeline_config.get("force_zeros_for_empty_prompt", False))
-        if zeros and not i.negative_prompt:
+        if zeros and not (i.negative_prompt or i.negative_prompt_2):
             return {"hidden_states": torch.zeros_like(i.hidden_states), "pooled": torch.zeros_like(i.pooled)}
         return {"hidden_states": i.hidden_states, "pooled": i.pooled}
 
@@ -130,13 +134,54 @@ class SizeConditions(Node, name="SizeConditions", category="sampling", uses=("mo
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        unet = ctx.models.get(i.unet)
-        f = vae_scale_factor(ctx.models.get(i.vae))
-        lh, lw = (i.latents.shape[-2], i.latents.shape[-1]) if i.latents is not None else (unet.config.sample_size,) * 2
-        h = i.height or lh * f
-        w = i.width or lw * f
+        h, w = picture_size(ctx, i)
         ids = [i.original_height or h, i.original_width or w, i.crop_top, i.crop_left, i.target_height or h, i.target_width or w]
         return {"time_ids": torch.tensor([ids], dtype=torch.float32)}
+
+
+def picture_size(ctx: Context, i: Inputs) -> tuple[int, int]:
+    """(height, width) in pixels: the inputs' own, else the latents' size × the VAE's factor, else
+    the UNet's sample size × that factor."""
+    unet = ctx.models.get(i.unet)
+    f = vae_scale_factor(ctx.models.get(i.vae))
+    lh, lw = (i.latents.shape[-2], i.latents.shape[-1]) if i.latents is not None else (unet.config.sample_size,) * 2
+    return i.height or lh * f, i.width or lw * f
+
+
+class AestheticConditions(Node, name="AestheticConditions", category="sampling", uses=("models",)):
+    """An SDXL refiner's added time conditions (``requires_aesthetics_score``): original size,
+    crop top-left and an aesthetic score instead of the target size, one (1, 5) tensor for each
+    side of the guidance batch. The refiner was trained on scored pictures: the prompt's side asks
+    for a high score, the unconditional side for a low one (diffusers' defaults 6.0 and 2.5), so
+    guidance pushes towards the better-rated look. Sizes default as in ``SizeConditions``."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="gives the default size")
+        vae: VAE = Field(description="gives the latent factor")
+        latents: Latents | None = Field(None, description="the starting latents: their size × the VAE's factor is the default size")
+        width: Size = Field(None, ge=8, le=8192, description="the picture's width; default: the model's")
+        height: Size = Field(None, ge=8, le=8192, description="the picture's height; default: the model's")
+        original_width: Size = Field(None, ge=1, le=16384, description="default: width")
+        original_height: Size = Field(None, ge=1, le=16384, description="default: height")
+        crop_top: int = Field(0, ge=0, le=16384, description="crop coordinate, top")
+        crop_left: int = Field(0, ge=0, le=16384, description="crop coordinate, left")
+        aesthetic_score: float = Field(6.0, ge=0, le=10, description="the score the prompt's side asks for")
+        negative_aesthetic_score: float = Field(2.5, ge=0, le=10, description="the score the unconditional side asks for")
+        negative_original_width: Size = Field(None, ge=1, le=16384, description="the unconditional side's; default: original_width")
+        negative_original_height: Size = Field(None, ge=1, le=16384, description="the unconditional side's; default: original_height")
+
+    class Out(Outputs):
+        time_ids: TimeIds = Field(description="(1, 5): original (h, w), crop (top, left), aesthetic_score")
+        uncond_time_ids: TimeIds = Field(description="(1, 5): the same with negative_aesthetic_score (CFGConditions.uncond_time_ids)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        h, w = picture_size(ctx, i)
+        oh, ow = i.original_height or h, i.original_width or w
+        ids = [oh, ow, i.crop_top, i.crop_left, i.aesthetic_score]
+        neg = [i.negative_original_height or oh, i.negative_original_width or ow, i.crop_top, i.crop_left, i.negative_aesthetic_score]
+        return {"time_ids": torch.tensor([ids], dtype=torch.float32), "uncond_time_ids": torch.tensor([neg], dtype=torch.float32)}
 
 
 class CFGConditions(Node, name="CFGConditions", category="sampling"):
@@ -154,7 +199,7 @@ class CFGConditions(Node, name="CFGConditions", category="sampling"):
     class Out(Outputs):
         embeddings: GuidanceBatch = Field(description="(2, 77, hidden)")
         pooled: Pooled = Field(description="(2, projection)")
-        time_ids: TimeIds = Field(description="(2, 6)")
+        time_ids: TimeIds = Field(description="(2, 6), or (2, 5) for a refiner")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
@@ -200,7 +245,25 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
                 t = t.repeat_interleave(n // t.shape[0], dim=0)
             return t
 
+        check_added_conditions(unet, i.pooled, i.time_ids)
         cond = {"text_embeds": batch(i.pooled, "pooled"), "time_ids": batch(i.time_ids, "time_ids")}
         with torch.no_grad():
             out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False)
         return {"noise_pred": out[0]}
+
+
+def check_added_conditions(unet: Any, pooled: Any, time_ids: Any) -> None:
+    """A base UNet takes six time ids, a refiner's five: the wrong conditions node is named here,
+    as diffusers' ``_get_add_time_ids`` does, instead of a matrix-shape error inside the UNet."""
+    per_id = getattr(unet.config, "addition_time_embed_dim", None)
+    expected = getattr(unet.config, "projection_class_embeddings_input_dim", None)
+    if unet.config.addition_embed_type != "text_time" or not per_id or not expected:
+        return
+    given = pooled.shape[-1] + time_ids.shape[-1] * per_id
+    if given == expected:
+        return
+    wants = (expected - pooled.shape[-1]) / per_id
+    hint = {5: "a refiner's: original size, crop and aesthetic score (AestheticConditions)",
+            6: "a base model's: original size, crop and target size (SizeConditions)"}.get(wants)
+    raise ValueError(f"this UNet's added conditions take {wants:g} time ids{f', ' + hint if hint else ''}; "
+                     f"given {time_ids.shape[-1]} with a pooled embedding of {pooled.shape[-1]}")

@@ -56,3 +56,12 @@ def tiny_class_ddpm(tmp_path_factory) -> Path:
     from tests.tiny_model import build_tiny_pixel
 
     return build_tiny_pixel(tmp_path_factory.mktemp("models") / "tiny-random-class-ddpm", seed=1, num_class_embeds=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner(tiny_sdxl, tmp_path_factory) -> Path:
+    """A random-weight SDXL refiner folder (no first text encoder, aesthetic-score conditions),
+    sharing tiny_sdxl's second text encoder and VAE as the real refiner shares the base's."""
+    from tests.tiny_model import build_tiny_sdxl_refiner
+
+    return build_tiny_sdxl_refiner(tmp_path_factory.mktemp("models") / "tiny-random-sdxl-refiner", base=tiny_sdxl)

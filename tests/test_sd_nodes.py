@@ -116,12 +116,16 @@ def test_save_image_numbers_files_and_embeds_the_workflow(tmp_path, tiny_model):
 
 def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict | None = None) -> list[str]:
     """``models``: the tiny model of another family for workflows named after it (sdxl, ddpm,
-    class_conditioned)."""
+    class_conditioned; the first key the name holds wins); a ``refiner`` param gets ``models["refiner"]``."""
     doc = json.loads(path.read_text())
     sets = []
     family_model = next((m for key, m in (models or {}).items() if key in path.stem), None)
     if "model" in doc["params"]:
         sets.append(f"model={family_model or tiny_model}")
+    if "refiner" in doc["params"]:  # base then refiner: the model param is the base
+        sets = [f"model={models['sdxl']}", f"refiner={models['refiner']}"]
+    if "switch_step" in doc["params"]:
+        sets.append("switch_step=4")
     if "label" in doc["params"]:
         sets.append("label=1")
     if "steps" in doc["params"]:
@@ -141,11 +145,11 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict |
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_every_shipped_workflow_validates_and_runs(path, tiny_model, tiny_sdxl, tiny_ddpm, tiny_class_ddpm, tmp_path, capsys):
+def test_every_shipped_workflow_validates_and_runs(path, tiny_model, tiny_sdxl, tiny_sdxl_refiner, tiny_ddpm, tiny_class_ddpm, tmp_path, capsys):
     from graphflow.cli import main
 
     assert main(["validate", str(path)]) == 0
-    models = {"sdxl": tiny_sdxl, "ddpm": tiny_ddpm, "class_conditioned": tiny_class_ddpm}
+    models = {"refiner": tiny_sdxl_refiner, "sdxl": tiny_sdxl, "ddpm": tiny_ddpm, "class_conditioned": tiny_class_ddpm}
     sets = [a for s in workflow_params(path, tiny_model, tmp_path, models) for a in ("--set", s)]
     code = main(["run", str(path), *sets, "--out", str(tmp_path / "out"), "--no-cache", "--quiet"])
     out = capsys.readouterr()

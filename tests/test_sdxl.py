@@ -56,6 +56,33 @@ def test_conditions_equal_encode_prompt(tiny_sdxl, xl, negative):
     assert r["time_ids"].tolist() == torch.cat([ref_ids, ref_ids]).tolist()
 
 
+@pytest.mark.parametrize("negative,negative_2", [("a green square", "a white triangle"), ("", "a white triangle"), ("a green square", "")])
+def test_second_prompts_equal_encode_prompt(tiny_sdxl, xl, negative, negative_2):
+    """prompt_2 and negative_prompt_2 reach the second encoder only; empty means the same as
+    prompt / negative_prompt (diffusers' ``prompt_2 or prompt``). A second negative prompt alone is
+    a negative prompt (no zeros): the pipeline given negative_prompt="" and negative_prompt_2."""
+    r = conditions(tiny_sdxl, prompt_2="a yellow square on a black background", negative_prompt=negative, negative_prompt_2=negative_2)
+    pe, ne, pp, npool = xl.encode_prompt(PROMPT, prompt_2="a yellow square on a black background", device="cpu", do_classifier_free_guidance=True,
+                                         negative_prompt=negative, negative_prompt_2=negative_2 or None)
+    assert (r["embeddings"] - torch.cat([ne, pe])).abs().max().item() == 0.0
+    assert (r["pooled"] - torch.cat([npool, pp])).abs().max().item() == 0.0
+    same, *_ = xl.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)
+    assert (pe[..., :32] - same[..., :32]).abs().max().item() == 0.0  # the first encoder still reads prompt
+    assert (pe[..., 32:] - same[..., 32:]).abs().max().item() > 0.1
+    assert ne.abs().max().item() > 0.1
+
+
+def test_txt2img_sdxl_prompt_2_equals_the_pipeline_given_prompt_2(tiny_sdxl, xl):
+    steps, seed, other = 4, 1, "a yellow square on a black background"
+    r = Executor().run(load("txt2img_sdxl", model=str(tiny_sdxl), steps=steps, seed=seed, prompt_2=other))
+    assert r.ok, r.errors
+    ref = xl(PROMPT, prompt_2=other, num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator().manual_seed(seed),
+             output_type="pt").images
+    assert (r["image"] - ref).abs().max().item() <= 1e-4
+    plain = xl(PROMPT, num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator().manual_seed(seed), output_type="pt").images
+    assert (r["image"] - plain).abs().max().item() > 1e-3  # prompt_2 reaches the picture
+
+
 def test_empty_prompt_is_encoded_when_the_model_does_not_force_zeros(tiny_sdxl, xl):
     """UncondXL's zeros default follows the model's force_zeros_for_empty_prompt; without it the
     empty prompt is encoded, as the pipeline does."""

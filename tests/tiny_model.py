@@ -191,3 +191,66 @@ def build_tiny_pixel(path: Path, seed: int = 0, num_class_embeds: int | None = N
         index["id2label"] = {str(k): f"class {k}" for k in range(num_class_embeds)}
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
+
+
+def build_tiny_sdxl_refiner(path: Path, base: Path | None = None, seed: int = 1) -> Path:
+    """A tiny random SDXL refiner folder, laid out as stable-diffusion-xl-refiner-1.0 is: a
+    StableDiffusionXLImg2ImgPipeline with ``requires_aesthetics_score``, no first tokenizer or
+    text encoder (null entries), the second encoder's width alone as the UNet's cross-attention
+    width, five time ids (original size, crop, aesthetic score) in its added conditions, and
+    ``force_zeros_for_empty_prompt`` off. Given ``base`` (a build_tiny_sdxl folder), its second
+    text encoder and VAE are copied in, as the real refiner shares the base's (the "ensemble of
+    expert denoisers" hands latents from one to the other); else random ones of the same shapes."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    width, projection, per_id = 48, 24, 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=per_id,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=5 * per_id + projection, cross_attention_dim=width,
+        norm_num_groups=8,
+    )
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    for sub in ("text_encoder_2", "vae", "tokenizer_2"):
+        if (path / sub).exists():
+            shutil.rmtree(path / sub)
+    if base is not None:
+        shutil.copytree(base / "text_encoder_2", path / "text_encoder_2")
+        shutil.copytree(base / "vae", path / "vae")
+    else:
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=49408, intermediate_size=37, num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+            eos_token_id=49407, hidden_act="gelu", layer_norm_eps=1e-5, hidden_size=width, num_hidden_layers=3,
+            projection_dim=projection, pad_token_id=0))
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
+            sample_size=64, scaling_factor=0.5, force_upcast=True,
+        )
+        te2.save_pretrained(path / "text_encoder_2", safe_serialization=True)
+        vae.save_pretrained(path / "vae", safe_serialization=True)
+    CLIPTokenizer.from_pretrained(TOKENIZER, pad_token="!").save_pretrained(path / "tokenizer_2")
+    (path / "scheduler").mkdir(exist_ok=True)
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(SDXL_SCHEDULER_CONFIG, indent=2))
+    index = {
+        "_class_name": "StableDiffusionXLImg2ImgPipeline",
+        "_diffusers_version": "0.42.1",
+        "force_zeros_for_empty_prompt": False,
+        "requires_aesthetics_score": True,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": [None, None],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": [None, None],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path
