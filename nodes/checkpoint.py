@@ -3,7 +3,8 @@ for SD 1.x and 2.x, Stability's generative-models for SDXL), as model sites ship
 into the same model references a diffusers folder gives.
 
 The family is read from the file's keys (its header only: nothing loads to tell), the shapes pick
-a config folder shipped inside graphflow (``configs/``: SD 1.5, SD 2.x base and 768-v, SDXL base;
+a config folder shipped inside graphflow (``configs/``: SD 1.5, SD 2.x base and 768-v, SDXL base
+and refiner;
 ``models/tiny-sd`` for the embedded model), and each component is converted when a node first
 needs it by diffusers' own single-file loaders (``from_single_file(config=…)`` for the UNet and
 VAE, ``create_diffusers_clip_model_from_ldm`` for the text encoders), offline: the config is a
@@ -43,17 +44,21 @@ PREFIXES = {
     "sd2": {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model."},
     "sdxl": {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "conditioner.embedders.0.",
              "text_encoder_2": "conditioner.embedders.1."},
+    "sdxl-refiner": {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder_2": "conditioner.embedders.0."},
 }
+#: the graphflow family (nodes/families.py) each checkpoint family's references carry
+REF_FAMILY = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner"}
 #: the token-embedding table of each text encoder (its second dimension is the encoder's width)
 TEXT_KEYS = {
     "text_encoder": ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",  # CLIP (SD 1.x)
                      "cond_stage_model.transformer.embeddings.token_embedding.weight",
                      "cond_stage_model.model.token_embedding.weight",  # OpenCLIP ViT-H (SD 2.x)
                      "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"),  # SDXL's CLIP
-    "text_encoder_2": ("conditioner.embedders.1.model.token_embedding.weight",),  # SDXL's OpenCLIP ViT-bigG
+    "text_encoder_2": ("conditioner.embedders.1.model.token_embedding.weight",  # SDXL's OpenCLIP ViT-bigG
+                       "conditioner.embedders.0.model.token_embedding.weight"),  # the refiner's, its only encoder
 }
 #: tokenizers that pad with "!" rather than the end token (the OpenCLIP encoders'), when the config folder has none
-PADS = {"sd1": {}, "sd2": {"tokenizer": "!"}, "sdxl": {"tokenizer_2": "!"}}
+PADS = {"sd1": {}, "sd2": {"tokenizer": "!"}, "sdxl": {"tokenizer_2": "!"}, "sdxl-refiner": {"tokenizer_2": "!"}}
 
 
 class NoShippedConfig(ModelError):
@@ -68,7 +73,7 @@ class Variant:
     names another."""
 
     name: str
-    family: str  # the checkpoint family: sd1, sd2, sdxl
+    family: str  # the checkpoint family: sd1, sd2, sdxl, sdxl-refiner
     config: Path  # a diffusers-layout folder of configs (model_index.json, unet/, vae/, text_encoder/, scheduler/)
     note: str
     default: bool = True
@@ -80,6 +85,7 @@ VARIANTS = (
     Variant("sd2-v", "sd2", CONFIGS_DIR / "sd2-v", "Stable Diffusion 2.x 768-v, predicting v"),
     Variant("sd2-base", "sd2", CONFIGS_DIR / "sd2-base", "Stable Diffusion 2.x base (512), predicting the noise", default=False),
     Variant("sdxl", "sdxl", CONFIGS_DIR / "sdxl", "Stable Diffusion XL base"),
+    Variant("sdxl-refiner", "sdxl-refiner", CONFIGS_DIR / "sdxl-refiner", "Stable Diffusion XL refiner"),
 )
 
 
@@ -111,33 +117,33 @@ def detect_family(keys) -> str | None:
     return None
 
 
-def _width(shapes: dict[str, tuple], comp: str) -> int | None:
-    return next((shapes[k][1] for k in TEXT_KEYS[comp] if k in shapes), None)
+def _text_encoders(family: str) -> list[str]:
+    return [c for c in PREFIXES[family] if c.startswith("text_encoder")]
 
 
 def _shape_facts(shapes: dict[str, tuple], family: str) -> dict[str, int | None]:
     cross = next((s[1] for k, s in shapes.items() if k.startswith("model.diffusion_model.") and k.endswith("attn2.to_k.weight")), None)
-    facts = {"unet": shapes[UNET_KEY][0], "vae": shapes[VAE_KEY][0], "text": _width(shapes, "text_encoder"), "cross": cross}
-    if family == "sdxl":
-        facts["text_2"] = _width(shapes, "text_encoder_2")
+    facts = {"unet": shapes[UNET_KEY][0], "vae": shapes[VAE_KEY][0], "cross": cross}
+    for comp in _text_encoders(family):
+        facts[comp] = next((shapes[k][1] for k in TEXT_KEYS[comp] if k in shapes), None)
     return facts
 
 
 def _config_facts(config: Path, family: str) -> dict[str, int | None]:
-    read = lambda comp: json.loads((config / comp / "config.json").read_text())
+    read = lambda comp: json.loads((config / comp / "config.json").read_text())  # noqa: E731
     try:
-        unet, vae, te = read("unet"), read("vae"), read("text_encoder")
-        facts = {"unet": unet["block_out_channels"][0], "vae": vae["block_out_channels"][0], "text": te["hidden_size"],
-                 "cross": unet["cross_attention_dim"]}
-        if family == "sdxl":
-            facts["text_2"] = read("text_encoder_2")["hidden_size"]
+        unet, vae = read("unet"), read("vae")
+        facts = {"unet": unet["block_out_channels"][0], "vae": vae["block_out_channels"][0], "cross": unet["cross_attention_dim"]}
+        for comp in _text_encoders(family):
+            facts[comp] = read(comp)["hidden_size"]
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
         raise ModelError(f"the configs in {config} cannot be read ({type(e).__name__}: {e})") from None
     return facts
 
 
 def _describe_facts(facts: dict) -> str:
-    names = {"unet": "UNet width", "vae": "VAE width", "text": "text width", "text_2": "second text width", "cross": "cross-attention width"}
+    names = {"unet": "UNet width", "vae": "VAE width", "cross": "cross-attention width", "text_encoder": "text width",
+             "text_encoder_2": "second text width"}
     return ", ".join(f"{names[k]} {v}" for k, v in facts.items())
 
 
@@ -152,7 +158,7 @@ def _given_variant(config: str, family: str) -> Variant:
                              f"(shipped configs for it: {', '.join(x.name for x in VARIANTS if x.family == family)})")
         return v
     folder = locate(config, "checkpoints")
-    wanted = "sdxl" if family == "sdxl" else "sd"
+    wanted = REF_FAMILY[family]
     if not folder.is_dir() or pipeline_family(folder).name != wanted:
         raise ModelError(f"config {config!r} must be a shipped config ({', '.join(shipped)}) or a diffusers folder of an "
                          f"{wanted} model; {folder} is not")
@@ -177,9 +183,6 @@ def variant_for(name: str, shapes: dict[str, tuple], config: str = "") -> Varian
         sample = ", ".join(list(shapes)[:3])
         raise ModelError(f"{name} is not a Stable Diffusion checkpoint in the original layout (keys like {sample}); "
                          "a LoRA goes to LoadLoRA, an embedding to LoadTextualInversion")
-    if family == "sdxl-refiner":
-        raise ModelError(f"{name} is an SDXL refiner checkpoint (one OpenCLIP text encoder, no CLIP): graphflow draws "
-                         "with SDXL base models; refiners are not supported")
     for comp, prefix in PREFIXES[family].items():
         if not any(k.startswith(prefix) for k in shapes):
             raise ModelError(f"{name} is a single-file {family} checkpoint without its {comp} ({prefix}… weights)")
@@ -286,7 +289,7 @@ def tokenizer_refs(v: Variant, ref_family: str) -> dict[str, ModelRef]:
     """The config folder's own tokenizers where it has them, else the shipped vocabulary padded as
     the family's tokenizers pad."""
     out: dict[str, ModelRef] = {}
-    for comp in ("tokenizer", "tokenizer_2") if v.family == "sdxl" else ("tokenizer",):
+    for comp in (enc.replace("text_encoder", "tokenizer") for enc in _text_encoders(v.family)):
         own = v.config / comp
         if own.is_dir():
             out[comp] = ModelRef(content_id(own), str(v.config.resolve()), comp, ref_family)
@@ -303,7 +306,7 @@ def checkpoint_refs(path: Path, config: str = "") -> dict[str, Any]:
     """LoadModel's outputs for a single-file checkpoint: nothing but the header and the configs
     are read here."""
     v = choose_variant(path, config)
-    ref_family = pipeline_family(v.config).name
+    ref_family = REF_FAMILY[v.family]
     where, file_id = str(path.resolve()), content_id(path)
     out: dict[str, Any] = {
         c: CheckpointRef(digest([file_id, content_id(v.config / c / "config.json"), c]), where, c, ref_family,

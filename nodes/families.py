@@ -113,14 +113,9 @@ def family_of(path: Path) -> Family:
     """The family of a model folder, its components checked before anything loads: a pipeline
     graphflow has no nodes for is refused here, by name, with the supported list, instead of a
     shape error deep inside a UNet."""
+    family = pipeline_family(path)
     data = read_index(path)
     pipeline = data.get("_class_name")
-    family = family_for_index(data)
-    if family is None:
-        raise ModelError(
-            f"{path} is a {pipeline or 'model without a _class_name'}: that model family is not supported; "
-            f"supported families: {supported_families()}"
-        )
     for comp, classes in family.components.items():
         entry = data.get(comp)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):

@@ -8,7 +8,7 @@ last down block or the first up block) to any UNet2DConditionModel/AutoencoderKL
 tiny-sd (3 levels, 1 resnet per level, attention everywhere) converts too. SD 2.x's text encoder
 is written as OpenCLIP's (``cond_stage_model.model.``: fused q/k/v, ``resblocks``, ``ln_final``),
 SDXL's two as ``conditioner.embedders.0`` (CLIP, transformers' names) and ``.1`` (OpenCLIP, with its
-projection), the inverse of diffusers' ``convert_open_clip_checkpoint``."""
+projection; the refiner's only one in slot 0), the inverse of diffusers' ``convert_open_clip_checkpoint``."""
 
 from __future__ import annotations
 
@@ -149,12 +149,12 @@ def convert_open_clip(sd: dict, prefix: str) -> dict:
 
 
 def write_original_checkpoint(folder: Path, out: Path, layout: str = "sd1") -> Path:
-    """``layout``: sd1, sd2 (OpenCLIP text encoder) or sdxl (two text encoders)."""
+    """``layout``: sd1, sd2 (OpenCLIP text encoder), sdxl (two text encoders) or sdxl-refiner."""
     from safetensors.torch import load_file, save_file
 
     unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
-    te = load_file(folder / "text_encoder" / "model.safetensors")
+    te = load_file(folder / ("text_encoder_2" if layout == "sdxl-refiner" else "text_encoder") / "model.safetensors")
     if layout == "sd1":
         text = convert_text_encoder(te)
     elif layout == "sd2":
@@ -162,6 +162,8 @@ def write_original_checkpoint(folder: Path, out: Path, layout: str = "sd1") -> P
     elif layout == "sdxl":
         text = {**convert_text_encoder(te, "conditioner.embedders.0.transformer."),
                 **convert_open_clip(load_file(folder / "text_encoder_2" / "model.safetensors"), "conditioner.embedders.1.model.")}
+    elif layout == "sdxl-refiner":  # its one encoder, OpenCLIP bigG, in slot 0
+        text = convert_open_clip(te, "conditioner.embedders.0.model.")
     else:
         raise ValueError(f"unknown layout {layout}")
     state = {

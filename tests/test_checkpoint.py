@@ -110,7 +110,7 @@ def test_the_family_comes_from_the_keys(tmp_path):
     msg = _load_error(tmp_path / "xl.safetensors")
     assert "single-file sdxl checkpoint without its vae" in msg
     save_file({unet: torch.zeros(384, 4, 3, 3), "conditioner.embedders.0.model.text_projection": z}, tmp_path / "refiner.safetensors")
-    assert "SDXL refiner" in _load_error(tmp_path / "refiner.safetensors")
+    assert "single-file sdxl-refiner checkpoint without its vae" in _load_error(tmp_path / "refiner.safetensors")
     save_file({"weight": z}, tmp_path / "other.safetensors")
     assert "not a Stable Diffusion checkpoint" in _load_error(tmp_path / "other.safetensors")
     (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 32)
@@ -258,16 +258,18 @@ def _full_size_shapes(config: Path, layout: str) -> dict[str, tuple]:
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config, subfolder="unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config, subfolder="vae"))
-        te = CLIPTextModel(CLIPTextConfig.from_pretrained(config, subfolder="text_encoder"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config, subfolder="text_encoder_2")) if layout == "sdxl" else None
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(config, subfolder="text_encoder")) if layout != "sdxl-refiner" else None
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config, subfolder="text_encoder_2")) if "sdxl" in layout else None
     state = {**ol.convert_unet(unet.state_dict(), unet.config), **ol.convert_vae(vae.state_dict(), vae.config)}
     if layout == "sd1":
         state.update(ol.convert_text_encoder(te.state_dict()))
     elif layout == "sd2":
         state.update(ol.convert_open_clip(te.state_dict(), "cond_stage_model.model."))
-    else:
+    elif layout == "sdxl":
         state.update(ol.convert_text_encoder(te.state_dict(), "conditioner.embedders.0.transformer."))
         state.update(ol.convert_open_clip(te2.state_dict(), "conditioner.embedders.1.model."))
+    else:
+        state.update(ol.convert_open_clip(te2.state_dict(), "conditioner.embedders.0.model."))
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
@@ -276,12 +278,13 @@ def _full_size_shapes(config: Path, layout: str) -> dict[str, tuple]:
     ("sd2-v", "sd2", "sd2-v", ["sd2-base"]),
     ("sd2-base", "sd2", "sd2-v", ["sd2-base"]),  # the same shapes: 768-v unless the workflow says base
     ("sdxl", "sdxl", "sdxl", []),
+    ("sdxl-refiner", "sdxl-refiner", "sdxl-refiner", []),
 ])
 def test_full_size_checkpoints_are_matched_to_the_shipped_configs(config, layout, chosen, other):
     from graphflow_nodes.checkpoint import alternatives, variant_for
 
     shapes = _full_size_shapes(REPO / "nodes" / "configs" / config, layout)
-    assert shapes["model.diffusion_model.input_blocks.0.0.weight"] == (320, 4, 3, 3)
+    assert shapes["model.diffusion_model.input_blocks.0.0.weight"] == (384 if layout == "sdxl-refiner" else 320, 4, 3, 3)
     v = variant_for("model.safetensors", shapes)
     assert (v.name, alternatives(v)) == (chosen, other)
     assert variant_for("model.safetensors", shapes, config).name == config
@@ -308,6 +311,15 @@ def test_the_shipped_sd2_and_sdxl_configs_build_their_models_sizes():
                 sizes[name].append(count(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(d, subfolder="text_encoder_2"))))
     assert sizes == {"sd2-v": [865_910_724, 83_653_863, 340_387_840], "sd2-base": [865_910_724, 83_653_863, 340_387_840],
                      "sdxl": [2_567_463_684, 83_653_863, 123_060_480, 694_659_840]}
+    # the refiner: 384 channels x (1, 2, 4, 4), 4 transformer layers in the two middle levels and the
+    # middle block, 1280-wide cross-attention, 2560 added-condition inputs (Stability's
+    # sd_xl_refiner.yaml as ComfyUI reads it), sharing SDXL's VAE and second text encoder
+    d = REPO / "nodes" / "configs" / "sdxl-refiner"
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(d, subfolder="unet"))
+    assert count(unet) == 2_259_526_660
+    for comp in ("vae", "text_encoder_2"):
+        assert (d / comp / "config.json").read_text() == (REPO / "nodes" / "configs" / "sdxl" / comp / "config.json").read_text()
     predicts = {n: json.loads((REPO / "nodes" / "configs" / n / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
                 for n in ("sd2-v", "sd2-base", "sdxl")}
     assert predicts == {"sd2-v": "v_prediction", "sd2-base": "epsilon", "sdxl": "epsilon"}
@@ -359,3 +371,35 @@ def test_graphflow_models_lists_each_checkpoints_family(tiny_ckpt, sd2, sdxl, tm
     assert describe(sdxl[1], "checkpoints")["family"] == "sdxl"
     (tmp_path / "model.ckpt").write_bytes(b"never read")
     assert describe(tmp_path / "model.ckpt", "checkpoints")["family"].startswith("refused")
+
+
+@pytest.fixture(scope="module")
+def refiner(tiny_sdxl_refiner, tmp_path_factory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("refiner") / "tiny-sdxl-refiner.safetensors"
+    return tiny_sdxl_refiner, write_original_checkpoint(tiny_sdxl_refiner, out, "sdxl-refiner")
+
+
+def test_an_sdxl_refiner_checkpoint_refines_as_its_folder_does(refiner, tmp_path):
+    """A refiner file (OpenCLIP bigG alone, in ``conditioner.embedders.0``) built with its folder's
+    configs: every weight the folder's, the first tokenizer and encoder missing by name, and
+    img2img_sdxl_refiner's picture within 1e-5 of the folder's (the same alignment effect as SDXL)."""
+    from graphflow_nodes.models import LoadModel, MissingComponent
+
+    folder, ckpt = refiner
+    refs = LoadModel().run(LoadModel.In(path=str(ckpt), config=str(folder)), Context())
+    base = LoadModel().run(LoadModel.In(path=str(folder)), Context())
+    assert refs["family"] == "sdxl-refiner" and refs["pipeline_config"]["requires_aesthetics_score"] is True
+    assert refs["tokenizer_2"] == base["tokenizer_2"] and isinstance(refs["text_encoder"], MissingComponent)
+    ex = Executor(out_dir=tmp_path)
+    for c in ("unet", "vae", "text_encoder_2"):
+        assert _same_weights(ex, refs[c], base[c]), c
+    runs = []
+    for model, config in ((folder, None), (ckpt, folder)):
+        doc = graphflow.load(REPO / "workflows" / "img2img_sdxl_refiner.json").doc.raw
+        doc["outputs"] = {"image": "decode.image"}
+        if config is not None:
+            doc["nodes"]["model"]["inputs"]["config"] = str(config)
+        r = ex.run(graphflow.Workflow.from_dict(doc).with_params(model=str(model), steps=10, start_step=6, seed=2))
+        assert r.ok, r.errors
+        runs.append(r["image"])
+    assert (runs[0] - runs[1]).abs().max().item() <= 1e-5 and runs[0].std().item() > 0.02
