@@ -1,15 +1,19 @@
-"""Which thread runs torch, measured side by side in one run: txt2img on the shipped tiny-sd
-through the executor's worker thread (``submit().result()``) and on the calling (main) thread
-(``Executor.run``), before and after the main thread has done some torch work of its own, as a
-notebook cell, a script or a picture conversion does.
+"""Which thread runs torch, measured side by side in one run: txt2img on the shipped tiny-sd,
+each way in a fresh process of its own, before and after the main thread has done some torch
+work (as a notebook cell, a script or a picture conversion does):
 
-It also counts the CPU time that the helper threads of the *other* thread's OpenMP team burn
-while a run goes on (from /proc/self/task): OpenMP keeps one thread team per calling thread, and
-libgomp's idle team members spin before they sleep. Then it repeats the whole sequence in fresh
-processes with libgomp told not to spin (``OMP_WAIT_POLICY=PASSIVE``), and with one torch thread,
-to tell the spinning apart from other causes.
+- ``submit().result()``: the run executes on the executor's worker thread (what ``Executor.run``
+  did before it ran on the caller's thread);
+- ``Executor.run``: the run executes on the calling (main) thread;
+- the worker again with libgomp told never to spin (``OMP_WAIT_POLICY=PASSIVE``), and with one
+  torch thread (``OMP_NUM_THREADS=1``), to tell the cause apart.
 
-    .venv/bin/python bench/bench_threads.py [--runs N] [--steps N] [--no-children]
+Per row: seconds a run (median), CPU seconds over wall seconds (how many cores the run kept
+busy), voluntary context switches a run (a thread going to sleep in the kernel: libgomp's idle
+team members once they stop spinning), and the CPU burnt meanwhile by the helper thread(s) that
+the main thread's torch work started (its OpenMP team).
+
+    .venv/bin/python bench/bench_threads.py [--runs N] [--steps N]
 """
 
 from __future__ import annotations
@@ -30,6 +34,19 @@ sys.path.insert(0, str(ROOT))
 
 TXT2IMG = ROOT / "workflows" / "txt2img.json"
 CLK = os.sysconf("SC_CLK_TCK")
+
+
+def switches() -> int:
+    """Voluntary context switches of all this process's threads so far."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    n += int(line.split()[1])
+        except OSError:
+            continue
+    return n
 
 
 def cpu_by_thread() -> dict[int, float]:
@@ -56,7 +73,9 @@ def main_thread_torch_work() -> None:
         (y * 2 + 1).sum()
 
 
-def measure(runs: int, steps: int) -> dict:
+def measure(via: str, runs: int, steps: int) -> dict:
+    """In this process: a first run (it loads the model), ``runs`` timed runs, torch work on the
+    main thread, ``runs`` timed runs; ``via`` "worker" also times runs on the main thread last."""
     import graphflow
     from graphflow import events as ev
     from graphflow.executor import Executor
@@ -72,6 +91,7 @@ def measure(runs: int, steps: int) -> dict:
     def on_worker() -> None:
         r = ex.submit(wf.with_params(seed=next(seed))).result()
         assert r.ok, r.errors
+        assert where[-1] != main_tid
 
     def on_caller() -> None:
         r = ex.run(wf.with_params(seed=next(seed)))
@@ -79,72 +99,65 @@ def measure(runs: int, steps: int) -> dict:
         assert where[-1] == main_tid, "Executor.run did not run on the calling thread"
 
     def phase(run) -> dict:
-        before = cpu_by_thread()
+        c0, s0, t0 = cpu_by_thread(), switches(), time.perf_counter()
         times = []
         for _ in range(runs):
-            t0 = time.perf_counter()
+            t = time.perf_counter()
             run()
-            times.append(time.perf_counter() - t0)
-        after = cpu_by_thread()
-        burnt = {t: after[t] - before.get(t, 0.0) for t in after}
-        return {"median": statistics.median(times), "times": times, "cpu": burnt}
+            times.append(time.perf_counter() - t)
+        wall, c1, s1 = time.perf_counter() - t0, cpu_by_thread(), switches()
+        cpu = {t: c1[t] - c0.get(t, 0.0) for t in c1}
+        return {"median": statistics.median(times), "cpu_per_wall": sum(cpu.values()) / wall,
+                "switches": (s1 - s0) / runs, "cpu": cpu}
 
-    on_worker()  # loads the model, on the worker: the first torch work of the process
-    worker_tid = where[-1]
+    first = on_worker if via == "worker" else on_caller
+    first()  # loads the model: the first torch work of the process
     tids0 = set(cpu_by_thread())
-    rows = {"worker, before torch on main": phase(on_worker)}
+    rows = {"before torch on main": phase(first)}
     main_thread_torch_work()
-    helpers = set(cpu_by_thread()) - tids0  # threads started by that work: the main thread's team
-    rows["worker, after torch on main"] = phase(on_worker)
-    rows["main thread (Executor.run)"] = phase(on_caller)
-    rows["worker again"] = phase(on_worker)
+    helpers = set(cpu_by_thread()) - tids0  # started by that work: the main thread's OpenMP team
+    rows["after torch on main"] = phase(first)
+    if via == "worker":
+        rows["then on the main thread (Executor.run)"] = phase(on_caller)
     import torch
 
-    out = {"threads": torch.get_num_threads(), "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_"))},
-           "new_threads_after_main_torch": len(helpers), "rows": {}}
-    for name, r in rows.items():
-        cpu = r["cpu"]
-        out["rows"][name] = {
-            "median": r["median"],
-            "main_team_helpers_cpu": sum(cpu.get(t, 0.0) for t in helpers) / runs,
-            "run_thread_cpu": cpu.get(worker_tid if name.startswith("worker") else main_tid, 0.0) / runs,
-            "all_cpu": sum(cpu.values()) / runs,
-        }
-    return out
+    for r in rows.values():
+        r["helpers_cpu"] = sum(r.pop("cpu").get(t, 0.0) for t in helpers) / runs
+    return {"threads": torch.get_num_threads(), "new_threads": len(helpers), "rows": rows}
 
 
-def report(label: str, res: dict) -> None:
-    base = res["rows"]["worker, before torch on main"]["median"]
-    print(f"\n{label}: {res['threads']} torch threads; the main thread's torch work started "
-          f"{res['new_threads_after_main_torch']} new OS thread(s)")
-    print(f"  {'run on':<32} {'s/run':>7} {'÷ first':>8} {'CPU s/run: all':>15} {'run thread':>11} {'main team helpers':>18}")
-    for name, r in res["rows"].items():
-        print(f"  {name:<32} {r['median']:7.3f} {r['median'] / base:7.2f}× {r['all_cpu']:15.2f} "
-              f"{r['run_thread_cpu']:11.2f} {r['main_team_helpers_cpu']:18.2f}")
+VARIANTS = [
+    ("submit(): on the worker thread", "worker", {}),
+    ("Executor.run: on the calling thread", "caller", {}),
+    ("submit(), OMP_WAIT_POLICY=PASSIVE", "worker", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("submit(), OMP_NUM_THREADS=1", "worker", {"OMP_NUM_THREADS": "1"}),
+]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=4, help="timed runs per row (the median is shown)")
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--no-children", action="store_true", help="only this process (no OMP_WAIT_POLICY variants)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(a.runs, a.steps)))
+        print(json.dumps(measure(a.child, a.runs, a.steps)))
         return
-    print(f"txt2img, tiny-sd, {a.steps} LMS steps, median of {a.runs} runs per row, rows in the order run")
-    report("this process", measure(a.runs, a.steps))
-    if a.no_children:
-        return
-    for label, env in [("a fresh process, OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep at once)", {"OMP_WAIT_POLICY": "PASSIVE"}),
-                       ("a fresh process, OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})]:
-        p = subprocess.run([sys.executable, __file__, "--child", "--runs", str(a.runs), "--steps", str(a.steps)],
+    print(f"txt2img, tiny-sd, {a.steps} LMS steps, median of {a.runs} runs a row; each variant in a fresh process,"
+          f" rows in the order run")
+    print(f"{'variant':<38} {'row':<40} {'s/run':>6} {'÷ 1st row':>9} {'CPU/wall':>8} {'switches/run':>12} {'main team CPU/run':>17}")
+    for label, via, env in VARIANTS:
+        p = subprocess.run([sys.executable, __file__, "--child", via, "--runs", str(a.runs), "--steps", str(a.steps)],
                            env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
         if p.returncode:
-            print(f"\n{label}: failed\n{p.stderr[-2000:]}")
+            print(f"{label}: failed\n{p.stderr[-2000:]}")
             continue
-        report(label, json.loads(p.stdout.strip().splitlines()[-1]))
+        res = json.loads(p.stdout.strip().splitlines()[-1])
+        base = res["rows"]["before torch on main"]["median"]
+        for k, (name, r) in enumerate(res["rows"].items()):
+            print(f"{label if k == 0 else '':<38} {name:<40} {r['median']:6.3f} {r['median'] / base:8.2f}× "
+                  f"{r['cpu_per_wall']:8.2f} {r['switches']:12.0f} {r['helpers_cpu']:17.2f}")
+        print(f"{'':<38} ({res['threads']} torch threads; the main thread's torch work started {res['new_threads']} thread(s))")
 
 
 if __name__ == "__main__":
