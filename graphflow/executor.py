@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -374,6 +375,7 @@ def _interrupt_cancels(h: RunHandle) -> Iterator[None]:
         hits.append(signum)
         if not h.cancel_event.is_set():  # nothing more: this thread may hold the executor's lock
             h.cancel_event.set()
+        sys.stderr.write("\ninterrupted: the run stops at its next node or loop step (interrupt again to stop at once)\n")
 
     signal.signal(signal.SIGINT, on_sigint)
     try:

@@ -256,7 +256,7 @@ def test_a_run_cancelled_while_it_waits_its_turn_never_starts():
 
 # --- Ctrl-C: a real SIGINT --------------------------------------------------------------------------
 
-def test_ctrl_c_cancels_the_run_at_its_next_step_then_raises(sigint_raises):
+def test_ctrl_c_cancels_the_run_at_its_next_step_then_raises(sigint_raises, capsys):
     ex = Executor()
     events = []
     ex.subscribe(events.append, on_run_thread=True)
@@ -268,6 +268,7 @@ def test_ctrl_c_cancels_the_run_at_its_next_step_then_raises(sigint_raises):
     last = events[-1]
     assert isinstance(last, ev.RunFinished) and last.cancelled and not last.ok
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert "interrupted: the run stops at its next node or loop step" in capsys.readouterr().err
     assert_usable(ex)
 
 
