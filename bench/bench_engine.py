@@ -26,9 +26,8 @@ sweep of 1,000 seeds over workflows/txt2img.json (wf.with_params(seed=i).bind(),
 of graphflow.check.check). The targets are printed next to the numbers.
 
 `python bench/bench_engine.py --profile` prints cProfile tables (top 15 by tottime) of the cold run
-and of the fully cached re-run of the 10,000-node chain instead. The run is profiled inline in the
-calling thread (the executor's worker thread is bypassed, see ``_inline``), since cProfile sees one
-thread only.
+and of the fully cached re-run of the 10,000-node chain instead. ``Executor.run`` executes on the
+calling thread, the one cProfile sees.
 """
 
 from __future__ import annotations
@@ -310,15 +309,6 @@ def main(quick: bool = False) -> None:
 
 # --- profiles -------------------------------------------------------------------------------------
 
-def _inline(ex: Executor) -> Executor:
-    """Make ``ex.run`` run in the calling thread, as it does when called from its own worker (bind,
-    plan and run are the same code; only the hand-over to the worker thread is skipped)."""
-    import threading
-
-    ex._worker = threading.current_thread()
-    return ex
-
-
 def profile(n: int = 10_000, top: int = 15) -> None:
     reg = builtin_registry()
     wf = Workflow.from_dict(chain(n), reg)
@@ -339,7 +329,7 @@ def profile(n: int = 10_000, top: int = 15) -> None:
         text = (text[text.index("   ncalls"):] if "   ncalls" in text else text).rstrip()
         print(f"\n== {title}: {dt * 1e3:.0f} ms under cProfile ({dt / n * 1e6:.1f} µs/node)\n{text}")
 
-    ex = _inline(Executor())
+    ex = Executor()
     wf.checked().memo.pop("fingerprints", None)
     show(f"cold run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
     show(f"fully cached re-run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))

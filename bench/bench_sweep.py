@@ -5,9 +5,10 @@ second, text-encoder calls and model loads. Then Ray's own per-call overhead (a 
 the number the README's projection to 100,000 items on 50 GPU workers rests on.
 
 Each variant runs in a fresh process of its own (this script with --variant), as a user would run
-it: within one process, torch work done on one thread slows later torch work on another (the
-executor's worker) by about 2x with 2 threads on this machine, so variants sharing a process
-would measure each other.
+it: variants sharing a process would measure each other (loaded models, warm caches, and torch's
+per-thread OpenMP teams: the diffusers loop runs torch on the main thread, and a process whose
+torch work is spread over two threads runs about 2x slower on this machine, see
+bench/bench_threads.py).
 
     .venv/bin/python bench/bench_sweep.py [--steps N] [--no-ray]
 """

@@ -62,9 +62,10 @@ def is_frames(v: Any) -> bool:
 
 def to_uint8(image) -> Any:
     """(batch, 3, H, W) in [0, 1] → (batch, H, W, 3) uint8, rounded as the node library saves.
-    numpy does the arithmetic, not torch: a torch op on the caller's thread (a notebook's, a
-    sweep's) starts a second torch thread team in the process, which halves the speed of the
-    executor's thread on a 2-core machine (measured: 0.35 s -> 0.75 s a txt2img run)."""
+    numpy does the arithmetic, not torch: runs made with ``Executor.run`` execute on the
+    caller's thread and would not mind, but submitted runs execute on the executor's worker, and
+    a torch op on a second thread gives the process a second OpenMP thread team, after which
+    every run on the worker is about 2x slower on a 2-core machine (bench/bench_threads.py)."""
     import numpy as np
 
     a = image.detach()

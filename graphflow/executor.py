@@ -2,17 +2,30 @@
 
 ``submit`` checks and binds in the caller's thread (so a bad workflow fails there, before
 anything queues) and returns a ``RunHandle``; one worker thread runs the queue in order, as one
-GPU would. Listeners are called off that thread, through a bounded queue, so a slow listener
-never slows a run; a hook that must act at an exact point subscribes ``on_run_thread=True``.
+GPU would. ``run`` takes its place in the same queue but executes on the caller's own thread when
+its turn comes (at once when nothing is queued), the worker waiting meanwhile: one lock, held by
+whichever thread executes a run, keeps runs one at a time. Why the caller's thread: torch's
+OpenMP runtime keeps a thread team per thread that calls it, and once two threads of a process
+have teams (a notebook cell or a script did torch work, then the worker ran) libgomp counts more
+threads than cores and stops spin-waiting between parallel regions, which made every run on a
+2-core machine about 2x slower (bench/bench_threads.py). A caller that does torch work and runs
+its workflows on its own thread keeps one team.
+
+Listeners are called off the run's thread, through a bounded queue, so a slow listener never slows
+a run; a hook that must act at an exact point subscribes ``on_run_thread=True``.
 """
 
 from __future__ import annotations
 
 import queue
+import signal
+import sys
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +62,7 @@ class RunHandle:
         self._log: list[ev.Event] = []
         self._grew = threading.Condition()
         self._watchers = 0
+        self._turn: threading.Event | None = None  # Executor.run's: set when its caller's thread may execute it
 
     def cancel(self) -> None:
         """Stop at the next node or loop step; a queued run never starts (it is cancelled now)."""
@@ -117,7 +131,11 @@ class Executor:
         self._events: queue.Queue = queue.Queue(maxsize=listener_queue)
         self._runs: queue.Queue[RunHandle] = queue.Queue()
         self._pending: list[RunHandle] = []
-        self._lock = threading.Lock()
+        # reentrant: Executor.cancel() may be called by a signal handler (the CLI's) on the thread
+        # of an inline run, which may hold it at that moment
+        self._lock = threading.RLock()
+        self._busy = threading.Lock()  # held by whichever thread executes a run (the worker or a run() caller)
+        self._run_thread: int | None = None  # that thread, while it does: its own run() calls nest inline
         self._worker: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
         self._current: RunHandle | None = None
@@ -144,13 +162,15 @@ class Executor:
         self._events.put((_FLUSH, done))
         return done.wait(timeout)
 
-    def _emitter(self, h: RunHandle) -> Callable[[ev.Event], None]:
+    def _emitter(self, h: RunHandle, on_event: Callable[[ev.Event], None] | None = None) -> Callable[[ev.Event], None]:
         sync, record, put = self._sync, h._record, self._events.put
 
         def emit(e: ev.Event) -> None:
             record(e)
             for f in sync:
                 f(e)
+            if on_event is not None:
+                on_event(e)
             if self._async:
                 put((e, None))
         return emit
@@ -164,39 +184,72 @@ class Executor:
         with fewer_gc_passes():
             bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
         h = RunHandle(bound, self._cancel_queued, None if out_dir is None else Path(out_dir))
+        self._enqueue(h)
+        return h
+
+    def _enqueue(self, h: RunHandle) -> None:
         with self._lock:
             self._pending.append(h)
             if self._worker is None:
                 self._worker = _start(_work, self, self._runs)
         self._runs.put(h)
-        return h
 
-    def run(self, wf: Any, params: dict[str, Any] | None = None, *, out_dir: str | Path | None = None) -> RunResult:
-        """``submit(wf).result()``; called from a node or a run-thread hook, it runs inline.
-        Interrupted while waiting (Ctrl-C, Jupyter's interrupt), it cancels the run, waits for it
-        to stop at its next node or loop step, then lets the KeyboardInterrupt go on: an
-        interrupted call leaves no run going on behind the caller's back."""
-        if threading.current_thread() is self._worker:
-            with fewer_gc_passes():
-                bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
-            h = RunHandle(bound, out_dir=None if out_dir is None else Path(out_dir))
-            self._execute(h)
+    def run(self, wf: Any, params: dict[str, Any] | None = None, *, out_dir: str | Path | None = None,
+            on_event: Callable[[ev.Event], None] | None = None) -> RunResult:
+        """Run a workflow on the calling thread and return its result. It takes its turn in the
+        queue: runs submitted before it finish first, runs submitted after wait for it (nothing
+        queued or running: it starts at once). Called from a node or a run-thread hook, it runs
+        inline, nested in the current run (and cancelled with it). ``on_event``: called on this
+        thread with each of this run's events (progress bars), after the ``on_run_thread`` hooks.
+
+        Interrupted (Ctrl-C, Jupyter's interrupt: SIGINT with Python's default handler, on the main
+        thread), the run is cancelled at its next node or loop step, so nothing is left half-done,
+        and the KeyboardInterrupt is raised once it has stopped; a second interrupt raises at once,
+        wherever the run is (it ends cancelled, the executor stays usable). A KeyboardInterrupt
+        raised in the run otherwise (another SIGINT handler) does the same."""
+        with fewer_gc_passes():
+            bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
+        out = None if out_dir is None else Path(out_dir)
+        if threading.get_ident() == self._run_thread:  # nested: this thread already has the turn
+            h = RunHandle(bound, out_dir=out)
+            outer = self._current
+            if outer is not None:
+                h.cancel_event = outer.cancel_event
+            self._execute(h, on_event)
             return h.result()
-        h = self.submit(wf, params, out_dir=out_dir)
-        try:
-            while not h._finished.wait(0.25):  # short waits: the caller's thread sees a signal promptly
-                pass
-            return h.result()
-        except KeyboardInterrupt:
-            h.cancel()
-            h.result()  # a second interrupt stops only this wait; the run still stops at its next step
-            raise
+        h = RunHandle(bound, self._cancel_queued, out)
+        turn = h._turn = threading.Event()
+        with self._lock:
+            now = not self._pending and self._busy.acquire(blocking=False)
+            if now:
+                turn.set()
+        if not now:
+            self._enqueue(h)  # the worker sets the turn, holding the busy lock for this thread
+        with _interrupt_cancels(h):
+            try:
+                while not turn.wait(0.25):  # short waits: a signal is handled promptly
+                    if h.cancel_event.is_set():
+                        h.cancel()  # cancelled while queued (a Ctrl-C): out of the queue now
+                    if h._finished.is_set():
+                        break
+            except KeyboardInterrupt:
+                h.cancel()
+                if turn.is_set():
+                    self._busy.release()
+                raise
+            if turn.is_set():
+                try:
+                    self._execute(h, on_event)
+                finally:
+                    self._busy.release()
+        return h.result()
 
     def _cancel_queued(self, h: RunHandle) -> None:
         with self._lock:
             if h not in self._pending:
                 return  # running or finished: the run itself sees its cancel event
             self._pending.remove(h)
+            h.status = "cancelled"  # under the lock: _execute must see it
         self._finish_cancelled(h)
 
     def _finish_cancelled(self, h: RunHandle) -> None:
@@ -217,7 +270,26 @@ class Executor:
         for h in handles:  # outside the lock: cancelling a queued handle takes it
             h.cancel()
 
-    def _execute(self, h: RunHandle) -> None:
+    def _take_turn(self, h: RunHandle) -> None:
+        """The worker's part for each queued run, in queue order: wait until no run executes, then
+        execute it here, or hand the turn to the thread of the ``run`` call that queued it."""
+        self._busy.acquire()
+        if h._turn is not None:
+            with self._lock:
+                waiting = h in self._pending  # else cancelled while queued (already finished)
+                if waiting:
+                    h._turn.set()  # under the lock: a cancel that follows sees the turn handed
+            if not waiting:
+                self._busy.release()
+            return  # the caller's thread releases the busy lock when its run ends
+        try:
+            self._execute(h, reraise=False)
+        finally:
+            self._busy.release()
+
+    def _execute(self, h: RunHandle, on_event: Callable[[ev.Event], None] | None = None, reraise: bool = True) -> None:
+        """Execute ``h`` on this thread (holding the busy lock, or nested in a run that does).
+        A KeyboardInterrupt in the run cancels it; ``reraise``: then raise it on, once finished."""
         with self._lock:
             if h.status == "cancelled":
                 return  # cancelled while queued: already finished
@@ -227,25 +299,42 @@ class Executor:
                 h.status = "cancelled"
             else:
                 h.status = "running"
-                self._current = h
+                outer, self._current = self._current, h
         if h.status == "cancelled":
             self._finish_cancelled(h)
             return
+        outer_thread, self._run_thread = self._run_thread, threading.get_ident()
+        emit = self._emitter(h, on_event)
+        runner, interrupted, t0 = None, None, time.perf_counter()
         try:
             with fewer_gc_passes():
                 keys = Keys(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id)
                 stores = Stores(self.memory, self.disk)
-                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), self._emitter(h), self.check_finite)
+                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite)
                 h._result = r = runner.execute(plan(keys, stores))
             h.status = "cancelled" if r.cancelled else ("done" if r.ok else "failed")
+        except KeyboardInterrupt as e:
+            # raised in this thread, anywhere in the run: what the run computed is its own and goes
+            # with it; files are written whole or not at all (atomic.py); what it stored is complete
+            h.status, interrupted = "cancelled", e
+            h._result = RunResult({}, [], runner.stats if runner else {}, True, time.perf_counter() - t0,
+                                  {n: "the run was cancelled" for n in h.bound.checked.doc.outputs}, h.id)
         except BaseException as e:  # an engine bug must not kill the worker or hang result()
             h.status = "failed"
             h._result = RunResult({}, [NodeError.wrap("(executor)", "Executor", e, None)], {}, False, 0.0, {}, h.id)
         finally:
             self.models.release(h.id)
+            self._run_thread = outer_thread
             with self._lock:
-                self._current = None
+                self._current = outer
+            if interrupted is not None:
+                try:
+                    emit(ev.RunFinished(h._result.seconds, False, True, h.id))
+                except Exception:
+                    pass
             self._finished(h)
+        if interrupted is not None and reraise:
+            raise interrupted
 
     def close(self) -> None:
         """Cancel what is queued and running; the threads end once the executor is collected."""
@@ -267,12 +356,42 @@ def _start(loop: Callable, ex: Executor, q: queue.Queue) -> threading.Thread:
     return t
 
 
+@contextmanager
+def _interrupt_cancels(h: RunHandle) -> Iterator[None]:
+    """While ``run`` executes (or waits) on the main thread with Python's default SIGINT handler
+    (a script, Jupyter's kernel during a cell), the first SIGINT cancels the run instead of raising
+    wherever the thread happens to be; the KeyboardInterrupt is raised once the run has stopped. A
+    second SIGINT raises at once. The way ``asyncio.run`` treats Ctrl-C. Any other handler (the
+    CLI's, a test's) is left in place."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    hits: list[int] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if hits:
+            raise KeyboardInterrupt
+        hits.append(signum)
+        if not h.cancel_event.is_set():  # nothing more: this thread may hold the executor's lock
+            h.cancel_event.set()
+        sys.stderr.write("\ninterrupted: the run stops at its next node or loop step (interrupt again to stop at once)\n")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hits:
+        raise KeyboardInterrupt
+
+
 def _work(ref: weakref.ref, runs: queue.Queue) -> None:
     while (h := runs.get()) is not None:
         ex = ref()
         if ex is None:
             return
-        ex._execute(h)
+        ex._take_turn(h)
         del ex, h  # hold neither the executor nor a run's results while waiting
 
 

@@ -9,10 +9,11 @@ changed), and ``show``/``profile`` for the views a user asks for.
     r                                         # the picture, other outputs in a table
     gn.profile(r)                             # per node: runs, cache hits, seconds
 
-Why the progress bars are driven from the cell's own thread (``handle.events()``) and not by a
-listener on the executor's threads: a widget displayed from another thread may land in whichever
-cell runs at that moment (or none); and the cell's thread is where Jupyter's interrupt arrives as
-a KeyboardInterrupt, so that is where the run is cancelled (as the CLI's Ctrl-C cancels it): the
+A run executes on the cell's own thread (``Executor.run``), which also drives its progress bars
+(``on_event``): a widget displayed from another thread may land in whichever cell runs at that
+moment (or none), and torch work done in cells and in runs stays on one thread (see
+graphflow/executor.py for why that matters for speed). The cell's thread is where Jupyter's
+interrupt arrives, so that is where the run is cancelled (as the CLI's Ctrl-C cancels it): the
 executor stops at the next node or loop step, the finished steps stay cached, and the
 KeyboardInterrupt goes on so that "Run all" stops too.
 """
@@ -68,19 +69,14 @@ def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bo
     wf = _workflow(wf)
     if values:
         wf = wf.with_params(**values)
-    handle = ex.submit(wf, params)
     bars = Progress(progress, _bar())
     try:
-        for e in handle.events():
-            bars(e)
+        return ex.run(wf, params, on_event=bars)
     except KeyboardInterrupt:
-        handle.cancel()
-        sys.stderr.write("interrupted: cancelling after the current step (finished steps stay cached)\n")
-        handle.result()
+        sys.stderr.write("interrupted: the run stopped at its next step (finished steps stay cached)\n")
         raise
     finally:
         bars.close()
-    return handle.result()
 
 
 def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None, *, out_dir: str | Path = "sweep",

@@ -35,6 +35,7 @@ import socket
 import tempfile
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,10 @@ class SweepWorker:
         self.limits = limits
         self.ex = Executor(limits=limits, **executor_options)
         self.host = socket.gethostname()
+        # Executor.run executes on its caller's thread, and Ray calls this actor's methods on
+        # either of two threads (run + cancel at once): items go through one thread of their own,
+        # so the actor's torch work keeps one OpenMP thread team (see graphflow/executor.py)
+        self.items = ThreadPoolExecutor(1, thread_name_prefix="graphflow-item")
 
     def info(self) -> dict[str, Any]:
         return {"host": self.host, "pid": os.getpid(), "threads": os.environ.get("OMP_NUM_THREADS"),
@@ -97,7 +102,7 @@ class SweepWorker:
 
         bound = self.wf.bind(params, self.limits)
         with tempfile.TemporaryDirectory(prefix="graphflow-item-") as tmp:
-            r = run_item(self.ex, bound, item, params, Path(tmp))
+            r = self.items.submit(run_item, self.ex, bound, item, params, Path(tmp)).result()
             r.attempts = attempt
             files = {name: (Path(tmp) / name).read_bytes() for name in r.files}
         return r, files

@@ -12,8 +12,8 @@ resume, the index and the contact sheet. A runner only turns item numbers into `
 result is the same bytes wherever it ran.
 
 Locally, every item runs on ONE executor, each run given its own output folder
-(``Executor.run(..., out_dir=out_dir/item_NNNNN)``): the caches, the model manager (the model
-loads once) and the worker thread are shared by construction. Only the nodes that declare the
+(``Executor.run(..., out_dir=out_dir/item_NNNNN)``, on the thread iterating the sweep): the
+caches and the model manager (the model loads once) are shared by construction. Only the nodes that declare the
 output folder (``SaveImage``...) see the folder; every other node's fingerprint is the same from
 item to item, so a prompt shared by items is encoded once.
 
