@@ -109,22 +109,27 @@ class UncondXL(Node, name="UncondXL", category="text"):
         return {"hidden_states": i.hidden_states, "pooled": i.pooled}
 
 
+class PictureInputs(Inputs):
+    """The picture's size and crop, which SDXL's added conditions (base and refiner) describe."""
+
+    unet: UNet = Field(description="gives the default size")
+    vae: VAE = Field(description="gives the latent factor")
+    latents: Latents | None = Field(None, description="the starting latents: their size × the VAE's factor is the default size")
+    width: Size = Field(None, ge=8, le=8192, description="the picture's width; default: the model's")
+    height: Size = Field(None, ge=8, le=8192, description="the picture's height; default: the model's")
+    original_width: Size = Field(None, ge=1, le=16384, description="default: width")
+    original_height: Size = Field(None, ge=1, le=16384, description="default: height")
+    crop_top: int = Field(0, ge=0, le=16384, description="crop coordinate, top")
+    crop_left: int = Field(0, ge=0, le=16384, description="crop coordinate, left")
+
+
 class SizeConditions(Node, name="SizeConditions", category="sampling", uses=("models",)):
     """SDXL's added time conditions: original size, crop top-left and target size, (height,
     width) pairs in pixels, as one (1, 6) tensor. Sizes default to the picture's: width and
     height, else the latents' size × the VAE's factor, else the UNet's sample size × that factor
     (what StableDiffusionXLPipeline and its img2img pipeline use)."""
 
-    class In(Inputs):
-        unet: UNet = Field(description="gives the default size")
-        vae: VAE = Field(description="gives the latent factor")
-        latents: Latents | None = Field(None, description="the starting latents: their size × the VAE's factor is the default size")
-        width: Size = Field(None, ge=8, le=8192, description="the picture's width; default: the model's")
-        height: Size = Field(None, ge=8, le=8192, description="the picture's height; default: the model's")
-        original_width: Size = Field(None, ge=1, le=16384, description="default: width")
-        original_height: Size = Field(None, ge=1, le=16384, description="default: height")
-        crop_top: int = Field(0, ge=0, le=16384, description="crop coordinate, top")
-        crop_left: int = Field(0, ge=0, le=16384, description="crop coordinate, left")
+    class In(PictureInputs):
         target_width: Size = Field(None, ge=1, le=16384, description="default: width")
         target_height: Size = Field(None, ge=1, le=16384, description="default: height")
 
@@ -139,7 +144,7 @@ class SizeConditions(Node, name="SizeConditions", category="sampling", uses=("mo
         return {"time_ids": torch.tensor([ids], dtype=torch.float32)}
 
 
-def picture_size(ctx: Context, i: Inputs) -> tuple[int, int]:
+def picture_size(ctx: Context, i: PictureInputs) -> tuple[int, int]:
     """(height, width) in pixels: the inputs' own, else the latents' size × the VAE's factor, else
     the UNet's sample size × that factor."""
     unet = ctx.models.get(i.unet)
@@ -155,16 +160,7 @@ class AestheticConditions(Node, name="AestheticConditions", category="sampling",
     for a high score, the unconditional side for a low one (diffusers' defaults 6.0 and 2.5), so
     guidance pushes towards the better-rated look. Sizes default as in ``SizeConditions``."""
 
-    class In(Inputs):
-        unet: UNet = Field(description="gives the default size")
-        vae: VAE = Field(description="gives the latent factor")
-        latents: Latents | None = Field(None, description="the starting latents: their size × the VAE's factor is the default size")
-        width: Size = Field(None, ge=8, le=8192, description="the picture's width; default: the model's")
-        height: Size = Field(None, ge=8, le=8192, description="the picture's height; default: the model's")
-        original_width: Size = Field(None, ge=1, le=16384, description="default: width")
-        original_height: Size = Field(None, ge=1, le=16384, description="default: height")
-        crop_top: int = Field(0, ge=0, le=16384, description="crop coordinate, top")
-        crop_left: int = Field(0, ge=0, le=16384, description="crop coordinate, left")
+    class In(PictureInputs):
         aesthetic_score: float = Field(6.0, ge=0, le=10, description="the score the prompt's side asks for")
         negative_aesthetic_score: float = Field(2.5, ge=0, le=10, description="the score the unconditional side asks for")
         negative_original_width: Size = Field(None, ge=1, le=16384, description="the unconditional side's; default: original_width")

@@ -6,23 +6,12 @@ refiner(denoising_start)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
-import graphflow
 from graphflow import Executor, Workflow
-
-REPO = Path(__file__).resolve().parents[1]
-PROMPT = "a red circle on a blue background"
-IMAGE = REPO / "nodes" / "samples" / "red-circle-on-blue.png"
-
-
-def load(name: str, **params) -> Workflow:
-    wf = graphflow.load(REPO / "workflows" / f"{name}.json")
-    wf.doc.outputs.pop("files", None)
-    return wf.with_params(**params)
+from tests.test_sdxl import IMAGE, PROMPT, load
 
 
 @pytest.fixture(scope="module")

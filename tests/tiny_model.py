@@ -24,13 +24,25 @@ SCHEDULER_CONFIG = {
 }
 
 
+def tiny_vae():
+    """The tiny models' VAE: 4 levels (a factor of 8, as SD's), 8 and 16 channels. Its config's
+    ``force_upcast`` is diffusers' default (True), which only SDXL's pipelines act on."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
+        sample_size=64, scaling_factor=0.5,
+    )
+
+
 def build_tiny_model(path: Path, seed: int = 0, prediction_type: str = "epsilon", sd2: bool = False) -> Path:
     """``prediction_type``: epsilon (SD 1.x), v_prediction (SD 2.x 768 models) or sample.
     ``sd2``: shaped like stable-diffusion-2-1 instead: a GELU text encoder (OpenCLIP's activation,
     which SD 2.x's encoder keeps), a tokenizer padding with "!" as SD 2.x's does, a UNet with
     linear projections and per-level head sizes, a DDIM scheduler."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -50,11 +62,7 @@ def build_tiny_model(path: Path, seed: int = 0, prediction_type: str = "epsilon"
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=hidden, norm_num_groups=8, **heads,
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
-        sample_size=64, scaling_factor=0.5,
-    )
+    vae = tiny_vae()
     te.save_pretrained(path / "text_encoder", safe_serialization=True)
     unet.save_pretrained(path / "unet", safe_serialization=True)
     vae.save_pretrained(path / "vae", safe_serialization=True)
@@ -107,7 +115,7 @@ def build_tiny_sdxl(path: Path, seed: int = 0) -> Path:
     encoders of different widths (the second with a projection), tokenizer_2 padding with "!" as
     SDXL's does, a UNet with ``addition_embed_type="text_time"``, force_zeros_for_empty_prompt."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -123,11 +131,7 @@ def build_tiny_sdxl(path: Path, seed: int = 0) -> Path:
         transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 24, cross_attention_dim=32 + 48,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
-        sample_size=64, scaling_factor=0.5, force_upcast=True,
-    )
+    vae = tiny_vae()
     te.save_pretrained(path / "text_encoder", safe_serialization=True)
     te2.save_pretrained(path / "text_encoder_2", safe_serialization=True)
     unet.save_pretrained(path / "unet", safe_serialization=True)
@@ -202,7 +206,7 @@ def build_tiny_sdxl_refiner(path: Path, base: Path | None = None, seed: int = 1)
     text encoder and VAE are copied in, as the real refiner shares the base's (the "ensemble of
     expert denoisers" hands latents from one to the other); else random ones of the same shapes."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -227,11 +231,7 @@ def build_tiny_sdxl_refiner(path: Path, base: Path | None = None, seed: int = 1)
             vocab_size=49408, intermediate_size=37, num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
             eos_token_id=49407, hidden_act="gelu", layer_norm_eps=1e-5, hidden_size=width, num_hidden_layers=3,
             projection_dim=projection, pad_token_id=0))
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
-            sample_size=64, scaling_factor=0.5, force_upcast=True,
-        )
+        vae = tiny_vae()
         te2.save_pretrained(path / "text_encoder_2", safe_serialization=True)
         vae.save_pretrained(path / "vae", safe_serialization=True)
     CLIPTokenizer.from_pretrained(TOKENIZER, pad_token="!").save_pretrained(path / "tokenizer_2")
