@@ -131,6 +131,12 @@ def test_page_pasted_workflow_cancel_and_token(tmp_path, browser, servers):
     assert c.wait(rid, timeout=60)["status"] == "cancelled"
     wait_for(lambda: browser.find_element(By.ID, "status").text.startswith("cancelled"), timeout=30)
     assert len(c.history()) == 1
+    # the ended run's card deletes it (with the token the page holds): gone from the server and the page
+    delete = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f".run[data-id='{rid}'] .delete"), timeout=30)[0]
+    delete.click()
+    wait_for(lambda: not c.history(), timeout=30)
+    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, f".run[data-id='{rid}']"), timeout=30)
+    assert not (tmp_path / "out" / "runs" / rid).exists()
 
 
 def _alert(browser):
