@@ -6,6 +6,7 @@ on the meta device); pickles are refused unread; the shipped configs have the re
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import orjson
@@ -403,3 +404,17 @@ def test_an_sdxl_refiner_checkpoint_refines_as_its_folder_does(refiner, tmp_path
         assert r.ok, r.errors
         runs.append(r["image"])
     assert (runs[0] - runs[1]).abs().max().item() <= 1e-5 and runs[0].std().item() > 0.02
+
+
+def test_config_names_stay_inside_the_models_folders(sd2, tmp_path, monkeypatch):
+    """``config`` is looked up as a model name is: '..' is refused, and with
+    GRAPHFLOW_MODELS_ONLY=1 a path outside the models folders too (a server running other
+    people's workflows)."""
+    folder, ckpt = sd2
+    assert "may not contain '..'" in _load_error_with(ckpt, "../tiny-sd2")
+    (tmp_path / "checkpoints").mkdir()
+    inside = tmp_path / "checkpoints" / ckpt.name
+    shutil.copyfile(ckpt, inside)  # the file itself inside the models folders
+    monkeypatch.setenv("GRAPHFLOW_MODELS", str(tmp_path))
+    monkeypatch.setenv("GRAPHFLOW_MODELS_ONLY", "1")
+    assert f"'{folder}' is outside the models folders" in _load_error_with(inside, str(folder))
