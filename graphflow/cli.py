@@ -188,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, why in result.missing.items():
         print(f"output '{name}' not produced: {why}", file=sys.stderr)
     for msg in result.cache_errors:
-        print(f"cache: recomputed a damaged entry ({msg})", file=sys.stderr)
+        print(f"cache: {msg}", file=sys.stderr)
     if result.cancelled:
         print("cancelled", file=sys.stderr)
         return EXIT_TERMINATED if signal.SIGTERM in stopped_by else EXIT_CANCELLED

@@ -28,8 +28,12 @@ class _Unstorable(Exception):
 def _encode(value: Any, name: str, tensors: dict[str, Any], torch: Any) -> Any:
     """A value as JSON-able layout, with its tensors moved into ``tensors``."""
     if isinstance(value, torch.Tensor):
-        tensors[name] = value.detach().to("cpu").clone()  # clone: safetensors refuses shared storage
-        return {"t": name}
+        # a contiguous copy: safetensors refuses shared storage and other layouts; a channels-last
+        # tensor (what a VAE makes of a picture) is marked, so it comes back in its own layout and
+        # the convolutions after it sum in the same order as on a fresh run
+        channels_last = value.dim() == 4 and not value.is_contiguous() and value.is_contiguous(memory_format=torch.channels_last)
+        tensors[name] = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        return {"t": name, "channels_last": True} if channels_last else {"t": name}
     if value is None or isinstance(value, (bool, int, float, str)):
         return {"v": value}
     if isinstance(value, (list, tuple)):
@@ -39,15 +43,16 @@ def _encode(value: Any, name: str, tensors: dict[str, Any], torch: Any) -> Any:
     raise _Unstorable(type(value).__name__)
 
 
-def _decode(layout: Any, tensors: dict[str, Any]) -> Any:
+def _decode(layout: Any, tensors: dict[str, Any], torch: Any) -> Any:
     if "t" in layout:
-        return tensors[layout["t"]]
+        t = tensors[layout["t"]]
+        return t.contiguous(memory_format=torch.channels_last) if layout.get("channels_last") else t
     if "v" in layout:
         return layout["v"]
     if "l" in layout:
-        items = [_decode(v, tensors) for v in layout["l"]]
+        items = [_decode(v, tensors, torch) for v in layout["l"]]
         return tuple(items) if layout.get("tuple") else items
-    return {k: _decode(v, tensors) for k, v in layout["d"].items()}
+    return {k: _decode(v, tensors, torch) for k, v in layout["d"].items()}
 
 
 def _digest(tensors: dict[str, Any], torch: Any) -> str:
@@ -332,7 +337,7 @@ class DiskCache:
                     raise ValueError("the entry belongs to another key")
                 if _digest(tensors, torch) != info["sha256"]:
                     raise ValueError("checksum mismatch")
-                outputs = {name: _decode(lay, tensors) for name, lay in info["outputs"].items()}
+                outputs = {name: _decode(lay, tensors, torch) for name, lay in info["outputs"].items()}
                 if not needed <= outputs.keys():
                     return None, None
                 try:  # the most recently used now; by descriptor, so never a file renamed over it since

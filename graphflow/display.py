@@ -229,7 +229,7 @@ def errors_html(result) -> str:
     for name, why in result.missing.items():
         parts.append(f'<div style="color:#a60;margin:2px 0">output <b>{html.escape(name)}</b> not produced: {html.escape(why)}</div>')
     for msg in getattr(result, "cache_errors", []):
-        parts.append(f'<div style="color:#a60">cache: recomputed a damaged entry ({html.escape(msg)})</div>')
+        parts.append(f'<div style="color:#a60">cache: {html.escape(msg)}</div>')
     return "".join(parts)
 
 

@@ -27,7 +27,7 @@ class Stores:
         if self.disk is not None:
             ok, err = self.disk.has(fp, ports)
             if err:
-                self.errors.append(err)
+                self.errors.append(f"recomputed a damaged entry ({err})")
             if ok:
                 return "disk"
         return None
@@ -42,7 +42,7 @@ class Stores:
         elif self.disk is not None:
             hit, err = self.disk.get(fp, ports)
             if err:
-                self.errors.append(err)
+                self.errors.append(f"recomputed a damaged entry ({err})")
             if hit is not None:
                 if hit.keys() >= complete:  # a partial entry must not pose as complete
                     self.memory.put(fp, hit)
@@ -55,5 +55,5 @@ class Stores:
         if self.disk is not None and to_disk:
             try:
                 self.disk.put(fp, outputs)
-            except OSError as e:
-                self.errors.append(f"cannot write cache entry {fp}: {e}")
+            except Exception as e:  # a cache that cannot keep a result must not cost the run its result
+                self.errors.append(f"cannot write entry {fp}: {type(e).__name__}: {e}")

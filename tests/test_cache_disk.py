@@ -365,3 +365,58 @@ def test_disk_cache_across_processes_and_damaged_entries(tmp_path):
     assert third.stderr.count("cache: recomputed a damaged entry") == 2
     assert "checksum mismatch" in third.stderr
     assert entry_info(scale_entry)[1]["o.vec"].tolist() == [6.0] * 4
+
+
+# --- tensors in other layouts ----------------------------------------------------------------------
+
+
+class Strided(Node, name="Strided", category="test"):
+    """Tensors as real nodes make them: channels-last (a VAE's latents from a picture) and a
+    transposed view, neither contiguous."""
+
+    class In(Inputs):
+        seed: int = Field(0, description="values")
+
+    class Out(Outputs):
+        latents: Annotated[Any, Vec] = Field(description="(1, 4, 8, 8), channels-last")
+        transposed: Annotated[Any, Vec] = Field(description="(3, 5), a transposed view")
+
+    def run(self, i, ctx):
+        import torch
+
+        g = torch.Generator().manual_seed(i.seed)
+        latents = torch.randn(1, 4, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
+        return {"latents": latents, "transposed": torch.randn(5, 3, generator=g).T}
+
+
+def test_non_contiguous_tensors_are_stored_and_come_back_in_their_layout(tmp_path):
+    """safetensors refuses non-contiguous tensors: the entry holds contiguous copies, a
+    channels-last tensor comes back channels-last (so what follows computes as on a fresh run),
+    the values exactly; before, writing the entry failed the whole run."""
+    import torch
+
+    reg = toy_registry()
+    reg.register(Strided)
+    wf = Workflow.from_dict({"format": 1, "nodes": {"s": {"type": "Strided", "inputs": {"seed": 3}}},
+                             "outputs": {"latents": "s.latents", "transposed": "s.transposed"}}, reg)
+    first = Executor(cache_dir=tmp_path).run(wf)
+    assert first.ok and not first.cache_errors, (first.errors, first.cache_errors)
+    again = Executor(cache_dir=tmp_path).run(wf)  # a new executor: the disk answers
+    assert again.stats["s"].status == "disk"
+    for name in ("latents", "transposed"):
+        assert torch.equal(again[name], first[name])
+    assert again["latents"].is_contiguous(memory_format=torch.channels_last) and not again["latents"].is_contiguous()
+
+
+def test_a_cache_entry_that_cannot_be_written_costs_the_run_nothing(tmp_path, monkeypatch):
+    """Any failure writing the disk cache is reported among the run's cache errors; the run's
+    results stand."""
+    from graphflow.disk_cache import DiskCache
+
+    def refuse(self, key, outputs):
+        raise ValueError("the library refused the tensors")
+
+    monkeypatch.setattr(DiskCache, "put", refuse)
+    r = Executor(cache_dir=tmp_path).run(Workflow.from_dict(VEC_DOC, toy_registry()), out_dir=tmp_path / "out")
+    assert r.ok and r["total"] == 24.0
+    assert r.cache_errors and "ValueError: the library refused the tensors" in r.cache_errors[0]

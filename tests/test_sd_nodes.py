@@ -151,9 +151,11 @@ def test_every_shipped_workflow_validates_and_runs(path, tiny_model, tiny_sdxl, 
     assert main(["validate", str(path)]) == 0
     models = {"refiner": tiny_sdxl_refiner, "sdxl": tiny_sdxl, "ddpm": tiny_ddpm, "class_conditioned": tiny_class_ddpm}
     sets = [a for s in workflow_params(path, tiny_model, tmp_path, models) for a in ("--set", s)]
-    code = main(["run", str(path), *sets, "--out", str(tmp_path / "out"), "--no-cache", "--quiet"])
+    # with a disk cache, as `graphflow run` has by default: every result must be storable
+    code = main(["run", str(path), *sets, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     out = capsys.readouterr()
     assert code == 0, out.err
+    assert "cannot write entry" not in out.err
     written = list((tmp_path / "out").iterdir())
     assert written, "every workflow writes its result"
     assert all(p.stat().st_size > 0 for p in written)
