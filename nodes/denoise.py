@@ -28,16 +28,12 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.runtime import placement
+        from graphflow_nodes.runtime import placement, to_batch
 
         unet = ctx.models.get(i.unet)
         device, dtype = placement(unet)
-        emb = i.embeddings.to(device=device, dtype=dtype)
         x = i.model_input.to(dtype=dtype)
-        if emb.shape[0] != x.shape[0]:
-            if x.shape[0] % emb.shape[0]:
-                raise ValueError(f"embeddings batch {emb.shape[0]} does not divide model input batch {x.shape[0]}")
-            emb = emb.repeat_interleave(x.shape[0] // emb.shape[0], dim=0)
+        emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings")
         with torch.no_grad():
             return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False)[0]}
 

@@ -86,7 +86,7 @@ class PredictNoisePixel(Node, name="PredictNoisePixel", category="pixel", uses=(
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.runtime import placement
+        from graphflow_nodes.runtime import placement, to_batch
 
         unet = ctx.models.get(i.unet)
         device, dtype = placement(unet)
@@ -96,13 +96,7 @@ class PredictNoisePixel(Node, name="PredictNoisePixel", category="pixel", uses=(
         if not conditioned and i.class_labels is not None:
             raise ValueError("this UNet is unconditional: it takes no class_labels")
         x = i.model_input.to(dtype=dtype)
-        labels = None
-        if i.class_labels is not None:
-            labels = i.class_labels.to(device)
-            if labels.shape[0] != x.shape[0]:
-                if x.shape[0] % labels.shape[0]:
-                    raise ValueError(f"class_labels batch {labels.shape[0]} does not divide model input batch {x.shape[0]}")
-                labels = labels.repeat_interleave(x.shape[0] // labels.shape[0])
+        labels = None if i.class_labels is None else to_batch(i.class_labels.to(device), x.shape[0], "class_labels")
         with torch.no_grad():
             return {"noise_pred": unet(x, i.timestep, class_labels=labels, return_dict=False)[0]}
 

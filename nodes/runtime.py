@@ -35,3 +35,13 @@ def placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     bookkeeping; one parameter tells the same."""
     p = next(model.parameters())
     return p.device, p.dtype
+
+
+def to_batch(t: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    """``t`` repeated along its first axis to ``n`` rows: a condition given once for a batch of
+    pictures (or for both halves of a guidance batch) goes with each of them."""
+    if t.shape[0] == n:
+        return t
+    if n % t.shape[0]:
+        raise ValueError(f"{what} batch {t.shape[0]} does not divide model input batch {n}")
+    return t.repeat_interleave(n // t.shape[0], dim=0)

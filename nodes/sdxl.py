@@ -226,20 +226,14 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.runtime import placement
+        from graphflow_nodes.runtime import placement, to_batch
 
         unet = ctx.models.get(i.unet)
         device, dtype = placement(unet)
         x = i.model_input.to(dtype=dtype)
-        n = x.shape[0]
 
         def batch(t, what):
-            t = t.to(device=device, dtype=dtype)
-            if t.shape[0] != n:
-                if n % t.shape[0]:
-                    raise ValueError(f"{what} batch {t.shape[0]} does not divide model input batch {n}")
-                t = t.repeat_interleave(n // t.shape[0], dim=0)
-            return t
+            return to_batch(t.to(device=device, dtype=dtype), x.shape[0], what)
 
         check_added_conditions(unet, i.pooled, i.time_ids)
         cond = {"text_embeds": batch(i.pooled, "pooled"), "time_ids": batch(i.time_ids, "time_ids")}
