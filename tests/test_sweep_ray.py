@@ -17,7 +17,7 @@ import pytest
 
 from graphflow.ray_sweep import affinity_keys, deal
 from graphflow.sweeps import Sweep, read_index
-from graphflow.workflow import Workflow
+from tests.test_sweep import _isolated, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra graphflow[ray]; `make test` installs it")
 
@@ -32,16 +32,6 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
     yield
     ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRAPHFLOW_CACHE_DIR", str(tmp_path / "default-cache"))
-    monkeypatch.chdir(tmp_path)
-
-
-def txt2img(model) -> Workflow:
-    return Workflow.load(TXT2IMG).with_params(model=str(model), steps=2)
 
 
 def pngs(out: Path) -> dict[int, bytes]:
