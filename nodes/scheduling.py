@@ -56,12 +56,64 @@ def _step_takes_generator(cls: type) -> bool:
     return "generator" in inspect.signature(cls.step).parameters
 
 
+def noise_cutoff(scheduler: Any, fraction: float) -> int:
+    """The training timestep at which ``fraction`` of the denoising is done: diffusers'
+    ``discrete_timestep_cutoff`` for ``denoising_end`` and ``denoising_start``."""
+    total = scheduler.config.num_train_timesteps
+    return int(round(total - fraction * total))
+
+
+def schedule_slice(scheduler: Any, steps: int, start_step: int = 0, end_step: int | None = None,
+                   denoising_start: float | None = None, denoising_end: float | None = None) -> tuple[int, int]:
+    """Where a run starts and stops in ``scheduler.timesteps``, read from the schedule itself:
+    schedules are not ``steps * order`` long (PNDM's PLMS has ``steps + 1`` timesteps, Heun's
+    ``2 * steps - 1``), so no end is assumed from a length.
+
+    Whole steps (``start_step``, ``end_step``) follow diffusers' img2img: step k begins at index
+    ``k * order``, so ``end_step`` k keeps exactly the timesteps that ``start_step`` k skips, and
+    the last step runs to the schedule's end. Fractions (``denoising_start``, ``denoising_end``)
+    follow diffusers' SDXL pipelines: a cut at a noise level, the timesteps on either side of it,
+    and a second-order scheduler's start moved back so it never begins between its two halves."""
+    timesteps = scheduler.timesteps
+    order = getattr(scheduler, "order", 1)
+    if start_step and denoising_start is not None:
+        raise ValueError("give start_step or denoising_start, not both")
+    if end_step is not None and denoising_end is not None:
+        raise ValueError("give end_step or denoising_end, not both")
+    if end_step is not None and end_step > steps:
+        raise ValueError(f"end_step {end_step} is past the last of {steps} steps")
+    if denoising_start is not None and denoising_end is not None and denoising_start >= denoising_end:
+        raise ValueError(f"denoising_start {denoising_start} is not before denoising_end {denoising_end}")
+    if denoising_start is None:
+        begin = min(start_step * order, len(timesteps))
+    else:
+        remaining = int((timesteps < noise_cutoff(scheduler, denoising_start)).sum())
+        if order == 2 and remaining % 2 == 0:
+            remaining += 1  # start on a first-order half: the step before the cut is taken again whole
+        begin = max(len(timesteps) - remaining, 0)
+    if denoising_end is not None:
+        cutoff = noise_cutoff(scheduler, denoising_end)
+        end = begin + sum(1 for t in timesteps[begin:].tolist() if t >= cutoff)
+    elif end_step is None or end_step == steps:
+        end = len(timesteps)
+    else:
+        end = end_step * order
+    whole_steps_left = (end_step if end_step is not None else steps) - start_step
+    if begin >= end or whole_steps_left <= 0:
+        first = f"start_step {start_step}" if denoising_start is None else f"denoising_start {denoising_start}"
+        last = (f" ending at step {end_step}" if end_step is not None and end_step < steps
+                else f" ending at denoising_end {denoising_end}" if denoising_end is not None else "")
+        raise ValueError(f"{first} leaves nothing of {steps} steps{last}")
+    return begin, end
+
+
 class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",)):
     """A diffusers scheduler from the model's config (or another by name, with extra options),
-    its timesteps set for the number of steps and sliced from a start step (img2img starts at
-    step k, as diffusers' img2img pipeline does for strength ``1 - k / steps``) to an end step (an
-    SDXL base stops at step k and hands its latents to a refiner that starts there: diffusers'
-    ``denoising_end`` and ``denoising_start`` of ``k / steps``)."""
+    its timesteps set for the number of steps and cut to the part this loop runs: from a start
+    step (img2img starts at step k, as diffusers' img2img pipeline does for strength
+    ``1 - k / steps``) to an end step, or between two noise levels given as fractions of the
+    denoising (an SDXL base stops at ``denoising_end`` and hands its latents to a refiner that
+    starts at the same ``denoising_start``, as diffusers' pipelines do)."""
 
     class In(Inputs):
         scheduler_config: SchedulerConfig = Field(description="from LoadModel")
@@ -69,6 +121,8 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
         steps: Annotated[int, Limit("steps")] = Field(30, ge=1, le=1000, description="number of inference steps")
         start_step: int = Field(0, ge=0, description="skip this many steps (img2img, a refiner taking over)")
         end_step: int | None = Field(None, ge=1, description="stop before this step (a base model handing over to a refiner); default: run to the end")
+        denoising_start: float | None = Field(None, gt=0, lt=1, description="start where this fraction of the denoising is done (diffusers' denoising_start; instead of start_step)")
+        denoising_end: float | None = Field(None, gt=0, lt=1, description="stop where this fraction of the denoising is done (diffusers' denoising_end; instead of end_step)")
         options: dict[str, Any] = Field(default_factory=dict, description="extra scheduler config, e.g. {\"use_karras_sigmas\": true}")
 
     class Out(Outputs):
@@ -89,18 +143,15 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
             raise ValueError(f"{cls_name} has no option {', '.join(map(repr, unknown))} (it takes: {', '.join(sorted(accepted))})")
         config = {**i.scheduler_config, **i.options}
         s = cls.from_config(config)
+        warmup = getattr(s, "pndm_order", 0) if not s.config.get("skip_prk_steps", True) else 0
+        if i.steps < warmup:  # diffusers' own set_timesteps fails with a numpy broadcast error
+            raise ValueError(f"{cls_name} with skip_prk_steps false (its Runge-Kutta warm-up, as SD 2.x configs leave it) needs at "
+                             f"least {warmup} steps, not {i.steps}: use more steps, or options {{\"skip_prk_steps\": true}}")
         s.set_timesteps(i.steps, device=ctx.device)
-        order = getattr(s, "order", 1)
-        end = i.steps if i.end_step is None else i.end_step
-        if end > i.steps:
-            raise ValueError(f"end_step {end} is past the last of {i.steps} steps")
-        if i.start_step >= end:
-            raise ValueError(f"start_step {i.start_step} leaves nothing of {i.steps} steps" + (f" ending at step {end}" if end < i.steps else ""))
-        begin = i.start_step * order
-        timesteps = s.timesteps[begin:end * order]
-        if i.start_step and hasattr(s, "set_begin_index"):
+        begin, end = schedule_slice(s, i.steps, i.start_step, i.end_step, i.denoising_start, i.denoising_end)
+        if begin and hasattr(s, "set_begin_index"):
             s.set_begin_index(begin)
-        return {"scheduler": s, "timesteps": timesteps, "init_noise_sigma": float(s.init_noise_sigma)}
+        return {"scheduler": s, "timesteps": s.timesteps[begin:end], "init_noise_sigma": float(s.init_noise_sigma)}
 
 
 class ScaleModelInput(Node, name="ScaleModelInput", category="sampling"):

@@ -124,8 +124,8 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict |
         sets.append(f"model={family_model or tiny_model}")
     if "refiner" in doc["params"]:  # base then refiner: the model param is the base
         sets = [f"model={models['sdxl']}", f"refiner={models['refiner']}"]
-    if "switch_step" in doc["params"]:
-        sets.append("switch_step=4")
+    if "switch" in doc["params"]:
+        sets.append("switch=0.5")
     if "label" in doc["params"]:
         sets.append("label=1")
     if "steps" in doc["params"]:

@@ -99,7 +99,7 @@ def test_base_then_refiner_equals_denoising_end_then_denoising_start(tiny_sdxl, 
     doc["outputs"] = {"image": "decode.image", "handed_over": "denoise.latents", "base_steps": "schedule.timesteps",
                       "refiner_steps": "refiner_schedule.timesteps"}
     r = Executor().run(Workflow.from_dict(doc).with_params(model=str(tiny_sdxl), refiner=str(tiny_sdxl_refiner), negative_prompt=negative or "",
-                                                           steps=steps, switch_step=switch, seed=seed, scheduler=scheduler))
+                                                           steps=steps, switch=switch / steps, seed=seed, scheduler=scheduler))
     assert r.ok, r.errors
     assert len(r["base_steps"]) == switch and len(r["refiner_steps"]) == steps - switch
     assert (r["handed_over"] - latents).abs().max().item() <= 1e-5
@@ -107,16 +107,16 @@ def test_base_then_refiner_equals_denoising_end_then_denoising_start(tiny_sdxl, 
     assert ref.std().item() > 0.01
 
 
-def test_a_handoff_past_the_last_step_is_refused_naming_the_node(tiny_sdxl, tiny_sdxl_refiner):
-    """switch_step = steps leaves the refiner nothing; the refiner's Scheduler says so (and an
-    end_step past the last step is refused by the base's)."""
+def test_a_handoff_that_leaves_a_side_nothing_is_refused_naming_the_node(tiny_sdxl, tiny_sdxl_refiner):
+    """A switch so late that no timestep of 4 lies below its noise level leaves the refiner
+    nothing (its Scheduler says so); one so early that none lies above leaves the base nothing."""
     params = dict(model=str(tiny_sdxl), refiner=str(tiny_sdxl_refiner), steps=4)
-    r = Executor().run(load("txt2img_sdxl_refiner", switch_step=4, **params))
+    r = Executor().run(load("txt2img_sdxl_refiner", switch=0.999, **params))
     assert not r.ok
     (err,) = r.errors
-    assert err.node == "refiner_schedule" and "start_step 4 leaves nothing of 4 steps" in err.message
-    r = Executor().run(load("txt2img_sdxl_refiner", switch_step=5, **params))
-    assert not r.ok and any(e.node == "schedule" and "end_step 5 is past the last of 4 steps" in e.message for e in r.errors)
+    assert err.node == "refiner_schedule" and "denoising_start 0.999 leaves nothing of 4 steps" in err.message
+    r = Executor().run(load("txt2img_sdxl_refiner", switch=0.01, **params))
+    assert not r.ok and any(e.node == "schedule" and "leaves nothing of 4 steps ending at denoising_end 0.01" in e.message for e in r.errors)
 
 
 def test_a_refiner_in_the_base_workflow_fails_naming_its_missing_encoder(tiny_sdxl_refiner):
