@@ -12,7 +12,9 @@ threads than cores and stops spin-waiting between parallel regions, which made e
 its workflows on its own thread keeps one team.
 
 Listeners are called off the run's thread, through a bounded queue, so a slow listener never slows
-a run; a hook that must act at an exact point subscribes ``on_run_thread=True``.
+a run; a hook that must act at an exact point subscribes ``on_run_thread=True``. A run counts as
+finished (``run`` returns, ``result()`` answers) once its last event has reached every listener:
+a script that subscribes, runs and then checks what its listener saw needs no ``flush``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from graphflow.stores import Stores
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
 
 _FLUSH = object()  # a marker in the listeners' queue: everything before it was delivered
+_DISPATCHER = "graphflow-dispatch"  # the name _start gives the thread that calls listeners
 
 
 class RunHandle:
@@ -58,7 +61,8 @@ class RunHandle:
         self.status = "queued"  # running, done, failed, cancelled
         self.cancel_event = threading.Event()
         self._result: RunResult | None = None
-        self._finished = threading.Event()
+        self._ran = threading.Event()  # executed: the result is set
+        self._finished = threading.Event()  # and its events have reached every listener
         self._log: list[ev.Event] = []
         self._grew = threading.Condition()
         self._watchers = 0
@@ -74,8 +78,11 @@ class RunHandle:
         return self._finished.is_set()
 
     def result(self, timeout: float | None = None) -> RunResult:
-        """Waits for the run (not for listeners: a listener may itself wait for this result)."""
-        if not self._finished.wait(timeout):
+        """Waits for the run and for its events to reach every listener. Called by a listener (on
+        the thread that delivers events), it waits for the run alone: the listener's own call is
+        what delivery is waiting for."""
+        done = self._ran if threading.current_thread().name == _DISPATCHER else self._finished
+        if not done.wait(timeout):
             raise TimeoutError(f"run {self.id} is still {self.status}")
         assert self._result is not None
         return self._result
@@ -86,7 +93,7 @@ class RunHandle:
         while True:
             with self._grew:
                 self._watchers += 1
-                while k >= len(self._log) and not self._finished.is_set():
+                while k >= len(self._log) and not self._ran.is_set():
                     self._grew.wait(0.5)
                 self._watchers -= 1
             while k < len(self._log):
@@ -95,7 +102,7 @@ class RunHandle:
                 yield e
                 if isinstance(e, ev.RunFinished):
                     return
-            if self._finished.is_set() and k >= len(self._log):
+            if self._ran.is_set() and k >= len(self._log):
                 return
 
     def _record(self, e: ev.Event) -> None:
@@ -230,7 +237,7 @@ class Executor:
                 while not turn.wait(0.25):  # short waits: a signal is handled promptly
                     if h.cancel_event.is_set():
                         h.cancel()  # cancelled while queued (a Ctrl-C): out of the queue now
-                    if h._finished.is_set():
+                    if h._ran.is_set():
                         break
             except KeyboardInterrupt:
                 h.cancel()
@@ -259,9 +266,15 @@ class Executor:
         self._finished(h)
 
     def _finished(self, h: RunHandle) -> None:
-        h._finished.set()
+        """The run has executed; it finishes once the listeners' queue has delivered every event
+        it emitted (at once when nothing listens off the run thread)."""
+        h._ran.set()
         with h._grew:
             h._grew.notify_all()
+        if self._async and self._dispatcher is not None:
+            self._events.put((_FLUSH, h._finished))
+        else:
+            h._finished.set()
 
     def cancel(self) -> None:
         """Cancel the running run and every queued one."""
@@ -399,7 +412,7 @@ def _dispatch(ref: weakref.ref, events: queue.Queue) -> None:
     while (item := events.get()) is not None:
         e, done = item
         if e is _FLUSH:
-            done.set()
+            done.set()  # a flush() waiting, or a run finishing
         else:
             ex = ref()
             for f in list(ex._async) if ex is not None else ():

@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# One torch (OpenMP) thread per test process, and in the processes tests start: with the default
+# (one per core) two processes sharing these 2-core machines collapse, their spinning thread teams
+# taking turns (the suite beside one other pytest ran 10x slower). Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

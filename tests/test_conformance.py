@@ -353,3 +353,31 @@ def test_a_schedule_diffusers_cannot_make_is_refused_by_name(folders):
     (err,) = r.errors
     assert err.node == "schedule"
     assert "skip_prk_steps false" in err.message and "at least 4 steps, not 3" in err.message and '"skip_prk_steps": true' in err.message
+
+
+def test_the_readme_table_is_generated_from_these_cells():
+    """The README's table, the measured figures and this module's cells agree: a cell added here
+    must be measured and shown (``python -m tests.conformance_table``)."""
+    from tests.conformance_table import MEASURED as measured_file
+    from tests.conformance_table import README, readme_block, render
+
+    measured = json.loads(measured_file.read_text())
+    assert list(measured) == [c.id for c in CELLS]
+    assert all(0.0 <= v <= BOUND for v in measured.values())
+    assert readme_block(README.read_text()) == render(CELLS, measured)
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "pndm"])
+def test_the_x0_frames_workflow_draws_the_matrix_picture(scheduler, folders, tmp_path):
+    """workflows/x0_frames.json is the txt2img loop with frames decoded on the side: its picture is
+    the matrix's txt2img picture (so the pipeline's), its stochastic steps drawing from the carried
+    generator as the pipeline's do, and it decodes one x_t and one x0 frame per timestep (PNDM:
+    steps + 1)."""
+    folders("sd1", "sd15")
+    run = Run("sd1", "sd15", scheduler, "txt2img", 3)
+    wf = graphflow.load(REPO / "workflows" / "x0_frames.json")
+    r = Executor(out_dir=tmp_path).run(wf.with_params(model=str(FOLDERS["sd1", "sd15"]), prompt=PROMPT, seed=SEED, steps=3,
+                                                      guidance=GUIDANCE, scheduler=scheduler))
+    assert r.ok, r.errors
+    assert (r["image"] - reference(run)[0]).abs().max().item() == 0.0
+    assert len(r["x0"]) == len(r["xt"]) == len(reference(run)[1]) == (4 if scheduler == "pndm" else 3)
