@@ -12,7 +12,7 @@ Cases:
 
 Columns, µs per node (best of N, time.perf_counter, the gc left as the engine sets it):
   check      Workflow.checked() on a fresh Workflow object (checked() is memoised per document)
-  bind+plan  wf.bind() and graphflow.plan.plan(Keys(bound, RunOptions(), token), Stores(empty memory
+  bind+plan  wf.bind() and graphflow.engine.plan.plan(Keys(bound, RunOptions(), token), Stores(empty memory
              cache, no disk)), as Executor._execute wires them (inside fewer_gc_passes), with no
              fingerprints remembered from an earlier run
   cold       the whole call Executor().run(wf) on a fresh executor (the document already checked,
@@ -23,7 +23,7 @@ Columns, µs per node (best of N, time.perf_counter, the gc left as the engine s
 
 Then `graphflow validate workflows/txt2img.json` as a whole process (best of 5 wall times), and a
 sweep of 1,000 seeds over workflows/txt2img.json (wf.with_params(seed=i).bind(), counting the calls
-of graphflow.check.check). The targets are printed next to the numbers.
+of graphflow.graph.check.check). The targets are printed next to the numbers.
 
 `python bench/bench_engine.py --profile` prints cProfile tables (top 15 by tottime) of the cold run
 and of the fully cached re-run of the 10,000-node chain instead. ``Executor.run`` executes on the
@@ -48,14 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import graphflow  # noqa: E402
-import graphflow.builtin_nodes  # noqa: E402
-import graphflow.check  # noqa: E402
+import graphflow.node.builtin  # noqa: E402
+import graphflow.graph.check  # noqa: E402
 from graphflow import Executor, Workflow  # noqa: E402
 from graphflow.gc_tuning import fewer_gc_passes  # noqa: E402
-from graphflow.memory_cache import MemoryCache  # noqa: E402
-from graphflow.plan import Keys, RunOptions, plan  # noqa: E402
-from graphflow.registry import Registry  # noqa: E402
-from graphflow.stores import Stores  # noqa: E402
+from graphflow.cache.memory import MemoryCache  # noqa: E402
+from graphflow.engine.plan import Keys, RunOptions, plan  # noqa: E402
+from graphflow.node.registry import Registry  # noqa: E402
+from graphflow.cache.stores import Stores  # noqa: E402
 
 TXT2IMG = ROOT / "workflows" / "txt2img.json"
 PARAMS = {"x0": {"default": 0, "type": "float", "description": "the first node's value"}}
@@ -70,7 +70,7 @@ SWEEP_SEEDS = 1_000
 
 def builtin_registry() -> Registry:
     reg = Registry()
-    reg.register_module(graphflow.builtin_nodes)
+    reg.register_module(graphflow.node.builtin)
     return reg
 
 
@@ -231,14 +231,14 @@ def validate_seconds(repeat: int = 5) -> float:
 def seed_sweep(repeat: int = 3) -> tuple[float, list[int]]:
     """Best seconds for SWEEP_SEEDS binds of a freshly loaded txt2img, and how many times the
     document was checked in each sweep."""
-    real = graphflow.check.check
+    real = graphflow.graph.check.check
     calls = [0]
 
     def counting(*a: Any, **k: Any) -> Any:
         calls[0] += 1
         return real(*a, **k)
 
-    graphflow.check.check = counting
+    graphflow.graph.check.check = counting
     counts, times = [], []
     try:
         for _ in range(repeat):
@@ -252,7 +252,7 @@ def seed_sweep(repeat: int = 3) -> tuple[float, list[int]]:
             times.append(time.perf_counter() - t)
             counts.append(calls[0])
     finally:
-        graphflow.check.check = real
+        graphflow.graph.check.check = real
     return min(times), counts
 
 
@@ -287,7 +287,7 @@ def main(quick: bool = False) -> None:
     print(f"\ngraphflow validate workflows/txt2img.json (whole process, best of 5): {v:.3f} s")
     print(f"seed sweep, {SWEEP_SEEDS:,} × wf.with_params(seed=i).bind() on txt2img: {sweep_s * 1e3:.1f} ms "
           f"({sweep_s / SWEEP_SEEDS * 1e6:.1f} µs each, best of {len(counts)}); "
-          f"graphflow.check.check ran {counts} times per sweep")
+          f"graphflow.graph.check.check ran {counts} times per sweep")
 
     print(f"\n{'target':<52} {'measured':>12}  verdict")
     cold10 = results["chain 10,000"]["cold"] * 1e6

@@ -59,7 +59,7 @@ def main() -> None:
     wf = graphflow.load(ROOT / "workflows" / "txt2img.json")
     wf = base_wf = wf.with_params(model=str(path), steps=STEPS, seed=SEED, guidance=GUIDANCE, scheduler="lms")
     wf.doc.outputs.pop("files", None)  # time sampling, not PNG writing
-    from graphflow.models import ModelManager
+    from graphflow.engine.model_manager import ModelManager
 
     weights = ModelManager()  # loaded once, like the pipeline's; every "cold" executor shares them
     graphflow.Executor(models=weights).run(wf)

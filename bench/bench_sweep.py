@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import graphflow
-from graphflow.sweeps import Sweep
+from graphflow.sweep.items import Sweep
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 SEEDS = [0, 1, 2, 3]
@@ -96,7 +96,7 @@ def ray_call_overhead(n: int = 300) -> float:
 
 def driver_cost(n: int = 10_000, workers: int = 50) -> dict:
     """What the driver spends per item before anything runs: binding, fingerprints, dealing."""
-    from graphflow.ray_sweep import affinity_keys, deal
+    from graphflow.sweep.ray_runner import affinity_keys, deal
 
     wf = graphflow.load(TXT2IMG)
     t0 = time.perf_counter()

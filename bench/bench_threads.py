@@ -78,8 +78,8 @@ def measure(via: str, runs: int, steps: int) -> dict:
     """In this process: a first run (it loads the model), ``runs`` timed runs, torch work on the
     main thread, ``runs`` timed runs; ``via`` "worker" also times runs on the main thread last."""
     import graphflow
-    from graphflow import events as ev
-    from graphflow.executor import Executor
+    from graphflow.engine import events as ev
+    from graphflow.engine.executor import Executor
 
     wf = graphflow.load(TXT2IMG).with_params(steps=steps)
     ex = Executor(out_dir=tempfile.mkdtemp(prefix="bench_threads_"))

@@ -11,13 +11,13 @@ The public API, for embedding the executor::
         print(item.item, item.status, item.files)
 """
 
-from graphflow.context import Cancelled, Context, UndeclaredContext
-from graphflow.node import Inputs, Node, Outputs
-from graphflow.ports import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
+from graphflow.node.context import Cancelled, Context, UndeclaredContext
+from graphflow.node.declaration import Inputs, Node, Outputs
+from graphflow.node.kinds import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
 from graphflow.problems import Problem, ValidationFailed
-from graphflow.registry import Registry, default_registry
-from graphflow.results import NodeError, RunResult
-from graphflow.workflow import Workflow, load, registry
+from graphflow.node.registry import Registry, default_registry
+from graphflow.engine.results import NodeError, RunResult
+from graphflow.graph.workflow import Workflow, load, registry
 
 __all__ = [
     "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "FileInput", "Inputs", "Kind", "Node", "NodeError",
@@ -31,11 +31,11 @@ def __getattr__(name: str):
     """The executor (with its caches and threads) is imported on first use, so commands that only
     read workflows (``graphflow validate``) do not pay for it."""
     if name in ("Executor", "RunHandle"):
-        from graphflow import executor
+        from graphflow.engine import executor
 
         return getattr(executor, name)
-    if name == "sweep":  # graphflow.sweep(workflow, grid=..., zip=..., ray=None): see graphflow/sweeps.py
-        from graphflow.sweeps import sweep
+    if name == "sweep":  # graphflow.sweep(workflow, grid=..., zip=..., ray=None): see graphflow/sweep/items.py
+        from graphflow.sweep.items import sweep
 
         return sweep
     raise AttributeError(f"module 'graphflow' has no attribute {name!r}")

@@ -30,7 +30,7 @@ def default_cache_dir() -> str:
 
 
 def _registry(args: argparse.Namespace):
-    from graphflow.registry import RegistryError, default_registry
+    from graphflow.node.registry import RegistryError, default_registry
 
     try:
         return default_registry(args.plugin or [])
@@ -56,7 +56,7 @@ def _parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             out[k] = v
             continue
-        from graphflow.jsontext import silent_losses
+        from graphflow.document.jsontext import silent_losses
 
         problems += [Problem("bad_set", f"--set {k}: {p.message}") for p in silent_losses(v)]  # {"a":1,"a":2}, 2**70
     if problems:
@@ -66,7 +66,7 @@ def _parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
 
 def _limits(args: argparse.Namespace):
     """``--limit NAME=N`` on top of the default resource ceilings."""
-    from graphflow.limits import Limits
+    from graphflow.node.limits import Limits
 
     values, problems = {}, []
     for pair in getattr(args, "limit", None) or []:
@@ -85,7 +85,7 @@ def _limits(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    from graphflow.workflow import Workflow
+    from graphflow.graph.workflow import Workflow
 
     reg = _registry(args)
     limits = _limits(args)
@@ -109,7 +109,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ValidationFailed as e:
         _print_problems(e, args.json, args.workflow)
         return EXIT_INVALID
-    from graphflow.file_notes import file_notes
+    from graphflow.node.file_notes import file_notes
 
     notes = file_notes(wf.bind(limits=_limits(args)))
     if args.json:
@@ -126,7 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
     """The executor settings `run` and `sweep` take from their shared flags (see ``execution_flags``);
     a Ray sweep sends the same settings to each of its workers."""
-    from graphflow.disk_cache import DEFAULT_MAX_BYTES, parse_size
+    from graphflow.cache.disk import DEFAULT_MAX_BYTES, parse_size
 
     try:
         max_size = DEFAULT_MAX_BYTES if args.cache_max_size is None else parse_size(args.cache_max_size)
@@ -138,13 +138,13 @@ def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _executor(args: argparse.Namespace, limits):
-    from graphflow.executor import Executor
+    from graphflow.engine.executor import Executor
 
     return Executor(out_dir=args.out, limits=limits, **_executor_options(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graphflow.console import Progress, describe_value, profile_table
+    from graphflow.views.text import Progress, describe_value, profile_table
 
     try:
         wf, limits = _load(args)
@@ -196,9 +196,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run a workflow over a grid (and zipped lists) of parameter values; see graphflow/sweeps.py
-    (and graphflow/ray_sweep.py for --ray)."""
-    from graphflow.ray_sweep import RayUnavailable
+    """Run a workflow over a grid (and zipped lists) of parameter values; see graphflow/sweep/items.py
+    (and graphflow/sweep/ray_runner.py for --ray)."""
+    from graphflow.sweep.ray_runner import RayUnavailable
 
     try:
         wf, limits = _load(args)
@@ -221,7 +221,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             problems.append(Problem("bad_set", "sweep needs at least one --grid or --zip"))
         if problems:
             raise ValidationFailed(problems)
-        from graphflow.sweeps import Sweep
+        from graphflow.sweep.items import Sweep
 
         try:
             if args.ray is None:
@@ -351,7 +351,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from graphflow.schema import workflow_schema
+    from graphflow.node.schema import workflow_schema
 
     data = orjson.dumps(workflow_schema(_registry(args)), option=orjson.OPT_INDENT_2)
     if args.output:
@@ -364,14 +364,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from graphflow.reader import load_json_file, read_document
-    from graphflow.render import dot, mermaid
+    from graphflow.document.reader import load_json_file, read_document
+    from graphflow.views.diagram import dot, mermaid
 
     doc, problems = read_document(load_json_file(args.workflow)[0], args.workflow)
     if doc is None:
         raise ValidationFailed(problems)
     if args.format in ("svg", "png"):
-        from graphflow.render import write_picture
+        from graphflow.views.diagram import write_picture
 
         return write_picture(doc, args.format, args.output)
     text = mermaid(doc) if args.format == "mermaid" else dot(doc)
@@ -385,7 +385,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from graphflow.disk_cache import DEFAULT_MAX_BYTES, DiskCache, format_size, parse_size
+    from graphflow.cache.disk import DEFAULT_MAX_BYTES, DiskCache, format_size, parse_size
 
     disk = DiskCache(args.cache_dir or default_cache_dir(), max_bytes=None)
     if args.max_size is not None and not args.prune:
@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "looked up; repeatable; default $GRAPHFLOW_MODELS")
 
     def limit(sp: argparse.ArgumentParser) -> None:
-        from graphflow.limits import Limits
+        from graphflow.node.limits import Limits
 
         d = Limits()
         sp.add_argument("--limit", action="append", metavar="NAME=N",

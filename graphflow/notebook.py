@@ -12,7 +12,7 @@ changed), and ``show``/``profile`` for the views a user asks for.
 A run executes on the cell's own thread (``Executor.run``), which also drives its progress bars
 (``on_event``): a widget displayed from another thread may land in whichever cell runs at that
 moment (or none), and torch work done in cells and in runs stays on one thread (see
-graphflow/executor.py for why that matters for speed). The cell's thread is where Jupyter's
+graphflow/engine/executor.py for why that matters for speed). The cell's thread is where Jupyter's
 interrupt arrives, so that is where the run is cancelled (as the CLI's Ctrl-C cancels it): the
 executor stops at the next node or loop step, the finished steps stay cached, and the
 KeyboardInterrupt goes on so that "Run all" stops too.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from graphflow.display import Shown, profile_html, result_html, sweep_html, workflow_svg
+from graphflow.views.html import Shown, profile_html, result_html, sweep_html, workflow_svg
 
 __all__ = ["executor", "profile", "run", "show", "sweep"]
 
@@ -37,7 +37,7 @@ def executor(**options: Any):
     with them becomes the shared one."""
     global _default
     if options or _default is None:
-        from graphflow.executor import Executor
+        from graphflow.engine.executor import Executor
 
         options.setdefault("out_dir", "out")
         _default = Executor(**options)
@@ -47,7 +47,7 @@ def executor(**options: Any):
 def _workflow(wf):
     """A Workflow as given, or loaded from a path (a .json file or a picture graphflow saved)."""
     if isinstance(wf, (str, Path)):
-        from graphflow.workflow import Workflow
+        from graphflow.graph.workflow import Workflow
 
         return Workflow.load(wf)
     return wf
@@ -63,7 +63,7 @@ def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bo
     """Run a workflow (a Workflow or a path; parameter values as keywords) and return its RunResult, which a cell
     displays as its pictures and a table. Interrupting the cell cancels the run: it stops at the
     next node or loop step and the KeyboardInterrupt is raised once it has."""
-    from graphflow.console import Progress
+    from graphflow.views.text import Progress
 
     ex = executor or globals()["executor"]()
     wf = _workflow(wf)
@@ -81,11 +81,11 @@ def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bo
 
 def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None, *, out_dir: str | Path = "sweep",
           executor=None, resume: bool = False, progress: bool = True, ray: bool | str | None = None, **ray_options: Any):
-    """Run a parameter sweep (graphflow/sweeps.py) with a bar over its items; returns the Sweep,
+    """Run a parameter sweep (graphflow/sweep/items.py) with a bar over its items; returns the Sweep,
     which a cell displays as its labelled contact sheet and a table of items. Interrupting the cell
     stops the current item at its next step; finished items stay in the index (``resume=True``).
     ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``)."""
-    from graphflow.sweeps import Sweep
+    from graphflow.sweep.items import Sweep
 
     ex = None if ray else (executor or globals()["executor"]())
     sw = Sweep(_workflow(wf), grid, zip, out_dir, ex, resume, ray=ray, ray_options=ray_options or None)
@@ -107,12 +107,12 @@ def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None =
 def show(obj, profile: bool = False) -> Shown:
     """The notebook view of a RunResult (``profile=True`` adds the per-node table), a Workflow or
     a Sweep, as an object a cell displays."""
-    from graphflow.results import RunResult
-    from graphflow.sweeps import Sweep
-    from graphflow.workflow import Workflow
+    from graphflow.engine.results import RunResult
+    from graphflow.sweep.items import Sweep
+    from graphflow.graph.workflow import Workflow
 
     if isinstance(obj, RunResult):
-        from graphflow.display import summary
+        from graphflow.views.html import summary
 
         return Shown(result_html(obj, profile), summary(obj))
     if isinstance(obj, Workflow):
@@ -126,6 +126,6 @@ def show(obj, profile: bool = False) -> Shown:
 def profile(result) -> Shown:
     """Per-node timings and cache hits of a run: how often each node's code ran, how often its
     outputs came from a cache, its seconds, and its status."""
-    from graphflow.console import profile_table
+    from graphflow.views.text import profile_table
 
     return Shown(profile_html(result), profile_table(result))

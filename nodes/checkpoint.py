@@ -29,8 +29,8 @@ from graphflow_nodes.families import component_class, pipeline_family, pipeline_
 from graphflow_nodes.files import CONFIGS_DIR, MODELS_DIR, locate
 from graphflow_nodes.models import ModelError, ModelRef
 
-from graphflow.fingerprint import content_id, digest
-from graphflow.models import load_patched
+from graphflow.engine.fingerprint import content_id, digest
+from graphflow.engine.model_manager import load_patched
 
 #: the CLIP BPE vocabulary every family's tokenizers share (openai/clip-vit-large-patch14's), shipped once, with tiny-sd
 CLIP_TOKENIZER = MODELS_DIR / "tiny-sd" / "tokenizer"

@@ -13,8 +13,8 @@ from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
 from graphflow.atomic import write_new
-from graphflow.limits import Limit
-from graphflow.ports import FileInput
+from graphflow.node.limits import Limit
+from graphflow.node.kinds import FileInput
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 

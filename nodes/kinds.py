@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from graphflow.ports import OBJECT, kind, list_of
+from graphflow.node.kinds import OBJECT, kind, list_of
 
 #: seeds go to torch.Generator.manual_seed, which takes at most 64 bits
 SEED_MAX = 2**63 - 1

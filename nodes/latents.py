@@ -11,8 +11,8 @@ from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Rng, Scheduler,
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow.limits import Limit
-from graphflow.ports import FileInput
+from graphflow.node.limits import Limit
+from graphflow.node.kinds import FileInput
 
 
 def vae_scale_factor(vae) -> int:

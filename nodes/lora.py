@@ -5,7 +5,7 @@
 patch each: a ``LoRAPatch`` naming the file by content, the component's prefix in the file and a
 strength. No weights move in the node. When a node first asks the model manager for a patched
 reference, the manager deep-copies the shared base and applies the patches in order
-(``graphflow.models.load_patched``), so the base in memory never changes: a run with a LoRA, then
+(``graphflow.engine.model_manager.load_patched``), so the base in memory never changes: a run with a LoRA, then
 the same run without it, gives the base picture bit for bit, and the base loads once.
 
 Stacking: each LoadLoRA appends its patch; ``(lora_a @ 0.7, lora_b @ 0.4)`` is another model than
@@ -30,8 +30,8 @@ from graphflow_nodes.kinds import TextEncoder, UNet
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow.fingerprint import content_id
-from graphflow.ports import FileInput
+from graphflow.engine.fingerprint import content_id
+from graphflow.node.kinds import FileInput
 
 #: adapter name used while a patch is merged into its private copy (removed again at once)
 ADAPTER = "graphflow_lora"

@@ -29,9 +29,9 @@ from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, 
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow.fingerprint import content_id
-from graphflow.models import load_patched
-from graphflow.ports import FileInput
+from graphflow.engine.fingerprint import content_id
+from graphflow.engine.model_manager import load_patched
+from graphflow.node.kinds import FileInput
 
 DEFAULT_MODEL = "tiny-sd"
 

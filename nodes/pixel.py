@@ -11,7 +11,7 @@ from graphflow_nodes.kinds import SEED_MAX, ClassLabels, Image, Latents, ModelIn
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow.limits import Limit
+from graphflow.node.limits import Limit
 
 
 class RandomPixels(Node, name="RandomPixels", category="pixel", uses=("models",)):

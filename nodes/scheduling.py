@@ -15,7 +15,7 @@ from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Rng,
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow.limits import Limit
+from graphflow.node.limits import Limit
 
 SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",

@@ -12,7 +12,7 @@ from graphflow_nodes.text import _text_model
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs
-from graphflow.ports import FileInput
+from graphflow.node.kinds import FileInput
 
 
 def phrase_ids(tokenizer, phrase: str) -> list[int]:

@@ -24,9 +24,9 @@ class ThreadServer:
     """create_app + uvicorn.Server on a socket bound to 127.0.0.1:0, served from a thread."""
 
     def __init__(self, tmp: Path, **settings) -> None:
-        from graphflow.executor import Executor
-        from graphflow.limits import Limits
-        from graphflow.registry import default_registry
+        from graphflow.engine.executor import Executor
+        from graphflow.node.limits import Limits
+        from graphflow.node.registry import default_registry
         from graphflow.server.app import LOOPBACK_NAMES, Settings, create_app
         from graphflow.server.catalog import shipped_folder
 

@@ -253,7 +253,8 @@ def _isolated(tmp_path, monkeypatch):
 @pytest.fixture
 def nothing_runs(monkeypatch):
     """Records any run queued and any model asked for; a refused document must cause neither."""
-    from graphflow import executor, models
+    from graphflow.engine import executor
+    from graphflow.engine import model_manager as models
 
     calls: list[str] = []
 
@@ -406,7 +407,7 @@ def test_a_key_written_twice_inside_a_png_workflow_is_refused(tmp_path):
 
 
 def test_shipped_workflows_have_no_repeated_keys_and_read_as_before():
-    from graphflow.jsontext import parse_json, silent_losses
+    from graphflow.document.jsontext import parse_json, silent_losses
 
     for p in sorted((ROOT / "workflows").glob("*.json")):
         text = p.read_bytes()
@@ -416,7 +417,7 @@ def test_shipped_workflows_have_no_repeated_keys_and_read_as_before():
 
 def test_integers_beyond_64_bits_are_refused_not_rounded():
     from graphflow import ValidationFailed
-    from graphflow.jsontext import parse_json
+    from graphflow.document.jsontext import parse_json
 
     assert parse_json(b'{"a": [18446744073709551615, -9223372036854775808]}') == {"a": [2**64 - 1, -(2**63)]}
     with pytest.raises(ValidationFailed) as e:

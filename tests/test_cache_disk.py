@@ -14,7 +14,7 @@ import pytest
 from pydantic import Field
 
 from graphflow import OBJECT, Executor, Inputs, Node, Outputs, Workflow
-from graphflow import events as ev
+from graphflow.engine import events as ev
 from tests.toy_nodes import RUNS, Vec, link, toy_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -411,7 +411,7 @@ def test_non_contiguous_tensors_are_stored_and_come_back_in_their_layout(tmp_pat
 def test_a_cache_entry_that_cannot_be_written_costs_the_run_nothing(tmp_path, monkeypatch):
     """Any failure writing the disk cache is reported among the run's cache errors; the run's
     results stand."""
-    from graphflow.disk_cache import DiskCache
+    from graphflow.cache.disk import DiskCache
 
     def refuse(self, key, outputs):
         raise ValueError("the library refused the tensors")

@@ -15,7 +15,7 @@ import pytest
 
 from graphflow import Executor, Workflow
 from graphflow.cli import main
-from graphflow.disk_cache import DEFAULT_MAX_BYTES, STALE_TMP_SECONDS, DiskCache, parse_size
+from graphflow.cache.disk import DEFAULT_MAX_BYTES, STALE_TMP_SECONDS, DiskCache, parse_size
 from tests.toy_nodes import RUNS, link, toy_registry
 
 ROOT = Path(__file__).resolve().parent.parent

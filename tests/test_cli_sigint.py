@@ -61,7 +61,7 @@ def test_a_signal_stops_a_run_cleanly(tmp_path, sig, code, name):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert f"{name}: cancelling after the current step" in err and "Traceback" not in err
-    from graphflow.disk_cache import DiskCache
+    from graphflow.cache.disk import DiskCache
 
     # 'r' and 'first' finished and were stored; the cancelled loop left nothing half-made behind
     cache = DiskCache(tmp_path / "cache")

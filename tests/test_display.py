@@ -1,4 +1,4 @@
-"""What a notebook shows, measured: the HTML and PNG that graphflow/display.py makes for run results,
+"""What a notebook shows, measured: the HTML and PNG that graphflow/views/html.py makes for run results,
 workflows and sweeps (decoded pictures, their sizes and pixel colours, counts of <img> tags, table
 cells), and the interrupt: a KeyboardInterrupt while waiting for a run stops the run."""
 
@@ -21,12 +21,12 @@ from PIL import Image
 from pydantic import Field
 
 from graphflow import Context, Executor, Inputs, Node, Outputs, Registry, Workflow
-from graphflow import events as ev
+from graphflow.engine import events as ev
 from graphflow import notebook as gn
-from graphflow.display import result_html, result_png, sweep_html, workflow_svg
-from graphflow.ports import ANY
-from graphflow.results import RunResult
-from graphflow.sweeps import Sweep
+from graphflow.views.html import result_html, result_png, sweep_html, workflow_svg
+from graphflow.node.kinds import ANY
+from graphflow.engine.results import RunResult
+from graphflow.sweep.items import Sweep
 from tests.toy_nodes import link, make
 
 ROOT = Path(__file__).resolve().parents[1]

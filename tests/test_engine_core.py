@@ -29,11 +29,11 @@ from pydantic import Field
 
 import graphflow
 from graphflow import Executor, Inputs, Node, Outputs, ValidationFailed, Workflow
-from graphflow import events as ev
+from graphflow.engine import events as ev
 from tests.toy_nodes import RUNS, Iteration, counted, link, make, toy_registry
 
 try:  # module level: pydantic resolves the (postponed) annotations of ReadText from here
-    from graphflow.ports import FileInput
+    from graphflow.node.kinds import FileInput
 except ImportError:  # the first engine had no file inputs
     FileInput = None
 
@@ -107,7 +107,7 @@ def _text_file(value: str) -> Path:
 def read_text_node() -> type[Node]:
     """A node with a file input (``FileInput``)."""
     if FileInput is None:
-        raise ImportError("graphflow.ports has no FileInput")
+        raise ImportError("graphflow.node.kinds has no FileInput")
 
     class ReadText(Node, name="ReadText", category="toy"):
         """The content of a text file."""
@@ -345,7 +345,7 @@ def test_reading_an_undeclared_context_value_fails_naming_the_node():
         assert node in err.message and "iteration" in err.message
     assert r.missing.keys() == {"top", "seen"}
 
-    from graphflow.context import UndeclaredContext
+    from graphflow.node.context import UndeclaredContext
 
     assert issubclass(UndeclaredContext, AttributeError)
 
@@ -469,7 +469,7 @@ def test_editing_a_node_class_without_bumping_version_invalidates_the_disk_cache
 
 
 def test_code_version_follows_the_class_source(tmp_path):
-    from graphflow.fingerprint import code_version
+    from graphflow.engine.fingerprint import code_version
 
     versions = {}
     for factor in ("2", "10"):
@@ -487,16 +487,16 @@ def test_code_version_follows_the_class_source(tmp_path):
 
 
 def test_document_is_checked_once_for_a_thousand_parameter_sets(monkeypatch):
-    import graphflow.check
+    import graphflow.graph.check
 
     calls: list[int] = []
-    real = graphflow.check.check
+    real = graphflow.graph.check.check
 
     def counting(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(graphflow.check, "check", counting)
+    monkeypatch.setattr(graphflow.graph.check, "check", counting)
     wf = make(
         {
             "n": {"type": "Num", "inputs": {"value": {"param": "x"}}},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from graphflow import Executor, Workflow
-from graphflow import events as ev
+from graphflow.engine import events as ev
 from tests.toy_nodes import RECORDED, RUNS, link, make
 
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import Field
 
 from graphflow import Context, Executor, FileInput, Inputs, Node, Outputs, Registry, Workflow, default_registry
-from graphflow.registry import RegistryError
+from graphflow.node.registry import RegistryError
 from tests import toy_nodes
 from tests.toy_nodes import RUNS, Num, toy_registry
 
@@ -24,7 +24,7 @@ def test_a_node_runs_with_a_bare_context():
 
 
 def test_declaration_derives_ports_kinds_defaults_and_ranges():
-    from graphflow.builtin_nodes import Math
+    from graphflow.node.builtin import Math
 
     assert Math.type_name == "Math" and Math.version == 1 and Math.category == "values" and Math.pure
     a, op = Math.inputs["a"], Math.inputs["op"]

@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from graphflow import Problem, ValidationFailed, Workflow
-from graphflow.jsontext import parse_json
+from graphflow.document.jsontext import parse_json
 from tests import toy_nodes
 from tests.toy_nodes import RUNS, link, toy_registry
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from graphflow import Context
-from graphflow.models import ModelManager
+from graphflow.engine.model_manager import ModelManager
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,13 +32,13 @@ from hypothesis import strategies as st
 
 import graphflow
 from graphflow import Executor, ValidationFailed, Workflow
-from graphflow.document import Link, NodeDef
-from graphflow.jsontext import parse_json
+from graphflow.document.tree import Link, NodeDef
+from graphflow.document.jsontext import parse_json
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 DOCS = {p.stem: orjson.loads(p.read_bytes()) for p in sorted(WORKFLOWS.glob("*.json"))}
 RUNNABLE = ("hello", "nested_loop")
-REG = graphflow.registry()
+REG = graphflow.node.registry()
 
 SETTINGS = {"derandomize": True, "deadline": None, "database": None, "print_blob": True,
             "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]}

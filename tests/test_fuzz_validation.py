@@ -12,7 +12,7 @@ import pytest
 
 import graphflow
 from graphflow import ValidationFailed, Workflow
-from graphflow.jsontext import parse_json
+from graphflow.document.jsontext import parse_json
 
 DOCS = [json.loads(p.read_text()) for p in sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))]
 VALUES = [None, 0, -1, 1e300, "x", "", [], {}, {"from": "a.b"}, {"from": "model.unet"}, {"from": "nope"}, {"param": "zz"},
@@ -54,7 +54,7 @@ def _mutate(doc: dict, rng: random.Random) -> dict:
 @pytest.mark.parametrize("seed", range(4))
 def test_damaged_workflows_get_problems_not_crashes(seed):
     rng = random.Random(seed)
-    reg = graphflow.registry()
+    reg = graphflow.node.registry()
     invalid = 0
     for _ in range(400):
         doc = _mutate(rng.choice(DOCS), rng)

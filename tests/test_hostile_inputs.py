@@ -263,7 +263,7 @@ class Hostile(Node, name="Hostile", category="values"):
 
 
 @pytest.mark.parametrize("type_name", ["os.system", "builtins.eval", "__import__", "subprocess.Popen", "hostile_mod", "hostile_mod.Hostile",
-                                       "graphflow.builtin_nodes.Math", "Hostile"])
+                                       "graphflow.node.builtin.Math", "Hostile"])
 def test_a_node_type_that_names_a_module_is_an_unknown_type_and_nothing_is_imported(type_name, tmp_path, monkeypatch, capsys):
     (tmp_path / "hostile_mod.py").write_text(MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -274,7 +274,7 @@ def test_a_node_type_that_names_a_module_is_an_unknown_type_and_nothing_is_impor
     assert main(["run", wf, "--out", str(tmp_path / "out"), "--no-cache"]) == 2
     capsys.readouterr()
     assert "hostile_mod" not in sys.modules and not (tmp_path / "imported.marker").exists()
-    assert type_name not in graphflow.registry()
+    assert type_name not in graphflow.node.registry()
 
 
 def test_node_packs_load_only_through_an_explicit_plugin(tmp_path, monkeypatch, capsys):

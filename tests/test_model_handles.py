@@ -22,8 +22,8 @@ from pydantic import Field
 
 import graphflow
 from graphflow import Context, Executor, Inputs, Node, Outputs, Workflow, default_registry
-from graphflow.models import ModelManager
-from graphflow.node import CONTEXT_INPUTS
+from graphflow.engine.model_manager import ModelManager
+from graphflow.node.declaration import CONTEXT_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ class Blob:
     delay: float = 0.0
 
     def load(self, manager):
-        from graphflow.models import load_patched
+        from graphflow.engine.model_manager import load_patched
 
         if self.patches:
             return load_patched(manager, Blob(self.name, self.nbytes, delay=self.delay), self.patches)

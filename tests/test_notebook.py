@@ -122,7 +122,8 @@ def test_the_notebook_interrupt_stops_a_running_workflow_at_its_next_step(tmp_pa
 
         setup = f"""
 import graphflow
-from graphflow import events as ev, notebook as gn
+from graphflow import notebook as gn
+from graphflow.engine import events as ev
 ex = gn.executor(out_dir="out")
 steps = []
 def hook(e):

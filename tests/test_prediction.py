@@ -124,7 +124,7 @@ def test_color_guidance_on_v_prediction_decodes_the_schedulers_x0(v_model):
 
     ctx = Context()
     refs = LoadModel.run(LoadModel(), LoadModel.In(path=str(v_model)), ctx)
-    from graphflow.models import ModelManager
+    from graphflow.engine.model_manager import ModelManager
 
     models = ModelManager()
     ctx = Context(models=models)

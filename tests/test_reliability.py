@@ -16,7 +16,7 @@ from pydantic import Field
 
 from graphflow import Executor, Inputs, Node, Outputs, ValidationFailed, Workflow, load
 from graphflow.cli import main
-from graphflow.limits import Limits
+from graphflow.node.limits import Limits
 from tests.toy_nodes import RUNS, Vec, link, toy_registry
 
 REPO = Path(__file__).resolve().parents[1]

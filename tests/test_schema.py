@@ -27,9 +27,9 @@ import pytest
 
 import graphflow
 from graphflow import registry
-from graphflow.format import DocModel, NodeModel, ParamModel, ParamType, ScopeModel, WhenModel
+from graphflow.document.format import DocModel, NodeModel, ParamModel, ParamType, ScopeModel, WhenModel
 from graphflow.problems import ValidationFailed
-from graphflow.schema import workflow_schema
+from graphflow.node.schema import workflow_schema
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
 

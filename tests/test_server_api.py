@@ -213,8 +213,8 @@ def test_files_are_confined_to_the_run_folder(srv, client, tmp_path):
 
 
 def test_nodes_schema_workflows(srv):
-    from graphflow.schema import workflow_schema
-    from graphflow.workflow import registry
+    from graphflow.node.schema import workflow_schema
+    from graphflow.graph.workflow import registry
 
     nodes = {n["type"]: n for n in httpx.get(srv.url + "/api/nodes").json()}
     assert set(registry().names()) <= set(nodes)
@@ -222,7 +222,7 @@ def test_nodes_schema_workflows(srv):
     assert (width["ge"], width["le"], width["multiple_of"], width["limit"], width["required"]) == (8, 4096, 8, "size", False)
     unet = next(p for p in nodes["RandomLatents"]["inputs"] if p["name"] == "unet")
     assert unet["link_only"] is True and unet["kind"] == "unet"
-    from graphflow.registry import default_registry
+    from graphflow.node.registry import default_registry
     from tests.server_helpers import PLUGIN
 
     served = httpx.get(srv.url + "/api/schema").json()
@@ -329,7 +329,7 @@ def test_body_limit_413_and_full_queue_429(tmp_path):
 
 
 def test_per_run_limits_apply(tmp_path):
-    from graphflow.limits import Limits
+    from graphflow.node.limits import Limits
 
     s = ThreadServer(tmp_path, limits=Limits().with_values(list=5))
     try:

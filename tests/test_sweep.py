@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from graphflow.cli import main
-from graphflow.executor import Executor
+from graphflow.engine.executor import Executor
 from graphflow.problems import ValidationFailed
-from graphflow.sweeps import Sweep, expand, read_index, run_order, sweep
-from graphflow.workflow import Workflow
+from graphflow.sweep.items import Sweep, expand, read_index, run_order, sweep
+from graphflow.graph.workflow import Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 TXT2IMG = str(ROOT / "workflows" / "txt2img.json")
@@ -128,7 +128,7 @@ def test_resume_after_an_interrupted_sweep_runs_only_the_missing_items(tmp_path,
 
 
 def test_cancel_stops_with_whole_lines_only(tmp_path):
-    from graphflow import events as ev
+    from graphflow.engine import events as ev
 
     ex = Executor(out_dir=tmp_path / "x")
     s = Sweep(Workflow.load(HELLO), grid={"n": [1, 2, 3, 4]}, out_dir=tmp_path / "sw", executor=ex)

@@ -1,4 +1,4 @@
-"""Sweeps on a real Ray (graphflow.ray_sweep): the same bytes as a local sweep and as `graphflow
+"""Sweeps on a real Ray (graphflow.sweep.ray_runner): the same bytes as a local sweep and as `graphflow
 run`, cache affinity (a prompt encoded by one actor only), models loaded once per actor, an actor
 killed mid-sweep, resume and cancel. One local Ray instance serves the module (started here,
 stopped at the end); the `ray start --head` cluster is in test_sweep_ray_cluster.py."""
@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from graphflow.ray_sweep import affinity_keys, deal
-from graphflow.sweeps import Sweep, read_index
+from graphflow.sweep.ray_runner import affinity_keys, deal
+from graphflow.sweep.items import Sweep, read_index
 from tests.test_sweep import _isolated, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra graphflow[ray]; `make test` installs it")

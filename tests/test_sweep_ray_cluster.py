@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from graphflow.sweeps import read_index
+from graphflow.sweep.items import read_index
 
 pytest.importorskip("ray", reason="Ray is the optional extra graphflow[ray]; `make test` installs it")
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from graphflow import Context, Inputs, Node, Outputs, Registry, kind
-from graphflow.builtin_nodes import Math, Range, SaveText, Text, Value
-from graphflow.ports import ANY
+from graphflow.node.builtin import Math, Range, SaveText, Text, Value
+from graphflow.node.kinds import ANY
 
 RUNS: Counter[str] = Counter()
 

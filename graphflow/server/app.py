@@ -27,10 +27,10 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
-from graphflow.executor import Executor
-from graphflow.jsontext import parse_json
+from graphflow.engine.executor import Executor
+from graphflow.document.jsontext import parse_json
 from graphflow.problems import Problem, ValidationFailed
-from graphflow.registry import Registry
+from graphflow.node.registry import Registry
 from graphflow.server.broker import Broker
 from graphflow.server.catalog import Catalog
 from graphflow.server.outputs import RUN_ID, run_dir
@@ -299,7 +299,7 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
     @api.get("/schema", summary="The JSON Schema of the workflow format")
     def schema() -> Response:
         if "schema" not in cached:
-            from graphflow.schema import workflow_schema
+            from graphflow.node.schema import workflow_schema
 
             cached["schema"] = orjson.dumps(workflow_schema(registry))
         return Response(cached["schema"], media_type="application/json")

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
-from graphflow.bind import BoundGraph
-from graphflow.limits import Limits
+from graphflow.graph.bind import BoundGraph
+from graphflow.node.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
-from graphflow.reader import load_json_file
-from graphflow.registry import Registry
-from graphflow.workflow import Workflow
+from graphflow.document.reader import load_json_file
+from graphflow.node.registry import Registry
+from graphflow.graph.workflow import Workflow
 
 
 def shipped_folder() -> Path:

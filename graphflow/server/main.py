@@ -27,7 +27,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from graphflow.cli import EXIT_INVALID, EXIT_OK, _executor, _limits, _print_problems, _registry
-    from graphflow.disk_cache import parse_size
+    from graphflow.cache.disk import parse_size
     from graphflow.server.app import LOOPBACK_NAMES, Settings, create_app
     from graphflow.server.catalog import shipped_folder
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from graphflow.results import RunResult
+from graphflow.engine.results import RunResult
 
 #: list items shown inline; a longer list is summarized
 MAX_ITEMS = 1000
@@ -72,7 +72,7 @@ def jsonable(value: Any, run_dir: Path, run_id: str, depth: int = 0) -> Any:
     size = getattr(value, "size", None)
     if hasattr(value, "mode") and isinstance(size, tuple):  # a PIL image
         return {"image": {"size": list(size), "mode": value.mode}}
-    from graphflow.console import describe_value
+    from graphflow.views.text import describe_value
 
     return {"value": describe_value(value)}
 

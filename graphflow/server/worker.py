@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from graphflow import events as ev
-from graphflow.executor import Executor, RunHandle
+from graphflow.engine import events as ev
+from graphflow.engine.executor import Executor, RunHandle
 from graphflow.problems import ValidationFailed
 from graphflow.server.broker import Broker
 from graphflow.server.catalog import Catalog

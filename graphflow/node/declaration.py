@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic_core import PydanticUndefined
 
-from graphflow.limits import Limit
-from graphflow.ports import FileInput, Kind, choices_of_annotation, kind_of_annotation
+from graphflow.node.limits import Limit
+from graphflow.node.kinds import FileInput, Kind, choices_of_annotation, kind_of_annotation
 
 if TYPE_CHECKING:
-    from graphflow.context import Context
+    from graphflow.node.context import Context
 
 TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 RESERVED_TYPES = ("Loop", "Map")
@@ -60,7 +60,7 @@ class Port:
     metadata: tuple = ()
     #: set when the input names a file or folder the node reads: its content joins the fingerprint
     file: FileInput | None = None
-    #: the resource ceiling (graphflow.limits) the input's value may not exceed
+    #: the resource ceiling (graphflow.node.limits) the input's value may not exceed
     limit: str | None = None
 
     @cached_property

@@ -2,7 +2,7 @@
 
 Ray does the distribution (processes, scheduling on a cluster, detecting a dead worker, moving
 data); this module only decides which item goes to which actor and turns what comes back into the
-sweep's ``ItemResult``s. The sweep (``graphflow.sweeps``) still owns numbering, the index, resume
+sweep's ``ItemResult``s. The sweep (``graphflow.sweep.items``) still owns numbering, the index, resume
 and the contact sheet, so a Ray sweep's folder is the same as a local one's.
 
 Why actors, not tasks: an actor is a process that keeps one ``Executor``, with its loaded models
@@ -79,9 +79,9 @@ class SweepWorker:
                  cwd: str | None = None) -> None:
         if cwd and os.path.isdir(cwd):  # relative paths in parameters mean what they meant to the driver
             os.chdir(cwd)
-        from graphflow.executor import Executor
-        from graphflow.registry import default_registry
-        from graphflow.workflow import Workflow
+        from graphflow.engine.executor import Executor
+        from graphflow.node.registry import default_registry
+        from graphflow.graph.workflow import Workflow
 
         self.wf = Workflow(doc, default_registry(plugins), params)
         self.limits = limits
@@ -89,7 +89,7 @@ class SweepWorker:
         self.host = socket.gethostname()
         # Executor.run executes on its caller's thread, and Ray calls this actor's methods on
         # either of two threads (run + cancel at once): items go through one thread of their own,
-        # so the actor's torch work keeps one OpenMP thread team (see graphflow/executor.py)
+        # so the actor's torch work keeps one OpenMP thread team (see graphflow/engine/executor.py)
         self.items = ThreadPoolExecutor(1, thread_name_prefix="graphflow-item")
 
     def info(self) -> dict[str, Any]:
@@ -98,7 +98,7 @@ class SweepWorker:
 
     def run(self, item: int, params: dict[str, Any], attempt: int):
         """Run one item; returns (ItemResult, {file name: bytes})."""
-        from graphflow.sweeps import run_item
+        from graphflow.sweep.items import run_item
 
         bound = self.wf.bind(params, self.limits)
         with tempfile.TemporaryDirectory(prefix="graphflow-item-") as tmp:
@@ -114,7 +114,7 @@ class SweepWorker:
 def affinity_keys(sweep, todo: list[int]) -> dict[int, frozenset]:
     """Per item, the fingerprints of its top-level nodes that it shares with some but not all
     other items: what an actor that ran one of those items has in its caches."""
-    from graphflow.fingerprint import Keys, RunOptions, steady_files
+    from graphflow.engine.fingerprint import Keys, RunOptions, steady_files
 
     members = sweep.checked.order.get(None, [])
     keys: dict[int, frozenset] = {}
@@ -275,7 +275,7 @@ class RaySweep:
             a.busy = True
 
     def _collect(self, ref, a: _Actor, i: int, attempts: dict[int, int]):
-        from graphflow.sweeps import ItemResult
+        from graphflow.sweep.items import ItemResult
 
         ray = self.ray
         params = self.sweep.items[i]
@@ -314,7 +314,7 @@ class RaySweep:
             a.queue.clear()
 
     def _abandon(self, why: str):
-        from graphflow.sweeps import ItemResult
+        from graphflow.sweep.items import ItemResult
 
         for a in self.actors:
             while a.queue:

@@ -12,13 +12,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow import events as ev
-from graphflow.context import Cancelled, Context
-from graphflow.document import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
-from graphflow.node import Outputs
-from graphflow.plan import Keys, Plan, body_order, plan, shape
-from graphflow.results import NodeError, NodeStat, RunResult
-from graphflow.stores import Stores
+from graphflow.engine import events as ev
+from graphflow.node.context import Cancelled, Context
+from graphflow.document.tree import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
+from graphflow.node.declaration import Outputs
+from graphflow.engine.plan import Keys, Plan, body_order, plan, shape
+from graphflow.engine.results import NodeError, NodeStat, RunResult
+from graphflow.cache.stores import Stores
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
 

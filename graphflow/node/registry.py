@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from graphflow.node import Node
+from graphflow.node.declaration import Node
 
 ENTRY_POINT_GROUP = "graphflow.nodes"
 
@@ -114,7 +114,7 @@ class Registry:
 
 def default_registry(plugins: Iterable[str] = ()) -> Registry:
     """The engine's built-in nodes, every installed node pack, and any ``--plugin`` modules."""
-    from graphflow import builtin_nodes
+    from graphflow.node import builtin as builtin_nodes
 
     reg = Registry()
     reg.register_module(builtin_nodes, "graphflow (built-in)")

@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from graphflow.atomic import write_new
-from graphflow.context import Context
-from graphflow.limits import Limit
-from graphflow.node import Inputs, Node, Outputs
-from graphflow.ports import ANY, Kind, list_of
+from graphflow.node.context import Context
+from graphflow.node.limits import Limit
+from graphflow.node.declaration import Inputs, Node, Outputs
+from graphflow.node.kinds import ANY, Kind, list_of
 
 AnyValue = Annotated[Any, ANY]
 IntList = Annotated[list[int], list_of(Kind("int"))]

@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow.check import CheckedGraph, did_you_mean, pyd_message
-from graphflow.format import PARAM_VALUES
-from graphflow.limits import Limits
+from graphflow.graph.check import CheckedGraph, did_you_mean, pyd_message
+from graphflow.document.format import PARAM_VALUES
+from graphflow.node.limits import Limits
 
 DEFAULT_LIMITS = Limits()
 from graphflow.problems import Problem, ValidationFailed

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from graphflow.document import NodeDef, ScopeDef, links_of, ref_links
-from graphflow.fingerprint import Keys, RunOptions
+from graphflow.document.tree import NodeDef, ScopeDef, links_of, ref_links
+from graphflow.engine.fingerprint import Keys, RunOptions
 
 __all__ = ["CacheIndex", "Keys", "Plan", "RunOptions", "plan"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 
-from graphflow.document import Def, Document, NodeDef, ParamRef, ScopeDef, ref_links
+from graphflow.document.tree import Def, Document, NodeDef, ParamRef, ScopeDef, ref_links
 
 PICTURE_FORMATS = ("svg", "png")
 

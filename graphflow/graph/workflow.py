@@ -7,15 +7,15 @@ from typing import Any
 
 import orjson
 
-import graphflow.check as _check
-from graphflow.bind import BoundGraph, bind
-from graphflow.check import CheckedGraph
-from graphflow.document import Document
+import graphflow.graph.check as _check
+from graphflow.graph.bind import BoundGraph, bind
+from graphflow.graph.check import CheckedGraph
+from graphflow.document.tree import Document
 from graphflow.gc_tuning import fewer_gc_passes
-from graphflow.limits import Limits
+from graphflow.node.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
-from graphflow.reader import load_json_file, read_document
-from graphflow.registry import Registry, default_registry
+from graphflow.document.reader import load_json_file, read_document
+from graphflow.node.registry import Registry, default_registry
 
 _DEFAULT_REGISTRY: Registry | None = None
 
@@ -63,8 +63,8 @@ class Workflow:
         data, params = load_json_file(path, (limits or Limits()).document)
         return cls._from_json(data, registry, str(path), params)
 
-    def _repr_svg_(self) -> str | None:  # Jupyter: a picture of the graph (graphflow/display.py)
-        from graphflow.display import workflow_svg
+    def _repr_svg_(self) -> str | None:  # Jupyter: a picture of the graph (graphflow/views/html.py)
+        from graphflow.views.html import workflow_svg
 
         return workflow_svg(self)
 

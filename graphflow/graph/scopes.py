@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import graphlib
 
-from graphflow.document import Def, Document, Link, NodeDef, ScopeDef, links_of, member_of, ref_links
+from graphflow.document.tree import Def, Document, Link, NodeDef, ScopeDef, links_of, member_of, ref_links
 from graphflow.problems import Problem
 
 

@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from graphflow.document import (
+from graphflow.document.tree import (
     Def,
     Document,
     Link,
@@ -26,12 +26,12 @@ from graphflow.document import (
     scope_chain,
     scope_contents,
 )
-from graphflow.format import PARAM_VALUES, ParamType
-from graphflow.node import Node, Port
-from graphflow.ports import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
+from graphflow.document.format import PARAM_VALUES, ParamType
+from graphflow.node.declaration import Node, Port
+from graphflow.node.kinds import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
-from graphflow.registry import Registry
-from graphflow.scopes import scope_order, variance
+from graphflow.node.registry import Registry
+from graphflow.graph.scopes import scope_order, variance
 
 #: the port kind of each declared parameter type (format.ParamType names them)
 PARAM_KINDS = {"int": INT, "float": FLOAT, "string": STRING, "bool": BOOL, "list": list_of(ANY), "any": ANY}

@@ -31,17 +31,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from graphflow import events as ev
-from graphflow.bind import BoundGraph
-from graphflow.disk_cache import DiskCache
+from graphflow.engine import events as ev
+from graphflow.graph.bind import BoundGraph
+from graphflow.cache.disk import DiskCache
 from graphflow.gc_tuning import fewer_gc_passes
-from graphflow.limits import Limits
-from graphflow.memory_cache import MemoryCache
-from graphflow.models import ModelManager
-from graphflow.plan import Keys, RunOptions, plan
-from graphflow.results import NodeError, NodeStat, RunResult
-from graphflow.run import Runner
-from graphflow.stores import Stores
+from graphflow.node.limits import Limits
+from graphflow.cache.memory import MemoryCache
+from graphflow.engine.model_manager import ModelManager
+from graphflow.engine.plan import Keys, RunOptions, plan
+from graphflow.engine.results import NodeError, NodeStat, RunResult
+from graphflow.engine.run import Runner
+from graphflow.cache.stores import Stores
 
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
 

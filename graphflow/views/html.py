@@ -311,7 +311,7 @@ def result_png(result) -> bytes | None:
 def workflow_svg(wf) -> str | None:
     """The graph drawn by Graphviz (see render.picture); None when `dot` is not installed, so
     Jupyter falls back to the next representation."""
-    from graphflow.render import RenderError, picture
+    from graphflow.views.diagram import RenderError, picture
 
     try:
         return picture(wf.doc, "svg").decode()
@@ -324,7 +324,7 @@ def workflow_svg(wf) -> str | None:
 def sweep_html(sw) -> str:
     """The sweep's contact sheet (drawn and labelled by sweep.py) and a table of its items: the
     varying parameters, status, seconds and, for a failed item, the node that failed."""
-    from graphflow.sweeps import SHEET
+    from graphflow.sweep.items import SHEET
 
     items, varying = sw.items, sw.varying
     done = {i: r for i, r in sw.results.items()}

@@ -29,8 +29,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from graphflow.document import Lit, ScopeDef
-from graphflow.format import (
+from graphflow.document.tree import Lit, ScopeDef
+from graphflow.document.format import (
     FORMAT_VERSION,
     NAME_PATTERN,
     NODE_ID_PATTERN,
@@ -42,8 +42,8 @@ from graphflow.format import (
     ScopeModel,
     WhenModel,
 )
-from graphflow.node import Node, Port
-from graphflow.registry import Registry
+from graphflow.node.declaration import Node, Port
+from graphflow.node.registry import Registry
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -101,7 +101,7 @@ def _props(schema: dict[str, Any], *names: str) -> dict[str, Any]:
     """The model's properties, failing loudly if format.py renamed one this module fills in."""
     props = dict(schema["properties"])
     missing = [n for n in names if n not in props]
-    assert not missing, f"format.py no longer has {missing}: update graphflow/schema.py"
+    assert not missing, f"format.py no longer has {missing}: update graphflow/node/schema.py"
     return props
 
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from graphflow.document import Link, LinkList, Lit, ParamRef, ScopeDef
+from graphflow.document.tree import Link, LinkList, Lit, ParamRef, ScopeDef
 
 DIGEST = 20  # bytes of blake2b: 160 bits, as git's object ids
 

@@ -21,7 +21,7 @@ class Progress:
     def __call__(self, e) -> None:
         if not self.enabled:
             return
-        from graphflow import events as ev
+        from graphflow.engine import events as ev
 
         if isinstance(e, ev.RunStarted):
             self.nodes = self.tqdm(total=e.nodes, desc="nodes", unit="node", leave=False, file=sys.stderr)

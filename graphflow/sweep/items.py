@@ -4,7 +4,7 @@
 parameter set first (one bad value: ``ValidationFailed`` naming the item and the parameter,
 nothing runs), then runs the items and yields an ``ItemResult`` as each finishes, on this process
 (the default) or on Ray actors (``ray=True`` starts a local Ray, ``ray="auto"`` or
-``"HOST:PORT"`` joins a cluster; see ``graphflow.ray_sweep``).
+``"HOST:PORT"`` joins a cluster; see ``graphflow.sweep.ray_runner``).
 
 The sweep (this module) owns what must be one thing wherever items run: numbering, validation,
 resume, the index and the contact sheet. A runner only turns item numbers into ``ItemResult``s;
@@ -40,8 +40,8 @@ from typing import Any
 
 import orjson
 
-from graphflow.contact_sheet import SHEET, SHEET_LAYOUT, label, write_contact_sheet
-from graphflow.limits import Limits
+from graphflow.sweep.contact_sheet import SHEET, SHEET_LAYOUT, label, write_contact_sheet
+from graphflow.node.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
 
 __all__ = ["SHEET", "SHEET_LAYOUT", "ItemResult", "Sweep", "expand", "params_key", "read_index", "run_item", "run_order", "sweep", "varying"]
@@ -184,7 +184,7 @@ def _first_image(outputs: dict[str, Any]):
         v = next((x for x in outputs.values() if is_image(x)), None)
     if v is None:
         return None
-    from graphflow.display import to_uint8  # numpy on this thread, not torch (see there why)
+    from graphflow.views.html import to_uint8  # numpy on this thread, not torch (see there why)
 
     return to_uint8(v[:1])[0]
 
@@ -220,7 +220,7 @@ class Sweep:
     ``ray``: None runs here on ``executor``; True (or "local") starts a Ray instance on this
     machine for the sweep; "auto" or "HOST:PORT" joins a running cluster. ``ray_options``: the
     Ray runner's settings (workers, cpus_per_worker, gpus_per_worker, max_attempts, executor
-    options and plugins for the workers); see ``graphflow.ray_sweep.RaySweep``."""
+    options and plugins for the workers); see ``graphflow.sweep.ray_runner.RaySweep``."""
 
     def __init__(self, workflow, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None,
                  out_dir: str | Path = "sweep", executor=None, resume: bool = False, limits: Limits | None = None,
@@ -247,15 +247,15 @@ class Sweep:
         self.results: dict[int, ItemResult] = {}
         self.runner = None
         if ray is not None and ray is not False:
-            from graphflow.ray_sweep import RaySweep
+            from graphflow.sweep.ray_runner import RaySweep
 
             self.runner = RaySweep(self, address=ray, **(ray_options or {}))
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _repr_html_(self) -> str:  # Jupyter: the contact sheet and the items (graphflow/display.py)
-        from graphflow.display import sweep_html
+    def _repr_html_(self) -> str:  # Jupyter: the contact sheet and the items (graphflow/views/html.py)
+        from graphflow.views.html import sweep_html
 
         return sweep_html(self)
 
@@ -269,7 +269,7 @@ class Sweep:
     @property
     def executor(self):
         if self._executor is None:
-            from graphflow.executor import Executor
+            from graphflow.engine.executor import Executor
 
             self._executor = Executor(out_dir=self.out_dir, limits=self.limits)
         return self._executor

@@ -60,8 +60,8 @@ class RunResult:
             return self.outputs[name]
         raise KeyError(f"output '{name}' was not produced: {self.missing.get(name, 'unknown output')}")
 
-    def _repr_html_(self) -> str:  # Jupyter: the outputs as pictures and a table (graphflow/display.py)
-        from graphflow.display import result_html
+    def _repr_html_(self) -> str:  # Jupyter: the outputs as pictures and a table (graphflow/views/html.py)
+        from graphflow.views.html import result_html
 
         return result_html(self)
 

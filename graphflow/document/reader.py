@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from graphflow.document import Def, Document, Link, LinkList, Lit, NodeDef, ParamDef, ParamRef, Ref, ScopeDef, When
-from graphflow.format import (
+from graphflow.document.tree import Def, Document, Link, LinkList, Lit, NodeDef, ParamDef, ParamRef, Ref, ScopeDef, When
+from graphflow.document.format import (
     FORMAT_VERSION,
     NAME_PATTERN,
     NODE_ID_PATTERN,
@@ -24,7 +24,7 @@ from graphflow.format import (
     ParamModel,
     ScopeModel,
 )
-from graphflow.jsontext import parse_json
+from graphflow.document.jsontext import parse_json
 from graphflow.problems import Problem, ValidationFailed
 
 NODE_ID = re.compile(NODE_ID_PATTERN)
