@@ -51,9 +51,9 @@ def write_checkpoint(out: Path) -> Path:
 def load_once(path: str, comp: str, how: str) -> dict:
     """In a fresh process: peak RSS growth (MiB) and seconds to load ``comp`` ``how`` (whole|component)."""
     from graphflow_nodes.checkpoint import PREFIXES, CheckpointRef, load_checkpoint_component
-    from graphflow_nodes.models import _offline
+    from graphflow_nodes.model_refs import offline
 
-    _offline()
+    offline()
     import diffusers
     import torch
     import transformers

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import graphflow
-from graphflow.sweep.items import Sweep
+from graphflow.sweep import Sweep, runner
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 SEEDS = [0, 1, 2, 3]
@@ -39,7 +39,7 @@ TXT2IMG = ROOT / "workflows" / "txt2img.json"
 def graphflow_sweep(steps: int, out: Path, ray: bool) -> dict:
     wf = graphflow.load(TXT2IMG).with_params(steps=steps)
     opts = {"workers": 2, "cpus_per_worker": 1} if ray else None
-    sw = Sweep(wf, grid={"prompt": PROMPTS, "seed": SEEDS}, out_dir=out, ray="local" if ray else None, ray_options=opts)
+    sw = Sweep(wf, grid={"prompt": PROMPTS, "seed": SEEDS}, out_dir=out, runner=runner(ray="local" if ray else None, **(opts or {})))
     t0 = time.perf_counter()
     results = list(sw)
     seconds = time.perf_counter() - t0

@@ -11,6 +11,8 @@ The public API, for embedding the executor::
         print(item.item, item.status, item.files)
 """
 
+import sys
+
 from graphflow.node.context import Cancelled, Context, UndeclaredContext
 from graphflow.node.declaration import Inputs, Node, Outputs
 from graphflow.node.kinds import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
@@ -18,13 +20,27 @@ from graphflow.problems import Problem, ValidationFailed
 from graphflow.node.registry import Registry, default_registry
 from graphflow.engine.results import NodeError, RunResult
 from graphflow.graph.workflow import Workflow, load, registry
+from graphflow.version import __version__
 
 __all__ = [
     "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "FileInput", "Inputs", "Kind", "Node", "NodeError",
     "Outputs", "Problem", "Registry", "RunHandle", "RunResult", "UndeclaredContext", "ValidationFailed", "Workflow",
-    "default_registry", "kind", "list_of", "load", "registry", "sweep",
+    "__version__", "default_registry", "kind", "list_of", "load", "registry", "sweep",
 ]
-__version__ = "0.1.0"
+
+
+def _show_in_ipython() -> None:
+    """Inside IPython (a notebook's kernel, a console), register how runs, workflows and sweeps
+    look there (graphflow/views/jupyter.py); elsewhere nothing of presentation is imported."""
+    ipython_module = sys.modules.get("IPython")
+    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    if shell is not None:
+        from graphflow.views.jupyter import register
+
+        register(shell)
+
+
+_show_in_ipython()
 
 
 def __getattr__(name: str):
@@ -34,8 +50,8 @@ def __getattr__(name: str):
         from graphflow.engine import executor
 
         return getattr(executor, name)
-    if name == "sweep":  # graphflow.sweep(workflow, grid=..., zip=..., ray=None): see graphflow/sweep/items.py
-        from graphflow.sweep.items import sweep
+    if name == "sweep":  # graphflow.sweep(workflow, grid=..., zip=..., ray=None): see graphflow/sweep/__init__.py
+        from graphflow.sweep import sweep
 
         return sweep
     raise AttributeError(f"module 'graphflow' has no attribute {name!r}")

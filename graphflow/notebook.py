@@ -85,10 +85,10 @@ def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None =
     which a cell displays as its labelled contact sheet and a table of items. Interrupting the cell
     stops the current item at its next step; finished items stay in the index (``resume=True``).
     ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``)."""
-    from graphflow.sweep.items import Sweep
+    from graphflow.sweep import Sweep, runner
 
     ex = None if ray else (executor or globals()["executor"]())
-    sw = Sweep(_workflow(wf), grid, zip, out_dir, ex, resume, ray=ray, ray_options=ray_options or None)
+    sw = Sweep(_workflow(wf), grid, zip, out_dir, resume, runner=runner(ex, ray, **ray_options))
     bar = _bar()(total=len(sw), desc="sweep", unit="item", leave=False, disable=not progress)
     try:
         for r in sw:

@@ -33,7 +33,7 @@ def _width_family(width: int | None) -> str:
 
 def _shapes(p: Path) -> dict[str, tuple] | None:
     from graphflow_nodes.checkpoint import header_shapes
-    from graphflow_nodes.models import ModelError
+    from graphflow_nodes.families import ModelError
 
     try:
         return header_shapes(p)
@@ -147,6 +147,15 @@ def cmd_models(args) -> int:
         note = "  (shadowed by an earlier folder)" if r["shadowed"] else ""
         print(f"{r['kind']:<12} {r['name']:<{width}}  {r['family']:<22} {human(r['bytes']):>10}  {os.path.dirname(r['path'])}{note}")
     return 0
+
+
+def add_command(sub):
+    """The `graphflow models` command, which this library contributes to graphflow's command line
+    through the ``graphflow.commands`` entry point (the CLI adds ``--models-dir`` to it)."""
+    sp = sub.add_parser("models", help="what the models folders hold: checkpoints, LoRAs, embeddings, with family and size")
+    sp.add_argument("--json", action="store_true", help="machine-readable list")
+    sp.set_defaults(func=cmd_models)
+    return sp
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphflow_nodes.families import component_class, pipeline_family, pipeline_settings
+from graphflow_nodes.families import ModelError, component_class, pipeline_family, pipeline_settings
 from graphflow_nodes.files import CONFIGS_DIR, MODELS_DIR, locate
-from graphflow_nodes.models import ModelError, ModelRef
+from graphflow_nodes.model_refs import ModelRef, offline
 
-from graphflow.engine.fingerprint import content_id, digest
-from graphflow.engine.model_manager import load_patched
+from graphflow.node_api import content_id, digest, load_patched
 
 #: the CLIP BPE vocabulary every family's tokenizers share (openai/clip-vit-large-patch14's), shipped once, with tiny-sd
 CLIP_TOKENIZER = MODELS_DIR / "tiny-sd" / "tokenizer"
@@ -222,10 +221,9 @@ def read_tensors(path: str, prefix: str) -> dict:
 
 def load_checkpoint_component(ref: CheckpointRef, device: str, dtype_name: str) -> Any:
     """One component converted from the checkpoint by diffusers' single-file loaders, offline."""
-    from graphflow_nodes.models import _offline
     from graphflow_nodes.runtime import torch_dtype
 
-    _offline()
+    offline()
     dtype = torch_dtype(dtype_name)
     tensors = read_tensors(ref.path, ref.prefix)
     if ref.component.startswith("text_encoder"):

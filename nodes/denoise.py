@@ -10,7 +10,7 @@ from graphflow_nodes.latents import decode, pixel_vae
 from graphflow_nodes.prediction import noise_levels, predicted_x0
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
+from graphflow.node_api import Context, Inputs, Node, Outputs
 
 
 class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models",)):

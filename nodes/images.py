@@ -11,20 +11,16 @@ from graphflow_nodes.files import resolve_input_file
 from graphflow_nodes.kinds import Image, ImageList, Latents
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
-from graphflow.atomic import write_new
-from graphflow.node.limits import Limit
-from graphflow.node.kinds import FileInput
+from graphflow.node_api import Context, FileInput, Inputs, Limit, Node, Outputs, to_uint8, write_new
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 def to_pil(image) -> list:
-    """(batch, 3, H, W) in [0, 1] → PIL images, rounded as diffusers' ``numpy_to_pil`` does."""
+    """(batch, 3, H, W) in [0, 1] → PIL images, rounded as everything graphflow shows (graphflow/pixels.py)."""
     from PIL import Image as PILImage
 
-    arr = (image.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    return [PILImage.fromarray(a) for a in arr]
+    return [PILImage.fromarray(a) for a in to_uint8(image)]
 
 
 def from_pil(img) -> Any:

@@ -10,9 +10,7 @@ from graphflow_nodes.files import resolve_input_file
 from graphflow_nodes.kinds import SEED_MAX, VAE, Image, Latents, Rng, Scheduler, UNet
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
-from graphflow.node.limits import Limit
-from graphflow.node.kinds import FileInput
+from graphflow.node_api import Context, FileInput, Inputs, Limit, Node, Outputs
 
 
 def vae_scale_factor(vae) -> int:

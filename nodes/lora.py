@@ -29,9 +29,7 @@ from graphflow_nodes.files import locate, resolve_lora_path
 from graphflow_nodes.kinds import TextEncoder, UNet
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
-from graphflow.engine.fingerprint import content_id
-from graphflow.node.kinds import FileInput
+from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, content_id
 
 #: adapter name used while a patch is merged into its private copy (removed again at once)
 ADAPTER = "graphflow_lora"

@@ -10,8 +10,7 @@ from typing import Annotated
 from graphflow_nodes.kinds import SEED_MAX, ClassLabels, Image, Latents, ModelInput, NoisePred, Rng, Scheduler, Timestep, UNet
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
-from graphflow.node.limits import Limit
+from graphflow.node_api import Context, Inputs, Limit, Node, Outputs
 
 
 class RandomPixels(Node, name="RandomPixels", category="pixel", uses=("models",)):

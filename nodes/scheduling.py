@@ -6,16 +6,15 @@ that an earlier run already advanced."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 from typing import Annotated, Any, Literal
 
 from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, Timestep, Timesteps
+from graphflow_nodes.scheduler_state import clone
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
-from graphflow.node.limits import Limit
+from graphflow.node_api import Context, Inputs, Limit, Node, Outputs
 
 SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
@@ -28,27 +27,6 @@ SCHEDULERS = {
     "heun": "HeunDiscreteScheduler",
 }
 SchedulerName = Literal["model", "lms", "ddim", "ddpm", "euler", "euler_a", "dpm", "pndm", "heun"]
-
-
-def clone(scheduler: Any) -> Any:
-    """A copy that ``step()`` can advance without touching the original. Schedulers rebind their
-    tensors and counters but append to lists (LMS ``derivatives``, DPM ``model_outputs``), so a
-    shallow copy with fresh lists and dicts is enough, and far cheaper than a deep copy."""
-    c = copy.copy(scheduler)
-    for k, v in vars(c).items():
-        if isinstance(v, list):
-            setattr(c, k, list(v))
-        elif isinstance(v, dict) and k not in ("config", "_internal_dict"):
-            setattr(c, k, dict(v))
-    return c
-
-
-def step_index(scheduler: Any, t: Any) -> int | None:
-    """The index of timestep ``t`` in the schedule, as the scheduler itself would pick it."""
-    s = clone(scheduler)
-    if getattr(s, "step_index", None) is None and hasattr(s, "_init_step_index"):
-        s._init_step_index(t)
-    return getattr(s, "step_index", None)
 
 
 @functools.cache

@@ -28,7 +28,7 @@ from graphflow_nodes.kinds import (
 from graphflow_nodes.latents import vae_scale_factor
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
+from graphflow.node_api import Context, Inputs, Node, Outputs
 
 Size = int | None
 

@@ -17,7 +17,7 @@ from graphflow_nodes.kinds import (
 )
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
+from graphflow.node_api import Context, Inputs, Node, Outputs
 
 
 def _text_model(te):

@@ -11,8 +11,7 @@ from graphflow_nodes.kinds import TextEncoder, TokenEmbeddings, TokenIds, Tokeni
 from graphflow_nodes.text import _text_model
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs
-from graphflow.node.kinds import FileInput
+from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs
 
 
 def phrase_ids(tokenizer, phrase: str) -> list[int]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from graphflow import Inputs, Node, Outputs
+from graphflow.node_api import Inputs, Node, Outputs
 
 
 class Gate(Node, name="Gate", category="test", pure=False):

@@ -384,7 +384,8 @@ def test_an_sdxl_refiner_checkpoint_refines_as_its_folder_does(refiner, tmp_path
     """A refiner file (OpenCLIP bigG alone, in ``conditioner.embedders.0``) built with its folder's
     configs: every weight the folder's, the first tokenizer and encoder missing by name, and
     img2img_sdxl_refiner's picture within 1e-5 of the folder's (the same alignment effect as SDXL)."""
-    from graphflow_nodes.models import LoadModel, MissingComponent
+    from graphflow_nodes.model_refs import MissingComponent
+    from graphflow_nodes.models import LoadModel
 
     folder, ckpt = refiner
     refs = LoadModel().run(LoadModel.In(path=str(ckpt), config=str(folder)), Context())

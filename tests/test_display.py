@@ -26,7 +26,7 @@ from graphflow import notebook as gn
 from graphflow.views.html import result_html, result_png, sweep_html, workflow_svg
 from graphflow.node.kinds import ANY
 from graphflow.engine.results import RunResult
-from graphflow.sweep.items import Sweep
+from graphflow.sweep import LocalRunner, Sweep
 from tests.toy_nodes import link, make
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,24 @@ def table(markup: str) -> list[list[str]]:
 
 def solid(rgb, size=8, batch=1) -> torch.Tensor:
     return torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1).expand(batch, 3, size, size).clone()
+
+
+@pytest.fixture(scope="module")
+def ipython():
+    """A real IPython shell with graphflow's displays registered, as a notebook's kernel has them."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from graphflow.views.jupyter import register
+
+    shell = InteractiveShell.instance()
+    register(shell)
+    return shell
+
+
+def displayed(shell, obj, mime: str = "text/html"):
+    """What IPython shows for ``obj`` as ``mime``."""
+    data, _ = shell.display_formatter.format(obj)
+    return data.get(mime)
 
 
 def result(outputs, **kw) -> RunResult:
@@ -223,22 +241,22 @@ def test_the_png_of_a_result_is_its_pictures_in_a_labelled_row():
     assert result_png(result({"n": 3})) is None
 
 
-def test_notebook_run_takes_a_path_and_parameters(tmp_path):
+def test_notebook_run_takes_a_path_and_parameters(tmp_path, ipython):
     r = gn.run(str(ROOT / "workflows" / "hello.json"), n=4, executor=Executor(out_dir=tmp_path), progress=False)
     assert r.ok and r["partial_sums"] == [0, 1, 3, 6]
-    assert table(r._repr_html_())[1:] == [["file", str(tmp_path / "sum.txt")], ["partial_sums", "4 values: 0, 1, 3, 6"]]
+    assert table(displayed(ipython, r))[1:] == [["file", str(tmp_path / "sum.txt")], ["partial_sums", "4 values: 0, 1, 3, 6"]]
 
 
-def test_a_run_result_displays_itself_in_jupyter():
+def test_a_run_result_displays_itself_in_jupyter(ipython):
     r = result({"image": solid((1, 1, 0))})
-    assert r._repr_html_() == result_html(r)
+    assert displayed(ipython, r) == result_html(r)
 
 
 # --- workflows --------------------------------------------------------------------------------
 
-def test_a_workflow_displays_as_a_graphviz_picture_with_its_scopes():
+def test_a_workflow_displays_as_a_graphviz_picture_with_its_scopes(ipython):
     wf = Workflow.load(ROOT / "workflows" / "nested_loop.json")
-    svg = wf._repr_svg_()
+    svg = displayed(ipython, wf, "image/svg+xml")
     assert svg == workflow_svg(wf) and svg.lstrip().startswith("<?xml") and "<svg" in svg
     clusters = re.findall(r'<g id="clust\d+" class="cluster">\s*<title>cluster_(\w+)</title>', svg)
     assert clusters == ["table", "line"]
@@ -272,12 +290,12 @@ def test_graph_picture_without_dot_is_a_clear_error(tmp_path, capsys, monkeypatc
 
 # --- sweeps -----------------------------------------------------------------------------------
 
-def test_a_sweep_displays_its_labelled_contact_sheet_and_its_items(tmp_path):
+def test_a_sweep_displays_its_labelled_contact_sheet_and_its_items(tmp_path, ipython):
     wf = Workflow.from_dict({"format": 1, "params": {"red": {"default": 0.0}, "blue": {"default": 0.0}},
                              "nodes": {"s": {"type": "Swatch", "inputs": {"red": {"param": "red"}, "blue": {"param": "blue"}}}},
                              "outputs": {"image": "s.image"}}, Registry([Swatch]))
     sw = gn.sweep(wf, grid={"red": [0.0, 1.0], "blue": [0.0, 1.0]}, out_dir=tmp_path / "sw", executor=Executor(), progress=False)
-    html = sw._repr_html_()
+    html = displayed(ipython, sw)
     assert html == sweep_html(sw)
     (_mime, sheet, w, h), = images(html)
     assert sheet.tobytes() == Image.open(tmp_path / "sw" / "contact_sheet.png").tobytes()  # the sheet sweep.py drew
@@ -294,14 +312,14 @@ def test_a_sweep_displays_its_labelled_contact_sheet_and_its_items(tmp_path):
     assert "sweep of 4 items (4 ok) over red, blue" in html
 
 
-def test_a_sweep_not_yet_run_lists_its_items_and_a_failed_item_names_its_node(tmp_path):
+def test_a_sweep_not_yet_run_lists_its_items_and_a_failed_item_names_its_node(tmp_path, ipython):
     reg = Registry([Swatch, Boom])
     wf = Workflow.from_dict({"format": 1, "params": {"x": {"default": 0.0}},
                              "nodes": {"b": {"type": "Boom", "inputs": {"x": {"param": "x"}}}}, "outputs": {"y": "b.y"}}, reg)
-    sw = Sweep(wf, grid={"x": [1.0, 2.0]}, out_dir=tmp_path / "sw", executor=Executor())
-    assert [r[-3] for r in table(sw._repr_html_())[1:]] == ["pending", "pending"] and "not run yet" in sw._repr_html_()
+    sw = Sweep(wf, grid={"x": [1.0, 2.0]}, out_dir=tmp_path / "sw", runner=LocalRunner(Executor()))
+    assert [r[-3] for r in table(displayed(ipython, sw))[1:]] == ["pending", "pending"] and "not run yet" in displayed(ipython, sw)
     list(sw)
-    html = sw._repr_html_()
+    html = displayed(ipython, sw)
     assert "<img" not in html  # nothing to tile
     assert [r[-1] for r in table(html)[1:]] == ["node 'b' (Boom): ValueError: bad <value> & worse"] * 2
 

@@ -38,7 +38,7 @@ from graphflow.document.jsontext import parse_json
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 DOCS = {p.stem: orjson.loads(p.read_bytes()) for p in sorted(WORKFLOWS.glob("*.json"))}
 RUNNABLE = ("hello", "nested_loop")
-REG = graphflow.node.registry()
+REG = graphflow.registry()
 
 SETTINGS = {"derandomize": True, "deadline": None, "database": None, "print_blob": True,
             "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]}

@@ -51,7 +51,8 @@ def test_pred_x0_equals_the_schedulers_own(name, prediction_type):
     the scheduler's own ``pred_original_sample`` (DPM-Solver++: its converted model output), at
     the first, a middle and the last step."""
     from graphflow_nodes.prediction import predicted_x0
-    from graphflow_nodes.scheduling import SchedulerStep, clone
+    from graphflow_nodes.scheduler_state import clone
+    from graphflow_nodes.scheduling import SchedulerStep
 
     g = torch.Generator().manual_seed(0)
     s = _make(name, prediction_type)
@@ -134,7 +135,7 @@ def test_color_guidance_on_v_prediction_decodes_the_schedulers_x0(v_model):
     t = s.timesteps[3]
     x = torch.randn((1, 4, 8, 8), generator=g) * 3
     out = torch.randn((1, 4, 8, 8), generator=g)
-    from graphflow_nodes.scheduling import clone
+    from graphflow_nodes.scheduler_state import clone
 
     x0_ref = clone(s).step(out, t, x).pred_original_sample
     eps_x0 = x - s.sigmas[3] * out

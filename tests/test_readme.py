@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from graphflow import registry
-from graphflow.cli import nodes_markdown
+from graphflow.cli.inspect import nodes_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

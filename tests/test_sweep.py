@@ -14,7 +14,8 @@ from PIL import Image
 from graphflow.cli import main
 from graphflow.engine.executor import Executor
 from graphflow.problems import ValidationFailed
-from graphflow.sweep.items import Sweep, expand, read_index, run_order, sweep
+from graphflow.sweep import LocalRunner, Sweep, sweep
+from graphflow.sweep.items import expand, read_index, run_order
 from graphflow.graph.workflow import Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def test_a_bad_value_names_the_item_and_parameter_and_nothing_runs(tmp_path):
     wf = Workflow.load(TXT2IMG)
     ex = Executor(out_dir=tmp_path / "x")
     with pytest.raises(ValidationFailed) as e:
-        sweep(wf, grid={"seed": [0, 1, 2, "three"], "guidance": [2.5]}, out_dir=tmp_path / "sw", executor=ex)
+        sweep(wf, grid={"seed": [0, 1, 2, "three"], "guidance": [2.5]}, out_dir=tmp_path / "sw", runner=LocalRunner(ex))
     text = str(e.value)
     assert "item 3 (seed=three, guidance=2.5)" in text and "parameter 'seed'" in text
     assert all("item 3" in p.message for p in e.value.problems)
@@ -131,7 +132,7 @@ def test_cancel_stops_with_whole_lines_only(tmp_path):
     from graphflow.engine import events as ev
 
     ex = Executor(out_dir=tmp_path / "x")
-    s = Sweep(Workflow.load(HELLO), grid={"n": [1, 2, 3, 4]}, out_dir=tmp_path / "sw", executor=ex)
+    s = Sweep(Workflow.load(HELLO), grid={"n": [1, 2, 3, 4]}, out_dir=tmp_path / "sw", runner=LocalRunner(ex))
     started = []
 
     def hook(e):

@@ -17,6 +17,7 @@ import pytest
 
 from graphflow.sweep.ray_runner import affinity_keys, deal
 from graphflow.sweep.items import Sweep, read_index
+from graphflow.sweep.ray_runner import RaySweep
 from tests.test_sweep import _isolated, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra graphflow[ray]; `make test` installs it")
@@ -53,7 +54,7 @@ def test_deal_keeps_a_prompt_on_one_queue_and_balances(tiny_model):
 @pytest.mark.slow
 def test_ray_sweep_equals_local_sweep_and_run_with_affinity_and_one_load_per_actor(tmp_path, tiny_model, ray_session):
     grid = {"prompt": PROMPTS, "seed": [0, 1]}
-    sw = Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "ray", ray="local", ray_options={"workers": 2})
+    sw = Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "ray", runner=RaySweep("local", workers=2))
     results = list(sw)
     assert [r.status for r in results] == ["ok"] * 4
     by_worker: dict[str, list] = {}
@@ -87,7 +88,7 @@ def test_ray_sweep_equals_local_sweep_and_run_with_affinity_and_one_load_per_act
 
     # --resume through Ray: only the two new items run
     more = Sweep(txt2img(tiny_model), grid={"prompt": PROMPTS, "seed": [0, 1, 2]}, out_dir=tmp_path / "ray", resume=True,
-                 ray="local", ray_options={"workers": 2})
+                 runner=RaySweep("local", workers=2))
     statuses = {r.item: r.status for r in more}
     assert sorted(i for i, s in statuses.items() if s == "ok") == [2, 5]  # (p0, seed 2) and (p1, seed 2)
     assert len(read_index(tmp_path / "ray")) == 6
@@ -95,8 +96,7 @@ def test_ray_sweep_equals_local_sweep_and_run_with_affinity_and_one_load_per_act
 
 @pytest.mark.slow
 def test_killed_actor_has_its_item_retried_elsewhere(tmp_path, tiny_model, ray_session):
-    sw = Sweep(txt2img(tiny_model).with_params(steps=6), grid={"seed": list(range(6))}, out_dir=tmp_path / "k", ray="local",
-               ray_options={"workers": 2, "max_replacements": 0})
+    sw = Sweep(txt2img(tiny_model).with_params(steps=6), grid={"seed": list(range(6))}, out_dir=tmp_path / "k", runner=RaySweep("local", workers=2, max_replacements=0))
     it = iter(sw)
     first = next(it)  # the sweep is paused in this yield: the actor that ran it has not been given its next item
     assert first.status == "ok"
@@ -114,8 +114,7 @@ def test_killed_actor_has_its_item_retried_elsewhere(tmp_path, tiny_model, ray_s
 
 @pytest.mark.slow
 def test_cancel_stops_with_a_consistent_index(tmp_path, tiny_model, ray_session):
-    sw = Sweep(txt2img(tiny_model).with_params(steps=20), grid={"seed": list(range(8))}, out_dir=tmp_path / "c", ray="local",
-               ray_options={"workers": 2})
+    sw = Sweep(txt2img(tiny_model).with_params(steps=20), grid={"seed": list(range(8))}, out_dir=tmp_path / "c", runner=RaySweep("local", workers=2))
     seen = []
     for r in sw:
         seen.append(r)
@@ -145,8 +144,8 @@ def test_actors_share_a_disk_cache(tmp_path, tiny_model, ray_session):
     saving, whichever actor computed each entry, and gives the same bytes."""
     opts = {"workers": 2, "executor_options": {"cache_dir": str(tmp_path / "shared-cache")}}
     grid = {"seed": [0, 1]}
-    first = list(Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "a", ray="local", ray_options=opts))
-    second = list(Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "b", ray="local", ray_options=opts))
+    first = list(Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "a", runner=RaySweep("local", **opts)))
+    second = list(Sweep(txt2img(tiny_model), grid=grid, out_dir=tmp_path / "b", runner=RaySweep("local", **opts)))
     assert all(r.runs.get("denoise") == 1 for r in first), [r.runs for r in first]
     assert all(r.runs.get("denoise", 0) == 0 and r.runs.get("cond", 0) == 0 and r.runs.get("save") == 1 for r in second), [r.runs for r in second]
     assert pngs(tmp_path / "a") == pngs(tmp_path / "b")
@@ -154,8 +153,7 @@ def test_actors_share_a_disk_cache(tmp_path, tiny_model, ray_session):
 
 @pytest.mark.slow
 def test_when_every_actor_dies_every_item_is_still_reported(tmp_path, tiny_model, ray_session):
-    sw = Sweep(txt2img(tiny_model), grid={"seed": list(range(4))}, out_dir=tmp_path / "d", ray="local",
-               ray_options={"workers": 1, "max_replacements": 0})
+    sw = Sweep(txt2img(tiny_model), grid={"seed": list(range(4))}, out_dir=tmp_path / "d", runner=RaySweep("local", workers=1, max_replacements=0))
     it = iter(sw)
     first = next(it)
     os.kill(sw.runner.info()[0]["pid"], signal.SIGKILL)  # the only actor, and no replacement allowed

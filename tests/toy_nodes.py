@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from graphflow import Context, Inputs, Node, Outputs, Registry, kind
+from graphflow import Registry
+from graphflow.node_api import ANY, Context, Inputs, Node, Outputs, kind
 from graphflow.node.builtin import Math, Range, SaveText, Text, Value
-from graphflow.node.kinds import ANY
 
 RUNS: Counter[str] = Counter()
 

@@ -60,11 +60,6 @@ class RunResult:
             return self.outputs[name]
         raise KeyError(f"output '{name}' was not produced: {self.missing.get(name, 'unknown output')}")
 
-    def _repr_html_(self) -> str:  # Jupyter: the outputs as pictures and a table (graphflow/views/html.py)
-        from graphflow.views.html import result_html
-
-        return result_html(self)
-
     def runs(self, node: str) -> int:
         """How many times a node's code actually ran in this run (cache hits excluded)."""
         s = self.stats.get(node)

@@ -63,11 +63,6 @@ class Workflow:
         data, params = load_json_file(path, (limits or Limits()).document)
         return cls._from_json(data, registry, str(path), params)
 
-    def _repr_svg_(self) -> str | None:  # Jupyter: a picture of the graph (graphflow/views/html.py)
-        from graphflow.views.html import workflow_svg
-
-        return workflow_svg(self)
-
     def with_params(self, **params: Any) -> Workflow:
         return Workflow(self.doc, self.registry, {**self.params, **params}, self._memo)
 

@@ -1,15 +1,13 @@
-"""Parameter sweeps: one workflow run over a grid (and zipped lists) of parameter values.
+"""A parameter sweep's items: one workflow over a grid (and zipped lists) of parameter values.
 
-``sweep(workflow, grid={"seed": [0, 1]}, zip={...}, out_dir="sweep", ray=None)`` binds every
-parameter set first (one bad value: ``ValidationFailed`` naming the item and the parameter,
-nothing runs), then runs the items and yields an ``ItemResult`` as each finishes, on this process
-(the default) or on Ray actors (``ray=True`` starts a local Ray, ``ray="auto"`` or
-``"HOST:PORT"`` joins a cluster; see ``graphflow.sweep.ray_runner``).
+``Sweep`` binds every parameter set first (one bad value: ``ValidationFailed`` naming the item and
+the parameter, nothing runs), then hands the items to its runner and yields an ``ItemResult`` as
+each finishes.
 
 The sweep (this module) owns what must be one thing wherever items run: numbering, validation,
-resume, the index and the contact sheet. A runner only turns item numbers into ``ItemResult``s;
-``run_item`` is the one function that runs an item on an executor, used by both runners, so a
-result is the same bytes wherever it ran.
+resume, the index and the contact sheet. A runner (``local.py``, ``ray_runner.py``), chosen by the
+caller, only turns item numbers into ``ItemResult``s through ``item.run_item``, so a result is the
+same bytes wherever it ran.
 
 Locally, every item runs on ONE executor, each run given its own output folder
 (``Executor.run(..., out_dir=out_dir/item_NNNNN)``, on the thread iterating the sweep): the
@@ -30,47 +28,22 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from graphflow.sweep.contact_sheet import SHEET, SHEET_LAYOUT, label, write_contact_sheet
 from graphflow.node.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
+from graphflow.sweep.contact_sheet import label, write_contact_sheet
+from graphflow.sweep.item import ItemResult
+from graphflow.sweep.local import LocalRunner
 
-__all__ = ["SHEET", "SHEET_LAYOUT", "ItemResult", "Sweep", "expand", "params_key", "read_index", "run_item", "run_order", "sweep", "varying"]
+__all__ = ["Sweep", "expand", "params_key", "read_index", "run_order", "varying"]
 
 INDEX = "index.jsonl"
-
-
-@dataclass
-class ItemResult:
-    """One finished item: plain data (JSON-ready except ``image``, kept for the contact sheet)."""
-
-    item: int
-    params: dict[str, Any]
-    status: str  # ok | failed | cancelled | skipped (already ok in the index)
-    files: list[str] = field(default_factory=list)  # relative to the sweep's out_dir
-    error: dict[str, Any] | None = None
-    seconds: float = 0.0
-    host: str = ""
-    runs: dict[str, int] = field(default_factory=dict)  # node id -> times its code ran
-    image: Any = field(default=None, repr=False)  # (H, W, 3) uint8 array of the first image, or None
-    worker: str = ""  # "host:pid" of the process that ran it
-    attempts: int = 1  # > 1: its worker died and it was run again elsewhere
-    loads: int = 0  # model loads its worker had done when it finished (constant after the first item)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("image", "runs", "loads"):
-            d.pop(k)
-        return d
 
 
 def params_key(params: dict[str, Any]) -> bytes:
@@ -174,60 +147,20 @@ def read_index(out_dir: str | Path, repair: bool = False) -> list[dict[str, Any]
     return out
 
 
-def _first_image(outputs: dict[str, Any]):
-    """The first image output as an (H, W, 3) uint8 array, rounded as SaveImage rounds."""
-    def is_image(v):
-        shape = getattr(v, "shape", None)
-        return shape is not None and len(shape) == 4 and shape[1] == 3 and hasattr(v, "detach")
-    v = outputs.get("image")
-    if not is_image(v):
-        v = next((x for x in outputs.values() if is_image(x)), None)
-    if v is None:
-        return None
-    from graphflow.views.html import to_uint8  # numpy on this thread, not torch (see there why)
-
-    return to_uint8(v[:1])[0]
-
-
-def run_item(ex, bound, item: int, params: dict[str, Any], folder: Path, prefix: str = "") -> ItemResult:
-    """Run one item on ``ex``, its files going to ``folder`` (named ``prefix`` + their name in the
-    result). The one place an item runs, whichever runner called it."""
-    before = set(_files(folder))
-    t0 = time.perf_counter()
-    result = ex.run(bound, out_dir=folder)
-    seconds = time.perf_counter() - t0
-    files = sorted(prefix + str(p.relative_to(folder)) for p in set(_files(folder)) - before)
-    host = socket.gethostname()
-    common = {"host": host, "worker": f"{host}:{os.getpid()}", "runs": {n: s.runs for n, s in result.stats.items()},
-              "loads": sum(ex.models.loads.values())}
-    if result.cancelled:
-        return ItemResult(item, params, "cancelled", files, None, seconds, **common)
-    error = None
-    if result.errors:
-        e = result.errors[0]
-        error = {"node": e.node, "type": e.type, "message": e.message}
-    elif result.missing:
-        name, why = next(iter(result.missing.items()))
-        error = {"node": None, "type": None, "message": f"output '{name}' not produced: {why}"}
-    image = _first_image(result.outputs) if error is None else None
-    return ItemResult(item, params, "ok" if error is None else "failed", files, error, round(seconds, 4), image=image, **common)
-
-
 class Sweep:
     """A prepared sweep: every item bound and ordered. Iterate it to run; ``cancel()`` from another
     thread (a signal handler) stops after the current node or loop step.
 
-    ``ray``: None runs here on ``executor``; True (or "local") starts a Ray instance on this
-    machine for the sweep; "auto" or "HOST:PORT" joins a running cluster. ``ray_options``: the
-    Ray runner's settings (workers, cpus_per_worker, gpus_per_worker, max_attempts, executor
-    options and plugins for the workers); see ``graphflow.sweep.ray_runner.RaySweep``."""
+    ``runner`` runs the items it is handed and yields their ``ItemResult``s (``run(sweep, todo)``,
+    ``cancel()``, ``close()``): a ``LocalRunner`` on an executor of this process (the default),
+    or a ``RaySweep`` on Ray actors. The sweep knows neither: the caller chooses."""
 
     def __init__(self, workflow, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None,
-                 out_dir: str | Path = "sweep", executor=None, resume: bool = False, limits: Limits | None = None,
-                 ray: bool | str | None = None, ray_options: dict[str, Any] | None = None) -> None:
+                 out_dir: str | Path = "sweep", resume: bool = False, limits: Limits | None = None, runner=None) -> None:
         self.workflow, self.out_dir, self.resume = workflow, Path(out_dir), resume
         self.grid = dict(grid or {})
         self.items = expand(grid, zip)
+        executor = getattr(runner, "executor", None)
         self.limits = limits or (executor.limits if executor is not None else Limits())
         self.checked = workflow.checked()  # once; raises ValidationFailed for a bad document
         problems: list[Problem] = []
@@ -242,37 +175,20 @@ class Sweep:
             raise ValidationFailed(problems)
         self.order = run_order(self.items, self.checked)
         self.varying = varying(self.items)
-        self._executor = executor
         self._cancel = threading.Event()
         self.results: dict[int, ItemResult] = {}
-        self.runner = None
-        if ray is not None and ray is not False:
-            from graphflow.sweep.ray_runner import RaySweep
+        self.runner = runner if runner is not None else LocalRunner()
 
-            self.runner = RaySweep(self, address=ray, **(ray_options or {}))
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _repr_html_(self) -> str:  # Jupyter: the contact sheet and the items (graphflow/views/html.py)
-        from graphflow.views.html import sweep_html
-
-        return sweep_html(self)
-
     def cancel(self) -> None:
         self._cancel.set()
-        if self.runner is not None:
-            self.runner.cancel()
-        elif self._executor is not None:
-            self._executor.cancel()
-
-    @property
-    def executor(self):
-        if self._executor is None:
-            from graphflow.engine.executor import Executor
-
-            self._executor = Executor(out_dir=self.out_dir, limits=self.limits)
-        return self._executor
+        self.runner.cancel()
 
     def __iter__(self) -> Iterator[ItemResult]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +208,7 @@ class Sweep:
                                old.get("host", ""), worker=old.get("worker", ""))
                 self.results[i] = r
                 yield r
-            results = self._run_here(todo) if self.runner is None else self.runner.run(todo)
+            results = self.runner.run(self, todo)
             for r in results:
                 self.results[r.item] = r
                 if r.status == "cancelled":
@@ -301,20 +217,8 @@ class Sweep:
                 self._append(r)
                 yield r
         finally:
-            if self.runner is not None:
-                self.runner.close()
+            self.runner.close()
             self.write_contact_sheet()
-
-    def _run_here(self, todo: list[int]) -> Iterator[ItemResult]:
-        ex = self.executor
-        for i in todo:
-            if self._cancel.is_set():
-                return
-            prefix = f"item_{i:05d}/"
-            r = run_item(ex, self.bound[i], i, self.items[i], self.out_dir / prefix, prefix)
-            yield r
-            if r.status == "cancelled":
-                return
 
     def _append(self, r: ItemResult) -> None:
         line = orjson.dumps(r.to_json()) + b"\n"
@@ -327,18 +231,3 @@ class Sweep:
 
     def write_contact_sheet(self) -> Path | None:
         return write_contact_sheet(self.out_dir, self.items, self.grid, self.varying, self.results)
-
-
-def _files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
-
-
-def sweep(workflow, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None,
-          out_dir: str | Path = "sweep", executor=None, resume: bool = False,
-          limits: Limits | None = None, ray: bool | str | None = None, **ray_options: Any) -> Iterator[ItemResult]:
-    """Bind every item now (raises ValidationFailed, nothing run), then a lazy iterator that runs
-    them and yields each ``ItemResult`` as it finishes. See the module's doc."""
-    s = Sweep(workflow, grid, zip, out_dir, executor, resume, limits, ray, ray_options)
-    return iter(s)

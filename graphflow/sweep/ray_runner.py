@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from graphflow.atomic import write_new
+from graphflow.sweep.item import ItemResult, item_folder, run_item
 
 __all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker"]
 
@@ -98,7 +99,6 @@ class SweepWorker:
 
     def run(self, item: int, params: dict[str, Any], attempt: int):
         """Run one item; returns (ItemResult, {file name: bytes})."""
-        from graphflow.sweep.items import run_item
 
         bound = self.wf.bind(params, self.limits)
         with tempfile.TemporaryDirectory(prefix="graphflow-item-") as tmp:
@@ -156,11 +156,11 @@ class RaySweep:
     ``cpus_per_worker`` each, and its GPUs at ``gpus_per_worker``). Each actor's torch threads are
     its CPUs (OMP_NUM_THREADS), so actors do not fight over cores."""
 
-    def __init__(self, sweep, address: bool | str = True, workers: int | None = None, cpus_per_worker: float = 1,
+    def __init__(self, address: bool | str = True, workers: int | None = None, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, max_attempts: int = 2, max_replacements: int | None = None,
                  executor_options: dict[str, Any] | None = None, plugins: list[str] | tuple = ()) -> None:
         self.ray = _import_ray()
-        self.sweep = sweep
+        self.sweep = None  # the sweep whose items run() was handed
         self.address = None if address in (True, "local", "") else str(address)
         self.workers, self.cpus, self.gpus = workers, float(cpus_per_worker), float(gpus_per_worker)
         self.max_attempts = max(1, int(max_attempts))
@@ -225,8 +225,9 @@ class RaySweep:
                 except Exception:
                     pass
 
-    def run(self, todo: list[int]):
-        """Yield an ``ItemResult`` per item as it finishes (its files already written)."""
+    def run(self, sweep, todo: list[int]):
+        """Yield an ``ItemResult`` per item of ``sweep`` as it finishes (its files already written)."""
+        self.sweep = sweep
         if not todo:
             return
         self._connect()
@@ -275,8 +276,6 @@ class RaySweep:
             a.busy = True
 
     def _collect(self, ref, a: _Actor, i: int, attempts: dict[int, int]):
-        from graphflow.sweep.items import ItemResult
-
         ray = self.ray
         params = self.sweep.items[i]
         try:
@@ -314,15 +313,13 @@ class RaySweep:
             a.queue.clear()
 
     def _abandon(self, why: str):
-        from graphflow.sweep.items import ItemResult
-
         for a in self.actors:
             while a.queue:
                 i = a.queue.popleft()
                 yield ItemResult(i, self.sweep.items[i], "failed", error={"node": None, "type": None, "message": why})
 
     def _write(self, i: int, files: dict[str, bytes]) -> list[str]:
-        folder = self.sweep.out_dir / f"item_{i:05d}"
+        folder = self.sweep.out_dir / item_folder(i)
         names = []
         for name in sorted(files):
             target = folder / name

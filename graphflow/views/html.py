@@ -1,8 +1,8 @@
 """How graphflow's objects look in a notebook: a run's outputs as pictures, animations and a small
 table; its errors with the failing node named; per-node timings and cache hits; a sweep's contact
 sheet; a workflow as a picture of its graph. Plain functions from objects to HTML and PNG bytes,
-so Jupyter's ``_repr_*_`` hooks (on RunResult, Workflow, Sweep) are one line each and tests read
-the markup without a browser.
+registered with Jupyter's formatters by ``views/jupyter.py`` (the engine knows nothing of them),
+and tests read the markup without a browser.
 
 Pictures are embedded as data URIs at their own pixel size (a test decodes exactly what a user
 sees) and enlarged by the browser with ``image-rendering: pixelated``: a 64×64 sample stays sharp.
@@ -19,6 +19,8 @@ import html
 import io
 from pathlib import Path
 from typing import Any
+
+from graphflow.pixels import to_uint8
 
 PICTURE_FILES = {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_FILE_BYTES = 16 << 20  # a picture file larger than this (a contact sheet) is named, not embedded
@@ -58,20 +60,6 @@ def is_frames(v: Any) -> bool:
     does not say which scope collected it, and a few pictures read best side by side."""
     return (isinstance(v, (list, tuple)) and len(v) > ROW_LIST and all(is_image(x) for x in v)
             and len({tuple(x.shape[2:]) for x in v}) == 1)
-
-
-def to_uint8(image) -> Any:
-    """(batch, 3, H, W) in [0, 1] → (batch, H, W, 3) uint8, rounded as the node library saves.
-    numpy does the arithmetic, not torch: runs made with ``Executor.run`` execute on the
-    caller's thread and would not mind, but submitted runs execute on the executor's worker, and
-    a torch op on a second thread gives the process a second OpenMP thread team, after which
-    every run on the worker is about 2x slower on a 2-core machine (bench/bench_threads.py)."""
-    import numpy as np
-
-    a = image.detach()
-    if str(a.dtype) != "torch.float32":
-        a = a.float()
-    return (np.clip(a.cpu().numpy(), 0, 1).transpose(0, 2, 3, 1) * 255).round().astype("uint8")
 
 
 def png_bytes(array) -> bytes:
@@ -172,7 +160,7 @@ def value_text(v: Any, limit: int = 300) -> str:
         if v.ndim == 0 or v.numel() == 1:
             return _number(v.detach().cpu().reshape(-1)[0].item())
         f = v.detach()
-        f = (f if str(f.dtype) == "torch.float32" else f.float()).cpu().numpy()  # numpy: see to_uint8
+        f = (f if str(f.dtype) == "torch.float32" else f.float()).cpu().numpy()  # numpy: see graphflow/pixels.py
         return (f"tensor {tuple(v.shape)} {str(v.dtype).replace('torch.', '')} "
                 f"(min {f.min():.4g}, mean {f.mean():.4g}, max {f.max():.4g})")
     if isinstance(v, (list, tuple)):
@@ -324,7 +312,7 @@ def workflow_svg(wf) -> str | None:
 def sweep_html(sw) -> str:
     """The sweep's contact sheet (drawn and labelled by sweep.py) and a table of its items: the
     varying parameters, status, seconds and, for a failed item, the node that failed."""
-    from graphflow.sweep.items import SHEET
+    from graphflow.sweep.contact_sheet import SHEET
 
     items, varying = sw.items, sw.varying
     done = {i: r for i, r in sw.results.items()}

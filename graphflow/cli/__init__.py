@@ -1,0 +1,56 @@
+"""The `graphflow` command: one module per command family, each adding its own sub-parser.
+Exit codes (``graphflow.options``): 0 success, 1 a node failed while running, 2 the workflow or the
+command line is invalid (nothing ran), 130 cancelled with Ctrl-C, 143 stopped by SIGTERM.
+
+Node libraries add commands through the ``graphflow.commands`` entry point group (the shipped one
+adds `graphflow models`), as they add node types, so the CLI imports no node library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import entry_points
+
+from graphflow import __version__, options
+from graphflow.cli import cache, common, inspect, run, serve, sweep, validate
+from graphflow.problems import ValidationFailed
+
+COMMANDS_GROUP = "graphflow.commands"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphflow", description="Run diffusion workflows written as JSON graphs of typed nodes.")
+    p.add_argument("--version", action="version", version=f"graphflow {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.add_parser(sub)
+    sweep.add_parser(sub)
+    validate.add_parser(sub)
+    inspect.add_parsers(sub)
+    cache.add_parser(sub)
+    serve.add_parser(sub)
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        common.models_dir_flag(ep.load()(sub))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "models_dir", None):  # read by the node library's file resolvers, in this process and its workers
+        os.environ["GRAPHFLOW_MODELS"] = os.pathsep.join(os.path.abspath(d) for d in args.models_dir)
+    try:
+        return args.func(args)
+    except ValidationFailed as e:
+        common.print_problems(e, getattr(args, "json", False), getattr(args, "workflow", "graphflow"))
+        return options.EXIT_INVALID
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return options.EXIT_CANCELLED
+    except BrokenPipeError:  # `graphflow nodes | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return options.EXIT_OK
+    except Exception as e:  # never a raw traceback for a user; GRAPHFLOW_DEBUG=1 shows it
+        if os.environ.get("GRAPHFLOW_DEBUG"):
+            raise
+        print(f"graphflow: internal error: {type(e).__name__}: {e} (set GRAPHFLOW_DEBUG=1 for a traceback)", file=sys.stderr)
+        return options.EXIT_FAILED

@@ -1,0 +1,106 @@
+"""What several commands share: their common flags, ``--set`` values, loading a workflow with them,
+and reporting problems. Heavy imports (torch, diffusers) happen only inside node code, so
+`validate`, `nodes`, `describe`, `schema` and `graph` answer quickly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from graphflow import options
+from graphflow.problems import Problem, ValidationFailed
+
+
+def plugin_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--plugin", action="append", metavar="MODULE", help="extra node module (dotted path or .py file); repeatable")
+    models_dir_flag(sp)
+
+
+def models_dir_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--models-dir", metavar="DIR", action="append",
+                    help="a models folder (checkpoints/, loras/, embeddings/) where workflows' bare file names are "
+                         "looked up; repeatable; default $GRAPHFLOW_MODELS")
+
+
+def limit_flag(sp: argparse.ArgumentParser) -> None:
+    from graphflow.node.limits import Limits
+
+    d = Limits()
+    sp.add_argument("--limit", action="append", metavar="NAME=N",
+                    help="raise or lower a resource ceiling; repeatable (" + ", ".join(f"{n} {getattr(d, n)}" for n in d.names()) + ")")
+
+
+def execution_flags(sp: argparse.ArgumentParser) -> None:
+    """What `run`, `sweep` and `serve` share: where models run, the disk cache, the NaN check."""
+    sp.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where models run (default: cpu)")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
+    sp.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
+    sp.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
+    sp.add_argument("--cache-max-size", metavar="SIZE", help="disk cache limit, least recently used out first (500M; default 4G)")
+    sp.add_argument("--no-check-finite", action="store_true", help="do not fail a node whose output holds NaN or Inf")
+
+
+def registry(args: argparse.Namespace):
+    return options.build_registry(args.plugin or [])
+
+
+def limits(args: argparse.Namespace):
+    return options.build_limits(getattr(args, "limit", None) or [])
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    return options.executor_options(args.device, args.dtype, args.cache_dir, args.no_cache, args.cache_max_size,
+                                    not args.no_check_finite)
+
+
+def executor(args: argparse.Namespace, limits):
+    return options.build_executor(args.out, limits, executor_options(args))
+
+
+def parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
+    """``--set k=v``: v is read as JSON (7, 7.5, true, [1,2]) unless the parameter is declared a
+    string, and falls back to the plain text (``--set prompt=a red circle``)."""
+    out, problems = {}, []
+    for pair in pairs:
+        if "=" not in pair:
+            problems.append(Problem("bad_set", f"--set takes name=value, got {pair!r}"))
+            continue
+        k, v = pair.split("=", 1)
+        p = declared.get(k)
+        if p is not None and p.type == "string":
+            out[k] = v
+            continue
+        try:
+            out[k] = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            out[k] = v
+            continue
+        from graphflow.document.jsontext import silent_losses
+
+        problems += [Problem("bad_set", f"--set {k}: {p.message}") for p in silent_losses(v)]  # {"a":1,"a":2}, 2**70
+    if problems:
+        raise ValidationFailed(problems)
+    return out
+
+
+def load(args: argparse.Namespace):
+    """The workflow the command names, its ``--set`` values applied and bound (so every problem is
+    raised here, before anything runs), and the ceilings it was bound within."""
+    from graphflow.graph.workflow import Workflow
+
+    reg = registry(args)
+    lim = limits(args)
+    wf = Workflow.load(args.workflow, reg, lim)
+    wf = wf.with_params(**parse_sets(getattr(args, "set", None) or [], wf.doc.params))
+    wf.bind(limits=lim)
+    return wf, lim
+
+
+def print_problems(e: ValidationFailed, as_json: bool, source: str) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps({"ok": False, "file": source, "problems": [p.to_dict() for p in e.problems]}).decode() + "\n")
+    else:
+        sys.stderr.write(f"{source}: {e}\n")

@@ -1,0 +1,21 @@
+"""The one import a node pack needs: declaring a node type (``Node``, ``Inputs``, ``Outputs``,
+port kinds, file inputs, resource ceilings), what it sees of a run (``Context``), and the helpers
+a node that loads models or writes files relies on (content identities for its fingerprint, model
+references patched without touching the base, atomic and never-overwriting writes, the one 8-bit
+rounding of pictures). Node packs import this module alone, never the engine's internals, so the
+engine can be rearranged without breaking them (the suite's import contracts check the shipped
+node library)."""
+
+from graphflow.atomic import write_atomic, write_new
+from graphflow.engine.fingerprint import content_id, digest
+from graphflow.engine.model_manager import load_patched
+from graphflow.node.context import Cancelled, Context, UndeclaredContext
+from graphflow.node.declaration import Inputs, Node, Outputs
+from graphflow.node.kinds import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
+from graphflow.node.limits import Limit
+from graphflow.pixels import to_uint8
+
+__all__ = [
+    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "FileInput", "Inputs", "Kind", "Limit", "Node", "Outputs",
+    "UndeclaredContext", "content_id", "digest", "kind", "list_of", "load_patched", "to_uint8", "write_atomic", "write_new",
+]
