@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from graphflow.pixels import to_uint8
+from graphflow.views.text import PROFILE_COLUMNS, profile_rows
 
 PICTURE_FILES = {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_FILE_BYTES = 16 << 20  # a picture file larger than this (a contact sheet) is named, not embedded
@@ -221,14 +222,9 @@ def errors_html(result) -> str:
     return "".join(parts)
 
 
-def profile_rows(result) -> list[tuple[str, str, str, str, str, str]]:
-    rows = sorted(result.stats.items(), key=lambda kv: -kv[1].seconds)
-    return [(n, s.type, str(s.runs), str(s.hits), f"{s.seconds:.3f}", s.status) for n, s in rows]
-
-
 def profile_html(result) -> str:
     """Per node: how often its code ran, cache hits, seconds, and where its outputs came from."""
-    return (_table(profile_rows(result), ("node", "type", "runs", "hits", "seconds", "status"), {2, 3, 4})
+    return (_table(profile_rows(result), PROFILE_COLUMNS, {2, 3, 4})
             + f'<div style="font-size:11px;color:#555">run wall time {result.seconds:.3f} s</div>')
 
 

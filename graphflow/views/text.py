@@ -63,12 +63,21 @@ def describe_value(v: Any) -> str:
     return text if len(text) < 100 else text[:97] + "..."
 
 
-def profile_table(result) -> str:
+PROFILE_COLUMNS = ("node", "type", "runs", "hits", "seconds", "status")
+
+
+def profile_rows(result) -> list[tuple[str, str, str, str, str, str]]:
+    """Per node touched, slowest first: how often its code ran, cache hits, seconds, status (the
+    rows of the terminal's ``--profile`` table and of the notebook's)."""
     rows = sorted(result.stats.items(), key=lambda kv: -kv[1].seconds)
-    width = max([len(n) for n, _ in rows] + [4])
-    twidth = max([len(s.type) for _, s in rows] + [4])
-    lines = [f"{'node':<{width}}  {'type':<{twidth}}  {'runs':>5}  {'hits':>5}  {'seconds':>8}  status"]
-    for name, s in rows:
-        lines.append(f"{name:<{width}}  {s.type:<{twidth}}  {s.runs:>5}  {s.hits:>5}  {s.seconds:>8.3f}  {s.status}")
+    return [(n, s.type, str(s.runs), str(s.hits), f"{s.seconds:.3f}", s.status) for n, s in rows]
+
+
+def profile_table(result) -> str:
+    rows = [PROFILE_COLUMNS, *profile_rows(result)]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(PROFILE_COLUMNS))]
+    widths[2], widths[3], widths[4] = max(widths[2], 5), max(widths[3], 5), max(widths[4], 8)
+    lines = ["  ".join(c.rjust(w) if k in (2, 3, 4) else c.ljust(w) if k < 5 else c for k, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
     lines.append(f"run wall time {result.seconds:.3f} s")
     return "\n".join(lines)
