@@ -274,7 +274,7 @@ def test_a_node_type_that_names_a_module_is_an_unknown_type_and_nothing_is_impor
     assert main(["run", wf, "--out", str(tmp_path / "out"), "--no-cache"]) == 2
     capsys.readouterr()
     assert "hostile_mod" not in sys.modules and not (tmp_path / "imported.marker").exists()
-    assert type_name not in graphflow.node.registry()
+    assert type_name not in graphflow.registry()
 
 
 def test_node_packs_load_only_through_an_explicit_plugin(tmp_path, monkeypatch, capsys):
