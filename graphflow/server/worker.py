@@ -18,6 +18,7 @@ from graphflow.engine.executor import Executor, RunHandle
 from graphflow.problems import ValidationFailed
 from graphflow.server.broker import Broker
 from graphflow.server.catalog import Catalog
+from graphflow.server.finish import finished_event, record_end
 from graphflow.server.outputs import list_files, run_dir, summarize
 from graphflow.server.retention import Retention, sweep_orphans
 from graphflow.server.store import Store
@@ -58,7 +59,7 @@ class Worker:
             if status == "queued":
                 self.broker.publish(run_id, {"type": "requeued", "reason": "interrupted"})
             else:
-                self.broker.publish(run_id, {"type": "run_finished", "status": status, "ok": False, "cancelled": status == "cancelled"}, final=True)
+                self.broker.publish(run_id, finished_event(status), final=True)  # interrupted or cancelled: never "done"
         self._thread = threading.Thread(target=self._loop, name="graphflow-server-worker", daemon=True)
         self._thread.start()
 
@@ -133,9 +134,5 @@ class Worker:
     def _end(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
         """Store the result, then tell the clients (who may then read it back at once)."""
         summary.setdefault("files", list_files(run_dir(self.out_root, run_id), run_id))
-        final = {"type": "run_finished", "status": status, "ok": status == "done", "cancelled": status == "cancelled",
-                 "seconds": summary.get("seconds"), "outputs": summary.get("outputs", {}), "files": summary["files"]}
-        log = self.broker.log(run_id)
-        self.store.finish(run_id, status, summary, [*log, {**final, "run_id": run_id, "seq": len(log)}])
-        self.broker.publish(run_id, final, final=True)
+        record_end(self.store, self.broker, run_id, status, summary, finished_event(status, summary))
         self.retention.prune(self.store, self.broker, self.out_root)

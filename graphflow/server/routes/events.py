@@ -1,0 +1,114 @@
+"""Live events: one run's as Server-Sent Events (resumable with ``Last-Event-ID``), every run's on
+one WebSocket (ComfyUI's shape, for tools written against it)."""
+
+# no `from __future__ import annotations`: FastAPI reads the routes' annotations, which name local dependencies
+
+import asyncio
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, WebSocket
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect
+
+from graphflow.server.auth import socket_allowed
+from graphflow.server.finish import finished_event
+from graphflow.server.routes import Services
+from graphflow.server.store import FINAL
+
+
+def _sse(e: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(raw_data=orjson.dumps(e).decode(), event=e["type"], id=str(e["seq"]))
+
+
+async def _stored_events(s: Services, run_id: str) -> list[dict[str, Any]] | None:
+    """The log of a run the broker no longer holds (ended before this server started, or long
+    ago); None while the run has not ended, whose events are still to come."""
+    stored = await run_in_threadpool(s.store.events, run_id)
+    if stored is None:  # ended with no log kept (left running by a crash, then given up): its end only
+        row = await run_in_threadpool(s.store.get, run_id)
+        if row is not None and row["status"] in FINAL:
+            stored = [{**finished_event(row["status"]), "run_id": run_id, "seq": 0}]
+    return stored
+
+
+def api_routes(s: Services) -> APIRouter:
+    api = APIRouter()
+
+    @api.get("/runs/{run_id}/events", response_class=EventSourceResponse,
+             summary="Server-Sent Events: what the run did so far, then live, ending with run_finished")
+    async def run_events(run: Annotated[dict[str, Any], Depends(s.known_run)],
+                         last_event_id: Annotated[str | None, Header()] = None):
+        run_id = run["id"]
+        k = int(last_event_id) + 1 if last_event_id and last_event_id.isdigit() else 0
+        while True:
+            waiter = s.broker.waiter(run_id)  # before reading: an event published in between still wakes it
+            batch, done, here = s.broker.read(run_id, k)
+            if not here:
+                stored = await _stored_events(s, run_id)
+                if stored is not None:
+                    s.broker.forget_waiter(run_id)
+                    for e in stored[k:]:
+                        yield _sse(e)
+                    return
+            for e in batch:
+                yield _sse(e)
+                k = e["seq"] + 1
+            if done:
+                s.broker.forget_waiter(run_id)
+                return
+            try:
+                await asyncio.wait_for(waiter.wait(), 5.0)  # the timeout re-checks a run queued before a restart
+            except TimeoutError:
+                pass
+
+    return api
+
+
+def open_routes(s: Services) -> APIRouter:
+    """Mounted outside the /api token dependency: the socket checks the token itself
+    (``auth.socket_allowed``), since a browser can only send it in the query string."""
+    router = APIRouter()
+
+    @router.websocket("/api/ws")
+    async def socket(ws: WebSocket) -> None:
+        """Every run's events as ``{"type": …, "data": {…}}`` messages (ComfyUI's shape). Browsers
+        cannot set headers on a WebSocket, so the token may also come as ``?token=``."""
+        if not socket_allowed(ws, s.settings.token):
+            await ws.close(code=1008)
+            return
+        await ws.accept()
+        q = s.broker.socket_queue()
+        closed = asyncio.ensure_future(_until_closed(ws))
+        try:
+            await ws.send_text(orjson.dumps({"type": "status", "data": {"counts": s.store.counts()}}).decode())
+            while True:
+                get = asyncio.ensure_future(q.get())
+                await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    break
+                e = get.result()
+                if e is None:  # fell too far behind
+                    await ws.close(code=1013)
+                    break
+                await ws.send_text(orjson.dumps({"type": e["type"], "data": e}).decode())
+        except (WebSocketDisconnect, RuntimeError, ConnectionError):
+            pass
+        finally:
+            s.broker.drop_socket(q)
+            closed.cancel()
+
+    return router
+
+
+async def _until_closed(ws: WebSocket) -> None:
+    """Reads (and ignores) what the client sends, until it goes: only a read notices that it went."""
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+    except (WebSocketDisconnect, RuntimeError):
+        return

@@ -1,0 +1,35 @@
+"""What a person or a monitor looks at first: the web page (open, like any page: its API calls
+carry the token) and the queue's status (behind the token)."""
+
+# no `from __future__ import annotations`: FastAPI reads the routes' annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+from graphflow.server.routes import Services
+
+PAGE = Path(__file__).parent.parent / "page.html"
+
+
+def api_routes(s: Services) -> APIRouter:
+    api = APIRouter()
+
+    @api.get("/status", summary="The queue: how many runs wait, which one runs")
+    def status() -> dict[str, Any]:
+        return {"counts": s.store.counts(), "time": time.time()}
+
+    return api
+
+
+def open_routes(s: Services) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    return router
