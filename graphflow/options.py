@@ -56,10 +56,10 @@ def executor_options(device: str = "cpu", dtype: str = "float32", cache_dir: str
                      cache_max_size: str | None = None, check_finite: bool = True) -> dict[str, Any]:
     """Executor keyword arguments from settings as a user writes them (a size as ``500M``); a Ray
     sweep sends the same dict to each of its workers. Raises ValueError naming the bad setting."""
-    from graphflow.cache.disk import DEFAULT_MAX_BYTES, parse_size
+    from graphflow.sizes import DEFAULT_CACHE_BYTES, parse_size
 
     try:
-        max_size = DEFAULT_MAX_BYTES if cache_max_size is None else parse_size(cache_max_size)
+        max_size = DEFAULT_CACHE_BYTES if cache_max_size is None else parse_size(cache_max_size)
     except ValueError as e:
         raise ValueError(f"argument --cache-max-size: {e}") from None
     folder = None if no_cache else os.path.abspath(cache_dir or default_cache_dir())

@@ -6,10 +6,12 @@ import argparse
 import sys
 
 from graphflow import options
+from graphflow.sizes import DEFAULT_CACHE_BYTES, short_size
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from graphflow.cache.disk import DEFAULT_MAX_BYTES, DiskCache, format_size, parse_size
+    from graphflow.cache.disk import DiskCache
+    from graphflow.sizes import format_size, parse_size
 
     disk = DiskCache(args.cache_dir or options.default_cache_dir(), max_bytes=None)
     if args.max_size is not None and not args.prune:
@@ -20,7 +22,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         return options.EXIT_OK
     if args.prune:
         try:
-            limit = DEFAULT_MAX_BYTES if args.max_size is None else parse_size(args.max_size)
+            limit = DEFAULT_CACHE_BYTES if args.max_size is None else parse_size(args.max_size)
         except ValueError as e:
             print(f"graphflow cache: error: argument --max-size: {e}", file=sys.stderr)
             return options.EXIT_INVALID
@@ -43,5 +45,6 @@ def add_parser(sub) -> None:
     what.add_argument("--prune", action="store_true",
                       help="delete least-recently-used entries until the cache holds at most --max-size, and temporary "
                            "files that killed processes left over an hour ago")
-    c.add_argument("--max-size", metavar="SIZE", help="the size --prune shrinks the cache to: 500M, 4G or bytes (default: 4G)")
+    c.add_argument("--max-size", metavar="SIZE",
+                   help=f"the size --prune shrinks the cache to: 500M, 4G or bytes (default: {short_size(DEFAULT_CACHE_BYTES)})")
     c.set_defaults(func=cmd_cache)

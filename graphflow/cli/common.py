@@ -12,6 +12,7 @@ import orjson
 
 from graphflow import options
 from graphflow.problems import Problem, ValidationFailed
+from graphflow.sizes import DEFAULT_CACHE_BYTES, short_size
 
 
 def plugin_flags(sp: argparse.ArgumentParser) -> None:
@@ -39,7 +40,8 @@ def execution_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
     sp.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
     sp.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
-    sp.add_argument("--cache-max-size", metavar="SIZE", help="disk cache limit, least recently used out first (500M; default 4G)")
+    sp.add_argument("--cache-max-size", metavar="SIZE",
+                    help=f"disk cache limit, least recently used out first (500M; default {short_size(DEFAULT_CACHE_BYTES)})")
     sp.add_argument("--no-check-finite", action="store_true", help="do not fail a node whose output holds NaN or Inf")
 
 

@@ -42,23 +42,23 @@ def nodes_markdown(reg) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _port_line(p, inputs: bool) -> str:
-    bits = [f"{p.name}: {p.kind}"]
+def port_line(p, inputs: bool) -> str:
+    """One port as `describe` prints it, from the same description `/api/nodes` serves."""
+    from graphflow.node.describe import BOUNDS, describe_port
+
+    d = describe_port(p, inputs)
+    bits = [f"{d['name']}: {d['kind']}"]
     if inputs:
-        if p.required:
-            bits.append("required")
-        else:
-            bits.append(f"default {p.default!r}")
-        if p.choices:
-            bits.append("one of " + ", ".join(repr(c) for c in p.choices))
-        for m in p.metadata:
-            for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-                if getattr(m, attr, None) is not None:
-                    bits.append(f"{sym} {getattr(m, attr)}")
-        if not p.kind.literal:
+        bits.append("required" if d["required"] else f"default {d['default']!r}")
+        if "choices" in d:
+            bits.append("one of " + ", ".join(repr(c) for c in d["choices"]))
+        bits += [f"{sym} {d[attr]}" for attr, sym in BOUNDS.items() if attr in d]
+        if "limit" in d:
+            bits.append(f"ceiling {d['limit']} (--limit)")
+        if d["link_only"]:
             bits.append("link only")
     head = "  " + ", ".join(bits)
-    return head + (f"\n      {p.description}" if p.description else "")
+    return head + (f"\n      {d['description']}" if d["description"] else "")
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -74,10 +74,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
     print(textwrap.indent(n.doc(), "  "))
     print("inputs:")
     for p in n.inputs.values():
-        print(_port_line(p, True))
+        print(port_line(p, True))
     print("outputs:")
     for p in n.outputs.values():
-        print(_port_line(p, False))
+        print(port_line(p, False))
     return options.EXIT_OK
 
 

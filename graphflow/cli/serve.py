@@ -11,10 +11,10 @@ from pathlib import Path
 from graphflow import options
 from graphflow.cli import common
 from graphflow.problems import ValidationFailed
+from graphflow.sizes import DEFAULT_BODY_BYTES, parse_size, short_size
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from graphflow.cache.disk import parse_size
     from graphflow.server.app import LOOPBACK_NAMES, Settings
     from graphflow.server.catalog import shipped_folder
     from graphflow.server.main import is_loopback, serve
@@ -62,7 +62,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--out", default="out", help="folder for the runs' files, OUT/runs/<id>/ (default: out)")
     sp.add_argument("--db", help="the SQLite file of the queue and history (default: OUT/graphflow.db)")
     sp.add_argument("--max-queue", type=int, default=1000, help="runs that may wait; more are answered 429 (default: 1000)")
-    sp.add_argument("--max-body", default="16M", help="largest request body; larger ones are answered 413 (default: 16M)")
+    sp.add_argument("--max-body", default=short_size(DEFAULT_BODY_BYTES),
+                    help=f"largest request body; larger ones are answered 413 (default: {short_size(DEFAULT_BODY_BYTES)})")
     sp.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                     help="allow cross-origin calls from this origin (e.g. http://localhost:5173); repeatable (default: CORS off)")
     sp.add_argument("--workflows", help="folder of the workflows offered by name (default: the shipped workflows/)")

@@ -24,6 +24,7 @@ from graphflow.server.retention import Retention
 from graphflow.server.routes import Services, events, files, page, runs, workflows
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
+from graphflow.sizes import DEFAULT_BODY_BYTES
 from graphflow.version import __version__
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -35,7 +36,7 @@ class Settings:
     db: Path
     token: str | None = None
     max_queue: int = 1000
-    max_body: int = 16 << 20
+    max_body: int = DEFAULT_BODY_BYTES
     cors_origins: list[str] = field(default_factory=list)
     #: Host headers accepted (None: any); a loopback server accepts only loopback names, which
     #: stops DNS-rebinding pages from reaching it under a name of their own
