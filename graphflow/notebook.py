@@ -44,6 +44,9 @@ def executor(**options: Any):
     return _default
 
 
+_shared = executor  # run() and sweep() take an ``executor`` argument, which hides the function's name
+
+
 def _workflow(wf):
     """A Workflow as given, or loaded from a path (a .json file or a picture graphflow saved)."""
     if isinstance(wf, (str, Path)):
@@ -65,7 +68,7 @@ def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bo
     next node or loop step and the KeyboardInterrupt is raised once it has."""
     from graphflow.views.text import Progress
 
-    ex = executor or globals()["executor"]()
+    ex = executor or _shared()
     wf = _workflow(wf)
     if values:
         wf = wf.with_params(**values)
@@ -87,7 +90,7 @@ def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None =
     ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``)."""
     from graphflow.sweep import Sweep, runner
 
-    ex = None if ray else (executor or globals()["executor"]())
+    ex = None if ray else (executor or _shared())
     sw = Sweep(_workflow(wf), grid, zip, out_dir, resume, runner=runner(ex, ray, **ray_options))
     bar = _bar()(total=len(sw), desc="sweep", unit="item", leave=False, disable=not progress)
     try:
