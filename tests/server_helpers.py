@@ -27,7 +27,8 @@ class ThreadServer:
         from graphflow.engine.executor import Executor
         from graphflow.node.limits import Limits
         from graphflow.node.registry import default_registry
-        from graphflow.server.app import LOOPBACK_NAMES, Settings, create_app
+        from graphflow.server.app import create_app
+        from graphflow.server.settings import LOOPBACK_NAMES, Settings
         from graphflow.server.catalog import shipped_folder
 
         self.tmp = Path(tmp)

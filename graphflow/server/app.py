@@ -6,7 +6,6 @@ who may call is ``auth``'s.
 
 import asyncio
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -22,30 +21,10 @@ from graphflow.server.broker import Broker
 from graphflow.server.catalog import Catalog
 from graphflow.server.retention import Retention
 from graphflow.server.routes import Services, events, files, page, runs, workflows
+from graphflow.server.settings import Settings
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
-from graphflow.sizes import DEFAULT_BODY_BYTES
 from graphflow.version import __version__
-
-LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
-
-
-@dataclass
-class Settings:
-    out: Path
-    db: Path
-    token: str | None = None
-    max_queue: int = 1000
-    max_body: int = DEFAULT_BODY_BYTES
-    cors_origins: list[str] = field(default_factory=list)
-    #: Host headers accepted (None: any); a loopback server accepts only loopback names, which
-    #: stops DNS-rebinding pages from reaching it under a name of their own
-    allowed_hosts: list[str] | None = None
-    workflows: Path | None = None
-    #: ended runs kept in the history with their files: the newest ``keep_runs``, none older than ``keep_days`` (None: no limit)
-    keep_runs: int | None = 10_000
-    keep_days: float | None = None
-
 
 def problems_response(e: ValidationFailed) -> JSONResponse:
     """Every problem at once, each with its code and field, as ``graphflow validate --json``

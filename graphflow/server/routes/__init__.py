@@ -12,7 +12,7 @@ check the token themselves or need none."""
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import HTTPException
 
@@ -20,16 +20,14 @@ from graphflow.node.registry import Registry
 from graphflow.server.broker import Broker
 from graphflow.server.catalog import Catalog
 from graphflow.server.outputs import RUN_ID
+from graphflow.server.settings import Settings
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
-
-if TYPE_CHECKING:
-    from graphflow.server.app import Settings
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, as FastAPI hashes known_run, a dependency
 class Services:
-    settings: "Settings"
+    settings: Settings
     out: Path  # the runs' files, resolved once
     registry: Registry
     store: Store

@@ -1,0 +1,28 @@
+"""What a server is told at start: where its files and database live, its token, queue and body
+limits, which Host names and origins it accepts, and how long it keeps ended runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graphflow.sizes import DEFAULT_BODY_BYTES
+
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+@dataclass
+class Settings:
+    out: Path
+    db: Path
+    token: str | None = None
+    max_queue: int = 1000
+    max_body: int = DEFAULT_BODY_BYTES
+    cors_origins: list[str] = field(default_factory=list)
+    #: Host headers accepted (None: any); a loopback server accepts only loopback names, which
+    #: stops DNS-rebinding pages from reaching it under a name of their own
+    allowed_hosts: list[str] | None = None
+    workflows: Path | None = None
+    #: ended runs kept in the history with their files: the newest ``keep_runs``, none older than ``keep_days`` (None: no limit)
+    keep_runs: int | None = 10_000
+    keep_days: float | None = None
