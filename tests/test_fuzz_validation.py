@@ -54,7 +54,7 @@ def _mutate(doc: dict, rng: random.Random) -> dict:
 @pytest.mark.parametrize("seed", range(4))
 def test_damaged_workflows_get_problems_not_crashes(seed):
     rng = random.Random(seed)
-    reg = graphflow.node.registry()
+    reg = graphflow.registry()
     invalid = 0
     for _ in range(400):
         doc = _mutate(rng.choice(DOCS), rng)
