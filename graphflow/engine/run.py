@@ -70,7 +70,7 @@ class Runner:
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = {}
         self.shape = shape(self.c)
-        self.specs: dict[str, tuple] = self.c.memo.setdefault("input_specs", {})
+        self.specs = self.c.memo.input_specs
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
         self.failed: dict[str, str] = {}

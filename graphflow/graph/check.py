@@ -31,6 +31,7 @@ from graphflow.node.declaration import Node, Port
 from graphflow.node.kinds import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
 from graphflow.node.registry import Registry
+from graphflow.graph.memo import Memo
 from graphflow.graph.scopes import scope_order, variance
 
 #: the port kind of each declared parameter type (format.ParamType names them)
@@ -62,9 +63,8 @@ class CheckedGraph:
     within: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: body member -> the enclosing scopes it changes with from item to item (see ``variance``)
     varies: dict[str, frozenset[str]] = field(default_factory=dict)
-    #: what later stages derive from the document alone (fingerprint recipes, the plan's shape,
-    #: input specs, fingerprints per parameter set), worked out on first use and kept with it
-    memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: what later stages derive from the document alone, worked out on first use (``memo.py``)
+    memo: Memo = field(default_factory=Memo, repr=False)
 
     def level(self, m: str) -> str | None:
         """The innermost scope a body member changes with: it runs once per item of that scope,
