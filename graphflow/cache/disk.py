@@ -1,12 +1,12 @@
 """Node outputs kept on disk, for later processes and other workers: one safetensors file per
-fingerprint with a checksum of its tensors. An entry that fails to read or to match its checksum
-is deleted and recomputed, never trusted. Several processes may share one folder; it keeps itself
-under a size limit by evicting the least recently used entries (see ``DiskCache``).
+fingerprint with a checksum of its tensors (the format: ``entry.py``). An entry that fails to read
+or to match its checksum is deleted and recomputed, never trusted. Several processes may share one
+folder; it keeps itself under a size limit by evicting the least recently used entries (see
+``DiskCache``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -16,53 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from graphflow.atomic import write_atomic
-
-
-class _Unstorable(Exception):
-    pass
-
-
-def _encode(value: Any, name: str, tensors: dict[str, Any], torch: Any) -> Any:
-    """A value as JSON-able layout, with its tensors moved into ``tensors``."""
-    if isinstance(value, torch.Tensor):
-        # a contiguous copy: safetensors refuses shared storage and other layouts; a channels-last
-        # tensor (what a VAE makes of a picture) is marked, so it comes back in its own layout and
-        # the convolutions after it sum in the same order as on a fresh run
-        channels_last = value.dim() == 4 and not value.is_contiguous() and value.is_contiguous(memory_format=torch.channels_last)
-        tensors[name] = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-        return {"t": name, "channels_last": True} if channels_last else {"t": name}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return {"v": value}
-    if isinstance(value, (list, tuple)):
-        return {"l": [_encode(v, f"{name}.{i}", tensors, torch) for i, v in enumerate(value)], "tuple": isinstance(value, tuple)}
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"d": {k: _encode(v, f"{name}.{k}", tensors, torch) for k, v in value.items()}}
-    raise _Unstorable(type(value).__name__)
-
-
-def _decode(layout: Any, tensors: dict[str, Any], torch: Any) -> Any:
-    if "t" in layout:
-        t = tensors[layout["t"]]
-        return t.contiguous(memory_format=torch.channels_last) if layout.get("channels_last") else t
-    if "v" in layout:
-        return layout["v"]
-    if "l" in layout:
-        items = [_decode(v, tensors, torch) for v in layout["l"]]
-        return tuple(items) if layout.get("tuple") else items
-    return {k: _decode(v, tensors, torch) for k, v in layout["d"].items()}
-
-
-def _digest(tensors: dict[str, Any], torch: Any) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+from graphflow.cache.entry import decode, encode, header_len, read_header
 
 
 DEFAULT_MAX_BYTES = 4 << 30
@@ -73,7 +28,6 @@ STALE_TMP_SECONDS = 3600
 
 _PRUNE_TO = 0.9  # an automatic prune evicts down to 90 % of the limit, so the next puts do not prune again
 _RESYNC_PUTS = 100  # at the latest after this many puts a process looks at the folder's real size
-_MAX_HEADER = 100 << 20  # a safetensors header is small; a length field above this is not one
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?|B)?\s*", re.IGNORECASE)
@@ -268,23 +222,6 @@ class DiskCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def _header(self, data: bytes) -> dict[str, Any]:
-        header_len = int.from_bytes(data[:8], "little")
-        header = orjson.loads(data[8 : 8 + header_len])
-        try:
-            info = orjson.loads(header["__metadata__"]["graphflow"])
-            _ = info["key"], info["outputs"].keys()
-        except (KeyError, TypeError, AttributeError):
-            raise ValueError("not a graphflow cache entry (a safetensors file without its metadata)") from None
-        return info
-
-    @staticmethod
-    def _header_len(head: bytes, file_size: int) -> int:
-        n = int.from_bytes(head, "little")
-        if len(head) < 8 or not 2 <= n <= min(file_size - 8, _MAX_HEADER):
-            raise ValueError("not a safetensors file")
-        return n
-
     @staticmethod
     def _discard(p: Path, st: os.stat_result | None) -> None:
         """Delete a damaged entry, unless another process has meanwhile renamed a new file over it
@@ -307,7 +244,7 @@ class DiskCache:
             with open(p, "rb") as f:
                 st = os.fstat(f.fileno())
                 head = f.read(8)
-                info = self._header(head + f.read(self._header_len(head, st.st_size)))
+                info = read_header(head + f.read(header_len(head, st.st_size)))
             if info["key"] != key:
                 raise ValueError("the entry belongs to another key")
             outputs = info["outputs"].keys()
@@ -325,19 +262,8 @@ class DiskCache:
         st = None
         try:
             with open(p, "rb") as f:
-                import torch
-                from safetensors.torch import load
-
                 st = os.fstat(f.fileno())
-                data = f.read()
-                self._header_len(data[:8], len(data))
-                tensors = load(data)
-                info = self._header(data)
-                if info["key"] != key:
-                    raise ValueError("the entry belongs to another key")
-                if _digest(tensors, torch) != info["sha256"]:
-                    raise ValueError("checksum mismatch")
-                outputs = {name: _decode(lay, tensors, torch) for name, lay in info["outputs"].items()}
+                outputs = decode(f.read(), key)
                 if not needed <= outputs.keys():
                     return None, None
                 try:  # the most recently used now; by descriptor, so never a file renamed over it since
@@ -354,23 +280,8 @@ class DiskCache:
     def put(self, key: str, outputs: dict[str, Any]) -> bool:
         """Store the storable outputs; False when none is storable or the entry alone exceeds the
         size limit."""
-        import torch
-        from safetensors.torch import save
-
-        tensors: dict[str, Any] = {}
-        layout = {}
-        for name, value in outputs.items():
-            part: dict[str, Any] = {}
-            try:
-                layout[name] = _encode(value, f"o.{name}", part, torch)
-            except _Unstorable:
-                continue
-            tensors.update(part)
-        if not layout:
-            return False
-        meta = {"graphflow": orjson.dumps({"key": key, "outputs": layout, "sha256": _digest(tensors, torch)}).decode()}
-        data = save(tensors, metadata=meta)
-        if self.max_bytes is not None and len(data) > self.max_bytes:
+        data = encode(key, outputs)
+        if data is None or (self.max_bytes is not None and len(data) > self.max_bytes):
             return False
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)

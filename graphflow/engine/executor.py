@@ -11,23 +11,18 @@ threads than cores and stops spin-waiting between parallel regions, which made e
 2-core machine about 2x slower (bench/bench_threads.py). A caller that does torch work and runs
 its workflows on its own thread keeps one team.
 
-Listeners are called off the run's thread, through a bounded queue, so a slow listener never slows
-a run; a hook that must act at an exact point subscribes ``on_run_thread=True``. A run counts as
-finished (``run`` returns, ``result()`` answers) once its last event has reached every listener:
-a script that subscribes, runs and then checks what its listener saw needs no ``flush``.
+Who hears a run's events, and when a run counts as finished: ``listeners.py``. What Ctrl-C does
+to ``run``: ``interrupt.py``.
 """
 
 from __future__ import annotations
 
 import queue
-import signal
-import sys
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +33,14 @@ from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.node.limits import Limits
 from graphflow.cache.memory import MemoryCache
 from graphflow.engine.model_manager import ModelManager
+from graphflow.engine.interrupt import interrupt_cancels
+from graphflow.engine.listeners import Listeners, awaited, start_thread
 from graphflow.engine.plan import Keys, RunOptions, plan
 from graphflow.engine.results import NodeError, NodeStat, RunResult
 from graphflow.engine.run import Runner
 from graphflow.cache.stores import Stores
 
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
-
-_FLUSH = object()  # a marker in the listeners' queue: everything before it was delivered
-_DISPATCHER = "graphflow-dispatch"  # the name _start gives the thread that calls listeners
 
 
 class RunHandle:
@@ -81,8 +75,7 @@ class RunHandle:
         """Waits for the run and for its events to reach every listener. Called by a listener (on
         the thread that delivers events), it waits for the run alone: the listener's own call is
         what delivery is waiting for."""
-        done = self._ran if threading.current_thread().name == _DISPATCHER else self._finished
-        if not done.wait(timeout):
+        if not awaited(self._ran, self._finished).wait(timeout):
             raise TimeoutError(f"run {self.id} is still {self.status}")
         assert self._result is not None
         return self._result
@@ -133,9 +126,7 @@ class Executor:
         if models is not None and (models.device, models.dtype) != (device, dtype):
             raise ValueError(f"the shared model manager runs on {models.device}/{models.dtype}, this executor on {device}/{dtype}")
         self.models = models if models is not None else ModelManager(device, dtype, model_budget)
-        self._sync: list[Callable[[ev.Event], None]] = []
-        self._async: list[Callable[[ev.Event], None]] = []
-        self._events: queue.Queue = queue.Queue(maxsize=listener_queue)
+        self._listeners = Listeners(listener_queue)
         self._runs: queue.Queue[RunHandle] = queue.Queue()
         self._pending: list[RunHandle] = []
         # reentrant: Executor.cancel() may be called by a signal handler (the CLI's) on the thread
@@ -144,7 +135,6 @@ class Executor:
         self._busy = threading.Lock()  # held by whichever thread executes a run (the worker or a run() caller)
         self._run_thread: int | None = None  # that thread, while it does: its own run() calls nest inline
         self._worker: threading.Thread | None = None
-        self._dispatcher: threading.Thread | None = None
         self._current: RunHandle | None = None
 
     # --- listeners -----------------------------------------------------------------------------
@@ -153,34 +143,11 @@ class Executor:
         """Call ``listener(event)`` for every event of every run; returns a function that
         unsubscribes. ``on_run_thread=True`` calls it synchronously, for hooks that must act at an
         exact point (it then slows the run by its own time)."""
-        group = self._sync if on_run_thread else self._async
-        with self._lock:
-            group.append(listener)
-            if not on_run_thread and self._dispatcher is None:
-                self._dispatcher = _start(_dispatch, self, self._events)
-        return lambda: group.remove(listener) if listener in group else None
-
+        return self._listeners.subscribe(listener, on_run_thread)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted so far has reached the listeners; False on timeout."""
-        if self._dispatcher is None:
-            return True
-        done = threading.Event()
-        self._events.put((_FLUSH, done))
-        return done.wait(timeout)
-
-    def _emitter(self, h: RunHandle, on_event: Callable[[ev.Event], None] | None = None) -> Callable[[ev.Event], None]:
-        sync, record, put = self._sync, h._record, self._events.put
-
-        def emit(e: ev.Event) -> None:
-            record(e)
-            for f in sync:
-                f(e)
-            if on_event is not None:
-                on_event(e)
-            if self._async:
-                put((e, None))
-        return emit
+        return self._listeners.flush(timeout)
 
     # --- runs ----------------------------------------------------------------------------------
 
@@ -198,7 +165,7 @@ class Executor:
         with self._lock:
             self._pending.append(h)
             if self._worker is None:
-                self._worker = _start(_work, self, self._runs)
+                self._worker = start_thread(_work, self, self._runs)
         self._runs.put(h)
 
     def run(self, wf: Any, params: dict[str, Any] | None = None, *, out_dir: str | Path | None = None,
@@ -232,7 +199,7 @@ class Executor:
                 turn.set()
         if not now:
             self._enqueue(h)  # the worker sets the turn, holding the busy lock for this thread
-        with _interrupt_cancels(h):
+        with interrupt_cancels(h.cancel_event):
             try:
                 while not turn.wait(0.25):  # short waits: a signal is handled promptly
                     if h.cancel_event.is_set():
@@ -262,19 +229,15 @@ class Executor:
     def _finish_cancelled(self, h: RunHandle) -> None:
         h.status = "cancelled"
         h._result = RunResult({}, [], {}, True, 0.0, {n: "the run was cancelled" for n in h.bound.checked.doc.outputs}, h.id)
-        self._emitter(h)(ev.RunFinished(0.0, False, True, h.id))
+        self._listeners.emitter(h._record)(ev.RunFinished(0.0, False, True, h.id))
         self._finished(h)
 
     def _finished(self, h: RunHandle) -> None:
-        """The run has executed; it finishes once the listeners' queue has delivered every event
-        it emitted (at once when nothing listens off the run thread)."""
+        """The run has executed: its event streams end; it finishes once its events are delivered."""
         h._ran.set()
         with h._grew:
             h._grew.notify_all()
-        if self._async and self._dispatcher is not None:
-            self._events.put((_FLUSH, h._finished))
-        else:
-            h._finished.set()
+        self._listeners.finish(h._finished)
 
     def cancel(self) -> None:
         """Cancel the running run and every queued one."""
@@ -317,7 +280,7 @@ class Executor:
             self._finish_cancelled(h)
             return
         outer_thread, self._run_thread = self._run_thread, threading.get_ident()
-        emit = self._emitter(h, on_event)
+        emit = self._listeners.emitter(h._record, on_event)
         runner, interrupted, t0 = None, None, time.perf_counter()
         try:
             with fewer_gc_passes():
@@ -360,45 +323,6 @@ class Executor:
         self.close()
 
 
-def _start(loop: Callable, ex: Executor, q: queue.Queue) -> threading.Thread:
-    """A daemon thread that holds the executor only weakly, so a dropped executor (and its caches)
-    is collected; collection sends the thread a stop sentinel."""
-    t = threading.Thread(target=loop, args=(weakref.ref(ex), q), name=f"graphflow-{loop.__name__.strip('_')}", daemon=True)
-    weakref.finalize(ex, q.put, None)
-    t.start()
-    return t
-
-
-@contextmanager
-def _interrupt_cancels(h: RunHandle) -> Iterator[None]:
-    """While ``run`` executes (or waits) on the main thread with Python's default SIGINT handler
-    (a script, Jupyter's kernel during a cell), the first SIGINT cancels the run instead of raising
-    wherever the thread happens to be; the KeyboardInterrupt is raised once the run has stopped. A
-    second SIGINT raises at once. The way ``asyncio.run`` treats Ctrl-C. Any other handler (the
-    CLI's, a test's) is left in place."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    hits: list[int] = []
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if hits:
-            raise KeyboardInterrupt
-        hits.append(signum)
-        if not h.cancel_event.is_set():  # nothing more: this thread may hold the executor's lock
-            h.cancel_event.set()
-        sys.stderr.write("\ninterrupted: the run stops at its next node or loop step (interrupt again to stop at once)\n")
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if hits:
-        raise KeyboardInterrupt
-
-
 def _work(ref: weakref.ref, runs: queue.Queue) -> None:
     while (h := runs.get()) is not None:
         ex = ref()
@@ -407,18 +331,3 @@ def _work(ref: weakref.ref, runs: queue.Queue) -> None:
         ex._take_turn(h)
         del ex, h  # hold neither the executor nor a run's results while waiting
 
-
-def _dispatch(ref: weakref.ref, events: queue.Queue) -> None:
-    while (item := events.get()) is not None:
-        e, done = item
-        if e is _FLUSH:
-            done.set()  # a flush() waiting, or a run finishing
-        else:
-            ex = ref()
-            for f in list(ex._async) if ex is not None else ():
-                try:
-                    f(e)
-                except Exception:  # a broken listener must not stop the others
-                    pass
-            ex = None
-        del item, e, done

@@ -16,11 +16,12 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from graphflow.document.tree import Link, LinkList, Lit, ParamRef, ScopeDef
+from graphflow.graph.memo import Recipe
 
 DIGEST = 20  # bytes of blake2b: 160 bits, as git's object ids
 
@@ -150,19 +151,10 @@ def _bytes(value: Any) -> bytes:
         return repr(value).encode()
 
 
-class _Recipe(NamedTuple):
-    static: bytes  # what never changes for the document: type, versions, condition
-    values: bytes | None  # the inline values, serialised, when no parameter feeds the node
-    value_fields: tuple  # the fields holding values (literals or parameters)
-    dynamic: tuple  # (tag, field, ref, file marker or None) for links and file inputs
-    uses: frozenset
-    pure: bool
-
-
-def _recipes(c) -> dict[str, _Recipe]:
+def _recipes(c) -> dict[str, Recipe]:
     """Per node, the part of its key fixed by the document, serialised once per checked graph.
     A file input's literal path is left out: the file is identified by its content."""
-    memo = c.memo.get("recipes")
+    memo = c.memo.recipes
     if memo is not None:
         return memo
     memo = {}
@@ -185,8 +177,8 @@ def _recipes(c) -> dict[str, _Recipe]:
         lits = None
         if all(isinstance(r, Lit) for f, r in refs if f in fields):
             lits = _bytes({f: c.literals.get((nid, f), r.value) for f, r in refs if f in fields})
-        memo[nid] = _Recipe(_bytes(static), lits, tuple(fields), tuple(dynamic), uses, pure)
-    c.memo["recipes"] = memo
+        memo[nid] = Recipe(_bytes(static), lits, tuple(fields), tuple(dynamic), uses, pure)
+    c.memo.recipes = memo
     return memo
 
 
@@ -210,7 +202,7 @@ class Keys:
     def all(self, members: list[str]) -> None:
         """Fingerprint every member, from the remembered keys of this parameter set if the files
         they read are unchanged."""
-        memo = self.c.memo.setdefault("fingerprints", {})
+        memo = self.c.memo.fingerprints
         mkey = (_bytes(self.b.params), self.options)
         hit = memo.get(mkey)
         if hit is not None and all(content_id(p) == cid for p, cid in hit[1]):

@@ -14,8 +14,9 @@ from typing import Protocol
 
 from graphflow.document.tree import NodeDef, ScopeDef, links_of, ref_links
 from graphflow.engine.fingerprint import Keys, RunOptions
+from graphflow.graph.memo import Shape
 
-__all__ = ["CacheIndex", "Keys", "Plan", "RunOptions", "plan"]
+__all__ = ["CacheIndex", "Keys", "Plan", "RunOptions", "Shape", "plan"]
 
 
 class CacheIndex(Protocol):
@@ -39,20 +40,9 @@ class Plan:
     keep: set[str] = field(default_factory=set)
 
 
-@dataclass
-class Shape:
-    """What planning needs that depends on the document alone: computed once per checked graph."""
-
-    members: list[str]  # the top-level members the outputs need, in order
-    consumed: dict[str, set[str]]
-    keep: set[str]
-    pure: dict[str, bool]
-    ports: dict[str, set[str]]  # every output port of each member
-    to_disk: dict[str, bool]
-
-
 def shape(c) -> Shape:
-    memo = c.memo.get("shape")
+    """What planning needs that depends on the document alone: computed once per checked graph."""
+    memo = c.memo.shape
     if memo is not None:
         return memo
     preds = c.preds[None]
@@ -73,7 +63,7 @@ def shape(c) -> Shape:
             if link.node in consumed and link.node != n:
                 consumed[link.node].add(link.port)
     scope = {n: isinstance(c.nodes[n], ScopeDef) for n in members}
-    c.memo["shape"] = memo = Shape(
+    c.memo.shape = memo = Shape(
         members, consumed, {link.node for link in outputs},
         {n: is_pure(c, n) for n in members},
         {n: output_ports(c, n) for n in members},
@@ -85,7 +75,7 @@ def shape(c) -> Shape:
 def body_order(c, sid: str) -> list[str]:
     """The members of a scope's body that its values need (what ``next`` and ``collect`` read,
     and every side effect), in order; once per checked graph."""
-    memo = c.memo.setdefault("body_order", {})
+    memo = c.memo.body_order
     hit = memo.get(sid)
     if hit is None:
         s, preds = c.nodes[sid], c.preds[sid]

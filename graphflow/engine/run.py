@@ -1,5 +1,5 @@
-"""run: plan → results. Executes the planned steps in order, scopes (Loop, Map) at any depth,
-emits events, stores what it computed. It never re-plans inside a scope; at the top level it
+"""run: plan → results. Executes the planned steps in order (scopes, Loop and Map at any depth:
+``scope_run.py``), emits events, stores what it computed. It never re-plans inside a scope; at the top level it
 fingerprints late members when their inputs exist, and re-plans once a cache entry it counted on
 turns out damaged.
 """
@@ -16,8 +16,9 @@ from graphflow.engine import events as ev
 from graphflow.node.context import Cancelled, Context
 from graphflow.document.tree import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
 from graphflow.node.declaration import Outputs
-from graphflow.engine.plan import Keys, Plan, body_order, plan, shape
+from graphflow.engine.plan import Keys, Plan, plan, shape
 from graphflow.engine.results import NodeError, NodeStat, RunResult
+from graphflow.engine.scope_run import ScopeRunner
 from graphflow.cache.stores import Stores
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
@@ -69,13 +70,11 @@ class Runner:
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = {}
         self.shape = shape(self.c)
-        self.specs: dict[str, tuple] = self.c.memo.setdefault("input_specs", {})
+        self.specs = self.c.memo.input_specs
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
         self.failed: dict[str, str] = {}
         self.root_cause: dict[str, str] = {}
-        self.tokens: dict[str | None, int] = {}  # scope -> items begun so far (hoisting's clock)
-        self.memo: dict[str, tuple[tuple, dict[str, Any]]] = {}  # hoisted member -> (clock, outputs)
         o = keys.options
         self.ctx_values = {"iteration": None, "iterations": None, "device": o.device, "dtype": o.dtype, "models": models,
                            "out_dir": o.out_dir, "workflow": self.c.doc.raw, "params": self.b.params}
@@ -146,91 +145,6 @@ class Runner:
             raise NodeError(d.id, cls.type_name, f"output '{bad}' holds NaN or Inf", iteration, exc_type="NonFinite")
         return out
 
-    # --- scopes ----------------------------------------------------------------------------------
-
-    def run_body_node(self, d: NodeDef, frames: list, i: int | None, count: int) -> dict[str, Any]:
-        """One body node once (``i`` None: an invariant node, run once per run of its scope)."""
-        emit = self.emit
-        if emit:
-            emit(ev.NodeStarted(d.id, d.type, i, self.run_id))
-        t0 = time.perf_counter()
-        out = self.call(d, frames, i, count if i is not None else None)
-        dt = time.perf_counter() - t0
-        st = self.stat(d.id)
-        st.runs += 1
-        st.seconds += dt
-        st.status = "ran"
-        if emit:
-            emit(ev.NodeFinished(d.id, d.type, dt, None, i, self.run_id))
-        return out
-
-    def run_scope(self, s: ScopeDef, frames: list) -> dict[str, Any]:
-        seq = self.resolve(s.over, s.id, "over", frames)
-        try:
-            count = len(seq)
-        except TypeError:
-            raise NodeError(s.id, s.type, f"'over' is a {type(seq).__name__}, which has no length") from None
-        order = body_order(self.c, s.id)
-        varies = self.c.varies
-        frame: dict[str, dict[str, Any]] = {}
-        inner = [*frames, frame]
-        for m in order:
-            if s.id not in varies[m]:
-                frame[m] = self.hoisted(s.body[m], inner, count)
-        per_item = [m for m in order if s.id in varies[m]]
-        carry = {k: self.resolve(r, s.id, f"carry.{k}", frames) for k, r in s.carry.items()}
-        collected: dict[str, list] = {k: [] for k in s.collect}
-        emit = self.emit
-        for i, item in enumerate(seq):
-            if self.cancel.is_set():
-                raise Cancelled()
-            if emit:
-                emit(ev.LoopStep(s.id, i, count, self.run_id))
-            frame[s.id] = {s.item: item, "index": i, "count": count, **carry}
-            self.tokens[s.id] = self.tokens.get(s.id, 0) + 1
-            for m in per_item:
-                d = s.body[m]
-                if isinstance(d, NodeDef) and d.when and not d.when.active(i):
-                    frame[m] = {k: self.resolve(r, m, f"otherwise.{k}", inner) for k, r in d.otherwise.items()}
-                    if emit:
-                        emit(ev.NodeFinished(m, d.type, 0.0, "skipped", i, self.run_id))
-                    continue
-                frame[m] = self.run_member(d, inner, i, count)
-            for k, r in s.collect.items():
-                if isinstance(r, Link) and r.port not in frame.get(r.node, {r.port: None}):
-                    continue  # produced by a node that skipped this iteration
-                collected[k].append(self.resolve(r, s.id, f"collect.{k}", inner))
-            carry = {k: self.resolve(r, s.id, f"next.{k}", inner) for k, r in s.next.items()}
-        return {**carry, **collected}
-
-    def hoisted(self, d, frames: list, count: int) -> dict[str, Any]:
-        """A member that does not change with its scope's items: run once per item of the
-        innermost scope it does change with (once per run if none), however deep it sits."""
-        level = self.c.level(d.id)
-        key = (level, self.tokens.get(level, 0))
-        hit = self.memo.get(d.id)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        out = self.run_member(d, frames, None, count)
-        self.memo[d.id] = (key, out)
-        return out
-
-    def run_member(self, d, frames: list, i: int | None, count: int) -> dict[str, Any]:
-        if isinstance(d, NodeDef):
-            return self.run_body_node(d, frames, i, count)
-        emit = self.emit
-        if emit:
-            emit(ev.NodeStarted(d.id, d.type, i, self.run_id))
-        t0 = time.perf_counter()
-        out = self.run_scope(d, frames)
-        st = self.stat(d.id)
-        st.runs += 1
-        st.seconds += time.perf_counter() - t0
-        st.status = "ran"
-        if emit:
-            emit(ev.NodeFinished(d.id, d.type, time.perf_counter() - t0, None, i, self.run_id))
-        return out
-
     # --- the top level ---------------------------------------------------------------------------
 
     def late_key(self, m: str) -> str | None:
@@ -267,7 +181,8 @@ class Runner:
             if where != "run":
                 s.status = where
         else:
-            out = self.run_scope(d, []) if type(d) is ScopeDef else self.call(d, [])
+            # a scope's hoisting state lives as long as the scope's run: built per top-level scope
+            out = ScopeRunner(self).run_scope(d, []) if type(d) is ScopeDef else self.call(d, [])
             s.runs += 1
             s.status = "ran"
             if fp is not None and sh.pure[m]:

@@ -31,6 +31,7 @@ from graphflow.node.declaration import Node, Port
 from graphflow.node.kinds import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
 from graphflow.problems import Problem
 from graphflow.node.registry import Registry
+from graphflow.graph.memo import Memo
 from graphflow.graph.scopes import scope_order, variance
 
 #: the port kind of each declared parameter type (format.ParamType names them)
@@ -62,9 +63,8 @@ class CheckedGraph:
     within: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: body member -> the enclosing scopes it changes with from item to item (see ``variance``)
     varies: dict[str, frozenset[str]] = field(default_factory=dict)
-    #: what later stages derive from the document alone (fingerprint recipes, the plan's shape,
-    #: input specs, fingerprints per parameter set), worked out on first use and kept with it
-    memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: what later stages derive from the document alone, worked out on first use (``memo.py``)
+    memo: Memo = field(default_factory=Memo, repr=False)
 
     def level(self, m: str) -> str | None:
         """The innermost scope a body member changes with: it runs once per item of that scope,
@@ -97,6 +97,27 @@ def did_you_mean(name: str, options) -> str:
 def pyd_message(e: ValidationError) -> str:
     errs = e.errors()
     return "; ".join(err["msg"] for err in errs[:3]) if errs else str(e)
+
+
+def type_hint(name: str, registry: Registry) -> str:
+    """What an unknown node type might have meant: the same name in another case first."""
+    near = [t for t in registry.names() if t.lower() == name.lower()]
+    return f" (did you mean '{near[0]}'?)" if near else (did_you_mean(name, registry.names()) or " (see `graphflow nodes`)")
+
+
+def every_iteration_readers(s: ScopeDef, n: NodeDef) -> list[tuple[str, str, str]]:
+    """(port, reader, field) for each read of conditional node ``n``'s outputs, within ``s``, by
+    a member that runs on iterations ``n`` skips: a member under another condition (or none), or
+    the scope's 'next' values. What 'collect' reads is dropped on skipped iterations instead."""
+    readers: list[tuple[str, str, str]] = []
+    for m in s.body.values():
+        if isinstance(m, NodeDef) and m.when == n.when:
+            continue
+        for fld, ref in m.refs() if isinstance(m, NodeDef) else [(f, r) for f, r in m.refs() if not f.startswith(("next", "collect"))]:
+            readers += [(link.port, m.id, fld.split(".", 1)[-1]) for link in (ref.links if isinstance(ref, LinkList) else [ref])
+                        if isinstance(link, Link) and link.node == n.id]
+    readers += [(r.port, s.id, f"next.{k}") for k, r in s.next.items() if isinstance(r, Link) and r.node == n.id]
+    return readers
 
 
 class _Checker:
@@ -312,15 +333,7 @@ class _Checker:
         for n in s.body.values():
             if not isinstance(n, NodeDef) or n.when is None:
                 continue
-            readers: list[tuple[str, str, str]] = []
-            for m in s.body.values():
-                if isinstance(m, NodeDef) and m.when == n.when:
-                    continue
-                for fld, ref in m.refs() if isinstance(m, NodeDef) else [(f, r) for f, r in m.refs() if not f.startswith(("next", "collect"))]:
-                    readers += [(link.port, m.id, fld.split(".", 1)[-1]) for link in (ref.links if isinstance(ref, LinkList) else [ref])
-                                if isinstance(link, Link) and link.node == n.id]
-            readers += [(r.port, s.id, f"next.{k}") for k, r in s.next.items() if isinstance(r, Link) and r.node == n.id]
-            for port, reader, fld in readers:
+            for port, reader, fld in every_iteration_readers(s, n):
                 if port not in n.otherwise:
                     self.add("conditional_output", f"'{n.id}' runs only on some iterations, but '{reader}' reads its output "
                              f"'{port}' on every iteration: give '{n.id}' an 'otherwise' value for '{port}'", n.id, "otherwise")
@@ -330,9 +343,7 @@ class _Checker:
             if isinstance(n, NodeDef):
                 cls = self.reg.get(n.type)
                 if cls is None:
-                    near = [t for t in self.reg.names() if t.lower() == n.type.lower()]
-                    hint = f" (did you mean '{near[0]}'?)" if near else (did_you_mean(n.type, self.reg.names()) or " (see `graphflow nodes`)")
-                    self.add("unknown_node_type", f"unknown node type '{n.type}'{hint}", nid, "type")
+                    self.add("unknown_node_type", f"unknown node type '{n.type}'{type_hint(n.type, self.reg)}", nid, "type")
                 else:
                     self.types[nid] = cls
         for n in self.doc.nodes.values():

@@ -1,0 +1,76 @@
+"""What later stages work out from a checked document alone, kept with it.
+
+Binding, planning, fingerprinting and running derive the same facts from a document every time
+(the fingerprint recipe of each node, the plan's shape, which body members a scope needs, how
+each node reads its inputs, the fingerprints of recent parameter sets). A checked graph is made
+once per document and shared by every parameter set bound to it, so each fact is worked out on
+first use and kept here. The records are defined here, below the engine that fills them in,
+because the checked graph that keeps them sits below the engine.
+
+Each field is filled in by one writer, whole (or, for the dicts, one key at a time); a race
+between two threads computes the same value twice, never a wrong one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+__all__ = ["Memo", "Recipe", "Shape"]
+
+
+class Recipe(NamedTuple):
+    """The part of a node's fingerprint the document fixes (``engine.fingerprint``)."""
+
+    static: bytes  # what never changes for the document: type, versions, condition
+    values: bytes | None  # the inline values, serialised, when no parameter feeds the node
+    value_fields: tuple  # the fields holding values (literals or parameters)
+    dynamic: tuple  # (tag, field, ref, file marker or None) for links and file inputs
+    uses: frozenset
+    pure: bool
+
+
+@dataclass
+class Shape:
+    """What planning needs that depends on the document alone (``engine.plan.shape``)."""
+
+    members: list[str]  # the top-level members the outputs need, in order
+    consumed: dict[str, set[str]]
+    keep: set[str]
+    pure: dict[str, bool]
+    ports: dict[str, set[str]]  # every output port of each member
+    to_disk: dict[str, bool]
+
+
+#: (the parameter set serialised, the run options) -> (member -> fingerprint, for those that hold
+#: no run token; the (file, content id) pairs those fingerprints read)
+Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Path, str]]]]
+
+
+@dataclass(eq=False)
+class Memo:
+    #: node or scope id -> its fingerprint recipe; None until the first fingerprint
+    recipes: dict[str, Recipe] | None = None
+    #: the newest parameter sets' fingerprints (at most 32: a long sweep keeps the newest)
+    fingerprints: Fingerprints = field(default_factory=dict)
+    #: the top level's plan shape; None until the first plan
+    shape: Shape | None = None
+    #: scope id -> the body members its values need, in order (``engine.plan.body_order``)
+    body_order: dict[str, list[str]] = field(default_factory=dict)
+    #: node id -> per input: name, field, ref, how it is read, its value checker, its literal
+    #: (``engine.run.Runner.inputs_of``)
+    input_specs: dict[str, tuple] = field(default_factory=dict)
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        """Forget one field (back to empty) and return what it held: the call that worked when the
+        memo was a dict keyed by field name, still made by ``bench/bench_engine.py``
+        (``memo.pop("fingerprints", None)``); new code assigns the field."""
+        f = next((f for f in dataclasses.fields(self) if f.name == name), None)
+        if f is None:
+            return default
+        old = getattr(self, name)
+        setattr(self, name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        return old
