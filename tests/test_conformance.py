@@ -10,7 +10,7 @@ scheduler replaced by the real one, for the pipeline and the graph alike.
 
 Cells that cannot exist are left out by rule, in ``cells()``, never skipped: img2img where the
 pipeline keeps no timestep (``int(steps * strength) == 0``), a handoff where either model would
-get none, pixel models with schedulers no pixel pipeline runs correctly. ``tests/conformance.py``
+get none, pixel models with schedulers no pixel pipeline runs correctly. ``tests/conformance_table.py``
 renders the list (and the figures a run measured) as the README's table."""
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ MEASURED: dict[str, float] = {}
 @pytest.fixture(scope="session", autouse=True)
 def _write_measured():
     """With GRAPHFLOW_CONFORMANCE_OUT set, the figures of the cells that ran are written there as
-    JSON (``python -m tests.conformance`` renders them into the README)."""
+    JSON (``python -m tests.conformance_table`` renders them into the README)."""
     yield
     target = os.environ.get("GRAPHFLOW_CONFORMANCE_OUT")
     if target and MEASURED:
