@@ -51,11 +51,11 @@ import graphflow  # noqa: E402
 import graphflow.node.builtin  # noqa: E402
 import graphflow.graph.check  # noqa: E402
 from graphflow import Executor, Workflow  # noqa: E402
-from graphflow.gc_tuning import fewer_gc_passes  # noqa: E402
 from graphflow.cache.memory import MemoryCache  # noqa: E402
-from graphflow.engine.plan import Keys, RunOptions, plan  # noqa: E402
-from graphflow.node.registry import Registry  # noqa: E402
 from graphflow.cache.stores import Stores  # noqa: E402
+from graphflow.engine.plan import Keys, RunOptions, plan  # noqa: E402
+from graphflow.gc_tuning import fewer_gc_passes  # noqa: E402
+from graphflow.node.registry import Registry  # noqa: E402
 
 TXT2IMG = ROOT / "workflows" / "txt2img.json"
 PARAMS = {"x0": {"default": 0, "type": "float", "description": "the first node's value"}}
@@ -178,7 +178,7 @@ def measure(case: Case, reg: Registry) -> dict[str, float]:
     def forget() -> None:
         """Fingerprints are remembered per document and parameter set: start without them, as a
         new process would."""
-        wf.checked().memo.pop("fingerprints", None)
+        wf.checked().memo.fingerprints.clear()
 
     def bind_plan(_: Any) -> None:
         with fewer_gc_passes():
@@ -330,7 +330,7 @@ def profile(n: int = 10_000, top: int = 15) -> None:
         print(f"\n== {title}: {dt * 1e3:.0f} ms under cProfile ({dt / n * 1e6:.1f} µs/node)\n{text}")
 
     ex = Executor()
-    wf.checked().memo.pop("fingerprints", None)
+    wf.checked().memo.fingerprints.clear()
     show(f"cold run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
     show(f"fully cached re-run, chain {n:,}", lambda: _chain_ok(n)(ex.run(wf), 0))
 

@@ -13,13 +13,13 @@ The public API, for embedding the executor::
 
 import sys
 
+from graphflow.engine.results import NodeError, RunResult
+from graphflow.graph.workflow import Workflow, load, registry
 from graphflow.node.context import Cancelled, Context, UndeclaredContext
 from graphflow.node.declaration import Inputs, Node, Outputs
 from graphflow.node.kinds import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
-from graphflow.problems import Problem, ValidationFailed
 from graphflow.node.registry import Registry, default_registry
-from graphflow.engine.results import NodeError, RunResult
-from graphflow.graph.workflow import Workflow, load, registry
+from graphflow.problems import Problem, ValidationFailed
 from graphflow.version import __version__
 
 __all__ = [

@@ -11,8 +11,8 @@ import pytest
 from pydantic import Field
 
 from graphflow import Executor, Inputs, Node, Outputs, Workflow
-from graphflow.engine import events as ev
 from graphflow.cache.memory import MemoryCache, nbytes
+from graphflow.engine import events as ev
 from tests import toy_nodes
 from tests.toy_nodes import RUNS, Vec, link, toy_registry
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from graphflow import Executor, Workflow
+from graphflow.cache.disk import STALE_TMP_SECONDS, DiskCache
 from graphflow.cli import main
-from graphflow.cache.disk import DEFAULT_MAX_BYTES, STALE_TMP_SECONDS, DiskCache, parse_size
+from graphflow.sizes import DEFAULT_CACHE_BYTES, parse_size
 from tests.toy_nodes import RUNS, link, toy_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,7 +302,7 @@ def test_an_entry_larger_than_the_limit_is_not_stored(tmp_path):
 
 
 def test_executor_keeps_the_disk_cache_under_its_limit(tmp_path):
-    assert Executor(cache_dir=tmp_path).disk.max_bytes == DEFAULT_MAX_BYTES == 4 << 30
+    assert Executor(cache_dir=tmp_path).disk.max_bytes == DEFAULT_CACHE_BYTES == 4 << 30
     reg = toy_registry()
     ex = Executor(cache_dir=tmp_path / "c", cache_max_size="4K", out_dir=tmp_path)
     for factor in range(1, 9):

@@ -21,12 +21,12 @@ from PIL import Image
 from pydantic import Field
 
 from graphflow import Context, Executor, Inputs, Node, Outputs, Registry, Workflow
-from graphflow.engine import events as ev
 from graphflow import notebook as gn
-from graphflow.views.html import result_html, result_png, sweep_html, workflow_svg
-from graphflow.node.kinds import ANY
+from graphflow.engine import events as ev
 from graphflow.engine.results import RunResult
+from graphflow.node.kinds import ANY
 from graphflow.sweep import LocalRunner, Sweep
+from graphflow.views.html import result_html, result_png, sweep_html, workflow_svg
 from tests.toy_nodes import link, make
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ import pytest
 from pydantic import Field
 
 from graphflow import Context, Executor, Inputs, Node, Outputs, Registry, Workflow
-from graphflow.engine import events as ev
 from graphflow import notebook as gn
 from graphflow.atomic import write_new
 from graphflow.cache.disk import DiskCache
+from graphflow.engine import events as ev
 from tests.toy_nodes import toy_registry
 
 LOG: list[tuple[str, str, str]] = []  # (enter|exit, tag, thread name)

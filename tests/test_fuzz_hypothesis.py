@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 
 import graphflow
 from graphflow import Executor, ValidationFailed, Workflow
-from graphflow.document.tree import Link, NodeDef
 from graphflow.document.jsontext import parse_json
+from graphflow.document.tree import Link, NodeDef
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 DOCS = {p.stem: orjson.loads(p.read_bytes()) for p in sorted(WORKFLOWS.glob("*.json"))}

@@ -28,8 +28,8 @@ import pytest
 import graphflow
 from graphflow import registry
 from graphflow.document.format import DocModel, NodeModel, ParamModel, ParamType, ScopeModel, WhenModel
-from graphflow.problems import ValidationFailed
 from graphflow.node.schema import workflow_schema
+from graphflow.problems import ValidationFailed
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
 

@@ -13,10 +13,10 @@ from PIL import Image
 
 from graphflow.cli import main
 from graphflow.engine.executor import Executor
+from graphflow.graph.workflow import Workflow
 from graphflow.problems import ValidationFailed
 from graphflow.sweep import LocalRunner, Sweep, sweep
 from graphflow.sweep.items import expand, read_index, run_order
-from graphflow.graph.workflow import Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 TXT2IMG = str(ROOT / "workflows" / "txt2img.json")

@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from graphflow.sweep.ray_runner import affinity_keys, deal
 from graphflow.sweep.items import Sweep, read_index
+from graphflow.sweep.ray_runner import affinity_keys, deal
 from graphflow.sweep.ray_runner import RaySweep
 from tests.test_sweep import _isolated, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from graphflow import Registry
-from graphflow.node_api import ANY, Context, Inputs, Node, Outputs, kind
 from graphflow.node.builtin import Math, Range, SaveText, Text, Value
+from graphflow.node_api import ANY, Context, Inputs, Node, Outputs, kind
 
 RUNS: Counter[str] = Counter()
 

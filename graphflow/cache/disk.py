@@ -8,52 +8,22 @@ folder; it keeps itself under a size limit by evicting the least recently used e
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from graphflow.atomic import write_atomic
 from graphflow.cache.entry import decode, encode, header_len, read_header
+from graphflow.sizes import DEFAULT_CACHE_BYTES, parse_size
 
-
-DEFAULT_MAX_BYTES = 4 << 30
-"""The disk cache's default size limit (``Executor(cache_max_size=…)``, ``--cache-max-size``)."""
 
 STALE_TMP_SECONDS = 3600
 """A temporary file older than this was left by a killed process (a live write takes seconds)."""
 
 _PRUNE_TO = 0.9  # an automatic prune evicts down to 90 % of the limit, so the next puts do not prune again
 _RESYNC_PUTS = 100  # at the latest after this many puts a process looks at the folder's real size
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?|B)?\s*", re.IGNORECASE)
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from ``500M``, ``4G``, ``1.5T``, ``4GiB`` or plain ``1048576`` (K, M, G, T are powers of
-    1024, in either case); a ValueError that says what is accepted otherwise."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"invalid size {text}: must not be negative")
-        return text
-    m = _SIZE.fullmatch(str(text))
-    if m is None or (m[2] is None and "." in m[1]):
-        raise ValueError(
-            f"invalid size {text!r}: give a number of bytes or a number with K, M, G or T (powers of 1024), e.g. 500M, 4G, 1.5T"
-        )
-    return int(Decimal(m[1]) * _UNITS[(m[2] or "").upper()])
-
-
-def format_size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
 
 @dataclass
 class PruneReport:
@@ -98,7 +68,7 @@ class DiskCache:
     and an entry used since the scan is kept, so they do not evict more than needed. Temporary files
     older than an hour (left by a killed process) are deleted by ``prune`` and ``clear``."""
 
-    def __init__(self, root: str | Path, max_bytes: int | str | None = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, root: str | Path, max_bytes: int | str | None = DEFAULT_CACHE_BYTES) -> None:
         self.root = Path(root)
         self.max_bytes = None if max_bytes is None else parse_size(max_bytes)
         self._lock = threading.Lock()

@@ -26,19 +26,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from graphflow.engine import events as ev
-from graphflow.graph.bind import BoundGraph
 from graphflow.cache.disk import DiskCache
-from graphflow.gc_tuning import fewer_gc_passes
-from graphflow.node.limits import Limits
 from graphflow.cache.memory import MemoryCache
-from graphflow.engine.model_manager import ModelManager
+from graphflow.cache.stores import Stores
+from graphflow.engine import events as ev
 from graphflow.engine.interrupt import interrupt_cancels
 from graphflow.engine.listeners import Listeners, awaited, start_thread
+from graphflow.engine.model_manager import ModelManager
 from graphflow.engine.plan import Keys, RunOptions, plan
 from graphflow.engine.results import NodeError, NodeStat, RunResult
 from graphflow.engine.run import Runner
-from graphflow.cache.stores import Stores
+from graphflow.gc_tuning import fewer_gc_passes
+from graphflow.graph.bind import BoundGraph
+from graphflow.node.limits import Limits
+from graphflow.sizes import DEFAULT_CACHE_BYTES
 
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
 
@@ -109,7 +110,7 @@ class Executor:
     """Runs workflows and remembers their results (in memory, and on disk with ``cache_dir``)."""
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", out_dir: str | Path = "out",
-                 cache_dir: str | Path | None = None, cache_max_size: int | str | None = 4 << 30,
+                 cache_dir: str | Path | None = None, cache_max_size: int | str | None = DEFAULT_CACHE_BYTES,
                  memory_budget: int = 4 << 30, model_budget: int = 8 << 30,
                  models: ModelManager | None = None, limits: Limits | None = None, check_finite: bool = False,
                  listener_queue: int = 10_000) -> None:

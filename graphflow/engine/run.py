@@ -12,14 +12,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow.engine import events as ev
-from graphflow.node.context import Cancelled, Context
+from graphflow.cache.stores import Stores
 from graphflow.document.tree import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
-from graphflow.node.declaration import Outputs
+from graphflow.engine import events as ev
 from graphflow.engine.plan import Keys, Plan, plan, shape
 from graphflow.engine.results import NodeError, NodeStat, RunResult
 from graphflow.engine.scope_run import ScopeRunner
-from graphflow.cache.stores import Stores
+from graphflow.node.context import Cancelled, Context
+from graphflow.node.declaration import Outputs
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow.graph.check import CheckedGraph, did_you_mean, pyd_message
 from graphflow.document.format import PARAM_VALUES
+from graphflow.graph.check import CheckedGraph, did_you_mean, pyd_message
 from graphflow.node.limits import Limits
 
 DEFAULT_LIMITS = Limits()

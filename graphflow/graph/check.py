@@ -27,12 +27,12 @@ from graphflow.document.tree import (
     scope_contents,
 )
 from graphflow.document.format import PARAM_VALUES, ParamType
-from graphflow.node.declaration import Node, Port
-from graphflow.node.kinds import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
-from graphflow.problems import Problem
-from graphflow.node.registry import Registry
 from graphflow.graph.memo import Memo
 from graphflow.graph.scopes import scope_order, variance
+from graphflow.node.declaration import Node, Port
+from graphflow.node.kinds import ANY, BOOL, FLOAT, INT, STRING, Kind, compatible, list_of
+from graphflow.node.registry import Registry
+from graphflow.problems import Problem
 
 #: the port kind of each declared parameter type (format.ParamType names them)
 PARAM_KINDS = {"int": INT, "float": FLOAT, "string": STRING, "bool": BOOL, "list": list_of(ANY), "any": ANY}

@@ -13,11 +13,10 @@ between two threads computes the same value twice, never a wrong one.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 __all__ = ["Memo", "Recipe", "Shape"]
 
@@ -63,14 +62,3 @@ class Memo:
     #: node id -> per input: name, field, ref, how it is read, its value checker, its literal
     #: (``engine.run.Runner.inputs_of``)
     input_specs: dict[str, tuple] = field(default_factory=dict)
-
-    def pop(self, name: str, default: Any = None) -> Any:
-        """Forget one field (back to empty) and return what it held: the call that worked when the
-        memo was a dict keyed by field name, still made by ``bench/bench_engine.py``
-        (``memo.pop("fingerprints", None)``); new code assigns the field."""
-        f = next((f for f in dataclasses.fields(self) if f.name == name), None)
-        if f is None:
-            return default
-        old = getattr(self, name)
-        setattr(self, name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-        return old

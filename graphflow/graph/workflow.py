@@ -8,14 +8,14 @@ from typing import Any
 import orjson
 
 import graphflow.graph.check as _check
-from graphflow.graph.bind import BoundGraph, bind
-from graphflow.graph.check import CheckedGraph
+from graphflow.document.reader import load_json_file, read_document
 from graphflow.document.tree import Document
 from graphflow.gc_tuning import fewer_gc_passes
+from graphflow.graph.bind import BoundGraph, bind
+from graphflow.graph.check import CheckedGraph
 from graphflow.node.limits import Limits
-from graphflow.problems import Problem, ValidationFailed
-from graphflow.document.reader import load_json_file, read_document
 from graphflow.node.registry import Registry, default_registry
+from graphflow.problems import Problem, ValidationFailed
 
 _DEFAULT_REGISTRY: Registry | None = None
 

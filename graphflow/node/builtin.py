@@ -10,9 +10,9 @@ from pydantic import Field
 
 from graphflow.atomic import write_new
 from graphflow.node.context import Context
-from graphflow.node.limits import Limit
 from graphflow.node.declaration import Inputs, Node, Outputs
 from graphflow.node.kinds import ANY, Kind, list_of
+from graphflow.node.limits import Limit
 
 AnyValue = Annotated[Any, ANY]
 IntList = Annotated[list[int], list_of(Kind("int"))]

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic_core import PydanticUndefined
 
-from graphflow.node.limits import Limit
 from graphflow.node.kinds import FileInput, Kind, choices_of_annotation, kind_of_annotation
+from graphflow.node.limits import Limit
 
 if TYPE_CHECKING:
     from graphflow.node.context import Context

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
-from graphflow.graph.bind import BoundGraph
-from graphflow.node.limits import Limits
-from graphflow.problems import Problem, ValidationFailed
 from graphflow.document.reader import load_json_file
-from graphflow.node.registry import Registry
+from graphflow.graph.bind import BoundGraph
 from graphflow.graph.workflow import Workflow
+from graphflow.node.limits import Limits
+from graphflow.node.registry import Registry
+from graphflow.problems import Problem, ValidationFailed
 
 
 def shipped_folder() -> Path:
