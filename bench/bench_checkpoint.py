@@ -1,6 +1,6 @@
 """Peak memory of loading one component of a full-size single-file checkpoint, side by side: the
 whole file read, as diffusers' ``from_single_file(path)`` and the previous graphflow did for every
-component, against graphflow reading only that component's tensors (``nodes/checkpoint.py``).
+component, against graphflow reading only that component's tensors (``nodes/loading/checkpoint.py``).
 
 The checkpoint is SD 1.5-sized (UNet, VAE, CLIP ViT-L text encoder from the shipped ``sd15``
 configs, float16, zeros: the weights' values do not matter here), written once in the original
@@ -50,8 +50,8 @@ def write_checkpoint(out: Path) -> Path:
 
 def load_once(path: str, comp: str, how: str) -> dict:
     """In a fresh process: peak RSS growth (MiB) and seconds to load ``comp`` ``how`` (whole|component)."""
-    from graphflow_nodes.checkpoint import PREFIXES, CheckpointRef, load_checkpoint_component
-    from graphflow_nodes.model_refs import offline
+    from graphflow_nodes.loading.checkpoint import PREFIXES, CheckpointRef, load_checkpoint_component
+    from graphflow_nodes.loading.model_refs import offline
 
     offline()
     import diffusers

@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphflow_nodes.files import MODELS_DIR  # noqa: E402
+from graphflow_nodes.loading.files import MODELS_DIR  # noqa: E402
 
 import graphflow  # noqa: E402
 

@@ -55,7 +55,7 @@ def graphflow_sweep(steps: int, out: Path, ray: bool) -> dict:
 def diffusers_loop(steps: int) -> dict:
     import torch
     from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
-    from graphflow_nodes.files import MODELS_DIR
+    from graphflow_nodes.loading.files import MODELS_DIR
 
     t0 = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(MODELS_DIR / "tiny-sd", safety_checker=None, requires_safety_checker=False,

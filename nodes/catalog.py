@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from graphflow_nodes.families import family_for_index
-from graphflow_nodes.files import KINDS, search_folders
+from graphflow_nodes.loading.families import family_for_index
+from graphflow_nodes.loading.files import KINDS, search_folders
 
 #: text-encoder width -> family (CLIP ViT-L/14: SD 1.x, OpenCLIP ViT-H: SD 2.x, both concatenated: SDXL)
 WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -32,8 +32,8 @@ def _width_family(width: int | None) -> str:
 
 
 def _shapes(p: Path) -> dict[str, tuple] | None:
-    from graphflow_nodes.checkpoint import header_shapes
-    from graphflow_nodes.families import ModelError
+    from graphflow_nodes.loading.checkpoint import header_shapes
+    from graphflow_nodes.loading.families import ModelError
 
     try:
         return header_shapes(p)
@@ -55,7 +55,7 @@ def folder_family(p: Path) -> str:
 
 
 def checkpoint_family(p: Path) -> str:
-    from graphflow_nodes.checkpoint import TEXT_KEYS, detect_family
+    from graphflow_nodes.loading.checkpoint import TEXT_KEYS, detect_family
 
     shapes = _shapes(p)
     if shapes is None:
@@ -90,7 +90,7 @@ def embedding_family(p: Path) -> str:
 
 
 def describe(p: Path, kind: str) -> dict:
-    from graphflow_nodes.checkpoint import PICKLE_SUFFIXES
+    from graphflow_nodes.loading.checkpoint import PICKLE_SUFFIXES
 
     if p.suffix.lower() in PICKLE_SUFFIXES:
         family = "refused: a pickle (.safetensors only)"

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from graphflow_nodes.files import resolve_input_file
 from graphflow_nodes.kinds import Image, ImageList, Latents
+from graphflow_nodes.loading.files import resolve_input_file
 from pydantic import Field
 
 from graphflow.node_api import Context, FileInput, Inputs, Limit, Node, Outputs, to_uint8, write_new

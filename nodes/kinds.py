@@ -11,7 +11,7 @@ from graphflow.node_api import OBJECT, kind, list_of
 #: seeds go to torch.Generator.manual_seed, which takes at most 64 bits
 SEED_MAX = 2**63 - 1
 
-#: Models flow through the graph as references (graphflow_nodes.model_refs.ModelRef): small, frozen,
+#: Models flow through the graph as references (graphflow_nodes.loading.model_refs.ModelRef): small, frozen,
 #: hashable values; a node gets the live object with ctx.models.get(ref).
 TOKENIZER_K = kind("tokenizer", parent=OBJECT, description="a reference to a CLIP tokenizer")
 TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a reference to a CLIPTextModel")

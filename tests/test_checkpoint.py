@@ -44,8 +44,8 @@ def test_the_checkpoint_holds_the_original_layout(tiny_ckpt):
 
 
 def test_a_single_file_checkpoint_draws_the_folders_picture_bit_for_bit(tiny_ckpt):
-    from graphflow_nodes.checkpoint import CheckpointRef
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.checkpoint import CheckpointRef
+    from graphflow_nodes.loading.models import LoadModel
 
     refs = LoadModel().run(LoadModel.In(path=str(tiny_ckpt)), Context())
     assert {type(refs[c]) for c in ("unet", "vae", "text_encoder")} == {CheckpointRef} and refs["unet"].family == "sd"
@@ -94,7 +94,7 @@ def test_pickled_checkpoints_are_refused_unread(tmp_path):
 
 
 def test_the_family_comes_from_the_keys(tmp_path):
-    from graphflow_nodes.checkpoint import detect_family
+    from graphflow_nodes.loading.checkpoint import detect_family
     from safetensors.torch import save_file
 
     unet = "model.diffusion_model.input_blocks.0.0.weight"
@@ -181,7 +181,7 @@ def test_an_sd2_checkpoint_draws_its_folders_picture_bit_for_bit(sd2):
     """Built with its own folder's configs (a tiny model fits no shipped config): the OpenCLIP text
     encoder converts to the folder's weights exactly, the tokenizer pads with "!" as the folder's,
     the scheduler predicts v, and txt2img gives the folder's picture."""
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
 
     folder, ckpt = sd2
     refs = LoadModel().run(LoadModel.In(path=str(ckpt), config=str(folder)), Context())
@@ -202,7 +202,7 @@ def test_an_sdxl_checkpoint_draws_its_folders_picture_bit_for_bit(sdxl):
     conditions' embedding and force_zeros_for_empty_prompt come through: every weight is the
     folder's exactly, the prompt embeddings equal, the pooled embedding and the picture within 1e-6
     and 1e-5 (see below)."""
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
 
     folder, ckpt = sdxl
     refs = LoadModel().run(LoadModel.In(path=str(ckpt), config=str(folder)), Context())
@@ -282,7 +282,7 @@ def _full_size_shapes(config: Path, layout: str) -> dict[str, tuple]:
     ("sdxl-refiner", "sdxl-refiner", "sdxl-refiner", []),
 ])
 def test_full_size_checkpoints_are_matched_to_the_shipped_configs(config, layout, chosen, other):
-    from graphflow_nodes.checkpoint import alternatives, variant_for
+    from graphflow_nodes.loading.checkpoint import alternatives, variant_for
 
     shapes = _full_size_shapes(REPO / "nodes" / "configs" / config, layout)
     assert shapes["model.diffusion_model.input_blocks.0.0.weight"] == (384 if layout == "sdxl-refiner" else 320, 4, 3, 3)
@@ -329,8 +329,8 @@ def test_the_shipped_sd2_and_sdxl_configs_build_their_models_sizes():
 def test_shipped_configs_pad_their_tokenizers_as_the_models_do(tiny_sdxl):
     """The shipped configs carry no tokenizer: SD 2.x's tokenizer and SDXL's second pad with "!"
     (id 0), the others with the end token (49407), exactly as the SDXL folder's own tokenizers."""
-    from graphflow_nodes.checkpoint import VARIANTS, tokenizer_refs
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.checkpoint import VARIANTS, tokenizer_refs
+    from graphflow_nodes.loading.models import LoadModel
 
     ex = Executor()
     by_name = {v.name: v for v in VARIANTS}
@@ -384,8 +384,8 @@ def test_an_sdxl_refiner_checkpoint_refines_as_its_folder_does(refiner, tmp_path
     """A refiner file (OpenCLIP bigG alone, in ``conditioner.embedders.0``) built with its folder's
     configs: every weight the folder's, the first tokenizer and encoder missing by name, and
     img2img_sdxl_refiner's picture within 1e-5 of the folder's (the same alignment effect as SDXL)."""
-    from graphflow_nodes.model_refs import MissingComponent
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.model_refs import MissingComponent
+    from graphflow_nodes.loading.models import LoadModel
 
     folder, ckpt = refiner
     refs = LoadModel().run(LoadModel.In(path=str(ckpt), config=str(folder)), Context())

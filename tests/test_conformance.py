@@ -27,7 +27,7 @@ import torch
 
 import graphflow
 from graphflow import Executor, Workflow
-from graphflow_nodes.scheduling import SCHEDULERS
+from graphflow_nodes.stages.scheduling import SCHEDULERS
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "nodes" / "samples" / "red-circle-on-blue.png"

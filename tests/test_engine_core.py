@@ -372,7 +372,7 @@ def test_declared_dtype_joins_the_fingerprint_and_undeclared_nodes_share_entries
 
 def test_scheduler_step_declares_iteration_and_euler_a_draws_new_noise_each_step(tmp_path, tiny_model):
     import torch
-    from graphflow_nodes.scheduling import SchedulerStep
+    from graphflow_nodes.stages.scheduling import SchedulerStep
 
     assert "iteration" in SchedulerStep.uses
 

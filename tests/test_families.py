@@ -19,14 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_model(path: Path) -> dict:
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
 
     return LoadModel().run(LoadModel.In(path=str(path)), Context())
 
 
 def test_each_family_gets_its_components(tiny_model, tiny_sdxl, tiny_class_ddpm):
     from diffusers import UNet2DConditionModel, UNet2DModel
-    from graphflow_nodes.families import ModelError
+    from graphflow_nodes.loading.families import ModelError
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     mm = ModelManager()
@@ -54,7 +54,7 @@ def test_a_refiner_folder_is_its_own_family(tiny_sdxl_refiner, tiny_sdxl, tmp_pa
     import shutil
 
     from diffusers import UNet2DConditionModel
-    from graphflow_nodes.families import ModelError
+    from graphflow_nodes.loading.families import ModelError
     from transformers import CLIPTextModelWithProjection
 
     mm = ModelManager()
@@ -85,7 +85,7 @@ def test_a_refiner_folder_is_its_own_family(tiny_sdxl_refiner, tiny_sdxl, tmp_pa
 def test_a_component_of_the_wrong_class_is_refused(tiny_sdxl, tmp_path):
     import shutil
 
-    from graphflow_nodes.families import ModelError
+    from graphflow_nodes.loading.families import ModelError
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_sdxl, bad)

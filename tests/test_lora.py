@@ -140,7 +140,7 @@ def test_a_patch_never_changes_the_base_and_the_base_loads_once(tiny_model, lora
     """In one model manager: base, LoRA, base again (a fresh executor each time, so nothing comes
     from the result caches), then the LoRA at another strength. The base picture comes back bit
     for bit, each model loads once, and the base's weights are the bytes they were."""
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
 
     first = Executor()
     models = first.models
@@ -165,8 +165,8 @@ def test_a_patch_never_changes_the_base_and_the_base_loads_once(tiny_model, lora
 
 
 def test_strength_zero_and_a_unet_only_file_leave_the_other_reference_alone(tiny_model, loras):
-    from graphflow_nodes.lora import LoadLoRA
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.lora import LoadLoRA
+    from graphflow_nodes.loading.models import LoadModel
 
     refs = LoadModel().run(LoadModel.In(path=str(tiny_model)), graphflow.Context())
     run = lambda path, su, st: LoadLoRA().run(LoadLoRA.In(unet=refs["unet"], text_encoder=refs["text_encoder"], path=str(path),  # noqa: E731
@@ -215,7 +215,7 @@ def test_bad_lora_files_are_refused_by_name(tiny_model, tmp_path, loras):
 def test_a_lora_made_for_another_model_is_refused_naming_a_layer(tiny_model):
     """The shipped LoRA fits tiny-sd (text width 64), not the random model (32): refused when the
     patched model loads, naming the layer, never half-applied."""
-    from graphflow_nodes.files import locate
+    from graphflow_nodes.loading.files import locate
 
     wf = Workflow.from_dict(lora_doc(tiny_model, [(locate("tiny-sd-cross.safetensors", "loras"), 1.0, 1.0)]))
     res = Executor().run(wf.with_params(steps=2))
@@ -230,8 +230,8 @@ def test_sdxl_loras_patch_both_text_encoders(tiny_model, loras, tmp_path):
     asks for it when it is not connected. Only references here: no SDXL model is built."""
     from dataclasses import replace
 
-    from graphflow_nodes.lora import LoadLoRA, LoRAError, file_components
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.lora import LoadLoRA, LoRAError, file_components
+    from graphflow_nodes.loading.models import LoadModel
     from safetensors.torch import load_file, save_file
 
     assert file_components(["lora_te1_text_model_x.lora_down.weight", "lora_te2_text_model_x.alpha"]) == {"text_encoder", "text_encoder_2"}
@@ -256,7 +256,7 @@ def test_sdxl_loras_patch_both_text_encoders(tiny_model, loras, tmp_path):
 def test_the_shipped_lora_equals_diffusers_on_tiny_sd():
     """The shipped file (diffusers' training-script layout, LoRA on attention, feed-forward and
     resnet convolutions) through the graph against diffusers' pipeline on tiny-sd itself."""
-    from graphflow_nodes.files import MODELS_DIR, locate
+    from graphflow_nodes.loading.files import MODELS_DIR, locate
 
     path = locate("tiny-sd-cross.safetensors", "loras")
     stack = [(path, 0.9, 0.7)]

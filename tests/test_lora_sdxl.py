@@ -84,7 +84,7 @@ def xl_base(tiny_sdxl):
 
 
 def test_an_sdxl_lora_file_has_all_three_parts(xl_loras):
-    from graphflow_nodes.lora import file_components, lora_keys
+    from graphflow_nodes.loading.lora import file_components, lora_keys
 
     assert file_components(lora_keys(xl_loras["a"])) == set(MODEL_PARTS)
 
@@ -115,7 +115,7 @@ def test_sdxl_base_picture_comes_back_bit_for_bit_after_a_lora_run(tiny_sdxl, xl
     """One model manager: the base, a LoRA run, the base again (fresh executors, so no result
     cache answers). The base picture is the same bytes, each base component loaded once, and the
     base UNet's and second encoder's weights untouched."""
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
 
     first, base = xl_base
     models = first.models
@@ -139,7 +139,7 @@ def test_sdxl_base_picture_comes_back_bit_for_bit_after_a_lora_run(tiny_sdxl, xl
 def test_an_sdxl_kohya_file_gives_the_diffusers_files_model(tiny_sdxl, xl_loras, tmp_path):
     """The same LoRA in kohya's SDXL layout (lora_unet_…, lora_te1_…, lora_te2_…, alpha 2 for
     rank 4) patches all three parts as the diffusers file does."""
-    from graphflow_nodes.lora import file_components, lora_keys
+    from graphflow_nodes.loading.lora import file_components, lora_keys
 
     from tests.lora_files import write_kohya
 

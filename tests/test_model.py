@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from graphflow_nodes.files import MODELS_DIR
+from graphflow_nodes.loading.files import MODELS_DIR
 
 import graphflow
 from graphflow import Executor

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def model_refs(path: Path) -> dict[str, Any]:
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
 
     return LoadModel().run(LoadModel.In(path=str(path)), Context())
 

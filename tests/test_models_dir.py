@@ -34,7 +34,7 @@ def models(tmp_path, monkeypatch):
 
 
 def test_bare_names_are_found_in_the_models_folders_then_in_the_shipped_files(models, tmp_path, monkeypatch):
-    from graphflow_nodes.files import MODELS_DIR, locate, resolve_lora_path, resolve_model_path
+    from graphflow_nodes.loading.files import MODELS_DIR, locate, resolve_lora_path, resolve_model_path
 
     assert locate("my-model", "checkpoints") == models / "checkpoints" / "my-model"
     assert resolve_model_path("my-model") == models / "checkpoints" / "my-model"
@@ -56,7 +56,7 @@ def test_bare_names_are_found_in_the_models_folders_then_in_the_shipped_files(mo
 
 
 def test_names_that_would_leave_the_models_folders_are_refused(models, tmp_path, monkeypatch):
-    from graphflow_nodes.files import locate
+    from graphflow_nodes.loading.files import locate
 
     secret = tmp_path / "secret.safetensors"
     secret.write_bytes(b"s")
@@ -74,7 +74,7 @@ def test_names_that_would_leave_the_models_folders_are_refused(models, tmp_path,
 
 
 def test_a_workflow_names_a_model_by_its_bare_name_and_its_content_makes_the_key(models, tmp_path):
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
 
     refs = LoadModel().run(LoadModel.In(path="my-model"), Context())
     shipped = LoadModel().run(LoadModel.In(path="tiny-sd"), Context())

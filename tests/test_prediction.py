@@ -50,9 +50,9 @@ def test_pred_x0_equals_the_schedulers_own(name, prediction_type):
     """SchedulerStep's pred_x0 and the x0 colour guidance decodes (prediction.predicted_x0) equal
     the scheduler's own ``pred_original_sample`` (DPM-Solver++: its converted model output), at
     the first, a middle and the last step."""
-    from graphflow_nodes.prediction import predicted_x0
-    from graphflow_nodes.scheduler_state import clone
-    from graphflow_nodes.scheduling import SchedulerStep
+    from graphflow_nodes.stages.prediction import predicted_x0
+    from graphflow_nodes.stages.scheduler_state import clone
+    from graphflow_nodes.stages.scheduling import SchedulerStep
 
     g = torch.Generator().manual_seed(0)
     s = _make(name, prediction_type)
@@ -82,7 +82,7 @@ def test_pred_x0_equals_the_schedulers_own(name, prediction_type):
 def test_pndm_pred_x0_equals_ddim_at_the_same_timestep(prediction_type):
     """PNDM reports no x0; the one derived for it uses the same alphas_cumprod[t] as DDIM, whose
     step reports one: equal at every timestep of the schedule."""
-    from graphflow_nodes.scheduling import SchedulerStep
+    from graphflow_nodes.stages.scheduling import SchedulerStep
 
     g = torch.Generator().manual_seed(1)
     pndm, ddim = _make("pndm", prediction_type), _make("ddim", prediction_type)
@@ -119,9 +119,9 @@ def test_v_prediction_txt2img_equals_stable_diffusion_pipeline(v_model, name):
 def test_color_guidance_on_v_prediction_decodes_the_schedulers_x0(v_model):
     """ColorGuidance's loss is computed on the decoded x0 the scheduler itself would report: for
     a v-prediction model that is not ``latents - sigma * output`` (the epsilon formula)."""
-    from graphflow_nodes.denoise import CHANNELS, ColorGuidance
-    from graphflow_nodes.latents import decode
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
+    from graphflow_nodes.stages.denoise import CHANNELS, ColorGuidance
+    from graphflow_nodes.stages.vae import decode
 
     ctx = Context()
     refs = LoadModel.run(LoadModel(), LoadModel.In(path=str(v_model)), ctx)
@@ -135,7 +135,7 @@ def test_color_guidance_on_v_prediction_decodes_the_schedulers_x0(v_model):
     t = s.timesteps[3]
     x = torch.randn((1, 4, 8, 8), generator=g) * 3
     out = torch.randn((1, 4, 8, 8), generator=g)
-    from graphflow_nodes.scheduler_state import clone
+    from graphflow_nodes.stages.scheduler_state import clone
 
     x0_ref = clone(s).step(out, t, x).pred_original_sample
     eps_x0 = x - s.sigmas[3] * out

@@ -188,7 +188,7 @@ def test_float16_sdxl_decodes_and_encodes_with_a_float32_vae_as_the_pipelines_do
     import shutil
 
     from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
-    from graphflow_nodes.models import LoadModel
+    from graphflow_nodes.loading.models import LoadModel
     from PIL import Image
 
     hot = tmp_path / "hot-sdxl"

@@ -11,7 +11,7 @@ import inspect
 from typing import Annotated, Any, Literal
 
 from graphflow_nodes.kinds import SEED_MAX, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, Timestep, Timesteps
-from graphflow_nodes.scheduler_state import clone
+from graphflow_nodes.stages.scheduler_state import clone
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Limit, Node, Outputs
@@ -175,8 +175,8 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iter
         rng: Rng = Field(description="the generator after this step's draws: carry it to the next iteration")
 
     def run(self, i: In, ctx: Context) -> dict:
-        from graphflow_nodes.prediction import predicted_x0
         from graphflow_nodes.runtime import generator_from
+        from graphflow_nodes.stages.prediction import predicted_x0
 
         s = clone(i.scheduler)
         if hasattr(s, "is_scale_input_called"):

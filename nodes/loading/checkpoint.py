@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphflow_nodes.families import ModelError, component_class, pipeline_family, pipeline_settings
-from graphflow_nodes.files import CONFIGS_DIR, MODELS_DIR, locate
-from graphflow_nodes.model_refs import ModelRef, offline
+from graphflow_nodes.loading.families import ModelError, component_class, pipeline_family, pipeline_settings
+from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, locate
+from graphflow_nodes.loading.model_refs import ModelRef, offline
 
 from graphflow.node_api import content_id, digest, load_patched
 
@@ -45,7 +45,7 @@ PREFIXES = {
              "text_encoder_2": "conditioner.embedders.1."},
     "sdxl-refiner": {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder_2": "conditioner.embedders.0."},
 }
-#: the graphflow family (nodes/families.py) each checkpoint family's references carry
+#: the graphflow family (loading/families.py) each checkpoint family's references carry
 REF_FAMILY = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner"}
 #: the token-embedding table of each text encoder (its second dimension is the encoder's width)
 TEXT_KEYS = {

@@ -51,7 +51,7 @@ FAMILIES = (
     ),
 )
 BY_NAME = {f.name: f for f in FAMILIES}
-#: the families with SDXL's VAE (it overflows float16: pictures go through a float32 copy, nodes/latents.py)
+#: the families with SDXL's VAE (it overflows float16: pictures go through a float32 copy, stages/vae.py)
 SDXL_FAMILIES = ("sdxl", "sdxl-refiner")
 
 

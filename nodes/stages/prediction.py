@@ -27,7 +27,7 @@ def noise_levels(scheduler: Any, timestep: Any, like: Any) -> tuple[Any, Any, bo
     way the scheduler's own step reads it: its sigma at its step index when it keeps sigmas, else
     ``alphas_cumprod[t]``."""
     import torch
-    from graphflow_nodes.scheduler_state import step_index
+    from graphflow_nodes.stages.scheduler_state import step_index
 
     exploding = float(scheduler.init_noise_sigma) > 1.0
     sigmas = getattr(scheduler, "sigmas", None)

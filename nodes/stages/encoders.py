@@ -1,20 +1,29 @@
-"""The text side of Stable Diffusion, one step per node, as the Deep Dive notebook takes it apart:
-tokenize → token embeddings + position embeddings → transformer with causal mask → final layer
-norm. ``EncodePrompt`` does all of it in one node and gives the same tensor."""
+"""The inputs turned into what the UNet and the loop take, as diffusers' encoder steps do: the
+prompt's text side, one step per node, as the Deep Dive notebook takes it apart (tokenize → token
+embeddings + position embeddings → transformer with causal mask → final layer norm; ``EncodePrompt``
+does all of it in one node and gives the same tensor), and a picture into latents (img2img)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from graphflow_nodes.kinds import (
+    SEED_MAX,
+    VAE,
     AttentionMask,
     GuidanceBatch,
+    Image,
     InputEmbeddings,
+    Latents,
     PositionEmbeddings,
+    Rng,
     TextEmbeddings,
     TextEncoder,
     TokenEmbeddings,
     TokenIds,
     Tokenizer,
 )
+from graphflow_nodes.stages.vae import pixel_vae
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -190,3 +199,38 @@ class CFGEmbeddings(Node, name="CFGEmbeddings", category="text"):
         cond = i.cond
         uncond = i.uncond.expand(cond.shape[0], -1, -1) if i.uncond.shape[0] == 1 else i.uncond
         return {"embeddings": torch.cat([uncond, cond])}
+
+
+class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
+    """Image in [0, 1] → latents × the VAE's scaling factor: a sample of the latent distribution
+    (seeded, as diffusers' img2img draws it) or its mean."""
+
+    class In(Inputs):
+        vae: VAE = Field(description="from LoadModel")
+        image: Image = Field(description="(batch, 3, H, W) in [0, 1]")
+        mode: Literal["sample", "mean"] = Field("sample", description="sample the latent distribution, or take its mean")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for 'sample'")
+        rng: Rng | None = Field(None, description="draw from this generator state instead of a fresh one from the seed")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="scaled latents")
+        rng: Rng = Field(description="the generator after the sample: give it to NoiseLike, and the noise comes as "
+                                     "diffusers' img2img pipelines draw it from the same seed")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.runtime import generator_from, placement
+
+        dtype_out = placement(ctx.models.get(i.vae))[1]  # latents come out in the model's dtype, even from an upcast VAE
+        vae = pixel_vae(ctx, i.vae)
+        device, dtype = placement(vae)
+        # channels-last, as diffusers' image processor hands a picture to the VAE (a numpy HWC
+        # array transposed): convolutions sum in another order on the other layout, 1e-5 apart
+        # the picture passes through the model's dtype even for an upcast VAE, as in diffusers' SDXL img2img
+        x = (i.image * 2 - 1).to(device=device, dtype=dtype_out).to(dtype).contiguous(memory_format=torch.channels_last)
+        g = generator_from(i.seed, i.rng)
+        with torch.no_grad():
+            dist = vae.encode(x).latent_dist
+            z = dist.sample(generator=g) if i.mode == "sample" else dist.mode()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return {"latents": (z.to(dtype_out) - shift) * vae.config.scaling_factor, "rng": g.get_state()}

@@ -1,13 +1,12 @@
-"""Pixel-space diffusion, the book's first chapters: a ``UNet2DModel`` denoises the picture itself
-(no text encoder, no VAE), unconditionally or given a class label. The scheduler nodes
-(Scheduler, ScaleModelInput, SchedulerStep, AddNoise) are the ones latent models use: a pixel
-sample is what they step, so it travels as ``latents``."""
+"""A pixel model's loop starts from noise the size of its pictures and, for a class-conditioned
+model, a class id. Its own nodes because there is no VAE to give the latent shape, and the noise
+must be drawn as DDPMPipeline draws it for a seed to give that pipeline's picture."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from graphflow_nodes.kinds import SEED_MAX, ClassLabels, Image, Latents, ModelInput, NoisePred, Rng, Scheduler, Timestep, UNet
+from graphflow_nodes.kinds import SEED_MAX, ClassLabels, Latents, Rng, Scheduler, UNet
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Limit, Node, Outputs
@@ -68,46 +67,3 @@ class ClassLabel(Node, name="ClassLabel", category="pixel"):
             known = ", ".join(repr(n) for n in labels) or "none: give a number"
             raise ValueError(f"unknown class label {i.label!r}; the model's labels: {known}")
         return {"class_labels": torch.full((i.batch_size,), k, dtype=torch.long)}
-
-
-class PredictNoisePixel(Node, name="PredictNoisePixel", category="pixel", uses=("models",)):
-    """A pixel-space UNet2DModel's prediction for this timestep, given class labels when the
-    model is class-conditioned (``num_class_embeds`` in its config)."""
-
-    class In(Inputs):
-        unet: UNet = Field(description="a UNet2DModel from LoadModel")
-        model_input: ModelInput = Field(description="from ScaleModelInput (cfg off)")
-        timestep: Timestep = Field(description="the loop's timestep")
-        class_labels: ClassLabels | None = Field(None, description="from ClassLabel; required by a class-conditioned model")
-
-    class Out(Outputs):
-        noise_pred: NoisePred = Field(description="the model output, same shape as model_input")
-
-    def run(self, i: In, ctx: Context) -> dict:
-        import torch
-        from graphflow_nodes.runtime import placement, to_batch
-
-        unet = ctx.models.get(i.unet)
-        device, dtype = placement(unet)
-        conditioned = unet.config.get("num_class_embeds") is not None or unet.config.get("class_embed_type") is not None
-        if conditioned and i.class_labels is None:
-            raise ValueError("this UNet is class-conditioned: give class_labels (a ClassLabel node)")
-        if not conditioned and i.class_labels is not None:
-            raise ValueError("this UNet is unconditional: it takes no class_labels")
-        x = i.model_input.to(dtype=dtype)
-        labels = None if i.class_labels is None else to_batch(i.class_labels.to(device), x.shape[0], "class_labels")
-        with torch.no_grad():
-            return {"noise_pred": unet(x, i.timestep, class_labels=labels, return_dict=False)[0]}
-
-
-class PixelsToImage(Node, name="PixelsToImage", category="pixel"):
-    """A denoised pixel sample in [-1, 1] → an image in [0, 1] (what DDPMPipeline returns)."""
-
-    class In(Inputs):
-        latents: Latents = Field(description="the loop's final sample")
-
-    class Out(Outputs):
-        image: Image = Field(description="(batch, channels, H, W) in [0, 1]")
-
-    def run(self, i: In, ctx: Context) -> dict:
-        return {"image": (i.latents / 2 + 0.5).clamp(0, 1).float()}

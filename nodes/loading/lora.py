@@ -25,8 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from graphflow_nodes.files import locate, resolve_lora_path
 from graphflow_nodes.kinds import TextEncoder, UNet
+from graphflow_nodes.loading.files import locate, resolve_lora_path
 from pydantic import Field
 
 from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, content_id

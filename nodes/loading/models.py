@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from graphflow_nodes.descriptions import describe_config, describe_model_folder
-from graphflow_nodes.families import ModelError, family_of, pipeline_settings
-from graphflow_nodes.files import locate, resolve_config_path, resolve_model_path
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
-from graphflow_nodes.model_refs import COMPONENT_KINDS, MissingComponent, ModelRef
+from graphflow_nodes.loading.descriptions import describe_config, describe_model_folder
+from graphflow_nodes.loading.families import ModelError, family_of, pipeline_settings
+from graphflow_nodes.loading.files import locate, resolve_config_path, resolve_model_path
+from graphflow_nodes.loading.model_refs import COMPONENT_KINDS, MissingComponent, ModelRef
 from pydantic import Field
 
 from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, content_id
@@ -58,7 +58,7 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
             raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
         path = locate(i.path, "checkpoints")
         if path.is_file():  # a single-file checkpoint (original SD layout)
-            from graphflow_nodes.checkpoint import checkpoint_refs
+            from graphflow_nodes.loading.checkpoint import checkpoint_refs
 
             out = checkpoint_refs(path, i.config.strip())
             for c in COMPONENT_KINDS:

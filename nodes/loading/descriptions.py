@@ -4,9 +4,9 @@ built with. Above both families and checkpoints, which it reads."""
 
 from __future__ import annotations
 
-from graphflow_nodes.checkpoint import VARIANTS, NoShippedConfig, alternatives, choose_variant
-from graphflow_nodes.families import ModelError, family_of, pipeline_family, read_index
-from graphflow_nodes.files import locate, resolve_model_path
+from graphflow_nodes.loading.checkpoint import VARIANTS, NoShippedConfig, alternatives, choose_variant
+from graphflow_nodes.loading.families import ModelError, family_of, pipeline_family, read_index
+from graphflow_nodes.loading.files import locate, resolve_model_path
 
 
 def describe_model_folder(value: str) -> str:
@@ -15,7 +15,7 @@ def describe_model_folder(value: str) -> str:
     if not value.strip():
         raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
     path = resolve_model_path(value)
-    if path.is_file():  # a single-file checkpoint: what its keys and shapes say (nodes/checkpoint.py)
+    if path.is_file():  # a single-file checkpoint: what its keys and shapes say (loading/checkpoint.py)
         try:
             v = choose_variant(path)
         except NoShippedConfig as e:  # the node's config input may name the folder it needs: not an error yet

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from graphflow_nodes.families import ModelError, component_class, family_of
+from graphflow_nodes.loading.families import ModelError, component_class, family_of
 
 from graphflow.node_api import load_patched
 
@@ -27,7 +27,7 @@ def offline() -> None:
 
 
 def read_model_index(path: Path) -> str:
-    """Checks a model folder before anything loads, and returns its family (nodes/families.py)."""
+    """Checks a model folder before anything loads, and returns its family (loading/families.py)."""
     return family_of(path).name
 
 

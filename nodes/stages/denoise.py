@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Literal
 
 from graphflow_nodes.kinds import VAE, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
-from graphflow_nodes.latents import decode, pixel_vae
-from graphflow_nodes.prediction import noise_levels, predicted_x0
+from graphflow_nodes.stages.prediction import noise_levels, predicted_x0
+from graphflow_nodes.stages.vae import decode, pixel_vae
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs

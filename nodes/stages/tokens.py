@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from graphflow_nodes.files import locate_embedding, resolve_embedding_path
 from graphflow_nodes.kinds import TextEncoder, TokenEmbeddings, TokenIds, Tokenizer, Vector
-from graphflow_nodes.text import _text_model
+from graphflow_nodes.loading.files import locate_embedding, resolve_embedding_path
+from graphflow_nodes.stages.encoders import _text_model
 from pydantic import Field
 
 from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs

@@ -21,7 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).parent
+PACKAGE_DIR = Path(__file__).parent.parent  # graphflow_nodes/, which holds models/ and configs/ beside loading/
 MODELS_DIR = PACKAGE_DIR / "models"
 #: the configs single-file checkpoints are built with (no weights): sd15, sd2-base, sd2-v, sdxl
 CONFIGS_DIR = PACKAGE_DIR / "configs"
