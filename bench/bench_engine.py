@@ -12,7 +12,7 @@ Cases:
 
 Columns, µs per node (best of N, time.perf_counter, the gc left as the engine sets it):
   check      Workflow.checked() on a fresh Workflow object (checked() is memoised per document)
-  bind+plan  wf.bind() and graphflow.engine.plan.plan(Keys(bound, RunOptions(), token), Stores(empty memory
+  bind+plan  wf.bind() and graphflow.engine.plan.plan(Fingerprints(bound, RunOptions(), token), RunCaches(empty memory
              cache, no disk)), as Executor._execute wires them (inside fewer_gc_passes), with no
              fingerprints remembered from an earlier run
   cold       the whole call Executor().run(wf) on a fresh executor (the document already checked,
@@ -52,8 +52,8 @@ import graphflow.node.builtin  # noqa: E402
 import graphflow.graph.check  # noqa: E402
 from graphflow import Executor, Workflow  # noqa: E402
 from graphflow.cache.memory import MemoryCache  # noqa: E402
-from graphflow.cache.stores import Stores  # noqa: E402
-from graphflow.engine.plan import Keys, RunOptions, plan  # noqa: E402
+from graphflow.cache.run_caches import RunCaches  # noqa: E402
+from graphflow.engine.plan import Fingerprints, RunOptions, plan  # noqa: E402
 from graphflow.gc_tuning import fewer_gc_passes  # noqa: E402
 from graphflow.node.registry import Registry  # noqa: E402
 
@@ -183,7 +183,7 @@ def measure(case: Case, reg: Registry) -> dict[str, float]:
     def bind_plan(_: Any) -> None:
         with fewer_gc_passes():
             bound = wf.bind()
-            plan(Keys(bound, RunOptions(), "bench"), Stores(MemoryCache(), None))
+            plan(Fingerprints(bound, RunOptions(), "bench"), RunCaches(MemoryCache(), None))
 
     out["bind+plan"] = best(bind_plan, rep, setup=forget) / n
 

@@ -28,12 +28,12 @@ from typing import Any
 
 from graphflow.cache.disk import DiskCache
 from graphflow.cache.memory import MemoryCache
-from graphflow.cache.stores import Stores
+from graphflow.cache.run_caches import RunCaches
 from graphflow.engine import events as ev
 from graphflow.engine.interrupt import interrupt_cancels
 from graphflow.engine.listeners import Listeners, awaited, start_thread
 from graphflow.engine.model_manager import ModelManager
-from graphflow.engine.plan import Keys, RunOptions, plan
+from graphflow.engine.plan import Fingerprints, RunOptions, plan
 from graphflow.engine.results import NodeError, NodeStat, RunResult
 from graphflow.engine.run import Runner
 from graphflow.gc_tuning import fewer_gc_passes
@@ -285,11 +285,11 @@ class Executor:
         runner, interrupted, t0 = None, None, time.perf_counter()
         try:
             with fewer_gc_passes():
-                keys = Keys(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id)
-                stores = Stores(self.memory, self.disk)
+                keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id)
+                stores = RunCaches(self.memory, self.disk)
                 runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite)
                 h._result = r = runner.execute(plan(keys, stores))
-            h.status = "cancelled" if r.cancelled else ("done" if r.ok else "failed")
+            h.status = r.status
         except KeyboardInterrupt as e:
             # raised in this thread, anywhere in the run: what the run computed is its own and goes
             # with it; files are written whole or not at all (atomic.py); what it stored is complete

@@ -182,28 +182,28 @@ def _recipes(c) -> dict[str, Recipe]:
     return memo
 
 
-class Keys:
+class Fingerprints:
     """The fingerprints of a bound graph's members, as they become known. ``token`` makes a node
     with side effects (and what depends on it) unique to one run. Fingerprints that depend on
     neither the token nor a link's run-time value are remembered per parameter set, so a re-run
     with the same parameters re-hashes only the files it reads."""
 
     def __init__(self, bound, options: RunOptions, token: str) -> None:
-        self.b = bound
-        self.c = bound.checked
+        self.bound = bound
+        self.checked = bound.checked
         self.options = options
         self.token = token.encode()
         self.fps: dict[str, str | None] = {}
         self.tainted: set[str] = set()  # members whose key holds the token
         self.files: list[tuple[Path, str]] = []  # (file, content id) the keys hold
-        self._recipes = _recipes(self.c)
+        self._recipes = _recipes(self.checked)
         self._ctx: dict[frozenset, bytes] = {}
 
     def all(self, members: list[str]) -> None:
         """Fingerprint every member, from the remembered keys of this parameter set if the files
         they read are unchanged."""
-        memo = self.c.memo.fingerprints
-        mkey = (_bytes(self.b.params), self.options)
+        memo = self.checked.memo.fingerprints
+        mkey = (_bytes(self.bound.params), self.options)
         hit = memo.get(mkey)
         if hit is not None and all(content_id(p) == cid for p, cid in hit[1]):
             known = hit[0]
@@ -223,14 +223,14 @@ class Keys:
     def member(self, m: str, files: dict[str, Any] | None = None) -> str | None:
         """A top-level member's fingerprint; None while a linked file path is not known yet.
         ``files`` gives those paths once the run has them."""
-        d = self.c.nodes[m]
+        d = self.checked.nodes[m]
         if isinstance(d, ScopeDef):
-            inside = self.c.within.get(m, ())
+            inside = self.checked.within.get(m, ())
             inner = frozenset(inside) | {m}
             h = self._hash(d, inner, None, m)
             if h is not None:
                 for x in inside:
-                    part = self._hash(self.c.nodes[x], inner, None, m)
+                    part = self._hash(self.checked.nodes[x], inner, None, m)
                     h.update(x.encode() + b"\0" + (part.digest() if part is not None else self._taint(m)))
         else:
             h = self._hash(d, frozenset(), files, m)
@@ -245,13 +245,13 @@ class Keys:
     def _hash(self, d, inner: frozenset, files: dict[str, Any] | None, member: str):
         r = self._recipes[d.id]
         h = hashlib.blake2b(r.static, digest_size=DIGEST)
-        h.update(r.values if r.values is not None else _bytes({f: self.b.value(d.id, f) for f in r.value_fields}))
+        h.update(r.values if r.values is not None else _bytes({f: self.bound.value(d.id, f) for f in r.value_fields}))
         fps = self.fps
         for tag, fld, ref, file in r.dynamic:
             h.update(tag)
             if file is not None:
                 if isinstance(ref, (Lit, ParamRef)):
-                    path = file.path(self.b.value(d.id, fld))
+                    path = file.path(self.bound.value(d.id, fld))
                     cid = content_id(path)
                     self.files.append((path, cid))
                 elif files is not None and fld[7:] in files:
@@ -281,6 +281,6 @@ class Keys:
         if v is None:
             o = self.options
             vals = {"device": o.device, "dtype": o.dtype, "out_dir": o.out_dir, "iteration": True, "models": True}
-            key = [[u, vals[u]] if u in vals else [u, digest([self.c.doc.raw, self.b.params])] for u in sorted(uses)]
+            key = [[u, vals[u]] if u in vals else [u, digest([self.checked.doc.raw, self.bound.params])] for u in sorted(uses)]
             v = self._ctx[uses] = _bytes(key)
         return v

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from graphflow.document.tree import NodeDef, ScopeDef, links_of, ref_links
-from graphflow.engine.fingerprint import Keys, RunOptions
+from graphflow.engine.fingerprint import Fingerprints, RunOptions
 from graphflow.graph.memo import Shape
 
-__all__ = ["CacheIndex", "Keys", "Plan", "RunOptions", "Shape", "plan"]
+__all__ = ["CacheIndex", "Fingerprints", "Plan", "RunOptions", "Shape", "plan"]
 
 
 class CacheIndex(Protocol):
@@ -103,8 +103,8 @@ def is_pure(c, m: str) -> bool:
     return c.types[m].pure
 
 
-def plan(keys: Keys, index: CacheIndex) -> Plan:
-    c = keys.c
+def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
+    c = keys.checked
     sh = shape(c)
     preds = c.preds[None]
     keys.all(sh.members)

@@ -55,6 +55,12 @@ class RunResult:
     def ok(self) -> bool:
         return not self.errors and not self.cancelled
 
+    @property
+    def status(self) -> str:
+        """``done``, ``failed`` or ``cancelled``: what a run handle, the server's history and a
+        notebook's summary call it."""
+        return "cancelled" if self.cancelled else ("done" if self.ok else "failed")
+
     def __getitem__(self, name: str) -> Any:
         if name in self.outputs:
             return self.outputs[name]

@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow.cache.stores import Stores
+from graphflow.cache.run_caches import RunCaches
 from graphflow.document.tree import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
 from graphflow.engine import events as ev
-from graphflow.engine.plan import Keys, Plan, plan, shape
+from graphflow.engine.plan import Fingerprints, Plan, plan, shape
 from graphflow.engine.results import NodeError, NodeStat, RunResult
 from graphflow.engine.scope_run import ScopeRunner
 from graphflow.node.context import Cancelled, Context
@@ -60,10 +60,10 @@ class Runner:
     """One run. ``emit`` gets every event (the executor records them for the run's handle and
     forwards them to listeners); with None, no event is even built."""
 
-    def __init__(self, keys: Keys, stores: Stores, run_id: str, cancel, models: Any,
+    def __init__(self, keys: Fingerprints, stores: RunCaches, run_id: str, cancel, models: Any,
                  emit: Callable[[ev.Event], None] | None, check_finite: bool = False) -> None:
         self.check_finite = check_finite
-        self.keys, self.c, self.b = keys, keys.c, keys.b
+        self.keys, self.c, self.b = keys, keys.checked, keys.bound
         self.stores = stores
         self.run_id = run_id
         self.cancel = cancel

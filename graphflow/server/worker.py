@@ -128,7 +128,7 @@ class Worker:
             self.store.requeue(run_id)
             self.broker.publish(run_id, {"type": "requeued", "reason": "shutdown"})
             return
-        status = "cancelled" if result.cancelled else ("done" if result.ok else "failed")
+        status = result.status
         self._end(run_id, status, summarize(result, folder, run_id, status))
 
     def _end(self, run_id: str, status: str, summary: dict[str, Any]) -> None:

@@ -114,13 +114,13 @@ class SweepWorker:
 def affinity_keys(sweep, todo: list[int]) -> dict[int, frozenset]:
     """Per item, the fingerprints of its top-level nodes that it shares with some but not all
     other items: what an actor that ran one of those items has in its caches."""
-    from graphflow.engine.fingerprint import Keys, RunOptions, steady_files
+    from graphflow.engine.fingerprint import Fingerprints, RunOptions, steady_files
 
     members = sweep.checked.order.get(None, [])
     keys: dict[int, frozenset] = {}
     with steady_files():
         for i in todo:
-            k = Keys(sweep.bound[i], RunOptions(), "affinity")
+            k = Fingerprints(sweep.bound[i], RunOptions(), "affinity")
             k.all(members)
             keys[i] = frozenset(fp for m, fp in k.fps.items() if fp is not None and m not in k.tainted)
     if keys:

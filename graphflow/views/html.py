@@ -205,7 +205,7 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...], right: set[int]
 def summary(result) -> str:
     ran = sum(1 for s in result.stats.values() if s.runs)
     cached = sum(1 for s in result.stats.values() if s.status in ("memory", "disk"))
-    state = "cancelled" if result.cancelled else ("ok" if result.ok else "failed")
+    state = "ok" if result.status == "done" else result.status
     return f"run {state} in {result.seconds:.2f} s · {ran} node{'s' * (ran != 1)} ran, {cached} from the cache"
 
 

@@ -1,0 +1,59 @@
+"""The caches one run reads and writes, seen by the planner as one index: what this run already
+computed, then the executor's memory cache, then the disk cache. Damaged disk entries it meets are
+reported in the run's result, not kept on the cache object (which runs share)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunCaches:
+    """The caches a run reads and writes, seen as one index for the planner. ``done`` holds what
+    this run computed, so a re-plan never recomputes it."""
+
+    def __init__(self, memory, disk) -> None:
+        self.memory, self.disk = memory, disk
+        self.done: dict[str, dict[str, Any]] = {}
+        self.bad: set[str] = set()
+        self.errors: list[str] = []
+
+    def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
+        if fp in self.bad:
+            return None
+        if fp in self.done:
+            return "run"
+        if fp in self.memory:
+            return "memory"
+        if self.disk is not None:
+            ok, err = self.disk.has(fp, ports)
+            if err:
+                self.errors.append(f"recomputed a damaged entry ({err})")
+            if ok:
+                return "disk"
+        return None
+
+    def load(self, fp: str, where: str, ports: set[str], complete: set[str]) -> dict[str, Any] | None:
+        if where == "run":
+            return self.done[fp]
+        if where == "memory":
+            hit = self.memory.get(fp)
+            if hit is not None:
+                return hit
+        elif self.disk is not None:
+            hit, err = self.disk.get(fp, ports)
+            if err:
+                self.errors.append(f"recomputed a damaged entry ({err})")
+            if hit is not None:
+                if hit.keys() >= complete:  # a partial entry must not pose as complete
+                    self.memory.put(fp, hit)
+                return hit
+        self.bad.add(fp)
+        return None
+
+    def store(self, fp: str, outputs: dict[str, Any], to_disk: bool) -> None:
+        self.memory.put(fp, outputs)
+        if self.disk is not None and to_disk:
+            try:
+                self.disk.put(fp, outputs)
+            except Exception as e:  # a cache that cannot keep a result must not cost the run its result
+                self.errors.append(f"cannot write entry {fp}: {type(e).__name__}: {e}")

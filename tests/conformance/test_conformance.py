@@ -1,0 +1,383 @@
+"""The conformance matrix: every model family × scheduler × entry point × step count, the graph
+against the matching diffusers pipeline on tiny random models, CPU float32, same seed.
+
+A cell is named ``family/config/scheduler/entry/N-steps`` (``sd1/sd15/pndm/txt2img/7-steps``), so
+a failure says which. The scheduler configs are those real checkpoints ship (the project's own
+``nodes/configs``, which single-file checkpoints load, plus ``tests/conformance/scheduler_configs`` for
+switches no shipped config has): their ``skip_prk_steps``, ``steps_offset``, ``timestep_spacing``
+and ``set_alpha_to_one`` are where schedules go wrong, so each model folder is copied with its
+scheduler replaced by the real one, for the pipeline and the graph alike.
+
+Cells that cannot exist are left out by rule, in ``cells()``, never skipped: img2img where the
+pipeline keeps no timestep (``int(steps * strength) == 0``), a handoff where either model would
+get none, pixel models with schedulers no pixel pipeline runs correctly. ``tests/conformance/conformance_table.py``
+renders the list (and the figures a run measured) as the README's table."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphflow
+from graphflow import Executor, Workflow
+from graphflow_nodes.stages.scheduling import SCHEDULERS
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = REPO / "nodes" / "samples" / "red-circle-on-blue.png"
+PROMPT = "a red circle on a blue background"
+SEED, GUIDANCE, SWITCH = 3, 5.0, 0.6
+BOUND = 1e-5  # max abs difference of a cell, pictures in [0, 1] and latents alike
+
+STEPS = (1, 2, 3, 4, 7)  # odd and even; Heun's halves; DPM-Solver's lower-order final steps
+STRENGTHS = (0.75, 0.5)
+ALL_SCHEDULERS = ("model", *SCHEDULERS)
+#: DDPMPipeline runs a scheduler as it stands (no input scaling, a ``generator`` passed to
+#: ``step``), DDIMPipeline only DDIM: LMS and PNDM take no generator, and the sigma schedulers
+#: (Euler, Euler ancestral, Heun) need scaled inputs that these pipelines never make.
+PIXEL_SCHEDULERS = ("model", "ddpm", "ddim", "dpm")
+
+
+@dataclass(frozen=True)
+class Family:
+    fixture: str  # the conftest fixture that builds its tiny folder
+    configs: tuple[str, ...]  # the scheduler configs real checkpoints of the family ship
+    entries: tuple[str, ...]
+    schedulers: tuple[str, ...] = ALL_SCHEDULERS
+
+
+FAMILIES = {
+    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0")),
+    "sd2-v": Family("tiny_sd2_v", ("sd2-v",), ("txt2img", "img2img", "x0")),
+    "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff")),
+    "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
+    "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
+    "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
+}
+
+
+def scheduler_config(name: str) -> dict:
+    for folder in (REPO / "nodes" / "configs" / name / "scheduler", REPO / "tests" / "conformance" / "scheduler_configs" / name):
+        if (folder / "scheduler_config.json").exists():
+            return json.loads((folder / "scheduler_config.json").read_text())
+    raise KeyError(name)
+
+
+def scheduler_for(config: dict, name: str):
+    import diffusers
+
+    cls = config["_class_name"] if name == "model" else SCHEDULERS[name]
+    return getattr(diffusers, cls).from_config(config)
+
+
+@functools.cache
+def schedule_exists(config: str, name: str, steps: int) -> bool:
+    """Whether diffusers itself can make the schedule (PNDM's Runge-Kutta warm-up, which SD 2.x's
+    config leaves on, cannot be fitted into fewer than 4 steps; graphflow refuses it by name)."""
+    try:
+        scheduler_for(scheduler_config(config), name).set_timesteps(steps)
+    except ValueError:
+        return False
+    return True
+
+
+def first_steps(strength: float, steps: int) -> int:
+    """The start step of diffusers' img2img for a strength: ``t_start`` of ``get_timesteps``."""
+    return steps - min(int(steps * strength), steps)
+
+
+def handoff_sides(config: dict, name: str, steps: int) -> tuple[int, int]:
+    """How many timesteps the base and the refiner run at SWITCH, by diffusers' own rule."""
+    s = scheduler_for(config, name)
+    s.set_timesteps(steps)
+    cutoff = int(round(s.config.num_train_timesteps * (1 - SWITCH)))
+    return int((s.timesteps >= cutoff).sum()), int((s.timesteps < cutoff).sum())
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str
+    config: str
+    scheduler: str
+    entry: str  # txt2img, img2img-0.75, img2img-0.5, x0, handoff
+    steps: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}/{self.config}/{self.scheduler}/{self.entry}/{self.steps}-steps"
+
+    @property
+    def run(self) -> Run:
+        """The run both sides make for it: x0 frames are collected from the txt2img run."""
+        return Run(self.family, self.config, self.scheduler, "txt2img" if self.entry == "x0" else self.entry, self.steps)
+
+
+@dataclass(frozen=True)
+class Run:
+    family: str
+    config: str
+    scheduler: str
+    entry: str
+    steps: int
+
+
+def cells() -> list[Cell]:
+    out = []
+    for fname, fam in FAMILIES.items():
+        for config in fam.configs:
+            for scheduler in fam.schedulers:
+                for entry in fam.entries:
+                    for steps in filter(functools.partial(schedule_exists, config, scheduler), STEPS):
+                        if entry == "img2img":
+                            out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS if int(steps * s) > 0]
+                        elif entry == "handoff":
+                            refiner = scheduler_config(FAMILIES["sdxl-refiner"].configs[0])
+                            base_n, _ = handoff_sides(scheduler_config(config), scheduler, steps)
+                            _, refiner_n = handoff_sides(refiner, scheduler, steps)
+                            if base_n and refiner_n:
+                                out.append(Cell(fname, config, scheduler, entry, steps))
+                        else:
+                            out.append(Cell(fname, config, scheduler, entry, steps))
+    return out
+
+
+CELLS = cells()
+MEASURED: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _write_measured():
+    """With GRAPHFLOW_CONFORMANCE_OUT set, the figures of the cells that ran are written there as
+    JSON (``python -m tests.conformance.conformance_table`` renders them into the README)."""
+    yield
+    target = os.environ.get("GRAPHFLOW_CONFORMANCE_OUT")
+    if target and MEASURED:
+        Path(target).write_text(json.dumps(dict(sorted(MEASURED.items())), indent=0))
+
+
+# --- model folders with the real scheduler configs ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_sd2_v(tmp_path_factory) -> Path:
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-random-sd2-v", seed=1, prediction_type="v_prediction", sd2=True)
+
+
+FOLDERS: dict[tuple[str, str], Path] = {}  # (family, config) -> its folder, made on first use
+
+
+@pytest.fixture
+def folders(request, tmp_path_factory):
+    """Makes the cell's folders: the family's tiny folder with the cell's scheduler config in place
+    of its own (and the refiner's, for a handoff)."""
+    def make(family: str, config: str) -> None:
+        if (family, config) in FOLDERS:
+            return
+        path = tmp_path_factory.mktemp("conformance") / f"{family}-{config}"
+        shutil.copytree(request.getfixturevalue(FAMILIES[family].fixture), path)
+        cfg = scheduler_config(config)
+        (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+        index = json.loads((path / "model_index.json").read_text())
+        index["scheduler"] = ["diffusers", cfg["_class_name"]]
+        (path / "model_index.json").write_text(json.dumps(index))
+        FOLDERS[family, config] = path
+    return make
+
+
+def refiner_folder() -> Path:
+    return FOLDERS["sdxl-refiner", FAMILIES["sdxl-refiner"].configs[0]]
+
+
+# --- the diffusers side --------------------------------------------------------------------------
+
+@functools.cache
+def pipeline(kind: str, path: Path):
+    import diffusers
+
+    cls = getattr(diffusers, kind)
+    if kind in ("DDPMPipeline", "DDIMPipeline"):
+        unet = diffusers.UNet2DModel.from_pretrained(path, subfolder="unet")
+        labels = unet.config.num_class_embeds
+        if labels:  # diffusers has no class-conditioned pixel pipeline; its loop is the same
+            unet.forward = functools.partial(unet.forward, class_labels=torch.tensor([labels - 1]))
+        p = cls(unet=unet, scheduler=diffusers.DDPMScheduler.from_pretrained(path, subfolder="scheduler"))
+    else:
+        extra = dict(safety_checker=None, requires_safety_checker=False) if kind.startswith("StableDiffusion") and "XL" not in kind else {}
+        p = cls.from_pretrained(path, local_files_only=True, **extra)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+class Recorder:
+    """Wraps a pipeline scheduler's ``step`` to keep each step's x0: the scheduler's own
+    ``pred_original_sample``, DPM-Solver++'s converted model output (its x0), or, where a
+    scheduler reports none (PNDM), the x0 its model output implies at ``alphas_cumprod[t]``.
+    The wrapper keeps ``step``'s signature: pipelines pass their generator only to a ``step``
+    that declares one."""
+
+    def __init__(self, scheduler) -> None:
+        self.frames: list[torch.Tensor] = []
+        step = scheduler.step
+
+        @functools.wraps(step)
+        def recording_step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+            out = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+            self.frames.append(self.x0(scheduler, out, model_output, timestep, sample).clone())
+            return out if return_dict else out.to_tuple()
+        scheduler.step = recording_step
+
+    @staticmethod
+    def x0(scheduler, out, model_output, timestep, sample) -> torch.Tensor:
+        if getattr(out, "pred_original_sample", None) is not None:
+            return out.pred_original_sample
+        if hasattr(scheduler, "model_outputs"):
+            return scheduler.model_outputs[-1]
+        a = scheduler.alphas_cumprod[int(timestep)]
+        kind = scheduler.config.prediction_type
+        if kind == "epsilon":
+            return (sample - (1 - a).sqrt() * model_output) / a.sqrt()
+        return a.sqrt() * sample - (1 - a).sqrt() * model_output if kind == "v_prediction" else model_output
+
+
+@functools.cache
+def reference(run: Run):
+    """(picture, x0 frames) of the diffusers pipeline (frames on txt2img runs)."""
+    from PIL import Image
+
+    family, config, scheduler, entry, steps = run.family, run.config, run.scheduler, run.entry, run.steps
+    path, cfg = FOLDERS[family, config], scheduler_config(config)
+    g = torch.Generator().manual_seed(SEED)
+    if family.startswith("pixel"):
+        p = pipeline("DDIMPipeline" if scheduler == "ddim" else "DDPMPipeline", path)
+        p.scheduler = scheduler_for(cfg, scheduler)
+        rec = Recorder(p.scheduler)
+        image = p(batch_size=1, num_inference_steps=steps, generator=g, output_type="np").images
+        return torch.from_numpy(image).permute(0, 3, 1, 2), rec.frames
+    xl = family.startswith("sdxl")
+    if entry == "handoff":
+        base, refiner = pipeline("StableDiffusionXLPipeline", path), pipeline("StableDiffusionXLImg2ImgPipeline", refiner_folder())
+        base.scheduler = scheduler_for(cfg, scheduler)
+        refiner.scheduler = scheduler_for(scheduler_config("sdxl-refiner"), scheduler)
+        latents = base(PROMPT, num_inference_steps=steps, denoising_end=SWITCH, guidance_scale=GUIDANCE, generator=g,
+                       output_type="latent").images
+        image = refiner(PROMPT, image=latents, num_inference_steps=steps, denoising_start=SWITCH, guidance_scale=GUIDANCE,
+                        generator=g, output_type="pt").images
+        return image, []
+    if entry.startswith("img2img"):
+        p = pipeline("StableDiffusionXLImg2ImgPipeline" if xl else "StableDiffusionImg2ImgPipeline", path)
+        p.scheduler = scheduler_for(cfg, scheduler)
+        image = p(PROMPT, image=Image.open(IMAGE), strength=float(entry.split("-")[1]), num_inference_steps=steps,
+                  guidance_scale=GUIDANCE, generator=g, output_type="pt").images
+        return image, []
+    p = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline", path)
+    p.scheduler = scheduler_for(cfg, scheduler)
+    rec = Recorder(p.scheduler)
+    image = p(PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE, generator=g, output_type="pt").images
+    return image, rec.frames
+
+
+# --- the graph side ------------------------------------------------------------------------------
+
+WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
+    ("sd", "txt2img"): "txt2img", ("sd", "img2img"): "img2img",
+    ("sdxl", "txt2img"): "txt2img_sdxl", ("sdxl", "img2img"): "img2img_sdxl", ("sdxl", "handoff"): "txt2img_sdxl_refiner",
+    ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
+    ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
+}
+_EXECUTORS: dict[str, Executor] = {}
+
+
+@functools.cache
+def graph(run: Run):
+    """(picture, x0 frames) of the shipped workflow: a txt2img loop also collects its
+    ``pred_x0``. One executor per family, so models load once."""
+    family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
+    path = FOLDERS[family, run.config]
+    kind = "sd" if family in ("sd1", "sd2-v") else family
+    base_entry = entry.split("-")[0]
+    doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
+    doc["outputs"] = {"image": doc["outputs"]["image"]}
+    params: dict = {"model": str(path), "seed": SEED, "steps": steps, "scheduler": scheduler}
+    if base_entry == "txt2img":
+        doc["nodes"]["denoise"].setdefault("collect", {})["x0"] = {"from": "step.pred_x0"}
+        doc["outputs"]["x0"] = "denoise.x0"
+    if entry.startswith("img2img"):
+        params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps)}
+    if entry == "handoff":
+        params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
+    if family.startswith("pixel"):
+        params["batch_size"] = 1
+        if family == "pixel-class":
+            params["label"] = "4"
+    else:
+        params |= {"prompt": PROMPT, "guidance": GUIDANCE}
+    ex = _EXECUTORS.setdefault(family, Executor())
+    r = ex.run(Workflow.from_dict(doc).with_params(**params))
+    assert r.ok, r.errors
+    return r["image"], r.outputs.get("x0", [])
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS])
+def test_cell_equals_diffusers(cell: Cell, folders):
+    folders(cell.family, cell.config)
+    if cell.entry == "handoff":
+        folders("sdxl-refiner", FAMILIES["sdxl-refiner"].configs[0])
+    (image, x0s), (ref, ref_x0s) = graph(cell.run), reference(cell.run)
+    if cell.entry == "x0":
+        assert len(x0s) == len(ref_x0s) > 0
+        diff = max((a - b).abs().max().item() for a, b in zip(x0s, ref_x0s))
+        assert max(b.std().item() for b in ref_x0s) > 0.01
+    else:
+        assert image.shape == ref.shape
+        diff = (image - ref).abs().max().item()
+        assert ref.std().item() > 0.01  # pictures, not flat fields
+    MEASURED[cell.id] = diff
+    assert diff <= BOUND, f"{cell.id}: max abs {diff:.3g}"
+
+
+def test_a_schedule_diffusers_cannot_make_is_refused_by_name(folders):
+    """The cells the matrix leaves out because diffusers cannot make their schedule (PNDM with
+    its Runge-Kutta warm-up in fewer than 4 steps) are refused by the Scheduler node with the
+    reason and the fix, not numpy's broadcast error."""
+    folders("sd2-v", "sd2-v")
+    wf = graphflow.load(REPO / "workflows" / "txt2img.json")
+    r = Executor().run(wf.with_params(model=str(FOLDERS["sd2-v", "sd2-v"]), scheduler="pndm", steps=3))
+    assert not r.ok
+    (err,) = r.errors
+    assert err.node == "schedule"
+    assert "skip_prk_steps false" in err.message and "at least 4 steps, not 3" in err.message and '"skip_prk_steps": true' in err.message
+
+
+def test_the_readme_table_is_generated_from_these_cells():
+    """The README's table, the measured figures and this module's cells agree: a cell added here
+    must be measured and shown (``python -m tests.conformance.conformance_table``)."""
+    from tests.conformance.conformance_table import MEASURED as measured_file
+    from tests.conformance.conformance_table import README, readme_block, render
+
+    measured = json.loads(measured_file.read_text())
+    assert list(measured) == [c.id for c in CELLS]
+    assert all(0.0 <= v <= BOUND for v in measured.values())
+    assert readme_block(README.read_text()) == render(CELLS, measured)
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "pndm"])
+def test_the_x0_frames_workflow_draws_the_matrix_picture(scheduler, folders, tmp_path):
+    """workflows/x0_frames.json is the txt2img loop with frames decoded on the side: its picture is
+    the matrix's txt2img picture (so the pipeline's), its stochastic steps drawing from the carried
+    generator as the pipeline's do, and it decodes one x_t and one x0 frame per timestep (PNDM:
+    steps + 1)."""
+    folders("sd1", "sd15")
+    run = Run("sd1", "sd15", scheduler, "txt2img", 3)
+    wf = graphflow.load(REPO / "workflows" / "x0_frames.json")
+    r = Executor(out_dir=tmp_path).run(wf.with_params(model=str(FOLDERS["sd1", "sd15"]), prompt=PROMPT, seed=SEED, steps=3,
+                                                      guidance=GUIDANCE, scheduler=scheduler))
+    assert r.ok, r.errors
+    assert (r["image"] - reference(run)[0]).abs().max().item() == 0.0
+    assert len(r["x0"]) == len(r["xt"]) == len(reference(run)[1]) == (4 if scheduler == "pndm" else 3)
