@@ -29,7 +29,7 @@ class ThreadServer:
         from graphflow.node.registry import default_registry
         from graphflow.server.app import create_app
         from graphflow.server.settings import LOOPBACK_NAMES, Settings
-        from graphflow.server.catalog import shipped_folder
+        from graphflow.server.workflow_catalog import shipped_folder
 
         self.tmp = Path(tmp)
         limits = settings.pop("limits", None) or Limits()

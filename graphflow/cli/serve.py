@@ -16,7 +16,7 @@ from graphflow.sizes import DEFAULT_BODY_BYTES, parse_size, short_size
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from graphflow.server.settings import LOOPBACK_NAMES, Settings
-    from graphflow.server.catalog import shipped_folder
+    from graphflow.server.workflow_catalog import shipped_folder
     from graphflow.server.main import is_loopback, serve
 
     try:

@@ -15,6 +15,31 @@ from graphflow.cli import common
 from graphflow.problems import Problem, ValidationFailed
 
 
+def sweep_axes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``--grid`` and ``--zip`` as {"grid": {name: values}, "zip": {...}}; every malformed pair at
+    once as problems."""
+    axes: dict[str, dict[str, Any]] = {"grid": {}, "zip": {}}
+    problems = []
+    for flag, found in axes.items():
+        for pair in getattr(args, flag) or []:
+            k, eq, v = pair.partition("=")
+            try:
+                value = orjson.loads(v) if eq and k else None
+            except orjson.JSONDecodeError:
+                value = None
+            if not isinstance(value, list):
+                problems.append(Problem("bad_set", f"--{flag} takes NAME=JSON_LIST (e.g. 'seed=[0,1,2]'), got {pair!r}"))
+            elif k in found:
+                problems.append(Problem("bad_set", f"--{flag} {k} given twice"))
+            else:
+                found[k] = value
+    if not (args.grid or args.zip):
+        problems.append(Problem("bad_set", "sweep needs at least one --grid or --zip"))
+    if problems:
+        raise ValidationFailed(problems)
+    return axes
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a workflow over a grid (and zipped lists) of parameter values; see graphflow/sweep/items.py
     (and graphflow/sweep/ray_runner.py for --ray)."""
@@ -22,25 +47,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     try:
         wf, limits = common.load(args)
-        axes: dict[str, dict[str, Any]] = {"grid": {}, "zip": {}}
-        problems = []
-        for flag, found in axes.items():
-            for pair in getattr(args, flag) or []:
-                k, eq, v = pair.partition("=")
-                try:
-                    value = orjson.loads(v) if eq and k else None
-                except orjson.JSONDecodeError:
-                    value = None
-                if not isinstance(value, list):
-                    problems.append(Problem("bad_set", f"--{flag} takes NAME=JSON_LIST (e.g. 'seed=[0,1,2]'), got {pair!r}"))
-                elif k in found:
-                    problems.append(Problem("bad_set", f"--{flag} {k} given twice"))
-                else:
-                    found[k] = value
-        if not (args.grid or args.zip):
-            problems.append(Problem("bad_set", "sweep needs at least one --grid or --zip"))
-        if problems:
-            raise ValidationFailed(problems)
+        axes = sweep_axes(args)
         from graphflow.sweep import Sweep, runner
 
         try:

@@ -28,6 +28,9 @@ def registry() -> Registry:
     return _DEFAULT_REGISTRY
 
 
+_process_registry = registry  # inside Workflow, ``registry`` names the instance's attribute
+
+
 class Workflow:
     """An immutable workflow document plus parameter values. ``with_params`` returns a new one
     that shares the document's check, so a sweep of a thousand seeds checks the document once."""
@@ -54,7 +57,7 @@ class Workflow:
             doc, problems = read_document(data, source)
         if problems or doc is None:
             raise ValidationFailed(problems)
-        return cls(doc, registry or globals()["registry"](), params)
+        return cls(doc, registry or _process_registry(), params)
 
     @classmethod
     def load(cls, path: str | Path, registry: Registry | None = None, limits: Limits | None = None) -> Workflow:

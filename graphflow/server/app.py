@@ -18,12 +18,12 @@ from graphflow.node.registry import Registry
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.server.auth import check_hosts, token_dependency
 from graphflow.server.broker import Broker
-from graphflow.server.catalog import Catalog
 from graphflow.server.retention import Retention
 from graphflow.server.routes import Services, events, files, page, runs, workflows
 from graphflow.server.settings import Settings
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
+from graphflow.server.workflow_catalog import Catalog
 from graphflow.version import __version__
 
 def problems_response(e: ValidationFailed) -> JSONResponse:

@@ -17,11 +17,11 @@ from graphflow.engine import events as ev
 from graphflow.engine.executor import Executor, RunHandle
 from graphflow.problems import ValidationFailed
 from graphflow.server.broker import Broker
-from graphflow.server.catalog import Catalog
 from graphflow.server.finish import finished_event, record_end
 from graphflow.server.outputs import list_files, run_dir, summarize
 from graphflow.server.retention import Retention, sweep_orphans
 from graphflow.server.store import Store
+from graphflow.server.workflow_catalog import Catalog
 
 _NAMES = {ev.RunStarted: "run_started", ev.NodeStarted: "node_started", ev.NodeFinished: "node_finished",
           ev.LoopStep: "loop_step", ev.NodeFailedEvent: "node_failed"}

@@ -13,7 +13,13 @@ from typing import Any
 
 from graphflow.pixels import to_uint8
 
-__all__ = ["ItemResult", "item_folder", "run_item"]
+__all__ = ["ItemResult", "item_error", "item_folder", "run_item"]
+
+
+def item_error(message: str, node: str | None = None, node_type: str | None = None) -> dict[str, Any]:
+    """A failed item's record in the index: the node that failed and its type where one did, else
+    None (an output not produced, a worker that died)."""
+    return {"node": node, "type": node_type, "message": message}
 
 
 def item_folder(i: int) -> str:
@@ -74,10 +80,10 @@ def run_item(ex, bound, item: int, params: dict[str, Any], folder: Path, prefix:
     error = None
     if result.errors:
         e = result.errors[0]
-        error = {"node": e.node, "type": e.type, "message": e.message}
+        error = item_error(e.message, e.node, e.type)
     elif result.missing:
         name, why = next(iter(result.missing.items()))
-        error = {"node": None, "type": None, "message": f"output '{name}' not produced: {why}"}
+        error = item_error(f"output '{name}' not produced: {why}")
     image = _first_image(result.outputs) if error is None else None
     return ItemResult(item, params, "ok" if error is None else "failed", files, error, round(seconds, 4), image=image, **common)
 

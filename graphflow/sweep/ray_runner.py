@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from graphflow.atomic import write_new
-from graphflow.sweep.item import ItemResult, item_folder, run_item
+from graphflow.sweep.item import ItemResult, item_error, item_folder, run_item
 
 __all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker"]
 
@@ -288,14 +288,14 @@ class RaySweep:
                 min((b for b in self.actors if b.alive), key=lambda b: len(b.queue)).queue.appendleft(i)
             else:
                 msg = f"its worker died {attempts[i]} time(s) ({type(e).__name__}); not retried"
-                yield ItemResult(i, params, "failed", error={"node": None, "type": None, "message": msg}, attempts=attempts[i],
+                yield ItemResult(i, params, "failed", error=item_error(msg), attempts=attempts[i],
                                  worker=a.name)
                 if not any(b.alive for b in self.actors):
                     yield from self._abandon("every worker died")
             return
         except ray.exceptions.RayTaskError as e:  # the worker's own code raised: a bug, not the item's
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            yield ItemResult(i, params, "failed", error={"node": None, "type": None, "message": msg}, attempts=attempts[i])
+            yield ItemResult(i, params, "failed", error=item_error(msg), attempts=attempts[i])
             return
         r.files = self._write(i, files)
         yield r
@@ -316,7 +316,7 @@ class RaySweep:
         for a in self.actors:
             while a.queue:
                 i = a.queue.popleft()
-                yield ItemResult(i, self.sweep.items[i], "failed", error={"node": None, "type": None, "message": why})
+                yield ItemResult(i, self.sweep.items[i], "failed", error=item_error(why))
 
     def _write(self, i: int, files: dict[str, bytes]) -> list[str]:
         folder = self.sweep.out_dir / item_folder(i)

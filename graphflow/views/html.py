@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from graphflow.pixels import to_uint8
-from graphflow.views.text import PROFILE_COLUMNS, profile_rows
+from graphflow.views.text import PROFILE_COLUMNS, profile_rows, value_text
 
 PICTURE_FILES = {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_FILE_BYTES = 16 << 20  # a picture file larger than this (a contact sheet) is named, not embedded
@@ -145,40 +145,6 @@ def file_html(path: Path, name: str, target: int = 192) -> str:
         return _figure(f"<code>{html.escape(str(path))}</code>", html.escape(name))
     return _figure(img_tag(data, PICTURE_FILES[path.suffix.lower()], w, h, str(path), target),
                    f"{html.escape(name)} · {html.escape(path.name)}")
-
-
-def _number(x: Any) -> str:
-    if isinstance(x, bool) or x is None:
-        return str(x)
-    if isinstance(x, float):
-        return f"{x:.6g}"
-    return str(x)
-
-
-def value_text(v: Any, limit: int = 300) -> str:
-    """A value that is not a picture, in one line: numbers, text, lists of them, tensors by shape."""
-    if hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "detach"):
-        if v.ndim == 0 or v.numel() == 1:
-            return _number(v.detach().cpu().reshape(-1)[0].item())
-        f = v.detach()
-        f = (f if str(f.dtype) == "torch.float32" else f.float()).cpu().numpy()  # numpy: see graphflow/pixels.py
-        return (f"tensor {tuple(v.shape)} {str(v.dtype).replace('torch.', '')} "
-                f"(min {f.min():.4g}, mean {f.mean():.4g}, max {f.max():.4g})")
-    if isinstance(v, (list, tuple)):
-        if not v:
-            return "[]"
-        if all(isinstance(x, (int, float, bool)) or (hasattr(x, "numel") and x.numel() == 1) for x in v):
-            parts = [value_text(x) for x in v]
-        elif all(isinstance(x, str) for x in v):
-            parts = list(v)
-        else:
-            parts = [value_text(x, 60) for x in v[:8]] + ([f"… {len(v) - 8} more"] if len(v) > 8 else [])
-        text = f"{len(v)} values: " + ", ".join(parts) if len(v) > 3 else ", ".join(parts)
-    elif isinstance(v, dict):
-        text = "{" + ", ".join(f"{k}: {value_text(x, 60)}" for k, x in v.items()) + "}"
-    else:
-        text = _number(v) if isinstance(v, (int, float, bool)) or v is None else str(v)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _pictures(name: str, v: Any) -> str | None:

@@ -49,18 +49,47 @@ class Progress:
         self.loop = self.nodes = None
 
 
-def describe_value(v: Any) -> str:
-    shape = getattr(v, "shape", None)
-    if shape is not None and hasattr(v, "dtype"):
-        return f"tensor {tuple(shape)} {str(v.dtype).replace('torch.', '')}"
+def _number(x: Any) -> str:
+    if isinstance(x, bool) or x is None:
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+def value_text(v: Any, limit: int = 300, stats: bool = True) -> str:
+    """A value that is not a picture, in one line, the same on a terminal, in a notebook and in the
+    server's results: numbers, text, lists of them, tensors by shape (and, with ``stats``, their
+    min, mean and max: a notebook shows them; a terminal line and a JSON result stay short)."""
+    if hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "detach"):
+        if v.ndim == 0 or v.numel() == 1:
+            return _number(v.detach().cpu().reshape(-1)[0].item())
+        head = f"tensor {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+        if not stats:
+            return head
+        f = v.detach()
+        f = (f if str(f.dtype) == "torch.float32" else f.float()).cpu().numpy()  # numpy: see graphflow/pixels.py
+        return f"{head} (min {f.min():.4g}, mean {f.mean():.4g}, max {f.max():.4g})"
     if isinstance(v, (list, tuple)):
-        if v and all(isinstance(x, str) for x in v):
-            return ", ".join(v)
-        return f"list of {len(v)}" + (f" ({describe_value(v[0])})" if v else "")
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {describe_value(x)}" for k, x in v.items()) + "}"
-    text = repr(v) if not isinstance(v, str) else v
-    return text if len(text) < 100 else text[:97] + "..."
+        if not v:
+            return "[]"
+        if all(isinstance(x, (int, float, bool)) or (hasattr(x, "numel") and x.numel() == 1) for x in v):
+            parts = [value_text(x, stats=stats) for x in v]
+        elif all(isinstance(x, str) for x in v):
+            parts = list(v)
+        else:
+            parts = [value_text(x, 60, stats) for x in v[:8]] + ([f"… {len(v) - 8} more"] if len(v) > 8 else [])
+        text = f"{len(v)} values: " + ", ".join(parts) if len(v) > 3 else ", ".join(parts)
+    elif isinstance(v, dict):
+        text = "{" + ", ".join(f"{k}: {value_text(x, 60, stats)}" for k, x in v.items()) + "}"
+    else:
+        text = _number(v) if isinstance(v, (int, float, bool)) or v is None else str(v)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_value(v: Any) -> str:
+    """A result on a terminal line or in the server's JSON: ``value_text`` without statistics."""
+    return value_text(v, 100, stats=False)
 
 
 PROFILE_COLUMNS = ("node", "type", "runs", "hits", "seconds", "status")

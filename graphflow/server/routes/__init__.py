@@ -18,11 +18,11 @@ from fastapi import HTTPException
 
 from graphflow.node.registry import Registry
 from graphflow.server.broker import Broker
-from graphflow.server.catalog import Catalog
 from graphflow.server.outputs import RUN_ID
 from graphflow.server.settings import Settings
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
+from graphflow.server.workflow_catalog import Catalog
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, as FastAPI hashes known_run, a dependency
