@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from graphflow_nodes.loading.families import family_for_index
-from graphflow_nodes.loading.files import KINDS, search_folders
+from graphflow_nodes.loading.files import KINDS, MODELS_ENV, search_folders
 
 #: text-encoder width -> family (CLIP ViT-L/14: SD 1.x, OpenCLIP ViT-H: SD 2.x, both concatenated: SDXL)
 WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -149,9 +149,28 @@ def cmd_models(args) -> int:
     return 0
 
 
+class ModelsDirFlag:
+    """``--models-dir DIR`` on every `graphflow` command, contributed through the
+    ``graphflow.flags`` entry point: the models folders are this library's convention, so the flag
+    is declared here and the CLI knows nothing of it. The folders reach the file resolvers (in this
+    process and in a sweep's workers) as ``GRAPHFLOW_MODELS``."""
+
+    def add(self, parser) -> None:
+        parser.add_argument("--models-dir", metavar="DIR", action="append",
+                            help="a models folder (checkpoints/, loras/, embeddings/) where workflows' bare file names are "
+                                 "looked up; repeatable; default $GRAPHFLOW_MODELS")
+
+    def apply(self, args) -> None:
+        if getattr(args, "models_dir", None):
+            os.environ[MODELS_ENV] = os.pathsep.join(os.path.abspath(d) for d in args.models_dir)
+
+
+MODELS_DIR_FLAG = ModelsDirFlag()
+
+
 def add_command(sub):
     """The `graphflow models` command, which this library contributes to graphflow's command line
-    through the ``graphflow.commands`` entry point (the CLI adds ``--models-dir`` to it)."""
+    through the ``graphflow.commands`` entry point (the CLI adds the contributed flags to it)."""
     sp = sub.add_parser("models", help="what the models folders hold: checkpoints, LoRAs, embeddings, with family and size")
     sp.add_argument("--json", action="store_true", help="machine-readable list")
     sp.set_defaults(func=cmd_models)

@@ -2,8 +2,9 @@
 Exit codes (``graphflow.options``): 0 success, 1 a node failed while running, 2 the workflow or the
 command line is invalid (nothing ran), 130 cancelled with Ctrl-C, 143 stopped by SIGTERM.
 
-Node libraries add commands through the ``graphflow.commands`` entry point group (the shipped one
-adds `graphflow models`), as they add node types, so the CLI imports no node library."""
+Node libraries add commands and flags through the ``graphflow.commands`` and ``graphflow.flags``
+entry point groups (the shipped one adds `graphflow models` and ``--models-dir``), as they add node
+types, so the CLI imports no node library and knows none of its conventions."""
 
 from __future__ import annotations
 
@@ -30,14 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_parser(sub)
     serve.add_parser(sub)
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        common.models_dir_flag(ep.load()(sub))
+        common.library_flags(ep.load()(sub))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "models_dir", None):  # read by the node library's file resolvers, in this process and its workers
-        os.environ["GRAPHFLOW_MODELS"] = os.pathsep.join(os.path.abspath(d) for d in args.models_dir)
+    for flag in common.contributed_flags():
+        flag.apply(args)
     try:
         return args.func(args)
     except ValidationFailed as e:

@@ -5,7 +5,9 @@ and reporting problems. Heavy imports (torch, diffusers) happen only inside node
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from importlib.metadata import entry_points
 from typing import Any
 
 import orjson
@@ -15,15 +17,24 @@ from graphflow.problems import Problem, ValidationFailed
 from graphflow.sizes import DEFAULT_CACHE_BYTES, short_size
 
 
+FLAGS_GROUP = "graphflow.flags"
+
+
+@functools.cache
+def contributed_flags() -> tuple:
+    """Flags node libraries add to every command (``graphflow.flags`` entry points: objects with
+    ``add(parser)`` and ``apply(args)``; the shipped library adds ``--models-dir``)."""
+    return tuple(ep.load() for ep in sorted(entry_points(group=FLAGS_GROUP), key=lambda e: e.name))
+
+
 def plugin_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--plugin", action="append", metavar="MODULE", help="extra node module (dotted path or .py file); repeatable")
-    models_dir_flag(sp)
+    library_flags(sp)
 
 
-def models_dir_flag(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--models-dir", metavar="DIR", action="append",
-                    help="a models folder (checkpoints/, loras/, embeddings/) where workflows' bare file names are "
-                         "looked up; repeatable; default $GRAPHFLOW_MODELS")
+def library_flags(sp: argparse.ArgumentParser) -> None:
+    for flag in contributed_flags():
+        flag.add(sp)
 
 
 def limit_flag(sp: argparse.ArgumentParser) -> None:
