@@ -1,5 +1,5 @@
 """Workflow format version 1 as a typed, immutable description: nodes, scopes, links, parameters.
-``reader.py`` builds it from JSON (or a PNG graphflow saved); ``check.py`` decides whether node
+``reader.py`` builds it from JSON (or a PNG graphflow saved); ``graph/check.py`` decides whether node
 types exist and links fit.
 
     {

@@ -2,8 +2,8 @@
 and enum values, and flags a wrong literal as it is typed.
 
 One source for each fact: the document's structure is ``model_json_schema()`` of the pydantic
-models in ``format.py`` that the reader (``document.py``) parses with, patterns and the parameter
-types are format.py's constants, and each node type's literals are its own ``In`` model's field
+models in ``document/format.py`` that the reader (``document/reader.py``) parses with, patterns and the parameter
+types are ``document/format.py``'s constants, and each node type's literals are its own ``In`` model's field
 schemas. This module only fills in what the models leave as "any":
 
 - the registry: per node type its ``type`` const, its inputs (each a literal of the port's schema

@@ -49,21 +49,24 @@ class Progress:
         self.loop = self.nodes = None
 
 
-def _number(x: Any) -> str:
+def _number(x: Any, short: bool = True) -> str:
+    """A number as a notebook shows it (6 significant digits) or, not ``short``, as Python writes it
+    (a terminal line and a JSON result keep ``24.0`` a float)."""
     if isinstance(x, bool) or x is None:
         return str(x)
     if isinstance(x, float):
-        return f"{x:.6g}"
+        return f"{x:.6g}" if short else repr(x)
     return str(x)
 
 
 def value_text(v: Any, limit: int = 300, stats: bool = True) -> str:
     """A value that is not a picture, in one line, the same on a terminal, in a notebook and in the
     server's results: numbers, text, lists of them, tensors by shape (and, with ``stats``, their
-    min, mean and max: a notebook shows them; a terminal line and a JSON result stay short)."""
+    min, mean and max, and numbers to 6 digits: a notebook shows them so; a terminal line and a JSON
+    result stay short and keep each number as Python writes it)."""
     if hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "detach"):
         if v.ndim == 0 or v.numel() == 1:
-            return _number(v.detach().cpu().reshape(-1)[0].item())
+            return _number(v.detach().cpu().reshape(-1)[0].item(), stats)
         head = f"tensor {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
         if not stats:
             return head
@@ -83,7 +86,7 @@ def value_text(v: Any, limit: int = 300, stats: bool = True) -> str:
     elif isinstance(v, dict):
         text = "{" + ", ".join(f"{k}: {value_text(x, 60, stats)}" for k, x in v.items()) + "}"
     else:
-        text = _number(v) if isinstance(v, (int, float, bool)) or v is None else str(v)
+        text = _number(v, stats) if isinstance(v, (int, float, bool)) or v is None else str(v)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -127,7 +127,7 @@ def test_run_ok_writes_file_and_prints_outputs(tmp_path, capsys):
     assert (out / "sum.txt").read_text() == "the sum is 45.0\n"
     stdout = capsys.readouterr().out
     assert f"file: {out / 'sum.txt'}" in stdout
-    assert "partial_sums: 10 values: 0, 1, 3, 6, 10, 15, 21, 28, 36, 45" in stdout  # the notebook's summary, without statistics
+    assert "partial_sums: 10 values: 0.0, 1.0, 3.0, 6.0, 10.0, 15.0, 21.0, 28.0, 36.0, 45.0" in stdout  # the notebook's summary, without statistics
 
 
 def test_run_with_set(tmp_path, capsys):
