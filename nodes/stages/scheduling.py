@@ -70,8 +70,7 @@ def schedule_slice(scheduler: Any, steps: int, start_step: int = 0, end_step: in
             remaining += 1  # start on a first-order half: the step before the cut is taken again whole
         begin = max(len(timesteps) - remaining, 0)
     if denoising_end is not None:
-        cutoff = noise_cutoff(scheduler, denoising_end)
-        end = begin + sum(1 for t in timesteps[begin:].tolist() if t >= cutoff)
+        end = begin + int((timesteps[begin:] >= noise_cutoff(scheduler, denoising_end)).sum())
     elif end_step is None or end_step == steps:
         end = len(timesteps)
     else:
