@@ -120,7 +120,7 @@ class Client:
         stops at its next node or loop step), or the status of a run that had already ended (the
         server's 409: a race a caller cannot avoid, so not an error here)."""
         try:
-            return self._json("POST", f"/api/runs/{quote(run_id)}/cancel")["status"]
+            return self._json("POST", f"/api/runs/{quote(run_id)}/cancel", {})["status"]
         except ServerError as e:
             if e.status != 409:
                 raise

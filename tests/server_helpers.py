@@ -4,6 +4,7 @@ stopped, within bounded time."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -24,19 +25,21 @@ class ThreadServer:
     """create_app + uvicorn.Server on a socket bound to 127.0.0.1:0, served from a thread."""
 
     def __init__(self, tmp: Path, **settings) -> None:
-        from graphflow.engine.executor import Executor
         from graphflow.node.limits import Limits
         from graphflow.node.registry import default_registry
+        from graphflow.options import build_executor
         from graphflow.server.app import create_app
         from graphflow.server.settings import LOOPBACK_NAMES, Settings
+        from graphflow.server.worker_process import WorkerRecipe
         from graphflow.server.workflow_catalog import shipped_folder
 
         self.tmp = Path(tmp)
         limits = settings.pop("limits", None) or Limits()
-        self.executor = Executor(out_dir=self.tmp / "out", limits=limits, check_finite=True)
+        recipe = WorkerRecipe(make_executor=functools.partial(build_executor, str(self.tmp / "out"), limits, {"check_finite": True}),
+                              make_registry=functools.partial(default_registry, [PLUGIN]))
         self.settings = Settings(out=self.tmp / "out", db=self.tmp / "out" / "graphflow.db", allowed_hosts=LOOPBACK_NAMES,
                                  workflows=shipped_folder(), **settings)
-        self.app = create_app(self.settings, self.executor, default_registry([PLUGIN]))
+        self.app = create_app(self.settings, recipe, default_registry([PLUGIN]), limits)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -57,7 +60,6 @@ class ThreadServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(20)
-        self.executor.close()
         self.sock.close()
 
 

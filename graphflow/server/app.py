@@ -1,10 +1,11 @@
 """The HTTP API (FastAPI), assembled: the services the routes share, made once; the middleware;
 the routes, one module per resource in ``routes/``; the errors answered as JSON problems. The
-queue and history are the store's, the running is the worker's, the live events the broker's;
-who may call is ``auth``'s.
+queue and history are the store's, the running is the worker's (and its process's), the live
+events the broker's; who may call is ``auth``'s.
 """
 
 import asyncio
+import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,16 +14,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from graphflow.engine.executor import Executor
+from graphflow.node.limits import Limits
 from graphflow.node.registry import Registry
 from graphflow.problems import Problem, ValidationFailed
-from graphflow.server.auth import check_hosts, token_dependency
+from graphflow.server.auth import check_hosts, guard_state_changes, token_dependency
 from graphflow.server.broker import Broker
+from graphflow.server.owner import Ownership
 from graphflow.server.retention import Retention
 from graphflow.server.routes import Services, events, files, page, runs, workflows
 from graphflow.server.settings import Settings
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
+from graphflow.server.worker_process import WorkerRecipe
 from graphflow.server.workflow_catalog import Catalog
 from graphflow.version import __version__
 
@@ -32,12 +35,13 @@ def problems_response(e: ValidationFailed) -> JSONResponse:
     return JSONResponse({"detail": str(e).splitlines()[0].rstrip(":"), "problems": [p.to_dict() for p in e.problems]}, status_code=422)
 
 
-def _services(settings: Settings, executor: Executor, registry: Registry) -> Services:
+def _services(settings: Settings, recipe: WorkerRecipe, registry: Registry, limits: Limits) -> Services:
     out = Path(settings.out).resolve()
     store = Store(settings.db)
     broker = Broker()
-    catalog = Catalog(settings.workflows, registry, executor.limits)
-    worker = Worker(store, executor, broker, catalog, out, Retention(settings.keep_runs, settings.keep_days))
+    catalog = Catalog(settings.workflows, registry, limits)
+    worker = Worker(store, recipe, broker, catalog, out, Retention(settings.keep_runs, settings.keep_days),
+                    run_timeout=settings.run_timeout, cancel_grace=settings.cancel_grace, worker_memory=settings.worker_memory)
     return Services(settings=settings, out=out, registry=registry, store=store, broker=broker, catalog=catalog, worker=worker)
 
 
@@ -53,9 +57,23 @@ def _answer_problems_as_json(app: FastAPI) -> None:
                     for err in e.errors()]
         return problems_response(ValidationFailed(problems))
 
+    @app.exception_handler(sqlite3.Error)
+    async def _database(request: Request, e: sqlite3.Error) -> JSONResponse:
+        """A database that fails (read-only, locked, full) is the server's state, not a bug: 503,
+        saying which file and what, and /api/health says it too."""
+        return JSONResponse({"detail": f"the server's database ({request.app.state.store.path}) failed: {e}"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
-def create_app(settings: Settings, executor: Executor, registry: Registry) -> FastAPI:
-    s = _services(settings, executor, registry)
+
+def create_app(settings: Settings, recipe: WorkerRecipe, registry: Registry, limits: Limits | None = None) -> FastAPI:
+    """``recipe`` builds the worker process's executor and registry (see ``worker_process``);
+    ``registry`` and ``limits`` are what this process checks submissions with, the same ones."""
+    owner = Ownership(Path(settings.out), {"db": str(Path(settings.db).resolve())})  # before anything is read or removed there
+    try:
+        s = _services(settings, recipe, registry, limits or Limits())
+    except BaseException:
+        owner.release()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -68,6 +86,7 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
             await run_in_threadpool(s.worker.stop)
             s.broker.attach(None)
             s.store.close()
+            owner.release()
 
     app = FastAPI(title="graphflow", version=__version__, lifespan=lifespan, max_body_size=settings.max_body,
                   description="Queue graphflow workflows, follow their progress, fetch their files.")
@@ -82,7 +101,8 @@ def create_app(settings: Settings, executor: Executor, registry: Registry) -> Fa
 
     # every route under /api carries the token check, declared once here so no route can miss it;
     # the modules' order is the OpenAPI document's
-    api = APIRouter(prefix="/api", dependencies=[Depends(token_dependency(settings.token))])
+    api = APIRouter(prefix="/api", dependencies=[Depends(token_dependency(settings.token)),
+                                                 Depends(guard_state_changes(settings.cors_origins))])
     for module in (runs, events, files, workflows, page):
         api.include_router(module.api_routes(s))
     app.include_router(api)

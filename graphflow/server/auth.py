@@ -1,6 +1,14 @@
 """Who may talk to the server, decided here and nowhere else: the bearer token on HTTP calls, the
-same token on the WebSocket, and the Host names a loopback server answers to. Tokens are compared
-in constant time, so response timing does not reveal how much of a guess was right."""
+same token on the WebSocket, the Host names a loopback server answers to, and the web pages
+(origins) that may use it from a browser. Tokens are compared in constant time, so response
+timing does not reveal how much of a guess was right.
+
+Origins: a browser names the page that makes a request in its ``Origin`` header and lets a page
+of another site send some requests without asking (a form's POST, a WebSocket, an EventSource).
+So every state-changing call and every event stream is refused (403) when it comes from a page
+whose origin is neither the server's own nor one allowed with ``--allow-origin``; and a POST must
+say ``Content-Type: application/json``, which a cross-site form cannot send. Programs (curl,
+the Python client) send no ``Origin`` and are not concerned."""
 
 # no `from __future__ import annotations`: FastAPI reads require_token's annotations
 
@@ -8,7 +16,8 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
+from starlette.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 
@@ -43,3 +52,31 @@ def check_hosts(app: FastAPI, allowed_hosts: list[str] | None) -> None:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+
+
+def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
+    """A request with no ``Origin`` (not from a page), from the server's own origin (the scheme and
+    Host it was reached by), or from an allowed one."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return True
+    scheme = {"ws": "http", "wss": "https"}.get(conn.url.scheme, conn.url.scheme)
+    own = f"{scheme}://{conn.headers.get('host', '')}"
+    return origin.rstrip("/").lower() == own.lower() or origin.rstrip("/") in allowed or "*" in allowed
+
+
+def guard_state_changes(allowed: list[str]) -> Callable[..., None]:
+    """The dependency every /api route carries: a page of another origin may not change state or
+    read an event stream; a POST must carry JSON."""
+
+    def guard(request: Request) -> None:
+        reads_events = request.url.path.endswith("/events")
+        if request.method not in ("GET", "HEAD", "OPTIONS") or reads_events:
+            if not origin_allowed(request, allowed):
+                raise HTTPException(403, f"requests from the web page at {request.headers['origin']!r} are refused "
+                                         "(graphflow serve --allow-origin ORIGIN allows one)")
+        if request.method == "POST" and request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, "send 'Content-Type: application/json' (with a JSON body, {} if there is nothing to say): "
+                                     "a cross-site form cannot, which keeps other web pages from acting on this server")
+
+    return guard

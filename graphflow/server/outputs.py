@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 from graphflow.engine.results import RunResult
 
 #: list items shown inline; a longer list is summarized
@@ -89,3 +91,23 @@ def summarize(result: RunResult, run_dir: Path, run_id: str, status: str) -> dic
         "files": list_files(run_dir, run_id),
         "cache_errors": result.cache_errors,
     }
+
+
+def storable_summary(result: RunResult, run_dir: Path, run_id: str, sources: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The run's status and summary, made sure to be storable: an output JSON cannot hold (an
+    integer beyond 64 bits) is not stored; the run fails, naming the node that made it and why,
+    rather than being recorded as a failure of the server. ``sources``: output name → the link
+    (``node.port``) it comes from, to name that node."""
+    status = result.status
+    summary = summarize(result, run_dir, run_id, status)
+    for name, value in list(summary["outputs"].items()):
+        try:
+            orjson.dumps(value)
+        except (orjson.JSONEncodeError, TypeError) as e:
+            link = (sources or {}).get(name)
+            node = getattr(link, "node", None) or str(link or name).split(".")[0]
+            summary["outputs"][name] = None
+            summary["errors"].append({"node": node, "type": summary["nodes"].get(node, {}).get("type", ""), "exc_type": "Unstorable",
+                                      "message": f"output {name!r} cannot be stored in the run's history: {e}", "iteration": None})
+            status = "failed" if status == "done" else status
+    return status, summary

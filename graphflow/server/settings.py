@@ -1,5 +1,6 @@
 """What a server is told at start: where its files and database live, its token, queue and body
-limits, which Host names and origins it accepts, and how long it keeps ended runs."""
+limits, which Host names and origins it accepts, how long it keeps ended runs, and how long and
+how large a run may grow before its worker process is killed."""
 
 from __future__ import annotations
 
@@ -26,3 +27,9 @@ class Settings:
     #: ended runs kept in the history with their files: the newest ``keep_runs``, none older than ``keep_days`` (None: no limit)
     keep_runs: int | None = 10_000
     keep_days: float | None = None
+    #: seconds a run may take before it is stopped and failed (None: no limit)
+    run_timeout: float | None = None
+    #: seconds a run has to honour a cancel (or the timeout) before its worker process is killed
+    cancel_grace: float = 10.0
+    #: bytes the worker process may hold resident before it is killed, failing its run (None: no limit)
+    worker_memory: int | None = None

@@ -43,22 +43,50 @@ CREATE TABLE IF NOT EXISTS runs (
     events BLOB
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, seq);
+CREATE TABLE IF NOT EXISTS deleting (id TEXT PRIMARY KEY);
 """
 
 _LIST_COLUMNS = "seq, id, status, workflow_name, params, created, started, finished, attempts, interruptions, result"
 
 
+class StoreUnusable(Exception):
+    """The database cannot be opened for writing (read-only, locked, not a database)."""
+
+
 class Store:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
+    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+        """Raises StoreUnusable, naming the file, if the database cannot be written now: a server
+        that could answer but never run anything must not start."""
+        self.path, self._timeout = Path(path), timeout
         self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=timeout)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreUnusable(f"cannot open the database {self.path}: {e}") from None
+        self._db.row_factory = sqlite3.Row
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            self.check()
+        except sqlite3.Error as e:
+            self._db.close()
+            raise StoreUnusable(f"cannot write the database {self.path}: {e}") from None
+
+    def check(self, timeout: float = 0.5) -> None:
+        """Raises sqlite3.Error unless the database can be written within ``timeout`` seconds."""
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("UPDATE runs SET id = id WHERE 0")  # a write, so a read-only file fails here
+                self._db.execute("ROLLBACK")
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
 
     def close(self) -> None:
         with self._lock:
@@ -135,6 +163,12 @@ class Store:
         self._run("UPDATE runs SET status = 'queued', started = NULL, attempts = max(attempts - 1, 0) WHERE id = ? AND status = 'running'",
                   (run_id,))
 
+    def retry(self, run_id: str) -> None:
+        """A run whose worker process died under it: back in the queue, the start counted (a run
+        started MAX_ATTEMPTS times is not retried again)."""
+        self._run("UPDATE runs SET status = 'queued', started = NULL, interruptions = interruptions + 1 WHERE id = ? AND status = 'running'",
+                  (run_id,))
+
     def cancel(self, run_id: str) -> str | None:
         """Cancel a run: a queued one ends ``cancelled`` now; a running one is marked, for the
         worker to stop (and for a restart to not run it again). Returns the status after, or None
@@ -190,8 +224,9 @@ class Store:
 
     def prune(self, keep: int | None, ended_before: float | None) -> list[str]:
         """Delete ended runs beyond the newest ``keep`` ended ones, and those that ended before
-        ``ended_before`` (a time); queued and running runs are never touched. Returns their ids
-        (their files are the caller's to remove)."""
+        ``ended_before`` (a time); queued and running runs are never touched. Returns their ids;
+        their files are the caller's to remove, and they stay listed in ``deleting`` until
+        ``deleted`` says they are gone (a server killed in between finishes the job at start)."""
         if keep is None and ended_before is None:
             return []
         final = ", ".join(f"'{s}'" for s in FINAL)
@@ -207,6 +242,7 @@ class Store:
                         f"SELECT id FROM runs WHERE status IN ({final}) AND finished < ?", (ended_before,))]
                 ids = list(dict.fromkeys(ids))
                 self._db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+                self._db.executemany("INSERT OR IGNORE INTO deleting (id) VALUES (?)", [(i,) for i in ids])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -223,6 +259,7 @@ class Store:
                 status = None if row is None else row["status"]
                 if status in FINAL:
                     self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                    self._db.execute("INSERT OR IGNORE INTO deleting (id) VALUES (?)", (run_id,))
                     status = "deleted"
                 self._db.execute("COMMIT")
             except BaseException:
@@ -230,13 +267,14 @@ class Store:
                 raise
         return status
 
-    def known(self, ids: list[str]) -> set[str]:
-        """Which of ``ids`` are runs in the store."""
-        found: set[str] = set()
-        for k in range(0, len(ids), 500):
-            chunk = ids[k:k + 500]
-            found.update(r[0] for r in self._run(f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk)))
-        return found
+    def deleting(self) -> list[str]:
+        """Runs deleted from the history whose folders may still be on disk."""
+        return [r[0] for r in self._run("SELECT id FROM deleting ORDER BY id").fetchall()]
+
+    def deleted(self, ids: list[str]) -> None:
+        """Their folders are gone."""
+        with self._lock:
+            self._db.executemany("DELETE FROM deleting WHERE id = ?", [(i,) for i in ids])
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._run("SELECT status, count(*) FROM runs GROUP BY status").fetchall()}

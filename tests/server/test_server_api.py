@@ -185,7 +185,7 @@ def test_cancel_queued_never_starts_and_running_stops(srv, client, tmp_path):
     assert w["status"] == "cancelled" and w["started"] is None
     assert [e["type"] for e in client.events(waiting)] == ["queued", "run_finished"]
     assert not (srv.tmp / "out" / "runs" / waiting).exists()
-    r = httpx.post(srv.url + f"/api/runs/{later}/cancel")
+    r = httpx.post(srv.url + f"/api/runs/{later}/cancel", json={})
     assert r.status_code == 409
     assert client.cancel(later) == "done"  # the client turns the server's 409 into the run's status
 

@@ -85,24 +85,33 @@ def test_delete_removes_an_ended_run_and_its_files(tmp_path):
         srv.stop()
 
 
-def test_folders_no_run_names_are_swept_at_start_and_nothing_else(tmp_path):
-    """A prune killed between deleting rows and folders leaves folders without rows: the next
-    start removes those, and leaves the folders of known runs and anything not named like a run."""
+def test_a_prune_cut_short_is_finished_at_start_and_unlisted_folders_are_left_alone(tmp_path):
+    """A prune killed between deleting rows and folders leaves folders its database lists as
+    deleting: the next start removes those. A run folder the database never listed (another
+    server's, the user's) is not the server's to remove, whatever its name."""
+    from graphflow.server.store import Store
+
     srv = ThreadServer(tmp_path)
     try:
-        (kept,) = _done(Client(srv.url), 1)
+        pruned, kept = _done(Client(srv.url), 2)
     finally:
         srv.stop()
     runs = tmp_path / "out" / "runs"
-    orphan = runs / ("ab" * 16)
-    orphan.mkdir()
-    (orphan / "picture.png").write_bytes(b"left behind")
+    store = Store(tmp_path / "out" / "graphflow.db")
+    assert store.prune(keep=1, ended_before=None) == [pruned]  # the older one; the kill comes before its folder goes
+    store.close()
+    assert (runs / pruned).is_dir()
+    stranger = runs / ("ab" * 16)
+    stranger.mkdir()
+    (stranger / "picture.png").write_bytes(b"another server's")
     (runs / "notes").mkdir()
     srv = ThreadServer(tmp_path)
     try:
-        assert not orphan.exists()
+        assert not (runs / pruned).exists()
+        assert (stranger / "picture.png").read_bytes() == b"another server's"
         assert (runs / kept / "sum.txt").is_file() and (runs / "notes").is_dir()
         assert Client(srv.url).run(kept)["status"] == "done"
+        assert srv.store.deleting() == []
     finally:
         srv.stop()
 

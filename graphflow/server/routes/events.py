@@ -4,18 +4,23 @@ one WebSocket (ComfyUI's shape, for tools written against it)."""
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations, which name local dependencies
 
 import asyncio
+import re
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, WebSocket
+from fastapi import APIRouter, Depends, Header, HTTPException, WebSocket
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
-from graphflow.server.auth import socket_allowed
+from graphflow.server.auth import origin_allowed, socket_allowed
 from graphflow.server.finish import finished_event
 from graphflow.server.routes import Services
 from graphflow.server.store import FINAL
+
+
+#: an event number as this server writes them: ASCII digits, within what a log can hold
+_EVENT_ID = re.compile(r"[0-9]{1,15}")
 
 
 def _sse(e: dict[str, Any]) -> ServerSentEvent:
@@ -41,7 +46,9 @@ def api_routes(s: Services) -> APIRouter:
     async def run_events(run: Annotated[dict[str, Any], Depends(s.known_run)],
                          last_event_id: Annotated[str | None, Header()] = None):
         run_id = run["id"]
-        k = int(last_event_id) + 1 if last_event_id and last_event_id.isdigit() else 0
+        if last_event_id is not None and not _EVENT_ID.fullmatch(last_event_id):
+            raise HTTPException(400, "Last-Event-ID must be the number of an event this server sent (ASCII digits)")
+        k = int(last_event_id) + 1 if last_event_id is not None else 0
         while True:
             waiter = s.broker.waiter(run_id)  # before reading: an event published in between still wakes it
             batch, done, here = s.broker.read(run_id, k)
@@ -74,8 +81,9 @@ def open_routes(s: Services) -> APIRouter:
     @router.websocket("/api/ws")
     async def socket(ws: WebSocket) -> None:
         """Every run's events as ``{"type": …, "data": {…}}`` messages (ComfyUI's shape). Browsers
-        cannot set headers on a WebSocket, so the token may also come as ``?token=``."""
-        if not socket_allowed(ws, s.settings.token):
+        cannot set headers on a WebSocket, so the token may also come as ``?token=``; and they let
+        any page open one, so a page of another origin is refused (``auth.origin_allowed``)."""
+        if not socket_allowed(ws, s.settings.token) or not origin_allowed(ws, s.settings.cors_origins):
             await ws.close(code=1008)
             return
         await ws.accept()

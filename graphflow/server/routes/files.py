@@ -1,4 +1,6 @@
-"""The files runs wrote, served from their folders (``OUT/runs/<id>/``) and nowhere else."""
+"""The files runs wrote, served from their folders (``OUT/runs/<id>/``) and nowhere else: a path
+that leads out of the folder, through ``..`` or a link (the run's folder itself replaced by one
+included), is not followed."""
 
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations
 
@@ -7,6 +9,9 @@ from fastapi.responses import FileResponse
 
 from graphflow.server.outputs import RUN_ID, run_dir
 from graphflow.server.routes import Services
+
+#: the longest file path a run can have written that this serves (Linux's PATH_MAX)
+MAX_NAME = 4096
 
 
 def api_routes(s: Services) -> APIRouter:
@@ -17,13 +22,15 @@ def api_routes(s: Services) -> APIRouter:
         # one 404 for every refusal: an answer must not tell which files exist outside the folder
         if not RUN_ID.fullmatch(run_id):
             raise HTTPException(404, "no such file")
-        root = run_dir(s.out, run_id).resolve()
+        if len(name) > MAX_NAME or any(len(part.encode()) > 255 for part in name.split("/")):
+            raise HTTPException(404, "no such file")
+        root = run_dir(s.out, run_id)  # not resolved: a run folder that is a link leads elsewhere, and is refused
         try:
             path = (root / name).resolve()
+            if not path.is_relative_to(root) or path == root or not path.is_file():
+                raise HTTPException(404, "no such file")
         except (OSError, ValueError):
             raise HTTPException(404, "no such file") from None
-        if not path.is_relative_to(root) or path == root or not path.is_file():
-            raise HTTPException(404, "no such file")
         if any(part.startswith(".") for part in path.relative_to(root).parts):  # a file still being written
             raise HTTPException(404, "no such file")
         return FileResponse(path)

@@ -3,12 +3,13 @@ carry the token) and the queue's status (behind the token)."""
 
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from graphflow.server.routes import Services
 
@@ -21,6 +22,16 @@ def api_routes(s: Services) -> APIRouter:
     @api.get("/status", summary="The queue: how many runs wait, which one runs")
     def status() -> dict[str, Any]:
         return {"counts": s.store.counts(), "time": time.time()}
+
+    @api.get("/health", summary="Whether the server can take and run work: its database and its worker process (503 if not)")
+    def health() -> JSONResponse:
+        worker = s.worker.health()
+        problems = dict(worker.pop("problems"))
+        try:
+            s.store.check()
+        except sqlite3.Error as e:
+            problems["database"] = f"{s.store.path}: {e}"
+        return JSONResponse({"ok": not problems, "problems": problems, **worker}, status_code=503 if problems else 200)
 
     return api
 

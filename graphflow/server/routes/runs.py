@@ -1,9 +1,8 @@
 """Runs: queue one, check one without queueing it, the history, one run, cancel, delete.
 
 Request bodies are parsed by graphflow's own JSON reader, as workflow files are: a key given twice
-or an integer beyond 64 bits is refused (422), never silently changed. POST bodies must say
-``Content-Type: application/json``, which a cross-site form cannot send without a CORS preflight
-(and CORS is off unless asked), so a web page the user visits cannot queue runs on their server.
+or an integer beyond 64 bits is refused (422), never silently changed. (That POST bodies are JSON,
+which keeps other web pages from queueing or cancelling runs, is ``auth.guard_state_changes``'.)
 """
 
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations, which name local dependencies
@@ -38,7 +37,7 @@ class RunRequest:
         for k in data:
             if k not in self.KEYS:
                 problems.append(Problem("bad_request", f"unknown field {k!r} (fields: {', '.join(self.KEYS)})", field=str(k)))
-        self.workflow, self.workflow_name, self.params = data.get("workflow"), data.get("workflow_name"), data.get("params") or {}
+        self.workflow, self.workflow_name, self.params = data.get("workflow"), data.get("workflow_name"), data.get("params", {})
         if self.workflow is not None and not isinstance(self.workflow, dict):
             problems.append(Problem("bad_request", "'workflow' must be a workflow document (a JSON object)", field="workflow"))
         if self.workflow_name is not None and not isinstance(self.workflow_name, str):
@@ -51,9 +50,7 @@ class RunRequest:
 
 async def json_body(request: Request) -> RunRequest:
     """The body read by hand, not declared to FastAPI: its JSON reader would accept what
-    graphflow's refuses, and the content type is the cross-site guard (see above)."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise HTTPException(415, "send the body as JSON with 'Content-Type: application/json'")
+    graphflow's refuses."""
     return RunRequest(await request.body())
 
 
@@ -122,7 +119,7 @@ def api_routes(s: Services) -> APIRouter:
         status = s.store.delete(run["id"])
         if status != "deleted":
             raise HTTPException(409, f"run {run['id']} is {status}: cancel it first, then delete it once it has ended")
-        remove_run(s.out, s.broker, run["id"])
+        remove_run(s.store, s.out, s.broker, run["id"])
         return {"id": run["id"], "deleted": True}
 
     return api
