@@ -34,8 +34,11 @@ POLL = 0.05
 DB_RETRY = 1.0
 
 
-def server_error(message: str, node: str = "(server)", exc_type: str = "Server") -> dict[str, Any]:
-    return {"node": node, "type": "Server" if node == "(server)" else "", "exc_type": exc_type, "message": message, "iteration": None}
+def server_error(message: str, node: tuple[str, str] | None = None, exc_type: str = "Server") -> dict[str, Any]:
+    """An error entry as the executor's (``NodeError.to_dict``): the node that was running when
+    the server stopped the run (``(id, type)``), else the server itself."""
+    nid, ntype = node or ("(server)", "Server")
+    return {"node": nid, "type": ntype, "exc_type": exc_type, "message": message, "iteration": None}
 
 
 class Worker:
@@ -216,7 +219,7 @@ class Worker:
 
     def _forced(self, row: dict[str, Any], folder: Path, why: str, node: tuple[str, str] | None, memory: int = 0) -> None:
         """The process was killed: the run ends (or goes back to the queue, at shutdown) with the reason."""
-        from graphflow.sizes import format_size
+        from graphflow.sizes import format_size, short_size
 
         run_id = row["id"]
         where = f"node '{node[0]}' ({node[1]})" if node else "the run"
@@ -232,10 +235,10 @@ class Worker:
                                       f"within {self.cancel_grace:g} s; its worker process was killed and restarted")
         else:
             status, text = "failed", (f"the worker process grew to {format_size(memory)} while {where} ran, over "
-                                      f"--worker-memory ({format_size(self.worker_memory)}); it was killed and restarted")
+                                      f"--worker-memory ({short_size(self.worker_memory)}); it was killed and restarted")
         exc = {"cancel": "Cancelled", "timeout": "RunTimeout", "memory": "WorkerMemory"}[why]
         self.broker.publish(run_id, {"type": "worker_restarted", "reason": why})
-        self._end(run_id, status, {"errors": [server_error(text, node[0] if node else "(server)", exc)]})
+        self._end(run_id, status, {"errors": [server_error(text, node, exc)]})
 
     def _died(self, row: dict[str, Any], folder: Path, how: str, node: tuple[str, str] | None) -> None:
         """The process died by itself during the run: once is given the benefit of the doubt (the
@@ -254,7 +257,7 @@ class Worker:
             return
         where = f" during node '{node[0]}' ({node[1]})" if node else ""
         self._end(run_id, "failed", {"errors": [server_error(f"{how}{where}, for the second time: the run is not retried",
-                                                             node[0] if node else "(server)", "WorkerDied")]})
+                                                             node, "WorkerDied")]})
 
     def _end(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
         """Store the result, then tell the clients (who may then read it back at once)."""

@@ -23,6 +23,16 @@ from graphflow.server.store import FINAL
 _EVENT_ID = re.compile(r"[0-9]{1,15}")
 
 
+def _resume_from(last_event_id: Annotated[str | None, Header()] = None) -> int:
+    """The first event to send: after ``Last-Event-ID``, checked before the stream starts (a
+    dependency), so a bad one is a 400, not a stream cut after its headers."""
+    if last_event_id is None:
+        return 0
+    if not _EVENT_ID.fullmatch(last_event_id):
+        raise HTTPException(400, "Last-Event-ID must be the number of an event this server sent (ASCII digits)")
+    return int(last_event_id) + 1
+
+
 def _sse(e: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(raw_data=orjson.dumps(e).decode(), event=e["type"], id=str(e["seq"]))
 
@@ -43,12 +53,8 @@ def api_routes(s: Services) -> APIRouter:
 
     @api.get("/runs/{run_id}/events", response_class=EventSourceResponse,
              summary="Server-Sent Events: what the run did so far, then live, ending with run_finished")
-    async def run_events(run: Annotated[dict[str, Any], Depends(s.known_run)],
-                         last_event_id: Annotated[str | None, Header()] = None):
+    async def run_events(run: Annotated[dict[str, Any], Depends(s.known_run)], k: Annotated[int, Depends(_resume_from)]):
         run_id = run["id"]
-        if last_event_id is not None and not _EVENT_ID.fullmatch(last_event_id):
-            raise HTTPException(400, "Last-Event-ID must be the number of an event this server sent (ASCII digits)")
-        k = int(last_event_id) + 1 if last_event_id is not None else 0
         while True:
             waiter = s.broker.waiter(run_id)  # before reading: an event published in between still wakes it
             batch, done, here = s.broker.read(run_id, k)

@@ -1,0 +1,341 @@
+"""The red team's findings against `graphflow serve`, each as the case that broke it: runs that
+never answer a cancel (stuck in C code, allocating without end, killing their process), pages of
+other origins, a second server on one output folder, a database that fails, and inputs that gave
+500s. Every server here is real (uvicorn on a loopback port, a spawned worker process, SQLite on
+disk); times are bounds on a hang, never measurements."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from graphflow.client import Client
+from tests.server_helpers import ROOT, PLUGIN, ProcessServer, ThreadServer, servers, wait_for  # noqa: F401 (fixture)
+from tests.server_nodes import gate_workflow, one_node
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = ThreadServer(tmp_path_factory.mktemp("hard"), cancel_grace=1.0)
+    yield s
+    s.stop()
+
+
+def _pid(srv) -> int:
+    return wait_for(lambda: srv.app.state.worker.process.pid)
+
+
+def _then_hello_runs(client: Client) -> None:
+    later = client.submit("hello", {"n": 3})
+    assert client.wait(later, timeout=60)["status"] == "done"
+
+
+# --- runs that can always be stopped ------------------------------------------------------------
+
+
+def test_a_run_stuck_in_c_code_is_killed_after_the_grace_and_the_queue_moves_on(srv):
+    c = Client(srv.url)
+    stuck = c.submit(one_node("Stall"))
+    waiting = c.submit("hello", {"n": 4})
+    wait_for(lambda: c.run(stuck)["status"] == "running" and srv.app.state.worker._current == stuck)
+    first_pid = srv.app.state.worker.process.pid
+    wait_for(lambda: any(e["type"] == "node_started" for e in srv.app.state.broker.log(stuck)))
+    t0 = time.monotonic()
+    assert c.cancel(stuck) == "cancelling"
+    run = c.wait(stuck, timeout=30)
+    assert time.monotonic() - t0 < 15  # the grace is 1 s; a hang would take the 600 s the node sleeps
+    assert run["status"] == "cancelled"
+    (err,) = run["errors"]
+    assert err["node"] == "n" and err["exc_type"] == "Cancelled"
+    assert "did not stop within 1 s of the cancel; its worker process was killed and restarted" in err["message"]
+    assert c.wait(waiting, timeout=60)["status"] == "done"  # the next run, on a fresh process
+    assert srv.app.state.worker.process.pid != first_pid
+    assert "worker_restarted" in [e["type"] for e in c.events(stuck)]
+
+
+def test_run_timeout_fails_the_run_naming_the_limit(tmp_path):
+    s = ThreadServer(tmp_path, run_timeout=1.0, cancel_grace=1.0)
+    try:
+        c = Client(s.url)
+        run = c.wait(c.submit(one_node("Stall")), timeout=60)
+        assert run["status"] == "failed"
+        (err,) = run["errors"]
+        assert err["exc_type"] == "RunTimeout" and "exceeded --run-timeout (1 s)" in err["message"]
+        # a run that honours the cancel the timeout sends ends failed too, without a kill
+        restarts = s.app.state.worker.process.restarts
+        run = c.wait(c.submit(gate_workflow(str(tmp_path / "never"))), timeout=60)
+        assert run["status"] == "failed" and run["errors"][-1]["exc_type"] == "RunTimeout"
+        assert s.app.state.worker.process.restarts == restarts
+        _then_hello_runs(c)
+    finally:
+        s.stop()
+
+
+def test_a_run_over_worker_memory_is_killed_and_failed(tmp_path):
+    s = ThreadServer(tmp_path, worker_memory=600 << 20)
+    try:
+        c = Client(s.url)
+        run = c.wait(c.submit(one_node("Hog")), timeout=120)
+        assert run["status"] == "failed"
+        (err,) = run["errors"]
+        assert err["node"] == "n" and err["exc_type"] == "WorkerMemory"
+        assert err["type"] == "Hog" and "while node 'n' (Hog) ran, over --worker-memory (600M)" in err["message"], err
+        _then_hello_runs(c)
+    finally:
+        s.stop()
+
+
+def test_a_run_that_kills_its_worker_is_retried_once_then_failed(srv):
+    c = Client(srv.url)
+    run = c.wait(c.submit(one_node("Crash")), timeout=120)
+    assert run["status"] == "failed" and run["attempts"] == 2
+    (err,) = run["errors"]
+    assert err["exc_type"] == "WorkerDied" and "killed by SIGKILL" in err["message"] and "second time" in err["message"]
+    types = [e["type"] for e in c.events(run["id"])]
+    assert types.count("worker_restarted") == 2 and types.count("requeued") == 1
+    _then_hello_runs(c)
+
+
+def test_shutdown_with_a_stuck_run_is_bounded_and_requeues_it(tmp_path, servers):
+    s = ProcessServer(tmp_path, "--cancel-grace", "30")
+    servers.append(s)
+    c = Client(s.url)
+    stuck = c.submit(one_node("Stall"))
+    wait_for(lambda: c.run(stuck)["status"] == "running")
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert s.stop() in (0, -15)  # uvicorn re-raises the SIGTERM once it has shut down; -9 would be the test's kill
+    assert time.monotonic() - t0 < 15  # shutdown waits at most 5 s for a run, whatever --cancel-grace says
+    s2 = ProcessServer(tmp_path, "--cancel-grace", "1")
+    servers.append(s2)
+    c2 = Client(s2.url)
+    wait_for(lambda: c2.run(stuck)["status"] == "running")
+    assert c2.cancel(stuck) == "cancelling"
+    assert c2.wait(stuck, timeout=30)["status"] == "cancelled"
+
+
+# --- results that cannot be stored ----------------------------------------------------------------
+
+
+def test_an_output_no_json_store_holds_fails_its_node_not_the_server(srv):
+    c = Client(srv.url)
+    run = c.wait(c.submit(one_node("Huge", "n")), timeout=60)
+    assert run["status"] == "failed" and run["outputs"]["n"] is None
+    (err,) = run["errors"]
+    assert err["node"] == "n" and err["exc_type"] == "Unstorable" and "output 'n' cannot be stored" in err["message"]
+    assert c.wait(c.submit(one_node("Huge", "n"), {}), timeout=60)["status"] == "failed"
+
+
+# --- origins ----------------------------------------------------------------------------------
+
+
+def test_pages_of_other_origins_get_no_events_and_change_nothing(srv):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    c = Client(srv.url)
+    run_id = c.submit(gate_workflow(str(srv.tmp / "never-opened")))
+    wait_for(lambda: c.run(run_id)["status"] == "running")
+    evil = {"Origin": "https://evil.example"}
+    ws_url = srv.url.replace("http", "ws") + "/api/ws"
+    with pytest.raises(InvalidStatus) as e:
+        connect(ws_url, additional_headers=evil, open_timeout=10).close()
+    assert e.value.response.status_code == 403
+    with connect(ws_url, additional_headers={"Origin": srv.url}, open_timeout=10) as ws:  # the server's own page
+        assert '"status"' in ws.recv(timeout=10)
+    r = httpx.get(srv.url + f"/api/runs/{run_id}/events", headers=evil)
+    assert r.status_code == 403 and "--allow-origin" in r.json()["detail"]
+    # the form a cross-site page can send: urlencoded, with or without its Origin
+    form = httpx.post(srv.url + f"/api/runs/{run_id}/cancel", data={"x": "1"})
+    assert form.status_code == 415
+    assert httpx.post(srv.url + f"/api/runs/{run_id}/cancel", json={}, headers=evil).status_code == 403
+    assert httpx.delete(srv.url + f"/api/runs/{run_id}", headers=evil).status_code == 403
+    assert c.run(run_id)["status"] == "running"
+    assert httpx.post(srv.url + f"/api/runs/{run_id}/cancel", json={}, headers={"Origin": srv.url}).status_code == 202
+    assert c.wait(run_id, timeout=30)["status"] == "cancelled"
+
+
+def test_allow_origin_lets_a_named_page_in(tmp_path):
+    s = ThreadServer(tmp_path, cors_origins=["http://localhost:5173"])
+    try:
+        r = httpx.get(s.url + "/api/runs/" + "0" * 32 + "/events", headers={"Origin": "http://localhost:5173"})
+        assert r.status_code == 404  # past the origin check: there is no such run
+        assert httpx.get(s.url + "/api/runs/" + "0" * 32 + "/events", headers={"Origin": "http://localhost:5174"}).status_code == 403
+    finally:
+        s.stop()
+
+
+# --- one --out, one owner ---------------------------------------------------------------------
+
+
+def test_a_second_server_on_the_same_out_is_refused_and_deletes_nothing(tmp_path, servers):
+    first = ProcessServer(tmp_path)
+    servers.append(first)
+    c = Client(first.url)
+    run_id = c.submit("hello", {"n": 2})
+    assert c.wait(run_id, timeout=60)["status"] == "done"
+    p = subprocess.run([sys.executable, "-m", "graphflow.cli", "serve", "--port", "0", "--out", str(tmp_path / "out"),
+                        "--db", str(tmp_path / "other.db"), "--no-cache", "--plugin", PLUGIN],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert f"{tmp_path / 'out'} is the output folder of another graphflow server (pid {first.proc.pid}" in p.stderr
+    assert "give each server its own --out" in p.stderr and "Traceback" not in p.stderr
+    assert (tmp_path / "out" / "runs" / run_id / "sum.txt").is_file()
+    assert not (tmp_path / "other.db").exists() or os.path.getsize(tmp_path / "other.db") == 0
+    # once the first is gone (even by kill -9), the folder is free again
+    first.kill()
+    second = ProcessServer(tmp_path)
+    servers.append(second)
+    assert Client(second.url).run(run_id)["status"] == "done"
+
+
+# --- the database -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def test_a_read_only_database_is_refused_at_start_naming_it(tmp_path):
+    db = tmp_path / "ro.db"
+    sqlite3.connect(db).close()
+    db.chmod(stat.S_IRUSR)
+    _refused_at_start(tmp_path, db, "readonly")
+
+
+def test_a_file_that_is_not_a_database_is_refused_at_start_naming_it(tmp_path):
+    db = tmp_path / "notes.db"
+    db.write_text("my notes, not a database\n" * 100)
+    _refused_at_start(tmp_path, db, "not a database")
+    assert db.read_text() == "my notes, not a database\n" * 100
+
+
+def test_a_locked_database_is_refused_at_start_naming_it(tmp_path):
+    db = tmp_path / "locked.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        _refused_at_start(tmp_path, db, "locked")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def _refused_at_start(tmp_path, db, word: str) -> None:
+    p = subprocess.run([sys.executable, "-m", "graphflow.cli", "serve", "--port", "0", "--out", str(tmp_path / "out"),
+                        "--db", str(db), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert f"graphflow serve: error: cannot write the database {db}" in p.stderr and word in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_a_database_locked_while_serving_is_503_and_health_says_so_then_the_worker_goes_on(tmp_path):
+    s = ThreadServer(tmp_path)
+    try:
+        c = Client(s.url)
+        _then_hello_runs(c)
+        s.store._db.execute("PRAGMA busy_timeout = 200")  # the server's own waits, shortened for the test
+        s.store._timeout = 0.2
+        holder = sqlite3.connect(s.settings.db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            r = httpx.post(s.url + "/api/runs", json={"workflow_name": "hello", "params": {"n": 1}})
+            assert r.status_code == 503 and str(s.settings.db) in r.json()["detail"] and "locked" in r.json()["detail"]
+            h = httpx.get(s.url + "/api/health")
+            assert h.status_code == 503 and "locked" in h.json()["problems"]["database"]
+            time.sleep(1.5)  # the worker's claims fail meanwhile; its thread must survive them
+            assert s.app.state.worker._thread.is_alive()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert httpx.get(s.url + "/api/health").json()["ok"] is True
+        _then_hello_runs(c)
+    finally:
+        s.stop()
+
+
+# --- no 500 from input --------------------------------------------------------------------------
+
+
+def _raw(srv, method: str, path: str, headers: dict | None = None) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def test_long_file_names_and_paths_are_404(srv):
+    c = Client(srv.url)
+    run_id = c.submit("hello", {"n": 2})
+    c.wait(run_id, timeout=60)
+    assert _raw(srv, "GET", f"/api/files/{run_id}/{'a' * 300}") == 404
+    assert _raw(srv, "GET", f"/api/files/{run_id}/{'/'.join(['abcdefghij'] * 600)}") == 404
+    assert _raw(srv, "GET", f"/api/files/{run_id}/sum.txt") == 200
+
+
+def test_a_run_folder_replaced_by_a_link_is_not_followed(srv, tmp_path):
+    c = Client(srv.url)
+    run_id = c.submit("hello", {"n": 2})
+    c.wait(run_id, timeout=60)
+    folder = srv.tmp / "out" / "runs" / run_id
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "sum.txt").write_text("not the server's")
+    os.rename(folder, tmp_path / "moved")
+    folder.symlink_to(secret)
+    assert _raw(srv, "GET", f"/api/files/{run_id}/sum.txt") == 404
+
+
+@pytest.mark.parametrize("value", ["٣", "²", "9" * 5000, "-1", "1.0", "0x1"])
+def test_last_event_id_is_parsed_strictly(srv, value):
+    c = Client(srv.url)
+    run_id = c.submit("hello", {"n": 1})
+    c.wait(run_id, timeout=60)
+    r = httpx.get(srv.url + f"/api/runs/{run_id}/events", headers={"Last-Event-ID": value.encode()})
+    assert r.status_code == 400 and "Last-Event-ID" in r.json()["detail"]
+    ok = httpx.get(srv.url + f"/api/runs/{run_id}/events", headers={"Last-Event-ID": "0"})
+    assert ok.status_code == 200 and "run_finished" in ok.text
+
+
+@pytest.mark.parametrize("params", [False, 0, "", [], None])
+def test_params_that_are_not_an_object_are_refused(srv, params):
+    before = len(srv.store.history(1000))
+    r = httpx.post(srv.url + "/api/runs", json={"workflow_name": "hello", "params": params})
+    assert r.status_code == 422
+    assert r.json()["problems"][0]["field"] == "params"
+    assert len(srv.store.history(1000)) == before
+
+
+def test_health_reports_the_worker(srv):
+    h = httpx.get(srv.url + "/api/health")
+    assert h.status_code == 200 and h.json()["ok"] is True and h.json()["problems"] == {}
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_an_empty_token_is_refused(tmp_path, how):
+    args = ["--token", ""] if how == "flag" else []
+    env = {**os.environ, "GRAPHFLOW_TOKEN": ""} if how == "env" else {k: v for k, v in os.environ.items() if k != "GRAPHFLOW_TOKEN"}
+    p = subprocess.run([sys.executable, "-m", "graphflow.cli", "serve", "--port", "0", "--out", str(tmp_path), *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2
+    assert f"graphflow serve: error: {'--token' if how == 'flag' else 'GRAPHFLOW_TOKEN'} is empty" in p.stderr
+
+
+def test_without_a_token_only_loopback_is_served_and_it_says_so(tmp_path, servers):
+    s = ProcessServer(tmp_path, "--host", "0.0.0.0")
+    servers.append(s)
+    assert s.url.startswith("http://127.0.0.1:")
+    assert "no --token, so listening on 127.0.0.1 only, not 0.0.0.0" in s.stderr()
