@@ -6,7 +6,13 @@
    the Python client sees it (a new connection per request, JSON both ways).
 2. Overhead: txt2img on the embedded model through the server (submit, then wait on the event
    stream) against the same run through the Python API in this process, both warm (model loaded,
-   prompt encoded), a new seed each time so the denoising always runs, the two interleaved.
+   prompt encoded), a new seed each time so the denoising always runs, the two interleaved. The
+   server's CPU time includes its worker process's.
+3. The worker process itself: hello.json run through ``WorkerProcess`` (pickled over a pipe, events
+   relayed) against the same executor work on a thread of this process, as the server ran it before
+   runs moved to a process; and what starting (or, after a kill, restarting) the process costs.
+Threads: torch's default in each process; the machine's other load shows in the wall times, less
+in the CPU times.
 """
 
 from __future__ import annotations
@@ -84,9 +90,17 @@ def load(url: str) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+    """User + system CPU time of a process and its live children so far (Linux /proc): the
+    server's and its worker process's."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except OSError:
+                pass
+    return total
 
 
 def overhead(url: str, out: Path, server_pid: int) -> None:
@@ -143,6 +157,68 @@ def overhead(url: str, out: Path, server_pid: int) -> None:
     print(f"all runs (wall s), server: {', '.join(f'{w:.2f}' for w, _ in server)}; API: {', '.join(f'{w:.2f}' for w, _ in api)}")
 
 
+def worker_process(out: Path, n: int = 200) -> None:
+    import functools
+
+    from graphflow.engine.executor import Executor
+    from graphflow.graph.workflow import Workflow
+    from graphflow.node.registry import default_registry
+    from graphflow.options import build_executor, build_registry
+    from graphflow.server.run_events import event_dict
+    from graphflow.server.worker_process import WorkerProcess, WorkerRecipe
+
+    import orjson
+
+    doc = orjson.loads((ROOT / "workflows" / "hello.json").read_bytes())
+    recipe = WorkerRecipe(make_executor=functools.partial(build_executor, str(out), None, {"check_finite": True}),
+                          make_registry=functools.partial(build_registry, ()))
+    proc = WorkerProcess(recipe)
+    t0 = time.perf_counter()
+    proc.ensure()
+    start = time.perf_counter() - t0
+
+    def via_process(k: int) -> float:
+        t = time.perf_counter()
+        proc.send(("run", f"r{k}", doc, {"n": k % 50 + 1}, str(out / "p")))
+        while True:
+            msg = proc.receive(10.0)
+            if msg is not None and msg[0] != "event":
+                assert msg[0] == "result" and msg[2] == "done", msg
+                return time.perf_counter() - t
+
+    registry = default_registry([])
+    ex = Executor(out_dir=out, check_finite=True)
+
+    def in_thread(k: int) -> float:
+        t = time.perf_counter()
+        bound = Workflow.from_dict(doc, registry, "<request>").bind({"n": k % 50 + 1}, ex.limits)
+        h = ex.submit(bound, out_dir=out / "t")
+        for e in h.events():
+            event_dict(e)
+        assert h.result().ok
+        return time.perf_counter() - t
+
+    for k in range(20):  # warm both
+        via_process(k), in_thread(k)
+    p, t = [], []
+    for k in range(n):
+        (p.append(via_process(k)), t.append(in_thread(k))) if k % 2 else (t.append(in_thread(k)), p.append(via_process(k)))
+    mp, mt = statistics.median(p) * 1e3, statistics.median(t) * 1e3
+    t0 = time.perf_counter()
+    proc.kill()
+    proc.ensure()
+    restart = time.perf_counter() - t0
+    proc.close()
+    ex.close()
+    print(f"\nhello.json (a loop of 1-50 additions and a file), {n} runs each, interleaved (medians):")
+    print("| path | ms per run | ÷ thread |")
+    print("|---|---|---|")
+    print(f"| executor on a thread of the server (before) | {mt:.2f} | 1.00 |")
+    print(f"| worker process: pickled over a pipe, events relayed (now) | {mp:.2f} | {mp / mt:.2f} |")
+    print(f"per-run overhead of the process: {mp - mt:.2f} ms; starting it: {start:.2f} s; killing and restarting it: {restart:.2f} s "
+          "(models then load again on their first use)")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(Path(tmp) / "server")
@@ -155,6 +231,7 @@ def main() -> None:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        worker_process(Path(tmp) / "worker")
 
 
 if __name__ == "__main__":
