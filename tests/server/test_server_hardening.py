@@ -15,6 +15,7 @@ import sys
 import time
 
 import httpx
+import orjson
 import pytest
 
 from graphflow.client import Client
@@ -339,3 +340,70 @@ def test_without_a_token_only_loopback_is_served_and_it_says_so(tmp_path, server
     servers.append(s)
     assert s.url.startswith("http://127.0.0.1:")
     assert "no --token, so listening on 127.0.0.1 only, not 0.0.0.0" in s.stderr()
+
+
+# --- the corpus: hostile requests, none of which may get a 500 ------------------------------------
+
+
+def _deep(levels: int) -> bytes:
+    """A JSON value nested ``levels`` lists deep (deeper than JSON encoders agree to write)."""
+    return b"[" * levels + b"1" + b"]" * levels
+
+
+def _corpus(run_id: str) -> list[tuple[str, str, dict, bytes]]:
+    j = {"Content-Type": "application/json"}
+    hello = lambda **kw: orjson.dumps({"workflow_name": "hello", **kw})  # noqa: E731
+    deep_params = b'{"workflow_name": "hello", "params": {"n": ' + _deep(1000) + b"}}"
+    deep_wf = (b'{"workflow": {"format": 1, "nodes": {"a": {"type": "Range", "inputs": {"stop": ' + _deep(300)
+               + b'}}}, "outputs": {"x": "a.values"}}}')
+    cases = [
+        ("POST", "/api/runs", j, b"{"),
+        ("POST", "/api/runs", j, b"[]"),
+        ("POST", "/api/runs", j, b'{"workflow_name": "hello", "workflow_name": "hello"}'),
+        ("POST", "/api/runs", j, b'{"workflow_name": "hello", "params": {"n": 18446744073709551616}}'),
+        ("POST", "/api/runs", j, deep_params),
+        ("POST", "/api/validate", j, deep_params),
+        ("POST", "/api/runs", j, deep_wf),
+        ("POST", "/api/validate", j, deep_wf),
+        ("POST", "/api/runs", j, hello(params={"n": "\u0000" * 10})),
+        ("POST", "/api/runs", j, hello(params={"é" * 1000: 1})),
+        ("POST", "/api/runs", {"Content-Type": "application/x-www-form-urlencoded"}, b"workflow_name=hello"),
+        ("POST", "/api/runs", {"Content-Type": "text/plain"}, hello()),
+        ("POST", f"/api/runs/{run_id}/cancel", {"Content-Type": "multipart/form-data; boundary=x"}, b"--x--"),
+        ("POST", "/api/runs/" + "a" * 5000 + "/cancel", j, b"{}"),
+        ("GET", "/api/runs/" + "%00" * 10, {}, b""),
+        ("GET", "/api/runs?limit=0", {}, b""),
+        ("GET", "/api/runs?limit=99999999999999999999999", {}, b""),
+        ("GET", "/api/runs?before=" + "x" * 5000, {}, b""),
+        ("GET", f"/api/runs/{run_id}/events", {"Last-Event-ID": "9" * 5000}, b""),
+        ("GET", f"/api/files/{run_id}/" + "%2e%2e/" * 50 + "etc/passwd", {}, b""),
+        ("GET", f"/api/files/{run_id}/" + "x" * 300, {}, b""),
+        ("GET", f"/api/files/{run_id}/" + "y/" * 3000, {}, b""),
+        ("GET", "/api/files/" + "0" * 32 + "/%00", {}, b""),
+        ("GET", "/api/workflows/" + "../" * 20 + "etc/passwd", {}, b""),
+        ("DELETE", "/api/runs/" + "0" * 32, {}, b""),
+        ("DELETE", f"/api/runs/{run_id}", {"Origin": "null"}, b""),
+    ]
+    return cases
+
+
+def test_hostile_requests_never_get_a_500_and_the_server_keeps_working(srv):
+    c = Client(srv.url)
+    run_id = c.submit("hello", {"n": 2})
+    c.wait(run_id, timeout=60)
+    before = len(srv.store.history(1000))
+    statuses = []
+    for method, path, headers, body in _corpus(run_id):
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        try:
+            conn.request(method, path, body=body or None, headers=headers)
+            r = conn.getresponse()
+            r.read()
+        finally:
+            conn.close()
+        statuses.append(r.status)
+        assert r.status < 500, (method, path[:80], r.status)
+    assert len(srv.store.history(1000)) == before  # none of them queued anything
+    assert Client(srv.url).run(run_id)["status"] == "done"  # the DELETE from a null origin did nothing
+    _then_hello_runs(c)
+    assert httpx.get(srv.url + "/api/health").json()["ok"] is True
