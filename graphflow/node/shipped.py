@@ -74,7 +74,7 @@ def workflow_file(path: str | os.PathLike) -> Path:
         return shipped
     if p.exists():  # a folder: the reader says so
         return p
-    raise ValidationFailed([Problem("unreadable_file", f"cannot read {p}: No such file or directory; {_hint(p)}")])
+    raise ValidationFailed([Problem("unreadable_file", f"cannot read {os.fspath(path)}: No such file or directory; {_hint(p)}")])
 
 
 def _hint(p: Path) -> str:
