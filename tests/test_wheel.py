@@ -9,6 +9,7 @@ install, its metadata), so the only graphflow it can import is the wheel's, whic
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,6 @@ import pytest
 from PIL import Image
 
 from graphflow.version import __version__
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = "graphflow-diffusion"
@@ -55,6 +54,18 @@ def source_copy(dst: Path) -> Path:
     return dst
 
 
+# graphflow/sweep/ray_runner.py's INSTALL hint and cli/sweep.py's --ray help are being rewritten beside
+# this change: once they (and tests/sweep/test_sweep_ray.py's expected message) say
+# graphflow-diffusion[ray], this passes and the mark goes
+@pytest.mark.xfail(strict=True, reason="the Ray install hint in graphflow/sweep/ray_runner.py and cli/sweep.py still says graphflow[ray]")
+def test_no_message_or_document_names_the_other_projects_distribution():
+    """``pip install 'graphflow[ray]'`` would install an unrelated project: every hint says graphflow-diffusion."""
+    wrong = sorted(str(p.relative_to(ROOT)) for top in ("graphflow", "nodes", "README.md", "Makefile", "pyproject.toml")
+                   for p in ([ROOT / top] if (ROOT / top).is_file() else (ROOT / top).rglob("*.py"))
+                   if re.search(r"\bgraphflow\[", p.read_text()))
+    assert wrong == [], f"these name the distribution graphflow (another project): {wrong}"
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
     """(the source copy, the wheel built from it), offline: the venv's setuptools, no build isolation."""
@@ -68,6 +79,7 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     return src, wheels[0]
 
 
+@pytest.mark.slow
 def test_wheel_is_named_and_versioned_as_the_source_says(built):
     _, wheel = built
     assert wheel.name == f"graphflow_diffusion-{__version__}-py3-none-any.whl"
@@ -81,6 +93,7 @@ def test_wheel_is_named_and_versioned_as_the_source_says(built):
     assert "stable-diffusion = graphflow_nodes.library:register" in entry_points
 
 
+@pytest.mark.slow
 def test_wheel_holds_every_file_of_both_packages(built):
     """Every file under graphflow/ and nodes/ (code, the server's page, the workflows, the models
     with tiny-sd's CLIP vocabulary, the configs, the samples) is in the wheel, and nothing else of
@@ -138,6 +151,7 @@ def installed(built, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return venv, env
 
 
+@pytest.mark.slow
 def test_installed_wheel_imports_itself_not_the_checkout(installed, tmp_path):
     venv, env = installed
     r = subprocess.run([str(venv / "bin" / "python"), "-c",
@@ -152,6 +166,7 @@ def test_installed_wheel_imports_itself_not_the_checkout(installed, tmp_path):
     assert r.stdout.strip() == f"graphflow {__version__}"
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_a_shipped_workflow_by_name_from_any_folder(installed, tmp_path):
     venv, env = installed
     anywhere = tmp_path / "anywhere"
