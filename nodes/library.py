@@ -1,10 +1,16 @@
 """Every node type of the library: the ``graphflow.nodes`` entry point names ``register``, which
 registers each node module's own node classes, so the package's ``__init__`` stays empty and a
-command that needs only the library's flags or ``graphflow models`` imports no node type."""
+command that needs only the library's flags or ``graphflow models`` imports no node type.
+``WORKFLOWS`` is the folder of the workflows the library ships, which graphflow finds through the
+same entry point (``graphflow run txt2img`` from any folder; see graphflow/node/shipped.py)."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+
+#: package data, installed with the library: every workflow here runs by its name
+WORKFLOWS = Path(__file__).with_name("workflows")
 
 NODE_MODULES = (
     "images", "loading.lora", "loading.models",

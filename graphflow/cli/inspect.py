@@ -96,9 +96,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from graphflow.document.reader import load_json_file, read_document
+    from graphflow.node.shipped import workflow_file
     from graphflow.views.diagram import dot, mermaid
 
-    doc, problems = read_document(load_json_file(args.workflow)[0], args.workflow)
+    doc, problems = read_document(load_json_file(workflow_file(args.workflow))[0], args.workflow)
     if doc is None:
         raise ValidationFailed(problems)
     if args.format in ("svg", "png"):
@@ -133,7 +134,7 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_schema)
 
     g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text, or a picture (SVG, PNG)")
-    g.add_argument("workflow")
+    g.add_argument("workflow", help="a workflow file, or a shipped workflow's name (txt2img)")
     g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
                    help="svg and png are drawn by Graphviz's `dot` program")
     g.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")

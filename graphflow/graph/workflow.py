@@ -15,6 +15,7 @@ from graphflow.graph.bind import BoundGraph, bind
 from graphflow.graph.check import CheckedGraph
 from graphflow.node.limits import Limits
 from graphflow.node.registry import Registry, default_registry
+from graphflow.node.shipped import workflow_file
 from graphflow.problems import Problem, ValidationFailed
 
 _DEFAULT_REGISTRY: Registry | None = None
@@ -62,8 +63,9 @@ class Workflow:
     @classmethod
     def load(cls, path: str | Path, registry: Registry | None = None, limits: Limits | None = None) -> Workflow:
         """A workflow file (.json), or a picture graphflow made (.png): its embedded workflow and
-        parameters, read as untrusted text like any document (no larger than ``limits.document``)."""
-        data, params = load_json_file(path, (limits or Limits()).document)
+        parameters, read as untrusted text like any document (no larger than ``limits.document``).
+        A name that is no file but a shipped workflow's (``txt2img``) loads that one."""
+        data, params = load_json_file(workflow_file(path), (limits or Limits()).document)
         return cls._from_json(data, registry, str(path), params)
 
     def with_params(self, **params: Any) -> Workflow:

@@ -1,1 +1,1 @@
-"""Node types: how one is declared (ports, kinds, context inputs, limits), the registry that finds them, the built-in nodes, and the JSON Schema built from them."""
+"""Node types: how one is declared (ports, kinds, context inputs, limits), the registry that finds them, the built-in nodes, and the JSON Schema built from them; and the workflows installed node packs ship (shipped.py)."""

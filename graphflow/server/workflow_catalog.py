@@ -21,8 +21,12 @@ from graphflow.problems import Problem, ValidationFailed
 
 
 def shipped_folder() -> Path:
-    """The repository's workflows/ folder (graphflow runs from its checkout; see the README)."""
-    return Path(__file__).resolve().parents[2] / "workflows"
+    """The shipped workflows' folder: the first installed node pack's (graphflow_nodes/workflows,
+    package data, so an installed server has them without a checkout)."""
+    from graphflow.node.shipped import folders
+
+    found = folders()
+    return found[0] if found else Path(__file__).resolve().parent / "no-shipped-workflows"
 
 
 def params_form(wf: Workflow) -> dict[str, dict[str, Any]]:
