@@ -45,6 +45,7 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
             known = ", ".join(sorted(doc.params)) or "none"
             problems.append(Problem("unknown_param", f"no parameter '{name}'{did_you_mean(name, doc.params)} (known: {known})", field=f"params.{name}"))
     params: dict[str, Any] = {}
+    wrong: set[str] = set()  # declared a type and given another: one problem, not one more per input it feeds
     for name, p in doc.params.items():
         if name in overrides:
             params[name] = overrides[name]
@@ -56,6 +57,7 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
         if p.type:
             ok = isinstance(v, PARAM_VALUES[p.type]) and not (p.type in ("int", "float") and isinstance(v, bool))
             if not ok:
+                wrong.add(name)
                 problems.append(Problem("bad_param", f"parameter '{name}' is declared {p.type}, got {v!r}", field=f"params.{name}"))
     values: dict[tuple[str, str], Any] = {}
     for name, uses in checked.param_uses.items():
@@ -64,6 +66,8 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
                 problems.append(Problem("missing_param", f"parameter '{name}' has no default; set it", node=nid, field=fld))
                 continue
             value = params[name]
+            if name in wrong:
+                continue
             if port is None:
                 values[(nid, fld)] = value
                 continue
