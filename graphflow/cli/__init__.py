@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_parser(sub)
     serve.add_parser(sub)
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        common.library_flags(ep.load()(sub))
+        sp = ep.load()(sub)
+        common.plugin_flags(sp)
+        sp.set_defaults(load_plugins=True)
     return p
 
 
@@ -50,9 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         prog = parser.get_default("commands").choices[args.command].prog
         print(f"{prog}: error: unrecognized arguments: {' '.join(extra)}\n{hint}", file=sys.stderr)
         return options.EXIT_INVALID
-    for flag in common.contributed_flags():
-        flag.apply(args)
+    prog = parser.get_default("commands").choices[args.command].prog
     try:
+        for flag in common.contributed_flags():
+            flag.apply(args)  # a bad value raises ValueError
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return options.EXIT_INVALID
+    try:
+        if getattr(args, "load_plugins", False) and args.plugin:  # a command that reads no node types: a broken plugin is still exit 2
+            common.registry(args)
         return args.func(args)
     except ValidationFailed as e:
         common.print_problems(e, getattr(args, "json", False), getattr(args, "workflow", "graphflow"))

@@ -23,7 +23,8 @@ FLAGS_GROUP = "graphflow.flags"
 @functools.cache
 def contributed_flags() -> tuple:
     """Flags node libraries add to every command (``graphflow.flags`` entry points: objects with
-    ``add(parser)`` and ``apply(args)``; the shipped library adds ``--models-dir``)."""
+    ``add(parser)`` and ``apply(args)``, which raises ValueError for a bad value: exit 2 with its
+    message; the shipped library adds ``--models-dir``)."""
     return tuple(ep.load() for ep in sorted(entry_points(group=FLAGS_GROUP), key=lambda e: e.name))
 
 

@@ -40,7 +40,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     v = sub.add_parser("validate", help="check a workflow without running it", description="Check a workflow without running anything.")
-    v.add_argument("workflow")
+    v.add_argument("workflow", help="workflow JSON file, or a PNG graphflow saved")
     v.add_argument("--set", action="append", metavar="NAME=VALUE", help="check with this parameter value")
     v.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     common.device_flags(v)
