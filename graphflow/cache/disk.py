@@ -1,8 +1,8 @@
 """Node outputs kept on disk, for later processes and other workers: one safetensors file per
 fingerprint with a checksum of its tensors (the format: ``entry.py``). An entry that fails to read
 or to match its checksum is deleted and recomputed, never trusted. Several processes may share one
-folder; it keeps itself under a size limit by evicting the least recently used entries (see
-``DiskCache``).
+folder; it keeps itself under a size limit by evicting the least recently used entries, and never
+follows a link planted in it (see ``DiskCache``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,17 @@ class DiskCache:
     automatic prune evicts down to 90 % of the limit, so that the next few puts do not prune again.
     Two processes pruning at once evict the same oldest entries; a file already gone counts as freed,
     and an entry used since the scan is kept, so they do not evict more than needed. Temporary files
-    older than an hour (left by a killed process) are deleted by ``prune`` and ``clear``."""
+    older than an hour (left by a killed process) are deleted by ``prune`` and ``clear``.
+
+    **Links.** Whoever can write to a shared folder can plant a link in it: a shard folder that
+    points at a models folder made entries be written there, and eviction delete the model files
+    beside them. So the cache follows no link it did not make (it makes none): each shard folder
+    is opened with ``O_NOFOLLOW`` and every entry is opened, written, renamed, stat'ed and deleted
+    by name inside it (``dir_fd``), so no path is resolved twice; a link planted as a shard folder
+    is replaced by a real one on the next write, a link (or a FIFO) at an entry's name is a damaged
+    entry (the link is removed, what it points to is never opened), and a scan lists only regular
+    files in real folders, so a prune or a clear cannot reach outside the cache. The root folder
+    itself is the user's to choose, a link included."""
 
     def __init__(self, root: str | Path, max_bytes: int | str | None = DEFAULT_CACHE_BYTES) -> None:
         self.root = Path(root)
