@@ -18,12 +18,13 @@ from graphflow.graph.workflow import Workflow, load, registry
 from graphflow.node.context import Cancelled, Context, UndeclaredContext
 from graphflow.node.declaration import Inputs, Node, Outputs
 from graphflow.node.kinds import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
+from graphflow.node.limits import Limits
 from graphflow.node.registry import Registry, default_registry
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.version import __version__
 
 __all__ = [
-    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "FileInput", "Inputs", "Kind", "Node", "NodeError",
+    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "Executor", "FileInput", "Inputs", "Kind", "Limits", "Node", "NodeError",
     "Outputs", "Problem", "Registry", "RunHandle", "RunResult", "UndeclaredContext", "ValidationFailed", "Workflow",
     "__version__", "default_registry", "kind", "list_of", "load", "registry", "sweep",
 ]

@@ -16,11 +16,11 @@ from typing import IO
 Writer = Callable[[IO[bytes]], object] | bytes
 
 
-def _temporary(path: Path, write: Writer) -> Path:
+def _temporary(path: Path, write: Writer, dir_fd: int | None = None) -> Path:
     # unique across threads, processes and machines sharing a folder (a network cache); O_EXCL |
     # O_NOFOLLOW: never through a link or file someone placed at the temporary name
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, (bytes, bytearray, memoryview)):
@@ -28,20 +28,30 @@ def _temporary(path: Path, write: Writer) -> Path:
             else:
                 write(f)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink(tmp, dir_fd)
         raise
     return tmp
 
 
-def write_atomic(path: str | Path, write: Writer) -> Path:
-    """Write ``path`` whole, replacing what is there (a cache entry: same key, same content).
-    ``write`` is the bytes, or a function that writes to the open temporary file."""
-    path = Path(path)
-    tmp = _temporary(path, write)
+def _unlink(path: Path, dir_fd: int | None) -> None:
     try:
-        os.replace(tmp, path)
+        os.unlink(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def write_atomic(path: str | Path, write: Writer, *, dir_fd: int | None = None) -> Path:
+    """Write ``path`` whole, replacing what is there (a cache entry: same key, same content).
+    ``write`` is the bytes, or a function that writes to the open temporary file. With ``dir_fd``
+    (an open folder), ``path`` is a name inside that folder: the disk cache writes so, to reach its
+    own folder and never one a link planted in its place points to. The rename replaces a link at
+    ``path`` itself, never what it points to."""
+    path = Path(path)
+    tmp = _temporary(path, write, dir_fd)
+    try:
+        os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     finally:
-        tmp.unlink(missing_ok=True)
+        _unlink(tmp, dir_fd)
     return path
 
 

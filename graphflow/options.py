@@ -53,10 +53,17 @@ def build_limits(pairs: list[str] | tuple = ()):
 
 
 def executor_options(device: str = "cpu", dtype: str = "float32", cache_dir: str | None = None, no_cache: bool = False,
-                     cache_max_size: str | None = None, check_finite: bool = True) -> dict[str, Any]:
+                     cache_max_size: str | None = None, check_finite: bool = True, check_device: bool = True) -> dict[str, Any]:
     """Executor keyword arguments from settings as a user writes them (a size as ``500M``); a Ray
-    sweep sends the same dict to each of its workers. Raises ValueError naming the bad setting."""
+    sweep sends the same dict to each of its workers. Raises ValueError naming the bad setting:
+    a device or dtype this torch cannot compute in is one, before a workflow loads a model
+    (``check_device=False`` for workers on other machines, whose torch may differ: each checks its own)."""
     from graphflow.sizes import DEFAULT_CACHE_BYTES, parse_size
+
+    if check_device:
+        from graphflow.engine.devices import check_device as check
+
+        check(device, dtype)
 
     try:
         max_size = DEFAULT_CACHE_BYTES if cache_max_size is None else parse_size(cache_max_size)

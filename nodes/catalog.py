@@ -161,8 +161,16 @@ class ModelsDirFlag:
                                  "looked up; repeatable; default $GRAPHFLOW_MODELS")
 
     def apply(self, args) -> None:
-        if getattr(args, "models_dir", None):
-            os.environ[MODELS_ENV] = os.pathsep.join(os.path.abspath(d) for d in args.models_dir)
+        """Raises ValueError (the CLI's exit 2) for a folder that is not there: a mistyped path
+        would otherwise be searched in silence, and the workflow fail later with "no checkpoint
+        named ..." that does not say why."""
+        if not getattr(args, "models_dir", None):
+            return
+        wrong = [f"{d} {'is not a folder' if os.path.exists(d) else 'does not exist'}" for d in args.models_dir if not os.path.isdir(d)]
+        if wrong:
+            raise ValueError(f"argument --models-dir: {'; '.join(wrong)} (a models folder holds checkpoints/, loras/ and "
+                             f"embeddings/)")
+        os.environ[MODELS_ENV] = os.pathsep.join(os.path.abspath(d) for d in args.models_dir)
 
 
 MODELS_DIR_FLAG = ModelsDirFlag()

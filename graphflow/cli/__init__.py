@@ -14,7 +14,7 @@ import sys
 from importlib.metadata import entry_points
 
 from graphflow import __version__, options
-from graphflow.cli import cache, common, inspect, run, serve, sweep, validate
+from graphflow.cli import cache, common, inspect, run, serve, sweep, usage, validate
 from graphflow.problems import ValidationFailed
 
 COMMANDS_GROUP = "graphflow.commands"
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphflow", description="Run diffusion workflows written as JSON graphs of typed nodes.")
     p.add_argument("--version", action="version", version=f"graphflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.set_defaults(commands=sub)
     run.add_parser(sub)
     sweep.add_parser(sub)
     validate.add_parser(sub)
@@ -31,15 +32,36 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_parser(sub)
     serve.add_parser(sub)
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        common.library_flags(ep.load()(sub))
+        sp = ep.load()(sub)
+        common.plugin_flags(sp)
+        sp.set_defaults(load_plugins=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for flag in common.contributed_flags():
-        flag.apply(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:  # as `git` does: the commands, one line each, and a usage exit code
+        print(usage.command_list(parser, parser.get_default("commands")))
+        return options.EXIT_INVALID
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = usage.pair_hint(argv, extra) or usage.generic_pair_hint(argv)
+        if hint is None:
+            parser.parse_args(argv)  # argparse's own message and exit
+        prog = parser.get_default("commands").choices[args.command].prog
+        print(f"{prog}: error: unrecognized arguments: {' '.join(extra)}\n{hint}", file=sys.stderr)
+        return options.EXIT_INVALID
+    prog = parser.get_default("commands").choices[args.command].prog
     try:
+        for flag in common.contributed_flags():
+            flag.apply(args)  # a bad value raises ValueError
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return options.EXIT_INVALID
+    try:
+        if getattr(args, "load_plugins", False) and args.plugin:  # a command that reads no node types: a broken plugin is still exit 2
+            common.registry(args)
         return args.func(args)
     except ValidationFailed as e:
         common.print_problems(e, getattr(args, "json", False), getattr(args, "workflow", "graphflow"))

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from graphflow import options
+from graphflow.cli import common
 from graphflow.sizes import DEFAULT_CACHE_BYTES, short_size
 
 
@@ -47,4 +48,5 @@ def add_parser(sub) -> None:
                            "files that killed processes left over an hour ago")
     c.add_argument("--max-size", metavar="SIZE",
                    help=f"the size --prune shrinks the cache to: 500M, 4G or bytes (default: {short_size(DEFAULT_CACHE_BYTES)})")
-    c.set_defaults(func=cmd_cache)
+    common.plugin_flags(c)
+    c.set_defaults(func=cmd_cache, load_plugins=True)

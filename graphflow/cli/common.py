@@ -23,7 +23,8 @@ FLAGS_GROUP = "graphflow.flags"
 @functools.cache
 def contributed_flags() -> tuple:
     """Flags node libraries add to every command (``graphflow.flags`` entry points: objects with
-    ``add(parser)`` and ``apply(args)``; the shipped library adds ``--models-dir``)."""
+    ``add(parser)`` and ``apply(args)``, which raises ValueError for a bad value: exit 2 with its
+    message; the shipped library adds ``--models-dir``)."""
     return tuple(ep.load() for ep in sorted(entry_points(group=FLAGS_GROUP), key=lambda e: e.name))
 
 
@@ -45,10 +46,17 @@ def limit_flag(sp: argparse.ArgumentParser) -> None:
                     help="raise or lower a resource ceiling; repeatable (" + ", ".join(f"{n} {getattr(d, n)}" for n in d.names()) + ")")
 
 
+def device_flags(sp: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: `validate` takes them too, to check them against this torch."""
+    sp.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
+                    help="where models run (default: cpu); checked against the installed torch before anything loads")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="model precision (default: float32; the CPU computes in all three)")
+
+
 def execution_flags(sp: argparse.ArgumentParser) -> None:
     """What `run`, `sweep` and `serve` share: where models run, the disk cache, the NaN check."""
-    sp.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where models run (default: cpu)")
-    sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision")
+    device_flags(sp)
     sp.add_argument("--cache-dir", help="on-disk cache folder (default: $GRAPHFLOW_CACHE_DIR or ~/.cache/graphflow)")
     sp.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk cache")
     sp.add_argument("--cache-max-size", metavar="SIZE",
@@ -65,8 +73,10 @@ def limits(args: argparse.Namespace):
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor's settings; the device is checked here unless a sweep's Ray workers run on a
+    cluster elsewhere (``--ray ADDRESS``), whose torch is theirs to check."""
     return options.executor_options(args.device, args.dtype, args.cache_dir, args.no_cache, args.cache_max_size,
-                                    not args.no_check_finite)
+                                    not args.no_check_finite, check_device=getattr(args, "ray", None) in (None, "local"))
 
 
 def executor(args: argparse.Namespace, limits):
@@ -79,7 +89,8 @@ def parse_sets(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
     out, problems = {}, []
     for pair in pairs:
         if "=" not in pair:
-            problems.append(Problem("bad_set", f"--set takes name=value, got {pair!r}"))
+            problems.append(Problem("bad_set", f"--set takes NAME=VALUE as one argument, got {pair!r}: write --set "
+                                               f"{pair or 'NAME'}=VALUE, and quote a value that has spaces, as in --set prompt='a red square'"))
             continue
         k, v = pair.split("=", 1)
         p = declared.get(k)

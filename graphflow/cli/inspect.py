@@ -61,12 +61,64 @@ def port_line(p, inputs: bool) -> str:
     return head + (f"\n      {d['description']}" if d["description"] else "")
 
 
+#: what each scope is, in the words of the README's Loops and Scopes sections
+SCOPES = {
+    "Loop": ("runs its body once per element of 'over', in order, and passes values from one element to the next: each "
+             "'carry' value starts as given and takes its 'next' value after each element (the denoising loop is one)",
+             "workflows/hello.json (a Loop adding numbers), workflows/txt2img.json (the denoising loop)"),
+    "Map": ("runs its body once per element of 'over', the elements independent of each other (no 'carry', no 'next'), and "
+            "gathers one value per element with 'collect', in element order",
+            "workflows/map_seeds.json (a Map over seeds, a denoising Loop inside it)"),
+}
+
+
+def describe_scope(name: str) -> str:
+    """`describe Loop` and `describe Map`: a scope is no registered node type but a part of the
+    format, so what it is and the keys it takes come from the format's own model, which the
+    reader checks documents against."""
+    from graphflow.document.format import ScopeModel
+
+    what, examples = SCOPES[name]
+    lines = [f"{name} (a scope: written among a workflow's nodes, but a body of nodes rather than a node type)",
+             textwrap.indent(textwrap.fill(f"A {name} {what}. Scopes nest to any depth: a body may hold a Loop or a Map, whose "
+                                           f"nodes read every enclosing scope's values.", 96), "  "),
+             "keys:"]
+    for key, f in ScopeModel.model_fields.items():
+        if key in ("type", "title") or (name == "Map" and key in ("carry", "next")):
+            continue
+        need = "required" if f.is_required() else ("default 'item'" if key == "item" else "optional")
+        lines.append(f"  {key}: {need}\n      {(f.description or '').removeprefix('Loop only: ')}")
+    inside = "<id>.item (the element, under the name 'item' gives), <id>.index, <id>.count"
+    lines.append(f"inside the body, as {{\"from\": ...}}: {inside}" + (", each carried value <id>.<name>" if name == "Loop" else ""))
+    lines.append("after it: " + ("each carried value's last value and " if name == "Loop" else "")
+                 + "each collected list, as {\"from\": \"<id>.<name>\"}")
+    lines.append(f"examples: {examples}; the README's Loops and Scopes sections")
+    return "\n".join(lines)
+
+
+def type_suggestion(name: str, names: list[str]) -> str:
+    """The node types a mistyped name may have meant: the same name in another case, else the
+    nearest spellings (EncodePromt: EncodePrompt), else those containing it."""
+    import difflib
+
+    low = name.lower()
+    near = [t for t in names if t.lower() == low]
+    if not near and len(name) <= 100:
+        near = difflib.get_close_matches(name, names, n=3, cutoff=0.8) or difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    near = near or [t for t in names if low in t.lower()][:5]
+    return f" (did you mean {', '.join(near)}?)" if near else " (`graphflow nodes` lists them)"
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
+    from graphflow.document.format import SCOPE_TYPES
+
+    if args.node in SCOPE_TYPES:
+        print(describe_scope(args.node))
+        return options.EXIT_OK
     reg = common.registry(args)
     n = reg.get(args.node)
     if n is None:
-        near = [t for t in reg.names() if args.node.lower() in t.lower()]
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        hint = type_suggestion(args.node, [*reg.names(), *SCOPE_TYPES])
         print(f"unknown node type '{args.node}'{hint}", file=sys.stderr)
         return options.EXIT_INVALID
     flags = [] if n.pure else ["side effects: always runs, never cached"]
@@ -134,8 +186,9 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_schema)
 
     g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text, or a picture (SVG, PNG)")
-    g.add_argument("workflow", help="a workflow file, or a shipped workflow's name (txt2img)")
+    g.add_argument("workflow", help="a workflow file (.json, or a .png graphflow saved), or a shipped workflow's name (txt2img)")
     g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
                    help="svg and png are drawn by Graphviz's `dot` program")
     g.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")
-    g.set_defaults(func=cmd_graph)
+    common.plugin_flags(g)
+    g.set_defaults(func=cmd_graph, load_plugins=True)

@@ -9,7 +9,7 @@ import orjson
 
 from graphflow import options
 from graphflow.cli import common
-from graphflow.problems import ValidationFailed
+from graphflow.problems import Problem, ValidationFailed
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -17,6 +17,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         wf, _ = common.load(args)
     except ValidationFailed as e:
         common.print_problems(e, args.json, args.workflow)
+        return options.EXIT_INVALID
+    from graphflow.engine.devices import device_problem
+
+    problem = device_problem(args.device, args.dtype)
+    if problem is not None:
+        common.print_problems(ValidationFailed([Problem("unsupported_device", problem, field="device")]), args.json, args.workflow)
         return options.EXIT_INVALID
     from graphflow.node.file_notes import file_notes
 
@@ -34,9 +40,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     v = sub.add_parser("validate", help="check a workflow without running it", description="Check a workflow without running anything.")
-    v.add_argument("workflow", help="a workflow file, or a shipped workflow's name (txt2img)")
+    v.add_argument("workflow", help="a workflow file (.json, or a .png graphflow saved), or a shipped workflow's name (txt2img)")
     v.add_argument("--set", action="append", metavar="NAME=VALUE", help="check with this parameter value")
     v.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    common.device_flags(v)
     common.plugin_flags(v)
     common.limit_flag(v)
     v.set_defaults(func=cmd_validate)

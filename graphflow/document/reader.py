@@ -24,6 +24,7 @@ from graphflow.document.format import (
     ParamModel,
     ScopeModel,
 )
+from graphflow.document.depth import DEFAULT_DEPTH, depth_problem
 from graphflow.document.jsontext import parse_json
 from graphflow.problems import Problem, ValidationFailed
 
@@ -238,9 +239,15 @@ class _Reader:
         return Document(self.raw, m.description, params, nodes, outputs, self.source)
 
 
-def read_document(raw: dict[str, Any], source: str = "<dict>") -> tuple[Document | None, list[Problem]]:
+def read_document(raw: dict[str, Any], source: str = "<dict>", max_depth: int | None = DEFAULT_DEPTH) -> tuple[Document | None, list[Problem]]:
+    """The typed document and every problem of its shape. A document nested more than
+    ``max_depth`` levels is refused first, with that problem alone, before anything walks it
+    (None: the caller has checked)."""
     if not isinstance(raw, dict):
         return None, [Problem("invalid_document", "a workflow is a JSON object")]
+    deep = None if max_depth is None else depth_problem(raw, max_depth)
+    if deep is not None:
+        return None, [deep]
     r = _Reader(raw, source)
     doc = r.read()
     return doc, r.problems

@@ -30,6 +30,7 @@ from graphflow.cache.disk import DiskCache
 from graphflow.cache.memory import MemoryCache
 from graphflow.cache.run_caches import RunCaches
 from graphflow.engine import events as ev
+from graphflow.engine.devices import check_device
 from graphflow.engine.interrupt import interrupt_cancels
 from graphflow.engine.listeners import Listeners, awaited, start_thread
 from graphflow.engine.model_manager import ModelManager
@@ -119,7 +120,10 @@ class Executor:
         ``models``: a model manager to share with other executors (same device and dtype), so
         loaded weights outlive this executor's caches; by default the executor owns one.
         ``limits``: the resource ceilings every submitted run is bound within. ``check_finite``:
-        fail a node whose output holds NaN or Inf, naming it (the CLI turns this on)."""
+        fail a node whose output holds NaN or Inf, naming it (the CLI turns this on). A ``device``
+        or ``dtype`` the installed torch cannot compute in raises ValueError saying what works
+        (``engine/devices.py``), before anything loads."""
+        check_device(device, dtype)
         self.device, self.dtype, self.out_dir = device, dtype, Path(out_dir)
         self.limits, self.check_finite = limits or Limits(), check_finite
         self.memory = MemoryCache(memory_budget)

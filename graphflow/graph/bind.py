@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from graphflow.document.depth import depth_problem
 from graphflow.document.format import PARAM_VALUES
 from graphflow.graph.check import CheckedGraph, did_you_mean, pyd_message
 from graphflow.node.limits import Limits
@@ -38,13 +39,17 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
     """Raises ValidationFailed with every problem of the values at once, resource ceilings
     (``limits``, the defaults if None) included."""
     doc = checked.doc
+    if overrides is not None and not isinstance(overrides, dict):  # false, 0, "" or [] are not "no parameters"
+        raise ValidationFailed([params_not_an_object(overrides)])
     overrides = overrides or {}
+    limits = limits or DEFAULT_LIMITS
     problems: list[Problem] = []
     for name in overrides:
         if name not in doc.params:
             known = ", ".join(sorted(doc.params)) or "none"
             problems.append(Problem("unknown_param", f"no parameter '{name}'{did_you_mean(name, doc.params)} (known: {known})", field=f"params.{name}"))
     params: dict[str, Any] = {}
+    wrong: set[str] = set()  # declared a type and given another: one problem, not one more per input it feeds
     for name, p in doc.params.items():
         if name in overrides:
             params[name] = overrides[name]
@@ -53,9 +58,15 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
         else:
             continue
         v = params[name]
+        deep = depth_problem(v, limits.depth, f"params.{name}", f"parameter '{name}'") if name in overrides else None
+        if deep is not None:  # refused before anything walks it (the document's defaults were checked with it)
+            wrong.add(name)
+            problems.append(deep)
+            continue
         if p.type:
             ok = isinstance(v, PARAM_VALUES[p.type]) and not (p.type in ("int", "float") and isinstance(v, bool))
             if not ok:
+                wrong.add(name)
                 problems.append(Problem("bad_param", f"parameter '{name}' is declared {p.type}, got {v!r}", field=f"params.{name}"))
     values: dict[tuple[str, str], Any] = {}
     for name, uses in checked.param_uses.items():
@@ -64,6 +75,8 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
                 problems.append(Problem("missing_param", f"parameter '{name}' has no default; set it", node=nid, field=fld))
                 continue
             value = params[name]
+            if name in wrong:
+                continue
             if port is None:
                 values[(nid, fld)] = value
                 continue
@@ -73,10 +86,17 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
                 problems.append(Problem("bad_param", f"parameter '{name}' = {value!r} is not valid for input '{port.name}' ({port.kind}): "
                                         f"{pyd_message(e)}", node=nid, field=fld))
     bound = BoundGraph(checked, params, values)
-    problems += _over_limits(bound, limits or DEFAULT_LIMITS)
+    problems += _over_limits(bound, limits)
     if problems:
         raise ValidationFailed(problems)
     return bound
+
+
+def params_not_an_object(params: Any) -> Problem:
+    """Parameter values come as an object of name -> value; ``false``, ``0``, ``""`` or ``[]``
+    are refused, not read as "no parameters" (a client that sent them meant something else)."""
+    shown = repr(params) if params is None or isinstance(params, (bool, int, float, str)) else f"a {type(params).__name__}"
+    return Problem("bad_param", f"params must be an object (parameter name -> value), got {shown}", field="params")
 
 
 def _over_limits(b: BoundGraph, limits: Limits) -> list[Problem]:

@@ -8,10 +8,11 @@ from typing import Any
 import orjson
 
 import graphflow.graph.check as _check
+from graphflow.document.depth import depth_problem
 from graphflow.document.reader import load_json_file, read_document
 from graphflow.document.tree import Document
 from graphflow.gc_tuning import fewer_gc_passes
-from graphflow.graph.bind import BoundGraph, bind
+from graphflow.graph.bind import DEFAULT_LIMITS, BoundGraph, bind, params_not_an_object
 from graphflow.graph.check import CheckedGraph
 from graphflow.node.limits import Limits
 from graphflow.node.registry import Registry, default_registry
@@ -44,18 +45,26 @@ class Workflow:
         self._memo = _memo if _memo is not None else {}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], registry: Registry | None = None, source: str = "<dict>") -> Workflow:
+    def from_dict(cls, data: dict[str, Any], registry: Registry | None = None, source: str = "<dict>",
+                  limits: Limits | None = None) -> Workflow:
+        """A workflow from a document already parsed (a server request, a dict built in Python),
+        nested no deeper than ``limits.depth``."""
+        depth = (limits or DEFAULT_LIMITS).depth
+        deep = depth_problem(data, depth)  # before the copy: orjson's writer fails past 255 levels, naming nothing
+        if deep is not None:
+            raise ValidationFailed([deep])
         # a private copy (orjson round trip: fast, and proves the value is plain JSON)
         try:
             data = orjson.loads(orjson.dumps(data))
         except TypeError as e:
             raise ValidationFailed([Problem("invalid_document", f"not plain JSON data: {e}")]) from None
-        return cls._from_json(data, registry, source)
+        return cls._from_json(data, registry, source, max_depth=None)
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any], registry: Registry | None, source: str, params: dict[str, Any] | None = None) -> Workflow:
+    def _from_json(cls, data: dict[str, Any], registry: Registry | None, source: str, params: dict[str, Any] | None = None,
+                   max_depth: int | None = DEFAULT_LIMITS.depth) -> Workflow:
         with fewer_gc_passes():
-            doc, problems = read_document(data, source)
+            doc, problems = read_document(data, source, max_depth)
         if problems or doc is None:
             raise ValidationFailed(problems)
         return cls(doc, registry or _process_registry(), params)
@@ -65,8 +74,9 @@ class Workflow:
         """A workflow file (.json), or a picture graphflow made (.png): its embedded workflow and
         parameters, read as untrusted text like any document (no larger than ``limits.document``).
         A name that is no file but a shipped workflow's (``txt2img``) loads that one."""
-        data, params = load_json_file(workflow_file(path), (limits or Limits()).document)
-        return cls._from_json(data, registry, str(path), params)
+        limits = limits or DEFAULT_LIMITS
+        data, params = load_json_file(workflow_file(path), limits.document)
+        return cls._from_json(data, registry, str(path), params, limits.depth)
 
     def with_params(self, **params: Any) -> Workflow:
         return Workflow(self.doc, self.registry, {**self.params, **params}, self._memo)
@@ -84,7 +94,9 @@ class Workflow:
 
     def bind(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:
         """Checked graph + this workflow's parameters (and ``params`` on top), within the
-        resource ceilings: ready to plan."""
+        resource ceilings: ready to plan. ``params`` is a dict of parameter values (or None)."""
+        if params is not None and not isinstance(params, dict):
+            raise ValidationFailed([params_not_an_object(params)])
         return bind(self.checked(), {**self.params, **(params or {})}, limits)
 
     def check(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:

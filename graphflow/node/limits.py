@@ -1,11 +1,14 @@
 """Resource ceilings, checked before anything runs, so that a typo (steps 30000, a 40000-pixel
 image, a list of ten million seeds) is refused with a clear message instead of freezing the
 machine. Nodes name the ceiling an input is subject to (``Annotated[int, Limit("steps")]``); the
-values come from the executor or the command line (``--limit steps=2000``)."""
+values come from the executor or the command line (``--limit steps=2000``). ``depth`` is the one
+ceiling no input declares: every document and parameter value is held to it (``document/depth.py``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+
+from graphflow.document.depth import DEFAULT_DEPTH, MAX_DEPTH
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,13 @@ class Limits:
     steps: int = 500
     #: items of a list written inline or given as a parameter
     list: int = 100_000
+    #: levels of lists and objects nesting in a workflow document or a parameter value
+    depth: int = DEFAULT_DEPTH
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.depth <= MAX_DEPTH:
+            raise ValueError(f"the 'depth' limit is between 1 and {MAX_DEPTH}, got {self.depth}: deeper JSON cannot be written back "
+                             f"(orjson's limit is 255 levels)")
 
     @classmethod
     def names(cls) -> list[str]:

@@ -5,6 +5,8 @@ does all of it in one node and gives the same tensor), and a picture into latent
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Literal
 
 from graphflow_nodes.kinds import (
@@ -46,6 +48,15 @@ def tokenize(tokenizer, text: str, max_length: int | None = None):
     return enc.input_ids.to(torch.long), enc.attention_mask
 
 
+@functools.cache
+def _no_cache(create_causal_mask) -> dict:
+    """The "no key/value cache" argument of transformers' ``create_causal_mask``, under the name
+    the installed version takes: ``cache`` since 5.x, which warns (a FutureWarning a user cannot
+    act on) when given the older ``past_key_values`` that 4.x requires."""
+    params = inspect.signature(create_causal_mask).parameters
+    return {"cache": None} if "cache" in params else {"past_key_values": None}
+
+
 def encode_embeddings(te, input_embeddings):
     """The transformer and its final layer norm on given input embeddings, with the causal mask
     CLIP was trained with: what ``text_encoder(input_ids)`` does after its embedding layer."""
@@ -57,7 +68,7 @@ def encode_embeddings(te, input_embeddings):
     device, dtype = placement(te)
     h = input_embeddings.to(device=device, dtype=dtype)
     with torch.no_grad():
-        mask = create_causal_mask(config=te.config, inputs_embeds=h, attention_mask=None, past_key_values=None)
+        mask = create_causal_mask(config=te.config, inputs_embeds=h, attention_mask=None, **_no_cache(create_causal_mask))
         out = tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True)
         return tm.final_layer_norm(out.last_hidden_state)
 

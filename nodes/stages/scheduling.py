@@ -95,7 +95,7 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
     class In(Inputs):
         scheduler_config: SchedulerConfig = Field(description="from LoadModel")
         name: SchedulerName = Field("lms", description="'model' keeps the model's own scheduler class")
-        steps: Annotated[int, Limit("steps")] = Field(30, ge=1, le=1000, description="number of inference steps")
+        steps: Annotated[int, Limit("steps")] = Field(30, ge=1, description="number of inference steps")
         start_step: int = Field(0, ge=0, description="skip this many steps (img2img, a refiner taking over)")
         end_step: int | None = Field(None, ge=1, description="stop before this step (a base model handing over to a refiner); default: run to the end")
         denoising_start: float | None = Field(None, gt=0, lt=1, description="start where this fraction of the denoising is done (diffusers' denoising_start; instead of start_step)")

@@ -236,7 +236,11 @@ def test_a_damaged_entry_replaced_meanwhile_is_not_deleted(tmp_path):
     p = disk.path(KEYS[0])
     damaged = os.stat(p)
     disk.put(KEYS[0], {"vec": torch.ones(2)})  # a new file (a new inode) under the same name
-    disk._discard(p, damaged)
+    fd = os.open(p.parent, os.O_RDONLY)
+    try:
+        disk._discard(fd, p.name, damaged)
+    finally:
+        os.close(fd)
     assert disk.get(KEYS[0], {"vec"})[0] is not None
 
 
