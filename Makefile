@@ -16,11 +16,13 @@ WORKFLOW ?= txt2img
 .PHONY: setup run test bench wheel clean
 
 # A venv made before the distribution was renamed holds it as `graphflow` (the name of an unrelated
-# project on the package index): it goes first, or both would register the node library's commands.
+# project on the package index): it goes first, with the metadata its editable build left in the checkout,
+# or both would register the node library's commands.
 $(BIN)/graphflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip uninstall -q -y graphflow 2>/dev/null || true
+	rm -rf graphflow.egg-info
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 

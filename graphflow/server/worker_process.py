@@ -80,7 +80,7 @@ def _serve(conn, recipe: WorkerRecipe) -> None:
                 from graphflow.graph.workflow import Workflow
 
                 try:
-                    bound = Workflow.from_dict(wf, registry, "<request>").bind(params, executor.limits)
+                    bound = Workflow.from_dict(wf, registry, "<request>", executor.limits).bind(params, executor.limits)
                     handle = executor.submit(bound, out_dir=folder)
                 except ValidationFailed as e:
                     send(("invalid", run_id, [p.to_dict() for p in e.problems]))

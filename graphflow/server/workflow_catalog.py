@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from graphflow.document.depth import depth_problem
 from graphflow.document.reader import load_json_file
 from graphflow.graph.bind import BoundGraph
 from graphflow.graph.workflow import Workflow
@@ -82,13 +83,16 @@ class Catalog:
 
     def workflow(self, data: dict[str, Any]) -> Workflow:
         """The document checked once per content (raises ValidationFailed with every problem)."""
+        deep = depth_problem(data, self.limits.depth)  # before hashing: orjson's writer fails past 255 levels, naming nothing
+        if deep is not None:
+            raise ValidationFailed([deep])
         key = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
         with self._lock:
             wf = self._memo.get(key)
             if wf is not None:
                 self._memo.move_to_end(key)
                 return wf
-        wf = Workflow.from_dict(data, self.registry, "<request>")
+        wf = Workflow.from_dict(data, self.registry, "<request>", self.limits)
         wf.checked()  # structural problems raise here, before a parameter is looked at
         with self._lock:
             self._memo[key] = wf
