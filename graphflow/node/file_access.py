@@ -74,12 +74,24 @@ class InputNotFound(InputFileError):
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 1) -> list[str]:
-    """The names among ``candidates`` closest to ``name`` (difflib), best first; none for a
-    runaway name, whose comparison would cost seconds."""
+    """The names among ``candidates`` closest to ``name`` (difflib's ratio, at least 0.6), best
+    first; none for a runaway name, whose comparison would cost seconds. What a name shares with
+    a candidate by construction says nothing of a typo, so it is left out of their comparison:
+    the folder of a path, and an extension both have."""
     if len(name) > 200:
         return []
-    pool = sorted(set(itertools.islice(candidates, MAX_CANDIDATES * 4)))
-    return difflib.get_close_matches(name, pool, n=n, cutoff=0.6)
+    folder, ext = os.path.dirname(name), os.path.splitext(name)[1]
+    scored = []
+    for c in sorted(set(itertools.islice(candidates, MAX_CANDIDATES * 4))):
+        a, b = name, c
+        if folder and os.path.dirname(c) == folder:
+            a, b = a[len(folder) + 1 :], b[len(folder) + 1 :]
+        if ext and b.endswith(ext) and len(b) > len(ext):
+            a, b = a[: -len(ext)], b[: -len(ext)]
+        m = difflib.SequenceMatcher(None, a, b)
+        if m.real_quick_ratio() >= 0.6 and m.quick_ratio() >= 0.6 and (r := m.ratio()) >= 0.6:
+            scored.append((-r, c))
+    return [c for _, c in sorted(scored)[:n]]
 
 
 def names_in(folder: str | Path, limit: int = MAX_CANDIDATES) -> list[str]:
@@ -131,7 +143,8 @@ class FileAccess:
         real = os.path.realpath(path)
         if self.roots is not None and not any(_inside(real, r) for r in self.roots):
             shown = shown if shown is not None else str(path)
-            via = f" (a link to {real})" if os.path.abspath(path) != real else ""
+            where = os.path.abspath(path)
+            via = f" (a link to {real})" if where != real else f" (at {real})" if os.path.abspath(shown) != real else ""
             allowed = ", ".join(self.roots) or "none"
             raise InputRefused(f"{shown!r}{via} is outside the folders this executor may read (allowed: {allowed})")
         return real
