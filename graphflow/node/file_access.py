@@ -139,9 +139,12 @@ class FileAccess:
     def confine(self, path: str | Path, shown: str | None = None) -> str:
         """The real path (links followed) of ``path``, or InputRefused when it lies outside the
         roots. Checked before anything else, so a confined reader says nothing of what exists
-        outside its folders."""
+        outside its folders. Unconfined, the absolute path (following links costs a stat per
+        component, and nothing depends on where they lead)."""
+        if self.roots is None:
+            return os.path.abspath(path)
         real = os.path.realpath(path)
-        if self.roots is not None and not any(_inside(real, r) for r in self.roots):
+        if not any(_inside(real, r) for r in self.roots):
             shown = shown if shown is not None else str(path)
             where = os.path.abspath(path)
             via = f" (a link to {real})" if where != real else f" (at {real})" if os.path.abspath(shown) != real else ""
@@ -150,7 +153,7 @@ class FileAccess:
         return real
 
     def check(self, path: str | Path, *, folder: bool = False, shown: str | None = None) -> Path:
-        """``path`` as its real path, if a run may read it: inside the roots, existing, a regular
+        """``path`` as its real path (unconfined: absolute), if a run may read it: inside the roots, existing, a regular
         file within ``max_bytes`` (or, with ``folder``, a folder all of whose files are). Opens
         nothing; raises InputNotFound or InputRefused saying why not."""
         shown = shown if shown is not None else str(path)
@@ -179,32 +182,36 @@ class FileAccess:
 
     def _check_folder(self, real: str, shown: str) -> None:
         """Every file under a folder input, links followed (a loader follows them): inside the
-        roots, regular, within the size; at most MAX_FOLDER_FILES of them."""
-        seen, stack, count = {real}, [real], 0
+        roots, regular, within the size; at most MAX_FOLDER_FILES of them. Stat calls only: a
+        sweep checks its model folder once per item."""
+        def rel(path: str) -> str:
+            return f"{shown}/{os.path.relpath(path, real)}"
+
+        top = os.stat(real)
+        seen, stack, count = {(top.st_dev, top.st_ino)}, [real], 0
         while stack:
             here = stack.pop()
             try:
                 with os.scandir(here) as it:
                     found = list(itertools.islice(it, MAX_FOLDER_FILES + 1))
             except OSError as e:
-                raise InputRefused(f"{shown!r}: {os.path.relpath(here, real)} cannot be listed: {e.strerror}") from None
+                raise InputRefused(f"{rel(here)!r} cannot be listed: {e.strerror}") from None
+            count += len(found)
+            if count > MAX_FOLDER_FILES:
+                raise InputRefused(f"{shown!r} holds more than {MAX_FOLDER_FILES} files; a model folder is expected")
             for e in found:
-                count += 1
-                if count > MAX_FOLDER_FILES:
-                    raise InputRefused(f"{shown!r} holds more than {MAX_FOLDER_FILES} files; a model folder is expected")
-                rel = f"{shown}/{os.path.relpath(e.path, real)}"
-                target = self.confine(e.path, rel) if e.is_symlink() else e.path
+                if e.is_symlink():
+                    self.confine(e.path, rel(e.path))
                 try:
-                    st = os.stat(target)
+                    st = e.stat()
                 except OSError as err:
-                    raise InputRefused(f"{rel!r} cannot be read: {err.strerror}") from None
+                    raise InputRefused(f"{rel(e.path)!r} cannot be read: {err.strerror}") from None
                 if stat.S_ISDIR(st.st_mode):
-                    key = os.path.realpath(target)
-                    if key not in seen:
-                        seen.add(key)
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
                         stack.append(e.path)
-                else:
-                    self._check_file(st, rel)
+                elif not stat.S_ISREG(st.st_mode) or st.st_size > self.max_bytes:
+                    self._check_file(st, rel(e.path))
 
     # --- what a node does: open, and check again what was opened -------------------------------
 
