@@ -157,6 +157,8 @@ class FileAccess:
         file within ``max_bytes`` (or, with ``folder``, a folder all of whose files are). Opens
         nothing; raises InputNotFound or InputRefused saying why not."""
         shown = shown if shown is not None else str(path)
+        if "\0" in os.fspath(path):
+            raise InputRefused(f"{shown!r} is not a file name (it holds a NUL character)")
         real = self.confine(path, shown)
         try:
             st = os.stat(real)
@@ -168,7 +170,7 @@ class FileAccess:
         if stat.S_ISDIR(st.st_mode):
             if not folder:
                 raise InputRefused(f"{shown!r} is a folder; a file is expected")
-            self._check_folder(real, shown)
+            self._check_folder(real, shown, st)
         else:
             self._check_file(st, shown)
         return Path(real)
@@ -180,14 +182,13 @@ class FileAccess:
             raise InputRefused(f"{shown!r} is {st.st_size} bytes, over the limit of {self.max_bytes} for 'input_bytes' "
                                f"(raise it with --limit input_bytes=N)")
 
-    def _check_folder(self, real: str, shown: str) -> None:
+    def _check_folder(self, real: str, shown: str, top: os.stat_result) -> None:
         """Every file under a folder input, links followed (a loader follows them): inside the
         roots, regular, within the size; at most MAX_FOLDER_FILES of them. Stat calls only: a
         sweep checks its model folder once per item."""
         def rel(path: str) -> str:
             return f"{shown}/{os.path.relpath(path, real)}"
 
-        top = os.stat(real)
         seen, stack, count = {(top.st_dev, top.st_ino)}, [real], 0
         while stack:
             here = stack.pop()
@@ -200,8 +201,12 @@ class FileAccess:
             if count > MAX_FOLDER_FILES:
                 raise InputRefused(f"{shown!r} holds more than {MAX_FOLDER_FILES} files; a model folder is expected")
             for e in found:
-                if e.is_symlink():
+                link = e.is_symlink()
+                if link:
                     self.confine(e.path, rel(e.path))
+                elif e.is_dir(follow_symlinks=False):  # no stat: only a link can lead back up (a cycle)
+                    stack.append(e.path)
+                    continue
                 try:
                     st = e.stat()
                 except OSError as err:

@@ -86,6 +86,17 @@ def _is_explicit_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith(("./", "~", "." + os.sep)) or name in (".", "~")
 
 
+def _through_link(folder: Path, rel: Path) -> bool:
+    """Is any part of ``rel`` under ``folder`` a link? Only then can it lead out (``..`` is
+    refused before): a stat per part, where following every link costs one per part of the whole path."""
+    here = str(folder)
+    for part in rel.parts:
+        here = os.path.join(here, part)
+        if os.path.islink(here):
+            return True
+    return False
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
@@ -107,7 +118,7 @@ def locate(name: str, kind: str) -> Path:
         for folder in search_folders(kind):
             p = folder / rel
             if p.exists():
-                if not _inside(p, folder):
+                if _through_link(folder, rel) and not _inside(p, folder):
                     raise ModelPathError(f"{name!r} in {folder} points outside that folder (a link); refused")
                 return p
         if not strict and Path(name).exists():  # a relative path from the working folder, as before
