@@ -113,7 +113,7 @@ def _kind(mode: int) -> str:
         return "a block device"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "not a regular file"
+    return "a special file"
 
 
 def _inside(real: str, root: str) -> bool:
@@ -153,9 +153,9 @@ class FileAccess:
         return real
 
     def check(self, path: str | Path, *, folder: bool = False, shown: str | None = None) -> Path:
-        """``path`` as its real path (unconfined: absolute), if a run may read it: inside the roots, existing, a regular
-        file within ``max_bytes`` (or, with ``folder``, a folder all of whose files are). Opens
-        nothing; raises InputNotFound or InputRefused saying why not."""
+        """``path`` as its real path (unconfined: absolute), if a run may read it: inside the
+        roots, existing, a regular file within ``max_bytes`` (or, with ``folder``, a folder all
+        of whose files are). Opens nothing; raises InputNotFound or InputRefused saying why not."""
         shown = shown if shown is not None else str(path)
         if "\0" in os.fspath(path):
             raise InputRefused(f"{shown!r} is not a file name (it holds a NUL character)")
@@ -174,6 +174,9 @@ class FileAccess:
         else:
             self._check_file(st, shown)
         return Path(real)
+
+    def inside(self, path: str | Path) -> bool:
+        return self.roots is None or any(_inside(os.path.realpath(path), r) for r in self.roots)
 
     def _check_file(self, st: os.stat_result, shown: str) -> None:
         if not stat.S_ISREG(st.st_mode):
@@ -246,6 +249,8 @@ class FileAccess:
             return None
         try:
             path = marker.path(value)
+        except InputNotFound as e:
+            raise self._within_roots(e, value) from None
         except InputFileError:
             raise
         except Exception as e:  # a resolver's own words about what is wrong with the name
@@ -253,6 +258,20 @@ class FileAccess:
         if path is None:
             return None
         return self.check(path, folder=getattr(marker, "folder", False), shown=value if shown is None else shown)
+
+
+    def _within_roots(self, e: InputNotFound, value: str) -> InputFileError:
+        """A resolver's not-found, as a confined reader may tell it: where it looked and what is
+        there only inside the roots (a server must not list its other folders to a client, nor
+        confirm a name there), and a name looked for nowhere inside them is outside them."""
+        if self.roots is None:
+            return e
+        inside = [p for p in e.looked_in if self.inside(p)]
+        if not inside:
+            return InputRefused(f"{value!r} is outside the folders this executor may read (allowed: {', '.join(self.roots) or 'none'})")
+        if len(inside) == len(e.looked_in):
+            return e
+        return InputNotFound(e.name, inside, what=e.what, hint=e.hint)
 
 
 #: the rules of a run on one's own machine with the default ceilings

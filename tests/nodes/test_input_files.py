@@ -92,6 +92,15 @@ def test_the_library_contributes_its_folders_to_a_confined_executor(no_models_en
     shutil.copy(SAMPLES_DIR / "red-circle-on-blue.png", outside)
     (p,) = problems(one("LoadImage", path=str(outside)), read_roots=roots)
     assert p[:3] == ("refused_file", "n", "inputs.path") and f"'{outside}' is outside the folders this executor may read (allowed: {roots[0]}" in p[3]
+    # a name looked for outside the roots: refused as outside, listing nothing that is there
+    (tmp_path / "secret.safetensors").write_bytes(b"x")
+    for doc in (one("LoadModel", path=str(tmp_path / "secret.safetensor")), one("LoadImage", path="photo.pnj")):
+        monkeypatch.chdir(tmp_path)
+        (p,) = problems(doc, read_roots=roots)
+        assert p[0] == "refused_file" and "is outside the folders this executor may read" in p[3] and "did you mean" not in p[3]
+    assert "did you mean" in problems(one("LoadModel", path=str(tmp_path / "secret.safetensor")))[0][3]  # unconfined: said
+    (p,) = problems(one("LoadModel", path="tiny-sdd"), read_roots=roots)  # looked for inside the roots: said there too
+    assert p[0] == "missing_file" and p[3].endswith("did you mean 'tiny-sd'?")
     (uploads / "photo.png").parent.mkdir(parents=True)
     shutil.copy(outside, uploads / "photo.png")
     r = Executor(read_roots=roots).run(Workflow.from_dict({"format": 1, **one("LoadImage", path=str(uploads / "photo.png")),
