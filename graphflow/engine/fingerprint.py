@@ -76,14 +76,15 @@ def _file_hash(path: str, st: os.stat_result, max_bytes: int) -> str:
     ``max_bytes`` is hashed, and no more than its size is read: a device or a FIFO is refused
     from its stat, before it is opened (``/dev/zero`` would never end), and what is opened is
     checked again (FileAccess.open)."""
+    rules = FileAccess(None, max_bytes)
+    rules.check_stat(st, path)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if stat.S_ISREG(st.st_mode):
-        with _memo_lock:
-            hit = _memo.get(key)
-        if hit is not None:
-            return hit
+    with _memo_lock:
+        hit = _memo.get(key)
+    if hit is not None:
+        return hit
     h = hashlib.blake2b(digest_size=DIGEST)
-    with FileAccess(None, max_bytes).open(path) as f:
+    with rules.open(path) as f:
         left = os.fstat(f.fileno()).st_size
         while left > 0 and (chunk := f.read(min(_CHUNK, left))):
             h.update(chunk)

@@ -131,6 +131,8 @@ class FileAccess:
     @classmethod
     def of(cls, read_roots: Iterable[str | Path] | None = None, limits: Limits | None = None) -> FileAccess:
         """The rules from a read-roots setting (folders; links in them resolved now) and the ceilings."""
+        if isinstance(read_roots, (str, Path)):  # one folder, not the characters of its name
+            read_roots = [read_roots]
         roots = None if read_roots is None else tuple(dict.fromkeys(os.path.realpath(os.path.expanduser(r)) for r in read_roots))
         return cls(roots, (limits or Limits()).input_bytes)
 
@@ -172,13 +174,14 @@ class FileAccess:
                 raise InputRefused(f"{shown!r} is a folder; a file is expected")
             self._check_folder(real, shown, st)
         else:
-            self._check_file(st, shown)
+            self.check_stat(st, shown)
         return Path(real)
 
     def inside(self, path: str | Path) -> bool:
         return self.roots is None or any(_inside(os.path.realpath(path), r) for r in self.roots)
 
-    def _check_file(self, st: os.stat_result, shown: str) -> None:
+    def check_stat(self, st: os.stat_result, shown: str) -> None:
+        """What a stat says of a file: regular, within ``max_bytes``; else InputRefused."""
         if not stat.S_ISREG(st.st_mode):
             raise InputRefused(f"{shown!r} is {_kind(st.st_mode)}, not a regular file; refused")
         if st.st_size > self.max_bytes:
@@ -219,7 +222,7 @@ class FileAccess:
                         seen.add((st.st_dev, st.st_ino))
                         stack.append(e.path)
                 elif not stat.S_ISREG(st.st_mode) or st.st_size > self.max_bytes:
-                    self._check_file(st, rel(e.path))
+                    self.check_stat(st, rel(e.path))
 
     # --- what a node does: open, and check again what was opened -------------------------------
 
@@ -231,7 +234,7 @@ class FileAccess:
         real = str(self.check(path, shown=shown))
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
         try:
-            self._check_file(os.fstat(fd), shown)
+            self.check_stat(os.fstat(fd), shown)
             opened = f"/proc/self/fd/{fd}"
             if self.roots is not None and os.path.exists(opened):  # where the open really went (Linux)
                 self.confine(os.readlink(opened), shown)
