@@ -1,6 +1,7 @@
 """The one import a node pack needs: declaring a node type (``Node``, ``Inputs``, ``Outputs``,
 port kinds, file inputs, resource ceilings), what it sees of a run (``Context``), and the helpers
-a node that loads models or writes files relies on (content identities for its fingerprint, model
+a node that reads or writes files relies on (opening an input under the run's file rules and
+saying where a name was looked for, content identities for its fingerprint, model
 references patched without touching the base, atomic and never-overwriting writes, the one 8-bit
 rounding of pictures). Node packs import this module alone, never the engine's internals, so the
 engine can be rearranged without breaking them (the suite's import contracts check the shipped
@@ -11,11 +12,13 @@ from graphflow.engine.fingerprint import content_id, digest
 from graphflow.engine.model_manager import load_patched
 from graphflow.node.context import Cancelled, Context, UndeclaredContext
 from graphflow.node.declaration import Inputs, Node, Outputs
+from graphflow.node.file_access import InputFileError, InputNotFound, InputRefused, checked_input, names_in, open_input
 from graphflow.node.kinds import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
 from graphflow.node.limits import Limit
 from graphflow.pixels import to_uint8
 
 __all__ = [
-    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "FileInput", "Inputs", "Kind", "Limit", "Node", "Outputs",
-    "UndeclaredContext", "content_id", "digest", "kind", "list_of", "load_patched", "to_uint8", "write_atomic", "write_new",
+    "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "FileInput", "InputFileError", "InputNotFound", "InputRefused", "Inputs",
+    "Kind", "Limit", "Node", "Outputs", "UndeclaredContext", "checked_input", "content_id", "digest", "kind", "list_of",
+    "load_patched", "names_in", "open_input", "to_uint8", "write_atomic", "write_new",
 ]

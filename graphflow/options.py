@@ -73,7 +73,20 @@ def executor_options(device: str = "cpu", dtype: str = "float32", cache_dir: str
     return {"device": device, "dtype": dtype, "check_finite": check_finite, "cache_dir": folder, "cache_max_size": max_size}
 
 
-def build_executor(out_dir: str, limits, options: dict[str, Any]):
+def read_roots(registry, folders: list[str] | tuple = ()) -> tuple[str, ...]:
+    """The folders a confined executor may read files from (a server's: its uploads folder and
+    each ``--allow-read`` folder as ``folders``), with every folder the node packs contribute
+    through the registry (the shipped library's: the models folders of ``GRAPHFLOW_MODELS`` /
+    ``--models-dir``, its shipped models, configs and samples), as real paths. For
+    ``build_executor(read_roots=...)`` and ``Workflow.bind(read_roots=...)``; what `graphflow run`
+    passes is None: the user's own machine, unconfined."""
+    from graphflow.node.file_access import FileAccess
+
+    return FileAccess.of([*folders, *registry.read_roots()]).roots
+
+
+def build_executor(out_dir: str, limits, options: dict[str, Any], read_roots: tuple[str, ...] | None = None):
+    """``read_roots``: see ``read_roots`` above; None (the CLI's) reads anywhere."""
     from graphflow.engine.executor import Executor
 
-    return Executor(out_dir=out_dir, limits=limits, **options)
+    return Executor(out_dir=out_dir, limits=limits, read_roots=read_roots, **options)

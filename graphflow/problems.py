@@ -11,7 +11,9 @@ MAX_NAME = 200
 #: a whole message longer than this is shortened to its two ends
 MAX_MESSAGE = 2000
 _KEEP = 100  # characters kept at each end of a shortened name or quoted value
-_LONG_QUOTED = re.compile(rf"'[^']{{{MAX_NAME},}}'|\"[^\"]{{{MAX_NAME},}}\"")
+#: a quoted value: its opening quote starts a word and its closing quote ends one (so the text
+#: between two short quoted names, 'a' ... 'b', is not taken for one long one)
+_LONG_QUOTED = re.compile(rf"(?<!\w)'[^']{{{MAX_NAME},}}'(?!\w)|(?<!\w)\"[^\"]{{{MAX_NAME},}}\"(?!\w)")
 
 
 def shorten(text: str, limit: int = MAX_NAME, keep: int = _KEEP) -> str:

@@ -11,7 +11,7 @@ from graphflow_nodes.kinds import Image, ImageList, Latents
 from graphflow_nodes.loading.files import resolve_input_file
 from pydantic import Field
 
-from graphflow.node_api import Context, FileInput, Inputs, Limit, Node, Outputs, to_uint8, write_new
+from graphflow.node_api import Context, FileInput, Inputs, Limit, Node, Outputs, open_input, to_uint8, write_new
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -53,10 +53,8 @@ class LoadImage(Node, name="LoadImage", category="image", uses=("device",)):
     def run(self, i: In, ctx: Context) -> dict:
         from PIL import Image as PILImage
 
-        path = resolve_input_file(i.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no image at {path}")
-        img = PILImage.open(path).convert("RGB")
+        with open_input(ctx, resolve_input_file(i.path)) as f:
+            img = PILImage.open(f).convert("RGB")
         if i.width or i.height:
             img = img.resize((i.width or img.width, i.height or img.height), PILImage.Resampling.LANCZOS)
         return {"image": from_pil(img).to(ctx.device)}

@@ -21,5 +21,10 @@ NODE_MODULES = (
 
 
 def register(registry) -> None:
+    """Each node module's types, and the folders the library reads by its own conventions (the
+    models folders, the shipped models, configs and samples), which a confined executor allows."""
+    from graphflow_nodes.loading.files import library_read_roots
+
     for name in NODE_MODULES:
         registry.register_module(importlib.import_module(f"graphflow_nodes.{name}"), "graphflow_nodes")
+    registry.add_read_roots(library_read_roots)

@@ -17,6 +17,7 @@ to ``run``: ``interrupt.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -39,7 +40,10 @@ from graphflow.engine.results import NodeError, NodeStat, RunResult
 from graphflow.engine.run import Runner
 from graphflow.gc_tuning import fewer_gc_passes
 from graphflow.graph.bind import BoundGraph
+from graphflow.graph.file_check import file_problems
+from graphflow.node.file_access import FileAccess
 from graphflow.node.limits import Limits
+from graphflow.problems import ValidationFailed
 from graphflow.sizes import DEFAULT_CACHE_BYTES
 
 __all__ = ["Executor", "NodeError", "NodeStat", "RunHandle", "RunResult"]
@@ -114,7 +118,7 @@ class Executor:
                  cache_dir: str | Path | None = None, cache_max_size: int | str | None = DEFAULT_CACHE_BYTES,
                  memory_budget: int = 4 << 30, model_budget: int = 8 << 30,
                  models: ModelManager | None = None, limits: Limits | None = None, check_finite: bool = False,
-                 listener_queue: int = 10_000) -> None:
+                 listener_queue: int = 10_000, read_roots=None) -> None:
         """``cache_max_size``: how much the disk cache (``cache_dir``) may hold, in bytes or as
         ``"500M"``/``"4G"``, before its least recently used entries are deleted (None: no limit).
         ``models``: a model manager to share with other executors (same device and dtype), so
@@ -122,10 +126,15 @@ class Executor:
         ``limits``: the resource ceilings every submitted run is bound within. ``check_finite``:
         fail a node whose output holds NaN or Inf, naming it (the CLI turns this on). A ``device``
         or ``dtype`` the installed torch cannot compute in raises ValueError saying what works
-        (``engine/devices.py``), before anything loads."""
+        (``engine/devices.py``), before anything loads.
+        ``read_roots``: the folders a run may read files from, links followed (a server's uploads,
+        models and ``--allow-read`` folders: ``options.read_roots``); None: anywhere. Every file a
+        workflow names is checked against them, and against ``limits.input_bytes``, before it
+        runs; a file arriving through a link, when the node's turn comes."""
         check_device(device, dtype)
         self.device, self.dtype, self.out_dir = device, dtype, Path(out_dir)
         self.limits, self.check_finite = limits or Limits(), check_finite
+        self.read_roots = None if read_roots is None else FileAccess.of(read_roots).roots
         self.memory = MemoryCache(memory_budget)
         self.disk = DiskCache(cache_dir, max_bytes=cache_max_size) if cache_dir else None
         if models is not None and (models.device, models.dtype) != (device, dtype):
@@ -156,12 +165,31 @@ class Executor:
 
     # --- runs ----------------------------------------------------------------------------------
 
+    @property
+    def files(self) -> FileAccess:
+        """The rules every file a run reads is held to: ``read_roots`` and ``limits.input_bytes``."""
+        return FileAccess(self.read_roots, self.limits.input_bytes)
+
+    def _bind(self, wf: Any, params: dict[str, Any] | None) -> BoundGraph:
+        """A workflow bound within this executor's ceilings and file rules. A graph bound
+        elsewhere (a sweep's, a server's catalog) under other rules has its files checked again
+        under these: however it was validated, a run reads nothing its executor may not."""
+        with fewer_gc_passes():
+            if not isinstance(wf, BoundGraph):
+                return wf.bind(params, self.limits, self.read_roots)
+            files = self.files
+            if wf.files == files:
+                return wf
+            problems = file_problems(wf, files)
+            if problems:
+                raise ValidationFailed(problems)
+            return dataclasses.replace(wf, files=files)
+
     def submit(self, wf: Any, params: dict[str, Any] | None = None, *, out_dir: str | Path | None = None) -> RunHandle:
         """Queue a run of a ``graphflow.Workflow`` (or a bound graph). Raises ValidationFailed
         before queueing anything if the workflow or a parameter is invalid. ``out_dir``: where
         this run's files go instead of the executor's folder (a server gives each run its own)."""
-        with fewer_gc_passes():
-            bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
+        bound = self._bind(wf, params)
         h = RunHandle(bound, self._cancel_queued, None if out_dir is None else Path(out_dir))
         self._enqueue(h)
         return h
@@ -186,8 +214,7 @@ class Executor:
         and the KeyboardInterrupt is raised once it has stopped; a second interrupt raises at once,
         wherever the run is (it ends cancelled, the executor stays usable). A KeyboardInterrupt
         raised in the run otherwise (another SIGINT handler) does the same."""
-        with fewer_gc_passes():
-            bound = wf if isinstance(wf, BoundGraph) else wf.bind(params, self.limits)
+        bound = self._bind(wf, params)
         out = None if out_dir is None else Path(out_dir)
         if threading.get_ident() == self._run_thread:  # nested: this thread already has the turn
             h = RunHandle(bound, out_dir=out)
@@ -289,7 +316,7 @@ class Executor:
         runner, interrupted, t0 = None, None, time.perf_counter()
         try:
             with fewer_gc_passes():
-                keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id)
+                keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id, self.files)
                 stores = RunCaches(self.memory, self.disk)
                 runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite)
                 h._result = r = runner.execute(plan(keys, stores))

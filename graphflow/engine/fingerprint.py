@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import orjson
 
 from graphflow.document.tree import Link, LinkList, Lit, ParamRef, ScopeDef
 from graphflow.graph.memo import Recipe
+from graphflow.node.file_access import UNCONFINED, FileAccess
 
 DIGEST = 20  # bytes of blake2b: 160 bits, as git's object ids
 
@@ -68,18 +70,25 @@ _memo: dict[tuple, str] = {}
 _memo_lock = threading.Lock()
 
 
-def _file_hash(path: str, st: os.stat_result) -> str:
+def _file_hash(path: str, st: os.stat_result, max_bytes: int) -> str:
     """Content hash of one file, remembered per (device, inode, size, mtime_ns): a 4 GB checkpoint
-    is read once per process, and again only after it changes."""
+    is read once per process, and again only after it changes. Only a regular file within
+    ``max_bytes`` is hashed, and no more than its size is read: a device or a FIFO is refused
+    from its stat, before it is opened (``/dev/zero`` would never end), and what is opened is
+    checked again (FileAccess.open)."""
+    rules = FileAccess(None, max_bytes)
+    rules.check_stat(st, path)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _memo_lock:
         hit = _memo.get(key)
     if hit is not None:
         return hit
     h = hashlib.blake2b(digest_size=DIGEST)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+    with rules.open(path) as f:
+        left = os.fstat(f.fileno()).st_size
+        while left > 0 and (chunk := f.read(min(_CHUNK, left))):
             h.update(chunk)
+            left -= len(chunk)
     value = h.hexdigest()
     with _memo_lock:
         _memo[key] = value
@@ -102,18 +111,20 @@ def steady_files():
         _steady.ids = outer
 
 
-def content_id(path: str | Path) -> str:
+def content_id(path: str | Path, max_bytes: int | None = None) -> str:
     """The identity of a file or folder by content: the same bytes anywhere give the same id; a
     folder's id covers its files' relative names and contents. A missing path has an id of its own
-    (the node that reads it reports the error when it runs)."""
+    (the node that reads it reports the error when it runs). A file that is not regular, or is
+    over ``max_bytes`` (default: ``Limits.input_bytes``'s default), raises InputRefused."""
     p = os.fspath(path)
+    limit = UNCONFINED.max_bytes if max_bytes is None else max_bytes
     ids = getattr(_steady, "ids", None)
     if ids is not None:
         hit = ids.get(p)
         if hit is None:
             _steady.ids = None
             try:
-                hit = ids[p] = content_id(p)
+                hit = ids[p] = content_id(p, max_bytes)
             finally:
                 _steady.ids = ids
         return hit
@@ -121,15 +132,22 @@ def content_id(path: str | Path) -> str:
         st = os.stat(p)
     except OSError:
         return "missing:" + digest(p)
-    if not os.path.isdir(p):
-        return _file_hash(p, st)
+    if not stat.S_ISDIR(st.st_mode):
+        return _file_hash(p, st, limit)
     entries = []
     for root, dirs, files in os.walk(p):
         dirs.sort()
         for name in sorted(files):
             full = os.path.join(root, name)
-            entries.append((os.path.relpath(full, p), _file_hash(full, os.stat(full))))
+            entries.append((os.path.relpath(full, p), _file_hash(full, os.stat(full), limit)))
     return "dir:" + digest(entries)
+
+
+def _unchanged(path: Path, cid: str, max_bytes: int) -> bool:
+    try:
+        return content_id(path, max_bytes) == cid
+    except (OSError, ValueError):  # refused now (it became a FIFO, it grew past the ceiling)
+        return False
 
 
 # --- node fingerprints -------------------------------------------------------------------------
@@ -188,8 +206,10 @@ class Fingerprints:
     neither the token nor a link's run-time value are remembered per parameter set, so a re-run
     with the same parameters re-hashes only the files it reads."""
 
-    def __init__(self, bound, options: RunOptions, token: str) -> None:
+    def __init__(self, bound, options: RunOptions, token: str, access: FileAccess | None = None) -> None:
         self.bound = bound
+        #: the rules of the files the keys read (an executor's; else those the graph was bound under)
+        self.access = access or getattr(bound, "files", None) or UNCONFINED
         self.checked = bound.checked
         self.options = options
         self.token = token.encode()
@@ -205,7 +225,7 @@ class Fingerprints:
         memo = self.checked.memo.fingerprints
         mkey = (_bytes(self.bound.params), self.options)
         hit = memo.get(mkey)
-        if hit is not None and all(content_id(p) == cid for p, cid in hit[1]):
+        if hit is not None and all(_unchanged(p, cid, self.access.max_bytes) for p, cid in hit[1]):
             known = hit[0]
             for m in members:
                 fp = known.get(m)
@@ -250,14 +270,18 @@ class Fingerprints:
         for tag, fld, ref, file in r.dynamic:
             h.update(tag)
             if file is not None:
-                if isinstance(ref, (Lit, ParamRef)):
-                    path = file.path(self.bound.value(d.id, fld))
-                    cid = content_id(path)
-                    self.files.append((path, cid))
-                elif files is not None and fld[7:] in files:
-                    cid = content_id(file.path(files[fld[7:]]))
-                else:
+                known = isinstance(ref, (Lit, ParamRef))
+                if not known and (files is None or fld[7:] not in files):
                     return None
+                try:
+                    path = file.path(self.bound.value(d.id, fld) if known else files[fld[7:]])
+                    cid = "none" if path is None else content_id(path, self.access.max_bytes)
+                except Exception:
+                    # gone wrong since validation (removed, swapped for a FIFO): fingerprinted when
+                    # the node's turn comes, where the runner's check fails it with the reason
+                    return None
+                if known and path is not None:
+                    self.files.append((path, cid))
                 h.update(cid.encode())
                 continue
             for link in (ref.links if isinstance(ref, LinkList) else (ref,) if isinstance(ref, Link) else ()):

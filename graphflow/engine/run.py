@@ -20,6 +20,7 @@ from graphflow.engine.results import NodeError, NodeStat, RunResult
 from graphflow.engine.scope_run import ScopeRunner
 from graphflow.node.context import Cancelled, Context
 from graphflow.node.declaration import Outputs
+from graphflow.node.file_access import InputFileError
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
 
@@ -76,8 +77,9 @@ class Runner:
         self.failed: dict[str, str] = {}
         self.root_cause: dict[str, str] = {}
         o = keys.options
+        self.access = keys.access
         self.ctx_values = {"iteration": None, "iterations": None, "device": o.device, "dtype": o.dtype, "models": models,
-                           "out_dir": o.out_dir, "workflow": self.c.doc.raw, "params": self.b.params}
+                           "out_dir": o.out_dir, "workflow": self.c.doc.raw, "params": self.b.params, "files": keys.access}
 
     def stat(self, nid: str) -> NodeStat:
         s = self.stats.get(nid)
@@ -100,23 +102,34 @@ class Runner:
 
     def inputs_of(self, d: NodeDef) -> tuple:
         """Per input: (name, field, ref, how to read it, the adapter that checks a linked value,
-        the literal). Kept with the checked graph: the same for every run of the document."""
+        the literal, the file marker of a linked file input). Kept with the checked graph: the
+        same for every run of the document."""
         spec = self.specs.get(d.id)
         if spec is None:
             ports, out = self.c.types[d.id].inputs, []
             for name, ref in d.inputs.items():
                 fld = f"inputs.{name}"
                 how = _LITERAL if type(ref) is Lit else _PARAM if type(ref) is ParamRef else _LINK if type(ref) is Link else _LINKS
-                check = ports[name].adapter if how in (_LINK, _LINKS) and ports[name].validates_values else None
-                out.append((name, fld, ref, how, check, self.c.literals.get((d.id, fld)) if how == _LITERAL else None))
+                linked = how in (_LINK, _LINKS)
+                check = ports[name].adapter if linked and ports[name].validates_values else None
+                out.append((name, fld, ref, how, check, self.c.literals.get((d.id, fld)) if how == _LITERAL else None,
+                            ports[name] if linked and ports[name].file is not None else None))
             spec = self.specs[d.id] = tuple(out)
         return spec
+
+    def check_file(self, nid: str, type_name: str, name: str, port, value: Any, iteration: int | None = None) -> None:
+        """A file input's value that validation could not see (it came through a link), held to
+        the same rules, in the same words: the node fails naming the input."""
+        try:
+            self.access.locate(port.file, value)
+        except InputFileError as e:
+            raise NodeError(nid, type_name, f"input '{name}': {e}", iteration, exc_type=e.code) from None
 
     def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None) -> dict[str, Any]:
         cls = self.c.types[d.id]
         kwargs = {}
         values = self.values
-        for name, fld, ref, how, check, literal in self.inputs_of(d):
+        for name, fld, ref, how, check, literal, file_port in self.inputs_of(d):
             if how == _LITERAL:
                 kwargs[name] = literal
                 continue
@@ -130,6 +143,8 @@ class Runner:
                 except ValidationError as e:
                     raise NodeError(d.id, cls.type_name, f"input '{name}' received {v!r} from '{ref}': "
                                     f"{e.errors()[0]['msg']}", iteration, exc_type="ValidationError") from None
+            if file_port is not None:
+                self.check_file(d.id, cls.type_name, name, file_port, v, iteration)
             kwargs[name] = v
         ctx_values = self.ctx_values
         if iteration is not None:
@@ -148,13 +163,21 @@ class Runner:
     # --- the top level ---------------------------------------------------------------------------
 
     def late_key(self, m: str) -> str | None:
-        """Fingerprint a late member now that its producers ran: file inputs by what they name."""
+        """Fingerprint a late member now that its producers ran: file inputs by what they name,
+        each checked first (what it names is hashed, so it must be a file the run may read)."""
         d = self.c.nodes[m]
         files = None
         if isinstance(d, NodeDef):
             cls = self.c.types[m]
-            files = {k: self.resolve(r, m, f"inputs.{k}", []) for k, r in d.inputs.items()
-                     if cls.inputs[k].file is not None and isinstance(r, Link)}
+            files = {}
+            for k, r in d.inputs.items():
+                port = cls.inputs[k]
+                if port.file is None or isinstance(r, LinkList):
+                    continue
+                v = self.resolve(r, m, f"inputs.{k}", [])
+                self.check_file(m, cls.type_name, k, port, v)
+                if isinstance(r, Link):
+                    files[k] = v
         return self.keys.member(m, files)
 
     def run_top(self, m: str, p: Plan) -> str | None:

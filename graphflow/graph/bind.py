@@ -11,10 +11,12 @@ from pydantic import ValidationError
 from graphflow.document.depth import depth_problem
 from graphflow.document.format import PARAM_VALUES
 from graphflow.graph.check import CheckedGraph, did_you_mean, pyd_message
+from graphflow.graph.file_check import file_problems
+from graphflow.node.file_access import FileAccess
 from graphflow.node.limits import Limits
+from graphflow.problems import Problem, ValidationFailed
 
 DEFAULT_LIMITS = Limits()
-from graphflow.problems import Problem, ValidationFailed
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class BoundGraph:
     params: dict[str, Any]
     #: (node id, field) -> the value a parameter gives there, coerced by the port it feeds
     values: dict[tuple[str, str], Any]
+    #: the rules the files it names were checked under (an executor with other rules checks again)
+    files: FileAccess | None = None
 
     def value(self, nid: str, fld: str) -> Any:
         """A bound input: a parameter's value where one feeds it, else the checked literal."""
@@ -35,9 +39,12 @@ class BoundGraph:
 _MISSING = object()
 
 
-def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:
+def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits: Limits | None = None,
+         read_roots=None) -> BoundGraph:
     """Raises ValidationFailed with every problem of the values at once, resource ceilings
-    (``limits``, the defaults if None) included."""
+    (``limits``, the defaults if None) and the files the workflow names included: each must
+    exist, be a regular file within ``limits.input_bytes``, and lie inside ``read_roots`` (the
+    folders a run may read; None: anywhere)."""
     doc = checked.doc
     if overrides is not None and not isinstance(overrides, dict):  # false, 0, "" or [] are not "no parameters"
         raise ValidationFailed([params_not_an_object(overrides)])
@@ -85,8 +92,10 @@ def bind(checked: CheckedGraph, overrides: dict[str, Any] | None = None, limits:
             except ValidationError as e:
                 problems.append(Problem("bad_param", f"parameter '{name}' = {value!r} is not valid for input '{port.name}' ({port.kind}): "
                                         f"{pyd_message(e)}", node=nid, field=fld))
-    bound = BoundGraph(checked, params, values)
+    files = FileAccess.of(read_roots, limits)
+    bound = BoundGraph(checked, params, values, files)
     problems += _over_limits(bound, limits)
+    problems += file_problems(bound, files)
     if problems:
         raise ValidationFailed(problems)
     return bound

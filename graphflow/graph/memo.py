@@ -62,3 +62,6 @@ class Memo:
     #: node id -> per input: name, field, ref, how it is read, its value checker, its literal
     #: (``engine.run.Runner.inputs_of``)
     input_specs: dict[str, tuple] = field(default_factory=dict)
+    #: (node id, input name, port, whether the workflow gives the input) of every file input
+    #: (``graph.file_check``); None until the first bind
+    file_inputs: list[tuple] | None = None

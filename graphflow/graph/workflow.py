@@ -92,20 +92,21 @@ class Workflow:
             raise ValidationFailed(hit)
         return hit
 
-    def bind(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:
+    def bind(self, params: dict[str, Any] | None = None, limits: Limits | None = None, read_roots=None) -> BoundGraph:
         """Checked graph + this workflow's parameters (and ``params`` on top), within the
-        resource ceilings: ready to plan. ``params`` is a dict of parameter values (or None)."""
+        resource ceilings, every file it names checked (inside ``read_roots``, the folders a run
+        may read, unless None): ready to plan. ``params`` is a dict of parameter values (or None)."""
         if params is not None and not isinstance(params, dict):
             raise ValidationFailed([params_not_an_object(params)])
-        return bind(self.checked(), {**self.params, **(params or {})}, limits)
+        return bind(self.checked(), {**self.params, **(params or {})}, limits, read_roots)
 
-    def check(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> BoundGraph:
+    def check(self, params: dict[str, Any] | None = None, limits: Limits | None = None, read_roots=None) -> BoundGraph:
         """Everything that can be known wrong before running: raises ValidationFailed."""
-        return self.bind(params, limits)
+        return self.bind(params, limits, read_roots)
 
-    def problems(self, params: dict[str, Any] | None = None, limits: Limits | None = None) -> list[Problem]:
+    def problems(self, params: dict[str, Any] | None = None, limits: Limits | None = None, read_roots=None) -> list[Problem]:
         try:
-            self.bind(params, limits)
+            self.bind(params, limits, read_roots)
         except ValidationFailed as e:
             return e.problems
         return []

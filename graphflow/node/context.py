@@ -1,7 +1,7 @@
 """The narrow view of a run that a node receives. Nodes see nothing of the executor's internals,
 so a node can be unit-tested with ``Context()`` alone.
 
-Everything here besides cancellation is a *context input*: a node declares the ones it reads
+Everything here besides cancellation and the file rules (``files``) is a *context input*: a node declares the ones it reads
 (``uses=("iteration", ...)`` on the class) and they join its fingerprint. A ``Context`` built by
 the executor refuses to hand out anything undeclared, so no value can reach a node unseen by the
 cache. A bare ``Context()`` (unit tests) allows everything.
@@ -52,6 +52,7 @@ class Context:
         cancel_event: threading.Event | None = None,
         declared: frozenset[str] | None = None,
         node_type: str = "",
+        files: Any = None,
     ) -> None:
         self.node_id = node_id
         self.node_type = node_type
@@ -66,6 +67,7 @@ class Context:
             "out_dir": Path(out_dir),
             "workflow": workflow if workflow is not None else {},
             "params": params if params is not None else {},
+            "files": files,
         }
 
     @classmethod
@@ -86,6 +88,16 @@ class Context:
             )
         v = self._values[name]
         return Path(v) if name == "out_dir" else v
+
+    @property
+    def files(self) -> Any:
+        """The rules the files this node opens are held to (a ``FileAccess``: the folders the
+        executor may read, the size ceiling), for ``open_input``. Not a context input: it
+        decides whether a file may be read, never what a node computes from it, so it needs no
+        declaration and is not in the fingerprint. A bare ``Context()`` is unconfined."""
+        from graphflow.node.file_access import UNCONFINED
+
+        return self._values.get("files") or UNCONFINED
 
     def check_cancelled(self) -> None:
         """Long-running nodes call this between units of work."""

@@ -55,13 +55,22 @@ class FileInput:
     ``path: Annotated[str, FileInput(resolve=my_resolver)]``. The fingerprint then holds the
     content of what ``resolve(value)`` points at, however the value arrived (literal, parameter
     or link), so an edited file is read again and the same bytes elsewhere are a cache hit.
-    ``resolve`` must be a module-level function (it is part of the node's declaration).
-    ``describe`` (optional, module-level, cheap, no heavy imports) says in one line what the
-    named file is, for ``graphflow validate``; it may raise to say what is wrong with it, or
-    return None when the value names no file (an optional input left empty)."""
+
+    What the value names is checked before the node runs (at validation when the value is
+    written inline or a parameter, before the node when it arrives through a link): it must
+    exist, be a regular file within ``Limits.input_bytes`` (``folder=True``: or a folder whose
+    files all are), and lie inside the folders the executor may read (graphflow/node/file_access.py).
+
+    ``resolve`` (module-level, cheap, no heavy imports) turns the value into a path, or None when
+    the value names no file (an optional input left empty); a name it cannot place it reports by
+    raising ``InputNotFound(name, looked_in, candidates)``, whose message says where it looked and
+    the nearest existing name. Without ``resolve`` the value is a path.
+    ``describe`` (optional, module-level, cheap) says in one line what the named file is, for
+    ``graphflow validate``; it may raise to say what is wrong with it, or return None."""
 
     resolve: Any = None
     describe: Any = None
+    folder: bool = False
 
     def path(self, value: str):
         from pathlib import Path

@@ -30,6 +30,9 @@ class Limits:
     steps: int = 500
     #: items of a list written inline or given as a parameter
     list: int = 100_000
+    #: bytes of one file a run reads (a picture, a latents file, a LoRA, each file of a model
+    #: folder); the default admits the largest checkpoints, a server may well lower it
+    input_bytes: int = 32 << 30
     #: levels of lists and objects nesting in a workflow document or a parameter value
     depth: int = DEFAULT_DEPTH
 

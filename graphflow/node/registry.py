@@ -26,6 +26,7 @@ class Registry:
     def __init__(self, nodes: Iterable[type[Node]] = ()) -> None:
         self._types: dict[str, type[Node]] = {}
         self.sources: dict[str, str] = {}
+        self._read_roots: list = []
         for n in nodes:
             self.register(n)
 
@@ -95,6 +96,20 @@ class Registry:
                 obj(self)
             else:
                 self.register(obj, f"entry point {ep.name}")
+
+    def add_read_roots(self, roots) -> None:
+        """Folders a node pack's nodes read from by their own conventions (the shipped library's
+        models folders and samples), which a confined executor (a server) must allow however it
+        is configured: an iterable of paths, or a function giving them, called each time the
+        roots are gathered (so a folder set after registering, ``--models-dir``, counts)."""
+        self._read_roots.append(roots)
+
+    def read_roots(self) -> list[Path]:
+        """Every folder the node packs contributed (``add_read_roots``), in order."""
+        out: list[Path] = []
+        for r in self._read_roots:
+            out += [Path(p) for p in (r() if callable(r) else r)]
+        return out
 
     def get(self, name: str) -> type[Node] | None:
         return self._types.get(name)

@@ -1,7 +1,10 @@
 """Where the files nodes read are found. These resolvers are what ``FileInput`` markers name: the
-engine calls them while fingerprinting to find the file whose content joins the cache key, so
-they must be module-level functions, cheap, free of torch, and never raise: a name they cannot
-place resolves to a path that does not exist, and the node's ``run`` reports why (``locate``).
+engine calls them at validation, to check every file a workflow names before anything runs, and
+while fingerprinting, to find the file whose content joins the cache key; so they are
+module-level functions, cheap and free of torch. A name they cannot place they report by raising
+``InputNotFound`` with the folders they looked in and the names that are there (the message
+suggests the nearest), or ``InputRefused`` for a name that would leave its folders: validation
+turns either into a problem naming the node and the field (exit 2), before any model loads.
 
 The models folder convention: ``GRAPHFLOW_MODELS`` (``graphflow run --models-dir DIR`` sets it)
 names one or more folders (separated by ``os.pathsep``), each holding ``checkpoints/`` (diffusers
@@ -17,14 +20,17 @@ run other people's workflows).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+
+from graphflow.node_api import InputFileError, InputNotFound, InputRefused, names_in
 
 PACKAGE_DIR = Path(__file__).parent.parent  # graphflow_nodes/, which holds models/ and configs/ beside loading/
 MODELS_DIR = PACKAGE_DIR / "models"
 #: the configs single-file checkpoints are built with (no weights): sd15, sd2-base, sd2-v, sdxl
 CONFIGS_DIR = PACKAGE_DIR / "configs"
+#: pictures shipped for the workflows that start from one (``samples/red-circle-on-blue.png``)
+SAMPLES_DIR = PACKAGE_DIR / "samples"
 MODELS_ENV = "GRAPHFLOW_MODELS"
 MODELS_ONLY_ENV = "GRAPHFLOW_MODELS_ONLY"
 
@@ -37,11 +43,17 @@ SHIPPED = {
 }
 
 
-class ModelPathError(ValueError):
-    """A model file name that cannot be placed, or that would leave the models folders."""
+#: where a bare name is looked up, as a not-found message says it
+WHERE_HINT = f"add a models folder with --models-dir or {MODELS_ENV}"
+#: what one of each kind is called in a message
+WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding"}
 
 
-class ModelNotFound(ModelPathError):
+class ModelPathError(InputRefused):
+    """A model file name that would leave the models folders, or is no name at all."""
+
+
+class ModelNotFound(InputNotFound, ModelPathError):
     """A well-formed name that no models folder holds."""
 
 
@@ -57,8 +69,32 @@ def search_folders(kind: str) -> list[Path]:
     return [d / kind for d in models_dirs()] + [SHIPPED[kind]]
 
 
+def library_read_roots() -> list[Path]:
+    """The folders this library's nodes read by its own conventions, which a confined executor
+    (a server) allows whatever it is told (``Registry.add_read_roots``): the configured models
+    folders, and the shipped models, configs and samples."""
+    return [*models_dirs(), MODELS_DIR, CONFIGS_DIR, SAMPLES_DIR]
+
+
+def _near(rel: Path, folders: list[Path]) -> list[str]:
+    """The names beside where ``rel`` was looked for in each folder: what a typo is compared with."""
+    sub = rel.parent
+    return [str(sub / n) if str(sub) != "." else n for f in folders for n in names_in(f / sub)]
+
+
 def _is_explicit_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith(("./", "~", "." + os.sep)) or name in (".", "~")
+
+
+def _through_link(folder: Path, rel: Path) -> bool:
+    """Is any part of ``rel`` under ``folder`` a link? Only then can it lead out (``..`` is
+    refused before): a stat per part, where following every link costs one per part of the whole path."""
+    here = str(folder)
+    for part in rel.parts:
+        here = os.path.join(here, part)
+        if os.path.islink(here):
+            return True
+    return False
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -70,9 +106,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def locate(name: str, kind: str) -> Path:
-    """The file or folder a workflow's model name means, or a ModelPathError saying why not."""
+    """The file or folder a workflow's model name means, or a ModelPathError saying why not
+    (ModelNotFound: where it looked, and the nearest name there)."""
     if not name or "\0" in name:
-        raise ModelPathError(f"empty or invalid {kind[:-1]} name {name!r}")
+        raise ModelPathError(f"empty or invalid {WHAT[kind]} name {name!r}")
     strict = os.environ.get(MODELS_ONLY_ENV, "") not in ("", "0")
     if not _is_explicit_path(name):
         rel = Path(name)
@@ -81,46 +118,47 @@ def locate(name: str, kind: str) -> Path:
         for folder in search_folders(kind):
             p = folder / rel
             if p.exists():
-                if not _inside(p, folder):
+                if _through_link(folder, rel) and not _inside(p, folder):
                     raise ModelPathError(f"{name!r} in {folder} points outside that folder (a link); refused")
                 return p
         if not strict and Path(name).exists():  # a relative path from the working folder, as before
             return Path(name)
-        where = ", ".join(str(f) for f in search_folders(kind))
-        raise ModelNotFound(f"no {kind[:-1]} named {name!r} (looked in {where}; set {MODELS_ENV} or --models-dir)")
+        folders = search_folders(kind)
+        raise ModelNotFound(name, folders, _near(rel, folders), what=WHAT[kind], hint=WHERE_HINT)
     p = Path(name).expanduser()
     if strict and not any(_inside(p, d) for d in models_dirs()):
         raise ModelPathError(f"{name!r} is outside the models folders ({MODELS_ONLY_ENV} is set)")
     if not p.exists():
-        raise ModelNotFound(f"{p} does not exist")
+        raise ModelNotFound(name, [p.parent], [os.path.join(os.path.dirname(name), n) for n in names_in(p.parent)], what=WHAT[kind])
     return p
-
-
-def _resolve(name: str, kind: str) -> Path:
-    try:
-        return locate(name, kind)
-    except ModelPathError:
-        # a path that never exists, one per name: fingerprinted as missing, and run() says why
-        return MODELS_DIR / ".missing" / kind / hashlib.blake2b(name.encode("utf-8", "replace"), digest_size=16).hexdigest()
 
 
 def resolve_model_path(name_or_path: str) -> Path:
     """A model folder or single-file checkpoint: a name in the models folders' ``checkpoints/``
     (``tiny-sd`` is shipped), or a path."""
-    return _resolve(name_or_path, "checkpoints")
+    if not name_or_path.strip():
+        raise InputFileError("no model folder given: set the workflow's model parameter (--set model=PATH)", code="missing_file")
+    return locate(name_or_path, "checkpoints")
 
 
-def resolve_config_path(name_or_path: str) -> Path:
+def resolve_config_path(name_or_path: str) -> Path | None:
     """LoadModel's ``config``: a shipped config's name (``configs/``), else a diffusers folder as
-    ``resolve_model_path`` finds it."""
-    if name_or_path and "/" not in name_or_path and (CONFIGS_DIR / name_or_path / "model_index.json").is_file():
+    ``resolve_model_path`` finds it; None when empty (chosen from the checkpoint's keys)."""
+    if not name_or_path.strip():
+        return None
+    if "/" not in name_or_path and (CONFIGS_DIR / name_or_path / "model_index.json").is_file():
         return CONFIGS_DIR / name_or_path
-    return _resolve(name_or_path, "checkpoints")
+    try:
+        return locate(name_or_path, "checkpoints")
+    except ModelNotFound as e:  # the shipped configs are names too
+        shipped = [p.name for p in CONFIGS_DIR.iterdir() if p.is_dir()]
+        raise ModelNotFound(name_or_path, [*e.looked_in, CONFIGS_DIR], [*_near(Path(name_or_path), search_folders("checkpoints")), *shipped],
+                            what="config", hint=WHERE_HINT) from None
 
 
 def resolve_lora_path(name_or_path: str) -> Path:
     """A LoRA file: a name in the models folders' ``loras/``, or a path."""
-    return _resolve(name_or_path, "loras")
+    return locate(name_or_path, "loras")
 
 
 def locate_embedding(name: str) -> Path:
@@ -129,15 +167,20 @@ def locate_embedding(name: str) -> Path:
     A name that would leave the folders is refused, not looked up elsewhere."""
     try:
         return locate(name, "embeddings")
-    except ModelNotFound:
-        return resolve_input_file(name)
+    except ModelNotFound as e:
+        try:
+            return resolve_input_file(name)
+        except InputNotFound as also:
+            raise ModelNotFound(name, [*e.looked_in, *also.looked_in], [*_near(Path(name), search_folders("embeddings")),
+                                *input_candidates(name)], what="embedding", hint=WHERE_HINT) from None
 
 
-def resolve_embedding_path(name_or_path: str) -> Path:
-    try:
-        return locate_embedding(name_or_path)
-    except ModelPathError:
-        return _resolve(name_or_path, "embeddings")
+resolve_embedding_path = locate_embedding
+
+
+def input_candidates(name: str) -> list[str]:
+    """The names beside where ``resolve_input_file`` looked for ``name``, and the shipped samples."""
+    return [*_near(Path(name), [Path.cwd()]), *(f"samples/{n}" for n in names_in(SAMPLES_DIR))]
 
 
 def resolve_input_file(name: str) -> Path:
@@ -147,4 +190,9 @@ def resolve_input_file(name: str) -> Path:
     if p.exists() or p.is_absolute():
         return p
     q = PACKAGE_DIR / name
-    return q if q.exists() else p
+    if q.exists():
+        return q
+    if not name:
+        raise InputFileError("no file given", code="missing_file")
+    raise InputNotFound(name, [Path.cwd() / p.parent if str(p.parent) != "." else Path.cwd(), PACKAGE_DIR / p.parent],
+                        input_candidates(name))

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from graphflow_nodes.kinds import TextEncoder, UNet
-from graphflow_nodes.loading.files import locate, resolve_lora_path
+from graphflow_nodes.loading.files import resolve_lora_path
 from pydantic import Field
 
-from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, content_id
+from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, checked_input, content_id
 
 #: adapter name used while a patch is merged into its private copy (removed again at once)
 ADAPTER = "graphflow_lora"
@@ -276,6 +276,6 @@ class LoadLoRA(Node, name="LoadLoRA", category="model", disk_cache=False):
         for port, ref in refs.items():
             if ref is not None and not callable(getattr(ref, "with_patch", None)):
                 raise TypeError(f"{port}: expected a model reference from LoadModel, got {type(ref).__name__}")
-        path = locate(i.path, "loras")
+        path = checked_input(ctx, resolve_lora_path(i.path))
         return patch_refs(refs, path, {"unet": i.unet_strength, "text_encoder": i.text_encoder_strength,
                                        "text_encoder_2": i.text_encoder_strength})

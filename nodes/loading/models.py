@@ -16,11 +16,11 @@ from typing import Annotated, Any
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
 from graphflow_nodes.loading.descriptions import describe_config, describe_model_folder
 from graphflow_nodes.loading.families import ModelError, family_of, pipeline_settings
-from graphflow_nodes.loading.files import locate, resolve_config_path, resolve_model_path
+from graphflow_nodes.loading.files import resolve_config_path, resolve_model_path
 from graphflow_nodes.loading.model_refs import COMPONENT_KINDS, MissingComponent, ModelRef
 from pydantic import Field
 
-from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, content_id
+from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, checked_input, content_id
 
 DEFAULT_MODEL = "tiny-sd"
 
@@ -34,10 +34,10 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
     load when a node first uses them, once per executor."""
 
     class In(Inputs):
-        path: Annotated[str, FileInput(resolve=resolve_model_path, describe=describe_model_folder)] = Field(
+        path: Annotated[str, FileInput(resolve=resolve_model_path, describe=describe_model_folder, folder=True)] = Field(
             DEFAULT_MODEL, description="a diffusers model folder or a .safetensors checkpoint: a name in the models folders' checkpoints/, or a path"
         )
-        config: Annotated[str, FileInput(resolve=resolve_config_path, describe=describe_config)] = Field(
+        config: Annotated[str, FileInput(resolve=resolve_config_path, describe=describe_config, folder=True)] = Field(
             "", description="single-file checkpoints only: the configs to build it with, a shipped name (sd15, sd2-v, sd2-base, sdxl) "
             "or a diffusers folder of its architecture; empty: chosen from the file's keys and shapes (SD 2.x: sd2-v)"
         )
@@ -54,9 +54,9 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         pipeline_config: dict = Field(description="model_index.json's settings (force_zeros_for_empty_prompt, id2label, ...)")
 
     def run(self, i: In, ctx: Context) -> dict:
-        if not i.path.strip():
-            raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
-        path = locate(i.path, "checkpoints")
+        path = checked_input(ctx, resolve_model_path(i.path), folder=True)
+        if i.config.strip():
+            checked_input(ctx, resolve_config_path(i.config), folder=True)
         if path.is_file():  # a single-file checkpoint (original SD layout)
             from graphflow_nodes.loading.checkpoint import checkpoint_refs
 
@@ -69,7 +69,7 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         family = family_of(path)
         where = str(path.resolve())
         out: dict[str, Any] = {
-            c: ModelRef(content_id(path / c), where, c, family.name) if c in family.components else MissingComponent(c, family.name, where)
+            c: ModelRef(content_id(path / c, ctx.files.max_bytes), where, c, family.name) if c in family.components else MissingComponent(c, family.name, where)
             for c in COMPONENT_KINDS
         }
         out["scheduler_config"] = json.loads((path / "scheduler" / "scheduler_config.json").read_text())

@@ -12,7 +12,7 @@ from graphflow_nodes.loading.files import resolve_input_file
 from graphflow_nodes.stages.vae import vae_scale_factor
 from pydantic import Field
 
-from graphflow.node_api import Context, FileInput, Inputs, Limit, Node, Outputs
+from graphflow.node_api import Context, FileInput, Inputs, Limit, Node, Outputs, open_input
 
 
 class RandomLatents(Node, name="RandomLatents", category="latents", uses=("models",)):
@@ -81,12 +81,13 @@ class LoadLatents(Node, name="LoadLatents", category="latents", uses=("device",)
         latents: Latents = Field(description="the tensor")
 
     def run(self, i: In, ctx: Context) -> dict:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         path = resolve_input_file(i.path)
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: only .safetensors files are read (no pickles)")
-        data = load_file(str(path), device=ctx.device)
+        with open_input(ctx, path) as f:
+            data = load(f.read())
         if i.key not in data:
             raise KeyError(f"{path} has no tensor {i.key!r} (it has {', '.join(data)})")
-        return {"latents": data[i.key]}
+        return {"latents": data[i.key].to(ctx.device)}

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from graphflow_nodes.kinds import TextEncoder, TokenEmbeddings, TokenIds, Tokenizer, Vector
-from graphflow_nodes.loading.files import locate_embedding, resolve_embedding_path
+from graphflow_nodes.loading.files import resolve_embedding_path
 from graphflow_nodes.stages.encoders import _text_model
 from pydantic import Field
 
-from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs
+from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, open_input
 
 
 def phrase_ids(tokenizer, phrase: str) -> list[int]:
@@ -117,18 +117,22 @@ class ReplaceToken(Node, name="ReplaceToken", category="tokens", uses=("models",
         }
 
 
-def read_textual_inversion(path, token: str | None) -> tuple[Any, str]:
+def read_textual_inversion(path, token: str | None, f=None) -> tuple[Any, str]:
     """A textual-inversion file as (vectors (n, hidden), token). Reads safetensors, or a torch
-    ``.bin`` with ``weights_only=True``: a pickle that would run code is refused, never executed."""
+    ``.bin`` with ``weights_only=True``: a pickle that would run code is refused, never executed.
+    ``f``: the file, opened (``open_input``); else ``path`` is opened here."""
     import torch
 
+    if f is None:
+        with open(path, "rb") as f:
+            return read_textual_inversion(path, token, f)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        data = load_file(str(path))
+        data = load(f.read())
     else:
         try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
+            data = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"{path} was refused: it is not a plain tensor file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -159,8 +163,7 @@ class LoadTextualInversion(Node, name="LoadTextualInversion", category="tokens")
         token: str = Field(description="the placeholder token")
 
     def run(self, i: In, ctx: Context) -> dict:
-        path = locate_embedding(i.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no textual-inversion file at {path}")
-        vec, token = read_textual_inversion(path, i.token)
+        path = resolve_embedding_path(i.path)
+        with open_input(ctx, path) as f:
+            vec, token = read_textual_inversion(path, i.token, f)
         return {"vector": vec, "token": token}

@@ -359,9 +359,11 @@ def test_validate_says_what_a_checkpoint_is_built_with(sd2, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     (note,) = orjson.loads(p.stdout)["files"][1:]
     assert (note["field"], note["ok"]) == ("inputs.config", True) and note["note"].startswith("the shipped sdxl configs: Stable Diffusion XL")
-    p = _validate([wf, "--set", f"model={ckpt}", "--set", "config=sdxl-turbo", "--json"], tmp_path)
-    (note,) = orjson.loads(p.stdout)["files"][1:]
-    assert note["ok"] is False and "no checkpoint named 'sdxl-turbo'" in note["note"]
+    p = _validate([wf, "--set", f"model={ckpt}", "--set", "config=sd2-vv", "--json"], tmp_path)
+    assert p.returncode == 2, p.stdout + p.stderr  # a config nobody has fails the run: refused before it
+    (problem,) = orjson.loads(p.stdout)["problems"]
+    assert (problem["code"], problem["node"], problem["field"]) == ("missing_file", "model", "inputs.config")
+    assert problem["message"].startswith("no config named 'sd2-vv' (looked in ") and problem["message"].endswith("did you mean 'sd2-v'?")
 
 
 def test_graphflow_models_lists_each_checkpoints_family(tiny_ckpt, sd2, sdxl, tmp_path):
@@ -412,10 +414,20 @@ def test_config_names_stay_inside_the_models_folders(sd2, tmp_path, monkeypatch)
     GRAPHFLOW_MODELS_ONLY=1 a path outside the models folders too (a server running other
     people's workflows)."""
     folder, ckpt = sd2
-    assert "may not contain '..'" in _load_error_with(ckpt, "../tiny-sd2")
+    assert _refused_config(ckpt, "../tiny-sd2") == "'../tiny-sd2': a model name may not contain '..' (it must stay inside the models folders)"
     (tmp_path / "checkpoints").mkdir()
     inside = tmp_path / "checkpoints" / ckpt.name
     shutil.copyfile(ckpt, inside)  # the file itself inside the models folders
     monkeypatch.setenv("GRAPHFLOW_MODELS", str(tmp_path))
     monkeypatch.setenv("GRAPHFLOW_MODELS_ONLY", "1")
-    assert f"'{folder}' is outside the models folders" in _load_error_with(inside, str(folder))
+    assert _refused_config(inside, str(folder)) == f"'{folder}' is outside the models folders (GRAPHFLOW_MODELS_ONLY is set)"
+
+
+def _refused_config(path: Path, config: str) -> str:
+    """The message of the one problem validation finds with LoadModel's config (nothing runs)."""
+    doc = {"format": 1, "nodes": {"m": {"type": "LoadModel", "inputs": {"path": str(path), "config": config}}}, "outputs": ["m"]}
+    with pytest.raises(graphflow.ValidationFailed) as e:
+        Executor().run(graphflow.Workflow.from_dict(doc))
+    (p,) = e.value.problems
+    assert (p.code, p.node, p.field) == ("refused_file", "m", "inputs.config")
+    return p.message

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import graphflow
-from graphflow import Executor, Workflow
+from graphflow import Executor, ValidationFailed, Workflow
 from tests.lora_files import TEXT_TARGETS, lora_tensors, write_kohya, write_lora
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,7 +209,10 @@ def test_bad_lora_files_are_refused_by_name(tiny_model, tmp_path, loras):
     msg = _fails(tiny_model, tmp_path / "sdxl.safetensors")
     assert "text_encoder_2" in msg and "another model family" in msg
 
-    assert "does not exist" in _fails(tiny_model, tmp_path / "nope.safetensors")
+    with pytest.raises(ValidationFailed) as e:  # a file that is not there: refused before anything runs
+        _fails(tiny_model, tmp_path / "nope.safetensors")
+    assert [(p.code, p.node, p.field, p.message) for p in e.value.problems] == [
+        ("missing_file", "lora", "inputs.path", f"no LoRA named '{tmp_path / 'nope.safetensors'}' (looked in {tmp_path})")]
 
 
 def test_a_lora_made_for_another_model_is_refused_naming_a_layer(tiny_model):

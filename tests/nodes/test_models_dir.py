@@ -15,6 +15,7 @@ import pytest
 
 from graphflow import Context
 from graphflow.cli import main
+from graphflow.node_api import InputNotFound
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SD = REPO / "nodes" / "models" / "tiny-sd"
@@ -49,10 +50,12 @@ def test_bare_names_are_found_in_the_models_folders_then_in_the_shipped_files(mo
     (other / "loras" / "y.safetensors").write_bytes(b"y")
     monkeypatch.setenv("GRAPHFLOW_MODELS", os.pathsep.join([str(models), str(other)]))
     assert locate("y.safetensors", "loras") == other / "loras" / "y.safetensors"
-    # a name nobody has: the resolver never raises (fingerprinting calls it), the node says why
-    assert not resolve_lora_path("nope.safetensors").exists()
-    with pytest.raises(ValueError, match=r"no lora named 'nope.safetensors' \(looked in .*more/loras"):
-        locate("nope.safetensors", "loras")
+    # a name nobody has: the resolver says where it looked and what is near, for validation's message
+    with pytest.raises(InputNotFound, match=r"no LoRA named 'nope.safetensors' \(looked in .*more/loras") as e:
+        resolve_lora_path("nope.safetensors")
+    assert e.value.code == "missing_file" and e.value.looked_in == tuple(map(str, [models / "loras", other / "loras", MODELS_DIR / "loras"]))
+    with pytest.raises(InputNotFound, match=r"did you mean 'y.safetensors'\?$"):
+        locate("y.safetensor", "loras")
 
 
 def test_names_that_would_leave_the_models_folders_are_refused(models, tmp_path, monkeypatch):
@@ -82,7 +85,7 @@ def test_a_workflow_names_a_model_by_its_bare_name_and_its_content_makes_the_key
     out = tmp_path / "out"
     doc = {"format": 1, "nodes": {"m": {"type": "LoadModel", "inputs": {"path": "../checkpoints/my-model"}}}, "outputs": ["m"]}
     (tmp_path / "wf.json").write_text(json.dumps(doc))
-    assert main(["run", str(tmp_path / "wf.json"), "--no-cache", "--quiet", "--out", str(out)]) == 1
+    assert main(["run", str(tmp_path / "wf.json"), "--no-cache", "--quiet", "--out", str(out)]) == 2  # refused before running
 
 
 def test_models_dir_flag_and_the_listing(models, tmp_path, capsys, monkeypatch):
@@ -117,6 +120,6 @@ def test_run_with_models_dir_finds_a_bare_name(models, tmp_path):
     run = lambda *extra: subprocess.run([sys.executable, "-m", "graphflow.cli", "run", str(tmp_path / "wf.json"), "--no-cache",  # noqa: E731
                                          "--quiet", "--out", str(tmp_path / "out"), *extra], env=env, capture_output=True, text=True, timeout=120)
     bad = run()
-    assert bad.returncode == 1 and "no checkpoint named 'my-model'" in bad.stderr + bad.stdout
+    assert bad.returncode == 2 and "no checkpoint named 'my-model'" in bad.stderr  # refused at validation
     good = run("--models-dir", str(models))
     assert good.returncode == 0, good.stderr

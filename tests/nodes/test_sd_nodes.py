@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import graphflow
-from graphflow import Executor, Workflow
+from graphflow import Executor, ValidationFailed, Workflow
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -68,8 +68,11 @@ def loader(path: str) -> Workflow:
 
 
 def test_loader_errors_name_the_path_and_what_was_expected(tmp_path, tiny_model):
-    r = Executor().run(loader(str(tmp_path / "nope")))
-    assert "does not exist" in r.errors[0].message and str(tmp_path / "nope") in r.errors[0].message
+    (tmp_path / "nope2").mkdir()
+    with pytest.raises(ValidationFailed) as e:  # a folder that is not there: refused before anything runs
+        Executor().run(loader(str(tmp_path / "nope")))
+    assert [(p.code, p.node, p.field, p.message) for p in e.value.problems] == [
+        ("missing_file", "m", "inputs.path", f"no checkpoint named '{tmp_path / 'nope'}' (looked in {tmp_path}); did you mean '{tmp_path / 'nope2'}'?")]
     (tmp_path / "empty").mkdir()
     r = Executor().run(loader(str(tmp_path / "empty")))
     assert "not a diffusers model folder" in r.errors[0].message and "model_index.json" in r.errors[0].message
@@ -148,9 +151,9 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict |
 def test_every_shipped_workflow_validates_and_runs(path, tiny_model, tiny_sdxl, tiny_sdxl_refiner, tiny_ddpm, tiny_class_ddpm, tmp_path, capsys):
     from graphflow.cli import main
 
-    assert main(["validate", str(path)]) == 0
     models = {"refiner": tiny_sdxl_refiner, "sdxl": tiny_sdxl, "ddpm": tiny_ddpm, "class_conditioned": tiny_class_ddpm}
     sets = [a for s in workflow_params(path, tiny_model, tmp_path, models) for a in ("--set", s)]
+    assert main(["validate", str(path), *sets]) == 0
     # with a disk cache, as `graphflow run` has by default: every result must be storable
     code = main(["run", str(path), *sets, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     out = capsys.readouterr()
