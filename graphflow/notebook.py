@@ -82,16 +82,19 @@ def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bo
         bars.close()
 
 
-def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None, *, out_dir: str | Path = "sweep",
-          executor=None, resume: bool = False, progress: bool = True, ray: bool | str | None = None, **ray_options: Any):
+def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None, *, out_dir: str | Path | None = None,
+          name: str | None = None, executor=None, resume: bool = False, force: bool = False, progress: bool = True,
+          ray: bool | str | None = None, **ray_options: Any):
     """Run a parameter sweep (graphflow/sweep/items.py) with a bar over its items; returns the Sweep,
     which a cell displays as its labelled contact sheet and a table of items. Interrupting the cell
     stops the current item at its next step; finished items stay in the index (``resume=True``).
-    ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``)."""
+    ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``).
+    The folder is chosen as ``graphflow.sweep`` chooses it: a cell run again over the same folder
+    says so (``resume=True`` continues that sweep, ``force=True`` replaces it)."""
     from graphflow.sweep import Sweep, runner
 
     ex = None if ray else (executor or _shared())
-    sw = Sweep(_workflow(wf), grid, zip, out_dir, resume, runner=runner(ex, ray, **ray_options))
+    sw = Sweep(_workflow(wf), grid, zip, out_dir, resume, runner=runner(ex, ray, **ray_options), name=name, force=force)
     bar = _bar()(total=len(sw), desc="sweep", unit="item", leave=False, disable=not progress)
     try:
         for r in sw:
