@@ -123,7 +123,7 @@ def show(obj, profile: bool = False) -> Shown:
         return Shown(result_html(obj, profile), summary(obj))
     if isinstance(obj, Workflow):
         svg = workflow_svg(obj)
-        return Shown(svg if svg is not None else "<pre>Graphviz's dot is not installed</pre>", obj.doc.description)
+        return Shown(svg if svg is not None else "<pre>the graph could not be drawn</pre>", obj.doc.description)
     if isinstance(obj, Sweep):
         return Shown(sweep_html(obj), f"sweep of {len(obj)} items")
     raise TypeError(f"graphflow.notebook.show takes a RunResult, a Workflow or a Sweep, not {type(obj).__name__}")
