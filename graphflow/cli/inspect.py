@@ -135,6 +135,6 @@ def add_parsers(sub) -> None:
     g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text, or a picture (SVG, PNG)")
     g.add_argument("workflow")
     g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
-                   help="svg and png are drawn by Graphviz's `dot` program")
+                   help="svg and png are drawn by Graphviz's `dot` program, or by graphflow's simpler layout where it is missing")
     g.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")
     g.set_defaults(func=cmd_graph)
