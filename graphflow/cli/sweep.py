@@ -76,6 +76,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"graphflow sweep: error: {e}", file=sys.stderr)
             return options.EXIT_INVALID
         sw = Sweep(wf, axes["grid"], axes["zip"], out, args.resume, limits, items, force=args.force)
+        if args.ray is not None:
+            sw.runner.connect()  # now: a cluster that cannot be joined is reported before the folder is made
     except ValidationFailed as e:
         common.print_problems(e, False, args.workflow)
         return options.EXIT_INVALID
