@@ -54,7 +54,7 @@ from typing import Any
 from graphflow.atomic import write_new
 from graphflow.sweep.item import ItemResult, item_error, item_folder, run_item
 
-__all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker"]
+__all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker", "local_token"]
 
 INSTALL = "pip install 'graphflow[ray]'"
 CANCEL_GRACE_S = 30.0  # how long a cancelled sweep waits for items in flight before killing actors
@@ -128,6 +128,18 @@ class _LocalAuth:
                 os.environ[k] = v
         self.saved = None
         _refresh_ray_auth()
+
+
+@contextlib.contextmanager
+def local_token():
+    """For code that starts a local Ray itself (``ray.init()``, a benchmark): the fresh token a
+    sweep's own Ray gets, in the environment while the block runs, instead of ~/.ray/auth_token."""
+    auth = _LocalAuth()
+    auth.apply()
+    try:
+        yield
+    finally:
+        auth.restore()
 
 
 def _token_source() -> str:

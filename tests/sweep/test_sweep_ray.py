@@ -18,7 +18,7 @@ import pytest
 
 from graphflow.sweep.items import Sweep, read_index
 from graphflow.sweep.ray_runner import affinity_keys, deal
-from graphflow.sweep.ray_runner import RaySweep
+from graphflow.sweep.ray_runner import RaySweep, local_token
 from tests.sweep.ray_helpers import own_home
 from tests.sweep.test_sweep import _isolated, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 
@@ -34,12 +34,13 @@ def ray_session():
     """One local Ray for the module, in a home folder of its own: ray.init() writes
     ~/.ray/auth_token, which would change how every later cluster on the machine is joined."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    with own_home():
+    with own_home() as home, local_token():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
         try:
             yield
         finally:
             ray.shutdown()
+        assert not (home / ".ray").exists()  # graphflow.sweep.ray_runner.local_token: the token was in the environment
 
 
 def pngs(out: Path) -> dict[int, bytes]:
