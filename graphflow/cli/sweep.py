@@ -140,7 +140,8 @@ def add_parser(sub) -> None:
     sw.add_argument("--zip", action="append", metavar="NAME=JSON_LIST", help="lists of equal length advancing together (one more axis); repeatable")
     sw.add_argument("--set", action="append", metavar="NAME=VALUE", help="a parameter for every item; repeatable")
     where = sw.add_mutually_exclusive_group()
-    where.add_argument("--name", metavar="NAME", help="the sweep's folder is sweeps/NAME/ (default: sweeps/WORKFLOW-YYYYMMDD-HHMMSS/)")
+    where.add_argument("--name", metavar="NAME",
+                       help="the sweep's folder is sweeps/NAME/ (default: sweeps/WORKFLOW-YYYYMMDD-HHMMSS/)")
     where.add_argument("--out", metavar="DIR", help="the sweep's folder, anywhere")
     again = sw.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",

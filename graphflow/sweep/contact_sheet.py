@@ -10,8 +10,8 @@ so ``k=v, k=v`` on one line ran into the next columns. Each varying parameter ge
 own, written the first way that fits every one of its values in the column, measured with the
 font that draws it: ``prompt=a red circle``; else a short name (``g=7.5``, the legend saying
 ``g = guidance``); else a numbered value (``prompt#1``, then ``p#1``, the legend giving
-``prompt#1 = a red circle``); else cut with an ellipsis. The legend, under the tiles, holds every full value an abbreviation hides,
-wrapped to the sheet's width.
+``prompt#1 = a red circle``); else cut with an ellipsis. The legend, under the tiles, holds every
+full value an abbreviation hides, wrapped to the sheet's width.
 """
 
 from __future__ import annotations

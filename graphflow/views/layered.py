@@ -186,7 +186,8 @@ def svg(doc: Document, links: list[tuple[str, str, str, bool]]) -> bytes:
         colour = "#ccaa66" if e.dashed else EDGE_COLOUR
         dash = ' stroke-dasharray="5,3"' if e.dashed else ""
         out.append(f'<g id="edge{k + 1}" class="edge"><title>{esc(e.source)}-&gt;{esc(e.target)}</title>'
-                   f'<path d="M{x1:.1f},{y1:.1f} L{x2:.1f},{y2:.1f}" fill="none" stroke="{colour}"{dash} marker-end="url(#arrow)"/>'
+                   f'<path d="M{x1:.1f},{y1:.1f} L{x2:.1f},{y2:.1f}" fill="none" stroke="{colour}"{dash} '
+                   'marker-end="url(#arrow)"/>'
                    f'<text x="{(x1 + x2) / 2:.1f}" y="{(y1 + y2) / 2 - 3:.1f}" text-anchor="middle" font-size="{FONT - 3}" '
                    f'fill="{PARAM_COLOUR if e.dashed else LABEL_COLOUR}">{esc(e.label)}</text></g>')
     for k, b in enumerate(lay.boxes.values()):

@@ -116,7 +116,8 @@ def test_the_python_api_chooses_and_refuses_as_the_cli_does(tmp_path):
                             "force=True replaces it, or give another out_dir or name")
     with pytest.raises(FolderInUse):
         Sweep(wf, {"n": [3]}, out_dir=tmp_path / "sweeps" / "seeds")  # the same folder by its path
-    assert [r.status for r in graphflow.sweep(wf, grid={"n": [1, 2, 3]}, name="seeds", resume=True)] == ["skipped", "skipped", "ok"]
+    resumed = graphflow.sweep(wf, grid={"n": [1, 2, 3]}, name="seeds", resume=True)
+    assert [r.status for r in resumed] == ["skipped", "skipped", "ok"]
     assert [r.status for r in graphflow.sweep(wf, grid={"n": [4]}, name="seeds", force=True)] == ["ok"]
     assert sums(tmp_path / "sweeps" / "seeds") == {0: 6}
 
@@ -136,10 +137,12 @@ def test_git_ignores_the_default_outputs():
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     paths = ["sweeps/txt2img-20260101-120000/index.jsonl", "sweeps/seeds/item_00000/image_00000.png",
-             "sweep/index.jsonl", "out/txt2img_00000.png", "examples/sweeps/a/index.jsonl", "examples/out/mix_sweep/contact_sheet.png",
+             "sweep/index.jsonl", "out/txt2img_00000.png", "examples/sweeps/a/index.jsonl",
+             "examples/out/mix_sweep/contact_sheet.png",
              ".graphflow-cache/entries/ab"]
     p = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *paths], capture_output=True, text=True)
     assert sorted(p.stdout.split()) == sorted(paths)
-    kept = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "graphflow/sweep/items.py", "tests/sweep/test_sweep.py",
+    kept = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "graphflow/sweep/items.py",
+                           "tests/sweep/test_sweep.py",
                            "workflows/txt2img.json"], capture_output=True, text=True)
     assert kept.stdout == ""
