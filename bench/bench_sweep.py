@@ -124,11 +124,14 @@ def variant(name: str, steps: int) -> dict:
             return graphflow_sweep(steps, tmp / "local", ray=False)
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
-        try:
-            return {**graphflow_sweep(steps, tmp / "ray", ray=True), "overhead": ray_call_overhead()}
-        finally:
-            ray.shutdown()
+        from graphflow.sweep.ray_runner import local_token
+
+        with local_token():  # not ~/.ray/auth_token, which a later `ray start --head` would pick up
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+            try:
+                return {**graphflow_sweep(steps, tmp / "ray", ray=True), "overhead": ray_call_overhead()}
+            finally:
+                ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

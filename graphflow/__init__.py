@@ -7,7 +7,7 @@ The public API, for embedding the executor::
     ex = graphflow.Executor(cache_dir=".graphflow-cache")
     result = ex.run(wf.with_params(seed=7))
     image = result["image"]
-    for item in graphflow.sweep(wf, grid={"seed": [0, 1, 2]}, out_dir="sweep"):
+    for item in graphflow.sweep(wf, grid={"seed": [0, 1, 2]}, name="seeds"):   # into sweeps/seeds/
         print(item.item, item.status, item.files)
 """
 

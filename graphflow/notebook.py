@@ -82,16 +82,19 @@ def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bo
         bars.close()
 
 
-def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None, *, out_dir: str | Path = "sweep",
-          executor=None, resume: bool = False, progress: bool = True, ray: bool | str | None = None, **ray_options: Any):
+def sweep(wf, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None, *, out_dir: str | Path | None = None,
+          name: str | None = None, executor=None, resume: bool = False, force: bool = False, progress: bool = True,
+          ray: bool | str | None = None, **ray_options: Any):
     """Run a parameter sweep (graphflow/sweep/items.py) with a bar over its items; returns the Sweep,
     which a cell displays as its labelled contact sheet and a table of items. Interrupting the cell
     stops the current item at its next step; finished items stay in the index (``resume=True``).
-    ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``)."""
+    ``ray``: run the items on Ray actors instead of the notebook's executor (see ``graphflow.sweep``).
+    The folder is chosen as ``graphflow.sweep`` chooses it: a cell run again over the same folder
+    says so (``resume=True`` continues that sweep, ``force=True`` replaces it)."""
     from graphflow.sweep import Sweep, runner
 
     ex = None if ray else (executor or _shared())
-    sw = Sweep(_workflow(wf), grid, zip, out_dir, resume, runner=runner(ex, ray, **ray_options))
+    sw = Sweep(_workflow(wf), grid, zip, out_dir, resume, runner=runner(ex, ray, **ray_options), name=name, force=force)
     bar = _bar()(total=len(sw), desc="sweep", unit="item", leave=False, disable=not progress)
     try:
         for r in sw:
@@ -120,7 +123,7 @@ def show(obj, profile: bool = False) -> Shown:
         return Shown(result_html(obj, profile), summary(obj))
     if isinstance(obj, Workflow):
         svg = workflow_svg(obj)
-        return Shown(svg if svg is not None else "<pre>Graphviz's dot is not installed</pre>", obj.doc.description)
+        return Shown(svg if svg is not None else "<pre>the graph could not be drawn</pre>", obj.doc.description)
     if isinstance(obj, Sweep):
         return Shown(sweep_html(obj), f"sweep of {len(obj)} items")
     raise TypeError(f"graphflow.notebook.show takes a RunResult, a Workflow or a Sweep, not {type(obj).__name__}")

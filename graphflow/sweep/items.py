@@ -21,7 +21,8 @@ those fed deeper (seed, guidance). Items are numbered in the order given (the gr
 product, first axis slowest, the zipped lists as one more, last, axis).
 
 ``out_dir/index.jsonl`` gets one JSON line per finished item (append, flush, fsync: a killed
-sweep leaves whole lines); ``resume=True`` skips items with an ``ok`` line.
+sweep leaves whole lines); ``resume=True`` skips items with an ``ok`` line. Which folder, and
+whether a folder holding another sweep may be used, is ``folder.py``'s: one sweep per folder.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ import orjson
 from graphflow.node.limits import Limits
 from graphflow.problems import Problem, ValidationFailed
 from graphflow.sweep.contact_sheet import label, write_contact_sheet
+from graphflow.sweep.folder import FolderInUse, choose, claim
 from graphflow.sweep.item import ItemResult
 from graphflow.sweep.local import LocalRunner
 
-__all__ = ["Sweep", "expand", "params_key", "read_index", "run_order", "varying"]
+__all__ = ["FolderInUse", "Sweep", "expand", "params_key", "read_index", "run_order", "varying"]
 
 INDEX = "index.jsonl"
 
@@ -153,11 +155,22 @@ class Sweep:
 
     ``runner`` runs the items it is handed and yields their ``ItemResult``s (``run(sweep, todo)``,
     ``cancel()``, ``close()``): a ``LocalRunner`` on an executor of this process (the default),
-    or a ``RaySweep`` on Ray actors. The sweep knows neither: the caller chooses."""
+    or a ``RaySweep`` on Ray actors. The sweep knows neither: the caller chooses.
+
+    The folder: ``out_dir``, else ``sweeps/<name>``, else a new ``sweeps/<workflow>-<timestamp>``
+    (see folder.py). One that holds another sweep's index raises ``FolderInUse`` here, before
+    anything runs, unless ``resume`` (continue it) or ``force`` (replace it, when iterated)."""
 
     def __init__(self, workflow, grid: dict[str, list] | None = None, zip: dict[str, list] | None = None,
-                 out_dir: str | Path = "sweep", resume: bool = False, limits: Limits | None = None, runner=None) -> None:
-        self.workflow, self.out_dir, self.resume = workflow, Path(out_dir), resume
+                 out_dir: str | Path | None = None, resume: bool = False, limits: Limits | None = None, runner=None,
+                 *, name: str | None = None, force: bool = False) -> None:
+        self.workflow, self.resume, self.force = workflow, resume, force
+        self.out_dir = choose(workflow, out_dir, name, resume)
+        if resume and force:
+            raise ValueError("resume continues the sweep in the folder and force replaces it: give one, not both")
+        if not (resume or force):
+            claim(self.out_dir)  # a folder holding another sweep: FolderInUse, before anything is bound or run
+        self._claimed = False
         self.grid = dict(grid or {})
         self.items = expand(grid, zip)
         executor = getattr(runner, "executor", None)
@@ -191,6 +204,9 @@ class Sweep:
         self.runner.cancel()
 
     def __iter__(self) -> Iterator[ItemResult]:
+        if not self._claimed:  # again now: another sweep may have started there since; force clears it once
+            claim(self.out_dir, self.resume, self.force)
+            self._claimed = True
         self.out_dir.mkdir(parents=True, exist_ok=True)
         previous = read_index(self.out_dir, repair=True) if self.resume else []
         done = {params_key(r.get("params", {})): r for r in previous if r.get("status") == "ok"}

@@ -21,6 +21,15 @@ longest queue when that queue holds more than one item (stealing a queue's last 
 at most one item's time at the end, and cost the work the two actors then both do). With ``cache_dir`` on shared storage, actors also share the disk cache: the
 fingerprints hold content ids, not paths or hosts, so one actor's entry is right for another.
 
+Token authentication (Ray 2.59+; see ``_LocalAuth`` and ``_check_token``): a Ray started here for
+one sweep gets a fresh token through the environment (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``),
+never ``~/.ray/auth_token``. Ray's own ``ray.init()`` writes that file, and ``ray start --head`` then
+turns token authentication on with it, while joining an explicit address never sends it: a local
+sweep used to break the README's cluster recipe that came after it, reported as an unreachable
+cluster. Joining a cluster, the driver first asks the cluster's GCS for its id, which fails at once
+(not after Ray's minute of retries) and says which: nothing answers, or the token is missing or
+not the head's.
+
 Failures: an item whose node fails is an ordinary ``failed`` result (the sweep goes on). An actor
 that dies (killed, out of memory) loses only its item in flight: that item is run again on another
 actor, up to ``max_attempts`` in all, its queue goes to the others, and a replacement actor is
@@ -29,9 +38,12 @@ started while the number of replacements allows.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import secrets
 import socket
+import sys
 import tempfile
 import time
 from collections import deque
@@ -42,7 +54,7 @@ from typing import Any
 from graphflow.atomic import write_new
 from graphflow.sweep.item import ItemResult, item_error, item_folder, run_item
 
-__all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker"]
+__all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker", "local_token"]
 
 INSTALL = "pip install 'graphflow[ray]'"
 CANCEL_GRACE_S = 30.0  # how long a cancelled sweep waits for items in flight before killing actors
@@ -69,7 +81,119 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
             pass
     except (OSError, ValueError) as e:
-        raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} ({e}); start one with `ray start --head`") from None
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address!r}: nothing answers there ({e}); check the "
+                             "address and port, or start a cluster with `ray start --head`") from None
+
+
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _refresh_ray_auth() -> None:
+    """Make Ray re-read the RAY_AUTH_* variables: it caches its config and the token it loaded."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):  # a Ray without token authentication: nothing cached
+        pass
+
+
+class _LocalAuth:
+    """The token of a Ray started here for one sweep: fresh, in this process's environment (which
+    Ray's processes inherit), and gone with the sweep. Never ``~/.ray/auth_token``: Ray's own
+    ``ray.init()`` writes one there, and every later ``ray start --head`` on the machine turns token
+    authentication on with it, which the README's ``--ray HOST:PORT`` then did not send. Variables
+    the user set are theirs: a token they chose is used, ``RAY_AUTH_MODE=disabled`` is kept."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, str | None] | None = None
+
+    def apply(self) -> None:
+        env = os.environ
+        if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH") or env.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            return
+        self.saved = {k: env.get(k) for k in AUTH_VARS}
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # as `ray get-auth-token --generate` makes one
+        _refresh_ray_auth()
+
+    def restore(self) -> None:
+        if self.saved is None:
+            return
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self.saved = None
+        _refresh_ray_auth()
+
+
+@contextlib.contextmanager
+def local_token():
+    """For code that starts a local Ray itself (``ray.init()``, a benchmark): the fresh token a
+    sweep's own Ray gets, in the environment while the block runs, instead of ~/.ray/auth_token."""
+    auth = _LocalAuth()
+    auth.apply()
+    try:
+        yield
+    finally:
+        auth.restore()
+
+
+def _token_source() -> str:
+    """Where Ray takes this process's token from, in its own order."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    return "~/.ray/auth_token"
+
+
+def _check_token(address: str, timeout_ms: int = 10_000) -> None:
+    """Ask the cluster's GCS for its id, as ``ray.init`` does first: a token the cluster refuses
+    fails here at once, named as such, instead of after Ray's retries as "Failed to connect"."""
+    try:
+        from ray._raylet import InnerGcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs each refused try there
+            InnerGcsClient.standalone(address, None, timeout_ms)
+    except AuthenticationError:
+        pass
+    except Exception:  # anything else (a timeout, an older protocol): ray.init tells
+        return
+    else:
+        return
+    fix = "`ray get-auth-token` on the head machine prints its token"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        raise RayUnavailable(
+            f"the Ray cluster at {address!r} is up but refused this process's token (from {_token_source()}): it was "
+            f"started with another one. Set RAY_AUTH_TOKEN to the head's token ({fix})") from None
+    here = os.path.expanduser("~/.ray/auth_token")
+    also = (f"; on the head's own machine, RAY_AUTH_MODE=token alone sends {here}, the token `ray start` used there"
+            if os.path.isfile(here) else "")
+    raise RayUnavailable(
+        f"the Ray cluster at {address!r} is up but refused this process: it uses token authentication and this process "
+        f"sends no token. Run with RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<the head's token> ({fix}){also}") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 pointed at /dev/null for a moment (Ray's C++ side writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 class SweepWorker:
@@ -171,10 +295,13 @@ class RaySweep:
         self.replaced = 0
         self._cancelled = False
         self._owns_connection = False
+        self._auth = _LocalAuth()
 
     # --- connecting ----------------------------------------------------------------------------
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Join the cluster (or start Ray here); raises RayUnavailable, saying why, when it cannot.
+        ``run`` calls it; a caller may call it first, to fail before anything else is done."""
         ray = self.ray
         if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
             return
@@ -182,13 +309,18 @@ class RaySweep:
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
         if self.address not in (None, "auto"):
             _reachable(self.address)
+            if not self.address.startswith("ray://"):
+                _check_token(self.address)
         try:
             if self.address is None:
+                self._auth.apply()  # undone in close(), after Ray stops
                 ray.init(**kw)
             else:
                 ray.init(address=self.address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise RayUnavailable(f"cannot reach the Ray cluster at {self.address!r}: {e}") from None
+            self._auth.restore()
+            where = "start Ray here" if self.address is None else f"join the Ray cluster at {self.address!r}"
+            raise RayUnavailable(f"cannot {where}: {e}") from None
         self._owns_connection = True
 
     def _worker_count(self) -> int:
@@ -230,7 +362,7 @@ class RaySweep:
         self.sweep = sweep
         if not todo:
             return
-        self._connect()
+        self.connect()
         n = min(self._worker_count(), len(todo))
         if self.max_replacements is None:
             self.max_replacements = n
@@ -339,3 +471,4 @@ class RaySweep:
         self.actors = []
         if self._owns_connection and ray.is_initialized():
             ray.shutdown()
+        self._auth.restore()

@@ -1,10 +1,15 @@
 """Pictures of a workflow: Mermaid text for Markdown viewers, Graphviz DOT text, and that DOT laid
 out by Graphviz's `dot` as SVG or PNG (the CLI's `graph --format svg|png`, a workflow's picture in
-a notebook). Scopes (loops and maps, at any depth) are drawn as boxes around their bodies."""
+a notebook). Scopes (loops and maps, at any depth) are drawn as boxes around their bodies.
+
+Where `dot` is not installed (a fresh machine, a notebook server), the SVG and PNG are drawn in
+Python instead (``layered.py``: the same nodes and links, a simpler layout), so a picture is never
+missing; Graphviz stays the better option."""
 
 from __future__ import annotations
 
 import html
+import shutil
 
 from graphflow.document.tree import Def, Document, NodeDef, ParamRef, ScopeDef, ref_links
 
@@ -12,7 +17,7 @@ PICTURE_FORMATS = ("svg", "png")
 
 
 class RenderError(Exception):
-    """The picture could not be drawn (Graphviz's `dot` is missing or refused the graph)."""
+    """The picture could not be drawn (Graphviz's `dot` refused the graph)."""
 
 
 def _edges(doc: Document) -> list[tuple[str, str, str]]:
@@ -106,9 +111,27 @@ def dot(doc: Document) -> str:
     return "\n".join(lines) + "\n"
 
 
+def links(doc: Document) -> list[tuple[str, str, str, bool]]:
+    """(source, target, label, dashed) for every edge of the picture: links, parameters' feeds
+    (dashed, from ``param:NAME``) and outputs (to ``out:NAME``)."""
+    out = [(s, t, label, False) for s, t, label in _edges(doc)]
+    out += [(f"param:{p}", t, fld, True) for p, t, fld in _param_edges(doc)]
+    out += [(link.node, f"out:{name}", link.port, False) for name, link in doc.outputs.items()]
+    return out
+
+
+INSTALL_GRAPHVIZ = "Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz"
+
+
+def has_dot() -> bool:
+    """Whether Graphviz's `dot` is on PATH (where the `graphviz` package looks for it)."""
+    return shutil.which("dot") is not None
+
+
 def picture(doc: Document, fmt: str = "svg") -> bytes:
-    """The workflow's DOT laid out by Graphviz's `dot` (through the `graphviz` package): SVG text
-    or PNG bytes. Raises RenderError, with what to install, when `dot` is missing."""
+    """The workflow's DOT laid out by Graphviz's `dot` (through the `graphviz` package), SVG text or
+    PNG bytes; where `dot` is not installed, the same picture drawn in Python (``layered.py``).
+    Raises RenderError when `dot` is there but fails."""
     if fmt not in PICTURE_FORMATS:
         raise ValueError(f"picture format must be one of {', '.join(PICTURE_FORMATS)}, got {fmt!r}")
     import graphviz
@@ -116,20 +139,26 @@ def picture(doc: Document, fmt: str = "svg") -> bytes:
     try:
         return graphviz.Source(dot(doc)).pipe(format=fmt, quiet=True)
     except graphviz.ExecutableNotFound:
-        raise RenderError("Graphviz's `dot` program is not installed (Debian/Ubuntu: apt-get install graphviz; "
-                          "macOS: brew install graphviz)") from None
+        from graphflow.views import layered
+
+        return (layered.svg if fmt == "svg" else layered.png)(doc, links(doc))
     except graphviz.CalledProcessError as e:
         raise RenderError(f"Graphviz's `dot` failed: {(e.stderr or b'').decode(errors='replace').strip()}") from None
 
 
 def write_picture(doc: Document, fmt: str, output: str | None) -> int:
     """The CLI's `graph --format svg|png`: the picture to a file (written whole or not at all) or to
-    stdout; an exit code (2 with a message when `dot` is missing or PNG bytes would hit a terminal)."""
+    stdout; an exit code (2 with a message when `dot` fails or PNG bytes would hit a terminal).
+    Without `dot`, a note on stderr says the picture is graphflow's simpler one, and how to get
+    Graphviz's."""
     import sys
 
     if output is None and fmt == "png" and sys.stdout.isatty():
         print("graphflow graph: error: PNG is binary; write it to a file with -o FILE", file=sys.stderr)
         return 2
+    if not has_dot():
+        print(f"graphflow graph: Graphviz's `dot` is not installed: drawn by graphflow's simpler layout "
+              f"(for Graphviz's: {INSTALL_GRAPHVIZ})", file=sys.stderr)
     try:
         data = picture(doc, fmt)
     except RenderError as e:

@@ -259,8 +259,8 @@ def result_png(result) -> bytes | None:
 # --- a workflow --------------------------------------------------------------------------------
 
 def workflow_svg(wf) -> str | None:
-    """The graph drawn by Graphviz (see render.picture); None when `dot` is not installed, so
-    Jupyter falls back to the next representation."""
+    """The graph drawn by Graphviz, or by graphflow where `dot` is not installed (see
+    diagram.picture); None only when `dot` fails, so Jupyter falls back to the next representation."""
     from graphflow.views.diagram import RenderError, picture
 
     try:

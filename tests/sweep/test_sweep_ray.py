@@ -1,7 +1,8 @@
 """Sweeps on a real Ray (graphflow.sweep.ray_runner): the same bytes as a local sweep and as `graphflow
 run`, cache affinity (a prompt encoded by one actor only), models loaded once per actor, an actor
-killed mid-sweep, resume and cancel. One local Ray instance serves the module (started here,
-stopped at the end); the `ray start --head` cluster is in test_sweep_ray_cluster.py."""
+killed mid-sweep, resume and cancel. One local Ray instance serves the module (started here, in a
+home folder of its own, stopped at the end); the `ray start --head` cluster is in
+test_sweep_ray_cluster.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 
 from graphflow.sweep.items import Sweep, read_index
 from graphflow.sweep.ray_runner import affinity_keys, deal
-from graphflow.sweep.ray_runner import RaySweep
+from graphflow.sweep.ray_runner import RaySweep, local_token
+from tests.sweep.ray_helpers import own_home
 from tests.sweep.test_sweep import _isolated, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra graphflow[ray]; `make test` installs it")
@@ -29,10 +31,16 @@ PROMPTS = ["a red circle", "a blue square"]
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """One local Ray for the module, in a home folder of its own: ray.init() writes
+    ~/.ray/auth_token, which would change how every later cluster on the machine is joined."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
-    yield
-    ray.shutdown()
+    with own_home() as home, local_token():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        assert not (home / ".ray").exists()  # graphflow.sweep.ray_runner.local_token: the token was in the environment
 
 
 def pngs(out: Path) -> dict[int, bytes]:
