@@ -49,9 +49,6 @@ LANGS = {"sh": SHELL, "bash": SHELL, "shell": SHELL, "console": TRANSCRIPT, "pyt
 # Blocks known to be wrong while other changes fix them (matched by section and first line). The
 # test still runs them: strict xfail, so a block that starts passing fails here until its entry goes.
 KNOWN_WRONG = {
-    ("Writing nodes", "from pydantic import Field"): "`Image` is used but not imported (being fixed beside this change)",
-    ("Models, LoRAs and checkpoints", "$ graphflow models --models-dir /tmp/demo_models"):
-        "the sample output lacks tiny-shapes-ddpm and needs files in /tmp/demo_models (being fixed beside this change)",
 }
 
 

@@ -54,10 +54,6 @@ def source_copy(dst: Path) -> Path:
     return dst
 
 
-# graphflow/sweep/ray_runner.py's INSTALL hint and cli/sweep.py's --ray help are being rewritten beside
-# this change: once they (and tests/sweep/test_sweep_ray.py's expected message) say
-# graphflow-diffusion[ray], this passes and the mark goes
-@pytest.mark.xfail(strict=True, reason="the Ray install hint in graphflow/sweep/ray_runner.py and cli/sweep.py still says graphflow[ray]")
 def test_no_message_or_document_names_the_other_projects_distribution():
     """``pip install 'graphflow[ray]'`` would install an unrelated project: every hint says graphflow-diffusion."""
     wrong = sorted(str(p.relative_to(ROOT)) for top in ("graphflow", "nodes", "README.md", "Makefile", "pyproject.toml")

@@ -151,7 +151,7 @@ def add_parser(sub) -> None:
                        help="replace the sweep in the folder: its index, contact sheet and item folders are removed first")
     sw.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                     help="run the items on Ray actors: alone, a Ray started here for the sweep; 'auto' or HOST:PORT joins "
-                         "a cluster started with `ray start --head` (needs pip install 'graphflow[ray]')")
+                         "a cluster started with `ray start --head` (needs pip install 'graphflow-diffusion[ray]')")
     sw.add_argument("--workers", type=int, metavar="N", help="with --ray: actors to start (default: the cluster's CPUs / --cpus-per-worker)")
     sw.add_argument("--cpus-per-worker", type=float, default=1, metavar="N", help="with --ray: CPUs (and torch threads) per actor (default 1)")
     sw.add_argument("--gpus-per-worker", type=float, default=0, metavar="N", help="with --ray: GPUs per actor (default 0)")

@@ -56,7 +56,7 @@ from graphflow.sweep.item import ItemResult, item_error, item_folder, run_item
 
 __all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker", "local_token"]
 
-INSTALL = "pip install 'graphflow[ray]'"
+INSTALL = "pip install 'graphflow-diffusion[ray]'"
 CANCEL_GRACE_S = 30.0  # how long a cancelled sweep waits for items in flight before killing actors
 
 

@@ -22,7 +22,7 @@ from graphflow.sweep.ray_runner import RaySweep, local_token
 from tests.sweep.ray_helpers import own_home
 from tests.sweep.test_sweep import _isolated, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 
-ray = pytest.importorskip("ray", reason="Ray is the optional extra graphflow[ray]; `make test` installs it")
+ray = pytest.importorskip("ray", reason="Ray is the optional extra graphflow-diffusion[ray]; `make test` installs it")
 
 ROOT = Path(__file__).resolve().parents[2]
 TXT2IMG = str(ROOT / "workflows" / "txt2img.json")
@@ -142,7 +142,7 @@ def test_ray_missing_exits_2_with_the_install_command(tmp_path, tiny_model):
             f"sys.exit(main(['sweep', {TXT2IMG!r}, '--set', 'model={tiny_model}', '--grid', 'seed=[0,1]', '--ray', '--out', 'o']))")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
-    assert "pip install 'graphflow[ray]'" in p.stderr and "Traceback" not in p.stderr
+    assert "pip install 'graphflow-diffusion[ray]'" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
 
 

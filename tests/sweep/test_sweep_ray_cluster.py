@@ -18,7 +18,7 @@ import pytest
 from graphflow.sweep.items import read_index
 from tests.sweep.ray_helpers import free_port, new_token, own_home, ray_head
 
-pytest.importorskip("ray", reason="Ray is the optional extra graphflow[ray]; `make test` installs it")
+pytest.importorskip("ray", reason="Ray is the optional extra graphflow-diffusion[ray]; `make test` installs it")
 
 ROOT = Path(__file__).resolve().parents[2]
 TXT2IMG = str(ROOT / "workflows" / "txt2img.json")
