@@ -27,7 +27,7 @@ class ThreadServer:
     def __init__(self, tmp: Path, **settings) -> None:
         from graphflow.node.limits import Limits
         from graphflow.node.registry import default_registry
-        from graphflow.options import build_executor
+        from graphflow.options import build_executor, read_roots
         from graphflow.server.app import create_app
         from graphflow.server.settings import LOOPBACK_NAMES, Settings
         from graphflow.server.worker_process import WorkerRecipe
@@ -35,11 +35,15 @@ class ThreadServer:
 
         self.tmp = Path(tmp)
         limits = settings.pop("limits", None) or Limits()
-        recipe = WorkerRecipe(make_executor=functools.partial(build_executor, str(self.tmp / "out"), limits, {"check_finite": True}),
+        registry = default_registry([PLUGIN])
+        uploads = self.tmp / "out" / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        roots = settings.pop("read_roots", None) or read_roots(registry, [uploads, *settings.pop("allow_read", [])])
+        recipe = WorkerRecipe(make_executor=functools.partial(build_executor, str(self.tmp / "out"), limits, {"check_finite": True}, roots),
                               make_registry=functools.partial(default_registry, [PLUGIN]))
         self.settings = Settings(out=self.tmp / "out", db=self.tmp / "out" / "graphflow.db", allowed_hosts=LOOPBACK_NAMES,
-                                 workflows=shipped_folder(), **settings)
-        self.app = create_app(self.settings, recipe, default_registry([PLUGIN]), limits)
+                                 workflows=shipped_folder(), read_roots=roots, **settings)
+        self.app = create_app(self.settings, recipe, registry, limits)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

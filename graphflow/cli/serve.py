@@ -45,8 +45,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"graphflow serve: error: {e}", file=sys.stderr)
         return options.EXIT_INVALID
+    missing = [d for d in args.allow_read or [] if not Path(d).is_dir()]
+    if missing:
+        print(f"graphflow serve: error: --allow-read {missing[0]}: no such folder", file=sys.stderr)
+        return options.EXIT_INVALID
+    uploads = Path(args.out) / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    roots = options.read_roots(registry, [uploads, *(args.allow_read or [])])
     # the worker process builds these itself (it is spawned): picklable recipes, not the objects
-    recipe = WorkerRecipe(make_executor=functools.partial(options.build_executor, args.out, limits, run_options),
+    recipe = WorkerRecipe(make_executor=functools.partial(options.build_executor, args.out, limits, run_options, roots),
                           make_registry=functools.partial(options.build_registry, tuple(args.plugin or ())))
     if args.max_queue < 1:
         print("graphflow serve: error: --max-queue must be at least 1", file=sys.stderr)
@@ -70,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         allowed_hosts=LOOPBACK_NAMES if is_loopback(host) else None,
                         workflows=Path(args.workflows) if args.workflows else shipped_folder(),
                         keep_runs=keep_runs, keep_days=args.keep_days, run_timeout=args.run_timeout,
-                        cancel_grace=args.cancel_grace, worker_memory=worker_memory)
+                        cancel_grace=args.cancel_grace, worker_memory=worker_memory, read_roots=roots)
     return serve(settings, recipe, registry, limits, host, args.port, args.log_level)
 
 
@@ -102,6 +109,9 @@ def add_parser(sub) -> None:
     sp.add_argument("--keep-runs", default="10000", metavar="N",
                     help="ended runs kept in the history, with their files; older ones are deleted (default: 10000; 'all' keeps every one)")
     sp.add_argument("--keep-days", type=float, metavar="DAYS", help="also delete ended runs older than this (default: no age limit)")
+    sp.add_argument("--allow-read", action="append", metavar="DIR",
+                    help="a folder whose files workflows may read (pictures, masks, latents), besides OUT/uploads/ and the "
+                         "models folders; repeatable (default: none)")
     sp.add_argument("--run-timeout", type=float, metavar="SECONDS",
                     help="stop and fail a run that takes longer than this (default: no limit)")
     sp.add_argument("--cancel-grace", type=float, default=10.0, metavar="SECONDS",

@@ -39,7 +39,7 @@ def _services(settings: Settings, recipe: WorkerRecipe, registry: Registry, limi
     out = Path(settings.out).resolve()
     store = Store(settings.db)
     broker = Broker()
-    catalog = Catalog(settings.workflows, registry, limits)
+    catalog = Catalog(settings.workflows, registry, limits, read_roots=settings.read_roots)
     worker = Worker(store, recipe, broker, catalog, out, Retention(settings.keep_runs, settings.keep_days),
                     run_timeout=settings.run_timeout, cancel_grace=settings.cancel_grace, worker_memory=settings.worker_memory)
     return Services(settings=settings, out=out, registry=registry, store=store, broker=broker, catalog=catalog, worker=worker)

@@ -33,3 +33,6 @@ class Settings:
     cancel_grace: float = 10.0
     #: bytes the worker process may hold resident before it is killed, failing its run (None: no limit)
     worker_memory: int | None = None
+    #: the folders runs may read files from, as real paths (``options.read_roots``: the uploads
+    #: folder, the node packs' models folders, ``--allow-read``); None: anywhere
+    read_roots: tuple[str, ...] | None = None

@@ -80,8 +80,8 @@ def _serve(conn, recipe: WorkerRecipe) -> None:
                 from graphflow.graph.workflow import Workflow
 
                 try:
-                    bound = Workflow.from_dict(wf, registry, "<request>", executor.limits).bind(params, executor.limits)
-                    handle = executor.submit(bound, out_dir=folder)
+                    # bound by the executor: within its limits, every file inside its read roots
+                    handle = executor.submit(Workflow.from_dict(wf, registry, "<request>", executor.limits), params, out_dir=folder)
                 except ValidationFailed as e:
                     send(("invalid", run_id, [p.to_dict() for p in e.problems]))
                     continue

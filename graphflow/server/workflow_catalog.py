@@ -36,9 +36,12 @@ def params_form(wf: Workflow) -> dict[str, dict[str, Any]]:
 
 
 class Catalog:
-    def __init__(self, folder: str | Path | None, registry: Registry, limits: Limits, keep: int = 128) -> None:
+    def __init__(self, folder: str | Path | None, registry: Registry, limits: Limits, keep: int = 128,
+                 read_roots: tuple[str, ...] | None = None) -> None:
+        """``read_roots``: the folders a run may read (see ``Settings.read_roots``): a workflow
+        naming a file outside them is refused here, at submission, naming the node and field."""
         self.folder = Path(folder) if folder is not None else None
-        self.registry, self.limits, self.keep = registry, limits, keep
+        self.registry, self.limits, self.keep, self.read_roots = registry, limits, keep, read_roots
         self._lock = threading.Lock()
         self._memo: OrderedDict[bytes, Workflow] = OrderedDict()
         self._shipped: dict[str, dict[str, Any]] | None = None
@@ -106,4 +109,4 @@ class Catalog:
         wf = self.workflow(data)
         if not isinstance(params, dict):
             raise ValidationFailed([Problem("bad_request", "'params' must be an object", field="params")])
-        return wf.bind(params, self.limits)
+        return wf.bind(params, self.limits, self.read_roots)
