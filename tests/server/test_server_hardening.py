@@ -407,3 +407,45 @@ def test_hostile_requests_never_get_a_500_and_the_server_keeps_working(srv):
     assert Client(srv.url).run(run_id)["status"] == "done"  # the DELETE from a null origin did nothing
     _then_hello_runs(c)
     assert httpx.get(srv.url + "/api/health").json()["ok"] is True
+
+
+# --- inputs read safely and confined --------------------------------------------------------------
+
+
+def _load_image(path: str) -> dict:
+    return {"format": 1, "nodes": {"img": {"type": "LoadImage", "inputs": {"path": path}}}, "outputs": {"image": "img.image"}}
+
+
+def test_files_outside_the_read_roots_are_refused_at_submission_naming_node_and_field(srv, tmp_path):
+    from PIL import Image
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(secret)
+    link = srv.tmp / "out" / "uploads" / "innocent.png"
+    link.symlink_to(secret)  # inside the uploads folder, leading out of it
+    before = len(srv.store.history(1000))
+    for path in (str(secret), str(link), "/dev/zero", "/etc/passwd"):
+        r = httpx.post(srv.url + "/api/runs", json={"workflow": _load_image(path)})
+        assert r.status_code == 422, (path, r.text)
+        (p,) = r.json()["problems"]
+        assert (p["code"], p["node"], p["field"]) == ("refused_file", "img", "inputs.path"), p
+        assert "outside the folders this executor may read" in p["message"] or "not a regular file" in p["message"], p
+    assert len(srv.store.history(1000)) == before
+    inside = srv.tmp / "out" / "uploads" / "mine.png"
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(inside)
+    run = Client(srv.url).wait(Client(srv.url).submit(_load_image(str(inside))), timeout=60)
+    assert run["status"] == "done" and run["outputs"]["image"]["tensor"]["shape"] == [1, 3, 8, 8], run["outputs"]
+
+
+def test_allow_read_adds_a_folder(tmp_path):
+    from PIL import Image
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(pictures / "blue.png")
+    s = ThreadServer(tmp_path, allow_read=[pictures])
+    try:
+        c = Client(s.url)
+        assert c.wait(c.submit(_load_image(str(pictures / "blue.png"))), timeout=60)["status"] == "done"
+    finally:
+        s.stop()
