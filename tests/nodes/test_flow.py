@@ -89,8 +89,9 @@ def test_sd3_joint_embeddings_equal_encode_prompt(model, request):
     r = run(workflow("txt2img_sd3", {"embeddings": "embeddings.embeddings", "pooled": "pooled.pooled"}),
             model=str(path), prompt=PROMPT, negative_prompt="blurry", max_sequence_length=32)
     extra = {} if model == "tiny_sd3" else {"text_encoder_3": None, "tokenizer_3": None}
-    pe, ne, pp, npool = pipeline("StableDiffusion3Pipeline", path, **extra).encode_prompt(
-        PROMPT, None, None, device="cpu", negative_prompt="blurry", max_sequence_length=32)
+    with torch.no_grad():  # as inside the pipeline's __call__ (with gradients T5's attention sums in another order)
+        pe, ne, pp, npool = pipeline("StableDiffusion3Pipeline", path, **extra).encode_prompt(
+            PROMPT, None, None, device="cpu", negative_prompt="blurry", max_sequence_length=32)
     assert r["embeddings"].shape == (2, 77 + 32, 96) and r["pooled"].shape == (2, 32)
     assert (r["embeddings"] - torch.cat([ne, pe])).abs().max().item() == 0.0
     assert (r["pooled"] - torch.cat([npool, pp])).abs().max().item() == 0.0
@@ -100,7 +101,8 @@ def test_sd3_joint_embeddings_equal_encode_prompt(model, request):
 def test_flux_text_side_equals_encode_prompt(tiny_flux):
     r = run(workflow("txt2img_flux", {"t5": "t5.hidden_states", "pooled": "clip.pooled", "ids": "text_ids.text_ids"}),
             model=str(tiny_flux), prompt=PROMPT, prompt_2="a blue square", max_sequence_length=24)
-    pe, pp, ids = pipeline("FluxPipeline", tiny_flux).encode_prompt(PROMPT, "a blue square", device="cpu", max_sequence_length=24)
+    with torch.no_grad():
+        pe, pp, ids = pipeline("FluxPipeline", tiny_flux).encode_prompt(PROMPT, "a blue square", device="cpu", max_sequence_length=24)
     assert r["t5"].shape == (1, 24, 32) and r["pooled"].shape == (1, 32) and r["ids"].shape == (24, 3)
     assert (r["t5"] - pe).abs().max().item() == 0.0 and (r["pooled"] - pp).abs().max().item() == 0.0
     assert torch.equal(r["ids"], ids)
@@ -198,5 +200,5 @@ def test_predict_flux_refuses_unpacked_latents(tiny_flux):
     doc = workflow("txt2img_flux", {"image": "decode.image"})
     doc["nodes"]["denoise"]["carry"]["latents"] = {"from": "noise.latents"}
     r = Executor().run(Workflow.from_dict(doc).with_params(model=str(tiny_flux), width=64, height=64, steps=1))
-    assert not r.ok and r.errors[0].node.startswith("denoise")
+    assert not r.ok and r.errors[0].node == "transformer"
     assert "PredictFlux takes packed (batch, patches, features) latents, not (1, 16, 8, 8): put PackLatents before the loop" in r.errors[0].message
