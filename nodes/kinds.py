@@ -13,9 +13,10 @@ SEED_MAX = 2**63 - 1
 
 #: Models flow through the graph as references (graphflow_nodes.loading.model_refs.ModelRef): small, frozen,
 #: hashable values; a node gets the live object with ctx.models.get(ref).
-TOKENIZER_K = kind("tokenizer", parent=OBJECT, description="a reference to a CLIP tokenizer")
-TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a reference to a CLIPTextModel")
+TOKENIZER_K = kind("tokenizer", parent=OBJECT, description="a reference to a tokenizer (CLIP, or T5 for SD3 and Flux)")
+TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a reference to a text encoder (a CLIPTextModel, with or without projection, or a T5EncoderModel)")
 UNET_K = kind("unet", parent=OBJECT, description="a reference to a UNet2DConditionModel")
+TRANSFORMER_K = kind("transformer", parent=OBJECT, description="a reference to a denoising transformer (SD3Transformer2DModel, FluxTransformer2DModel)")
 VAE_K = kind("vae", parent=OBJECT, description="a reference to an AutoencoderKL")
 SCHEDULER_K = kind("scheduler", parent=OBJECT, description="a diffusers scheduler with its timesteps set")
 SCHEDULER_CONFIG_K = kind("scheduler_config", parent=OBJECT, description="a diffusers scheduler config")
@@ -40,6 +41,7 @@ RNG_K = kind("rng", description="a seeded CPU random generator's state after its
 Tokenizer = Annotated[Any, TOKENIZER_K]
 TextEncoder = Annotated[Any, TEXT_ENCODER_K]
 UNet = Annotated[Any, UNET_K]
+Transformer = Annotated[Any, TRANSFORMER_K]
 VAE = Annotated[Any, VAE_K]
 Scheduler = Annotated[Any, SCHEDULER_K]
 SchedulerConfig = Annotated[Any, SCHEDULER_CONFIG_K]
@@ -68,3 +70,7 @@ ImageList = Annotated[list[Any], list_of(IMAGE_K)]
 LatentsList = Annotated[list[Any], list_of(LATENTS_K)]
 MODEL_INPUT_K = kind("model_input", description="latents scaled for the UNet (and doubled for guidance)")
 ModelInput = Annotated[Any, MODEL_INPUT_K]
+TEXT_IDS_K = kind("text_ids", description="Flux: the text tokens' position ids, (tokens, 3), zeros")
+IMAGE_IDS_K = kind("image_ids", description="Flux: the packed latent patches' position ids, (patches, 3): (0, row, column)")
+TextIds = Annotated[Any, TEXT_IDS_K]
+ImageIds = Annotated[Any, IMAGE_IDS_K]

@@ -17,6 +17,7 @@ NODE_MODULES = (
     "stages.encoders", "stages.tokens", "stages.before_denoise", "stages.scheduling", "stages.denoise", "stages.decoders",
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
+    "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
 )
 
 

@@ -69,3 +69,35 @@ def tiny_sdxl_refiner(tiny_sdxl, tmp_path_factory) -> Path:
     from tests.tiny_model import build_tiny_sdxl_refiner
 
     return build_tiny_sdxl_refiner(tmp_path_factory.mktemp("models") / "tiny-random-sdxl-refiner", base=tiny_sdxl)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    """A random-weight SD3 folder (two CLIP encoders with projections, T5, MMDiT, 16-channel VAE)."""
+    from tests.tiny_flow_models import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("models") / "tiny-random-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_no_t5(tmp_path_factory) -> Path:
+    """The SD3 folder saved without its T5 encoder (text_encoder_3 and tokenizer_3 null)."""
+    from tests.tiny_flow_models import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("models") / "tiny-random-sd3-no-t5", t5=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> Path:
+    """A random-weight FLUX.1-dev-shaped folder (guidance embedding, dynamically shifted schedule)."""
+    from tests.tiny_flow_models import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-random-flux-dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell(tmp_path_factory) -> Path:
+    """A random-weight FLUX.1-schnell-shaped folder (no guidance embedding, shift 1)."""
+    from tests.tiny_flow_models import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-random-flux-schnell", seed=1, guidance_embeds=False)

@@ -5,7 +5,7 @@ built with. Above both families and checkpoints, which it reads."""
 from __future__ import annotations
 
 from graphflow_nodes.loading.checkpoint import VARIANTS, NoShippedConfig, alternatives, choose_variant
-from graphflow_nodes.loading.families import ModelError, family_of, pipeline_family, read_index
+from graphflow_nodes.loading.families import ModelError, absent_components, family_of, pipeline_family, read_index
 from graphflow_nodes.loading.files import locate, resolve_model_path
 
 
@@ -28,6 +28,9 @@ def describe_model_folder(value: str) -> str:
     if family.name == "pixel":
         labels = read_index(path).get("id2label") or {}
         extra = f", {len(labels)} classes" if labels else ""
+    absent = absent_components(path, family)
+    if absent:
+        extra += f", saved without {' and '.join(absent)}"
     return f"{family.name} model ({read_index(path)['_class_name']}: {family.note}{extra}) at {path}"
 
 

@@ -20,6 +20,9 @@ class Family:
     #: model_index.json settings that tell this family from another of the same pipeline class
     #: (an SDXL refiner is a StableDiffusionXLImg2ImgPipeline, as an SDXL base folder may be)
     settings: dict = field(default_factory=dict)
+    #: components a folder may leave out (null in model_index.json): SD3 runs without its T5
+    #: encoder, as StableDiffusion3Pipeline does with ``text_encoder_3=None``
+    optional: tuple[str, ...] = ()
 
 
 SCHEDULER_ANY = None
@@ -45,6 +48,22 @@ FAMILIES = (
         {"requires_aesthetics_score": True},
     ),
     Family(
+        "sd3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"),
+        {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
+         "tokenizer_3": ("T5TokenizerFast", "T5Tokenizer"), "text_encoder": ("CLIPTextModelWithProjection",),
+         "text_encoder_2": ("CLIPTextModelWithProjection",), "text_encoder_3": ("T5EncoderModel",),
+         "transformer": ("SD3Transformer2DModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
+        "Stable Diffusion 3 and 3.5 (MMDiT, flow matching): two CLIP encoders and an optional T5",
+        optional=("tokenizer_3", "text_encoder_3"),
+    ),
+    Family(
+        "flux", ("FluxPipeline", "FluxImg2ImgPipeline"),
+        {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("T5TokenizerFast", "T5Tokenizer"),
+         "text_encoder": ("CLIPTextModel",), "text_encoder_2": ("T5EncoderModel",),
+         "transformer": ("FluxTransformer2DModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
+        "FLUX.1 dev and schnell (flow matching, packed latents): CLIP pooled + T5 sequence, dev's guidance embedding",
+    ),
+    Family(
         "pixel", ("DDPMPipeline", "DDIMPipeline"),
         {"unet": ("UNet2DModel",), "scheduler": SCHEDULER_ANY},
         "pixel-space UNet2DModel, unconditional or class-conditioned (the book's DDPMs)",
@@ -53,6 +72,8 @@ FAMILIES = (
 BY_NAME = {f.name: f for f in FAMILIES}
 #: the families with SDXL's VAE (it overflows float16: pictures go through a float32 copy, stages/vae.py)
 SDXL_FAMILIES = ("sdxl", "sdxl-refiner")
+#: the flow-matching families: a transformer predicts a velocity, FlowMatch schedulers step it
+FLOW_FAMILIES = ("sd3", "flux")
 
 
 def family_for_index(data: dict) -> Family | None:
@@ -118,6 +139,8 @@ def family_of(path: Path) -> Family:
     pipeline = data.get("_class_name")
     for comp, classes in family.components.items():
         entry = data.get(comp)
+        if comp in family.optional and not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+            continue  # left out, as the family allows
         if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
             raise ModelError(f"{path / 'model_index.json'} has no '{comp}' component; a {family.name} model "
                              f"({pipeline}) needs {', '.join(family.components)}")
@@ -130,3 +153,9 @@ def family_of(path: Path) -> Family:
 
 def component_class(path: Path, comp: str) -> str:
     return read_index(path)[comp][1]
+
+
+def absent_components(path: Path, family: Family) -> tuple[str, ...]:
+    """The optional components a folder of ``family`` leaves out (null in its model_index.json)."""
+    data = read_index(path)
+    return tuple(c for c in family.optional if not (isinstance(data.get(c), list) and len(data[c]) == 2 and data[c][1]))

@@ -44,7 +44,8 @@ def load_component(path: Path, comp: str, device: str, dtype_name: str) -> Any:
     if comp not in COMPONENT_KINDS or (allowed and name not in allowed):
         raise ModelError(f"component {comp!r} ({name}) of {path} is not one graphflow loads")
     if comp.startswith("tokenizer"):
-        return transformers.CLIPTokenizer.from_pretrained(path / comp, local_files_only=True)
+        cls = transformers.T5TokenizerFast if name.startswith("T5") else transformers.CLIPTokenizer
+        return cls.from_pretrained(path / comp, local_files_only=True)
     cls = getattr(transformers, name, None) or getattr(diffusers, name)
     model = cls.from_pretrained(path, subfolder=comp, torch_dtype=torch_dtype(dtype_name), local_files_only=True)
     model = model.to(device).eval()
@@ -103,5 +104,15 @@ class MissingComponent:
                          f"(wire this node to a model of a family that has one)")
 
 
+@dataclass(frozen=True)
+class AbsentComponent(MissingComponent):
+    """An optional component the folder leaves out (SD3 without its T5 encoder): a node that can
+    do without it (EncodeT5 gives zeros, as StableDiffusion3Pipeline does) checks for this."""
+
+    def load(self, manager: Any) -> Any:
+        raise ModelError(f"the {self.family} model at {self.path} was saved without its {self.component} "
+                         f"(null in model_index.json); only nodes that can do without it take it")
+
+
 #: LoadModel's component outputs, in order
-COMPONENT_KINDS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae")
+COMPONENT_KINDS = ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae")

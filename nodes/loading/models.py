@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, UNet
+from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, Transformer, UNet
 from graphflow_nodes.loading.descriptions import describe_config, describe_model_folder
-from graphflow_nodes.loading.families import ModelError, family_of, pipeline_settings
-from graphflow_nodes.loading.files import resolve_config_path, resolve_model_path
-from graphflow_nodes.loading.model_refs import COMPONENT_KINDS, MissingComponent, ModelRef
+from graphflow_nodes.loading.families import ModelError, absent_components, family_of, pipeline_settings
+from graphflow_nodes.loading.files import locate, resolve_config_path, resolve_model_path
+from graphflow_nodes.loading.model_refs import COMPONENT_KINDS, AbsentComponent, MissingComponent, ModelRef
 from pydantic import Field
 
 from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, checked_input, content_id
@@ -27,7 +27,8 @@ DEFAULT_MODEL = "tiny-sd"
 
 class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
     """Loads a model from local disk: a diffusers folder of Stable Diffusion 1.x/2.x, SDXL (base
-    or refiner) or a pixel-space DDPM (the ``family`` output says which; any other pipeline is refused by name), or
+    or refiner), SD3/SD3.5, FLUX.1 or a pixel-space DDPM (the ``family`` output says which; any
+    other pipeline is refused by name), or
     a single-file ``.safetensors`` checkpoint in the original SD layout. ``tiny-sd``, the default,
     is the small model shipped inside graphflow; a bare name is looked up in the models folders'
     ``checkpoints/``. Only the index (or the file's header) is read here: each component's weights
@@ -48,9 +49,12 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
         unet: UNet = Field(description="the denoising UNet")
         vae: VAE = Field(description="the autoencoder")
         scheduler_config: SchedulerConfig = Field(description="the model's scheduler configuration")
-        tokenizer_2: Tokenizer = Field(description="SDXL: the second tokenizer")
-        text_encoder_2: TextEncoder = Field(description="SDXL: the second text encoder (with projection)")
-        family: str = Field(description="sd, sdxl, sdxl-refiner or pixel")
+        tokenizer_2: Tokenizer = Field(description="SDXL, SD3: the second CLIP tokenizer; Flux: the T5 tokenizer")
+        text_encoder_2: TextEncoder = Field(description="SDXL, SD3: the second CLIP text encoder (with projection); Flux: the T5 encoder")
+        tokenizer_3: Tokenizer = Field(description="SD3: the T5 tokenizer")
+        text_encoder_3: TextEncoder = Field(description="SD3: the T5 encoder (absent from a folder saved without it: EncodeT5 gives zeros)")
+        transformer: Transformer = Field(description="SD3, Flux: the denoising transformer (in place of a UNet)")
+        family: str = Field(description="sd, sdxl, sdxl-refiner, sd3, flux or pixel")
         pipeline_config: dict = Field(description="model_index.json's settings (force_zeros_for_empty_prompt, id2label, ...)")
 
     def run(self, i: In, ctx: Context) -> dict:
@@ -68,8 +72,11 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
             raise ModelError(f"config applies to single-file checkpoints; {path} is a diffusers folder, which carries its own configs")
         family = family_of(path)
         where = str(path.resolve())
+        absent = absent_components(path, family)
         out: dict[str, Any] = {
-            c: ModelRef(content_id(path / c, ctx.files.max_bytes), where, c, family.name) if c in family.components else MissingComponent(c, family.name, where)
+            c: AbsentComponent(c, family.name, where) if c in absent
+            else ModelRef(content_id(path / c, ctx.files.max_bytes), where, c, family.name) if c in family.components
+            else MissingComponent(c, family.name, where)
             for c in COMPONENT_KINDS
         }
         out["scheduler_config"] = json.loads((path / "scheduler" / "scheduler_config.json").read_text())

@@ -25,8 +25,24 @@ SCHEDULERS = {
     "dpm": "DPMSolverMultistepScheduler",
     "pndm": "PNDMScheduler",
     "heun": "HeunDiscreteScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
+    "flow_heun": "FlowMatchHeunDiscreteScheduler",
 }
-SchedulerName = Literal["model", "lms", "ddim", "ddpm", "euler", "euler_a", "dpm", "pndm", "heun"]
+SchedulerName = Literal["model", "lms", "ddim", "ddpm", "euler", "euler_a", "dpm", "pndm", "heun", "flow_euler", "flow_heun"]
+
+
+def is_flow(config: dict) -> bool:
+    """A flow-matching scheduler (SD3, Flux): its model predicts a velocity, and a noise-prediction
+    scheduler would step it as if it were noise (and the other way round)."""
+    return str(config.get("_class_name", "")).startswith("FlowMatch") or config.get("prediction_type") == "flow_prediction"
+
+
+def flux_sigmas(steps: int) -> list[float]:
+    """FluxPipeline's own schedule before shifting: ``steps`` sigmas from 1 down to ``1/steps`` in
+    equal steps (the scheduler's own default ends at 1/1000)."""
+    import numpy as np
+
+    return list(np.linspace(1.0, 1 / steps, steps))
 
 
 @functools.cache
@@ -101,11 +117,15 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
         denoising_start: float | None = Field(None, gt=0, lt=1, description="start where this fraction of the denoising is done (diffusers' denoising_start; instead of start_step)")
         denoising_end: float | None = Field(None, gt=0, lt=1, description="stop where this fraction of the denoising is done (diffusers' denoising_end; instead of end_step)")
         options: dict[str, Any] = Field(default_factory=dict, description="extra scheduler config, e.g. {\"use_karras_sigmas\": true}")
+        mu: float | None = Field(None, description="flow matching: the shift from the image's sequence length (FlowShift.mu), for schedulers "
+                                                   "with dynamic shifting (Flux dev); ignored by those without")
+        linear_sigmas: bool = Field(False, description="flow matching: FluxPipeline's schedule, sigmas from 1 to 1/steps in equal steps "
+                                                       "(for schedulers that take sigmas), instead of the scheduler's own 1 to 1/1000")
 
     class Out(Outputs):
         scheduler: Scheduler = Field(description="the scheduler, timesteps set")
         timesteps: Timesteps = Field(description="the timesteps to run")
-        init_noise_sigma: float = Field(description="the scale of the initial noise")
+        init_noise_sigma: float = Field(description="the scale of the initial noise (1 for flow matching, which starts from unit noise)")
 
     def run(self, i: In, ctx: Context) -> dict:
         import diffusers
@@ -119,16 +139,29 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
         if unknown:
             raise ValueError(f"{cls_name} has no option {', '.join(map(repr, unknown))} (it takes: {', '.join(sorted(accepted))})")
         config = {**i.scheduler_config, **i.options}
+        if is_flow(i.scheduler_config) != is_flow({"_class_name": cls_name, **i.options}):
+            model_kind = "a flow-matching model (SD3, Flux)" if is_flow(i.scheduler_config) else "a noise-prediction model"
+            fitting = ", ".join(n for n, c in SCHEDULERS.items() if is_flow({"_class_name": c}) == is_flow(i.scheduler_config))
+            raise ValueError(f"{cls_name} does not fit {model_kind} (its config is a {i.scheduler_config.get('_class_name')}); "
+                             f"use model or one of: {fitting}")
         s = cls.from_config(config)
         warmup = getattr(s, "pndm_order", 0) if not s.config.get("skip_prk_steps", True) else 0
         if i.steps < warmup:  # diffusers' own set_timesteps fails with a numpy broadcast error
             raise ValueError(f"{cls_name} with skip_prk_steps false (its Runge-Kutta warm-up, as SD 2.x configs leave it) needs at "
                              f"least {warmup} steps, not {i.steps}: use more steps, or options {{\"skip_prk_steps\": true}}")
-        s.set_timesteps(i.steps, device=ctx.device)
+        takes = inspect.signature(s.set_timesteps).parameters
+        kwargs: dict[str, Any] = {}
+        if i.mu is not None and "mu" in takes and s.config.get("use_dynamic_shifting", False):
+            kwargs["mu"] = i.mu
+        if i.linear_sigmas and "sigmas" in takes and not s.config.get("use_flow_sigmas", False):
+            kwargs["sigmas"] = flux_sigmas(i.steps)
+        if s.config.get("use_dynamic_shifting", False) and "mu" in takes and "mu" not in kwargs:
+            raise ValueError(f"{cls_name} with use_dynamic_shifting (Flux dev's config) needs mu: wire FlowShift.mu to the Scheduler's mu")
+        s.set_timesteps(i.steps, device=ctx.device, **kwargs)
         begin, end = schedule_slice(s, i.steps, i.start_step, i.end_step, i.denoising_start, i.denoising_end)
         if begin and hasattr(s, "set_begin_index"):
             s.set_begin_index(begin)
-        return {"scheduler": s, "timesteps": s.timesteps[begin:end], "init_noise_sigma": float(s.init_noise_sigma)}
+        return {"scheduler": s, "timesteps": s.timesteps[begin:end], "init_noise_sigma": float(getattr(s, "init_noise_sigma", 1.0))}
 
 
 class ScaleModelInput(Node, name="ScaleModelInput", category="sampling"):
@@ -194,7 +227,9 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iter
 
 
 class AddNoise(Node, name="AddNoise", category="sampling"):
-    """Noises clean latents to the first of the given timesteps: the start of img2img."""
+    """Noises clean latents to the first of the given timesteps: the start of img2img. A
+    flow-matching scheduler mixes them with the noise instead (``scale_noise``: ``σ·noise +
+    (1 − σ)·latents``), as SD3's and Flux's img2img pipelines do."""
 
     class In(Inputs):
         scheduler: Scheduler = Field(description="from Scheduler (with its start step)")
@@ -207,4 +242,7 @@ class AddNoise(Node, name="AddNoise", category="sampling"):
 
     def run(self, i: In, ctx: Context) -> dict:
         t = i.timesteps[:1].repeat(i.latents.shape[0])
-        return {"latents": clone(i.scheduler).add_noise(i.latents, i.noise.to(i.latents), t)}
+        s = clone(i.scheduler)
+        if not hasattr(s, "add_noise") and hasattr(s, "scale_noise"):
+            return {"latents": s.scale_noise(i.latents, t, i.noise.to(i.latents))}
+        return {"latents": s.add_noise(i.latents, i.noise.to(i.latents), t)}

@@ -36,8 +36,18 @@ SEED, GUIDANCE, SWITCH = 3, 5.0, 0.6
 BOUND = 1e-5  # max abs difference of a cell, pictures in [0, 1] and latents alike
 
 STEPS = (1, 2, 3, 4, 7)  # odd and even; Heun's halves; DPM-Solver's lower-order final steps
+FLOW_STEPS = (1, 3, 4)  # one FlowMatch Euler step is one straight line; odd and even; img2img's t_start rounding
 STRENGTHS = (0.75, 0.5)
 ALL_SCHEDULERS = ("model", *SCHEDULERS)
+#: the noise-prediction schedulers (the flow families' own are refused by name on these models, and the other way round)
+SD_SCHEDULERS = ("model", *(n for n in SCHEDULERS if not n.startswith("flow_")))
+#: StableDiffusion3Pipeline runs any FlowMatch scheduler; FluxPipeline passes its own sigmas and mu
+#: to ``set_timesteps``, which FlowMatch Heun does not take, so Flux runs FlowMatch Euler alone
+SD3_SCHEDULERS = ("model", "flow_heun")
+FLUX_SCHEDULERS = ("model",)
+FLOW_FAMILIES = ("sd3", "sd3-no-t5", "flux-dev", "flux-schnell")
+FLOW_GUIDANCE = 3.5  # Flux dev's distilled guidance (an input of the model)
+NEGATIVE, TRUE_CFG = "blurry", 2.0
 #: DDPMPipeline runs a scheduler as it stands (no input scaling, a ``generator`` passed to
 #: ``step``), DDIMPipeline only DDIM: LMS and PNDM take no generator, and the sigma schedulers
 #: (Euler, Euler ancestral, Heun) need scaled inputs that these pipelines never make.
@@ -49,7 +59,8 @@ class Family:
     fixture: str  # the conftest fixture that builds its tiny folder
     configs: tuple[str, ...]  # the scheduler configs real checkpoints of the family ship
     entries: tuple[str, ...]
-    schedulers: tuple[str, ...] = ALL_SCHEDULERS
+    schedulers: tuple[str, ...] = SD_SCHEDULERS
+    steps: tuple[int, ...] = STEPS
 
 
 FAMILIES = {
@@ -59,6 +70,10 @@ FAMILIES = {
     "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
     "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
     "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
+    "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0"), SD3_SCHEDULERS, FLOW_STEPS),
+    "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
+    "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0"), FLUX_SCHEDULERS, FLOW_STEPS),
 }
 
 
@@ -80,15 +95,20 @@ def scheduler_for(config: dict, name: str):
 def schedule_exists(config: str, name: str, steps: int) -> bool:
     """Whether diffusers itself can make the schedule (PNDM's Runge-Kutta warm-up, which SD 2.x's
     config leaves on, cannot be fitted into fewer than 4 steps; graphflow refuses it by name)."""
+    s = scheduler_for(scheduler_config(config), name)
     try:
-        scheduler_for(scheduler_config(config), name).set_timesteps(steps)
+        s.set_timesteps(steps, **({"mu": 1.0} if s.config.get("use_dynamic_shifting") else {}))
     except ValueError:
         return False
     return True
 
 
-def first_steps(strength: float, steps: int) -> int:
-    """The start step of diffusers' img2img for a strength: ``t_start`` of ``get_timesteps``."""
+def first_steps(strength: float, steps: int, family: str = "sd1") -> int:
+    """The start step of diffusers' img2img for a strength: ``t_start`` of ``get_timesteps``. The
+    SD3 and Flux pipelines round the other way: ``int(steps - steps * strength)``, not ``steps -
+    int(steps * strength)`` (3 steps at 0.75: they start at step 0, the SD pipelines at step 1)."""
+    if family in FLOW_FAMILIES:
+        return int(max(steps - min(steps * strength, steps), 0))
     return steps - min(int(steps * strength), steps)
 
 
@@ -133,9 +153,10 @@ def cells() -> list[Cell]:
         for config in fam.configs:
             for scheduler in fam.schedulers:
                 for entry in fam.entries:
-                    for steps in filter(functools.partial(schedule_exists, config, scheduler), STEPS):
+                    for steps in filter(functools.partial(schedule_exists, config, scheduler), fam.steps):
                         if entry == "img2img":
-                            out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS if int(steps * s) > 0]
+                            out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS
+                                    if first_steps(s, steps, fname) < steps]
                         elif entry == "handoff":
                             refiner = scheduler_config(FAMILIES["sdxl-refiner"].configs[0])
                             base_n, _ = handoff_sides(scheduler_config(config), scheduler, steps)
@@ -210,6 +231,9 @@ def pipeline(kind: str, path: Path):
         p = cls(unet=unet, scheduler=diffusers.DDPMScheduler.from_pretrained(path, subfolder="scheduler"))
     else:
         extra = dict(safety_checker=None, requires_safety_checker=False) if kind.startswith("StableDiffusion") and "XL" not in kind else {}
+        if kind.startswith("StableDiffusion3"):  # a folder saved without T5 loads as diffusers' users load one
+            index = json.loads((path / "model_index.json").read_text())
+            extra = {} if index.get("text_encoder_3", [None, None])[1] else {"text_encoder_3": None, "tokenizer_3": None}
         p = cls.from_pretrained(path, local_files_only=True, **extra)
     p.set_progress_bar_config(disable=True)
     return p
@@ -228,10 +252,24 @@ class Recorder:
 
         @functools.wraps(step)
         def recording_step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+            sigma = self.flow_sigma(scheduler, timestep)
             out = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+            if sigma is not None:  # flow matching: x_t = (1 - σ) x0 + σ noise, the model predicts noise - x0
+                self.frames.append((sample - sigma * model_output).clone())
+                return out if return_dict else out.to_tuple()
             self.frames.append(self.x0(scheduler, out, model_output, timestep, sample).clone())
             return out if return_dict else out.to_tuple()
         scheduler.step = recording_step
+
+    @staticmethod
+    def flow_sigma(scheduler, timestep):
+        """A FlowMatch scheduler's σ at the step it is about to take (None for other schedulers)."""
+        if not type(scheduler).__name__.startswith("FlowMatch"):
+            return None
+        idx = scheduler.step_index
+        if idx is None:
+            idx = scheduler.begin_index if scheduler.begin_index is not None else scheduler.index_for_timestep(timestep)
+        return scheduler.sigmas[idx]
 
     @staticmethod
     def x0(scheduler, out, model_output, timestep, sample) -> torch.Tensor:
@@ -254,6 +292,8 @@ def reference(run: Run):
     family, config, scheduler, entry, steps = run.family, run.config, run.scheduler, run.entry, run.steps
     path, cfg = FOLDERS[family, config], scheduler_config(config)
     g = torch.Generator().manual_seed(SEED)
+    if family in FLOW_FAMILIES:
+        return flow_reference(run, path, cfg, g)
     if family.startswith("pixel"):
         p = pipeline("DDIMPipeline" if scheduler == "ddim" else "DDPMPipeline", path)
         p.scheduler = scheduler_for(cfg, scheduler)
@@ -283,6 +323,28 @@ def reference(run: Run):
     return image, rec.frames
 
 
+def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
+    """SD3's and Flux's pipelines: a 64×64 picture (Flux's default is 1024), SD3's two-half CFG at
+    GUIDANCE, Flux's guidance embedding at FLOW_GUIDANCE (ignored by schnell), true CFG with a
+    negative prompt for the ``true_cfg`` entry."""
+    from PIL import Image
+
+    sd3 = run.family.startswith("sd3")
+    kwargs: dict = dict(num_inference_steps=run.steps, generator=g, output_type="pt", height=64, width=64,
+                        guidance_scale=GUIDANCE if sd3 else FLOW_GUIDANCE)
+    if run.entry.startswith("img2img"):
+        p = pipeline("StableDiffusion3Img2ImgPipeline" if sd3 else "FluxImg2ImgPipeline", path)
+        kwargs |= dict(image=Image.open(IMAGE), strength=float(run.entry.split("-")[1]))
+    else:
+        p = pipeline("StableDiffusion3Pipeline" if sd3 else "FluxPipeline", path)
+    if run.entry == "true_cfg":
+        kwargs |= dict(negative_prompt=NEGATIVE, true_cfg_scale=TRUE_CFG)
+    p.scheduler = scheduler_for(cfg, run.scheduler)
+    rec = Recorder(p.scheduler)
+    image = p(PROMPT, **kwargs).images
+    return image, rec.frames if run.entry == "txt2img" else []
+
+
 # --- the graph side ------------------------------------------------------------------------------
 
 WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
@@ -290,6 +352,8 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sdxl", "txt2img"): "txt2img_sdxl", ("sdxl", "img2img"): "img2img_sdxl", ("sdxl", "handoff"): "txt2img_sdxl_refiner",
     ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
+    ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3",
+    ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
 }
 _EXECUTORS: dict[str, Executor] = {}
 
@@ -300,19 +364,25 @@ def graph(run: Run):
     ``pred_x0``. One executor per family, so models load once."""
     family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
     path = FOLDERS[family, run.config]
-    kind = "sd" if family in ("sd1", "sd2-v") else family
+    kind = "sd" if family in ("sd1", "sd2-v") else family.split("-")[0] if family in FLOW_FAMILIES else family
     base_entry = entry.split("-")[0]
     doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
     doc["outputs"] = {"image": doc["outputs"]["image"]}
     params: dict = {"model": str(path), "seed": SEED, "steps": steps, "scheduler": scheduler}
-    if base_entry == "txt2img":
+    if base_entry in ("txt2img", "true_cfg"):
         doc["nodes"]["denoise"].setdefault("collect", {})["x0"] = {"from": "step.pred_x0"}
         doc["outputs"]["x0"] = "denoise.x0"
     if entry.startswith("img2img"):
-        params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps)}
+        params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps, family)}
     if entry == "handoff":
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
-    if family.startswith("pixel"):
+    if family in FLOW_FAMILIES:
+        params |= {"prompt": PROMPT, "guidance": GUIDANCE if kind == "sd3" else FLOW_GUIDANCE}
+        if base_entry != "img2img":
+            params |= {"width": 64, "height": 64}
+        if entry == "true_cfg":
+            params |= {"negative_prompt": NEGATIVE, "true_cfg": TRUE_CFG}
+    elif family.startswith("pixel"):
         params["batch_size"] = 1
         if family == "pixel-class":
             params["label"] = "4"

@@ -72,18 +72,19 @@ def test_two_models_that_ship_the_same_component_bytes_share_it(tiny_model, tmp_
 
 
 def test_load_model_refuses_an_unknown_family_naming_its_pipeline_and_the_supported_families(tiny_model, tmp_path):
-    sd3 = tmp_path / "sd3"
-    shutil.copytree(tiny_model, sd3)
-    index = json.loads((sd3 / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusion3Pipeline"
-    index["transformer"] = ["diffusers", "SD3Transformer2DModel"]
-    (sd3 / "model_index.json").write_text(json.dumps(index))
-    r = Executor().run(Workflow.from_dict({"format": 1, "nodes": {"m": {"type": "LoadModel", "inputs": {"path": str(sd3)}}},
+    aura = tmp_path / "auraflow"
+    shutil.copytree(tiny_model, aura)
+    index = json.loads((aura / "model_index.json").read_text())
+    index["_class_name"] = "AuraFlowPipeline"
+    index["transformer"] = ["diffusers", "AuraFlowTransformer2DModel"]
+    (aura / "model_index.json").write_text(json.dumps(index))
+    r = Executor().run(Workflow.from_dict({"format": 1, "nodes": {"m": {"type": "LoadModel", "inputs": {"path": str(aura)}}},
                                            "outputs": ["m"]}))
     assert not r.ok and r.errors[0].node == "m"
     msg = r.errors[0].message
-    assert "StableDiffusion3Pipeline" in msg and "not supported" in msg
-    for family, pipeline in (("sd", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline"), ("pixel", "DDPMPipeline")):
+    assert "AuraFlowPipeline" in msg and "not supported" in msg
+    for family, pipeline in (("sd", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline"), ("pixel", "DDPMPipeline"),
+                             ("sd3", "StableDiffusion3Pipeline"), ("flux", "FluxPipeline")):
         assert f"{family} (" in msg and pipeline in msg
 
 

@@ -121,12 +121,13 @@ def test_validate_says_which_family_a_model_folder_is(tiny_model, tiny_sdxl, tin
         p = _validate([wf, "--set", f"model={model}"], tmp_path)
         assert p.returncode == 0, p.stderr
         assert f"node 'model', inputs.path = '{model}': {family}" in p.stdout
-    sd3 = tmp_path / "sd3"
-    sd3.mkdir()
-    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    p = _validate([wf, "--set", f"model={sd3}", "--json"], tmp_path)
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "model_index.json").write_text(json.dumps({"_class_name": "AuraFlowPipeline"}))
+    p = _validate([wf, "--set", f"model={unknown}", "--json"], tmp_path)
     assert p.returncode == 0, p.stderr
     (note,) = orjson.loads(p.stdout)["files"]
     assert note["node"] == "model" and note["ok"] is False
-    assert "FluxPipeline" in note["note"] and "not supported" in note["note"] and "sdxl (" in note["note"]
+    assert "AuraFlowPipeline" in note["note"] and "not supported" in note["note"] and "sdxl (" in note["note"]
+    assert "sd3 (" in note["note"] and "flux (" in note["note"] and "FluxPipeline" in note["note"]
     assert "sdxl-refiner (" in note["note"] and "requires_aesthetics_score: true" in note["note"]

@@ -135,6 +135,8 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict |
         sets.append("steps=6")
     if "start_step" in doc["params"]:
         sets.append("start_step=2")
+    if "flux" in path.stem and "width" in doc["params"]:  # FluxPipeline's default is 1024 × 1024
+        sets += ["width=64", "height=64"]
     if "embedding" in doc["params"]:
         from safetensors.torch import save_file
 
@@ -148,10 +150,12 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict |
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_every_shipped_workflow_validates_and_runs(path, tiny_model, tiny_sdxl, tiny_sdxl_refiner, tiny_ddpm, tiny_class_ddpm, tmp_path, capsys):
+def test_every_shipped_workflow_validates_and_runs(path, tiny_model, tiny_sdxl, tiny_sdxl_refiner, tiny_ddpm, tiny_class_ddpm, tiny_sd3,
+                                                  tiny_flux, tmp_path, capsys):
     from graphflow.cli import main
 
-    models = {"refiner": tiny_sdxl_refiner, "sdxl": tiny_sdxl, "ddpm": tiny_ddpm, "class_conditioned": tiny_class_ddpm}
+    models = {"refiner": tiny_sdxl_refiner, "sdxl": tiny_sdxl, "ddpm": tiny_ddpm, "class_conditioned": tiny_class_ddpm,
+              "sd3": tiny_sd3, "flux": tiny_flux}
     sets = [a for s in workflow_params(path, tiny_model, tmp_path, models) for a in ("--set", s)]
     assert main(["validate", str(path), *sets]) == 0
     # with a disk cache, as `graphflow run` has by default: every result must be storable
