@@ -64,6 +64,10 @@ def execution_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-check-finite", action="store_true", help="do not fail a node whose output holds NaN or Inf")
 
 
+#: what every command's workflow argument takes
+WORKFLOW_HELP = "a workflow file (.json, or a .png graphflow saved: it holds its workflow and parameters), or a shipped workflow's name (txt2img)"
+
+
 def registry(args: argparse.Namespace):
     return options.build_registry(args.plugin or [])
 

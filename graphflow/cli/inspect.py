@@ -186,7 +186,7 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_schema)
 
     g = sub.add_parser("graph", help="the workflow as Mermaid or Graphviz DOT text, or a picture (SVG, PNG)")
-    g.add_argument("workflow", help="a workflow file (.json, or a .png graphflow saved), or a shipped workflow's name (txt2img)")
+    g.add_argument("workflow", help=common.WORKFLOW_HELP)
     g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
                    help="svg and png are drawn by Graphviz's `dot` program, or by graphflow's simpler layout where it is missing")
     g.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")

@@ -67,8 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     r = sub.add_parser("run", help="validate, then run a workflow", description="Validate, then run a workflow.")
-    r.add_argument("workflow", help="a workflow file (.json, or a .png graphflow saved: it holds its workflow and parameters), "
-                                    "or a shipped workflow's name (txt2img)")
+    r.add_argument("workflow", help=common.WORKFLOW_HELP)
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a workflow parameter; repeatable")
     r.add_argument("--out", default="out", help="folder for files the workflow writes (default: out)")
     common.execution_flags(r)

@@ -135,7 +135,7 @@ def add_parser(sub) -> None:
                                     "files in OUT/item_NNNNN/, one line per item in OUT/index.jsonl, OUT/contact_sheet.png. "
                                     "OUT is sweeps/WORKFLOW-YYYYMMDD-HHMMSS/ unless --name or --out says otherwise; a folder "
                                     "holding another sweep is refused unless --resume or --force.")
-    sw.add_argument("workflow", help="workflow JSON file")
+    sw.add_argument("workflow", help=common.WORKFLOW_HELP)
     sw.add_argument("--grid", action="append", metavar="NAME=JSON_LIST", help="an axis of the grid, e.g. 'seed=[0,1,2]'; repeatable")
     sw.add_argument("--zip", action="append", metavar="NAME=JSON_LIST", help="lists of equal length advancing together (one more axis); repeatable")
     sw.add_argument("--set", action="append", metavar="NAME=VALUE", help="a parameter for every item; repeatable")

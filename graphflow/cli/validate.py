@@ -40,7 +40,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     v = sub.add_parser("validate", help="check a workflow without running it", description="Check a workflow without running anything.")
-    v.add_argument("workflow", help="a workflow file (.json, or a .png graphflow saved), or a shipped workflow's name (txt2img)")
+    v.add_argument("workflow", help=common.WORKFLOW_HELP)
     v.add_argument("--set", action="append", metavar="NAME=VALUE", help="check with this parameter value")
     v.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     common.device_flags(v)

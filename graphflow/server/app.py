@@ -21,7 +21,7 @@ from graphflow.server.auth import check_hosts, guard_state_changes, token_depend
 from graphflow.server.broker import Broker
 from graphflow.server.owner import Ownership
 from graphflow.server.retention import Retention
-from graphflow.server.routes import Services, events, files, page, runs, workflows
+from graphflow.server.routes import Services, events, files, page, runs, uploads, workflows
 from graphflow.server.settings import Settings
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
@@ -37,6 +37,7 @@ def problems_response(e: ValidationFailed) -> JSONResponse:
 
 def _services(settings: Settings, recipe: WorkerRecipe, registry: Registry, limits: Limits) -> Services:
     out = Path(settings.out).resolve()
+    (out / "uploads").mkdir(parents=True, exist_ok=True)
     store = Store(settings.db)
     broker = Broker()
     catalog = Catalog(settings.workflows, registry, limits, read_roots=settings.read_roots)
@@ -103,7 +104,7 @@ def create_app(settings: Settings, recipe: WorkerRecipe, registry: Registry, lim
     # the modules' order is the OpenAPI document's
     api = APIRouter(prefix="/api", dependencies=[Depends(token_dependency(settings.token)),
                                                  Depends(guard_state_changes(settings.cors_origins))])
-    for module in (runs, events, files, workflows, page):
+    for module in (runs, events, files, uploads, workflows, page):
         api.include_router(module.api_routes(s))
     app.include_router(api)
     app.include_router(events.open_routes(s))  # the WebSocket, which checks the token itself

@@ -449,3 +449,23 @@ def test_allow_read_adds_a_folder(tmp_path):
         assert c.wait(c.submit(_load_image(str(pictures / "blue.png"))), timeout=60)["status"] == "done"
     finally:
         s.stop()
+
+
+def test_an_upload_lands_in_the_uploads_folder_and_a_workflow_reads_it(srv):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 4), (0, 128, 255)).save(buf, format="PNG")
+    r = httpx.put(srv.url + "/api/uploads/photo.png", content=buf.getvalue())
+    assert r.status_code == 201
+    path = r.json()["path"]
+    assert path == str(srv.tmp.resolve() / "out" / "uploads" / r.json()["name"]) and r.json()["bytes"] == len(buf.getvalue())
+    again = httpx.put(srv.url + "/api/uploads/photo.png", content=b"other bytes").json()
+    assert again["name"] != r.json()["name"] and open(path, "rb").read() == buf.getvalue()  # never replaced
+    for bad in ("..", ".hidden", "a%2Fb", "x" * 101):
+        assert httpx.put(srv.url + f"/api/uploads/{bad}", content=b"x").status_code in (404, 422), bad
+    assert httpx.put(srv.url + "/api/uploads/evil.png", content=b"x", headers={"Origin": "https://evil.example"}).status_code == 403
+    run = Client(srv.url).wait(Client(srv.url).submit(_load_image(path)), timeout=60)
+    assert run["status"] == "done" and run["outputs"]["image"]["tensor"]["shape"] == [1, 3, 4, 8]

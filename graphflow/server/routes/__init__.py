@@ -1,5 +1,6 @@
 """The HTTP API's routes, one module per resource: ``runs`` (queue, history, cancel, delete),
 ``events`` (a run's Server-Sent Events, every run's WebSocket), ``files`` (what runs wrote),
+``uploads`` (what clients give runs to read),
 ``workflows`` (workflows, node types, the schema), ``page`` (the web page, the queue's status).
 
 Each module builds its routes from one ``Services``, made once by ``app.create_app``: the routes
