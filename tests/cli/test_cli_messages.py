@@ -174,7 +174,7 @@ def test_run_help_says_a_png_works(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--help"])
     assert e.value.code == 0
-    assert "workflow JSON file, or a PNG graphflow saved (it holds its workflow and parameters)" in " ".join(capsys.readouterr().out.split())
+    assert "a .png graphflow saved: it holds its workflow and parameters" in " ".join(capsys.readouterr().out.split())
 
 
 # --- --device and --dtype against the installed torch ---------------------------------------------------------
