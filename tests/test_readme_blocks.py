@@ -191,6 +191,9 @@ def transcript_line(line: str) -> re.Pattern:
     return re.compile("^" + ".*".join(parts).replace(r"\ ", r"\s+") + "$")
 
 
+EXIT_LINE = re.compile(r"^\(exit (\d+)\)$")
+
+
 def check_transcript(code: str, cwd: Path, env: dict[str, str]) -> None:
     steps: list[tuple[str, list[str]]] = []
     for line in code.splitlines():
@@ -199,9 +202,12 @@ def check_transcript(code: str, cwd: Path, env: dict[str, str]) -> None:
         elif steps and line.strip():
             steps[-1][1].append(line)
     for command, shown in steps:
+        # a last line "(exit N)" is the exit code the command is shown to end with (0 otherwise)
+        expected = int(m.group(1)) if shown and (m := EXIT_LINE.match(shown[-1].strip())) else 0
+        shown = shown[:-1] if expected else shown
         r = run_shell(command + " 2>&1", cwd, env)
         got, code = [" ".join(s.split()) for s in r.stdout.splitlines() if s.strip()], r.returncode
-        assert code == 0, f"$ {command}\n{r.stdout}{r.stderr}"
+        assert code == expected, f"$ {command}\nexit {code}, shown {expected}\n{r.stdout}{r.stderr}"
         matches = len(got) == len(shown) and all(transcript_line(s).match(g) for s, g in zip(shown, got))
         assert matches, (
             f"$ {command}\nshown:\n" + "\n".join(shown) + "\nprinted:\n" + "\n".join(got))
