@@ -45,7 +45,7 @@ class Shape:
         return 2 ** self.ups // self.unshuffle
 
     def describe(self) -> str:
-        return f"ESRGAN ×{self.scale} (RRDBNet, {self.blocks} blocks of {self.features} features)"
+        return f"ESRGAN ×{self.scale} (RRDBNet, {self.blocks} block{'s' if self.blocks > 1 else ''} of {self.features} features)"
 
 
 def _old_to_new(name: str, ups: int, blocks: int) -> str | None:
