@@ -48,25 +48,30 @@ def executor():
     return Executor()
 
 
-@pytest.mark.parametrize("size, overlap", [(None, None), (32, 0.5), (96, 0.25)], ids=["default-64-0.25", "32-0.5", "96-0.25"])
-def test_tiled_encode_and_decode_equal_diffusers_enable_tiling(tiny_model, executor, size, overlap):
+@pytest.mark.parametrize("model, size, overlap", [("tiny_model", None, None), ("tiny_model", 32, 0.5), ("tiny_model", 96, 0.25),
+                                                  ("tiny_flux", None, None)],
+                         ids=["sd-default-64-0.25", "sd-32-0.5", "sd-96-0.25", "flux-default-64-0.25"])
+def test_tiled_encode_and_decode_equal_diffusers_enable_tiling(request, executor, model, size, overlap):
+    """SD's VAE (with its quant convolutions) and Flux's (16 channels, a shift, no quant convolutions)."""
+    model = request.getfixturevalue(model)
     tiling = {"tiled": True} | ({"tile_size": size} if size else {}) | ({"tile_overlap": overlap} if overlap is not None else {})
-    r = executor.run(Workflow.from_dict(vae_doc(tiny_model, **tiling)))
+    r = executor.run(Workflow.from_dict(vae_doc(model, **tiling)))
     assert r.ok, r.errors
-    vae = diffusers_vae(tiny_model, size or 64, overlap)
-    sf = vae.config.scaling_factor
+    vae = diffusers_vae(model, size or 64, overlap)
+    sf, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
     with torch.no_grad():
         x = (r["picture"] * 2 - 1).contiguous(memory_format=torch.channels_last)
-        latents = vae.encode(x).latent_dist.mode() * sf
-        image = (vae.decode(r["latents"] / sf).sample / 2 + 0.5).clamp(0, 1)
-    assert r["latents"].shape == (1, 4, H // 8, W // 8) and r["image"].shape == (1, 3, H, W)
+        latents = (vae.encode(x).latent_dist.mode() - shift) * sf
+        image = (vae.decode(r["latents"] / sf + shift).sample / 2 + 0.5).clamp(0, 1)
+    assert r["latents"].shape == (1, vae.config.latent_channels, H // 8, W // 8) and r["image"].shape == (1, 3, H, W)
     assert (r["latents"] - latents).abs().max().item() <= 1e-5
     assert (r["image"] - image).abs().max().item() <= 1e-5
     # the tiles matter: the untiled graph gives other numbers for the same picture
-    whole = executor.run(Workflow.from_dict(vae_doc(tiny_model)))
+    whole = executor.run(Workflow.from_dict(vae_doc(model)))
     assert (whole["latents"] - r["latents"]).abs().max().item() > 1e-3
     with torch.no_grad():
-        assert (diffusers_vae(tiny_model, None, None).decode(r["latents"] / sf).sample / 2 + 0.5).clamp(0, 1).sub(image).abs().max() > 1e-3
+        untiled = (diffusers_vae(model, None, None).decode(r["latents"] / sf + shift).sample / 2 + 0.5).clamp(0, 1)
+    assert (untiled - image).abs().max().item() > 1e-3
 
 
 def test_a_tiled_sample_draws_as_diffusers_does(tiny_model, executor):

@@ -175,3 +175,19 @@ def test_resize_image_stays_in_range(executor):
     assert r["out"].min().item() >= 0.0 and r["out"].max().item() <= 1.0
     half = run(executor, resize_doc("ResizeImage", "image", str(IMAGE), mode="area", width=w // 2, height=h // 2))
     assert torch.allclose(half["out"], r["src"].unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)), atol=1e-6)
+
+
+def test_an_upscaler_in_a_models_folder_runs_by_name_and_is_listed(tmp_path, monkeypatch, executor):
+    """``upscalers/`` in a models folder: a bare name finds the file, and ``graphflow models``
+    lists it with its factor from the header, a pickle beside it as refused."""
+    from graphflow_nodes.catalog import catalog
+
+    (tmp_path / "upscalers").mkdir()
+    save(random_rrdbnet(2, seed=9).state_dict(), tmp_path / "upscalers" / "2x-test.safetensors")
+    (tmp_path / "upscalers" / "4x-old.pth").write_bytes(b"not read")
+    monkeypatch.setenv("GRAPHFLOW_MODELS", str(tmp_path))
+    assert run(executor, upscale_doc("2x-test.safetensors", tile=0))["scale"] == 2
+    rows = {r["name"]: r["family"] for r in catalog() if r["kind"] == "upscalers"}
+    assert rows["2x-test.safetensors"] == "ESRGAN ×2 (RRDBNet, 1 block of 8 features)"
+    assert rows["4x-old.pth"] == "refused: a pickle (.safetensors only)"
+    assert rows["nearest-x4-rrdbnet.safetensors"] == "ESRGAN ×4 (RRDBNet, 1 block of 8 features)"
