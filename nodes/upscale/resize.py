@@ -54,6 +54,9 @@ class UpscaleLatents(Node, name="UpscaleLatents", category="latents"):
         latents: Latents = Field(description="the resized latents")
 
     def run(self, i: In, ctx: Context) -> dict:
+        if i.latents.dim() != 4:
+            raise ValueError(f"latents: expected (batch, channels, h, w) latents, got shape {tuple(i.latents.shape)} "
+                             "(Flux's packed latents: UnpackLatents first)")
         return {"latents": interpolate(i.latents, target_size(i.latents.shape, i.scale, i.width, i.height, 8), i.mode)}
 
 
