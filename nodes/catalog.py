@@ -89,6 +89,19 @@ def embedding_family(p: Path) -> str:
     return _width_family(widths.pop()) if len(widths) == 1 else "?"
 
 
+def upscaler_family(p: Path) -> str:
+    from graphflow_nodes.upscale.esrgan import UpscalerError, basicsr_names, shape_of
+
+    shapes = _shapes(p)
+    if shapes is None:
+        return "unreadable"
+    try:
+        names = basicsr_names(shapes)
+        return shape_of({names[k]: v for k, v in shapes.items()}).describe()
+    except UpscalerError as e:
+        return f"not an upscaler graphflow runs: {e}"
+
+
 def describe(p: Path, kind: str) -> dict:
     from graphflow_nodes.loading.checkpoint import PICKLE_SUFFIXES
 
@@ -99,7 +112,7 @@ def describe(p: Path, kind: str) -> dict:
     elif p.suffix.lower() != ".safetensors":
         family = "not .safetensors"
     else:
-        family = {"loras": lora_family, "embeddings": embedding_family}[kind](p)
+        family = {"loras": lora_family, "embeddings": embedding_family, "upscalers": upscaler_family}[kind](p)
     return {"kind": kind, "name": p.name, "family": family, "bytes": _size(p), "path": str(p)}
 
 

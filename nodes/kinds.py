@@ -18,6 +18,7 @@ TEXT_ENCODER_K = kind("text_encoder", parent=OBJECT, description="a reference to
 UNET_K = kind("unet", parent=OBJECT, description="a reference to a UNet2DConditionModel")
 TRANSFORMER_K = kind("transformer", parent=OBJECT, description="a reference to a denoising transformer (SD3Transformer2DModel, FluxTransformer2DModel)")
 VAE_K = kind("vae", parent=OBJECT, description="a reference to an AutoencoderKL")
+UPSCALER_K = kind("upscaler", parent=OBJECT, description="a reference to a pixel upscaler (ESRGAN's RRDBNet) read from a .safetensors file")
 SCHEDULER_K = kind("scheduler", parent=OBJECT, description="a diffusers scheduler with its timesteps set")
 SCHEDULER_CONFIG_K = kind("scheduler_config", parent=OBJECT, description="a diffusers scheduler config")
 
@@ -43,6 +44,7 @@ TextEncoder = Annotated[Any, TEXT_ENCODER_K]
 UNet = Annotated[Any, UNET_K]
 Transformer = Annotated[Any, TRANSFORMER_K]
 VAE = Annotated[Any, VAE_K]
+Upscaler = Annotated[Any, UPSCALER_K]
 Scheduler = Annotated[Any, SCHEDULER_K]
 SchedulerConfig = Annotated[Any, SCHEDULER_CONFIG_K]
 TokenIds = Annotated[Any, TOKEN_IDS_K]

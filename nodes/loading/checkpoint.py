@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from graphflow_nodes.loading.families import ModelError, component_class, pipeline_family, pipeline_settings
-from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, locate
+from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, PICKLE_SUFFIXES, locate
 from graphflow_nodes.loading.model_refs import ModelRef, offline
 
 from graphflow.node_api import content_id, digest, load_patched
 
 #: the CLIP BPE vocabulary every family's tokenizers share (openai/clip-vit-large-patch14's), shipped once, with tiny-sd
 CLIP_TOKENIZER = MODELS_DIR / "tiny-sd" / "tokenizer"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 VAE_KEY = "first_stage_model.encoder.conv_in.weight"

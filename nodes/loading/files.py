@@ -8,7 +8,8 @@ turns either into a problem naming the node and the field (exit 2), before any m
 
 The models folder convention: ``GRAPHFLOW_MODELS`` (``graphflow run --models-dir DIR`` sets it)
 names one or more folders (separated by ``os.pathsep``), each holding ``checkpoints/`` (diffusers
-folders and single-file ``.safetensors`` checkpoints), ``loras/`` and ``embeddings/``. A workflow
+folders and single-file ``.safetensors`` checkpoints), ``loras/``, ``embeddings/`` and ``upscalers/``
+(ESRGAN-family ``.safetensors``). A workflow
 says a bare name (``"path": "my-model.safetensors"``) and runs on any machine that has that file
 there. graphflow's own shipped files come last: ``tiny-sd``, ``tiny-sd-cross.safetensors``,
 ``my-shape.safetensors``. A name is looked up only inside those folders and may not leave them
@@ -35,18 +36,21 @@ MODELS_ENV = "GRAPHFLOW_MODELS"
 MODELS_ONLY_ENV = "GRAPHFLOW_MODELS_ONLY"
 
 #: the kinds of model file and where graphflow's own shipped files of each kind live
-KINDS = ("checkpoints", "loras", "embeddings")
+KINDS = ("checkpoints", "loras", "embeddings", "upscalers")
 SHIPPED = {
     "checkpoints": MODELS_DIR,
     "loras": MODELS_DIR / "loras",
     "embeddings": MODELS_DIR / "tiny-sd" / "textual_inversion",
+    "upscalers": MODELS_DIR / "upscalers",
 }
 
 
 #: where a bare name is looked up, as a not-found message says it
 WHERE_HINT = f"add a models folder with --models-dir or {MODELS_ENV}"
 #: what one of each kind is called in a message
-WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding"}
+WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding", "upscalers": "upscaler"}
+#: the suffixes of Python pickles, which can run code as they are read: refused unread
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
 class ModelPathError(InputRefused):
@@ -159,6 +163,16 @@ def resolve_config_path(name_or_path: str) -> Path | None:
 def resolve_lora_path(name_or_path: str) -> Path:
     """A LoRA file: a name in the models folders' ``loras/``, or a path."""
     return locate(name_or_path, "loras")
+
+
+def resolve_upscaler_path(name_or_path: str) -> Path:
+    """An upscaler file (ESRGAN and its kin): a name in the models folders' ``upscalers/``, or a
+    path. Most upscalers are shared as ``.pth`` pickles, which can run code as they are read: the
+    name alone refuses one, before anything opens it."""
+    if name_or_path.lower().endswith(PICKLE_SUFFIXES):
+        raise InputRefused(f"{name_or_path!r} is a Python pickle ({Path(name_or_path).suffix}), which can run code when read: "
+                           "refused unread; graphflow reads upscalers as .safetensors only (convert it with a tool you trust)")
+    return locate(name_or_path, "upscalers")
 
 
 def locate_embedding(name: str) -> Path:

@@ -25,7 +25,7 @@ from graphflow_nodes.kinds import (
     TokenIds,
     Tokenizer,
 )
-from graphflow_nodes.stages.vae import pixel_vae
+from graphflow_nodes.stages.vae import Tiling, pixel_vae, tile_overlap_field, tile_size_field, tiled_field
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -214,7 +214,8 @@ class CFGEmbeddings(Node, name="CFGEmbeddings", category="text"):
 
 class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
     """Image in [0, 1] → latents × the VAE's scaling factor: a sample of the latent distribution
-    (seeded, as diffusers' img2img draws it) or its mean."""
+    (seeded, as diffusers' img2img draws it) or its mean; with ``tiled``, encoded in overlapping
+    tiles (diffusers' ``vae.enable_tiling()``)."""
 
     class In(Inputs):
         vae: VAE = Field(description="from LoadModel")
@@ -222,6 +223,9 @@ class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
         mode: Literal["sample", "mean"] = Field("sample", description="sample the latent distribution, or take its mean")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for 'sample'")
         rng: Rng | None = Field(None, description="draw from this generator state instead of a fresh one from the seed")
+        tiled: bool = tiled_field()
+        tile_size: int | None = tile_size_field()
+        tile_overlap: float = tile_overlap_field()
 
     class Out(Outputs):
         latents: Latents = Field(description="scaled latents")
@@ -241,7 +245,12 @@ class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):
         x = (i.image * 2 - 1).to(device=device, dtype=dtype_out).to(dtype).contiguous(memory_format=torch.channels_last)
         g = generator_from(i.seed, i.rng)
         with torch.no_grad():
-            dist = vae.encode(x).latent_dist
+            if i.tiled:
+                from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+                dist = DiagonalGaussianDistribution(Tiling.of(vae, i.tile_size, i.tile_overlap, "tile_size").encode(vae, x))
+            else:
+                dist = vae.encode(x).latent_dist
             z = dist.sample(generator=g) if i.mode == "sample" else dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return {"latents": (z.to(dtype_out) - shift) * vae.config.scaling_factor, "rng": g.get_state()}

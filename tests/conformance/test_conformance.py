@@ -52,6 +52,12 @@ NEGATIVE, TRUE_CFG = "blurry", 2.0
 #: ``step``), DDIMPipeline only DDIM: LMS and PNDM take no generator, and the sigma schedulers
 #: (Euler, Euler ancestral, Heun) need scaled inputs that these pipelines never make.
 PIXEL_SCHEDULERS = ("model", "ddpm", "ddim", "dpm")
+#: the hires fix (workflows/hires_fix.json): the txt2img pipeline's latents enlarged ×2 (nearest-exact),
+#: then the img2img pipeline given those latents at HIRES_STRENGTH; ``hires-tiled`` decodes the
+#: larger picture with the VAE's tiling on. A few schedulers (the config's own, an ancestral
+#: one drawing from the second pass's generator, a multistep one) and step counts suffice: the
+#: passes themselves are the txt2img and img2img cells
+HIRES_SCHEDULERS, HIRES_STEPS, HIRES_STRENGTH, HIRES_SCALE = ("model", "euler_a", "dpm"), (2, 3), 0.5, 2
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,8 @@ class Family:
 
 
 FAMILIES = {
-    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0")),
-    "sd2-v": Family("tiny_sd2_v", ("sd2-v",), ("txt2img", "img2img", "x0")),
+    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0", "hires")),
+    "sd2-v": Family("tiny_sd2_v", ("sd2-v",), ("txt2img", "img2img", "x0", "hires")),
     "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff")),
     "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
     "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
@@ -157,6 +163,11 @@ def cells() -> list[Cell]:
                         if entry == "img2img":
                             out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS
                                     if first_steps(s, steps, fname) < steps]
+                        elif entry == "hires":
+                            if scheduler in HIRES_SCHEDULERS and steps in HIRES_STEPS:
+                                out.append(Cell(fname, config, scheduler, entry, steps))
+                                if scheduler == "model":
+                                    out.append(Cell(fname, config, scheduler, "hires-tiled", steps))
                         elif entry == "handoff":
                             refiner = scheduler_config(FAMILIES["sdxl-refiner"].configs[0])
                             base_n, _ = handoff_sides(scheduler_config(config), scheduler, steps)
@@ -310,6 +321,8 @@ def reference(run: Run):
         image = refiner(PROMPT, image=latents, num_inference_steps=steps, denoising_start=SWITCH, guidance_scale=GUIDANCE,
                         generator=g, output_type="pt").images
         return image, []
+    if entry.startswith("hires"):
+        return hires_reference(run, path, cfg, g), []
     if entry.startswith("img2img"):
         p = pipeline("StableDiffusionXLImg2ImgPipeline" if xl else "StableDiffusionImg2ImgPipeline", path)
         p.scheduler = scheduler_for(cfg, scheduler)
@@ -321,6 +334,25 @@ def reference(run: Run):
     rec = Recorder(p.scheduler)
     image = p(PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE, generator=g, output_type="pt").images
     return image, rec.frames
+
+
+def hires_reference(run: Run, path: Path, cfg: dict, g: torch.Generator) -> torch.Tensor:
+    """StableDiffusionPipeline's latents, enlarged, given to StableDiffusionImg2ImgPipeline as its
+    ``image`` (a 4-channel image is taken as latents: no VAE encode) with a fresh generator from
+    the seed, as the workflow's second NoiseLike draws."""
+    import torch.nn.functional as F  # noqa: N812
+
+    base, refine = pipeline("StableDiffusionPipeline", path), pipeline("StableDiffusionImg2ImgPipeline", path)
+    base.scheduler, refine.scheduler = scheduler_for(cfg, run.scheduler), scheduler_for(cfg, run.scheduler)
+    latents = base(PROMPT, num_inference_steps=run.steps, guidance_scale=GUIDANCE, generator=g, output_type="latent").images
+    up = F.interpolate(latents, scale_factor=HIRES_SCALE, mode="nearest-exact")
+    if run.entry == "hires-tiled":
+        refine.vae.enable_tiling()
+    try:
+        return refine(PROMPT, image=up, strength=HIRES_STRENGTH, num_inference_steps=run.steps, guidance_scale=GUIDANCE,
+                      generator=torch.Generator().manual_seed(SEED), output_type="pt").images
+    finally:
+        refine.vae.disable_tiling()
 
 
 def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
@@ -348,7 +380,7 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 # --- the graph side ------------------------------------------------------------------------------
 
 WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
-    ("sd", "txt2img"): "txt2img", ("sd", "img2img"): "img2img",
+    ("sd", "txt2img"): "txt2img", ("sd", "img2img"): "img2img", ("sd", "hires"): "hires_fix",
     ("sdxl", "txt2img"): "txt2img_sdxl", ("sdxl", "img2img"): "img2img_sdxl", ("sdxl", "handoff"): "txt2img_sdxl_refiner",
     ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
@@ -374,6 +406,9 @@ def graph(run: Run):
         doc["outputs"]["x0"] = "denoise.x0"
     if entry.startswith("img2img"):
         params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps, family)}
+    if base_entry == "hires":
+        params |= {"hires_steps": steps, "hires_start_step": first_steps(HIRES_STRENGTH, steps), "scale": float(HIRES_SCALE),
+                   "tiled_vae": entry == "hires-tiled"}
     if entry == "handoff":
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
     if family in FLOW_FAMILIES:
