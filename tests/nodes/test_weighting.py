@@ -243,16 +243,18 @@ def test_unweighted_prompt_equals_encode_prompt(tiny_model, sd):
     ("a (red] circle", "']' closes the '(' opened at character 3 at character 7"),
 ])
 def test_malformed_prompt_is_refused_at_validation_with_its_position(tiny_model, text, message):
-    doc = {"format": 1, "params": {"prompt": {"default": "x", "type": "string"}}, "nodes": {
-        "model": {"type": "LoadModel", "inputs": {"path": str(tiny_model)}},
-        "lit": {"type": "EncodeWeighted", "inputs": {"tokenizer": {"from": "model.tokenizer"}, "text_encoder": {"from": "model.text_encoder"},
-                                                     "text": text}},
-        "par": {"type": "EncodeWeighted", "inputs": {"tokenizer": {"from": "model.tokenizer"}, "text_encoder": {"from": "model.text_encoder"},
-                                                     "text": {"param": "prompt"}}},
-    }, "outputs": {"a": "lit.text_embeddings", "b": "par.text_embeddings"}}
-    problems = Workflow.from_dict(doc).with_params(prompt=text).problems()
-    assert {(p.code, p.node, p.field) for p in problems} == {("bad_literal", "lit", "text"), ("bad_param", "par", "text")}
-    assert all(message in p.message for p in problems)
+    def doc(value):
+        return {"format": 1, "params": {"prompt": {"default": "x", "type": "string"}}, "nodes": {
+            "model": {"type": "LoadModel", "inputs": {"path": str(tiny_model)}},
+            "w": {"type": "EncodeWeighted", "inputs": {"tokenizer": {"from": "model.tokenizer"},
+                                                       "text_encoder": {"from": "model.text_encoder"}, "text": value}},
+        }, "outputs": {"a": "w.text_embeddings"}}
+
+    literal = Workflow.from_dict(doc(text)).problems()
+    param = Workflow.from_dict(doc({"param": "prompt"})).with_params(prompt=text).problems()
+    assert [(p.code, p.node, p.field) for p in literal] == [("bad_literal", "w", "inputs.text")]
+    assert [(p.code, p.node, p.field) for p in param] == [("bad_param", "w", "inputs.text")]
+    assert message in literal[0].message and message in param[0].message
 
 
 def test_malformed_prompt_from_a_link_fails_the_node_naming_the_position(tiny_model):
