@@ -13,7 +13,7 @@ from pathlib import Path
 WORKFLOWS = Path(__file__).with_name("workflows")
 
 NODE_MODULES = (
-    "images", "loading.lora", "loading.models",
+    "images", "loading.lora", "loading.freeu", "loading.models",
     "stages.encoders", "stages.weighting", "stages.tokens", "stages.before_denoise", "stages.scheduling", "stages.denoise", "stages.decoders",
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",

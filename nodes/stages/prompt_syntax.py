@@ -26,9 +26,8 @@ class PromptSyntaxError(ValueError):
     def __init__(self, message: str, position: int, text: str) -> None:
         self.position = position
         start = max(0, position - 1 - 20)
-        snippet = text[start : position - 1 + 20]
-        caret = " " * (position - start) + "^"  # under the character, past repr's quote
-        super().__init__(f"{message} at character {position}: {snippet!r}\n  {caret}")
+        around = ("…" if start else "") + text[start : position - 1] + "⟨" + text[position - 1 : position] + "⟩" + text[position : position + 20]
+        super().__init__(f"{message} at character {position}: {around}")
 
 
 @dataclass(frozen=True)
