@@ -43,7 +43,7 @@ def hidden_of(out, te, layer: str, skip: int):
     if layer == "penultimate":
         return out.hidden_states[-(skip + 2)]
     if skip == 0:
-        return out[0]
+        return out.last_hidden_state  # (out[0] of an encoder with a projection is its pooled projection)
     return _text_model(te).final_layer_norm(out.hidden_states[-(skip + 1)])
 
 
@@ -186,7 +186,7 @@ def compel_embeddings(enc: _Encoder, fragments: list[Fragment]):
     ids, weights, owner = compel_chunks(enc, fragments)
     n = enc.length
     mask = torch.ones(len(ids), dtype=torch.long, device=enc.device)
-    w = torch.tensor(weights, dtype=torch.float32)
+    w = torch.tensor(weights, dtype=torch.float32)  # compel's default dtype for weights, whatever the model's
     empty = None
 
     def build(m):
@@ -218,7 +218,7 @@ def compel_embeddings(enc: _Encoder, fragments: list[Fragment]):
     embeddings = torch.cat(stack, dim=1)
     scale = torch.tensor(lerp, dtype=embeddings.dtype, device=embeddings.device)
     scale = (scale / torch.sum(scale)).reshape(-1, 1, 1)
-    z = torch.sum(embeddings * scale, dim=1)
+    z = torch.sum(embeddings * scale, dim=1).to(enc.te.dtype)  # compel hands back the encoder's dtype too
     text = " ".join(f.text for f in fragments)
     pooled_ids = enc.tok([text], truncation=True, padding="max_length", max_length=n)["input_ids"]
     return z, enc(pooled_ids)[1]
