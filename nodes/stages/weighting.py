@@ -60,7 +60,7 @@ class _Encoder:
         self.tok, self.te, self.layer, self.skip = tokenizer, te, layer, skip
         self.device = table_device(te)
         n_layers = te.config.num_hidden_layers
-        if skip + (2 if layer == "penultimate" else 1) > n_layers + 1:
+        if skip + (2 if layer == "penultimate" else 1) > n_layers:  # hidden_states[0] is the input, no layer's output
             raise ValueError(f"clip_skip {skip} reaches past the first of the text encoder's {n_layers} layers")
         self.bos, self.eos, self.pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
         self.length = tokenizer.model_max_length

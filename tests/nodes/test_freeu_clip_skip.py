@@ -103,6 +103,15 @@ def test_clip_skip_past_the_first_layer_is_refused(tiny_model):
     r = encode_prompt(tiny_model, 2)  # the tiny encoder has 2 layers
     assert not r.ok and r.errors[0].node == "e"
     assert "clip_skip 2 reaches past the first of the text encoder's 2 layers" in r.errors[0].message
+    for layer, skip in (("last", 2), ("penultimate", 1)):
+        doc = {"format": 1, "nodes": {
+            "model": {"type": "LoadModel", "inputs": {"path": str(tiny_model)}},
+            "w": {"type": "EncodeWeighted", "inputs": {"tokenizer": {"from": "model.tokenizer"}, "text_encoder": {"from": "model.text_encoder"},
+                                                       "text": PROMPT, "layer": layer, "clip_skip": skip}},
+        }, "outputs": {"z": "w.text_embeddings"}}
+        r = Executor().run(Workflow.from_dict(doc))
+        assert not r.ok and r.errors[0].node == "w"
+        assert f"clip_skip {skip} reaches past the first of the text encoder's 2 layers" in r.errors[0].message
 
 
 def test_a_long_weighted_prompt_is_guided_against_a_short_negative(tiny_model):
