@@ -268,3 +268,17 @@ def test_malformed_prompt_from_a_link_fails_the_node_naming_the_position(tiny_mo
     assert not r.ok
     assert r.errors[0].node == "w"
     assert "the weight 'abc' is not a number" in r.errors[0].message and "at character 8" in r.errors[0].message
+
+
+def test_the_syntax_reads_weights_nesting_and_escapes():
+    from graphflow_nodes.stages.prompt_syntax import Fragment, parse
+
+    assert parse("a (red:1.3) [blue] \\(x\\) \\[y\\]") == [
+        Fragment("a ", 1.0), Fragment("red", 1.3), Fragment(" ", 1.0), Fragment("blue", 1 / 1.1), Fragment(" (x) [y]", 1.0)]
+    # nested: A1111 and compel multiply an explicit weight by the outer one, ComfyUI replaces it
+    assert [f.weight for f in parse("((red:1.5))")] == [pytest.approx(1.65)]
+    assert [f.weight for f in parse("((red:1.5))", explicit="replace")] == [1.5]
+    assert parse("(a)(b)") == [Fragment("a", 1.1), Fragment("b", 1.1)]  # two words, never joined into "ab"
+    assert parse("(red:-0.5) (x:.5e1)") == [Fragment("red", -0.5), Fragment(" ", 1.0), Fragment("x", 5.0)]
+    assert parse("a: b, 10:30") == [Fragment("a: b, 10:30", 1.0)]  # a colon outside brackets is text
+    assert parse("") == [Fragment("", 1.0)]
