@@ -105,9 +105,11 @@ class CFGConditions(Node, name="CFGConditions", category="sampling"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
+        from graphflow_nodes.stages.encoders import common_length
+
         neg_ids = i.time_ids if i.uncond_time_ids is None else i.uncond_time_ids
         return {
-            "embeddings": torch.cat([i.uncond, i.cond]),
+            "embeddings": torch.cat(common_length(i.uncond, i.cond)),
             "pooled": torch.cat([i.uncond_pooled, i.cond_pooled]),
             "time_ids": torch.cat([neg_ids, i.time_ids]),
         }

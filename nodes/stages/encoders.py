@@ -164,6 +164,8 @@ class EncodePrompt(Node, name="EncodePrompt", category="text", uses=("models",))
         tokenizer: Tokenizer = Field(description="from LoadModel")
         text_encoder: TextEncoder = Field(description="from LoadModel")
         text: str = Field("", description="the prompt; empty for the unconditional embedding")
+        clip_skip: int = Field(0, ge=0, le=48, description="take the state this many layers before the last, then the final "
+                                                         "layer norm (diffusers' clip_skip; ComfyUI's CLIPSetLastLayer -1 - n)")
 
     class Out(Outputs):
         text_embeddings: TextEmbeddings = Field(description="(1, 77, hidden)")
@@ -173,8 +175,14 @@ class EncodePrompt(Node, name="EncodePrompt", category="text", uses=("models",))
 
         te = ctx.models.get(i.text_encoder)
         ids, _ = tokenize(ctx.models.get(i.tokenizer), i.text)
+        layers = te.config.num_hidden_layers
+        if i.clip_skip >= layers:
+            raise ValueError(f"clip_skip {i.clip_skip} reaches past the first of the text encoder's {layers} layers")
         with torch.no_grad():
-            return {"text_embeddings": te(ids.to(table_device(te)))[0]}
+            if i.clip_skip == 0:
+                return {"text_embeddings": te(ids.to(table_device(te)))[0]}
+            out = te(ids.to(table_device(te)), output_hidden_states=True)
+            return {"text_embeddings": _text_model(te).final_layer_norm(out.hidden_states[-(i.clip_skip + 1)])}
 
 
 class MixEmbeddings(Node, name="MixEmbeddings", category="text"):
@@ -207,9 +215,24 @@ class CFGEmbeddings(Node, name="CFGEmbeddings", category="text"):
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        cond = i.cond
-        uncond = i.uncond.expand(cond.shape[0], -1, -1) if i.uncond.shape[0] == 1 else i.uncond
+        uncond, cond = common_length(i.uncond, i.cond)
+        uncond = uncond.expand(cond.shape[0], -1, -1) if uncond.shape[0] == 1 else uncond
         return {"embeddings": torch.cat([uncond, cond])}
+
+
+def common_length(a, b):
+    """Two prompts' embeddings of different lengths (a long prompt is 154, 231… states) repeated
+    along the sequence to their least common multiple, as ComfyUI batches a long prompt with a
+    short negative one (``comfy/conds.py``, ``CONDCrossAttn.concat``)."""
+    import math
+
+    n, m = a.shape[1], b.shape[1]
+    if n == m:
+        return a, b
+    if n % 77 or m % 77:
+        raise ValueError(f"the prompts' embeddings are {n} and {m} states long: only whole 77-state chunks can be matched")
+    k = math.lcm(n, m)
+    return a.repeat(1, k // n, 1), b.repeat(1, k // m, 1)
 
 
 class VAEEncode(Node, name="VAEEncode", category="latents", uses=("models",)):

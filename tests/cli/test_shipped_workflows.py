@@ -41,7 +41,7 @@ def test_run_by_name_from_an_empty_folder(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["txt2img", "txt2img.json"])
 def test_validate_by_name_with_or_without_json(name, capsys):
     assert main(["validate", name]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"{name}: ok (13 nodes, 10 parameters, outputs: image, files)"
+    assert capsys.readouterr().out.splitlines()[0] == f"{name}: ok (13 nodes, 11 parameters, outputs: image, files)"
 
 
 def test_graph_and_sweep_by_name(tmp_path, capsys):

@@ -83,6 +83,17 @@ FAMILIES = {
 }
 
 
+#: entries that edit txt2img (CLIP skip, FreeU, weighted prompts): a couple of schedulers and one
+#: step count each, since they change what goes into the loop, not the loop
+EDITS = {"sd1": ("clip_skip", "freeu", "weighting"), "sdxl": ("clip_skip", "freeu")}
+EDIT_SCHEDULERS, EDIT_STEPS = ("model", "euler"), (2,)
+CLIP_SKIP = 1
+FREEU = {"sd1": dict(s1=0.9, s2=0.2, b1=1.5, b2=1.6), "sdxl": dict(s1=0.6, s2=0.4, b1=1.1, b2=1.2)}
+#: a weighted prompt in graphflow's syntax and in compel's: the reference is StableDiffusionPipeline
+#: given compel's embeddings (``prompt_embeds``), graphflow's side EncodeWeighted in compel mode
+WEIGHTED, WEIGHTED_COMPEL = "a (red:1.3) circle on a (blue:0.7) background", "a (red)1.3 circle on a (blue)0.7 background"
+
+
 def scheduler_config(name: str) -> dict:
     for folder in (REPO / "nodes" / "configs" / name / "scheduler", REPO / "tests" / "conformance" / "scheduler_configs" / name):
         if (folder / "scheduler_config.json").exists():
@@ -176,6 +187,10 @@ def cells() -> list[Cell]:
                                 out.append(Cell(fname, config, scheduler, entry, steps))
                         else:
                             out.append(Cell(fname, config, scheduler, entry, steps))
+    for fname, entries in EDITS.items():
+        config = FAMILIES[fname].configs[0]
+        out += [Cell(fname, config, scheduler, entry, steps) for scheduler in EDIT_SCHEDULERS for entry in entries
+                for steps in EDIT_STEPS]
     return out
 
 
@@ -331,6 +346,8 @@ def reference(run: Run):
         return image, []
     p = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline", path)
     p.scheduler = scheduler_for(cfg, scheduler)
+    if entry in ("clip_skip", "freeu", "weighting"):
+        return edited_reference(p, run, g), []
     rec = Recorder(p.scheduler)
     image = p(PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE, generator=g, output_type="pt").images
     return image, rec.frames
@@ -353,6 +370,28 @@ def hires_reference(run: Run, path: Path, cfg: dict, g: torch.Generator) -> torc
                       generator=torch.Generator().manual_seed(SEED), output_type="pt").images
     finally:
         refine.vae.disable_tiling()
+
+
+def edited_reference(p, run: Run, g: torch.Generator):
+    """txt2img with diffusers' own ``clip_skip``, ``enable_freeu``, or compel's embeddings."""
+    kwargs: dict = dict(num_inference_steps=run.steps, guidance_scale=GUIDANCE, generator=g, output_type="pt")
+    if run.entry == "clip_skip":
+        if not hasattr(p.text_encoder, "text_model"):
+            # diffusers 0.42.1's StableDiffusionPipeline reaches the final norm through
+            # ``text_encoder.text_model``, which transformers 5 flattened away: the same module,
+            # named as the pipeline expects (a plain attribute, not a registered submodule)
+            object.__setattr__(p.text_encoder, "text_model", p.text_encoder)
+        return p(PROMPT, clip_skip=CLIP_SKIP, **kwargs).images
+    if run.entry == "weighting":
+        from compel import Compel
+
+        compel = Compel(tokenizer=p.tokenizer, text_encoder=p.text_encoder, truncate_long_prompts=False)
+        return p(prompt_embeds=compel(WEIGHTED_COMPEL), negative_prompt_embeds=compel(""), **kwargs).images
+    p.unet.enable_freeu(**FREEU[run.family])
+    try:
+        return p(PROMPT, **kwargs).images
+    finally:
+        p.unet.disable_freeu()  # the pipeline is cached for the other cells
 
 
 def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
@@ -381,6 +420,8 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 
 WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sd", "txt2img"): "txt2img", ("sd", "img2img"): "img2img", ("sd", "hires"): "hires_fix",
+    ("sd", "clip_skip"): "txt2img", ("sdxl", "clip_skip"): "txt2img_sdxl", ("sd", "freeu"): "freeu", ("sdxl", "freeu"): "freeu_sdxl",
+    ("sd", "weighting"): "prompt_weighting",
     ("sdxl", "txt2img"): "txt2img_sdxl", ("sdxl", "img2img"): "img2img_sdxl", ("sdxl", "handoff"): "txt2img_sdxl_refiner",
     ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
@@ -423,6 +464,12 @@ def graph(run: Run):
             params["label"] = "4"
     else:
         params |= {"prompt": PROMPT, "guidance": GUIDANCE}
+    if entry == "clip_skip":
+        params["clip_skip"] = CLIP_SKIP
+    if entry == "freeu":
+        params |= FREEU[family]
+    if entry == "weighting":
+        params |= {"prompt": WEIGHTED, "mode": "compel"}
     ex = _EXECUTORS.setdefault(family, Executor())
     r = ex.run(Workflow.from_dict(doc).with_params(**params))
     assert r.ok, r.errors
