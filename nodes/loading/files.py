@@ -40,13 +40,17 @@ SHIPPED = {
     "checkpoints": MODELS_DIR,
     "loras": MODELS_DIR / "loras",
     "embeddings": MODELS_DIR / "tiny-sd" / "textual_inversion",
+    # control models: looked up by name like the kinds above (``graphflow models`` does not list them yet)
+    "adapters": MODELS_DIR / "adapters",
+    "ip_adapters": MODELS_DIR / "ip_adapters",
 }
 
 
 #: where a bare name is looked up, as a not-found message says it
 WHERE_HINT = f"add a models folder with --models-dir or {MODELS_ENV}"
 #: what one of each kind is called in a message
-WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding"}
+WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding", "adapters": "T2I-Adapter",
+        "ip_adapters": "IP-Adapter"}
 
 
 class ModelPathError(InputRefused):
@@ -159,6 +163,24 @@ def resolve_config_path(name_or_path: str) -> Path | None:
 def resolve_lora_path(name_or_path: str) -> Path:
     """A LoRA file: a name in the models folders' ``loras/``, or a path."""
     return locate(name_or_path, "loras")
+
+
+def resolve_adapter_path(name_or_path: str) -> Path:
+    """A T2I-Adapter folder (diffusers' layout): a name in the models folders' ``adapters/``, or a path."""
+    return locate(name_or_path, "adapters")
+
+
+def resolve_ip_adapter_path(name_or_path: str) -> Path:
+    """An IP-Adapter ``.safetensors`` file: a name in the models folders' ``ip_adapters/``, or a path."""
+    return locate(name_or_path, "ip_adapters")
+
+
+def resolve_image_encoder_path(name_or_path: str) -> Path | None:
+    """An IP-Adapter's CLIP vision encoder folder, looked up as IP-Adapter files are; None when
+    empty (the ``image_encoder/`` folder beside the IP-Adapter file, h94/IP-Adapter's layout)."""
+    if not name_or_path.strip():
+        return None
+    return locate(name_or_path, "ip_adapters")
 
 
 def locate_embedding(name: str) -> Path:
