@@ -116,8 +116,11 @@ class AdapterResiduals(Node, name="AdapterResiduals", category="conditioning", u
         if h % factor or w % factor:
             raise ValueError(f"image: {w}×{h} pixels; this T2I-Adapter needs sides that are multiples of {factor} "
                              f"(resize it in LoadImage to the picture's width and height)")
+        # channels-last, as the pipelines hand a PIL picture over (a transposed numpy array): the
+        # convolutions then add in the same order, and the maps match theirs bit for bit
+        image = image.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            maps = [m * i.scale for m in adapter(image.to(device=device, dtype=dtype))]
+            maps = [m * i.scale for m in adapter(image)]
         if i.guidance:
             maps = [torch.cat([m] * 2, dim=0) for m in maps]
         if i.add_to is not None:
