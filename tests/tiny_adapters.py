@@ -40,12 +40,14 @@ def build_tiny_image_encoder(path: Path, projection_dim: int = 32, seed: int = 0
     return path
 
 
-def build_tiny_ip_adapter(path: Path, unet: Path, image_embed_dim: int = 32, tokens: int = 4, seed: int = 0) -> Path:
+def build_tiny_ip_adapter(path: Path, unet: Path, image_embed_dim: int = 32, tokens: int = 4, seed: int = 0,
+                          encoder_seed: int = 0) -> Path:
     """An IP-Adapter file for the UNet: the image projection (``ImageProjection``: the image
     embedding to ``tokens`` extra context tokens) and, for every cross-attention layer in the
     order of ``attn_processors``, its ``to_k_ip``/``to_v_ip`` weights, numbered 1, 3, 5, … as the
     original IP-Adapter files are. The encoder to use with it is saved beside it, in
-    ``image_encoder/`` (the layout of h94/IP-Adapter)."""
+    ``image_encoder/`` (the layout of h94/IP-Adapter), unless one is there already: several
+    adapters of a folder share it, as diffusers' ``load_ip_adapter`` loads one encoder for all."""
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.embeddings import ImageProjection
@@ -69,5 +71,6 @@ def build_tiny_ip_adapter(path: Path, unet: Path, image_embed_dim: int = 32, tok
                 "image_proj.norm.weight": proj["norm.weight"], "image_proj.norm.bias": proj["norm.bias"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    build_tiny_image_encoder(path.parent / "image_encoder", image_embed_dim, seed)
+    if not (path.parent / "image_encoder").exists():
+        build_tiny_image_encoder(path.parent / "image_encoder", image_embed_dim, encoder_seed)
     return path

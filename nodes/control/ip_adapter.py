@@ -105,7 +105,7 @@ class IPAdapterPatch:
         if given != expected:
             raise IPAdapterError(f"{Path(self.path).name} has attention weights for {given} cross-attention layers, this UNet has "
                                  f"{expected} (an IP-Adapter made for another model)")
-        model._load_ip_adapter_weights([state for state, _ in stacked])
+        model._load_ip_adapter_weights([{part: dict(d) for part, d in state.items()} for state, _ in stacked])
         for proc in model.attn_processors.values():
             if isinstance(proc, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
                 proc.scale = [scale for _, scale in stacked]
