@@ -32,6 +32,7 @@ def files(tiny_model, tiny_sdxl, tmp_path_factory):
         "ip_a": build_tiny_ip_adapter(d / "ip" / "a.safetensors", tiny_model, seed=1),
         "ip_b": build_tiny_ip_adapter(d / "ip" / "b.safetensors", tiny_model, seed=2),
         "ip_xl": build_tiny_ip_adapter(d / "ip-xl" / "xl.safetensors", tiny_sdxl, seed=1),
+        "ip_plus": build_tiny_ip_adapter(d / "ip" / "plus.safetensors", tiny_model, seed=3, plus=True),
     }
 
 
@@ -143,6 +144,27 @@ def test_two_ip_adapters_stack_each_at_its_scale_as_diffusers(tiny_model, files)
     one = ok(run(workflow("ip_adapter"), model=str(tiny_model), ip_adapter=str(files["ip_a"]), ip_adapter_scale=0.6,
                  reference_image=str(REFERENCE)))
     assert (image - one).abs().max().item() > 0.01  # the second adapter counts
+
+
+def test_an_ip_adapter_plus_reads_the_penultimate_hidden_states_as_diffusers(tiny_model, files):
+    """A Plus adapter (a resampler over the encoder's penultimate hidden states, and a black
+    picture's encoding as the unconditional half) equals the pipeline with that file loaded."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+    from PIL import Image
+
+    image = ok(run(workflow("ip_adapter"), model=str(tiny_model), ip_adapter=str(files["ip_plus"]), ip_adapter_scale=0.7,
+                   reference_image=str(REFERENCE)))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+    pipe.load_ip_adapter(str(files["ip_plus"].parent), subfolder="", weight_name="plus.safetensors", local_files_only=True)
+    pipe.set_ip_adapter_scale(0.7)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, ip_adapter_image=Image.open(REFERENCE), num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+               generator=torch.Generator().manual_seed(SEED), output_type="pt").images
+    assert type(pipe.unet.encoder_hid_proj.image_projection_layers[0]).__name__ == "IPAdapterPlusImageProjection"
+    assert (image - ref).abs().max().item() == 0.0
+    plain = ok(run(workflow("txt2img"), model=str(tiny_model)))
+    assert (image - plain).abs().max().item() > 0.05
 
 
 def fails(doc: dict, **params):
