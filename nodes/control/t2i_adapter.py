@@ -132,6 +132,25 @@ class AdapterResiduals(Node, name="AdapterResiduals", category="conditioning", u
         return {"residuals": tuple(maps)}
 
 
+class AdapterSteps(Node, name="AdapterSteps", category="conditioning"):
+    """The residuals on the first steps only, none after: SDXL's ``adapter_conditioning_factor``
+    (the adapter steers the composition early and leaves the details to the text). Put it in the
+    loop's body between AdapterResiduals and the noise prediction, with the loop's index; it
+    applies them while ``index < int(steps × factor)``, diffusers' rule."""
+
+    class In(Inputs):
+        residuals: AdapterResidualsKind = Field(description="from AdapterResiduals")
+        index: int = Field(ge=0, description="the loop's index (denoise.index)")
+        steps: int = Field(ge=1, description="the number of inference steps the schedule was made with")
+        factor: float = Field(1.0, ge=0.0, le=1.0, description="the fraction of the steps the adapter acts on (1: all, 0: none)")
+
+    class Out(Outputs):
+        residuals: AdapterResidualsKind | None = Field(None, description="the residuals, or none after the first steps")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        return {"residuals": i.residuals if i.index < int(i.steps * i.factor) else None}
+
+
 def down_block_residuals(residuals: Any, batch: int) -> list:
     """The residuals as the UNet's ``down_intrablock_additional_residuals`` takes them: a fresh
     list (the UNet pops from it), each map repeated to the model input's batch."""

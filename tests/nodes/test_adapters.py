@@ -90,6 +90,28 @@ def test_two_t2i_adapters_sum_as_diffusers_multi_adapter(tiny_model, files):
     assert (image - ref).abs().max().item() == 0.0
 
 
+def test_sdxl_adapter_factor_acts_on_the_first_steps_as_diffusers(tiny_sdxl, files):
+    """adapter_factor 0.5 of 4 steps: residuals on steps 0 and 1 only (AdapterSteps), equal to
+    StableDiffusionXLAdapterPipeline's adapter_conditioning_factor; neither the whole-run nor the
+    adapter-free picture."""
+    from diffusers import StableDiffusionXLAdapterPipeline, T2IAdapter
+    from PIL import Image
+
+    doc, steps = workflow("t2i_adapter_sdxl"), 4
+    common = dict(model=str(tiny_sdxl), adapter=str(files["adapter_xl"]), adapter_scale=0.8, steps=steps, scheduler="model")
+    half = ok(run(doc, adapter_factor=0.5, **common))
+    whole = ok(run(doc, adapter_factor=1.0, **common))
+    none = ok(run(doc, adapter_factor=0.0, **common))
+    pipe = StableDiffusionXLAdapterPipeline.from_pretrained(tiny_sdxl, adapter=T2IAdapter.from_pretrained(files["adapter_xl"]),
+                                                            local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, image=Image.open(CONTROL), height=64, width=64, num_inference_steps=steps, guidance_scale=GUIDANCE,
+               adapter_conditioning_scale=0.8, adapter_conditioning_factor=0.5, generator=torch.Generator().manual_seed(SEED),
+               output_type="pt").images
+    assert (half - ref).abs().max().item() == 0.0
+    assert (half - whole).abs().max().item() > 1e-3 and (half - none).abs().max().item() > 1e-3
+
+
 def test_an_ip_adapter_never_changes_the_shared_unet(tiny_model, files):
     """Base, IP-Adapter, base again in one model manager (fresh executors, so nothing comes from
     the result caches): the base picture comes back bit for bit, the base UNet keeps its plain
