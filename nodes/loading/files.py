@@ -35,12 +35,11 @@ MODELS_ENV = "GRAPHFLOW_MODELS"
 MODELS_ONLY_ENV = "GRAPHFLOW_MODELS_ONLY"
 
 #: the kinds of model file and where graphflow's own shipped files of each kind live
-KINDS = ("checkpoints", "loras", "embeddings")
+KINDS = ("checkpoints", "loras", "embeddings", "adapters", "ip_adapters")
 SHIPPED = {
     "checkpoints": MODELS_DIR,
     "loras": MODELS_DIR / "loras",
     "embeddings": MODELS_DIR / "tiny-sd" / "textual_inversion",
-    # control models: looked up by name like the kinds above (``graphflow models`` does not list them yet)
     "adapters": MODELS_DIR / "adapters",
     "ip_adapters": MODELS_DIR / "ip_adapters",
 }

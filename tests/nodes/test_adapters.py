@@ -274,3 +274,26 @@ def test_a_control_image_with_another_channel_count_is_refused(files):
     with pytest.raises(ValueError) as e:
         AdapterResiduals().run(AdapterResiduals.In(adapter=adapter, image=torch.rand(1, 1, 64, 64)), ctx)
     assert str(e.value) == "image: this T2I-Adapter takes 3-channel control images, given 1 channels"
+
+
+def test_bare_names_are_found_in_the_models_folders_and_listed(tiny_model, files, tmp_path, monkeypatch, capsys):
+    """A models folder's adapters/ and ip_adapters/ hold the control models: a workflow names them
+    bare, and ``graphflow models`` lists them with their family (a pickled one as refused)."""
+    import json
+    import shutil
+
+    from graphflow.cli import main
+
+    root = tmp_path / "models"
+    shutil.copytree(files["adapter_a"], root / "adapters" / "edges")
+    shutil.copytree(files["ip_a"].parent, root / "ip_adapters")
+    (root / "ip_adapters" / "old.bin").write_bytes(b"not read")
+    monkeypatch.setenv("GRAPHFLOW_MODELS", str(root))
+    ok(run(workflow("t2i_adapter"), model=str(tiny_model), adapter="edges"))
+    ok(run(workflow("ip_adapter"), model=str(tiny_model), ip_adapter="a.safetensors"))
+    assert main(["models", "--models-dir", str(root), "--json"]) == 0
+    rows = {r["name"]: (r["kind"], r["family"]) for r in json.loads(capsys.readouterr().out)}
+    assert rows["edges"] == ("adapters", "sd1-like")
+    assert rows["a.safetensors"] == rows["plus.safetensors"] == ("ip_adapters", "sd1-like (text width 32)")
+    assert rows["old.bin"] == ("ip_adapters", "refused: a pickle (.safetensors only)")
+    assert "image_encoder" not in rows
