@@ -102,6 +102,28 @@ def upscaler_family(p: Path) -> str:
         return f"not an upscaler graphflow runs: {e}"
 
 
+def adapter_family(p: Path) -> str:
+    """A T2I-Adapter folder's family from its config: SDXL's adapters are ``full_adapter_xl``."""
+    try:
+        config = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return "not an adapter folder"
+    if config.get("_class_name") != "T2IAdapter":
+        return f"not a T2I-Adapter ({config.get('_class_name')})"
+    if not (p / "diffusion_pytorch_model.safetensors").is_file():
+        return "refused: a pickle (.safetensors only)" if any(p.glob("*.bin")) else "no weights"
+    return "sdxl" if str(config.get("adapter_type", "")).endswith("_xl") else "sd1-like"
+
+
+def ip_adapter_family(p: Path) -> str:
+    """An IP-Adapter file's family: the width of the text context its attention layers read."""
+    shapes = _shapes(p)
+    if shapes is None:
+        return "unreadable"
+    widths = {s[1] for k, s in shapes.items() if k.startswith("ip_adapter.") and k.endswith("to_k_ip.weight")}
+    return _width_family(widths.pop()) if len(widths) == 1 else "not an IP-Adapter"
+
+
 def describe(p: Path, kind: str) -> dict:
     from graphflow_nodes.loading.checkpoint import PICKLE_SUFFIXES
 
@@ -109,10 +131,13 @@ def describe(p: Path, kind: str) -> dict:
         family = "refused: a pickle (.safetensors only)"
     elif kind == "checkpoints":
         family = folder_family(p) if p.is_dir() else checkpoint_family(p)
+    elif kind == "adapters":
+        family = adapter_family(p)
     elif p.suffix.lower() != ".safetensors":
         family = "not .safetensors"
     else:
-        family = {"loras": lora_family, "embeddings": embedding_family, "upscalers": upscaler_family}[kind](p)
+        family = {"loras": lora_family, "embeddings": embedding_family, "upscalers": upscaler_family,
+                  "ip_adapters": ip_adapter_family}[kind](p)
     return {"kind": kind, "name": p.name, "family": family, "bytes": _size(p), "path": str(p)}
 
 
@@ -129,8 +154,10 @@ def catalog() -> list[dict]:
                     continue
                 if kind == "checkpoints" and p.is_dir() and not (p / "model_index.json").is_file():
                     continue
-                if kind != "checkpoints" and p.is_dir():
-                    continue
+                if kind == "adapters" and not (p.is_dir() and (p / "config.json").is_file()):
+                    continue  # T2I-Adapters are diffusers folders
+                if kind not in ("checkpoints", "adapters") and p.is_dir():
+                    continue  # (an IP-Adapter's image_encoder/ is read with it)
                 row = describe(p, kind)
                 row["shadowed"] = p.name in seen  # an earlier folder has a file of that name
                 seen.add(p.name)

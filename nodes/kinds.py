@@ -76,3 +76,13 @@ TEXT_IDS_K = kind("text_ids", description="Flux: the text tokens' position ids, 
 IMAGE_IDS_K = kind("image_ids", description="Flux: the packed latent patches' position ids, (patches, 3): (0, row, column)")
 TextIds = Annotated[Any, TEXT_IDS_K]
 ImageIds = Annotated[Any, IMAGE_IDS_K]
+T2I_ADAPTER_K = kind("t2i_adapter", parent=OBJECT, description="a reference to a T2I-Adapter (diffusers' T2IAdapter)")
+IMAGE_ENCODER_K = kind("image_encoder", parent=OBJECT, description="a reference to a CLIP vision encoder with projection (an IP-Adapter's)")
+ADAPTER_RESIDUALS_K = kind("adapter_residuals", description="a T2I-Adapter's scaled feature maps, one per UNet down block, "
+                           "(2*batch, channels, h, w) each for a guidance batch: added inside the UNet's down blocks")
+IMAGE_PROMPTS_K = kind("image_prompts", description="IP-Adapter image embeddings, one (2*batch, 1, dim) tensor per IP-Adapter "
+                       "of the UNet, in its order (unconditional half first, for guidance)")
+T2IAdapterModel = Annotated[Any, T2I_ADAPTER_K]
+ImageEncoder = Annotated[Any, IMAGE_ENCODER_K]
+AdapterResiduals = Annotated[Any, ADAPTER_RESIDUALS_K]
+ImagePrompts = Annotated[Any, IMAGE_PROMPTS_K]

@@ -19,6 +19,7 @@ NODE_MODULES = (
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
     "upscale.resize", "upscale.upscalers",
+    "control.t2i_adapter", "control.ip_adapter",
 )
 
 

@@ -36,19 +36,22 @@ MODELS_ENV = "GRAPHFLOW_MODELS"
 MODELS_ONLY_ENV = "GRAPHFLOW_MODELS_ONLY"
 
 #: the kinds of model file and where graphflow's own shipped files of each kind live
-KINDS = ("checkpoints", "loras", "embeddings", "upscalers")
+KINDS = ("checkpoints", "loras", "embeddings", "upscalers", "adapters", "ip_adapters")
 SHIPPED = {
     "checkpoints": MODELS_DIR,
     "loras": MODELS_DIR / "loras",
     "embeddings": MODELS_DIR / "tiny-sd" / "textual_inversion",
     "upscalers": MODELS_DIR / "upscalers",
+    "adapters": MODELS_DIR / "adapters",
+    "ip_adapters": MODELS_DIR / "ip_adapters",
 }
 
 
 #: where a bare name is looked up, as a not-found message says it
 WHERE_HINT = f"add a models folder with --models-dir or {MODELS_ENV}"
 #: what one of each kind is called in a message
-WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding", "upscalers": "upscaler"}
+WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding", "upscalers": "upscaler",
+        "adapters": "T2I-Adapter", "ip_adapters": "IP-Adapter"}
 #: the suffixes of Python pickles, which can run code as they are read: refused unread
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
@@ -173,6 +176,24 @@ def resolve_upscaler_path(name_or_path: str) -> Path:
         raise InputRefused(f"{name_or_path!r} is a Python pickle ({Path(name_or_path).suffix}), which can run code when read: "
                            "refused unread; graphflow reads upscalers as .safetensors only (convert it with a tool you trust)")
     return locate(name_or_path, "upscalers")
+
+
+def resolve_adapter_path(name_or_path: str) -> Path:
+    """A T2I-Adapter folder (diffusers' layout): a name in the models folders' ``adapters/``, or a path."""
+    return locate(name_or_path, "adapters")
+
+
+def resolve_ip_adapter_path(name_or_path: str) -> Path:
+    """An IP-Adapter ``.safetensors`` file: a name in the models folders' ``ip_adapters/``, or a path."""
+    return locate(name_or_path, "ip_adapters")
+
+
+def resolve_image_encoder_path(name_or_path: str) -> Path | None:
+    """An IP-Adapter's CLIP vision encoder folder, looked up as IP-Adapter files are; None when
+    empty (the ``image_encoder/`` folder beside the IP-Adapter file, h94/IP-Adapter's layout)."""
+    if not name_or_path.strip():
+        return None
+    return locate(name_or_path, "ip_adapters")
 
 
 def locate_embedding(name: str) -> Path:

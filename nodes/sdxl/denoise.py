@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphflow_nodes.kinds import Embeddings, ModelInput, NoisePred, Pooled, TimeIds, Timestep, UNet
+from graphflow_nodes.kinds import AdapterResiduals, Embeddings, ImagePrompts, ModelInput, NoisePred, Pooled, TimeIds, Timestep, UNet
+from graphflow_nodes.stages.denoise import adapter_errors, control_kwargs
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -23,6 +24,8 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
         embeddings: Embeddings = Field(description="CFGConditions.embeddings (or one side's hidden states)")
         pooled: Pooled = Field(description="CFGConditions.pooled")
         time_ids: TimeIds = Field(description="CFGConditions.time_ids")
+        adapter_residuals: AdapterResiduals | None = Field(None, description="AdapterResiduals: T2I-Adapter feature maps added in the down blocks")
+        image_prompts: ImagePrompts | None = Field(None, description="EncodeImagePrompt: image prompts for the UNet's IP-Adapters")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the model output, same batch as model_input")
@@ -40,8 +43,11 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
 
         check_added_conditions(unet, i.pooled, i.time_ids)
         cond = {"text_embeds": batch(i.pooled, "pooled"), "time_ids": batch(i.time_ids, "time_ids")}
-        with torch.no_grad():
-            out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False)
+        extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype)
+        cond |= extra.pop("added_cond_kwargs", {})
+        with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
+            out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False,
+                       **extra)
         return {"noise_pred": out[0]}
 
 

@@ -3,9 +3,21 @@ and steering the latents with a loss on the decoded image."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
-from graphflow_nodes.kinds import VAE, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
+from graphflow_nodes.kinds import (
+    VAE,
+    AdapterResiduals,
+    Embeddings,
+    ImagePrompts,
+    Latents,
+    ModelInput,
+    NoisePred,
+    Scheduler,
+    Timestep,
+    UNet,
+)
 from graphflow_nodes.stages.prediction import noise_levels, predicted_x0
 from graphflow_nodes.stages.vae import decode, pixel_vae
 from pydantic import Field
@@ -22,6 +34,8 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         model_input: ModelInput = Field(description="from ScaleModelInput")
         timestep: Timestep = Field(description="the loop's timestep")
         embeddings: Embeddings = Field(description="CFGEmbeddings (batched guidance) or plain text embeddings")
+        adapter_residuals: AdapterResiduals | None = Field(None, description="AdapterResiduals: T2I-Adapter feature maps added in the down blocks")
+        image_prompts: ImagePrompts | None = Field(None, description="EncodeImagePrompt: image prompts for the UNet's IP-Adapters")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the predicted noise, same batch as model_input")
@@ -34,8 +48,36 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         device, dtype = placement(unet)
         x = i.model_input.to(dtype=dtype)
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings")
-        with torch.no_grad():
-            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False)[0]}
+        extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype)
+        with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
+            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]}
+
+
+def control_kwargs(unet, adapter_residuals, image_prompts, batch: int, device, dtype) -> dict:
+    """The UNet call's keywords for the control inputs a prediction node was given (none: {})."""
+    from graphflow_nodes.control.ip_adapter import image_prompt_kwargs
+    from graphflow_nodes.control.t2i_adapter import down_block_residuals
+
+    out: dict = {}
+    if adapter_residuals is not None:
+        out["down_intrablock_additional_residuals"] = down_block_residuals(
+            [r.to(device=device, dtype=dtype) for r in adapter_residuals], batch)
+    if image_prompts is not None:
+        out["added_cond_kwargs"] = image_prompt_kwargs(unet, image_prompts, batch, device, dtype)
+    return out
+
+
+@contextlib.contextmanager
+def adapter_errors(unet, adapter_residuals):
+    """A shape error inside a UNet given adapter residuals names the input and the likely cause."""
+    try:
+        yield
+    except RuntimeError as e:
+        if adapter_residuals is None or "size of tensor" not in str(e):
+            raise
+        from graphflow_nodes.control.t2i_adapter import fit_message
+
+        raise ValueError(fit_message(unet, adapter_residuals, e)) from None
 
 
 class CFG(Node, name="CFG", category="sampling"):

@@ -70,9 +70,9 @@ class Family:
 
 
 FAMILIES = {
-    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0", "hires")),
+    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0", "hires", "t2i_adapter", "ip_adapter")),
     "sd2-v": Family("tiny_sd2_v", ("sd2-v",), ("txt2img", "img2img", "x0", "hires")),
-    "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff")),
+    "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff", "t2i_adapter", "ip_adapter")),
     "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
     "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
     "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
@@ -81,6 +81,11 @@ FAMILIES = {
     "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg"), FLUX_SCHEDULERS, FLOW_STEPS),
     "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0"), FLUX_SCHEDULERS, FLOW_STEPS),
 }
+#: entry points run on fewer schedulers and step counts than the family's: the control models change
+#: the UNet call, not the schedule, which the txt2img cells already cover (entry -> (schedulers, steps))
+ENTRY_LIMITS = {"t2i_adapter": (("model", "euler_a"), (1, 3)), "ip_adapter": (("model", "euler_a"), (1, 3))}
+ADAPTER_SCALE, IP_SCALE = 0.8, 0.6
+REFERENCE_IMAGE = REPO / "nodes" / "samples" / "yellow-square-on-green.png"
 
 
 #: entries that edit txt2img (CLIP skip, FreeU, weighted prompts): a couple of schedulers and one
@@ -170,7 +175,10 @@ def cells() -> list[Cell]:
         for config in fam.configs:
             for scheduler in fam.schedulers:
                 for entry in fam.entries:
-                    for steps in filter(functools.partial(schedule_exists, config, scheduler), fam.steps):
+                    limit_schedulers, limit_steps = ENTRY_LIMITS.get(entry, (fam.schedulers, fam.steps))
+                    if scheduler not in limit_schedulers:
+                        continue
+                    for steps in filter(functools.partial(schedule_exists, config, scheduler), limit_steps):
                         if entry == "img2img":
                             out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS
                                     if first_steps(s, steps, fname) < steps]
@@ -327,6 +335,8 @@ def reference(run: Run):
         image = p(batch_size=1, num_inference_steps=steps, generator=g, output_type="np").images
         return torch.from_numpy(image).permute(0, 3, 1, 2), rec.frames
     xl = family.startswith("sdxl")
+    if entry in ENTRY_LIMITS:
+        return control_reference(run, path, cfg, g)
     if entry == "handoff":
         base, refiner = pipeline("StableDiffusionXLPipeline", path), pipeline("StableDiffusionXLImg2ImgPipeline", refiner_folder())
         base.scheduler = scheduler_for(cfg, scheduler)
@@ -394,6 +404,48 @@ def edited_reference(p, run: Run, g: torch.Generator):
         p.unet.disable_freeu()  # the pipeline is cached for the other cells
 
 
+@functools.cache
+def control_files(family: str, config: str) -> dict[str, Path]:
+    """Tiny random control models for the cell's folder: a T2I-Adapter folder and an IP-Adapter
+    file (its image encoder beside it)."""
+    from tests.tiny_adapters import build_tiny_ip_adapter, build_tiny_t2i_adapter
+
+    path = FOLDERS[family, config]
+    adapter = build_tiny_t2i_adapter(path.parent / f"{path.name}-t2i-adapter", path, seed=5)
+    ip = build_tiny_ip_adapter(path.parent / f"{path.name}-ip-adapter" / "ip-adapter.safetensors", path, seed=6)
+    return {"adapter": adapter, "ip_adapter": ip}
+
+
+def control_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
+    """The T2I-Adapter pipelines (the control image resized to 64×64 by the pipeline, scaled by
+    ADAPTER_SCALE), or the text-to-image pipeline with ``load_ip_adapter`` + ``set_ip_adapter_scale``
+    (a pipeline of its own: loading the adapter changes its UNet)."""
+    import diffusers
+    from PIL import Image
+
+    xl = run.family.startswith("sdxl")
+    files = control_files(run.family, run.config)
+    extra = {} if xl else dict(safety_checker=None, requires_safety_checker=False)
+    kwargs: dict = dict(num_inference_steps=run.steps, guidance_scale=GUIDANCE, generator=g, output_type="pt")
+    if run.entry == "t2i_adapter":
+        adapter = diffusers.T2IAdapter.from_pretrained(files["adapter"], use_safetensors=True, local_files_only=True)
+        cls = diffusers.StableDiffusionXLAdapterPipeline if xl else diffusers.StableDiffusionAdapterPipeline
+        p = cls.from_pretrained(path, adapter=adapter, local_files_only=True, **extra)
+        kwargs |= dict(image=Image.open(IMAGE), height=64, width=64, adapter_conditioning_scale=ADAPTER_SCALE)
+    else:
+        cls = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
+        p = cls.from_pretrained(path, local_files_only=True, **extra)
+        p.load_ip_adapter(str(files["ip_adapter"].parent), subfolder="", weight_name=files["ip_adapter"].name, local_files_only=True)
+        p.set_ip_adapter_scale(IP_SCALE)
+        kwargs |= dict(ip_adapter_image=Image.open(REFERENCE_IMAGE))
+    p.set_progress_bar_config(disable=True)
+    p.scheduler = scheduler_for(cfg, run.scheduler)
+    image = p(PROMPT, **kwargs).images
+    if not torch.is_tensor(image):  # StableDiffusionAdapterPipeline decodes to numpy (batch, H, W, 3) whatever output_type says
+        image = torch.from_numpy(image).permute(0, 3, 1, 2)
+    return image, []
+
+
 def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
     """SD3's and Flux's pipelines: a 64×64 picture (Flux's default is 1024), SD3's two-half CFG at
     GUIDANCE, Flux's guidance embedding at FLOW_GUIDANCE (ignored by schnell), true CFG with a
@@ -426,6 +478,8 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
     ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3",
+    ("sd", "t2i_adapter"): "t2i_adapter", ("sdxl", "t2i_adapter"): "t2i_adapter_sdxl",
+    ("sd", "ip_adapter"): "ip_adapter", ("sdxl", "ip_adapter"): "ip_adapter_sdxl",
     ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
 }
 _EXECUTORS: dict[str, Executor] = {}
@@ -452,6 +506,12 @@ def graph(run: Run):
                    "tiled_vae": entry == "hires-tiled"}
     if entry == "handoff":
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
+    if entry == "t2i_adapter":
+        params |= {"adapter": str(control_files(family, run.config)["adapter"]), "control_image": str(IMAGE),
+                   "adapter_scale": ADAPTER_SCALE, "width": 64, "height": 64}
+    if entry == "ip_adapter":
+        params |= {"ip_adapter": str(control_files(family, run.config)["ip_adapter"]), "reference_image": str(REFERENCE_IMAGE),
+                   "ip_adapter_scale": IP_SCALE}
     if family in FLOW_FAMILIES:
         params |= {"prompt": PROMPT, "guidance": GUIDANCE if kind == "sd3" else FLOW_GUIDANCE}
         if base_entry != "img2img":

@@ -146,6 +146,14 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict |
         from tests.lora_files import lora_tensors, write_lora
 
         sets.append(f"lora={write_lora(tmp_path / 'lora.safetensors', *lora_tensors(tiny_model, seed=0))}")
+    if "adapter" in doc["params"]:  # tiny random control models made for the workflow's model
+        from tests.tiny_adapters import build_tiny_t2i_adapter
+
+        sets.append(f"adapter={build_tiny_t2i_adapter(tmp_path / 'adapter', family_model or tiny_model)}")
+    if "ip_adapter" in doc["params"]:
+        from tests.tiny_adapters import build_tiny_ip_adapter
+
+        sets.append(f"ip_adapter={build_tiny_ip_adapter(tmp_path / 'ip' / 'ip.safetensors', family_model or tiny_model)}")
     return sets
 
 
