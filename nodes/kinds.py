@@ -74,3 +74,7 @@ TEXT_IDS_K = kind("text_ids", description="Flux: the text tokens' position ids, 
 IMAGE_IDS_K = kind("image_ids", description="Flux: the packed latent patches' position ids, (patches, 3): (0, row, column)")
 TextIds = Annotated[Any, TEXT_IDS_K]
 ImageIds = Annotated[Any, IMAGE_IDS_K]
+MASK_K = kind("mask", description="(batch, 1, H, W) in [0, 1] at the picture's size: 1 repaints a pixel, 0 keeps it")
+LATENT_MASK_K = kind("latent_mask", description="a mask at the latents' size, (batch, 1, H/8, W/8): what inpainting blends or feeds the UNet")
+Mask = Annotated[Any, MASK_K]
+LatentMask = Annotated[Any, LATENT_MASK_K]

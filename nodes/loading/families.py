@@ -28,17 +28,17 @@ class Family:
 SCHEDULER_ANY = None
 FAMILIES = (
     Family(
-        "sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+        "sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "text_encoder": ("CLIPTextModel",),
          "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
-        "Stable Diffusion 1.x and 2.x (epsilon or v-prediction)",
+        "Stable Diffusion 1.x and 2.x (epsilon or v-prediction; 4-channel or 9-channel inpainting UNets)",
     ),
     Family(
-        "sdxl", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+        "sdxl", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
          "text_encoder": ("CLIPTextModel",), "text_encoder_2": ("CLIPTextModelWithProjection",),
          "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
-        "Stable Diffusion XL base: two text encoders, pooled embedding and size conditions",
+        "Stable Diffusion XL base: two text encoders, pooled embedding and size conditions (4-channel or 9-channel inpainting UNets)",
     ),
     Family(
         "sdxl-refiner", ("StableDiffusionXLImg2ImgPipeline",),

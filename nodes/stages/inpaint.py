@@ -1,0 +1,155 @@
+"""Inpainting's share of the loop, for both kinds of UNet, as diffusers' inpainting pipelines
+(SD 1.x and SDXL) branch on ``unet.config.in_channels``:
+
+- a dedicated inpainting UNet (9 input channels) is shown the mask and the masked picture's
+  latents beside its own latents at every step (``InpaintChannels``);
+- an ordinary UNet (4 channels) denoises the whole picture, and after each step the kept region
+  is put back from the original latents noised to the next timestep (``KeepUnmasked``).
+
+Each node passes its value through for the other kind, so one workflow serves both. The starting
+latents (``InpaintLatents``) draw from the seed in the pipeline's order, which differs between
+the two kinds: that order is what makes a seed give the pipeline's picture."""
+
+from __future__ import annotations
+
+from graphflow_nodes.kinds import SEED_MAX, VAE, Image, LatentMask, Latents, ModelInput, Rng, Scheduler, Timesteps, UNet
+from pydantic import Field
+
+from graphflow.node_api import Context, Inputs, Node, Outputs
+
+#: latents + mask + masked picture's latents: the input of SD's and SDXL's inpainting UNets
+INPAINT_CHANNELS = 9
+
+
+def unet_kind(unet, latent_channels: int = 4) -> str:
+    """'inpaint' (9 channels), 'plain' (the latents' own channels) or a refusal naming the count."""
+    c = unet.config.in_channels
+    if c == latent_channels:
+        return "plain"
+    if c == 2 * latent_channels + 1:
+        return "inpaint"
+    raise ValueError(f"unet: this UNet takes {c} input channels; inpainting runs a {latent_channels}-channel model "
+                     f"or a {2 * latent_channels + 1}-channel inpainting model")
+
+
+class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("models",)):
+    """The loop's starting latents for inpainting, drawn as diffusers' inpainting pipelines draw
+    them (``prepare_latents``): the picture is encoded first when the loop will need its latents
+    (a 4-channel UNet blends them back; a start step after 0 noises them), then the noise is
+    drawn. From step 0 the start is pure noise (strength 1); from a later step it is the
+    picture's latents noised to the first timestep."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="its input channels say whether the picture's latents are needed")
+        vae: VAE = Field(description="encodes the picture")
+        scheduler: Scheduler = Field(description="from Scheduler")
+        timesteps: Timesteps = Field(description="the timesteps to run; the first is the noise level")
+        image: Image = Field(description="the picture to inpaint, (batch, 3, H, W) in [0, 1]")
+        start_step: int = Field(0, ge=0, description="the Scheduler's start_step: 0 starts from pure noise (strength 1)")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="random seed")
+        rng: Rng | None = Field(None, description="draw from this generator state instead of a fresh one from the seed")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="the loop's starting latents")
+        noise: Latents = Field(description="the unit noise (KeepUnmasked noises the kept region with it)")
+        image_latents: Latents = Field(description="the picture's latents (zeros where they are not needed: a 9-channel UNet from step 0)")
+        rng: Rng = Field(description="the generator after these draws: give it to the masked picture's VAEEncode")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.runtime import generator_from, placement
+        from graphflow_nodes.stages.encoders import VAEEncode
+        from graphflow_nodes.stages.scheduler_state import clone
+        from graphflow_nodes.stages.vae import vae_scale_factor
+
+        unet, vae = ctx.models.get(i.unet), ctx.models.get(i.vae)
+        channels = vae.config.latent_channels
+        kind = unet_kind(unet, channels)
+        f = vae_scale_factor(vae)
+        b, _, h, w = i.image.shape
+        if h % f or w % f:
+            raise ValueError(f"image: {w}×{h} pixels is not a multiple of the VAE's factor {f}; resize it (LoadImage's width and height)")
+        device, dtype = placement(unet)
+        rng = i.rng
+        image_latents = None
+        if kind == "plain" or i.start_step > 0:
+            enc = VAEEncode.make_inputs({"vae": i.vae, "image": i.image, "seed": i.seed, "rng": rng})
+            out = VAEEncode().run(enc, ctx)
+            image_latents, rng = out["latents"], out["rng"]
+        g = generator_from(i.seed, rng)
+        noise = torch.randn((b, channels, h // f, w // f), generator=g, dtype=dtype).to(device)
+        s = clone(i.scheduler)
+        if i.start_step == 0:
+            latents = noise * s.init_noise_sigma
+        else:
+            latents = s.add_noise(image_latents, noise, i.timesteps[:1].repeat(b))
+        if image_latents is None:
+            image_latents = torch.zeros_like(noise)
+        return {"latents": latents, "noise": noise, "image_latents": image_latents, "rng": g.get_state()}
+
+
+class InpaintChannels(Node, name="InpaintChannels", category="sampling", uses=("models",)):
+    """A 9-channel inpainting UNet's input: the scaled latents, the mask and the masked picture's
+    latents side by side in the channel axis (each repeated for the guidance batch). For a
+    4-channel UNet the model input passes through unchanged."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="the UNet the input is for")
+        model_input: ModelInput = Field(description="from ScaleModelInput")
+        mask: LatentMask = Field(description="MaskToLatent's mask")
+        masked_latents: Latents = Field(description="VAEEncode of MaskedImage's picture")
+
+    class Out(Outputs):
+        model_input: ModelInput = Field(description="9 channels for an inpainting UNet, else the input as it was")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.runtime import to_batch
+
+        unet = ctx.models.get(i.unet)
+        if unet_kind(unet, i.masked_latents.shape[1]) == "plain":
+            return {"model_input": i.model_input}
+        x = i.model_input
+        if tuple(i.mask.shape[-2:]) != tuple(x.shape[-2:]) or tuple(i.masked_latents.shape[-2:]) != tuple(x.shape[-2:]):
+            raise ValueError(f"mask: {tuple(i.mask.shape[-2:])} and masked_latents {tuple(i.masked_latents.shape[-2:])} "
+                             f"must have the latents' size {tuple(x.shape[-2:])}")
+        n = x.shape[0]
+        mask = to_batch(i.mask.to(x), n, "mask")
+        masked = to_batch(i.masked_latents.to(x), n, "masked_latents")
+        return {"model_input": torch.cat([x, mask, masked], dim=1)}
+
+
+class KeepUnmasked(Node, name="KeepUnmasked", category="sampling", uses=("models", "iteration")):
+    """After a step of a 4-channel UNet, the kept region put back: the picture's latents noised to
+    the next timestep (clean after the last), blended by the mask, ``(1 − m)·known + m·latents``,
+    as diffusers' inpainting pipelines do with an ordinary model. Reads the loop's iteration to
+    find the next timestep. A 9-channel UNet's latents pass through unchanged."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="the loop's UNet (its input channels say which kind)")
+        scheduler: Scheduler = Field(description="the scheduler after this step (SchedulerStep.scheduler)")
+        latents: Latents = Field(description="the latents after this step (SchedulerStep.latents)")
+        image_latents: Latents = Field(description="InpaintLatents.image_latents")
+        noise: Latents = Field(description="InpaintLatents.noise")
+        mask: LatentMask = Field(description="MaskToLatent's mask")
+        timesteps: Timesteps = Field(description="the loop's timesteps")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="the blended latents")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.runtime import to_batch
+        from graphflow_nodes.stages.scheduler_state import clone
+
+        if unet_kind(ctx.models.get(i.unet), i.latents.shape[1]) == "inpaint":
+            return {"latents": i.latents}
+        k = 0 if ctx.iteration is None else ctx.iteration
+        known = i.image_latents.to(i.latents)
+        if k < len(i.timesteps) - 1:
+            s = clone(i.scheduler)
+            if getattr(s, "begin_index", 0) is None and hasattr(s, "set_begin_index"):
+                s.set_begin_index(0)  # the pipelines set it even from step 0: add_noise then reads the step index
+            known = s.add_noise(known, i.noise.to(i.latents), torch.tensor([i.timesteps[k + 1]]))
+        m = to_batch(i.mask.to(i.latents), i.latents.shape[0], "mask")
+        return {"latents": (1 - m) * known + m * i.latents}
