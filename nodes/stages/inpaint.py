@@ -75,7 +75,8 @@ class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("mod
         if kind == "plain" or i.start_step > 0:
             enc = VAEEncode.make_inputs({"vae": i.vae, "image": i.image, "seed": i.seed, "rng": rng})
             out = VAEEncode().run(enc, ctx)
-            image_latents, rng = out["latents"], out["rng"]
+            # the pipelines' latents are contiguous; a channels-last copy would decode 1e-6 apart
+            image_latents, rng = out["latents"].contiguous(), out["rng"]
         g = generator_from(i.seed, rng)
         noise = torch.randn((b, channels, h // f, w // f), generator=g, dtype=dtype).to(device)
         s = clone(i.scheduler)

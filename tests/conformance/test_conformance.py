@@ -31,6 +31,7 @@ from graphflow_nodes.stages.scheduling import SCHEDULERS
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "nodes" / "samples" / "red-circle-on-blue.png"
+MASK = REPO / "nodes" / "samples" / "circle-mask.png"
 PROMPT = "a red circle on a blue background"
 SEED, GUIDANCE, SWITCH = 3, 5.0, 0.6
 BOUND = 1e-5  # max abs difference of a cell, pictures in [0, 1] and latents alike
@@ -52,6 +53,13 @@ NEGATIVE, TRUE_CFG = "blurry", 2.0
 #: ``step``), DDIMPipeline only DDIM: LMS and PNDM take no generator, and the sigma schedulers
 #: (Euler, Euler ancestral, Heun) need scaled inputs that these pipelines never make.
 PIXEL_SCHEDULERS = ("model", "ddpm", "ddim", "dpm")
+#: inpainting runs a few schedulers: the model's own, DDIM (noises the kept region by
+#: ``alphas_cumprod``), Euler ancestral (by sigma, and draws in the loop: the generator's order)
+#: and Heun (its repeated timesteps: the blend must read the step index, not look the timestep up)
+INPAINT_SCHEDULERS = ("model", "ddim", "euler_a", "heun")
+INPAINT_STEPS = (1, 3)
+#: strength 1 starts from pure noise (a 9-channel UNet never encodes the picture then), 0.75 from the noised picture
+INPAINT_STRENGTHS = (1.0, 0.75)
 
 
 @dataclass(frozen=True)
@@ -64,9 +72,11 @@ class Family:
 
 
 FAMILIES = {
-    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0")),
+    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0", "inpaint")),
+    "sd1-inpaint": Family("tiny_inpaint", ("sd15",), ("inpaint",)),
     "sd2-v": Family("tiny_sd2_v", ("sd2-v",), ("txt2img", "img2img", "x0")),
-    "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff")),
+    "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff", "inpaint")),
+    "sdxl-inpaint": Family("tiny_sdxl_inpaint", ("sdxl",), ("inpaint",)),
     "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
     "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
     "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
@@ -154,7 +164,11 @@ def cells() -> list[Cell]:
             for scheduler in fam.schedulers:
                 for entry in fam.entries:
                     for steps in filter(functools.partial(schedule_exists, config, scheduler), fam.steps):
-                        if entry == "img2img":
+                        if entry == "inpaint":
+                            if scheduler in INPAINT_SCHEDULERS and steps in INPAINT_STEPS:
+                                out += [Cell(fname, config, scheduler, f"inpaint-{s}", steps) for s in INPAINT_STRENGTHS
+                                        if first_steps(s, steps, fname) < steps]
+                        elif entry == "img2img":
                             out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS
                                     if first_steps(s, steps, fname) < steps]
                         elif entry == "handoff":
@@ -310,6 +324,12 @@ def reference(run: Run):
         image = refiner(PROMPT, image=latents, num_inference_steps=steps, denoising_start=SWITCH, guidance_scale=GUIDANCE,
                         generator=g, output_type="pt").images
         return image, []
+    if entry.startswith("inpaint"):
+        p = pipeline("StableDiffusionXLInpaintPipeline" if xl else "StableDiffusionInpaintPipeline", path)
+        p.scheduler = scheduler_for(cfg, scheduler)
+        image = p(PROMPT, image=Image.open(IMAGE), mask_image=Image.open(MASK), strength=float(entry.split("-")[1]),
+                  num_inference_steps=steps, guidance_scale=GUIDANCE, generator=g, output_type="pt").images
+        return image, []
     if entry.startswith("img2img"):
         p = pipeline("StableDiffusionXLImg2ImgPipeline" if xl else "StableDiffusionImg2ImgPipeline", path)
         p.scheduler = scheduler_for(cfg, scheduler)
@@ -348,7 +368,7 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 # --- the graph side ------------------------------------------------------------------------------
 
 WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
-    ("sd", "txt2img"): "txt2img", ("sd", "img2img"): "img2img",
+    ("sd", "txt2img"): "txt2img", ("sd", "img2img"): "img2img", ("sd", "inpaint"): "inpaint", ("sdxl", "inpaint"): "inpaint_sdxl",
     ("sdxl", "txt2img"): "txt2img_sdxl", ("sdxl", "img2img"): "img2img_sdxl", ("sdxl", "handoff"): "txt2img_sdxl_refiner",
     ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
@@ -364,7 +384,7 @@ def graph(run: Run):
     ``pred_x0``. One executor per family, so models load once."""
     family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
     path = FOLDERS[family, run.config]
-    kind = "sd" if family in ("sd1", "sd2-v") else family.split("-")[0] if family in FLOW_FAMILIES else family
+    kind = "sd" if family in ("sd1", "sd2-v", "sd1-inpaint") else family.split("-")[0] if family in (*FLOW_FAMILIES, "sdxl-inpaint") else family
     base_entry = entry.split("-")[0]
     doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
     doc["outputs"] = {"image": doc["outputs"]["image"]}
@@ -372,8 +392,10 @@ def graph(run: Run):
     if base_entry in ("txt2img", "true_cfg"):
         doc["nodes"]["denoise"].setdefault("collect", {})["x0"] = {"from": "step.pred_x0"}
         doc["outputs"]["x0"] = "denoise.x0"
-    if entry.startswith("img2img"):
+    if entry.startswith(("img2img", "inpaint")):
         params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps, family)}
+    if entry.startswith("inpaint"):
+        params["mask"] = str(MASK)
     if entry == "handoff":
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
     if family in FLOW_FAMILIES:
