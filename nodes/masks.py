@@ -227,8 +227,8 @@ def outpaint_mask(height: int, width: int, top: int, right: int, bottom: int, le
         far_h, far_w = torch.full_like(rows, height), torch.full_like(cols, width)
         d = torch.stack([rows if top else far_h, height - rows if bottom else far_h,
                          cols if left else far_w, width - cols if right else far_w]).amin(0)
-        v = (feathering - d).clamp_min(0).float() / feathering
-        inner = v * v
+        v = (feathering - d).clamp_min(0).double() / feathering  # in double, then stored: ComfyUI's Python floats
+        inner = (v * v).float()
     mask[top : top + height, left : left + width] = inner
     return mask
 
