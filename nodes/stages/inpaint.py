@@ -12,7 +12,7 @@ the two kinds: that order is what makes a seed give the pipeline's picture."""
 
 from __future__ import annotations
 
-from graphflow_nodes.kinds import SEED_MAX, VAE, Image, LatentMask, Latents, ModelInput, Rng, Scheduler, Timesteps, UNet
+from graphflow_nodes.kinds import SEED_MAX, VAE, Image, LatentMask, Latents, ModelInput, Rng, Scheduler, Timesteps, Transformer, UNet
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -21,15 +21,31 @@ from graphflow.node_api import Context, Inputs, Node, Outputs
 INPAINT_CHANNELS = 9
 
 
-def unet_kind(unet, latent_channels: int = 4) -> str:
-    """'inpaint' (9 channels), 'plain' (the latents' own channels) or a refusal naming the count."""
+def unet_kind(unet, latent_channels: int = 4, field: str = "unet") -> str:
+    """'inpaint' (9 channels for SD's 4-channel latents), 'plain' (the latents' own channels) or a
+    refusal naming the count."""
     c = unet.config.in_channels
     if c == latent_channels:
         return "plain"
-    if c == 2 * latent_channels + 1:
+    if c == 2 * latent_channels + 1 and field == "unet":
         return "inpaint"
-    raise ValueError(f"unet: this UNet takes {c} input channels; inpainting runs a {latent_channels}-channel model "
-                     f"or a {2 * latent_channels + 1}-channel inpainting model")
+    kinds = f"a {latent_channels}-channel model" + (f" or a {2 * latent_channels + 1}-channel inpainting model" if field == "unet" else "")
+    raise ValueError(f"{field}: this model takes {c} input channels; inpainting runs {kinds}")
+
+
+def denoiser(ctx: Context, i) -> tuple[object, str]:
+    """The node's UNet or (SD3) transformer, and the field it came in on: exactly one is given."""
+    if (i.unet is None) == (i.transformer is None):
+        raise ValueError("unet, transformer: give one, the UNet (SD 1.x, SDXL) or the transformer (SD3)")
+    return (ctx.models.get(i.unet), "unet") if i.unet is not None else (ctx.models.get(i.transformer), "transformer")
+
+
+def noised(scheduler, latents, noise, t):
+    """Clean latents noised to timestep ``t``: ``add_noise``, or for a flow-matching scheduler
+    ``scale_noise`` (σ·noise + (1 − σ)·latents), as AddNoise does."""
+    if not hasattr(scheduler, "add_noise") and hasattr(scheduler, "scale_noise"):
+        return scheduler.scale_noise(latents, t, noise)
+    return scheduler.add_noise(latents, noise, t)
 
 
 class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("models",)):
@@ -40,7 +56,8 @@ class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("mod
     picture's latents noised to the first timestep."""
 
     class In(Inputs):
-        unet: UNet = Field(description="its input channels say whether the picture's latents are needed")
+        unet: UNet | None = Field(None, description="its input channels say whether the picture's latents are needed")
+        transformer: Transformer | None = Field(None, description="SD3: the transformer, in place of a UNet")
         vae: VAE = Field(description="encodes the picture")
         scheduler: Scheduler = Field(description="from Scheduler")
         timesteps: Timesteps = Field(description="the timesteps to run; the first is the noise level")
@@ -62,9 +79,9 @@ class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("mod
         from graphflow_nodes.stages.scheduler_state import clone
         from graphflow_nodes.stages.vae import vae_scale_factor
 
-        unet, vae = ctx.models.get(i.unet), ctx.models.get(i.vae)
+        (unet, field), vae = denoiser(ctx, i), ctx.models.get(i.vae)
         channels = vae.config.latent_channels
-        kind = unet_kind(unet, channels)
+        kind = unet_kind(unet, channels, field)
         f = vae_scale_factor(vae)
         b, _, h, w = i.image.shape
         if h % f or w % f:
@@ -81,9 +98,9 @@ class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("mod
         noise = torch.randn((b, channels, h // f, w // f), generator=g, dtype=dtype).to(device)
         s = clone(i.scheduler)
         if i.start_step == 0:
-            latents = noise * s.init_noise_sigma
+            latents = noise * getattr(s, "init_noise_sigma", 1.0)
         else:
-            latents = s.add_noise(image_latents, noise, i.timesteps[:1].repeat(b))
+            latents = noised(s, image_latents, noise, i.timesteps[:1].repeat(b))
         if image_latents is None:
             image_latents = torch.zeros_like(noise)
         return {"latents": latents, "noise": noise, "image_latents": image_latents, "rng": g.get_state()}
@@ -127,7 +144,8 @@ class KeepUnmasked(Node, name="KeepUnmasked", category="sampling", uses=("models
     find the next timestep. A 9-channel UNet's latents pass through unchanged."""
 
     class In(Inputs):
-        unet: UNet = Field(description="the loop's UNet (its input channels say which kind)")
+        unet: UNet | None = Field(None, description="the loop's UNet (its input channels say which kind)")
+        transformer: Transformer | None = Field(None, description="SD3: the transformer, in place of a UNet")
         scheduler: Scheduler = Field(description="the scheduler after this step (SchedulerStep.scheduler)")
         latents: Latents = Field(description="the latents after this step (SchedulerStep.latents)")
         image_latents: Latents = Field(description="InpaintLatents.image_latents")
@@ -143,7 +161,8 @@ class KeepUnmasked(Node, name="KeepUnmasked", category="sampling", uses=("models
         from graphflow_nodes.runtime import to_batch
         from graphflow_nodes.stages.scheduler_state import clone
 
-        if unet_kind(ctx.models.get(i.unet), i.latents.shape[1]) == "inpaint":
+        model, field = denoiser(ctx, i)
+        if unet_kind(model, i.latents.shape[1], field) == "inpaint":
             return {"latents": i.latents}
         k = 0 if ctx.iteration is None else ctx.iteration
         known = i.image_latents.to(i.latents)
@@ -151,6 +170,6 @@ class KeepUnmasked(Node, name="KeepUnmasked", category="sampling", uses=("models
             s = clone(i.scheduler)
             if getattr(s, "begin_index", 0) is None and hasattr(s, "set_begin_index"):
                 s.set_begin_index(0)  # the pipelines set it even from step 0: add_noise then reads the step index
-            known = s.add_noise(known, i.noise.to(i.latents), torch.tensor([i.timesteps[k + 1]]))
+            known = noised(s, known, i.noise.to(i.latents), torch.tensor([i.timesteps[k + 1]]))
         m = to_batch(i.mask.to(i.latents), i.latents.shape[0], "mask")
         return {"latents": (1 - m) * known + m * i.latents}

@@ -55,8 +55,9 @@ NEGATIVE, TRUE_CFG = "blurry", 2.0
 PIXEL_SCHEDULERS = ("model", "ddpm", "ddim", "dpm")
 #: inpainting runs a few schedulers: the model's own, DDIM (noises the kept region by
 #: ``alphas_cumprod``), Euler ancestral (by sigma, and draws in the loop: the generator's order)
-#: and Heun (its repeated timesteps: the blend must read the step index, not look the timestep up)
-INPAINT_SCHEDULERS = ("model", "ddim", "euler_a", "heun")
+#: and Heun (its repeated timesteps: the blend must read the step index, not look the timestep up);
+#: SD3's own FlowMatch Euler and FlowMatch Heun
+INPAINT_SCHEDULERS = ("model", "ddim", "euler_a", "heun", "flow_heun")
 INPAINT_STEPS = (1, 3)
 #: strength 1 starts from pure noise (a 9-channel UNet never encodes the picture then), 0.75 from the noised picture
 INPAINT_STRENGTHS = (1.0, 0.75)
@@ -80,7 +81,7 @@ FAMILIES = {
     "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
     "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
     "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
-    "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0"), SD3_SCHEDULERS, FLOW_STEPS),
+    "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0", "inpaint"), SD3_SCHEDULERS, FLOW_STEPS),
     "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
     "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg"), FLUX_SCHEDULERS, FLOW_STEPS),
     "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0"), FLUX_SCHEDULERS, FLOW_STEPS),
@@ -355,12 +356,23 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
     if run.entry.startswith("img2img"):
         p = pipeline("StableDiffusion3Img2ImgPipeline" if sd3 else "FluxImg2ImgPipeline", path)
         kwargs |= dict(image=Image.open(IMAGE), strength=float(run.entry.split("-")[1]))
+    elif run.entry.startswith("inpaint"):
+        p = pipeline("StableDiffusion3InpaintPipeline" if sd3 else "FluxInpaintPipeline", path)
+        kwargs |= dict(image=Image.open(IMAGE), mask_image=Image.open(MASK), strength=float(run.entry.split("-")[1]))
     else:
         p = pipeline("StableDiffusion3Pipeline" if sd3 else "FluxPipeline", path)
     if run.entry == "true_cfg":
         kwargs |= dict(negative_prompt=NEGATIVE, true_cfg_scale=TRUE_CFG)
     p.scheduler = scheduler_for(cfg, run.scheduler)
     rec = Recorder(p.scheduler)
+    if sd3 and run.entry.startswith("inpaint"):
+        # StableDiffusion3InpaintPipeline decodes without the VAE's shift_factor (diffusers issue
+        # #13611, "SD3 inpaint decode drops the VAE shift"): its latents, decoded as every other
+        # SD3 pipeline decodes them, are the reference
+        latents = p(PROMPT, **(kwargs | {"output_type": "latent"})).images
+        with torch.no_grad():
+            decoded = p.vae.decode(latents / p.vae.config.scaling_factor + p.vae.config.shift_factor, return_dict=False)[0]
+        return p.image_processor.postprocess(decoded, output_type="pt"), []
     image = p(PROMPT, **kwargs).images
     return image, rec.frames if run.entry == "txt2img" else []
 
@@ -372,7 +384,7 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sdxl", "txt2img"): "txt2img_sdxl", ("sdxl", "img2img"): "img2img_sdxl", ("sdxl", "handoff"): "txt2img_sdxl_refiner",
     ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
-    ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3",
+    ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3", ("sd3", "inpaint"): "inpaint_sd3",
     ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
 }
 _EXECUTORS: dict[str, Executor] = {}
@@ -400,7 +412,7 @@ def graph(run: Run):
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
     if family in FLOW_FAMILIES:
         params |= {"prompt": PROMPT, "guidance": GUIDANCE if kind == "sd3" else FLOW_GUIDANCE}
-        if base_entry != "img2img":
+        if base_entry not in ("img2img", "inpaint"):
             params |= {"width": 64, "height": 64}
         if entry == "true_cfg":
             params |= {"negative_prompt": NEGATIVE, "true_cfg": TRUE_CFG}
