@@ -1,5 +1,6 @@
 """Inpainting's share of the loop, for both kinds of UNet, as diffusers' inpainting pipelines
-(SD 1.x and SDXL) branch on ``unet.config.in_channels``:
+(SD 1.x and SDXL) branch on ``unet.config.in_channels`` (SD3's and Flux's transformers blend, as
+a 4-channel UNet does):
 
 - a dedicated inpainting UNet (9 input channels) is shown the mask and the masked picture's
   latents beside its own latents at every step (``InpaintChannels``);
@@ -7,8 +8,8 @@
   is put back from the original latents noised to the next timestep (``KeepUnmasked``).
 
 Each node passes its value through for the other kind, so one workflow serves both. The starting
-latents (``InpaintLatents``) draw from the seed in the pipeline's order, which differs between
-the two kinds: that order is what makes a seed give the pipeline's picture."""
+latents (``InpaintLatents``, then ``InpaintStart``) draw from the seed in the pipeline's order,
+which differs between the two kinds: that order is what makes a seed give the pipeline's picture."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def unet_kind(unet, latent_channels: int = 4, field: str = "unet") -> str:
     """'inpaint' (9 channels for SD's 4-channel latents), 'plain' (the latents' own channels) or a
     refusal naming the count."""
     c = unet.config.in_channels
-    if c == latent_channels:
-        return "plain"
+    if c == latent_channels or (type(unet).__name__ == "FluxTransformer2DModel" and c == 4 * latent_channels):
+        return "plain"  # Flux's transformer takes packed 2×2 patches: four times the latents' channels
     if c == 2 * latent_channels + 1 and field == "unet":
         return "inpaint"
     kinds = f"a {latent_channels}-channel model" + (f" or a {2 * latent_channels + 1}-channel inpainting model" if field == "unet" else "")
@@ -36,7 +37,7 @@ def unet_kind(unet, latent_channels: int = 4, field: str = "unet") -> str:
 def denoiser(ctx: Context, i) -> tuple[object, str]:
     """The node's UNet or (SD3) transformer, and the field it came in on: exactly one is given."""
     if (i.unet is None) == (i.transformer is None):
-        raise ValueError("unet, transformer: give one, the UNet (SD 1.x, SDXL) or the transformer (SD3)")
+        raise ValueError("unet, transformer: give one, the UNet (SD 1.x, SDXL) or the transformer (SD3, Flux)")
     return (ctx.models.get(i.unet), "unet") if i.unet is not None else (ctx.models.get(i.transformer), "transformer")
 
 
@@ -49,44 +50,40 @@ def noised(scheduler, latents, noise, t):
 
 
 class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("models",)):
-    """The loop's starting latents for inpainting, drawn as diffusers' inpainting pipelines draw
-    them (``prepare_latents``): the picture is encoded first when the loop will need its latents
-    (a 4-channel UNet blends them back; a start step after 0 noises them), then the noise is
-    drawn. From step 0 the start is pure noise (strength 1); from a later step it is the
-    picture's latents noised to the first timestep."""
+    """Inpainting's draws, in the order diffusers' inpainting pipelines make them
+    (``prepare_latents``): the picture is encoded first when the loop will need its latents (a
+    4-channel UNet or a Flux/SD3 transformer blends them back; a start step after 0 noises them),
+    then the noise. ``InpaintStart`` makes the loop's start from them once the schedule is known
+    (Flux's schedule depends on the picture's size, so the draws come before it)."""
 
     class In(Inputs):
         unet: UNet | None = Field(None, description="its input channels say whether the picture's latents are needed")
-        transformer: Transformer | None = Field(None, description="SD3: the transformer, in place of a UNet")
+        transformer: Transformer | None = Field(None, description="SD3 or Flux: the transformer, in place of a UNet")
         vae: VAE = Field(description="encodes the picture")
-        scheduler: Scheduler = Field(description="from Scheduler")
-        timesteps: Timesteps = Field(description="the timesteps to run; the first is the noise level")
         image: Image = Field(description="the picture to inpaint, (batch, 3, H, W) in [0, 1]")
         start_step: int = Field(0, ge=0, description="the Scheduler's start_step: 0 starts from pure noise (strength 1)")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="random seed")
         rng: Rng | None = Field(None, description="draw from this generator state instead of a fresh one from the seed")
 
     class Out(Outputs):
-        latents: Latents = Field(description="the loop's starting latents")
-        noise: Latents = Field(description="the unit noise (KeepUnmasked noises the kept region with it)")
         image_latents: Latents = Field(description="the picture's latents (zeros where they are not needed: a 9-channel UNet from step 0)")
+        noise: Latents = Field(description="the unit noise (InpaintStart starts from it, KeepUnmasked noises the kept region with it)")
         rng: Rng = Field(description="the generator after these draws: give it to the masked picture's VAEEncode")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
         from graphflow_nodes.runtime import generator_from, placement
         from graphflow_nodes.stages.encoders import VAEEncode
-        from graphflow_nodes.stages.scheduler_state import clone
         from graphflow_nodes.stages.vae import vae_scale_factor
 
-        (unet, field), vae = denoiser(ctx, i), ctx.models.get(i.vae)
+        (model, field), vae = denoiser(ctx, i), ctx.models.get(i.vae)
         channels = vae.config.latent_channels
-        kind = unet_kind(unet, channels, field)
+        kind = unet_kind(model, channels, field)
         f = vae_scale_factor(vae)
         b, _, h, w = i.image.shape
         if h % f or w % f:
             raise ValueError(f"image: {w}×{h} pixels is not a multiple of the VAE's factor {f}; resize it (LoadImage's width and height)")
-        device, dtype = placement(unet)
+        device, dtype = placement(model)
         rng = i.rng
         image_latents = None
         if kind == "plain" or i.start_step > 0:
@@ -96,14 +93,34 @@ class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("mod
             image_latents, rng = out["latents"].contiguous(), out["rng"]
         g = generator_from(i.seed, rng)
         noise = torch.randn((b, channels, h // f, w // f), generator=g, dtype=dtype).to(device)
-        s = clone(i.scheduler)
-        if i.start_step == 0:
-            latents = noise * getattr(s, "init_noise_sigma", 1.0)
-        else:
-            latents = noised(s, image_latents, noise, i.timesteps[:1].repeat(b))
         if image_latents is None:
             image_latents = torch.zeros_like(noise)
-        return {"latents": latents, "noise": noise, "image_latents": image_latents, "rng": g.get_state()}
+        return {"image_latents": image_latents, "noise": noise, "rng": g.get_state()}
+
+
+class InpaintStart(Node, name="InpaintStart", category="latents"):
+    """The loop's starting latents for inpainting: from step 0 (strength 1) pure noise times the
+    scheduler's initial sigma, from a later step the picture's latents noised to the first
+    timestep (``add_noise``, or ``scale_noise`` for flow matching), as the pipelines'
+    ``prepare_latents`` make them."""
+
+    class In(Inputs):
+        scheduler: Scheduler = Field(description="from Scheduler")
+        timesteps: Timesteps = Field(description="the timesteps to run; the first is the noise level")
+        image_latents: Latents = Field(description="InpaintLatents.image_latents")
+        noise: Latents = Field(description="InpaintLatents.noise")
+        start_step: int = Field(0, ge=0, description="the Scheduler's start_step")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="the loop's starting latents")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        from graphflow_nodes.stages.scheduler_state import clone
+
+        s = clone(i.scheduler)
+        if i.start_step == 0:
+            return {"latents": i.noise * getattr(s, "init_noise_sigma", 1.0)}
+        return {"latents": noised(s, i.image_latents, i.noise, i.timesteps[:1].repeat(i.noise.shape[0]))}
 
 
 class InpaintChannels(Node, name="InpaintChannels", category="sampling", uses=("models",)):
@@ -145,7 +162,7 @@ class KeepUnmasked(Node, name="KeepUnmasked", category="sampling", uses=("models
 
     class In(Inputs):
         unet: UNet | None = Field(None, description="the loop's UNet (its input channels say which kind)")
-        transformer: Transformer | None = Field(None, description="SD3: the transformer, in place of a UNet")
+        transformer: Transformer | None = Field(None, description="SD3 or Flux: the transformer, in place of a UNet")
         scheduler: Scheduler = Field(description="the scheduler after this step (SchedulerStep.scheduler)")
         latents: Latents = Field(description="the latents after this step (SchedulerStep.latents)")
         image_latents: Latents = Field(description="InpaintLatents.image_latents")
@@ -162,6 +179,8 @@ class KeepUnmasked(Node, name="KeepUnmasked", category="sampling", uses=("models
         from graphflow_nodes.stages.scheduler_state import clone
 
         model, field = denoiser(ctx, i)
+        if i.latents.ndim != 4:
+            raise ValueError(f"latents: {tuple(i.latents.shape)} are packed (Flux): unpack them first (UnpackLatents), blend, and pack again")
         if unet_kind(model, i.latents.shape[1], field) == "inpaint":
             return {"latents": i.latents}
         k = 0 if ctx.iteration is None else ctx.iteration

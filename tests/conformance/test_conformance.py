@@ -83,8 +83,8 @@ FAMILIES = {
     "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
     "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0", "inpaint"), SD3_SCHEDULERS, FLOW_STEPS),
     "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
-    "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg"), FLUX_SCHEDULERS, FLOW_STEPS),
-    "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
 }
 
 
@@ -385,7 +385,7 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sdxl-refiner", "img2img"): "img2img_sdxl_refiner",
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
     ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3", ("sd3", "inpaint"): "inpaint_sd3",
-    ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
+    ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg", ("flux", "inpaint"): "inpaint_flux",
 }
 _EXECUTORS: dict[str, Executor] = {}
 
