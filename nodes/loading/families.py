@@ -48,7 +48,7 @@ FAMILIES = (
         {"requires_aesthetics_score": True},
     ),
     Family(
-        "sd3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"),
+        "sd3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
          "tokenizer_3": ("T5TokenizerFast", "T5Tokenizer"), "text_encoder": ("CLIPTextModelWithProjection",),
          "text_encoder_2": ("CLIPTextModelWithProjection",), "text_encoder_3": ("T5EncoderModel",),
@@ -57,7 +57,7 @@ FAMILIES = (
         optional=("tokenizer_3", "text_encoder_3"),
     ),
     Family(
-        "flux", ("FluxPipeline", "FluxImg2ImgPipeline"),
+        "flux", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("T5TokenizerFast", "T5Tokenizer"),
          "text_encoder": ("CLIPTextModel",), "text_encoder_2": ("T5EncoderModel",),
          "transformer": ("FluxTransformer2DModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},

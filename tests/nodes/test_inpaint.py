@@ -174,6 +174,18 @@ def test_a_mask_cannot_be_wired_where_an_image_or_a_latent_mask_goes():
     ]
 
 
+def test_a_picture_off_the_vaes_grid_and_a_missing_model_are_refused():
+    wf = workflow("inpaint", steps=1)
+    for node in ("image", "load_mask"):
+        wf.doc.raw["nodes"][node]["inputs"] |= {"width": 60, "height": 60}
+    node, msg = _failure(graphflow.Workflow.from_dict(wf.doc.raw))
+    assert node == "inpaint_latents" and msg.startswith("image: 60×60 pixels is not a multiple of the VAE's factor 8")
+    wf = workflow("inpaint", steps=1)
+    del wf.doc.raw["nodes"]["inpaint_latents"]["inputs"]["unet"]
+    node, msg = _failure(graphflow.Workflow.from_dict(wf.doc.raw))
+    assert node == "inpaint_latents" and msg == "unet, transformer: give one, the UNet (SD 1.x, SDXL) or the transformer (SD3, Flux)"
+
+
 # --- inpainting models ------------------------------------------------------------------------
 
 def test_a_9_channel_inpainting_folder_loads(tiny_inpaint):
