@@ -86,3 +86,7 @@ T2IAdapterModel = Annotated[Any, T2I_ADAPTER_K]
 ImageEncoder = Annotated[Any, IMAGE_ENCODER_K]
 AdapterResiduals = Annotated[Any, ADAPTER_RESIDUALS_K]
 ImagePrompts = Annotated[Any, IMAGE_PROMPTS_K]
+MASK_K = kind("mask", description="(batch, 1, H, W) in [0, 1] at the picture's size: 1 repaints a pixel, 0 keeps it")
+LATENT_MASK_K = kind("latent_mask", description="a mask at the latents' size, (batch, 1, H/8, W/8): what inpainting blends or feeds the UNet")
+Mask = Annotated[Any, MASK_K]
+LatentMask = Annotated[Any, LATENT_MASK_K]

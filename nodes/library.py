@@ -13,8 +13,9 @@ from pathlib import Path
 WORKFLOWS = Path(__file__).with_name("workflows")
 
 NODE_MODULES = (
-    "images", "loading.lora", "loading.freeu", "loading.models",
+    "images", "masks", "loading.lora", "loading.freeu", "loading.models",
     "stages.encoders", "stages.weighting", "stages.tokens", "stages.before_denoise", "stages.scheduling", "stages.denoise", "stages.decoders",
+    "stages.inpaint",
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",

@@ -101,3 +101,19 @@ def tiny_flux_schnell(tmp_path_factory) -> Path:
     from tests.tiny_flow_models import build_tiny_flux
 
     return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-random-flux-schnell", seed=1, guidance_embeds=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint(tiny_model, tmp_path_factory) -> Path:
+    """tiny_model's components with a 9-channel inpainting UNet (StableDiffusionInpaintPipeline)."""
+    from tests.tiny_model import build_tiny_inpaint
+
+    return build_tiny_inpaint(tiny_model, tmp_path_factory.mktemp("models") / "tiny-random-sd-inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpaint(tiny_sdxl, tmp_path_factory) -> Path:
+    """tiny_sdxl's components with a 9-channel inpainting UNet (StableDiffusionXLInpaintPipeline)."""
+    from tests.tiny_model import build_tiny_inpaint
+
+    return build_tiny_inpaint(tiny_sdxl, tmp_path_factory.mktemp("models") / "tiny-random-sdxl-inpaint", seed=3)

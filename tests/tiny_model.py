@@ -254,3 +254,23 @@ def build_tiny_sdxl_refiner(path: Path, base: Path | None = None, seed: int = 1)
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
+
+
+def build_tiny_inpaint(base: Path, path: Path, seed: int = 2) -> Path:
+    """A tiny random inpainting folder made from a tiny SD 1.x or SDXL one: the same components
+    but a UNet of the same shape taking 9 input channels (latents, mask, masked picture's latents),
+    as stable-diffusion-inpainting and sdxl-inpainting checkpoints do, under the inpainting
+    pipeline's class name (how a real inpainting folder names itself)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    shutil.copytree(base, path)
+    config = dict(UNet2DConditionModel.load_config(path / "unet"))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**config, "in_channels": 9})
+    shutil.rmtree(path / "unet")
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    index = json.loads((path / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionXLInpaintPipeline" if "XL" in index["_class_name"] else "StableDiffusionInpaintPipeline"
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path

@@ -98,6 +98,11 @@ def header_shapes(path: Path) -> dict[str, tuple]:
         raise ModelError(f"{path} is not a readable safetensors file: {e}") from None
 
 
+#: a UNet's input channels LoadModel takes: text-to-image latents (4), or an inpainting UNet's
+#: latents, mask and masked picture's latents (9: see stages/inpaint.py)
+UNET_CHANNELS = (4, 9)
+
+
 def detect_family(keys) -> str | None:
     """The checkpoint family from its keys: sd1, sd2, sdxl, sdxl-refiner, or None when it is no SD
     checkpoint."""
@@ -184,10 +189,10 @@ def variant_for(name: str, shapes: dict[str, tuple], config: str = "") -> Varian
     for comp, prefix in PREFIXES[family].items():
         if not any(k.startswith(prefix) for k in shapes):
             raise ModelError(f"{name} is a single-file {family} checkpoint without its {comp} ({prefix}… weights)")
-    if UNET_KEY not in shapes or shapes[UNET_KEY][1] != 4:
+    if UNET_KEY not in shapes or shapes[UNET_KEY][1] not in UNET_CHANNELS:
         channels = shapes[UNET_KEY][1] if UNET_KEY in shapes else "?"
-        raise ModelError(f"{name}: its UNet takes {channels} input channels (an inpainting or other special model); "
-                         "only text-to-image checkpoints (4 channels) are supported")
+        raise ModelError(f"{name}: its UNet takes {channels} input channels (a special model, e.g. instruct-pix2pix's 8); "
+                         "text-to-image (4 channels) and inpainting (9 channels) checkpoints are supported")
     if VAE_KEY not in shapes:
         raise ModelError(f"{name} has no VAE encoder ({VAE_KEY})")
     facts = _shape_facts(shapes, family)
@@ -240,7 +245,8 @@ def load_checkpoint_component(ref: CheckpointRef, device: str, dtype_name: str) 
         level = dlog.get_verbosity()
         dlog.set_verbosity_error()  # from_single_file warns about its own model.to(torch_dtype)
         try:
-            model = cls.from_single_file(tensors, config=ref.config, subfolder=ref.component, torch_dtype=dtype, local_files_only=True)
+            extra = {"in_channels": ref.in_channels} if ref.in_channels else {}
+            model = cls.from_single_file(tensors, config=ref.config, subfolder=ref.component, torch_dtype=dtype, local_files_only=True, **extra)
         finally:
             dlog.set_verbosity(level)
     else:
@@ -258,6 +264,8 @@ class CheckpointRef(ModelRef):
 
     config: str = field(default="", compare=False)
     prefix: str = field(default="", compare=False)
+    #: the UNet's input channels when the file's differ from the config's (an inpainting UNet's 9)
+    in_channels: int = field(default=0, compare=False)
 
     def load(self, manager: Any) -> Any:
         if self.patches:
@@ -305,9 +313,10 @@ def checkpoint_refs(path: Path, config: str = "") -> dict[str, Any]:
     v = choose_variant(path, config)
     ref_family = REF_FAMILY[v.family]
     where, file_id = str(path.resolve()), content_id(path)
+    channels = header_shapes(path)[UNET_KEY][1]  # an inpainting checkpoint's UNet takes 9, its config says 4
     out: dict[str, Any] = {
         c: CheckpointRef(digest([file_id, content_id(v.config / c / "config.json"), c]), where, c, ref_family,
-                         config=str(v.config), prefix=prefix)
+                         config=str(v.config), prefix=prefix, in_channels=channels if c == "unet" and channels != 4 else 0)
         for c, prefix in PREFIXES[v.family].items()
     }
     out.update(tokenizer_refs(v, ref_family))

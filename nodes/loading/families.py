@@ -28,17 +28,17 @@ class Family:
 SCHEDULER_ANY = None
 FAMILIES = (
     Family(
-        "sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+        "sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "text_encoder": ("CLIPTextModel",),
          "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
-        "Stable Diffusion 1.x and 2.x (epsilon or v-prediction)",
+        "Stable Diffusion 1.x and 2.x (epsilon or v-prediction; 4-channel or 9-channel inpainting UNets)",
     ),
     Family(
-        "sdxl", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+        "sdxl", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
          "text_encoder": ("CLIPTextModel",), "text_encoder_2": ("CLIPTextModelWithProjection",),
          "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},
-        "Stable Diffusion XL base: two text encoders, pooled embedding and size conditions",
+        "Stable Diffusion XL base: two text encoders, pooled embedding and size conditions (4-channel or 9-channel inpainting UNets)",
     ),
     Family(
         "sdxl-refiner", ("StableDiffusionXLImg2ImgPipeline",),
@@ -48,7 +48,7 @@ FAMILIES = (
         {"requires_aesthetics_score": True},
     ),
     Family(
-        "sd3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"),
+        "sd3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
          "tokenizer_3": ("T5TokenizerFast", "T5Tokenizer"), "text_encoder": ("CLIPTextModelWithProjection",),
          "text_encoder_2": ("CLIPTextModelWithProjection",), "text_encoder_3": ("T5EncoderModel",),
@@ -57,7 +57,7 @@ FAMILIES = (
         optional=("tokenizer_3", "text_encoder_3"),
     ),
     Family(
-        "flux", ("FluxPipeline", "FluxImg2ImgPipeline"),
+        "flux", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
         {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_2": ("T5TokenizerFast", "T5Tokenizer"),
          "text_encoder": ("CLIPTextModel",), "text_encoder_2": ("T5EncoderModel",),
          "transformer": ("FluxTransformer2DModel",), "vae": ("AutoencoderKL",), "scheduler": SCHEDULER_ANY},

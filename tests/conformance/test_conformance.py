@@ -31,6 +31,7 @@ from graphflow_nodes.stages.scheduling import SCHEDULERS
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "nodes" / "samples" / "red-circle-on-blue.png"
+MASK = REPO / "nodes" / "samples" / "circle-mask.png"
 PROMPT = "a red circle on a blue background"
 SEED, GUIDANCE, SWITCH = 3, 5.0, 0.6
 BOUND = 1e-5  # max abs difference of a cell, pictures in [0, 1] and latents alike
@@ -59,6 +60,15 @@ PIXEL_SCHEDULERS = ("model", "ddpm", "ddim", "dpm")
 #: passes themselves are the txt2img and img2img cells
 HIRES_SCHEDULERS, HIRES_STEPS, HIRES_STRENGTH, HIRES_SCALE = ("model", "euler_a", "dpm"), (2, 3), 0.5, 2
 
+#: inpainting runs a few schedulers: the model's own, DDIM (noises the kept region by
+#: ``alphas_cumprod``), Euler ancestral (by sigma, and draws in the loop: the generator's order)
+#: and Heun (its repeated timesteps: the blend must read the step index, not look the timestep up);
+#: SD3's own FlowMatch Euler and FlowMatch Heun
+INPAINT_SCHEDULERS = ("model", "ddim", "euler_a", "heun", "flow_heun")
+INPAINT_STEPS = (1, 3)
+#: strength 1 starts from pure noise (a 9-channel UNet never encodes the picture then), 0.75 from the noised picture
+INPAINT_STRENGTHS = (1.0, 0.75)
+
 
 @dataclass(frozen=True)
 class Family:
@@ -70,16 +80,18 @@ class Family:
 
 
 FAMILIES = {
-    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0", "hires", "t2i_adapter", "ip_adapter")),
+    "sd1": Family("tiny_model", ("sd15",), ("txt2img", "img2img", "x0", "hires", "t2i_adapter", "ip_adapter", "inpaint")),
+    "sd1-inpaint": Family("tiny_inpaint", ("sd15",), ("inpaint",)),
     "sd2-v": Family("tiny_sd2_v", ("sd2-v",), ("txt2img", "img2img", "x0", "hires")),
-    "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff", "t2i_adapter", "ip_adapter")),
+    "sdxl": Family("tiny_sdxl", ("sdxl", "sdxl-trailing"), ("txt2img", "img2img", "x0", "handoff", "t2i_adapter", "ip_adapter", "inpaint")),
+    "sdxl-inpaint": Family("tiny_sdxl_inpaint", ("sdxl",), ("inpaint",)),
     "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
     "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
     "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
-    "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0"), SD3_SCHEDULERS, FLOW_STEPS),
+    "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0", "inpaint"), SD3_SCHEDULERS, FLOW_STEPS),
     "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
-    "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg"), FLUX_SCHEDULERS, FLOW_STEPS),
-    "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
 }
 #: entry points run on fewer schedulers and step counts than the family's: the control models change
 #: the UNet call, not the schedule, which the txt2img cells already cover (entry -> (schedulers, steps))
@@ -179,7 +191,11 @@ def cells() -> list[Cell]:
                     if scheduler not in limit_schedulers:
                         continue
                     for steps in filter(functools.partial(schedule_exists, config, scheduler), limit_steps):
-                        if entry == "img2img":
+                        if entry == "inpaint":
+                            if scheduler in INPAINT_SCHEDULERS and steps in INPAINT_STEPS:
+                                out += [Cell(fname, config, scheduler, f"inpaint-{s}", steps) for s in INPAINT_STRENGTHS
+                                        if first_steps(s, steps, fname) < steps]
+                        elif entry == "img2img":
                             out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS
                                     if first_steps(s, steps, fname) < steps]
                         elif entry == "hires":
@@ -348,6 +364,12 @@ def reference(run: Run):
         return image, []
     if entry.startswith("hires"):
         return hires_reference(run, path, cfg, g), []
+    if entry.startswith("inpaint"):
+        p = pipeline("StableDiffusionXLInpaintPipeline" if xl else "StableDiffusionInpaintPipeline", path)
+        p.scheduler = scheduler_for(cfg, scheduler)
+        image = p(PROMPT, image=Image.open(IMAGE), mask_image=Image.open(MASK), strength=float(entry.split("-")[1]),
+                  num_inference_steps=steps, guidance_scale=GUIDANCE, generator=g, output_type="pt").images
+        return image, []
     if entry.startswith("img2img"):
         p = pipeline("StableDiffusionXLImg2ImgPipeline" if xl else "StableDiffusionImg2ImgPipeline", path)
         p.scheduler = scheduler_for(cfg, scheduler)
@@ -458,12 +480,23 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
     if run.entry.startswith("img2img"):
         p = pipeline("StableDiffusion3Img2ImgPipeline" if sd3 else "FluxImg2ImgPipeline", path)
         kwargs |= dict(image=Image.open(IMAGE), strength=float(run.entry.split("-")[1]))
+    elif run.entry.startswith("inpaint"):
+        p = pipeline("StableDiffusion3InpaintPipeline" if sd3 else "FluxInpaintPipeline", path)
+        kwargs |= dict(image=Image.open(IMAGE), mask_image=Image.open(MASK), strength=float(run.entry.split("-")[1]))
     else:
         p = pipeline("StableDiffusion3Pipeline" if sd3 else "FluxPipeline", path)
     if run.entry == "true_cfg":
         kwargs |= dict(negative_prompt=NEGATIVE, true_cfg_scale=TRUE_CFG)
     p.scheduler = scheduler_for(cfg, run.scheduler)
     rec = Recorder(p.scheduler)
+    if sd3 and run.entry.startswith("inpaint"):
+        # StableDiffusion3InpaintPipeline decodes without the VAE's shift_factor (diffusers issue
+        # #13611, "SD3 inpaint decode drops the VAE shift"): its latents, decoded as every other
+        # SD3 pipeline decodes them, are the reference
+        latents = p(PROMPT, **(kwargs | {"output_type": "latent"})).images
+        with torch.no_grad():
+            decoded = p.vae.decode(latents / p.vae.config.scaling_factor + p.vae.config.shift_factor, return_dict=False)[0]
+        return p.image_processor.postprocess(decoded, output_type="pt"), []
     image = p(PROMPT, **kwargs).images
     return image, rec.frames if run.entry == "txt2img" else []
 
@@ -472,6 +505,7 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 
 WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sd", "txt2img"): "txt2img", ("sd", "img2img"): "img2img", ("sd", "hires"): "hires_fix",
+    ("sd", "inpaint"): "inpaint", ("sdxl", "inpaint"): "inpaint_sdxl", ("sd3", "inpaint"): "inpaint_sd3", ("flux", "inpaint"): "inpaint_flux",
     ("sd", "clip_skip"): "txt2img", ("sdxl", "clip_skip"): "txt2img_sdxl", ("sd", "freeu"): "freeu", ("sdxl", "freeu"): "freeu_sdxl",
     ("sd", "weighting"): "prompt_weighting",
     ("sdxl", "txt2img"): "txt2img_sdxl", ("sdxl", "img2img"): "img2img_sdxl", ("sdxl", "handoff"): "txt2img_sdxl_refiner",
@@ -491,7 +525,7 @@ def graph(run: Run):
     ``pred_x0``. One executor per family, so models load once."""
     family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
     path = FOLDERS[family, run.config]
-    kind = "sd" if family in ("sd1", "sd2-v") else family.split("-")[0] if family in FLOW_FAMILIES else family
+    kind = "sd" if family in ("sd1", "sd2-v", "sd1-inpaint") else family.split("-")[0] if family in (*FLOW_FAMILIES, "sdxl-inpaint") else family
     base_entry = entry.split("-")[0]
     doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
     doc["outputs"] = {"image": doc["outputs"]["image"]}
@@ -499,11 +533,13 @@ def graph(run: Run):
     if base_entry in ("txt2img", "true_cfg"):
         doc["nodes"]["denoise"].setdefault("collect", {})["x0"] = {"from": "step.pred_x0"}
         doc["outputs"]["x0"] = "denoise.x0"
-    if entry.startswith("img2img"):
+    if entry.startswith(("img2img", "inpaint")):
         params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps, family)}
     if base_entry == "hires":
         params |= {"hires_steps": steps, "hires_start_step": first_steps(HIRES_STRENGTH, steps), "scale": float(HIRES_SCALE),
                    "tiled_vae": entry == "hires-tiled"}
+    if entry.startswith("inpaint"):
+        params["mask"] = str(MASK)
     if entry == "handoff":
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
     if entry == "t2i_adapter":
@@ -514,7 +550,7 @@ def graph(run: Run):
                    "ip_adapter_scale": IP_SCALE}
     if family in FLOW_FAMILIES:
         params |= {"prompt": PROMPT, "guidance": GUIDANCE if kind == "sd3" else FLOW_GUIDANCE}
-        if base_entry != "img2img":
+        if base_entry not in ("img2img", "inpaint"):
             params |= {"width": 64, "height": 64}
         if entry == "true_cfg":
             params |= {"negative_prompt": NEGATIVE, "true_cfg": TRUE_CFG}
