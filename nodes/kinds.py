@@ -74,3 +74,9 @@ TEXT_IDS_K = kind("text_ids", description="Flux: the text tokens' position ids, 
 IMAGE_IDS_K = kind("image_ids", description="Flux: the packed latent patches' position ids, (patches, 3): (0, row, column)")
 TextIds = Annotated[Any, TEXT_IDS_K]
 ImageIds = Annotated[Any, IMAGE_IDS_K]
+CONTROLNET_K = kind("controlnet", parent=OBJECT, description="a reference to a ControlNetModel (LoadControlNet)")
+CONTROL_IMAGE_K = kind("control_image", parent=IMAGE_K, description="a ControlNet's condition, (batch, 3, H, W) in [0, 1], sized as the picture")
+CONTROL_RESIDUALS_K = kind("control_residuals", description="ControlNet residuals for the UNet's down blocks and middle block, summed over stacked ControlNets")
+ControlNet = Annotated[Any, CONTROLNET_K]
+ControlImage = Annotated[Any, CONTROL_IMAGE_K]
+ControlResiduals = Annotated[Any, CONTROL_RESIDUALS_K]

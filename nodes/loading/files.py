@@ -40,13 +40,14 @@ SHIPPED = {
     "checkpoints": MODELS_DIR,
     "loras": MODELS_DIR / "loras",
     "embeddings": MODELS_DIR / "tiny-sd" / "textual_inversion",
+    "controlnet": MODELS_DIR / "controlnet",  # none shipped: the models folders' controlnet/ (LoadControlNet)
 }
 
 
 #: where a bare name is looked up, as a not-found message says it
 WHERE_HINT = f"add a models folder with --models-dir or {MODELS_ENV}"
 #: what one of each kind is called in a message
-WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding"}
+WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding", "controlnet": "ControlNet"}
 
 
 class ModelPathError(InputRefused):
@@ -154,6 +155,14 @@ def resolve_config_path(name_or_path: str) -> Path | None:
         shipped = [p.name for p in CONFIGS_DIR.iterdir() if p.is_dir()]
         raise ModelNotFound(name_or_path, [*e.looked_in, CONFIGS_DIR], [*_near(Path(name_or_path), search_folders("checkpoints")), *shipped],
                             what="config", hint=WHERE_HINT) from None
+
+
+def resolve_controlnet_path(name_or_path: str) -> Path:
+    """A ControlNet: a diffusers folder or a single ``.safetensors`` file, a name in the models
+    folders' ``controlnet/``, or a path."""
+    if not name_or_path.strip():
+        raise InputFileError("no ControlNet given: set the workflow's controlnet parameter (--set controlnet=PATH)", code="missing_file")
+    return locate(name_or_path, "controlnet")
 
 
 def resolve_lora_path(name_or_path: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphflow_nodes.kinds import Embeddings, ModelInput, NoisePred, Pooled, TimeIds, Timestep, UNet
+from graphflow_nodes.kinds import ControlResiduals, Embeddings, ModelInput, NoisePred, Pooled, TimeIds, Timestep, UNet
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -23,6 +23,7 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
         embeddings: Embeddings = Field(description="CFGConditions.embeddings (or one side's hidden states)")
         pooled: Pooled = Field(description="CFGConditions.pooled")
         time_ids: TimeIds = Field(description="CFGConditions.time_ids")
+        control: ControlResiduals | None = Field(None, description="ApplyControlNet's residuals, added to the UNet's down and middle blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the model output, same batch as model_input")
@@ -30,6 +31,7 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
     def run(self, i: In, ctx: Context) -> dict:
         import torch
         from graphflow_nodes.runtime import placement, to_batch
+        from graphflow_nodes.stages.denoise import control_kwargs
 
         unet = ctx.models.get(i.unet)
         device, dtype = placement(unet)
@@ -41,7 +43,8 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
         check_added_conditions(unet, i.pooled, i.time_ids)
         cond = {"text_embeds": batch(i.pooled, "pooled"), "time_ids": batch(i.time_ids, "time_ids")}
         with torch.no_grad():
-            out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False)
+            out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False,
+                       **control_kwargs(i.control))
         return {"noise_pred": out[0]}
 
 

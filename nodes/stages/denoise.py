@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from graphflow_nodes.kinds import VAE, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
+from graphflow_nodes.kinds import VAE, ControlResiduals, Embeddings, Latents, ModelInput, NoisePred, Scheduler, Timestep, UNet
 from graphflow_nodes.stages.prediction import noise_levels, predicted_x0
 from graphflow_nodes.stages.vae import decode, pixel_vae
 from pydantic import Field
@@ -22,6 +22,7 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         model_input: ModelInput = Field(description="from ScaleModelInput")
         timestep: Timestep = Field(description="the loop's timestep")
         embeddings: Embeddings = Field(description="CFGEmbeddings (batched guidance) or plain text embeddings")
+        control: ControlResiduals | None = Field(None, description="ApplyControlNet's residuals, added to the UNet's down and middle blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the predicted noise, same batch as model_input")
@@ -35,7 +36,14 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         x = i.model_input.to(dtype=dtype)
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings")
         with torch.no_grad():
-            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False)[0]}
+            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **control_kwargs(i.control))[0]}
+
+
+def control_kwargs(control) -> dict:
+    """The UNet's residual arguments for ControlNet residuals (control/controlnet.py), none without."""
+    if control is None:
+        return {}
+    return {"down_block_additional_residuals": list(control.down), "mid_block_additional_residual": control.mid}
 
 
 class CFG(Node, name="CFG", category="sampling"):
