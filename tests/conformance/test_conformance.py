@@ -52,6 +52,17 @@ NEGATIVE, TRUE_CFG = "blurry", 2.0
 #: ``step``), DDIMPipeline only DDIM: LMS and PNDM take no generator, and the sigma schedulers
 #: (Euler, Euler ancestral, Heun) need scaled inputs that these pipelines never make.
 PIXEL_SCHEDULERS = ("model", "ddpm", "ddim", "dpm")
+#: ControlNet cells: one ControlNet at a conditioning scale; two stacked, each acting on its own
+#: fraction of the schedule (overlapping at 3 steps: summed there); guess mode. A stochastic
+#: scheduler beside the model's own shows the generator passing through; 1 and 3 steps
+CONTROL_ENTRIES = ("controlnet", "controlnet-multi", "controlnet-guess")
+CONTROL_SCHEDULERS, CONTROL_STEPS = ("model", "euler_a"), (1, 3)
+#: (scale, start, end) of each ControlNet of an entry, and the sample whose Canny edges it reads
+CONTROLS = {
+    "controlnet": [(0.8, 0.0, 1.0, "red-circle-on-blue.png")],
+    "controlnet-multi": [(1.0, 0.0, 0.7, "red-circle-on-blue.png"), (0.5, 0.3, 1.0, "yellow-square-on-green.png")],
+    "controlnet-guess": [(1.0, 0.0, 1.0, "red-circle-on-blue.png")],
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ FAMILIES = {
     "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
     "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg"), FLUX_SCHEDULERS, FLOW_STEPS),
     "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "sd1-controlnet": Family("tiny_model", ("sd15",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
+    "sdxl-controlnet": Family("tiny_sdxl", ("sdxl",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
 }
 
 
@@ -294,6 +307,8 @@ def reference(run: Run):
     g = torch.Generator().manual_seed(SEED)
     if family in FLOW_FAMILIES:
         return flow_reference(run, path, cfg, g)
+    if family.endswith("-controlnet"):
+        return controlnet_reference(run, path, cfg, g)
     if family.startswith("pixel"):
         p = pipeline("DDIMPipeline" if scheduler == "ddim" else "DDPMPipeline", path)
         p.scheduler = scheduler_for(cfg, scheduler)
@@ -345,6 +360,72 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
     return image, rec.frames if run.entry == "txt2img" else []
 
 
+@functools.cache
+def controlnets(path: Path) -> tuple[Path, Path]:
+    """Two tiny random ControlNets made from the folder's UNet (``ControlNetModel.from_unet``)."""
+    from tests.tiny_controlnet import build_tiny_controlnet
+
+    return tuple(build_tiny_controlnet(path, path.parent / f"{path.name}-controlnet-{k}", seed=k) for k in (1, 2))
+
+
+def canny(name: str):
+    """The sample's Canny edges as the pipelines' users make them (diffusers' docs: cv2.Canny, 3 channels)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    edges = cv2.Canny(np.asarray(Image.open(IMAGE.parent / name).convert("RGB")), 100, 200)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+def controlnet_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
+    """StableDiffusion(XL)ControlNetPipeline on the base pipeline's components: one ControlNet, two
+    (a MultiControlNetModel, each with its own scale, start and end), or guess mode."""
+    import diffusers
+    from diffusers import ControlNetModel
+
+    xl = run.family.startswith("sdxl")
+    base = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline", path)
+    controls = CONTROLS[run.entry]
+    nets = [ControlNetModel.from_pretrained(p) for p in controlnets(path)[: len(controls)]]
+    extra = {"force_zeros_for_empty_prompt": base.config.force_zeros_for_empty_prompt, "add_watermarker": False} if xl else \
+        {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    parts = {k: v for k, v in base.components.items() if k not in ("safety_checker", "feature_extractor")}
+    cls = diffusers.StableDiffusionXLControlNetPipeline if xl else diffusers.StableDiffusionControlNetPipeline
+    p = cls(**parts, **extra, controlnet=nets if len(nets) > 1 else nets[0])
+    p.set_progress_bar_config(disable=True)
+    p.scheduler = scheduler_for(cfg, run.scheduler)
+    one = len(controls) == 1
+    scale, start, end, images = ([c[k] for c in controls] for k in range(4))
+    image = p(PROMPT, image=canny(images[0]) if one else [canny(n) for n in images], num_inference_steps=run.steps,
+              guidance_scale=GUIDANCE, generator=g, output_type="pt", controlnet_conditioning_scale=scale[0] if one else scale,
+              control_guidance_start=start[0] if one else start, control_guidance_end=end[0] if one else end,
+              guess_mode=run.entry == "controlnet-guess").images
+    return image, []
+
+
+def controlnet_graph(doc: dict, run: Run, path: Path) -> dict:
+    """controlnet.json's (or controlnet_sdxl.json's) parameters for the cell; a second ControlNet
+    is chained after the first, its residuals added to the first's before the UNet."""
+    controls, nets = CONTROLS[run.entry], controlnets(path)
+    scale, start, end, image = controls[0]
+    params = {"controlnet": str(nets[0]), "control_image": f"samples/{image}", "scale": scale, "start": start, "end": end,
+              "guess_mode": run.entry == "controlnet-guess"}
+    for k, (scale, start, end, image) in enumerate(controls[1:], start=2):
+        nodes, body = doc["nodes"], doc["nodes"]["denoise"]["body"]
+        nodes[f"controlnet_{k}"] = {"type": "LoadControlNet", "inputs": {"path": str(nets[k - 1])}}
+        nodes[f"control_source_{k}"] = {"type": "LoadImage", "inputs": {"path": f"samples/{image}"}}
+        nodes[f"edges_{k}"] = {"type": "CannyEdges", "inputs": {"image": {"from": f"control_source_{k}.image"}}}
+        nodes[f"control_{k}"] = {"type": "ControlImage", "inputs": {"image": {"from": f"edges_{k}.image"},
+                                 "width": {"from": "control.width"}, "height": {"from": "control.height"}}}
+        apply = json.loads(json.dumps(body["apply_control"]))
+        apply["inputs"] |= {"controlnet": {"from": f"controlnet_{k}.controlnet"}, "control_image": {"from": f"control_{k}.control_image"},
+                            "scale": scale, "start": start, "end": end, "residuals": {"from": "apply_control.residuals"}}
+        body[f"apply_control_{k}"] = apply
+        body["unet"]["inputs"]["control"] = {"from": f"apply_control_{k}.residuals"}
+    return params
+
+
 # --- the graph side ------------------------------------------------------------------------------
 
 WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
@@ -354,6 +435,7 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
     ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3",
     ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
+    ("sd", "controlnet"): "controlnet", ("sdxl", "controlnet"): "controlnet_sdxl",
 }
 _EXECUTORS: dict[str, Executor] = {}
 
@@ -364,7 +446,8 @@ def graph(run: Run):
     ``pred_x0``. One executor per family, so models load once."""
     family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
     path = FOLDERS[family, run.config]
-    kind = "sd" if family in ("sd1", "sd2-v") else family.split("-")[0] if family in FLOW_FAMILIES else family
+    kind = "sd" if family in ("sd1", "sd2-v", "sd1-controlnet") else family.split("-")[0] if family in FLOW_FAMILIES \
+        else "sdxl" if family == "sdxl-controlnet" else family
     base_entry = entry.split("-")[0]
     doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
     doc["outputs"] = {"image": doc["outputs"]["image"]}
@@ -376,6 +459,8 @@ def graph(run: Run):
         params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps, family)}
     if entry == "handoff":
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
+    if base_entry == "controlnet":
+        params |= controlnet_graph(doc, run, path)
     if family in FLOW_FAMILIES:
         params |= {"prompt": PROMPT, "guidance": GUIDANCE if kind == "sd3" else FLOW_GUIDANCE}
         if base_entry != "img2img":
