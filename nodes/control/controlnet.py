@@ -23,7 +23,7 @@ from graphflow_nodes.loading.checkpoint import PICKLE_SUFFIXES
 from graphflow_nodes.loading.families import ModelError
 from graphflow_nodes.loading.files import CONFIGS_DIR, locate, resolve_controlnet_path
 from graphflow_nodes.loading.model_refs import offline
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, checked_input, content_id, digest
 
@@ -190,16 +190,12 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
         time_ids: TimeIds | None = Field(None, description="SDXL: CFGConditions.time_ids")
         residuals: ControlResiduals | None = Field(None, description="an earlier ApplyControlNet's: this one's are added to them")
 
-        @model_validator(mode="after")
-        def _start_before_end(self):
-            if self.start > self.end:
-                raise ValueError(f"start ({self.start}) is after end ({self.end}): the ControlNet would never act")
-            return self
-
     class Out(Outputs):
         residuals: ControlResiduals | None = Field(description="None while no ControlNet of the chain acts; into PredictNoise's or PredictNoiseXL's control (or the next ApplyControlNet)")
 
     def run(self, i: In, ctx: Context) -> dict:
+        if i.start > i.end:
+            raise ValueError(f"start ({i.start}) is after end ({i.end}): the ControlNet would never act")
         if not active(i.step, i.steps, i.start, i.end):
             return {"residuals": i.residuals}
         import torch
