@@ -8,7 +8,7 @@ turns either into a problem naming the node and the field (exit 2), before any m
 
 The models folder convention: ``GRAPHFLOW_MODELS`` (``graphflow run --models-dir DIR`` sets it)
 names one or more folders (separated by ``os.pathsep``), each holding ``checkpoints/`` (diffusers
-folders and single-file ``.safetensors`` checkpoints), ``loras/`` and ``embeddings/``. A workflow
+folders and single-file ``.safetensors`` checkpoints), ``loras/``, ``embeddings/`` and ``controlnet/``. A workflow
 says a bare name (``"path": "my-model.safetensors"``) and runs on any machine that has that file
 there. graphflow's own shipped files come last: ``tiny-sd``, ``tiny-sd-cross.safetensors``,
 ``my-shape.safetensors``. A name is looked up only inside those folders and may not leave them
