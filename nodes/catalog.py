@@ -89,6 +89,16 @@ def embedding_family(p: Path) -> str:
     return _width_family(widths.pop()) if len(widths) == 1 else "?"
 
 
+def controlnet_family(p: Path) -> str:
+    from graphflow_nodes.control.controlnet import read_controlnet
+    from graphflow_nodes.loading.families import ModelError
+
+    try:
+        return f"{read_controlnet(p)[0]} ControlNet"
+    except ModelError:
+        return "not a ControlNet"
+
+
 def describe(p: Path, kind: str) -> dict:
     from graphflow_nodes.loading.checkpoint import PICKLE_SUFFIXES
 
@@ -96,6 +106,8 @@ def describe(p: Path, kind: str) -> dict:
         family = "refused: a pickle (.safetensors only)"
     elif kind == "checkpoints":
         family = folder_family(p) if p.is_dir() else checkpoint_family(p)
+    elif kind == "controlnet":
+        family = controlnet_family(p)
     elif p.suffix.lower() != ".safetensors":
         family = "not .safetensors"
     else:
@@ -116,7 +128,9 @@ def catalog() -> list[dict]:
                     continue
                 if kind == "checkpoints" and p.is_dir() and not (p / "model_index.json").is_file():
                     continue
-                if kind != "checkpoints" and p.is_dir():
+                if kind == "controlnet" and p.is_dir() and not (p / "config.json").is_file():
+                    continue
+                if kind not in ("checkpoints", "controlnet") and p.is_dir():
                     continue
                 row = describe(p, kind)
                 row["shadowed"] = p.name in seen  # an earlier folder has a file of that name

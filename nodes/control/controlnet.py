@@ -49,13 +49,43 @@ def family_of_config(config: dict) -> str:
 
 
 def file_keys(path: Path) -> list[str]:
-    from safetensors import SafetensorError, safe_open
+    """The tensor names of a single file, from its header alone (no torch: validation reads it)."""
+    from graphflow_nodes.loading.checkpoint import header_shapes
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError) as e:
-        raise ModelError(f"{path} is not a readable safetensors file: {e}") from None
+    return list(header_shapes(path))
+
+
+def read_controlnet(path: Path) -> tuple[str, dict | None]:
+    """(family, the folder's config or None for a single file) of a ControlNet, read without a
+    weight; a ModelError naming what it is instead for anything else (a pickle is never opened)."""
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ModelError(f"{path} is not a diffusers ControlNet folder: it has no config.json")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except ValueError as e:
+            raise ModelError(f"{cfg_file} is not valid JSON: {e}") from None
+        if not isinstance(cfg, dict) or cfg.get("_class_name") != "ControlNetModel":
+            name = cfg.get("_class_name") if isinstance(cfg, dict) else None
+            raise ModelError(f"{path} holds a {name or 'model without a _class_name'}, not a ControlNetModel")
+        return family_of_config(cfg), cfg
+    if path.suffix.lower() in PICKLE_SUFFIXES or path.suffix.lower() != ".safetensors":
+        raise ModelError(f"{path}: only .safetensors ControlNets are read (a pickled .pth/.ckpt/.bin file can run code when loaded)")
+    keys = file_keys(path)
+    if not any(k.endswith(("zero_convs.0.0.weight", "controlnet_down_blocks.0.weight")) for k in keys):
+        raise ModelError(f"{path} is not a ControlNet: it has neither zero_convs (original layout) nor controlnet_down_blocks (diffusers)")
+    return ("sdxl" if any(k in keys for k in SDXL_KEYS) else "sd"), None
+
+
+def describe_controlnet(value: str) -> str:
+    """One line for ``graphflow validate``: what a ControlNet is (LoadControlNet's refusal for
+    anything else, before a weight loads)."""
+    path = resolve_controlnet_path(value)
+    family, cfg = read_controlnet(path)
+    if cfg is not None:
+        return f"{family} ControlNet (diffusers folder, text width {cfg.get('cross_attention_dim')}) at {path}"
+    return f"{family} ControlNet (a single .safetensors file; LoadControlNet's config builds it) at {path}"
 
 
 @dataclass(frozen=True)
@@ -95,22 +125,11 @@ class ControlNetRef:
 
 
 def controlnet_ref(path: Path, config: Path | None, max_bytes: int | None = None) -> ControlNetRef:
-    if path.is_dir():
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise ModelError(f"{path} is not a diffusers ControlNet folder: it has no config.json")
-        cfg = json.loads(cfg_file.read_text())
-        if cfg.get("_class_name") != "ControlNetModel":
-            raise ModelError(f"{path} holds a {cfg.get('_class_name') or 'model without a _class_name'}, not a ControlNetModel")
+    family, cfg = read_controlnet(path)
+    if cfg is not None:
         if config is not None:
             raise ModelError(f"config applies to single-file ControlNets; {path} is a diffusers folder, which carries its own config")
-        return ControlNetRef(content_id(path, max_bytes), str(path.resolve()), family_of_config(cfg))
-    if path.suffix.lower() in PICKLE_SUFFIXES or path.suffix.lower() != ".safetensors":
-        raise ModelError(f"{path}: only .safetensors ControlNets are read (a pickled .pth/.ckpt/.bin file can run code when loaded)")
-    keys = file_keys(path)
-    if not any(k.endswith(("zero_convs.0.0.weight", "controlnet_down_blocks.0.weight")) for k in keys):
-        raise ModelError(f"{path} is not a ControlNet: it has neither zero_convs (original layout) nor controlnet_down_blocks (diffusers)")
-    family = "sdxl" if any(k in keys for k in SDXL_KEYS) else "sd"
+        return ControlNetRef(content_id(path, max_bytes), str(path.resolve()), family)
     if config is None:
         config = CONFIGS_DIR / SHIPPED_CONFIGS[family]
     cfg_file = config / "config.json"
@@ -129,7 +148,7 @@ class LoadControlNet(Node, name="LoadControlNet", category="model", disk_cache=F
     folder's config or the file's header is read here; the weights load on first use."""
 
     class In(Inputs):
-        path: Annotated[str, FileInput(resolve=resolve_controlnet_path, folder=True)] = Field(
+        path: Annotated[str, FileInput(resolve=resolve_controlnet_path, describe=describe_controlnet, folder=True)] = Field(
             description="a ControlNet folder or .safetensors file: a name in the models folders' controlnet/, or a path")
         config: Annotated[str, FileInput(resolve=resolve_controlnet_config, folder=True)] = Field(
             "", description="single files only: a diffusers ControlNet folder of the file's architecture, or a shipped "

@@ -35,7 +35,7 @@ MODELS_ENV = "GRAPHFLOW_MODELS"
 MODELS_ONLY_ENV = "GRAPHFLOW_MODELS_ONLY"
 
 #: the kinds of model file and where graphflow's own shipped files of each kind live
-KINDS = ("checkpoints", "loras", "embeddings")
+KINDS = ("checkpoints", "loras", "embeddings", "controlnet")
 SHIPPED = {
     "checkpoints": MODELS_DIR,
     "loras": MODELS_DIR / "loras",

@@ -176,6 +176,7 @@ def test_validate_checks_the_controlnet_workflow_without_loading_torch(tiny_mode
 
     ok = validate("--set", f"controlnet={nets['folder']}")
     assert ok.returncode == 0, ok.stderr
+    assert f"sd ControlNet (diffusers folder, text width 32) at {nets['folder']}" in ok.stdout + ok.stderr
     bad = validate("--set", f"controlnet={tmp_path / 'nope'}")
     assert bad.returncode == 2
     assert "controlnet" in bad.stderr + bad.stdout and "inputs.path" in bad.stderr + bad.stdout
@@ -200,3 +201,19 @@ def test_a_preprocessor_is_a_process_method(tmp_path):
     assert Invert().run(Invert.In(image=image), Context())["image"].flatten().tolist() == [1.0, 0.0] * 3
     with pytest.raises(ValueError, match=r"Broken.process gave a uint8 array of shape \(1, 2, 3\); expected uint8 of shape \(2, 2\)"):
         Broken().run(Broken.In(image=image.expand(1, 3, 2, 2)), Context())
+
+
+def test_graphflow_models_lists_the_controlnets(nets, tmp_path, monkeypatch):
+    """The models folders' controlnet/ is listed with each entry's family, read without a weight;
+    a pickle is listed as refused."""
+    import shutil
+
+    from graphflow_nodes.catalog import catalog
+
+    (tmp_path / "controlnet").mkdir()
+    shutil.copytree(nets["folder"], tmp_path / "controlnet" / "canny")
+    shutil.copy(nets["file"], tmp_path / "controlnet" / "canny.safetensors")
+    (tmp_path / "controlnet" / "old.pth").write_bytes(b"not read")
+    monkeypatch.setenv("GRAPHFLOW_MODELS", str(tmp_path))
+    rows = [(r["name"], r["family"]) for r in catalog() if r["kind"] == "controlnet"]
+    assert rows == [("canny", "sd ControlNet"), ("canny.safetensors", "sd ControlNet"), ("old.pth", "refused: a pickle (.safetensors only)")]
