@@ -58,3 +58,20 @@ def write_original_controlnet(folder: Path, out: Path) -> Path:
     new |= {k.removeprefix("model.diffusion_model."): v for k, v in convert_unet(rest, unet_cfg).items()}
     save_file({"control_model." + k: v.contiguous() for k, v in new.items()}, str(out))
     return out
+
+
+def build_tiny_sd3_controlnet(model: Path, path: Path, seed: int = 0) -> Path:
+    """``SD3ControlNetModel.from_transformer`` on a tiny SD3 folder's transformer: one block, no
+    extra conditioning channels (a Canny ControlNet's), every weight nudged off the copy and the
+    zero-initialised input embedding randomised."""
+    import torch
+    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_pretrained(model, subfolder="transformer")
+    torch.manual_seed(seed)
+    net = SD3ControlNetModel.from_transformer(transformer, num_layers=1, num_extra_conditioning_channels=0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    net.save_pretrained(path, safe_serialization=True)
+    return path

@@ -6,7 +6,7 @@ whose ``pred_x0`` is ``x_t − σ·v`` for these models."""
 
 from __future__ import annotations
 
-from graphflow_nodes.kinds import Embeddings, ImageIds, Latents, NoisePred, Pooled, TextIds, Timestep, Transformer
+from graphflow_nodes.kinds import ControlResiduals, Embeddings, ImageIds, Latents, NoisePred, Pooled, TextIds, Timestep, Transformer
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -24,6 +24,7 @@ class PredictSD3(Node, name="PredictSD3", category="sampling", uses=("models",))
         embeddings: Embeddings = Field(description="CFGEmbeddings of JointEmbeddings (or one side's)")
         pooled: Pooled = Field(description="CFGPooled (or one side's pooled)")
         cfg: bool = Field(True, description="double the latents for classifier-free guidance")
+        control: ControlResiduals | None = Field(None, description="ApplySD3ControlNet's residuals, added after the transformer's blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the predicted velocity, same batch as the doubled latents (CFG halves it)")
@@ -44,7 +45,8 @@ class PredictSD3(Node, name="PredictSD3", category="sampling", uses=("models",))
 
         with torch.no_grad():
             out = transformer(hidden_states=x, timestep=i.timestep.expand(x.shape[0]), encoder_hidden_states=batch(i.embeddings, "embeddings"),
-                              pooled_projections=batch(i.pooled, "pooled"), return_dict=False)
+                              pooled_projections=batch(i.pooled, "pooled"), return_dict=False,
+                              block_controlnet_hidden_states=None if i.control is None else list(i.control.blocks))
         return {"noise_pred": out[0]}
 
 

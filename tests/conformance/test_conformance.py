@@ -87,6 +87,7 @@ FAMILIES = {
     "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0"), FLUX_SCHEDULERS, FLOW_STEPS),
     "sd1-controlnet": Family("tiny_model", ("sd15",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
     "sdxl-controlnet": Family("tiny_sdxl", ("sdxl",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
+    "sd3-controlnet": Family("tiny_sd3", ("sd3",), CONTROL_ENTRIES[:2], ("model",), CONTROL_STEPS),
 }
 
 
@@ -362,10 +363,12 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 
 @functools.cache
 def controlnets(path: Path) -> tuple[Path, Path]:
-    """Two tiny random ControlNets made from the folder's UNet (``ControlNetModel.from_unet``)."""
-    from tests.tiny_controlnet import build_tiny_controlnet
+    """Two tiny random ControlNets made from the folder's UNet (``ControlNetModel.from_unet``) or
+    SD3 transformer (``SD3ControlNetModel.from_transformer``)."""
+    from tests.tiny_controlnet import build_tiny_controlnet, build_tiny_sd3_controlnet
 
-    return tuple(build_tiny_controlnet(path, path.parent / f"{path.name}-controlnet-{k}", seed=k) for k in (1, 2))
+    build = build_tiny_sd3_controlnet if (path / "transformer").is_dir() else build_tiny_controlnet
+    return tuple(build(path, path.parent / f"{path.name}-controlnet-{k}", seed=k) for k in (1, 2))
 
 
 def canny(name: str):
@@ -379,29 +382,35 @@ def canny(name: str):
 
 
 def controlnet_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
-    """StableDiffusion(XL)ControlNetPipeline on the base pipeline's components: one ControlNet, two
-    (a MultiControlNetModel, each with its own scale, start and end), or guess mode."""
+    """StableDiffusion(XL|3)ControlNetPipeline on the base pipeline's components: one ControlNet, two
+    (a MultiControlNetModel, each with its own scale, start and end), or guess mode. SD3's pipeline
+    draws the control image's VAE samples from torch's global generator: seeded with SEED, as
+    the graph's SD3ControlLatents is."""
     import diffusers
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, SD3ControlNetModel
 
-    xl = run.family.startswith("sdxl")
-    base = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline", path)
+    xl, sd3 = run.family.startswith("sdxl"), run.family.startswith("sd3")
+    base = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusion3Pipeline" if sd3 else "StableDiffusionPipeline", path)
     controls = CONTROLS[run.entry]
-    nets = [ControlNetModel.from_pretrained(p) for p in controlnets(path)[: len(controls)]]
-    extra = {"force_zeros_for_empty_prompt": base.config.force_zeros_for_empty_prompt, "add_watermarker": False} if xl else \
+    nets = [(SD3ControlNetModel if sd3 else ControlNetModel).from_pretrained(p) for p in controlnets(path)[: len(controls)]]
+    extra = {"force_zeros_for_empty_prompt": base.config.force_zeros_for_empty_prompt, "add_watermarker": False} if xl else {} if sd3 else \
         {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    parts = {k: v for k, v in base.components.items() if k not in ("safety_checker", "feature_extractor")}
-    cls = diffusers.StableDiffusionXLControlNetPipeline if xl else diffusers.StableDiffusionControlNetPipeline
+    parts = {k: v for k, v in base.components.items() if k not in ("safety_checker", "feature_extractor", "image_encoder")}
+    cls = diffusers.StableDiffusionXLControlNetPipeline if xl else diffusers.StableDiffusion3ControlNetPipeline if sd3 \
+        else diffusers.StableDiffusionControlNetPipeline
     p = cls(**parts, **extra, controlnet=nets if len(nets) > 1 else nets[0])
     p.set_progress_bar_config(disable=True)
     p.scheduler = scheduler_for(cfg, run.scheduler)
     one = len(controls) == 1
     scale, start, end, images = ([c[k] for c in controls] for k in range(4))
-    image = p(PROMPT, image=canny(images[0]) if one else [canny(n) for n in images], num_inference_steps=run.steps,
-              guidance_scale=GUIDANCE, generator=g, output_type="pt", controlnet_conditioning_scale=scale[0] if one else scale,
-              control_guidance_start=start[0] if one else start, control_guidance_end=end[0] if one else end,
-              guess_mode=run.entry == "controlnet-guess").images
-    return image, []
+    kwargs = dict(num_inference_steps=run.steps, guidance_scale=GUIDANCE, generator=g, output_type="pt",
+                  controlnet_conditioning_scale=scale[0] if one else scale, control_guidance_start=start[0] if one else start,
+                  control_guidance_end=end[0] if one else end)
+    control = canny(images[0]) if one else [canny(n) for n in images]
+    if sd3:
+        torch.manual_seed(SEED)
+        return p(PROMPT, control_image=control, **kwargs).images, []
+    return p(PROMPT, image=control, guess_mode=run.entry == "controlnet-guess", **kwargs).images, []
 
 
 def controlnet_graph(doc: dict, run: Run, path: Path) -> dict:
@@ -409,8 +418,10 @@ def controlnet_graph(doc: dict, run: Run, path: Path) -> dict:
     is chained after the first, its residuals added to the first's before the UNet."""
     controls, nets = CONTROLS[run.entry], controlnets(path)
     scale, start, end, image = controls[0]
-    params = {"controlnet": str(nets[0]), "control_image": f"samples/{image}", "scale": scale, "start": start, "end": end,
-              "guess_mode": run.entry == "controlnet-guess"}
+    sd3 = run.family.startswith("sd3")
+    params = {"controlnet": str(nets[0]), "control_image": f"samples/{image}", "scale": scale, "start": start, "end": end}
+    if not sd3:
+        params["guess_mode"] = run.entry == "controlnet-guess"
     for k, (scale, start, end, image) in enumerate(controls[1:], start=2):
         nodes, body = doc["nodes"], doc["nodes"]["denoise"]["body"]
         nodes[f"controlnet_{k}"] = {"type": "LoadControlNet", "inputs": {"path": str(nets[k - 1])}}
@@ -419,10 +430,17 @@ def controlnet_graph(doc: dict, run: Run, path: Path) -> dict:
         nodes[f"control_{k}"] = {"type": "ControlImage", "inputs": {"image": {"from": f"edges_{k}.image"},
                                  "width": {"from": "control.width"}, "height": {"from": "control.height"}}}
         apply = json.loads(json.dumps(body["apply_control"]))
-        apply["inputs"] |= {"controlnet": {"from": f"controlnet_{k}.controlnet"}, "control_image": {"from": f"control_{k}.control_image"},
-                            "scale": scale, "start": start, "end": end, "residuals": {"from": "apply_control.residuals"}}
+        apply["inputs"] |= {"controlnet": {"from": f"controlnet_{k}.controlnet"}, "scale": scale, "start": start, "end": end,
+                            "residuals": {"from": "apply_control.residuals"}}
+        if sd3:  # the pipeline encodes the second image after the first, from the same global generator
+            nodes[f"control_latents_{k}"] = {"type": "SD3ControlLatents", "inputs": {
+                "vae": {"from": "model.vae"}, "controlnet": {"from": f"controlnet_{k}.controlnet"},
+                "control_image": {"from": f"control_{k}.control_image"}, "rng": {"from": "control_latents.rng"}}}
+            apply["inputs"]["control_latents"] = {"from": f"control_latents_{k}.latents"}
+        else:
+            apply["inputs"]["control_image"] = {"from": f"control_{k}.control_image"}
         body[f"apply_control_{k}"] = apply
-        body["unet"]["inputs"]["control"] = {"from": f"apply_control_{k}.residuals"}
+        body["transformer" if sd3 else "unet"]["inputs"]["control"] = {"from": f"apply_control_{k}.residuals"}
     return params
 
 
@@ -435,7 +453,7 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("pixel", "txt2img"): "ddpm", ("pixel-class", "txt2img"): "class_conditioned",
     ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3",
     ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
-    ("sd", "controlnet"): "controlnet", ("sdxl", "controlnet"): "controlnet_sdxl",
+    ("sd", "controlnet"): "controlnet", ("sdxl", "controlnet"): "controlnet_sdxl", ("sd3", "controlnet"): "controlnet_sd3",
 }
 _EXECUTORS: dict[str, Executor] = {}
 
@@ -447,7 +465,7 @@ def graph(run: Run):
     family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
     path = FOLDERS[family, run.config]
     kind = "sd" if family in ("sd1", "sd2-v", "sd1-controlnet") else family.split("-")[0] if family in FLOW_FAMILIES \
-        else "sdxl" if family == "sdxl-controlnet" else family
+        else family.removesuffix("-controlnet") if family in ("sdxl-controlnet", "sd3-controlnet") else family
     base_entry = entry.split("-")[0]
     doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
     doc["outputs"] = {"image": doc["outputs"]["image"]}
