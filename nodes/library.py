@@ -18,7 +18,7 @@ NODE_MODULES = (
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
-    "control.preprocessors", "control.controlnet", "control.sd3",
+    "control.preprocessors", "control.controlnet", "control.sd3", "control.flux",
 )
 
 

@@ -75,3 +75,20 @@ def build_tiny_sd3_controlnet(model: Path, path: Path, seed: int = 0) -> Path:
             p.add_(torch.randn_like(p) * 0.05)
     net.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_tiny_flux_controlnet(model: Path, path: Path, seed: int = 0) -> Path:
+    """``FluxControlNetModel.from_transformer`` on a tiny Flux folder's transformer (InstantX-style:
+    no input_hint_block, it reads packed VAE latents), one block of each kind, every weight nudged
+    off the copy and the zero-initialised layers randomised."""
+    import torch
+    from diffusers import FluxControlNetModel, FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(model, subfolder="transformer")
+    torch.manual_seed(seed)
+    net = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    net.save_pretrained(path, safe_serialization=True)
+    return path

@@ -44,7 +44,7 @@ def resolve_controlnet_config(name: str) -> Path | None:
 
 
 #: the ControlNet classes LoadControlNet loads (diffusers folders), by the family they steer
-CLASSES = {"ControlNetModel": ("sd", "sdxl"), "SD3ControlNetModel": ("sd3",)}
+CLASSES = {"ControlNetModel": ("sd", "sdxl"), "SD3ControlNetModel": ("sd3",), "FluxControlNetModel": ("flux",)}
 
 
 def family_of_config(config: dict) -> str:
@@ -52,6 +52,8 @@ def family_of_config(config: dict) -> str:
     UNet does; an SD3 one is a few MMDiT blocks."""
     if config.get("_class_name") == "SD3ControlNetModel":
         return "sd3"
+    if config.get("_class_name") == "FluxControlNetModel":
+        return "flux"
     return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
 
 
@@ -75,7 +77,7 @@ def read_controlnet(path: Path) -> tuple[str, dict | None]:
             raise ModelError(f"{cfg_file} is not valid JSON: {e}") from None
         if not isinstance(cfg, dict) or cfg.get("_class_name") not in CLASSES:
             name = cfg.get("_class_name") if isinstance(cfg, dict) else None
-            raise ModelError(f"{path} holds a {name or 'model without a _class_name'}, not a ControlNetModel or SD3ControlNetModel")
+            raise ModelError(f"{path} holds a {name or 'model without a _class_name'}, not a ControlNet ({', '.join(CLASSES)})")
         return family_of_config(cfg), cfg
     if path.suffix.lower() in PICKLE_SUFFIXES or path.suffix.lower() != ".safetensors":
         raise ModelError(f"{path}: only .safetensors ControlNets are read (a pickled .pth/.ckpt/.bin file can run code when loaded)")
@@ -106,7 +108,7 @@ class ControlNetRef:
 
     def load(self, manager: Any) -> Any:
         offline()
-        from diffusers import ControlNetModel, SD3ControlNetModel
+        from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
         from graphflow_nodes.runtime import torch_dtype
 
         dtype = torch_dtype(manager.dtype)
@@ -122,7 +124,7 @@ class ControlNetRef:
             finally:
                 dlog.set_verbosity(level)
         else:
-            cls = SD3ControlNetModel if self.family == "sd3" else ControlNetModel
+            cls = {"sd3": SD3ControlNetModel, "flux": FluxControlNetModel}.get(self.family, ControlNetModel)
             model = cls.from_pretrained(self.path, torch_dtype=dtype, local_files_only=True)
         model = model.to(manager.device).eval()
         model.requires_grad_(False)
@@ -150,7 +152,7 @@ def controlnet_ref(path: Path, config: Path | None, max_bytes: int | None = None
 
 class LoadControlNet(Node, name="LoadControlNet", category="model", disk_cache=False):
     """A ControlNet from local disk: a diffusers folder (``config.json`` + weights: a ControlNetModel
-    for SD 1.x, 2.x or SDXL, or an SD3ControlNetModel) or, for SD 1.x/2.x and SDXL, a single
+    for SD 1.x, 2.x or SDXL, an SD3ControlNetModel or a FluxControlNetModel) or, for SD 1.x/2.x and SDXL, a single
     ``.safetensors`` file in the original layout (``control_model.…``, as model sites ship them)
     or with diffusers' keys, built offline with ``config`` (default: the shipped SD 1.5 or SDXL
     ControlNet config, chosen from the file's keys). Pickles are refused unread. Only the
@@ -165,7 +167,7 @@ class LoadControlNet(Node, name="LoadControlNet", category="model", disk_cache=F
 
     class Out(Outputs):
         controlnet: ControlNet = Field(description="the ControlNet, for ApplyControlNet")
-        family: str = Field(description="sd (SD 1.x/2.x), sdxl or sd3: the base model family it was trained with")
+        family: str = Field(description="sd (SD 1.x/2.x), sdxl, sd3 or flux: the base model family it was trained with")
 
     def run(self, i: In, ctx: Context) -> dict:
         path = checked_input(ctx, resolve_controlnet_path(i.path), folder=True)
@@ -261,8 +263,9 @@ def check_fits(net: Any, x: Any, emb: Any, image: Any, pooled: Any, time_ids: An
     picture or with other channels than the ControlNet reads."""
     cfg = net.config
     family = family_of_config(cfg)
-    if family == "sd3" or not hasattr(cfg, "cross_attention_dim"):
-        raise ValueError(f"controlnet: this is an {family} ControlNet; ApplyControlNet runs SD 1.x, 2.x and SDXL ones (ApplySD3ControlNet runs SD3's)")
+    if family in ("sd3", "flux") or not hasattr(cfg, "cross_attention_dim"):
+        raise ValueError(f"controlnet: this is an {family} ControlNet; ApplyControlNet runs SD 1.x, 2.x and SDXL ones "
+                         f"(ApplySD3ControlNet runs SD3's, ApplyFluxControlNet Flux's)")
     if emb.shape[-1] != cfg.cross_attention_dim:
         raise ValueError(f"controlnet: this is an {family} ControlNet (text width {cfg.cross_attention_dim}); the embeddings are "
                          f"{emb.shape[-1]} wide: wire a ControlNet made for this model's family")

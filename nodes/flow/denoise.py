@@ -66,6 +66,7 @@ class PredictFlux(Node, name="PredictFlux", category="sampling", uses=("models",
         text_ids: TextIds = Field(description="TextIds")
         image_ids: ImageIds = Field(description="PackLatents.image_ids")
         guidance: float = Field(3.5, ge=0.0, le=100.0, description="dev's distilled guidance (FluxPipeline's guidance_scale)")
+        control: ControlResiduals | None = Field(None, description="ApplyFluxControlNet's residuals, added after the transformer's blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the predicted velocity, packed as the latents")
@@ -86,8 +87,17 @@ class PredictFlux(Node, name="PredictFlux", category="sampling", uses=("models",
             out = transformer(hidden_states=x, timestep=t / 1000, guidance=guidance,
                               pooled_projections=to_batch(i.pooled.to(device=device, dtype=dtype), n, "pooled"),
                               encoder_hidden_states=to_batch(i.embeddings.to(device=device, dtype=dtype), n, "embeddings"),
-                              txt_ids=i.text_ids.to(device), img_ids=i.image_ids.to(device), return_dict=False)
+                              txt_ids=i.text_ids.to(device), img_ids=i.image_ids.to(device), return_dict=False, **flux_control(i.control))
         return {"noise_pred": out[0]}
+
+
+def flux_control(control) -> dict:
+    """The transformer's ControlNet arguments for ApplyFluxControlNet's residuals, none without."""
+    if control is None:
+        return {}
+    return {"controlnet_block_samples": None if control.blocks is None else list(control.blocks),
+            "controlnet_single_block_samples": None if control.single_blocks is None else list(control.single_blocks),
+            "controlnet_blocks_repeat": control.repeat}
 
 
 class TrueCFG(Node, name="TrueCFG", category="sampling"):

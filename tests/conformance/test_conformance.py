@@ -88,6 +88,7 @@ FAMILIES = {
     "sd1-controlnet": Family("tiny_model", ("sd15",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
     "sdxl-controlnet": Family("tiny_sdxl", ("sdxl",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
     "sd3-controlnet": Family("tiny_sd3", ("sd3",), CONTROL_ENTRIES[:2], ("model",), CONTROL_STEPS),
+    "flux-controlnet": Family("tiny_flux", ("flux-dev",), CONTROL_ENTRIES[:2], ("model",), CONTROL_STEPS),
 }
 
 
@@ -365,9 +366,10 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 def controlnets(path: Path) -> tuple[Path, Path]:
     """Two tiny random ControlNets made from the folder's UNet (``ControlNetModel.from_unet``) or
     SD3 transformer (``SD3ControlNetModel.from_transformer``)."""
-    from tests.tiny_controlnet import build_tiny_controlnet, build_tiny_sd3_controlnet
+    from tests.tiny_controlnet import build_tiny_controlnet, build_tiny_flux_controlnet, build_tiny_sd3_controlnet
 
-    build = build_tiny_sd3_controlnet if (path / "transformer").is_dir() else build_tiny_controlnet
+    index = json.loads((path / "model_index.json").read_text())["_class_name"]
+    build = {"StableDiffusion3Pipeline": build_tiny_sd3_controlnet, "FluxPipeline": build_tiny_flux_controlnet}.get(index, build_tiny_controlnet)
     return tuple(build(path, path.parent / f"{path.name}-controlnet-{k}", seed=k) for k in (1, 2))
 
 
@@ -387,28 +389,32 @@ def controlnet_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
     draws the control image's VAE samples from torch's global generator: seeded with SEED, as
     the graph's SD3ControlLatents is."""
     import diffusers
-    from diffusers import ControlNetModel, SD3ControlNetModel
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
 
-    xl, sd3 = run.family.startswith("sdxl"), run.family.startswith("sd3")
-    base = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusion3Pipeline" if sd3 else "StableDiffusionPipeline", path)
+    xl, sd3, flux = run.family.startswith("sdxl"), run.family.startswith("sd3"), run.family.startswith("flux")
+    base = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusion3Pipeline" if sd3 else "FluxPipeline" if flux
+                    else "StableDiffusionPipeline", path)
     controls = CONTROLS[run.entry]
-    nets = [(SD3ControlNetModel if sd3 else ControlNetModel).from_pretrained(p) for p in controlnets(path)[: len(controls)]]
-    extra = {"force_zeros_for_empty_prompt": base.config.force_zeros_for_empty_prompt, "add_watermarker": False} if xl else {} if sd3 else \
+    net_cls = SD3ControlNetModel if sd3 else FluxControlNetModel if flux else ControlNetModel
+    nets = [net_cls.from_pretrained(p) for p in controlnets(path)[: len(controls)]]
+    extra = {"force_zeros_for_empty_prompt": base.config.force_zeros_for_empty_prompt, "add_watermarker": False} if xl else {} if sd3 or flux else \
         {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     parts = {k: v for k, v in base.components.items() if k not in ("safety_checker", "feature_extractor", "image_encoder")}
     cls = diffusers.StableDiffusionXLControlNetPipeline if xl else diffusers.StableDiffusion3ControlNetPipeline if sd3 \
-        else diffusers.StableDiffusionControlNetPipeline
+        else diffusers.FluxControlNetPipeline if flux else diffusers.StableDiffusionControlNetPipeline
     p = cls(**parts, **extra, controlnet=nets if len(nets) > 1 else nets[0])
     p.set_progress_bar_config(disable=True)
     p.scheduler = scheduler_for(cfg, run.scheduler)
     one = len(controls) == 1
     scale, start, end, images = ([c[k] for c in controls] for k in range(4))
-    kwargs = dict(num_inference_steps=run.steps, guidance_scale=GUIDANCE, generator=g, output_type="pt",
+    kwargs = dict(num_inference_steps=run.steps, guidance_scale=FLOW_GUIDANCE if flux else GUIDANCE, generator=g, output_type="pt",
                   controlnet_conditioning_scale=scale[0] if one else scale, control_guidance_start=start[0] if one else start,
                   control_guidance_end=end[0] if one else end)
     control = canny(images[0]) if one else [canny(n) for n in images]
-    if sd3:
-        torch.manual_seed(SEED)
+    if sd3 or flux:
+        if flux:  # FluxControlNetPipeline's default size is 1024, whatever the control image's
+            kwargs |= dict(height=64, width=64)
+        torch.manual_seed(SEED)  # SD3's pipeline draws the control latents from the global generator
         return p(PROMPT, control_image=control, **kwargs).images, []
     return p(PROMPT, image=control, guess_mode=run.entry == "controlnet-guess", **kwargs).images, []
 
@@ -418,9 +424,11 @@ def controlnet_graph(doc: dict, run: Run, path: Path) -> dict:
     is chained after the first, its residuals added to the first's before the UNet."""
     controls, nets = CONTROLS[run.entry], controlnets(path)
     scale, start, end, image = controls[0]
-    sd3 = run.family.startswith("sd3")
+    sd3, flux = run.family.startswith("sd3"), run.family.startswith("flux")
     params = {"controlnet": str(nets[0]), "control_image": f"samples/{image}", "scale": scale, "start": start, "end": end}
-    if not sd3:
+    if flux:
+        params["guidance"] = FLOW_GUIDANCE
+    if not (sd3 or flux):
         params["guess_mode"] = run.entry == "controlnet-guess"
     for k, (scale, start, end, image) in enumerate(controls[1:], start=2):
         nodes, body = doc["nodes"], doc["nodes"]["denoise"]["body"]
@@ -432,15 +440,17 @@ def controlnet_graph(doc: dict, run: Run, path: Path) -> dict:
         apply = json.loads(json.dumps(body["apply_control"]))
         apply["inputs"] |= {"controlnet": {"from": f"controlnet_{k}.controlnet"}, "scale": scale, "start": start, "end": end,
                             "residuals": {"from": "apply_control.residuals"}}
-        if sd3:  # the pipeline encodes the second image after the first, from the same global generator
-            nodes[f"control_latents_{k}"] = {"type": "SD3ControlLatents", "inputs": {
+        if sd3 or flux:  # the pipelines encode the second image after the first, from the same generator
+            nodes[f"control_latents_{k}"] = {"type": nodes["control_latents"]["type"], "inputs": {
                 "vae": {"from": "model.vae"}, "controlnet": {"from": f"controlnet_{k}.controlnet"},
                 "control_image": {"from": f"control_{k}.control_image"}, "rng": {"from": "control_latents.rng"}}}
             apply["inputs"]["control_latents"] = {"from": f"control_latents_{k}.latents"}
+            if flux:  # then the noise
+                nodes["noise"]["inputs"]["rng"] = {"from": f"control_latents_{k}.rng"}
         else:
             apply["inputs"]["control_image"] = {"from": f"control_{k}.control_image"}
         body[f"apply_control_{k}"] = apply
-        body["transformer" if sd3 else "unet"]["inputs"]["control"] = {"from": f"apply_control_{k}.residuals"}
+        body["transformer" if sd3 or flux else "unet"]["inputs"]["control"] = {"from": f"apply_control_{k}.residuals"}
     return params
 
 
@@ -454,6 +464,7 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sd3", "txt2img"): "txt2img_sd3", ("sd3", "img2img"): "img2img_sd3",
     ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
     ("sd", "controlnet"): "controlnet", ("sdxl", "controlnet"): "controlnet_sdxl", ("sd3", "controlnet"): "controlnet_sd3",
+    ("flux", "controlnet"): "controlnet_flux",
 }
 _EXECUTORS: dict[str, Executor] = {}
 
@@ -465,7 +476,7 @@ def graph(run: Run):
     family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
     path = FOLDERS[family, run.config]
     kind = "sd" if family in ("sd1", "sd2-v", "sd1-controlnet") else family.split("-")[0] if family in FLOW_FAMILIES \
-        else family.removesuffix("-controlnet") if family in ("sdxl-controlnet", "sd3-controlnet") else family
+        else family.removesuffix("-controlnet") if family in ("sdxl-controlnet", "sd3-controlnet", "flux-controlnet") else family
     base_entry = entry.split("-")[0]
     doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
     doc["outputs"] = {"image": doc["outputs"]["image"]}
@@ -477,8 +488,6 @@ def graph(run: Run):
         params |= {"image": str(IMAGE), "start_step": first_steps(float(entry.split("-")[1]), steps, family)}
     if entry == "handoff":
         params |= {"refiner": str(refiner_folder()), "switch": SWITCH}
-    if base_entry == "controlnet":
-        params |= controlnet_graph(doc, run, path)
     if family in FLOW_FAMILIES:
         params |= {"prompt": PROMPT, "guidance": GUIDANCE if kind == "sd3" else FLOW_GUIDANCE}
         if base_entry != "img2img":
@@ -491,6 +500,8 @@ def graph(run: Run):
             params["label"] = "4"
     else:
         params |= {"prompt": PROMPT, "guidance": GUIDANCE}
+    if base_entry == "controlnet":
+        params |= controlnet_graph(doc, run, path)
     ex = _EXECUTORS.setdefault(family, Executor())
     r = ex.run(Workflow.from_dict(doc).with_params(**params))
     assert r.ok, r.errors

@@ -139,7 +139,7 @@ def test_controlnets_of_the_other_kind_are_refused_naming_them(tiny_model, tiny_
     assert "controlnet: this is a ControlNetModel (sd family); an SD3 model takes an SD3ControlNetModel" in msg
     node, msg = error(run(CONTROLNET, model=str(tiny_model), controlnet=str(sd3_net), steps=1))
     assert node == "apply_control"
-    assert "controlnet: this is an sd3 ControlNet; ApplyControlNet runs SD 1.x, 2.x and SDXL ones (ApplySD3ControlNet runs SD3's)" in msg
+    assert "controlnet: this is an sd3 ControlNet; ApplyControlNet runs SD 1.x, 2.x and SDXL ones (ApplySD3ControlNet runs SD3's, ApplyFluxControlNet Flux's)" in msg
 
 
 def test_a_control_image_of_another_size_is_refused_naming_it(tiny_model, nets):
@@ -165,7 +165,7 @@ def test_bad_files_and_settings_are_refused_before_anything_loads(tiny_model, ne
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     node, msg = error(run(CONTROLNET, model=str(tiny_model), controlnet=str(tmp_path / "unet"), steps=1))
-    assert node == "controlnet" and msg.endswith("holds a UNet2DConditionModel, not a ControlNetModel")
+    assert node == "controlnet" and msg.endswith("holds a UNet2DConditionModel, not a ControlNet (ControlNetModel, SD3ControlNetModel, FluxControlNetModel)")
 
     for params, field, message in (
         ({"controlnet": str(tmp_path / "nope")}, "inputs.path", f"no ControlNet named '{tmp_path / 'nope'}' (looked in {tmp_path})"),
