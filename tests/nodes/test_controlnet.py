@@ -127,9 +127,9 @@ def test_a_controlnet_of_another_family_is_refused_naming_it(tiny_sdxl, nets):
     assert "controlnet: this is an sd ControlNet (text width 32); the embeddings are 80 wide: wire a ControlNet made for" in msg
 
 
-def test_controlnets_of_the_other_kind_are_refused_naming_them(tiny_model, tiny_sd3, nets, tmp_path):
-    """An SD 1.x ControlNet in the SD3 workflow, an SD3 ControlNet in the SD 1.x one: refused at the
-    first node that runs it, naming both kinds."""
+def test_controlnets_of_the_other_kind_are_refused_naming_them(tiny_model, tiny_sd3, tiny_flux, nets, tmp_path):
+    """An SD 1.x ControlNet in the SD3 and Flux workflows, an SD3 ControlNet in the SD 1.x one:
+    refused at the first node that runs it, naming both kinds."""
     from tests.tiny_controlnet import build_tiny_sd3_controlnet
 
     sd3_net = build_tiny_sd3_controlnet(tiny_sd3, tmp_path / "sd3-controlnet", seed=1)
@@ -137,6 +137,10 @@ def test_controlnets_of_the_other_kind_are_refused_naming_them(tiny_model, tiny_
     node, msg = error(run(doc, model=str(tiny_sd3), controlnet=str(nets["folder"]), steps=1))
     assert node == "control_latents"
     assert "controlnet: this is a ControlNetModel (sd family); an SD3 model takes an SD3ControlNetModel" in msg
+    doc = graphflow.load(REPO / "workflows" / "controlnet_flux.json").doc.raw
+    node, msg = error(run(doc, model=str(tiny_flux), controlnet=str(nets["folder"]), steps=1))
+    assert node == "control_latents"
+    assert "controlnet: this is a ControlNetModel (sd family); a Flux model takes a FluxControlNetModel" in msg
     node, msg = error(run(CONTROLNET, model=str(tiny_model), controlnet=str(sd3_net), steps=1))
     assert node == "apply_control"
     assert "controlnet: this is an sd3 ControlNet; ApplyControlNet runs SD 1.x, 2.x and SDXL ones (ApplySD3ControlNet runs SD3's, ApplyFluxControlNet Flux's)" in msg
