@@ -28,7 +28,7 @@ def _empty_folder(tmp_path, monkeypatch):
 
 def test_the_library_ships_its_workflows_and_the_checkout_links_them():
     assert [f.resolve() for f in shipped.folders()] == [LIBRARY_WORKFLOWS.resolve()]
-    assert sorted(shipped.workflows()) == NAMES and len(NAMES) == 21
+    assert sorted(shipped.workflows()) == NAMES and len(NAMES) == 30
     assert (ROOT / "workflows").resolve() == LIBRARY_WORKFLOWS.resolve()  # one copy: the old path is a link
 
 
