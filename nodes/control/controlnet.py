@@ -113,16 +113,7 @@ class ControlNetRef:
 
         dtype = torch_dtype(manager.dtype)
         if self.config:
-            import diffusers.utils.logging as dlog
-
-            level = dlog.get_verbosity()
-            dlog.set_verbosity_error()  # from_single_file warns about its own model.to(torch_dtype)
-            try:
-                model = ControlNetModel.from_single_file(self.path, config=self.config, torch_dtype=dtype, local_files_only=True)
-            except (ValueError, RuntimeError, KeyError) as e:
-                raise ModelError(f"the ControlNet {self.path} does not fit the config {self.config}: {e}") from None
-            finally:
-                dlog.set_verbosity(level)
+            model = single_file_controlnet(Path(self.path), Path(self.config)).to(dtype)
         else:
             cls = {"sd3": SD3ControlNetModel, "flux": FluxControlNetModel}.get(self.family, ControlNetModel)
             model = cls.from_pretrained(self.path, torch_dtype=dtype, local_files_only=True)
@@ -132,6 +123,32 @@ class ControlNetRef:
 
     def __repr__(self) -> str:
         return f"ControlNetRef({self.family} {self.source[:16]}… at {self.path})"
+
+
+def single_file_controlnet(path: Path, config: Path) -> Any:
+    """A single-file ControlNet built with a config folder: diffusers' own key conversion
+    (``convert_controlnet_checkpoint``: a file with diffusers' keys passes through), plus the
+    added-condition embedding of SDXL files in the original layout (``label_emb``), which that
+    conversion leaves out (``from_single_file`` then fails on the empty layer). Loaded strictly:
+    a file that does not fit the config is refused naming the layers."""
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, LDM_CONTROLNET_KEY, convert_controlnet_checkpoint
+    from safetensors.torch import load_file
+
+    cfg = ControlNetModel.load_config(config)
+    state = load_file(str(path))
+    converted = convert_controlnet_checkpoint(state, cfg)
+    if "time_embedding.linear_1.weight" not in state:  # the original layout
+        ldm = {k.removeprefix(LDM_CONTROLNET_KEY): v for k, v in state.items()}
+        for kind in ("addition_embed_type", "class_embed_type"):
+            if cfg.get(kind):
+                converted |= {hf: ldm[old] for hf, old in DIFFUSERS_TO_LDM_MAPPING["controlnet"][kind].items() if old in ldm}
+    model = ControlNetModel.from_config(cfg)
+    try:
+        model.load_state_dict({k: v for k, v in converted.items() if v is not None}, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"the ControlNet {path} does not fit the config {config}: {' '.join(str(e).split())[:400]}") from None
+    return model
 
 
 def controlnet_ref(path: Path, config: Path | None, max_bytes: int | None = None) -> ControlNetRef:

@@ -107,6 +107,19 @@ def test_a_single_original_layout_file_draws_the_folders_picture(tiny_model, net
     assert f"the ControlNet {nets['file']} does not fit the config" in msg and "controlnet-sd15" in msg
 
 
+def test_an_sdxl_controlnet_file_in_the_original_layout_draws_its_folders_picture(tiny_sdxl, tmp_path):
+    """SDXL ControlNets in the original layout carry their added-condition embedding as
+    ``label_emb``, which diffusers' conversion leaves out (its from_single_file fails on the empty
+    layer): graphflow maps it, and the file is the folder's ControlNet, bit for bit."""
+    folder = build_tiny_controlnet(tiny_sdxl, tmp_path / "xl-controlnet", seed=2)
+    file = write_original_controlnet(folder, tmp_path / "xl-controlnet.safetensors")
+    doc = graphflow.load(REPO / "workflows" / "controlnet_sdxl.json").doc.raw
+    params = dict(model=str(tiny_sdxl), seed=3, steps=2)
+    a, b = run(doc, controlnet=str(folder), **params), run(doc, controlnet=str(file), controlnet_config=str(folder), **params)
+    assert a.ok and b.ok, (a.errors, b.errors)
+    assert torch.equal(a["image"], b["image"])
+
+
 def test_scale_zero_or_a_window_outside_the_schedule_gives_the_plain_picture(tiny_model, nets):
     """At scale 0, or acting only on steps the schedule does not reach, the ControlNet adds nothing:
     txt2img.json's picture bit for bit; at scale 1 the picture moves."""
