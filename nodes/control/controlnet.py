@@ -93,7 +93,8 @@ def describe_controlnet(value: str) -> str:
     path = resolve_controlnet_path(value)
     family, cfg = read_controlnet(path)
     if cfg is not None:
-        return f"{family} ControlNet (diffusers folder, text width {cfg.get('cross_attention_dim')}) at {path}"
+        width = cfg.get("cross_attention_dim") or cfg.get("joint_attention_dim")
+        return f"{family} ControlNet ({cfg['_class_name']} folder, text width {width}) at {path}"
     return f"{family} ControlNet (a single .safetensors file; LoadControlNet's config builds it) at {path}"
 
 

@@ -208,7 +208,7 @@ def test_validate_checks_the_controlnet_workflow_without_loading_torch(tiny_mode
 
     ok = validate("--set", f"controlnet={nets['folder']}")
     assert ok.returncode == 0, ok.stderr
-    assert f"sd ControlNet (diffusers folder, text width 32) at {nets['folder']}" in ok.stdout + ok.stderr
+    assert f"sd ControlNet (ControlNetModel folder, text width 32) at {nets['folder']}" in ok.stdout + ok.stderr
     bad = validate("--set", f"controlnet={tmp_path / 'nope'}")
     assert bad.returncode == 2
     assert "controlnet" in bad.stderr + bad.stdout and "inputs.path" in bad.stderr + bad.stdout
