@@ -31,7 +31,7 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
     def run(self, i: In, ctx: Context) -> dict:
         import torch
         from graphflow_nodes.runtime import placement, to_batch
-        from graphflow_nodes.stages.denoise import control_kwargs
+        from graphflow_nodes.stages.denoise import controlnet_kwargs
 
         unet = ctx.models.get(i.unet)
         device, dtype = placement(unet)
@@ -44,7 +44,7 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
         cond = {"text_embeds": batch(i.pooled, "pooled"), "time_ids": batch(i.time_ids, "time_ids")}
         with torch.no_grad():
             out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False,
-                       **control_kwargs(i.control))
+                       **controlnet_kwargs(i.control))
         return {"noise_pred": out[0]}
 
 

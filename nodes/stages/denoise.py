@@ -36,10 +36,10 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         x = i.model_input.to(dtype=dtype)
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings")
         with torch.no_grad():
-            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **control_kwargs(i.control))[0]}
+            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **controlnet_kwargs(i.control))[0]}
 
 
-def control_kwargs(control) -> dict:
+def controlnet_kwargs(control) -> dict:
     """The UNet's residual arguments for ControlNet residuals (control/controlnet.py), none without."""
     if control is None:
         return {}
