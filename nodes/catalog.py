@@ -124,6 +124,16 @@ def ip_adapter_family(p: Path) -> str:
     return _width_family(widths.pop()) if len(widths) == 1 else "not an IP-Adapter"
 
 
+def controlnet_family(p: Path) -> str:
+    from graphflow_nodes.control.controlnet import read_controlnet
+    from graphflow_nodes.loading.families import ModelError
+
+    try:
+        return f"{read_controlnet(p)[0]} ControlNet"
+    except ModelError:
+        return "not a ControlNet"
+
+
 def describe(p: Path, kind: str) -> dict:
     from graphflow_nodes.loading.checkpoint import PICKLE_SUFFIXES
 
@@ -133,6 +143,8 @@ def describe(p: Path, kind: str) -> dict:
         family = folder_family(p) if p.is_dir() else checkpoint_family(p)
     elif kind == "adapters":
         family = adapter_family(p)
+    elif kind == "controlnet":
+        family = controlnet_family(p)
     elif p.suffix.lower() != ".safetensors":
         family = "not .safetensors"
     else:
@@ -154,9 +166,11 @@ def catalog() -> list[dict]:
                     continue
                 if kind == "checkpoints" and p.is_dir() and not (p / "model_index.json").is_file():
                     continue
-                if kind == "adapters" and not (p.is_dir() and (p / "config.json").is_file()):
-                    continue  # T2I-Adapters are diffusers folders
-                if kind not in ("checkpoints", "adapters") and p.is_dir():
+                if kind in ("adapters", "controlnet") and p.is_dir() and not (p / "config.json").is_file():
+                    continue  # T2I-Adapters and ControlNets are diffusers folders (a ControlNet may also be one file)
+                if kind == "adapters" and not p.is_dir():
+                    continue
+                if kind not in ("checkpoints", "adapters", "controlnet") and p.is_dir():
                     continue  # (an IP-Adapter's image_encoder/ is read with it)
                 row = describe(p, kind)
                 row["shadowed"] = p.name in seen  # an earlier folder has a file of that name

@@ -90,3 +90,9 @@ MASK_K = kind("mask", description="(batch, 1, H, W) in [0, 1] at the picture's s
 LATENT_MASK_K = kind("latent_mask", description="a mask at the latents' size, (batch, 1, H/8, W/8): what inpainting blends or feeds the UNet")
 Mask = Annotated[Any, MASK_K]
 LatentMask = Annotated[Any, LATENT_MASK_K]
+CONTROLNET_K = kind("controlnet", parent=OBJECT, description="a reference to a ControlNetModel (LoadControlNet)")
+CONTROL_IMAGE_K = kind("control_image", parent=IMAGE_K, description="a ControlNet's condition, (batch, 3, H, W) in [0, 1], sized as the picture")
+CONTROL_RESIDUALS_K = kind("control_residuals", description="ControlNet residuals for the UNet's down blocks and middle block, summed over stacked ControlNets")
+ControlNet = Annotated[Any, CONTROLNET_K]
+ControlImage = Annotated[Any, CONTROL_IMAGE_K]
+ControlResiduals = Annotated[Any, CONTROL_RESIDUALS_K]

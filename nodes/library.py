@@ -21,6 +21,7 @@ NODE_MODULES = (
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
     "upscale.resize", "upscale.upscalers",
     "control.t2i_adapter", "control.ip_adapter",
+    "control.preprocessors", "control.controlnet", "control.sd3", "control.flux",
 )
 
 

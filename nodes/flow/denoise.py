@@ -6,7 +6,7 @@ whose ``pred_x0`` is ``x_t − σ·v`` for these models."""
 
 from __future__ import annotations
 
-from graphflow_nodes.kinds import Embeddings, ImageIds, Latents, NoisePred, Pooled, TextIds, Timestep, Transformer
+from graphflow_nodes.kinds import ControlResiduals, Embeddings, ImageIds, Latents, NoisePred, Pooled, TextIds, Timestep, Transformer
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -24,6 +24,7 @@ class PredictSD3(Node, name="PredictSD3", category="sampling", uses=("models",))
         embeddings: Embeddings = Field(description="CFGEmbeddings of JointEmbeddings (or one side's)")
         pooled: Pooled = Field(description="CFGPooled (or one side's pooled)")
         cfg: bool = Field(True, description="double the latents for classifier-free guidance")
+        control: ControlResiduals | None = Field(None, description="ApplySD3ControlNet's residuals, added after the transformer's blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the predicted velocity, same batch as the doubled latents (CFG halves it)")
@@ -44,7 +45,8 @@ class PredictSD3(Node, name="PredictSD3", category="sampling", uses=("models",))
 
         with torch.no_grad():
             out = transformer(hidden_states=x, timestep=i.timestep.expand(x.shape[0]), encoder_hidden_states=batch(i.embeddings, "embeddings"),
-                              pooled_projections=batch(i.pooled, "pooled"), return_dict=False)
+                              pooled_projections=batch(i.pooled, "pooled"), return_dict=False,
+                              block_controlnet_hidden_states=None if i.control is None else list(i.control.blocks))
         return {"noise_pred": out[0]}
 
 
@@ -64,6 +66,7 @@ class PredictFlux(Node, name="PredictFlux", category="sampling", uses=("models",
         text_ids: TextIds = Field(description="TextIds")
         image_ids: ImageIds = Field(description="PackLatents.image_ids")
         guidance: float = Field(3.5, ge=0.0, le=100.0, description="dev's distilled guidance (FluxPipeline's guidance_scale)")
+        control: ControlResiduals | None = Field(None, description="ApplyFluxControlNet's residuals, added after the transformer's blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the predicted velocity, packed as the latents")
@@ -84,8 +87,17 @@ class PredictFlux(Node, name="PredictFlux", category="sampling", uses=("models",
             out = transformer(hidden_states=x, timestep=t / 1000, guidance=guidance,
                               pooled_projections=to_batch(i.pooled.to(device=device, dtype=dtype), n, "pooled"),
                               encoder_hidden_states=to_batch(i.embeddings.to(device=device, dtype=dtype), n, "embeddings"),
-                              txt_ids=i.text_ids.to(device), img_ids=i.image_ids.to(device), return_dict=False)
+                              txt_ids=i.text_ids.to(device), img_ids=i.image_ids.to(device), return_dict=False, **flux_control(i.control))
         return {"noise_pred": out[0]}
+
+
+def flux_control(control) -> dict:
+    """The transformer's ControlNet arguments for ApplyFluxControlNet's residuals, none without."""
+    if control is None:
+        return {}
+    return {"controlnet_block_samples": None if control.blocks is None else list(control.blocks),
+            "controlnet_single_block_samples": None if control.single_blocks is None else list(control.single_blocks),
+            "controlnet_blocks_repeat": control.repeat}
 
 
 class TrueCFG(Node, name="TrueCFG", category="sampling"):

@@ -8,8 +8,8 @@ turns either into a problem naming the node and the field (exit 2), before any m
 
 The models folder convention: ``GRAPHFLOW_MODELS`` (``graphflow run --models-dir DIR`` sets it)
 names one or more folders (separated by ``os.pathsep``), each holding ``checkpoints/`` (diffusers
-folders and single-file ``.safetensors`` checkpoints), ``loras/``, ``embeddings/`` and ``upscalers/``
-(ESRGAN-family ``.safetensors``). A workflow
+folders and single-file ``.safetensors`` checkpoints), ``loras/``, ``embeddings/``, ``upscalers/``
+(ESRGAN-family ``.safetensors``), ``controlnet/``, ``adapters/`` and ``ip_adapters/``. A workflow
 says a bare name (``"path": "my-model.safetensors"``) and runs on any machine that has that file
 there. graphflow's own shipped files come last: ``tiny-sd``, ``tiny-sd-cross.safetensors``,
 ``my-shape.safetensors``. A name is looked up only inside those folders and may not leave them
@@ -36,7 +36,7 @@ MODELS_ENV = "GRAPHFLOW_MODELS"
 MODELS_ONLY_ENV = "GRAPHFLOW_MODELS_ONLY"
 
 #: the kinds of model file and where graphflow's own shipped files of each kind live
-KINDS = ("checkpoints", "loras", "embeddings", "upscalers", "adapters", "ip_adapters")
+KINDS = ("checkpoints", "loras", "embeddings", "upscalers", "controlnet", "adapters", "ip_adapters")
 SHIPPED = {
     "checkpoints": MODELS_DIR,
     "loras": MODELS_DIR / "loras",
@@ -44,6 +44,7 @@ SHIPPED = {
     "upscalers": MODELS_DIR / "upscalers",
     "adapters": MODELS_DIR / "adapters",
     "ip_adapters": MODELS_DIR / "ip_adapters",
+    "controlnet": MODELS_DIR / "controlnet",  # none shipped: the models folders' controlnet/ (LoadControlNet)
 }
 
 
@@ -51,7 +52,7 @@ SHIPPED = {
 WHERE_HINT = f"add a models folder with --models-dir or {MODELS_ENV}"
 #: what one of each kind is called in a message
 WHAT = {"checkpoints": "checkpoint", "loras": "LoRA", "embeddings": "embedding", "upscalers": "upscaler",
-        "adapters": "T2I-Adapter", "ip_adapters": "IP-Adapter"}
+        "controlnet": "ControlNet", "adapters": "T2I-Adapter", "ip_adapters": "IP-Adapter"}
 #: the suffixes of Python pickles, which can run code as they are read: refused unread
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
@@ -161,6 +162,14 @@ def resolve_config_path(name_or_path: str) -> Path | None:
         shipped = [p.name for p in CONFIGS_DIR.iterdir() if p.is_dir()]
         raise ModelNotFound(name_or_path, [*e.looked_in, CONFIGS_DIR], [*_near(Path(name_or_path), search_folders("checkpoints")), *shipped],
                             what="config", hint=WHERE_HINT) from None
+
+
+def resolve_controlnet_path(name_or_path: str) -> Path:
+    """A ControlNet: a diffusers folder or a single ``.safetensors`` file, a name in the models
+    folders' ``controlnet/``, or a path."""
+    if not name_or_path.strip():
+        raise InputFileError("no ControlNet given: set the workflow's controlnet parameter (--set controlnet=PATH)", code="missing_file")
+    return locate(name_or_path, "controlnet")
 
 
 def resolve_lora_path(name_or_path: str) -> Path:

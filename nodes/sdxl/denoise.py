@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphflow_nodes.kinds import AdapterResiduals, Embeddings, ImagePrompts, ModelInput, NoisePred, Pooled, TimeIds, Timestep, UNet
-from graphflow_nodes.stages.denoise import adapter_errors, control_kwargs
+from graphflow_nodes.kinds import (
+    AdapterResiduals,
+    ControlResiduals,
+    Embeddings,
+    ImagePrompts,
+    ModelInput,
+    NoisePred,
+    Pooled,
+    TimeIds,
+    Timestep,
+    UNet,
+)
+from graphflow_nodes.stages.denoise import adapter_errors, control_kwargs, controlnet_kwargs
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -26,6 +37,7 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
         time_ids: TimeIds = Field(description="CFGConditions.time_ids")
         adapter_residuals: AdapterResiduals | None = Field(None, description="AdapterResiduals: T2I-Adapter feature maps added in the down blocks")
         image_prompts: ImagePrompts | None = Field(None, description="EncodeImagePrompt: image prompts for the UNet's IP-Adapters")
+        control: ControlResiduals | None = Field(None, description="ApplyControlNet's residuals, added to the UNet's down and middle blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the model output, same batch as model_input")
@@ -33,6 +45,7 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
     def run(self, i: In, ctx: Context) -> dict:
         import torch
         from graphflow_nodes.runtime import placement, to_batch
+        from graphflow_nodes.stages.denoise import controlnet_kwargs
 
         unet = ctx.models.get(i.unet)
         device, dtype = placement(unet)
@@ -43,7 +56,7 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
 
         check_added_conditions(unet, i.pooled, i.time_ids)
         cond = {"text_embeds": batch(i.pooled, "pooled"), "time_ids": batch(i.time_ids, "time_ids")}
-        extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype)
+        extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype) | controlnet_kwargs(i.control)
         cond |= extra.pop("added_cond_kwargs", {})
         with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
             out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False,

@@ -9,6 +9,7 @@ from typing import Literal
 from graphflow_nodes.kinds import (
     VAE,
     AdapterResiduals,
+    ControlResiduals,
     Embeddings,
     ImagePrompts,
     Latents,
@@ -36,6 +37,7 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         embeddings: Embeddings = Field(description="CFGEmbeddings (batched guidance) or plain text embeddings")
         adapter_residuals: AdapterResiduals | None = Field(None, description="AdapterResiduals: T2I-Adapter feature maps added in the down blocks")
         image_prompts: ImagePrompts | None = Field(None, description="EncodeImagePrompt: image prompts for the UNet's IP-Adapters")
+        control: ControlResiduals | None = Field(None, description="ApplyControlNet's residuals, added to the UNet's down and middle blocks")
 
     class Out(Outputs):
         noise_pred: NoisePred = Field(description="the predicted noise, same batch as model_input")
@@ -48,7 +50,7 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         device, dtype = placement(unet)
         x = i.model_input.to(dtype=dtype)
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings")
-        extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype)
+        extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype) | controlnet_kwargs(i.control)
         with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
             return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]}
 
@@ -78,6 +80,13 @@ def adapter_errors(unet, adapter_residuals):
         from graphflow_nodes.control.t2i_adapter import fit_message
 
         raise ValueError(fit_message(unet, adapter_residuals, e)) from None
+
+
+def controlnet_kwargs(control) -> dict:
+    """The UNet's residual arguments for ControlNet residuals (control/controlnet.py), none without."""
+    if control is None:
+        return {}
+    return {"down_block_additional_residuals": list(control.down), "mid_block_additional_residual": control.mid}
 
 
 class CFG(Node, name="CFG", category="sampling"):

@@ -69,6 +69,18 @@ INPAINT_STEPS = (1, 3)
 #: strength 1 starts from pure noise (a 9-channel UNet never encodes the picture then), 0.75 from the noised picture
 INPAINT_STRENGTHS = (1.0, 0.75)
 
+#: ControlNet cells: one ControlNet at a conditioning scale; two stacked, each acting on its own
+#: fraction of the schedule (overlapping at 3 steps: summed there); guess mode. A stochastic
+#: scheduler beside the model's own shows the generator passing through; 1 and 3 steps
+CONTROL_ENTRIES = ("controlnet", "controlnet-multi", "controlnet-guess")
+CONTROL_SCHEDULERS, CONTROL_STEPS = ("model", "euler_a"), (1, 3)
+#: (scale, start, end) of each ControlNet of an entry, and the sample whose Canny edges it reads
+CONTROLS = {
+    "controlnet": [(0.8, 0.0, 1.0, "red-circle-on-blue.png")],
+    "controlnet-multi": [(1.0, 0.0, 0.7, "red-circle-on-blue.png"), (0.5, 0.3, 1.0, "yellow-square-on-green.png")],
+    "controlnet-guess": [(1.0, 0.0, 1.0, "red-circle-on-blue.png")],
+}
+
 
 @dataclass(frozen=True)
 class Family:
@@ -92,6 +104,10 @@ FAMILIES = {
     "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
     "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
     "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "sd1-controlnet": Family("tiny_model", ("sd15",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
+    "sdxl-controlnet": Family("tiny_sdxl", ("sdxl",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
+    "sd3-controlnet": Family("tiny_sd3", ("sd3",), CONTROL_ENTRIES[:2], ("model",), CONTROL_STEPS),
+    "flux-controlnet": Family("tiny_flux", ("flux-dev",), CONTROL_ENTRIES[:2], ("model",), CONTROL_STEPS),
 }
 #: entry points run on fewer schedulers and step counts than the family's: the control models change
 #: the UNet call, not the schedule, which the txt2img cells already cover (entry -> (schedulers, steps))
@@ -344,6 +360,8 @@ def reference(run: Run):
     g = torch.Generator().manual_seed(SEED)
     if family in FLOW_FAMILIES:
         return flow_reference(run, path, cfg, g)
+    if family.endswith("-controlnet"):
+        return controlnet_reference(run, path, cfg, g)
     if family.startswith("pixel"):
         p = pipeline("DDIMPipeline" if scheduler == "ddim" else "DDPMPipeline", path)
         p.scheduler = scheduler_for(cfg, scheduler)
@@ -501,6 +519,98 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
     return image, rec.frames if run.entry == "txt2img" else []
 
 
+@functools.cache
+def controlnets(path: Path) -> tuple[Path, Path]:
+    """Two tiny random ControlNets made from the folder's UNet (``ControlNetModel.from_unet``) or
+    SD3 transformer (``SD3ControlNetModel.from_transformer``)."""
+    from tests.tiny_controlnet import build_tiny_controlnet, build_tiny_flux_controlnet, build_tiny_sd3_controlnet
+
+    index = json.loads((path / "model_index.json").read_text())["_class_name"]
+    build = {"StableDiffusion3Pipeline": build_tiny_sd3_controlnet, "FluxPipeline": build_tiny_flux_controlnet}.get(index, build_tiny_controlnet)
+    return tuple(build(path, path.parent / f"{path.name}-controlnet-{k}", seed=k) for k in (1, 2))
+
+
+def canny(name: str):
+    """The sample's Canny edges as the pipelines' users make them (diffusers' docs: cv2.Canny, 3 channels)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    edges = cv2.Canny(np.asarray(Image.open(IMAGE.parent / name).convert("RGB")), 100, 200)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+def controlnet_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
+    """StableDiffusion(XL|3)ControlNetPipeline on the base pipeline's components: one ControlNet, two
+    (a MultiControlNetModel, each with its own scale, start and end), or guess mode. SD3's pipeline
+    draws the control image's VAE samples from torch's global generator: seeded with SEED, as
+    the graph's SD3ControlLatents is."""
+    import diffusers
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
+
+    xl, sd3, flux = run.family.startswith("sdxl"), run.family.startswith("sd3"), run.family.startswith("flux")
+    base = pipeline("StableDiffusionXLPipeline" if xl else "StableDiffusion3Pipeline" if sd3 else "FluxPipeline" if flux
+                    else "StableDiffusionPipeline", path)
+    controls = CONTROLS[run.entry]
+    net_cls = SD3ControlNetModel if sd3 else FluxControlNetModel if flux else ControlNetModel
+    nets = [net_cls.from_pretrained(p) for p in controlnets(path)[: len(controls)]]
+    extra = {"force_zeros_for_empty_prompt": base.config.force_zeros_for_empty_prompt, "add_watermarker": False} if xl else {} if sd3 or flux else \
+        {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    parts = {k: v for k, v in base.components.items() if k not in ("safety_checker", "feature_extractor", "image_encoder")}
+    cls = diffusers.StableDiffusionXLControlNetPipeline if xl else diffusers.StableDiffusion3ControlNetPipeline if sd3 \
+        else diffusers.FluxControlNetPipeline if flux else diffusers.StableDiffusionControlNetPipeline
+    p = cls(**parts, **extra, controlnet=nets if len(nets) > 1 else nets[0])
+    p.set_progress_bar_config(disable=True)
+    p.scheduler = scheduler_for(cfg, run.scheduler)
+    one = len(controls) == 1
+    scale, start, end, images = ([c[k] for c in controls] for k in range(4))
+    kwargs = dict(num_inference_steps=run.steps, guidance_scale=FLOW_GUIDANCE if flux else GUIDANCE, generator=g, output_type="pt",
+                  controlnet_conditioning_scale=scale[0] if one else scale, control_guidance_start=start[0] if one else start,
+                  control_guidance_end=end[0] if one else end)
+    control = canny(images[0]) if one else [canny(n) for n in images]
+    if sd3 or flux:
+        if flux:  # FluxControlNetPipeline's default size is 1024, whatever the control image's
+            kwargs |= dict(height=64, width=64)
+        torch.manual_seed(SEED)  # SD3's pipeline draws the control latents from the global generator
+        return p(PROMPT, control_image=control, **kwargs).images, []
+    return p(PROMPT, image=control, guess_mode=run.entry == "controlnet-guess", **kwargs).images, []
+
+
+def controlnet_graph(doc: dict, run: Run, path: Path) -> dict:
+    """controlnet.json's (or controlnet_sdxl.json's) parameters for the cell; a second ControlNet
+    is chained after the first, its residuals added to the first's before the UNet."""
+    controls, nets = CONTROLS[run.entry], controlnets(path)
+    scale, start, end, image = controls[0]
+    sd3, flux = run.family.startswith("sd3"), run.family.startswith("flux")
+    params = {"controlnet": str(nets[0]), "control_image": f"samples/{image}", "scale": scale, "start": start, "end": end}
+    if flux:
+        params["guidance"] = FLOW_GUIDANCE
+    if not (sd3 or flux):
+        params["guess_mode"] = run.entry == "controlnet-guess"
+    for k, (scale, start, end, image) in enumerate(controls[1:], start=2):
+        nodes, body = doc["nodes"], doc["nodes"]["denoise"]["body"]
+        nodes[f"controlnet_{k}"] = {"type": "LoadControlNet", "inputs": {"path": str(nets[k - 1])}}
+        nodes[f"control_source_{k}"] = {"type": "LoadImage", "inputs": {"path": f"samples/{image}"}}
+        nodes[f"edges_{k}"] = {"type": "CannyEdges", "inputs": {"image": {"from": f"control_source_{k}.image"}}}
+        nodes[f"control_{k}"] = {"type": "ControlImage", "inputs": {"image": {"from": f"edges_{k}.image"},
+                                 "width": {"from": "control.width"}, "height": {"from": "control.height"}}}
+        apply = json.loads(json.dumps(body["apply_control"]))
+        apply["inputs"] |= {"controlnet": {"from": f"controlnet_{k}.controlnet"}, "scale": scale, "start": start, "end": end,
+                            "residuals": {"from": "apply_control.residuals"}}
+        if sd3 or flux:  # the pipelines encode the second image after the first, from the same generator
+            nodes[f"control_latents_{k}"] = {"type": nodes["control_latents"]["type"], "inputs": {
+                "vae": {"from": "model.vae"}, "controlnet": {"from": f"controlnet_{k}.controlnet"},
+                "control_image": {"from": f"control_{k}.control_image"}, "rng": {"from": "control_latents.rng"}}}
+            apply["inputs"]["control_latents"] = {"from": f"control_latents_{k}.latents"}
+            if flux:  # then the noise
+                nodes["noise"]["inputs"]["rng"] = {"from": f"control_latents_{k}.rng"}
+        else:
+            apply["inputs"]["control_image"] = {"from": f"control_{k}.control_image"}
+        body[f"apply_control_{k}"] = apply
+        body["transformer" if sd3 or flux else "unet"]["inputs"]["control"] = {"from": f"apply_control_{k}.residuals"}
+    return params
+
+
 # --- the graph side ------------------------------------------------------------------------------
 
 WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
@@ -515,6 +625,8 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("sd", "t2i_adapter"): "t2i_adapter", ("sdxl", "t2i_adapter"): "t2i_adapter_sdxl",
     ("sd", "ip_adapter"): "ip_adapter", ("sdxl", "ip_adapter"): "ip_adapter_sdxl",
     ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
+    ("sd", "controlnet"): "controlnet", ("sdxl", "controlnet"): "controlnet_sdxl", ("sd3", "controlnet"): "controlnet_sd3",
+    ("flux", "controlnet"): "controlnet_flux",
 }
 _EXECUTORS: dict[str, Executor] = {}
 
@@ -525,7 +637,9 @@ def graph(run: Run):
     ``pred_x0``. One executor per family, so models load once."""
     family, scheduler, entry, steps = run.family, run.scheduler, run.entry, run.steps
     path = FOLDERS[family, run.config]
-    kind = "sd" if family in ("sd1", "sd2-v", "sd1-inpaint") else family.split("-")[0] if family in (*FLOW_FAMILIES, "sdxl-inpaint") else family
+    kind = "sd" if family in ("sd1", "sd2-v", "sd1-inpaint", "sd1-controlnet") \
+        else family.split("-")[0] if family in (*FLOW_FAMILIES, "sdxl-inpaint") \
+        else family.removesuffix("-controlnet") if family in ("sdxl-controlnet", "sd3-controlnet", "flux-controlnet") else family
     base_entry = entry.split("-")[0]
     doc = graphflow.load(REPO / "workflows" / f"{WORKFLOWS[kind, base_entry]}.json").doc.raw
     doc["outputs"] = {"image": doc["outputs"]["image"]}
@@ -566,6 +680,8 @@ def graph(run: Run):
         params |= FREEU[family]
     if entry == "weighting":
         params |= {"prompt": WEIGHTED, "mode": "compel"}
+    if base_entry == "controlnet":
+        params |= controlnet_graph(doc, run, path)
     ex = _EXECUTORS.setdefault(family, Executor())
     r = ex.run(Workflow.from_dict(doc).with_params(**params))
     assert r.ok, r.errors

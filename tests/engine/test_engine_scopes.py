@@ -305,6 +305,8 @@ def test_every_shipped_workflow_validates_including_the_nested_examples(capsys):
         assert wf.doc.description and wf.doc.params, path.name
         # a workflow that ships no model (SDXL, pixel) is refused until one is set: validation names the file a run opens
         sets = [a for name, p in wf.doc.params.items() if name in ("model", "refiner") and p.default == "" for a in ("--set", f"{name}=tiny-sd")]
+        if "controlnet" in wf.doc.params:  # none ships either: validation reads a ControlNet's config alone, so the shipped one stands in
+            sets += ["--set", f"controlnet={ROOT / 'nodes' / 'configs' / 'controlnet-sd15'}"]
         if main(["validate", str(path), *sets]) != 0:
             failing[path.name] = capsys.readouterr().err
     assert not failing, failing

@@ -154,6 +154,13 @@ def workflow_params(path: Path, tiny_model: Path, tmp_path: Path, models: dict |
         from tests.tiny_adapters import build_tiny_ip_adapter
 
         sets.append(f"ip_adapter={build_tiny_ip_adapter(tmp_path / 'ip' / 'ip.safetensors', family_model or tiny_model)}")
+    if "controlnet" in doc["params"]:  # a tiny random ControlNet made from the workflow's model
+        from tests import tiny_controlnet as tc
+
+        model = family_model or tiny_model
+        build = tc.build_tiny_sd3_controlnet if "sd3" in path.stem else tc.build_tiny_flux_controlnet if "flux" in path.stem \
+            else tc.build_tiny_controlnet
+        sets.append(f"controlnet={build(model, tmp_path / 'controlnet')}")
     return sets
 
 
