@@ -78,7 +78,7 @@ def test_a_mistyped_folder_gets_the_path_that_exists_and_the_name(tmp_path, caps
     assert main(["validate", "workflows/txt2im.json", "--json"]) == 2
     (problem,) = orjson.loads(capsys.readouterr().out)["problems"]
     assert problem == {"code": "unreadable_file", "message": "cannot read workflows/txt2im.json: No such file or directory; "
-                       "did you mean workflows/txt2img.json, or a shipped workflow: 'txt2img', 'txt2img_sdxl'?"}
+                       "did you mean workflows/txt2img.json, or a shipped workflow: 'txt2img', 'txt2img_sd3', 'txt2img_sdxl'?"}
 
 
 def test_a_name_nothing_is_close_to_gets_the_shipped_names(capsys):
@@ -86,7 +86,7 @@ def test_a_name_nothing_is_close_to_gets_the_shipped_names(capsys):
     assert capsys.readouterr().err == ("nope.json: 1 problem found:\n  [unreadable_file] cannot read nope.json: "
                                        "No such file or directory; shipped workflows, loaded by name: " + ", ".join(NAMES) + "\n")
     assert main(["graph", "txt2imgg"]) == 2
-    assert "did you mean a shipped workflow: 'txt2img', 'txt2img_sdxl'?" in capsys.readouterr().err
+    assert "did you mean a shipped workflow: 'txt2img', 'txt2img_sd3', 'txt2img_sdxl'?" in capsys.readouterr().err
 
 
 def test_python_api_loads_by_name():
@@ -94,7 +94,7 @@ def test_python_api_loads_by_name():
     with pytest.raises(ValidationFailed) as e:
         graphflow.load("txt2im")
     assert [p.code for p in e.value.problems] == ["unreadable_file"]
-    assert e.value.problems[0].message.endswith("did you mean a shipped workflow: 'txt2img', 'txt2img_sdxl'?")
+    assert e.value.problems[0].message.endswith("did you mean a shipped workflow: 'txt2img', 'txt2img_sd3', 'txt2img_sdxl'?")
 
 
 def test_the_server_offers_the_library_workflows():
