@@ -294,8 +294,12 @@ def test_a_map_has_no_carry():
 # --- the shipped workflows -------------------------------------------------------------------------------
 
 
-def test_every_shipped_workflow_validates_including_the_nested_examples(capsys):
+def test_every_shipped_workflow_validates_including_the_nested_examples(capsys, tmp_path):
     from graphflow.cli import main
+    from tests.tiny_adapters import build_tiny_ip_adapter, build_tiny_t2i_adapter
+
+    tiny_sd = ROOT / "nodes" / "models" / "tiny-sd"
+    adapters = {}  # none ships: tiny random ones made for the shipped model stand in, built on first need
 
     names = {p.name for p in WORKFLOWS}
     assert {"nested_loop.json", "map_seeds.json"} <= names
@@ -307,6 +311,12 @@ def test_every_shipped_workflow_validates_including_the_nested_examples(capsys):
         sets = [a for name, p in wf.doc.params.items() if name in ("model", "refiner") and p.default == "" for a in ("--set", f"{name}=tiny-sd")]
         if "controlnet" in wf.doc.params:  # none ships either: validation reads a ControlNet's config alone, so the shipped one stands in
             sets += ["--set", f"controlnet={ROOT / 'nodes' / 'configs' / 'controlnet-sd15'}"]
+        if "adapter" in wf.doc.params:
+            adapters.setdefault("adapter", build_tiny_t2i_adapter(tmp_path / "adapter", tiny_sd))
+            sets += ["--set", f"adapter={adapters['adapter']}"]
+        if "ip_adapter" in wf.doc.params:
+            adapters.setdefault("ip_adapter", build_tiny_ip_adapter(tmp_path / "ip" / "ip.safetensors", tiny_sd))
+            sets += ["--set", f"ip_adapter={adapters['ip_adapter']}"]
         if main(["validate", str(path), *sets]) != 0:
             failing[path.name] = capsys.readouterr().err
     assert not failing, failing
