@@ -11,6 +11,9 @@ from pathlib import Path
 
 #: package data, installed with the library: every workflow here runs by its name
 WORKFLOWS = Path(__file__).with_name("workflows")
+#: translators from other tools' formats, by name (graphflow/node/importers.py): the server's
+#: ComfyUI routes translate the prompts they are sent with the "comfy" one
+IMPORTERS = {"comfy": "graphflow_nodes.comfy.translate"}
 
 NODE_MODULES = (
     "images", "loading.lora", "loading.freeu", "loading.models",
