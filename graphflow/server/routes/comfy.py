@@ -88,6 +88,23 @@ def graph_nodes(id_map: Any, prompt: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def described(class_types: dict[str, Any], defaults: dict[str, dict[str, Any]], output_nodes: tuple[str, ...]) -> dict[str, Any]:
+    """ComfyUI's ``/object_info`` from a translator's ``CLASS_TYPES`` (class type → (inputs: name →
+    a type name or a tuple of the values allowed, output types)), for a translator that does not
+    describe itself (``object_info()``)."""
+    out = {}
+    for name, (inputs, outputs) in class_types.items():
+        required: dict[str, list[Any]] = {}
+        for k, kind in inputs.items():
+            opts = {"default": defaults[name][k]} if k in defaults.get(name, {}) else {}
+            required[k] = [list(kind), opts] if isinstance(kind, (tuple, list)) else [kind, opts]
+        out[name] = {"input": {"required": required}, "input_order": {"required": list(required)},
+                     "output": list(outputs), "output_is_list": [False] * len(outputs), "output_name": list(outputs),
+                     "name": name, "display_name": name, "description": "translated into graphflow nodes", "category": "graphflow",
+                     "output_node": name in output_nodes, "python_module": "graphflow"}
+    return out
+
+
 def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
     """A multipart/form-data body as field name → (file name, bytes), read by the standard
     library's MIME parser (a form is a MIME message)."""
@@ -160,6 +177,10 @@ def open_routes(s: Services) -> APIRouter:
             except Exception as e:  # noqa: BLE001 - the translator's refusal or graphflow's problems, answered
                 if not isinstance(e, ValidationFailed) and getattr(e, "node_errors", None) is None:
                     raise
+                top = getattr(e, "error", None)
+                if isinstance(top, dict) and "type" in top:
+                    return JSONResponse({"error": {"details": "", "extra_info": {}, **top}, "node_errors": node_errors_from(e, prompt, to_comfy)},
+                                        status_code=400)
                 return comfy_error("prompt_outputs_failed_validation", "Prompt outputs failed validation",
                                    node_errors=node_errors_from(e, prompt, to_comfy))
             run_id = uuid.uuid4().hex
@@ -283,8 +304,11 @@ def open_routes(s: Services) -> APIRouter:
     @router.get("/object_info", summary="ComfyUI: the class types this server translates, with their inputs")
     def object_info() -> dict[str, Any]:
         mod = translator()
+        if mod is None:
+            return {}
         info = getattr(mod, "object_info", None)
-        return info() if info is not None else {}
+        return info() if info is not None else described(getattr(mod, "CLASS_TYPES", {}), getattr(mod, "DEFAULTS", {}),
+                                                          getattr(mod, "OUTPUT_NODES", ()))
 
     @router.get("/object_info/{class_type}", summary="ComfyUI: one class type this server translates")
     def object_info_one(class_type: str) -> dict[str, Any]:
