@@ -273,3 +273,50 @@ def test_the_token_as_bearer_basic_password_or_query_and_nothing_without_it(toke
         ws = websocket.create_connection(url, header=headers, timeout=10)
         assert json.loads(ws.recv())["type"] == "status"
         ws.close()
+
+
+def _deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize("method,path,headers,body", [
+    ("POST", "/prompt", {}, b'{"prompt": {"1": "x"}}'),
+    ("POST", "/prompt", {}, b'{"prompt": {"1": {"class_type": 3, "inputs": []}}}'),
+    ("POST", "/prompt", {}, b'{"prompt": {"1": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}}'),
+    ("POST", "/prompt", {}, b'{"prompt": {"9": {"class_type": "SaveImage", "inputs": {"images": [["8"], 0]}}}}'),
+    ("POST", "/prompt", {}, b'{"prompt": {}, "extra_data": ' + _deep(2000) + b"}"),
+    ("POST", "/prompt", {}, b'{"prompt": {}, "prompt_id": "' + b"x" * 5000 + b'"}'),
+    ("POST", "/prompt", {}, b'{"prompt": {}, "client_id": 7}'),
+    ("POST", "/prompt", {}, b'{"prompt": {"1": 1}, "prompt": {}}'),
+    ("POST", "/prompt", {}, b"\xff\xfe"),
+    ("POST", "/queue", {}, b'{"delete": [{"a": 1}, null, 3]}'),
+    ("POST", "/queue", {}, b"[]"),
+    ("POST", "/interrupt", {}, b'{"prompt_id": ' + _deep(10) + b"}"),
+    ("POST", "/history", {}, b'{"delete": "all"}'),
+    ("POST", "/upload/image", {"Content-Type": "multipart/form-data; boundary=x"}, b"--x--"),
+    ("POST", "/upload/image", {"Content-Type": "multipart/form-data; boundary=x"},
+     b'--x\r\nContent-Disposition: form-data; name="image"; filename="../../evil.png"\r\n\r\nPNG\r\n--x--\r\n'),
+    ("POST", "/upload/image", {"Content-Type": "multipart/form-data; boundary=x"},
+     b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nPNG\r\n'
+     b'--x\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n../..\r\n--x--\r\n'),
+    ("POST", "/upload/image", {"Content-Type": "text/plain"}, b"hello"),
+    ("GET", "/history?max_items=0", {}, b""),
+    ("GET", "/history?max_items=99999999999999999999999", {}, b""),
+    ("GET", "/history/" + "%00" * 10, {}, b""),
+    ("GET", "/view?filename=%00&subfolder=&type=output", {}, b""),
+    ("GET", "/view?filename=x&subfolder=" + "y/" * 3000 + "&type=output", {}, b""),
+    ("GET", "/view?filename=x&type=nope", {}, b""),
+    ("GET", "/object_info/" + "x" * 5000, {}, b""),
+])
+def test_hostile_requests_to_the_comfyui_routes_never_get_a_500_and_queue_nothing(srv, method, path, headers, body):
+    before = runs(srv)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request(method, path, body=body or None, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        assert r.status < 500, (method, path, r.status)
+    finally:
+        conn.close()
+    assert runs(srv) == before
+    assert not list((srv.tmp / "out").glob("**/evil.png"))

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from graphflow.atomic import write_new
+from graphflow.document.depth import depth_problem
 from graphflow.document.jsontext import parse_json
 from graphflow.problems import ValidationFailed
 from graphflow.server.auth import comfy_allowed
@@ -149,6 +150,9 @@ def open_routes(s: Services) -> APIRouter:
             return comfy_error("invalid_prompt", "the body is not JSON", str(e))
         if not isinstance(body, dict):
             return comfy_error("invalid_prompt", "the body must be a JSON object")
+        deep = depth_problem(body, s.catalog.limits.depth, field="body", what="the request")  # before anything walks or stores it
+        if deep is not None:
+            return comfy_error("invalid_prompt", deep.message)
         unknown = [k for k in body if k not in PROMPT_KEYS]
         if unknown:
             return comfy_error("invalid_prompt", f"unknown field {unknown[0]!r} (fields: {', '.join(PROMPT_KEYS)})")
@@ -176,7 +180,8 @@ def open_routes(s: Services) -> APIRouter:
                 s.catalog.bind(workflow, params)
             except Exception as e:  # noqa: BLE001 - the translator's refusal or graphflow's problems, answered
                 if not isinstance(e, ValidationFailed) and getattr(e, "node_errors", None) is None:
-                    raise
+                    # a prompt the translator did not foresee: still the prompt's fault as far as the client can act on it
+                    return comfy_error("invalid_prompt", "the prompt could not be translated", f"{type(e).__name__}: {e}")
                 top = getattr(e, "error", None)
                 if isinstance(top, dict) and "type" in top:
                     return JSONResponse({"error": {"details": "", "extra_info": {}, **top}, "node_errors": node_errors_from(e, prompt, to_comfy)},
@@ -261,7 +266,8 @@ def open_routes(s: Services) -> APIRouter:
     def history(max_items: int | None = None) -> dict[str, Any]:
         if max_items is not None and max_items < 1:
             raise HTTPException(400, "max_items must be at least 1")
-        return {r["alias"]: history_entry(r) for r in s.store.aliased(limit=max_items, statuses=("done", "failed", "cancelled", "interrupted"))}
+        limit = None if max_items is None else min(max_items, 1 << 62)  # more than any history holds, within SQLite's integers
+        return {r["alias"]: history_entry(r) for r in s.store.aliased(limit=limit, statuses=("done", "failed", "cancelled", "interrupted"))}
 
     @router.get("/history/{prompt_id}", summary="ComfyUI: one ended prompt ({} while it is queued or running, or unknown)")
     def history_one(prompt_id: str) -> dict[str, Any]:
