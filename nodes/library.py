@@ -18,7 +18,7 @@ NODE_MODULES = (
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
-    "upscale.resize", "upscale.upscalers",
+    "upscale.resize", "upscale.upscalers", "comfy.nodes",
     "control.t2i_adapter", "control.ip_adapter",
 )
 
