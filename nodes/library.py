@@ -31,3 +31,6 @@ def register(registry) -> None:
     for name in NODE_MODULES:
         registry.register_module(importlib.import_module(f"graphflow_nodes.{name}"), "graphflow_nodes")
     registry.add_read_roots(library_read_roots)
+    from graphflow_nodes.comfy.document import read as read_comfy
+
+    registry.add_reader(read_comfy)  # run/validate take ComfyUI prompts and pictures, translated first

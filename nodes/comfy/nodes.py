@@ -98,8 +98,9 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
 class ComfyNoise(Node, name="ComfyNoise", category="latents"):
     """The starting latents as ComfyUI's KSampler makes them: unit noise drawn on the CPU from a
     generator seeded with the seed over the latents' shape (comfy/sample.py ``prepare_noise``),
-    added to the input latents; and the state of a fresh generator from the same seed, which
-    ComfyUI's ancestral samplers draw their step noise from."""
+    added to the input latents; and the state of the generator ComfyUI's ancestral samplers draw
+    their step noise from (comfy/k_diffusion/sampling.py ``default_noise_sampler``: on the CPU a
+    fresh one seeded with seed + 1, so the step noise is not the starting noise again)."""
 
     class In(Inputs):
         latents: Latents = Field(description="the input latents (EmptyLatents' zeros, or an encoded picture)")
@@ -110,7 +111,7 @@ class ComfyNoise(Node, name="ComfyNoise", category="latents"):
 
     class Out(Outputs):
         latents: Latents = Field(description="the loop's starting latents")
-        rng: Rng = Field(description="a fresh generator from the seed: the sampler's step noise")
+        rng: Rng = Field(description="the generator ComfyUI's ancestral samplers draw their step noise from (on the CPU: seeded with seed + 1)")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
@@ -120,4 +121,4 @@ class ComfyNoise(Node, name="ComfyNoise", category="latents"):
         if i.add_noise:
             noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=torch.float32, device="cpu")
             x = x + noise.to(x.device) * i.noise_scale
-        return {"latents": x.to(i.latents.dtype), "rng": generator(i.seed).get_state()}
+        return {"latents": x.to(i.latents.dtype), "rng": generator((i.seed + 1) % 2 ** 64).get_state()}
