@@ -256,6 +256,7 @@ def _t_save(st: _State, cid: str, up: dict) -> tuple:
     prefix = _prefix(_val(st, cid, "filename_prefix")) if st.prompt[cid]["class_type"] == "SaveImage" else "preview"
     n = st.add(cid, gid(cid), {"type": "SaveImage", "inputs": {"image": {"from": up["images"]["image"]}, "prefix": prefix}})
     st.outputs[f"images_{gid(cid)[1:]}"] = f"{n}.paths"
+    st.outputs[f"image_{gid(cid)[1:]}"] = up["images"]["image"]  # the picture itself, for a caller that runs in-process
     return ()
 
 
