@@ -21,7 +21,7 @@ NODE_MODULES = (
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
-    "upscale.resize", "upscale.upscalers",
+    "upscale.resize", "upscale.upscalers", "comfy.nodes",
     "control.t2i_adapter", "control.ip_adapter",
 )
 
@@ -34,3 +34,6 @@ def register(registry) -> None:
     for name in NODE_MODULES:
         registry.register_module(importlib.import_module(f"graphflow_nodes.{name}"), "graphflow_nodes")
     registry.add_read_roots(library_read_roots)
+    from graphflow_nodes.comfy.document import read as read_comfy
+
+    registry.add_reader(read_comfy)  # run/validate take ComfyUI prompts and pictures, translated first
