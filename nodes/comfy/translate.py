@@ -105,6 +105,7 @@ class _State:
     visiting: set[str] = field(default_factory=set)
     param_uses: dict[str, int] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    input_dir: str | None = None  # where LoadImage's names are read from (ComfyUI's input folder)
 
     def fail(self, cid: str, error: NodeError) -> None:
         self.errors.setdefault(cid, []).append(error)
@@ -241,8 +242,22 @@ def _t_vae_encode(st: _State, cid: str, up: dict) -> tuple:
     return ({"latents": f"{n}.latents"},)
 
 
+def _in_input_dir(st: _State, value: Any) -> Any:
+    """LoadImage's ``image`` as ComfyUI reads it: a name in its input folder (``name.png``,
+    ``subfolder/name.png``, maybe annotated `` [input]``), here ``input_dir`` when one is given
+    (the server's uploads folder, where /upload/image puts pictures). Anything else stays as
+    given, and the confined reading checks it as any path."""
+    if st.input_dir is None or not isinstance(value, str):
+        return value
+    name = value[: -len(" [input]")] if value.endswith(" [input]") else value
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return value
+    return f"{st.input_dir.rstrip('/')}/{name}"
+
+
 def _t_load_image(st: _State, cid: str, up: dict) -> tuple:
-    name = st.param(cid, "image", _val(st, cid, "image"), "string", "the picture to load")
+    name = st.param(cid, "image", _in_input_dir(st, _val(st, cid, "image")), "string", "the picture to load")
     n = st.add(cid, gid(cid), {"type": "LoadImage", "inputs": {"path": name}})
     return ({"image": f"{n}.image"}, None)  # MASK: no translation (refused where it is used)
 
@@ -416,13 +431,15 @@ def _sorted_ids(prompt: dict) -> list[str]:
     return sorted(prompt, key=_id_key)
 
 
-def translate(prompt: dict) -> tuple[dict, dict, dict[str, list[str]]]:
+def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
     """A ComfyUI API-format prompt → ``(workflow, params, id_map)``: the graphflow workflow (a
     format-1 document, its ``params`` holding the prompt's values as defaults), those values as
     a dict, and for each ComfyUI node id the graphflow node ids made from it (empty for a node
     folded into others, e.g. CLIPSetLastLayer into its encoders' clip_skip). Deterministic: the
     same prompt gives the same workflow. Raises TranslationError (ComfyUI's error shape) naming
-    every node that cannot be translated."""
+    every node that cannot be translated. ``input_dir``: the folder LoadImage's names are in, as
+    ComfyUI's input folder (the server's ComfyUI routes give their uploads folder); without it a
+    name is a path as given."""
     if not isinstance(prompt, dict) or not prompt:
         raise TranslationError({"type": "invalid_prompt", "message": "Cannot execute because the prompt is not a non-empty JSON object",
                                 "details": "", "extra_info": {}}, {})
@@ -435,7 +452,8 @@ def translate(prompt: dict) -> tuple[dict, dict, dict[str, list[str]]]:
         elif body["class_type"] not in CLASS_TYPES:
             errors.setdefault(cid, []).append(NodeError("missing_node_type", f"Node '{body['class_type']}' has no graphflow translation",
                                                         f"translatable: {', '.join(sorted(CLASS_TYPES))}"))
-    st = _State({cid: ({**b, "inputs": b.get("inputs", {})} if isinstance(b, dict) else b) for cid, b in prompt.items()})
+    st = _State({cid: ({**b, "inputs": b.get("inputs", {})} if isinstance(b, dict) else b) for cid, b in prompt.items()},
+                input_dir=input_dir)
     st.errors = errors
     if not errors:
         for cid in _sorted_ids(prompt):

@@ -320,3 +320,33 @@ def test_hostile_requests_to_the_comfyui_routes_never_get_a_500_and_queue_nothin
         conn.close()
     assert runs(srv) == before
     assert not list((srv.tmp / "out").glob("**/evil.png"))
+
+
+def test_a_picture_uploaded_the_comfyui_way_is_what_loadimage_names(srv, tiny_model, tmp_path):
+    """POST /upload/image (multipart, as ComfyUI's clients send it), then a prompt whose
+    LoadImage names it as ComfyUI's input folder would have it: img2img through VAEEncode."""
+    from PIL import Image
+
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture, format="PNG")
+    import requests
+
+    up = requests.post(f"{srv.url}/upload/image", files={"image": ("red.png", picture.getvalue(), "image/png")},
+                       data={"subfolder": "mine", "overwrite": "true"}, timeout=30)
+    assert up.status_code == 200 and up.json() == {"name": "red.png", "subfolder": "mine", "type": "input"}
+    prompt = default_prompt(tiny_model)
+    prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": "mine/red.png"}}
+    prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    prompt["3"]["inputs"].update(latent_image=["11", 0], denoise=0.5)
+    del prompt["5"]
+    status, body = post(srv, "/prompt", json.dumps({"prompt": prompt, "prompt_id": "img2img-" + uuid.uuid4().hex}).encode())
+    assert status == 200, body
+    ended = wait_for(lambda: json.loads(get(srv, f"/history/{body['prompt_id']}")[1]), timeout=60)[body["prompt_id"]]
+    assert ended["status"]["status_str"] == "success", ended["status"]
+    (image,) = ended["outputs"]["9"]["images"]
+    status, data = get(srv, "/view?" + urllib.parse.urlencode(image))
+    assert status == 200 and png_size(data) == (64, 64)
+    # a name that leads out of the uploads is a path as given, and refused by the confined reading
+    prompt["10"]["inputs"]["image"] = "../graphflow.db"
+    status, body = post(srv, "/prompt", json.dumps({"prompt": prompt}).encode())
+    assert status == 400 and list(body["node_errors"]) == ["10"]

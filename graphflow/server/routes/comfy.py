@@ -16,6 +16,8 @@ Host and body-size rules like every route."""
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations
 
 import asyncio
+import functools
+import inspect
 import platform
 import sys
 import time
@@ -171,11 +173,14 @@ def open_routes(s: Services) -> APIRouter:
         if mod is None:
             return comfy_error("no_translator", "this server has no ComfyUI translator (no installed node pack offers one)", status=501)
         prompt_id = prompt_id or str(uuid.uuid4())
+        translate = mod.translate
+        if "input_dir" in inspect.signature(translate).parameters:  # LoadImage's names are in the uploads, as in ComfyUI's input folder
+            translate = functools.partial(translate, input_dir=str(s.out / "uploads"))
 
         def queue() -> JSONResponse:
             to_comfy: dict[str, str] = {}
             try:
-                workflow, params, id_map = mod.translate(prompt)
+                workflow, params, id_map = translate(prompt)
                 to_comfy = graph_nodes(id_map, prompt)
                 s.catalog.bind(workflow, params)
             except Exception as e:  # noqa: BLE001 - the translator's refusal or graphflow's problems, answered
