@@ -236,6 +236,11 @@ def add_command(sub):
     sp = sub.add_parser("models", help="what the models folders hold: checkpoints, LoRAs, embeddings, with family and size")
     sp.add_argument("--json", action="store_true", help="machine-readable list")
     sp.set_defaults(func=cmd_models)
+    # `graphflow import comfy` comes through the same entry point: a new one is installed metadata,
+    # and an environment installed before it (every worktree sharing one) would fail to start the CLI.
+    from graphflow_nodes.comfy.command import add_command as add_import
+
+    add_import(sub)
     return sp
 
 

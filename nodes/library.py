@@ -11,6 +11,9 @@ from pathlib import Path
 
 #: package data, installed with the library: every workflow here runs by its name
 WORKFLOWS = Path(__file__).with_name("workflows")
+#: translators from other tools' formats, by name (graphflow/node/importers.py): the server's
+#: ComfyUI routes translate the prompts they are sent with the "comfy" one
+IMPORTERS = {"comfy": "graphflow_nodes.comfy.translate"}
 
 NODE_MODULES = (
     "images", "masks", "loading.lora", "loading.freeu", "loading.models",
@@ -19,7 +22,7 @@ NODE_MODULES = (
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
-    "upscale.resize", "upscale.upscalers",
+    "upscale.resize", "upscale.upscalers", "comfy.nodes",
     "control.t2i_adapter", "control.ip_adapter",
     "control.preprocessors", "control.controlnet", "control.sd3", "control.flux",
 )
@@ -33,3 +36,6 @@ def register(registry) -> None:
     for name in NODE_MODULES:
         registry.register_module(importlib.import_module(f"graphflow_nodes.{name}"), "graphflow_nodes")
     registry.add_read_roots(library_read_roots)
+    from graphflow_nodes.comfy.document import read as read_comfy
+
+    registry.add_reader(read_comfy)  # run/validate take ComfyUI prompts and pictures, translated first

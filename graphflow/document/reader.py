@@ -256,10 +256,25 @@ def read_document(raw: dict[str, Any], source: str = "<dict>", max_depth: int | 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def load_json_file(path: str | Path, max_bytes: int | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _foreign(readers, data: dict[str, Any] | None, text: dict[str, str] | None, source: str):
+    """The first node pack reader that knows this document (a JSON object with no ``format``, or a
+    PNG's text chunks without graphflow's): its translation, or None."""
+    for read in readers:
+        hit = read(data, text, source)
+        if hit is not None:
+            return hit
+    return None
+
+
+def load_json_file(path: str | Path, max_bytes: int | None = None, readers=()) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A workflow file's document, and the parameter values a PNG recorded with it (None for
     JSON). A PNG that graphflow saved carries both as text chunks; they are parsed like any
-    untrusted document, never evaluated. A file over ``max_bytes`` is refused unread."""
+    untrusted document, never evaluated. A file over ``max_bytes`` is refused unread.
+
+    ``readers`` are the document readers node packs contributed (``Registry.add_reader``): a file
+    in another program's format (a JSON object without ``format``, a PNG without graphflow's
+    chunks) is handed to each, and the first that knows it gives the workflow and parameters; the
+    reader is called as ``read(json_object_or_None, png_text_chunks_or_None, source)``."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -270,7 +285,12 @@ def load_json_file(path: str | Path, max_bytes: int | None = None) -> tuple[dict
     except OSError as e:
         raise ValidationFailed([Problem("unreadable_file", f"cannot read {p}: {e.strerror}")]) from None
     if not data.startswith(PNG_SIGNATURE):
-        return parse_json(data, str(p)), None
+        doc = parse_json(data, str(p))
+        if readers and isinstance(doc, dict) and "format" not in doc:
+            hit = _foreign(readers, doc, None, str(p))
+            if hit is not None:
+                return hit
+        return doc, None
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -281,6 +301,9 @@ def load_json_file(path: str | Path, max_bytes: int | None = None) -> tuple[dict
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ValidationFailed([Problem("invalid_png", f"{p} is not a readable PNG: {e}")]) from None
     if "graphflow_workflow" not in text:
+        hit = _foreign(readers, None, text, str(p)) if readers else None
+        if hit is not None:
+            return hit
         raise ValidationFailed([Problem("invalid_png", f"{p} holds no graphflow workflow (it was not saved by graphflow's SaveImage)")])
     doc = parse_json(text["graphflow_workflow"], f"{p} (embedded workflow)")
     params = parse_json(text.get("graphflow_params", "{}"), f"{p} (embedded parameters)")

@@ -75,7 +75,8 @@ class Workflow:
         parameters, read as untrusted text like any document (no larger than ``limits.document``).
         A name that is no file but a shipped workflow's (``txt2img``) loads that one."""
         limits = limits or DEFAULT_LIMITS
-        data, params = load_json_file(workflow_file(path), limits.document)
+        registry = registry or _process_registry()
+        data, params = load_json_file(workflow_file(path), limits.document, registry.readers())
         return cls._from_json(data, registry, str(path), params, limits.depth)
 
     def with_params(self, **params: Any) -> Workflow:

@@ -27,6 +27,7 @@ class Registry:
         self._types: dict[str, type[Node]] = {}
         self.sources: dict[str, str] = {}
         self._read_roots: list = []
+        self._readers: list = []
         for n in nodes:
             self.register(n)
 
@@ -110,6 +111,17 @@ class Registry:
         for r in self._read_roots:
             out += [Path(p) for p in (r() if callable(r) else r)]
         return out
+
+    def add_reader(self, read) -> None:
+        """A reader for workflows in another program's format, which ``run`` and ``validate`` then
+        accept directly (the shipped library's reads ComfyUI prompts and pictures): called as
+        ``read(json_object_or_None, png_text_chunks_or_None, source)``, it returns ``(workflow,
+        params)`` for a document it knows, None for one it does not, and raises ValidationFailed
+        for one it knows but cannot translate. The engine itself knows no other format."""
+        self._readers.append(read)
+
+    def readers(self) -> list:
+        return list(self._readers)
 
     def get(self, name: str) -> type[Node] | None:
         return self._types.get(name)

@@ -21,7 +21,7 @@ from graphflow.server.auth import check_hosts, guard_state_changes, token_depend
 from graphflow.server.broker import Broker
 from graphflow.server.owner import Ownership
 from graphflow.server.retention import Retention
-from graphflow.server.routes import Services, events, files, page, runs, uploads, workflows
+from graphflow.server.routes import Services, comfy, events, files, page, runs, uploads, workflows
 from graphflow.server.settings import Settings
 from graphflow.server.store import Store
 from graphflow.server.worker import Worker
@@ -109,4 +109,6 @@ def create_app(settings: Settings, recipe: WorkerRecipe, registry: Registry, lim
     app.include_router(api)
     app.include_router(events.open_routes(s))  # the WebSocket, which checks the token itself
     app.include_router(page.open_routes(s))
+    app.include_router(comfy.open_routes(s))  # ComfyUI's API at its root paths, each route checking its caller
+    app.include_router(comfy.socket_routes(s))
     return app

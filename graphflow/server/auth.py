@@ -80,3 +80,39 @@ def guard_state_changes(allowed: list[str]) -> Callable[..., None]:
                                      "a cross-site form cannot, which keeps other web pages from acting on this server")
 
     return guard
+
+
+# --- ComfyUI's clients (routes/comfy.py) ---------------------------------------------------------
+# They were written for a server with no token and no content-type rule: some send the token as an
+# HTTP Basic password (any user name) or in the query string, and post JSON as a form or with no
+# Content-Type at all. What still keeps other web pages out is the Origin: a browser names the
+# page on every cross-site POST and WebSocket, and such a request is refused as on /api.
+
+def given_token(conn: HTTPConnection) -> str | None:
+    """The token a request carries: ``Bearer T``, ``Basic base64(any:T)``, or ``?token=T``."""
+    import base64
+    import binascii
+
+    header = conn.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return conn.query_params.get("token")
+
+
+def comfy_allowed(conn: HTTPConnection, token: str | None, allowed: list[str]) -> None:
+    """The check every ComfyUI route makes: 401 (with a challenge ComfyUI's libraries answer with
+    Basic) without the token; 403 for a state change or a socket from another site's page."""
+    if token is not None and not _matches(given_token(conn), token):
+        raise HTTPException(401, "this server needs its token (graphflow serve --token): as 'Authorization: Bearer <token>', "
+                                 "as the password of HTTP Basic, or as ?token=", headers={"WWW-Authenticate": 'Basic realm="graphflow"'})
+    method = getattr(conn, "method", "GET")  # a WebSocket has none, and is a state change as far as pages go
+    if method not in ("GET", "HEAD", "OPTIONS") or conn.scope["type"] == "websocket":
+        if not origin_allowed(conn, allowed):
+            raise HTTPException(403, f"requests from the web page at {conn.headers['origin']!r} are refused "
+                                     "(graphflow serve --allow-origin ORIGIN allows one)")

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, seq);
 CREATE TABLE IF NOT EXISTS deleting (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS aliases (run_id TEXT PRIMARY KEY, alias TEXT NOT NULL UNIQUE, meta BLOB NOT NULL);
 """
 
 _LIST_COLUMNS = "seq, id, status, workflow_name, params, created, started, finished, attempts, interruptions, result"
@@ -51,6 +52,10 @@ _LIST_COLUMNS = "seq, id, status, workflow_name, params, created, started, finis
 
 class StoreUnusable(Exception):
     """The database cannot be opened for writing (read-only, locked, not a database)."""
+
+
+class AliasTaken(Exception):
+    """A run already answers to the name a client chose for its new one (ComfyUI's ``prompt_id``)."""
 
 
 class Store:
@@ -122,8 +127,11 @@ class Store:
         return changed
 
     def add(self, run_id: str, workflow: dict[str, Any], params: dict[str, Any], workflow_name: str | None,
-            max_queue: int | None) -> bool:
-        """Queue a run; False (nothing written) when ``max_queue`` runs are already waiting."""
+            max_queue: int | None, alias: str | None = None, meta: dict[str, Any] | None = None) -> bool:
+        """Queue a run; False (nothing written) when ``max_queue`` runs are already waiting.
+        ``alias``: a second name the client chose for it (ComfyUI's ``prompt_id``, any text, so
+        not the run's id, which names its folder), kept with ``meta`` (what the client sent in
+        its own format); AliasTaken (nothing written) when a run in the history has it."""
         wf, ps = orjson.dumps(workflow), orjson.dumps(params)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -133,9 +141,17 @@ class Store:
                     if n >= max_queue:
                         self._db.execute("ROLLBACK")
                         return False
+                if alias is not None:
+                    self._db.execute("DELETE FROM aliases WHERE alias = ? AND run_id NOT IN (SELECT id FROM runs)", (alias,))
+                    if self._db.execute("SELECT 1 FROM aliases WHERE alias = ?", (alias,)).fetchone():
+                        self._db.execute("ROLLBACK")
+                        raise AliasTaken(alias)
+                    self._db.execute("INSERT INTO aliases (run_id, alias, meta) VALUES (?, ?, ?)", (run_id, alias, orjson.dumps(meta or {})))
                 self._db.execute("INSERT INTO runs (id, status, workflow_name, workflow, params, created) VALUES (?, 'queued', ?, ?, ?, ?)",
                                  (run_id, workflow_name, wf, ps, time.time()))
                 self._db.execute("COMMIT")
+            except AliasTaken:
+                raise
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -220,6 +236,32 @@ class Store:
                              "ORDER BY seq DESC LIMIT ?", (before, limit)).fetchall()
         return [_row(r) for r in rows]
 
+    # --- runs named by their clients (aliases) ---------------------------------------------
+
+    def by_alias(self, alias: str) -> str | None:
+        """The id of the run in the history a client named ``alias``."""
+        row = self._run("SELECT a.run_id FROM aliases a JOIN runs r ON r.id = a.run_id WHERE a.alias = ?", (alias,)).fetchone()
+        return None if row is None else row[0]
+
+    def aliased(self, limit: int | None = None, statuses: tuple[str, ...] | None = None,
+                run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Runs that have an alias, oldest first (the newest ``limit``), each as ``get`` gives it
+        plus ``alias``, ``meta`` and ``seq``; only those with one of ``statuses``, or one of ``run_ids``."""
+        where, args = [], []
+        if statuses is not None:
+            where.append(f"r.status IN ({', '.join('?' * len(statuses))})")
+            args += statuses
+        if run_ids is not None:
+            where.append(f"r.id IN ({', '.join('?' * len(run_ids))})")
+            args += run_ids
+        sql = (f"SELECT {', '.join('r.' + c for c in _LIST_COLUMNS.split(', '))}, a.alias, a.meta FROM runs r "
+               f"JOIN aliases a ON a.run_id = r.id {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY r.seq DESC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._run(sql, tuple(args)).fetchall()
+        return [{**_row(r), "seq": r["seq"], "alias": r["alias"], "meta": orjson.loads(r["meta"])} for r in reversed(rows)]
+
     # --- retention -----------------------------------------------------------------------------
 
     def prune(self, keep: int | None, ended_before: float | None) -> list[str]:
@@ -242,6 +284,7 @@ class Store:
                         f"SELECT id FROM runs WHERE status IN ({final}) AND finished < ?", (ended_before,))]
                 ids = list(dict.fromkeys(ids))
                 self._db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+                self._db.executemany("DELETE FROM aliases WHERE run_id = ?", [(i,) for i in ids])
                 self._db.executemany("INSERT OR IGNORE INTO deleting (id) VALUES (?)", [(i,) for i in ids])
                 self._db.execute("COMMIT")
             except BaseException:
@@ -259,6 +302,7 @@ class Store:
                 status = None if row is None else row["status"]
                 if status in FINAL:
                     self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                    self._db.execute("DELETE FROM aliases WHERE run_id = ?", (run_id,))
                     self._db.execute("INSERT OR IGNORE INTO deleting (id) VALUES (?)", (run_id,))
                     status = "deleted"
                 self._db.execute("COMMIT")

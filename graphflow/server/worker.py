@@ -89,6 +89,11 @@ class Worker:
         if self._current == run_id:
             self._cancel.add(run_id)
 
+    @property
+    def running(self) -> str | None:
+        """The id of the run the process is running now, if any."""
+        return self._current
+
     def health(self) -> dict[str, Any]:
         return {"worker_pid": self.process.pid, "worker_restarts": self.process.restarts, "problems": dict(self.problems)}
 

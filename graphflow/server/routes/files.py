@@ -4,6 +4,8 @@ included), is not followed."""
 
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
@@ -22,17 +24,23 @@ def api_routes(s: Services) -> APIRouter:
         # one 404 for every refusal: an answer must not tell which files exist outside the folder
         if not RUN_ID.fullmatch(run_id):
             raise HTTPException(404, "no such file")
-        if len(name) > MAX_NAME or any(len(part.encode()) > 255 for part in name.split("/")):
-            raise HTTPException(404, "no such file")
-        root = run_dir(s.out, run_id)  # not resolved: a run folder that is a link leads elsewhere, and is refused
-        try:
-            path = (root / name).resolve()
-            if not path.is_relative_to(root) or path == root or not path.is_file():
-                raise HTTPException(404, "no such file")
-        except (OSError, ValueError):
-            raise HTTPException(404, "no such file") from None
-        if any(part.startswith(".") for part in path.relative_to(root).parts):  # a file still being written
-            raise HTTPException(404, "no such file")
-        return FileResponse(path)
+        return FileResponse(confined_file(run_dir(s.out, run_id), name))  # not resolved: a run folder that is a link is refused
 
     return api
+
+
+def confined_file(root: Path, name: str) -> Path:
+    """The plain file ``name`` inside ``root`` (a run's folder, the uploads folder), or one 404
+    for every refusal: an answer must not tell which files exist outside the folder. Not followed:
+    ``..``, a link out, a hidden file (one still being written), ``root`` itself a link."""
+    if len(name) > MAX_NAME or any(len(part.encode()) > 255 for part in name.split("/")):
+        raise HTTPException(404, "no such file")
+    try:
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or path == root or not path.is_file():
+            raise HTTPException(404, "no such file")
+    except (OSError, ValueError):
+        raise HTTPException(404, "no such file") from None
+    if any(part.startswith(".") for part in path.relative_to(root).parts):
+        raise HTTPException(404, "no such file")
+    return path

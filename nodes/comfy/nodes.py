@@ -1,0 +1,124 @@
+"""The three nodes a translated ComfyUI sampler needs beyond the library's own: ComfyUI's empty
+latent, its schedule (its sigmas in a diffusers scheduler), and its starting noise. The loop
+itself stays the library's ScaleModelInput → PredictNoise → CFG → SchedulerStep, so a translated
+workflow reads like any other."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from graphflow_nodes.comfy.samplers import SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, check_pair, comfy_sigmas, max_denoise
+from graphflow_nodes.kinds import SEED_MAX, Latents, Rng, Scheduler, SchedulerConfig, Timesteps
+from pydantic import Field
+
+from graphflow.node_api import Context, Inputs, Limit, Node, Outputs
+
+SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+
+
+class EmptyLatents(Node, name="EmptyLatents", category="latents", uses=("device",)):
+    """Zero latents of a picture's size (ComfyUI's EmptyLatentImage: 4 channels at an eighth of the
+    size, whatever the model): the sampler adds the noise."""
+
+    class In(Inputs):
+        width: Annotated[int, Limit("size")] = Field(512, ge=16, le=4096, multiple_of=8, description="picture width in pixels")
+        height: Annotated[int, Limit("size")] = Field(512, ge=16, le=4096, multiple_of=8, description="picture height in pixels")
+        batch_size: Annotated[int, Limit("batch")] = Field(1, ge=1, le=64, description="pictures")
+        channels: int = Field(4, ge=1, le=64, description="latent channels (ComfyUI's: 4)")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="zeros, (batch, channels, height / 8, width / 8)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        return {"latents": torch.zeros((i.batch_size, i.channels, i.height // 8, i.width // 8), device=ctx.device)}
+
+
+class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("device",)):
+    """A diffusers scheduler stepping ComfyUI's sigmas for a ``sampler_name`` × ``scheduler`` pair:
+    the sigmas as comfy/samplers.py computes them (KSampler's ``denoise``, KSamplerAdvanced's start
+    and end steps), the UNet timesteps as ComfyUI's nearest training step, written into the
+    scheduler after ``set_timesteps``. Also the two factors that start the run as ComfyUI does:
+    latents × ``latent_scale`` + unit noise × ``noise_scale``."""
+
+    class In(Inputs):
+        scheduler_config: SchedulerConfig = Field(description="from LoadModel")
+        sampler_name: SamplerName = Field("euler", description="ComfyUI's sampler_name (README: Coming from ComfyUI)")
+        scheduler: SchedulerName = Field("normal", description="ComfyUI's scheduler")
+        steps: Annotated[int, Limit("steps")] = Field(20, ge=1, description="ComfyUI's steps")
+        denoise: float = Field(1.0, ge=0.0, le=1.0, description="KSampler's denoise: run the last steps of steps / denoise")
+        start_step: int = Field(0, ge=0, description="KSamplerAdvanced's start_at_step")
+        end_step: int = Field(10000, ge=0, description="KSamplerAdvanced's end_at_step")
+        force_full_denoise: bool = Field(False, description="end at sigma 0 even when end_step stops early (return_with_leftover_noise disabled)")
+
+    class Out(Outputs):
+        scheduler: Scheduler = Field(description="the scheduler, ComfyUI's sigmas set")
+        timesteps: Timesteps = Field(description="the UNet timesteps to run")
+        sigmas: list[float] = Field(description="ComfyUI's sigmas, the last one where the run ends")
+        noise_scale: float = Field(description="the unit noise's factor in the starting latents")
+        latent_scale: float = Field(description="the input latents' factor in the starting latents")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import diffusers
+        import torch
+
+        cls_name, extra = check_pair(i.sampler_name, i.scheduler)
+        config = dict(i.scheduler_config)
+        if config.get("prediction_type", "epsilon") != "epsilon":
+            raise ValueError(f"ComfyUI's samplers are translated for epsilon models; this model predicts {config.get('prediction_type')}")
+        sigmas = comfy_sigmas(config, i.scheduler, i.steps, i.denoise, i.start_step, i.end_step, i.force_full_denoise)
+        if len(sigmas) < 2:
+            raise ValueError(f"steps {i.steps}, denoise {i.denoise}, start_step {i.start_step}, end_step {i.end_step} leave no step to run")
+        cls = getattr(diffusers, cls_name)
+        s = cls.from_config({**config, **extra, "timestep_spacing": "linspace"})
+        n = len(sigmas) - 1
+        s.set_timesteps(n, device=ctx.device)
+        ms = ModelSampling(config)
+        sig = torch.tensor(sigmas, dtype=torch.float32)
+        ts = ms.timestep(sig[:-1]).to(s.timesteps.dtype)
+        if cls_name == "HeunDiscreteScheduler":  # each sigma but the ends taken twice (its two halves)
+            sig = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
+            ts = torch.cat([ts[:1], ts[1:].repeat_interleave(2)])
+        s.sigmas = sig.to(ctx.device)
+        s.timesteps = ts.to(ctx.device)
+        s.num_inference_steps = n
+        if hasattr(s, "_begin_index"):
+            s._begin_index = None
+        first = float(sigmas[0])
+        noise_scale = (1 + first ** 2) ** 0.5 if max_denoise(config, first) else first
+        latent_scale = 1.0
+        if cls_name in VP_SPACE:  # diffusers' DPM-Solver keeps x / sqrt(1 + sigma^2): the same start in its scale
+            noise_scale /= (1 + first ** 2) ** 0.5
+            latent_scale /= (1 + first ** 2) ** 0.5
+        return {"scheduler": s, "timesteps": s.timesteps, "sigmas": sigmas, "noise_scale": noise_scale, "latent_scale": latent_scale}
+
+
+class ComfyNoise(Node, name="ComfyNoise", category="latents"):
+    """The starting latents as ComfyUI's KSampler makes them: unit noise drawn on the CPU from a
+    generator seeded with the seed over the latents' shape (comfy/sample.py ``prepare_noise``),
+    added to the input latents; and the state of the generator ComfyUI's ancestral samplers draw
+    their step noise from (comfy/k_diffusion/sampling.py ``default_noise_sampler``: on the CPU a
+    fresh one seeded with seed + 1, so the step noise is not the starting noise again)."""
+
+    class In(Inputs):
+        latents: Latents = Field(description="the input latents (EmptyLatents' zeros, or an encoded picture)")
+        seed: int = Field(0, ge=0, le=SEED_MAX, description="ComfyUI's noise_seed")
+        noise_scale: float = Field(description="from ComfySchedule")
+        latent_scale: float = Field(1.0, description="from ComfySchedule")
+        add_noise: bool = Field(True, description="KSamplerAdvanced's add_noise (false: no noise, as ComfyUI's zeros)")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="the loop's starting latents")
+        rng: Rng = Field(description="the generator ComfyUI's ancestral samplers draw their step noise from (on the CPU: seeded with seed + 1)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.runtime import generator
+
+        x = i.latents.float() * i.latent_scale
+        if i.add_noise:
+            noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=torch.float32, device="cpu")
+            x = x + noise.to(x.device) * i.noise_scale
+        return {"latents": x.to(i.latents.dtype), "rng": generator((i.seed + 1) % 2 ** 64).get_state()}

@@ -1,0 +1,486 @@
+"""A ComfyUI API-format prompt → a graphflow workflow of this library's nodes.
+
+The prompt is ``{id: {"class_type": ..., "inputs": {name: literal | [source_id, output_index]}}}``
+(what ComfyUI's ``/prompt`` takes and "Save (API)" writes). Each ComfyUI node becomes one or more
+graphflow nodes whose ids start with ``n<ComfyUI id>``, so an error names the ComfyUI node; a
+KSampler becomes the library's own denoising loop (ComfySchedule, ComfyNoise, then ScaleModelInput
+→ PredictNoise → CFG → SchedulerStep in a Loop). The values a user varies (seed, steps, cfg,
+prompts, size, denoise, checkpoint) become ``params``. Nothing is guessed: a class type, an input
+or a sampler without a translation is refused, every one of them in one error, in ComfyUI's own
+``node_errors`` shape so ComfyUI clients show it as they show ComfyUI's."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from graphflow_nodes.comfy.samplers import REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
+
+LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK")
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
+INT, FLOAT, STR, BOOL_TEXT = "INT", "FLOAT", "STRING", ("enable", "disable")
+
+#: class_type -> (inputs: {name: type}, outputs). A type is a link type (an upstream node's output),
+#: INT/FLOAT/STRING, or a tuple of the values allowed. Also what /object_info describes.
+CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "CheckpointLoaderSimple": ({"ckpt_name": STR}, ("MODEL", "CLIP", "VAE")),
+    "CLIPTextEncode": ({"text": STR, "clip": "CLIP"}, ("CONDITIONING",)),
+    "CLIPSetLastLayer": ({"clip": "CLIP", "stop_at_clip_layer": INT}, ("CLIP",)),
+    "EmptyLatentImage": ({"width": INT, "height": INT, "batch_size": INT}, ("LATENT",)),
+    "KSampler": ({"model": "MODEL", "seed": INT, "steps": INT, "cfg": FLOAT, "sampler_name": tuple(SAMPLERS) + tuple(REFUSED_SAMPLERS),
+                  "scheduler": SCHEDULERS, "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT",
+                  "denoise": FLOAT}, ("LATENT",)),
+    "KSamplerAdvanced": ({"model": "MODEL", "add_noise": BOOL_TEXT, "noise_seed": INT, "steps": INT, "cfg": FLOAT,
+                          "sampler_name": tuple(SAMPLERS) + tuple(REFUSED_SAMPLERS), "scheduler": SCHEDULERS, "positive": "CONDITIONING",
+                          "negative": "CONDITIONING", "latent_image": "LATENT", "start_at_step": INT, "end_at_step": INT,
+                          "return_with_leftover_noise": BOOL_TEXT}, ("LATENT",)),
+    "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, ("IMAGE",)),
+    "VAEEncode": ({"pixels": "IMAGE", "vae": "VAE"}, ("LATENT",)),
+    "LoadImage": ({"image": STR}, ("IMAGE", "MASK")),
+    "SaveImage": ({"images": "IMAGE", "filename_prefix": STR}, ()),
+    "PreviewImage": ({"images": "IMAGE"}, ()),
+    "LoraLoader": ({"model": "MODEL", "clip": "CLIP", "lora_name": STR, "strength_model": FLOAT, "strength_clip": FLOAT}, ("MODEL", "CLIP")),
+    "LatentUpscale": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "width": INT, "height": INT,
+                       "crop": ("disabled", "center")}, ("LATENT",)),
+    "LatentUpscaleBy": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "scale_by": FLOAT}, ("LATENT",)),
+}
+#: inputs ComfyUI lets a prompt leave out (its defaults)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "KSampler": {"denoise": 1.0},
+    "SaveImage": {"filename_prefix": "ComfyUI"},
+    "EmptyLatentImage": {"batch_size": 1},
+}
+OUTPUT_NODES = ("SaveImage", "PreviewImage")
+
+
+@dataclass
+class NodeError:
+    type: str
+    message: str
+    details: str = ""
+    input_name: str | None = None
+
+    def to_dict(self) -> dict:
+        extra = {"input_name": self.input_name} if self.input_name else {}
+        return {"type": self.type, "message": self.message, "details": self.details, "extra_info": extra}
+
+
+class TranslationError(ValueError):
+    """A prompt that cannot be translated. ``node_errors`` is ComfyUI's shape: ``{node_id:
+    {"errors": [{type, message, details, extra_info}], "dependent_outputs": [...], "class_type"}}``;
+    ``error`` is the top-level one (``/prompt`` answers ``{"error": ..., "node_errors": ...}``)."""
+
+    def __init__(self, error: dict, node_errors: dict[str, dict]) -> None:
+        self.error = error
+        self.node_errors = node_errors
+        lines = [f"ComfyUI node {nid} ({e['class_type']}): {x['message']}" + (f": {x['details']}" if x["details"] else "")
+                 for nid, e in node_errors.items() for x in e["errors"]]
+        super().__init__("; ".join(lines) if lines else f"{error['message']}: {error['details']}".rstrip(": "))
+
+    def problems(self) -> list[tuple[str, str, str | None]]:
+        """(ComfyUI node id, message, input name) for each error: what a command prints."""
+        return [(nid, f"{e['class_type']}: {x['message']}" + (f": {x['details']}" if x["details"] else ""),
+                 x["extra_info"].get("input_name")) for nid, e in self.node_errors.items() for x in e["errors"]]
+
+
+def gid(cid: str, suffix: str = "") -> str:
+    """The graphflow id of a ComfyUI node (``3`` → ``n3``; characters a graphflow id cannot hold become ``_``)."""
+    return "n" + re.sub(r"[^A-Za-z0-9_-]", "_", cid) + (f"_{suffix}" if suffix else "")
+
+
+def is_link(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], (str, int)) and isinstance(v[1], int) and not isinstance(v[1], bool)
+
+
+@dataclass
+class _State:
+    prompt: dict
+    nodes: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, dict] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    id_map: dict[str, list[str]] = field(default_factory=dict)
+    done: dict[str, tuple] = field(default_factory=dict)
+    errors: dict[str, list[NodeError]] = field(default_factory=dict)
+    visiting: set[str] = field(default_factory=set)
+    param_uses: dict[str, int] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    input_dir: str | None = None  # where LoadImage's names are read from (ComfyUI's input folder)
+
+    def fail(self, cid: str, error: NodeError) -> None:
+        self.errors.setdefault(cid, []).append(error)
+
+    def add(self, cid: str, nid: str, body: dict) -> str:
+        self.nodes[nid] = body
+        self.id_map.setdefault(cid, []).append(nid)
+        return nid
+
+    def param(self, cid: str, base: str, value: Any, kind: str, what: str) -> dict:
+        """A parameter for a value a user varies: ``base`` when one node in the prompt has it,
+        else ``base_<id>`` (decided before translating, so the names are deterministic)."""
+        name = base if self.param_uses.get(base, 0) <= 1 else f"{base}_{re.sub(r'[^A-Za-z0-9_]', '_', cid)}"
+        ct = self.prompt[cid]["class_type"]
+        if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        self.params[name] = {"default": value, "type": kind, "description": f"{what} (ComfyUI node {cid}, {ct})"}
+        return {"param": name}
+
+
+#: class_type -> the params its values become: (input name, param base name, param type)
+PARAMS = {
+    "CheckpointLoaderSimple": (("ckpt_name", "checkpoint", "string"),),
+    "KSampler": (("seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"), ("denoise", "denoise", "float"),
+                 ("sampler_name", "sampler_name", "string"), ("scheduler", "scheduler", "string")),
+    "KSamplerAdvanced": (("noise_seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"),
+                         ("sampler_name", "sampler_name", "string"), ("scheduler", "scheduler", "string")),
+    "EmptyLatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
+    "LoraLoader": (("lora_name", "lora", "string"), ("strength_model", "lora_strength", "float"), ("strength_clip", "lora_clip_strength", "float")),
+}
+PARAM_WHAT = {"checkpoint": "the checkpoint file", "seed": "noise seed", "steps": "sampling steps", "cfg": "classifier-free guidance scale",
+              "denoise": "how much of the schedule runs (1: all)", "sampler_name": "ComfyUI sampler", "scheduler": "ComfyUI scheduler",
+              "width": "picture width", "height": "picture height", "batch_size": "pictures per run", "lora": "the LoRA file",
+              "lora_strength": "the LoRA's UNet strength", "lora_clip_strength": "the LoRA's text-encoder strength",
+              "prompt": "what to draw", "negative_prompt": "what to steer away from", "text": "a prompt"}
+
+
+def _val(st: _State, cid: str, name: str) -> Any:
+    inputs = st.prompt[cid]["inputs"]
+    return inputs[name] if name in inputs else DEFAULTS.get(st.prompt[cid]["class_type"], {})[name]
+
+
+def _pval(st: _State, cid: str, name: str) -> Any:
+    """An input's value as the workflow writes it: a param reference where the class has one for it."""
+    ct = st.prompt[cid]["class_type"]
+    for inp, base, kind in PARAMS.get(ct, ()):
+        if inp == name:
+            return st.param(cid, base, _val(st, cid, name), kind, PARAM_WHAT[base])
+    return _val(st, cid, name)
+
+
+def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
+    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config"},
+            {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0},
+            {"vae": f"{n}.vae"})
+
+
+def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
+    stop = _val(st, cid, "stop_at_clip_layer")
+    if not isinstance(stop, int) or stop > -1 or stop < -24:
+        raise _Refuse(NodeError("value_not_valid", "stop_at_clip_layer is -1 (the last layer) to -24", str(stop), "stop_at_clip_layer"))
+    st.id_map.setdefault(cid, [])  # folded into each CLIPTextEncode it feeds, as clip_skip
+    return ({**up["clip"], "clip_skip": up["clip"]["clip_skip"] + (-1 - stop)},)
+
+
+def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
+    clip = up["clip"]
+    role = st.roles.get(cid, "text")
+    text = st.param(cid, role, _val(st, cid, "text"), "string", PARAM_WHAT[role])
+    n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text, "mode": "comfy",
+        "clip_skip": clip["clip_skip"]}})
+    return ({"embeddings": f"{n}.text_embeddings"},)
+
+
+def _t_empty_latent(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "EmptyLatents", "inputs": {
+        "width": _pval(st, cid, "width"), "height": _pval(st, cid, "height"), "batch_size": _pval(st, cid, "batch_size")}})
+    return ({"latents": f"{n}.latents"},)
+
+
+def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, add_noise: bool) -> tuple:
+    for name in ("sampler_name",):
+        v = _val(st, cid, name)
+        if v in REFUSED_SAMPLERS:
+            raise _Refuse(NodeError("value_not_valid", f"sampler_name {v} has no translation", REFUSED_SAMPLERS[v], name))
+    model, latent = up["model"], up["latent_image"]
+    loop = gid(cid)
+    sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
+        "scheduler_config": {"from": model["scheduler_config"]}, "sampler_name": _pval(st, cid, "sampler_name"),
+        "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), **schedule_inputs}})
+    noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
+        "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
+        "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
+    emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
+        "uncond": {"from": up["negative"]["embeddings"]}, "cond": {"from": up["positive"]["embeddings"]}}})
+    st.add(cid, loop, {
+        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
+        "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
+        "body": {
+            f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
+                                                                     "timestep": {"from": f"{loop}.timestep"}}},
+            f"{loop}_unet": {"type": "PredictNoise", "inputs": {"unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"},
+                                                                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}}},
+            f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_unet.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
+            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
+                                                                 "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
+                                                                 "rng": {"from": f"{loop}.rng"}}},
+        },
+        "next": {"latents": {"from": f"{loop}_step.latents"}, "scheduler": {"from": f"{loop}_step.scheduler"}, "rng": {"from": f"{loop}_step.rng"}},
+    })
+    return ({"latents": f"{loop}.latents"},)
+
+
+def _t_ksampler(st: _State, cid: str, up: dict) -> tuple:
+    return _sampler(st, cid, up, {"denoise": _pval(st, cid, "denoise")}, _pval(st, cid, "seed"), True)
+
+
+def _t_ksampler_advanced(st: _State, cid: str, up: dict) -> tuple:
+    return _sampler(st, cid, up, {"start_step": _val(st, cid, "start_at_step"), "end_step": _val(st, cid, "end_at_step"),
+                                  "force_full_denoise": _val(st, cid, "return_with_leftover_noise") == "disable"},
+                    _pval(st, cid, "noise_seed"), _val(st, cid, "add_noise") == "enable")
+
+
+def _t_vae_decode(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "Decode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "latents": {"from": up["samples"]["latents"]}}})
+    return ({"image": f"{n}.image"},)
+
+
+def _t_vae_encode(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "VAEEncode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "image": {"from": up["pixels"]["image"]},
+                                                               "mode": "mean"}})
+    return ({"latents": f"{n}.latents"},)
+
+
+def _in_input_dir(st: _State, value: Any) -> Any:
+    """LoadImage's ``image`` as ComfyUI reads it: a name in its input folder (``name.png``,
+    ``subfolder/name.png``, maybe annotated `` [input]``), here ``input_dir`` when one is given
+    (the server's uploads folder, where /upload/image puts pictures). Anything else stays as
+    given, and the confined reading checks it as any path."""
+    if st.input_dir is None or not isinstance(value, str):
+        return value
+    name = value[: -len(" [input]")] if value.endswith(" [input]") else value
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return value
+    return f"{st.input_dir.rstrip('/')}/{name}"
+
+
+def _t_load_image(st: _State, cid: str, up: dict) -> tuple:
+    name = st.param(cid, "image", _in_input_dir(st, _val(st, cid, "image")), "string", "the picture to load")
+    n = st.add(cid, gid(cid), {"type": "LoadImage", "inputs": {"path": name}})
+    return ({"image": f"{n}.image"}, None)  # MASK: no translation (refused where it is used)
+
+
+def _prefix(v: Any) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.-]", "_", str(v)).lstrip("_.-")[:100]
+    return s or "ComfyUI"
+
+
+def _t_save(st: _State, cid: str, up: dict) -> tuple:
+    prefix = _prefix(_val(st, cid, "filename_prefix")) if st.prompt[cid]["class_type"] == "SaveImage" else "preview"
+    n = st.add(cid, gid(cid), {"type": "SaveImage", "inputs": {"image": {"from": up["images"]["image"]}, "prefix": prefix}})
+    st.outputs[f"images_{gid(cid)[1:]}"] = f"{n}.paths"
+    st.outputs[f"image_{gid(cid)[1:]}"] = up["images"]["image"]  # the picture itself, for a caller that runs in-process
+    return ()
+
+
+def _t_lora(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "LoadLoRA", "inputs": {
+        "unet": {"from": up["model"]["unet"]}, "text_encoder": {"from": up["clip"]["text_encoder"]}, "path": _pval(st, cid, "lora_name"),
+        "unet_strength": _pval(st, cid, "strength_model"), "text_encoder_strength": _pval(st, cid, "strength_clip")}})
+    return ({**up["model"], "unet": f"{n}.unet"}, {**up["clip"], "text_encoder": f"{n}.text_encoder"})
+
+
+def _upscale_method(st: _State, cid: str) -> str:
+    m = _val(st, cid, "upscale_method")
+    if m == "bislerp":
+        raise _Refuse(NodeError("value_not_valid", "upscale_method bislerp has no translation", f"translatable: {', '.join(UPSCALE_METHODS)}",
+                                "upscale_method"))
+    return m
+
+
+def _t_latent_upscale(st: _State, cid: str, up: dict) -> tuple:
+    if _val(st, cid, "crop") != "disabled":
+        raise _Refuse(NodeError("value_not_valid", "crop center has no translation", "use crop disabled", "crop"))
+    w, h = _val(st, cid, "width"), _val(st, cid, "height")
+    if not w or not h:
+        raise _Refuse(NodeError("value_not_valid", "a width or height of 0 (keep the aspect) has no translation", f"width {w}, height {h}",
+                                "width" if not w else "height"))
+    n = st.add(cid, gid(cid), {"type": "UpscaleLatents", "inputs": {"latents": {"from": up["samples"]["latents"]}, "mode": _upscale_method(st, cid),
+                                                                    "width": w, "height": h}})
+    return ({"latents": f"{n}.latents"},)
+
+
+def _t_latent_upscale_by(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "UpscaleLatents", "inputs": {"latents": {"from": up["samples"]["latents"]}, "mode": _upscale_method(st, cid),
+                                                                    "scale": _val(st, cid, "scale_by")}})
+    return ({"latents": f"{n}.latents"},)
+
+
+TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
+    "CheckpointLoaderSimple": _t_checkpoint, "CLIPTextEncode": _t_text_encode, "CLIPSetLastLayer": _t_set_last_layer,
+    "EmptyLatentImage": _t_empty_latent, "KSampler": _t_ksampler, "KSamplerAdvanced": _t_ksampler_advanced,
+    "VAEDecode": _t_vae_decode, "VAEEncode": _t_vae_encode, "LoadImage": _t_load_image, "SaveImage": _t_save, "PreviewImage": _t_save,
+    "LoraLoader": _t_lora, "LatentUpscale": _t_latent_upscale, "LatentUpscaleBy": _t_latent_upscale_by,
+}
+
+
+class _Refuse(Exception):
+    def __init__(self, error: NodeError) -> None:
+        self.error = error
+
+
+def _check_node(st: _State, cid: str) -> None:
+    """Each input present, of its type; links to existing nodes and outputs of the right type."""
+    body = st.prompt[cid]
+    ct = body["class_type"]
+    spec, _ = CLASS_TYPES[ct]
+    inputs = body["inputs"]
+    for name in inputs:
+        if name not in spec:
+            st.fail(cid, NodeError("unknown_input", f"input {name} is not an input of {ct}", f"inputs: {', '.join(spec)}", name))
+    for name, kind in spec.items():
+        if name not in inputs:
+            if name not in DEFAULTS.get(ct, {}):
+                st.fail(cid, NodeError("required_input_missing", "Required input is missing", name, name))
+            continue
+        v = inputs[name]
+        if isinstance(kind, str) and kind in LINK_TYPES:
+            if not is_link(v):
+                st.fail(cid, NodeError("bad_linked_input", f"input {name} takes a link [node_id, output_index] to a {kind}", repr(v), name))
+                continue
+            src = str(v[0])
+            if src not in st.prompt:
+                st.fail(cid, NodeError("bad_linked_input", f"input {name} links to node {src}, which the prompt does not have", repr(v), name))
+                continue
+            src_ct = st.prompt[src].get("class_type")
+            outs = CLASS_TYPES.get(src_ct, (None, None))[1]
+            if outs is None:
+                continue  # the source's own error says it has no translation
+            if not 0 <= v[1] < len(outs):
+                st.fail(cid, NodeError("bad_linked_input", f"input {name} links to output {v[1]} of node {src} ({src_ct}), which has "
+                                                           f"{len(outs)} output{'s' if len(outs) != 1 else ''}", repr(v), name))
+            elif outs[v[1]] != kind:
+                st.fail(cid, NodeError("return_type_mismatch", f"input {name} takes a {kind}, node {src} output {v[1]} is a {outs[v[1]]}",
+                                       f"{src_ct} output {v[1]}", name))
+        elif is_link(v):
+            st.fail(cid, NodeError("bad_linked_input", f"input {name} is a value ({kind if isinstance(kind, str) else 'one of a list'}), not a link "
+                                                       "(links to value nodes such as primitives have no translation)", repr(v), name))
+        elif kind == INT and not (isinstance(v, int) and not isinstance(v, bool)):
+            st.fail(cid, NodeError("invalid_input_type", f"input {name} is an integer", repr(v), name))
+        elif kind == FLOAT and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            st.fail(cid, NodeError("invalid_input_type", f"input {name} is a number", repr(v), name))
+        elif kind == STR and not isinstance(v, str):
+            st.fail(cid, NodeError("invalid_input_type", f"input {name} is a string", repr(v), name))
+        elif isinstance(kind, tuple) and v not in kind:
+            st.fail(cid, NodeError("value_not_in_list", f"{name}: '{v}' not in list", f"allowed: {', '.join(kind)}", name))
+
+
+def _translate_node(st: _State, cid: str) -> tuple | None:
+    if cid in st.done:
+        return st.done[cid]
+    if cid in st.visiting:
+        st.fail(cid, NodeError("dependency_cycle", "the prompt has a cycle through this node", ""))
+        return None
+    if cid in st.errors:
+        return None
+    st.visiting.add(cid)
+    try:
+        ct = st.prompt[cid]["class_type"]
+        spec, _ = CLASS_TYPES[ct]
+        up: dict[str, Any] = {}
+        for name, kind in spec.items():
+            v = st.prompt[cid]["inputs"].get(name)
+            if isinstance(kind, str) and kind in LINK_TYPES and is_link(v):
+                outs = _translate_node(st, str(v[0]))
+                if outs is None:
+                    return None
+                if outs[v[1]] is None:
+                    src = st.prompt[str(v[0])]["class_type"]
+                    st.fail(cid, NodeError("bad_linked_input", f"input {name} reads {src}'s {CLASS_TYPES[src][1][v[1]]}, which has no translation",
+                                           repr(v), name))
+                    return None
+                up[name] = outs[v[1]]
+        try:
+            outs = TRANSLATORS[ct](st, cid, up)
+        except _Refuse as r:
+            st.fail(cid, r.error)
+            return None
+        st.done[cid] = outs
+        return outs
+    finally:
+        st.visiting.discard(cid)
+
+
+def _count_params(st: _State) -> None:
+    """How many nodes give each param name, and which prompts are positive or negative (the
+    names must not depend on the order the nodes are translated in)."""
+    for cid, body in st.prompt.items():
+        ct = body["class_type"]
+        for _, base, _ in PARAMS.get(ct, ()):
+            st.param_uses[base] = st.param_uses.get(base, 0) + 1
+        if ct in ("KSampler", "KSamplerAdvanced"):
+            for role, key in (("prompt", "positive"), ("negative_prompt", "negative")):
+                v = body["inputs"].get(key)
+                if is_link(v) and str(v[0]) in st.prompt and st.prompt[str(v[0])].get("class_type") == "CLIPTextEncode":
+                    st.roles.setdefault(str(v[0]), role)
+        if ct == "LoadImage":
+            st.param_uses["image"] = st.param_uses.get("image", 0) + 1
+    for cid, body in st.prompt.items():
+        if body["class_type"] == "CLIPTextEncode":
+            role = st.roles.setdefault(cid, "text")
+            st.param_uses[role] = st.param_uses.get(role, 0) + 1
+
+
+def _id_key(cid: str) -> tuple:
+    return (0, int(cid), "") if cid.isdigit() else (1, 0, cid)
+
+
+def _sorted_ids(prompt: dict) -> list[str]:
+    return sorted(prompt, key=_id_key)
+
+
+def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
+    """A ComfyUI API-format prompt → ``(workflow, params, id_map)``: the graphflow workflow (a
+    format-1 document, its ``params`` holding the prompt's values as defaults), those values as
+    a dict, and for each ComfyUI node id the graphflow node ids made from it (empty for a node
+    folded into others, e.g. CLIPSetLastLayer into its encoders' clip_skip). Deterministic: the
+    same prompt gives the same workflow. Raises TranslationError (ComfyUI's error shape) naming
+    every node that cannot be translated. ``input_dir``: the folder LoadImage's names are in, as
+    ComfyUI's input folder (the server's ComfyUI routes give their uploads folder); without it a
+    name is a path as given."""
+    if not isinstance(prompt, dict) or not prompt:
+        raise TranslationError({"type": "invalid_prompt", "message": "Cannot execute because the prompt is not a non-empty JSON object",
+                                "details": "", "extra_info": {}}, {})
+    prompt = {str(k): v for k, v in prompt.items()}
+    errors: dict[str, list[NodeError]] = {}
+    for cid in _sorted_ids(prompt):
+        body = prompt[cid]
+        if not isinstance(body, dict) or not isinstance(body.get("class_type"), str) or not isinstance(body.get("inputs", {}), dict):
+            errors.setdefault(cid, []).append(NodeError("invalid_prompt", "a node is {\"class_type\": str, \"inputs\": {...}}", repr(body)[:200]))
+        elif body["class_type"] not in CLASS_TYPES:
+            errors.setdefault(cid, []).append(NodeError("missing_node_type", f"Node '{body['class_type']}' has no graphflow translation",
+                                                        f"translatable: {', '.join(sorted(CLASS_TYPES))}"))
+    st = _State({cid: ({**b, "inputs": b.get("inputs", {})} if isinstance(b, dict) else b) for cid, b in prompt.items()},
+                input_dir=input_dir)
+    st.errors = errors
+    if not errors:
+        for cid in _sorted_ids(prompt):
+            _check_node(st, cid)
+    outputs = [cid for cid in _sorted_ids(prompt) if isinstance(prompt[cid], dict) and prompt[cid].get("class_type") in OUTPUT_NODES]
+    if not st.errors:
+        _count_params(st)
+        for cid in outputs:
+            _translate_node(st, cid)
+    if st.errors:
+        node_errors = {cid: {"errors": [e.to_dict() for e in errs], "dependent_outputs": outputs,
+                             "class_type": prompt[cid].get("class_type") if isinstance(prompt[cid], dict) else None}
+                       for cid, errs in sorted(st.errors.items(), key=lambda kv: _id_key(kv[0]))}
+        raise TranslationError({"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation", "details": "",
+                                "extra_info": {}}, node_errors)
+    if not outputs:
+        raise TranslationError({"type": "prompt_no_outputs", "message": "Prompt has no outputs",
+                                "details": "no SaveImage or PreviewImage node", "extra_info": {}}, {})
+    params = {k: v["default"] for k, v in st.params.items()}
+    doc = {
+        "format": 1,
+        "description": "Translated from a ComfyUI API-format prompt; node n<N> (and n<N>_...) come from ComfyUI node N. "
+                       + "; ".join(f"{cid} {prompt[cid]['class_type']}" + (" (folded into its users)" if not st.id_map.get(cid) else "")
+                                   for cid in _sorted_ids(prompt) if cid in st.id_map),
+        "params": st.params,
+        "nodes": st.nodes,
+        "outputs": st.outputs,
+    }
+    return doc, params, {cid: st.id_map[cid] for cid in _sorted_ids(prompt) if cid in st.id_map}
+
