@@ -44,6 +44,8 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "LatentUpscale": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "width": INT, "height": INT,
                        "crop": ("disabled", "center")}, ("LATENT",)),
     "LatentUpscaleBy": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "scale_by": FLOAT}, ("LATENT",)),
+    "ConditioningCombine": ({"conditioning_1": "CONDITIONING", "conditioning_2": "CONDITIONING"}, ("CONDITIONING",)),
+    "ConditioningSetTimestepRange": ({"conditioning": "CONDITIONING", "start": FLOAT, "end": FLOAT}, ("CONDITIONING",)),
 }
 #: inputs ComfyUI lets a prompt leave out (its defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -178,7 +180,21 @@ def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
     n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text, "mode": "comfy",
         "clip_skip": clip["clip_skip"]}})
-    return ({"embeddings": f"{n}.text_embeddings"},)
+    return ([{"embeddings": f"{n}.text_embeddings", "start": 0.0, "end": 1.0}],)
+
+
+def _t_combine(st: _State, cid: str, up: dict) -> tuple:
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds (PredictConditioned's lists)
+    return (up["conditioning_1"] + up["conditioning_2"],)
+
+
+def _t_timestep_range(st: _State, cid: str, up: dict) -> tuple:
+    start, end = float(_val(st, cid, "start")), float(_val(st, cid, "end"))
+    for name, v in (("start", start), ("end", end)):
+        if not 0.0 <= v <= 1.0:
+            raise _Refuse(NodeError("value_not_valid", f"{name} is a fraction of the sampling, 0 to 1", str(v), name))
+    st.id_map.setdefault(cid, [])
+    return ([{**c, "start": start, "end": end} for c in up["conditioning"]],)
 
 
 def _t_empty_latent(st: _State, cid: str, up: dict) -> tuple:
@@ -187,7 +203,7 @@ def _t_empty_latent(st: _State, cid: str, up: dict) -> tuple:
     return ({"latents": f"{n}.latents"},)
 
 
-def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, add_noise: bool) -> tuple:
+def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, add_noise: bool, leftover_noise: bool = False) -> tuple:
     for name in ("sampler_name",):
         v = _val(st, cid, name)
         if v in REFUSED_SAMPLERS:
@@ -200,23 +216,43 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
-    emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
-        "uncond": {"from": up["negative"]["embeddings"]}, "cond": {"from": up["positive"]["embeddings"]}}})
-    st.add(cid, loop, {
-        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
-        "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
-        "body": {
+    pos, neg = up["positive"], up["negative"]
+    plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
+    if plain:  # one full-range conditioning a side: the library's own guidance batch
+        emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
+            "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
+        predict = {
             f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
                                                                      "timestep": {"from": f"{loop}.timestep"}}},
             f"{loop}_unet": {"type": "PredictNoise", "inputs": {"unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"},
                                                                 "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_unet.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
+        }
+    else:  # combined or time-ranged conditionings: ComfyUI's averaging of the active ones, then CFG
+        links = lambda c: [{"from": e["embeddings"]} for e in c]
+        predict = {
+            f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
+                                                                     "timestep": {"from": f"{loop}.timestep"}, "cfg": False}},
+            f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+                "unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
+                "scheduler": {"from": f"{loop}.scheduler"}, "positive": links(pos), "positive_ranges": [[e["start"], e["end"]] for e in pos],
+                "negative": links(neg), "negative_ranges": [[e["start"], e["end"]] for e in neg], "guidance_scale": _pval(st, cid, "cfg")}},
+        }
+    st.add(cid, loop, {
+        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
+        "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
+        "body": {
+            **predict,
             f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
                                                                  "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
                                                                  "rng": {"from": f"{loop}.rng"}}},
         },
         "next": {"latents": {"from": f"{loop}_step.latents"}, "scheduler": {"from": f"{loop}_step.scheduler"}, "rng": {"from": f"{loop}_step.rng"}},
     })
+    if leftover_noise:  # KSamplerAdvanced handing on a noisy latent: in ComfyUI's scale whatever the scheduler's
+        out = st.add(cid, gid(cid, "out"), {"type": "ScaleLatents", "inputs": {"latents": {"from": f"{loop}.latents"},
+                                                                              "factor": {"from": f"{sched}.end_scale"}}})
+        return ({"latents": f"{out}.latents"},)
     return ({"latents": f"{loop}.latents"},)
 
 
@@ -227,7 +263,8 @@ def _t_ksampler(st: _State, cid: str, up: dict) -> tuple:
 def _t_ksampler_advanced(st: _State, cid: str, up: dict) -> tuple:
     return _sampler(st, cid, up, {"start_step": _val(st, cid, "start_at_step"), "end_step": _val(st, cid, "end_at_step"),
                                   "force_full_denoise": _val(st, cid, "return_with_leftover_noise") == "disable"},
-                    _pval(st, cid, "noise_seed"), _val(st, cid, "add_noise") == "enable")
+                    _pval(st, cid, "noise_seed"), _val(st, cid, "add_noise") == "enable",
+                    _val(st, cid, "return_with_leftover_noise") == "enable")
 
 
 def _t_vae_decode(st: _State, cid: str, up: dict) -> tuple:
@@ -298,6 +335,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "EmptyLatentImage": _t_empty_latent, "KSampler": _t_ksampler, "KSamplerAdvanced": _t_ksampler_advanced,
     "VAEDecode": _t_vae_decode, "VAEEncode": _t_vae_encode, "LoadImage": _t_load_image, "SaveImage": _t_save, "PreviewImage": _t_save,
     "LoraLoader": _t_lora, "LatentUpscale": _t_latent_upscale, "LatentUpscaleBy": _t_latent_upscale_by,
+    "ConditioningCombine": _t_combine, "ConditioningSetTimestepRange": _t_timestep_range,
 }
 
 
