@@ -58,6 +58,7 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         start_step: int = Field(0, ge=0, description="KSamplerAdvanced's start_at_step")
         end_step: int = Field(10000, ge=0, description="KSamplerAdvanced's end_at_step")
         force_full_denoise: bool = Field(False, description="end at sigma 0 even when end_step stops early (return_with_leftover_noise disabled)")
+        family: str = Field("sd", description="LoadModel's family: the translation covers SD 1.x/2.x epsilon models")
 
     class Out(Outputs):
         scheduler: Scheduler = Field(description="the scheduler, ComfyUI's sigmas set")
@@ -73,6 +74,8 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         import torch
 
         cls_name, extra = check_pair(i.sampler_name, i.scheduler)
+        if i.family != "sd":
+            raise ValueError(f"the checkpoint is a {i.family} model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only")
         config = dict(i.scheduler_config)
         if config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError(f"ComfyUI's samplers are translated for epsilon models; this model predicts {config.get('prediction_type')}")

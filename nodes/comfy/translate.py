@@ -160,7 +160,7 @@ def _pval(st: _State, cid: str, name: str) -> Any:
 
 def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
-    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config"},
+    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family"},
             {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0},
             {"vae": f"{n}.vae"})
 
@@ -211,7 +211,7 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     model, latent = up["model"], up["latent_image"]
     loop = gid(cid)
     sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
-        "scheduler_config": {"from": model["scheduler_config"]}, "sampler_name": _pval(st, cid, "sampler_name"),
+        "scheduler_config": {"from": model["scheduler_config"]}, "family": {"from": model["family"]}, "sampler_name": _pval(st, cid, "sampler_name"),
         "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), **schedule_inputs}})
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},

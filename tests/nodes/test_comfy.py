@@ -242,3 +242,11 @@ def test_cli_import_run_and_validate(tmp_path, capsys):
     assert main(["run", str(DATA / "two_pass_advanced.json"), "--out", str(tmp_path / "out"), "--quiet", "--set", "steps_10=3",
                  "--set", "steps_11=3"]) == 0
     assert (tmp_path / "out" / "two_pass_00001.png").is_file()
+
+
+def test_a_model_of_another_family_is_refused_by_the_sampler(tiny_sdxl):
+    doc, params, _ = translate(prompt("default"))
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 2}))
+    assert not r.ok
+    assert "the checkpoint is a sdxl model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only" in str(r.errors)
+    assert "n3_schedule" in str(r.errors)
