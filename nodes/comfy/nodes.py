@@ -117,7 +117,7 @@ class ComfyNoise(Node, name="ComfyNoise", category="latents"):
 
     class In(Inputs):
         latents: Latents = Field(description="the input latents (EmptyLatents' zeros, or an encoded picture)")
-        seed: int = Field(0, ge=0, le=SEED_MAX, description="ComfyUI's noise_seed")
+        seed: int = Field(0, ge=0, le=2 ** 64 - 1, description="ComfyUI's noise_seed (ComfyUI allows the whole unsigned 64-bit range)")
         noise_scale: float = Field(description="from ComfySchedule")
         latent_scale: float = Field(1.0, description="from ComfySchedule")
         add_noise: bool = Field(True, description="KSamplerAdvanced's add_noise (false: no noise, as ComfyUI's zeros)")
