@@ -250,3 +250,25 @@ def test_a_model_of_another_family_is_refused_by_the_sampler(tiny_sdxl):
     assert not r.ok
     assert "the checkpoint is a sdxl model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only" in str(r.errors)
     assert "n3_schedule" in str(r.errors)
+
+
+def test_advanced_samplers_split_at_a_step_give_the_one_pass_picture(tiny_model):
+    """KSamplerAdvanced to step 2 with its leftover noise, then from step 2 without new noise: the
+    same Euler run as one KSampler (ComfyUI's own way of splitting a run between two models)."""
+    split = prompt("two_pass_advanced")
+    split["13"]["inputs"]["samples"] = ["11", 0]  # no upscale
+    one = copy.deepcopy(split)
+    one["11"] = {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": 42, "steps": 4, "cfg": 6.0, "sampler_name": "euler",
+                                                      "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+                                                      "latent_image": ["5", 0], "denoise": 1.0}}
+    del one["10"], one["12"], split["12"]
+
+    def run(p):
+        doc, params, _ = translate(p)
+        del doc["nodes"]["n14"]
+        doc["outputs"] = {"image": "n13.image"}
+        r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_model)}))
+        assert r.ok, r.errors
+        return r["image"]
+
+    assert (run(split) - run(one)).abs().max() < 1e-5
