@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from graphflow_nodes.comfy.samplers import REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
 
-LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK")
+LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL")
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
 INT, FLOAT, STR, BOOL_TEXT = "INT", "FLOAT", "STRING", ("enable", "disable")
 
@@ -44,6 +44,11 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "LatentUpscale": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "width": INT, "height": INT,
                        "crop": ("disabled", "center")}, ("LATENT",)),
     "LatentUpscaleBy": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "scale_by": FLOAT}, ("LATENT",)),
+    "UpscaleModelLoader": ({"model_name": STR}, ("UPSCALE_MODEL",)),
+    "ImageUpscaleWithModel": ({"upscale_model": "UPSCALE_MODEL", "image": "IMAGE"}, ("IMAGE",)),
+    "ImageScale": ({"image": "IMAGE", "upscale_method": UPSCALE_METHODS + ("lanczos",), "width": INT, "height": INT,
+                    "crop": ("disabled", "center")}, ("IMAGE",)),
+    "ImageScaleBy": ({"image": "IMAGE", "upscale_method": UPSCALE_METHODS + ("lanczos",), "scale_by": FLOAT}, ("IMAGE",)),
     "ConditioningCombine": ({"conditioning_1": "CONDITIONING", "conditioning_2": "CONDITIONING"}, ("CONDITIONING",)),
     "ConditioningSetTimestepRange": ({"conditioning": "CONDITIONING", "start": FLOAT, "end": FLOAT}, ("CONDITIONING",)),
 }
@@ -306,19 +311,50 @@ def _t_lora(st: _State, cid: str, up: dict) -> tuple:
 
 def _upscale_method(st: _State, cid: str) -> str:
     m = _val(st, cid, "upscale_method")
-    if m == "bislerp":
-        raise _Refuse(NodeError("value_not_valid", "upscale_method bislerp has no translation", f"translatable: {', '.join(UPSCALE_METHODS)}",
+    if m not in UPSCALE_METHODS:
+        raise _Refuse(NodeError("value_not_valid", f"upscale_method {m} has no translation", f"translatable: {', '.join(UPSCALE_METHODS)}",
                                 "upscale_method"))
     return m
 
 
-def _t_latent_upscale(st: _State, cid: str, up: dict) -> tuple:
+def _size(st: _State, cid: str) -> tuple[int, int]:
     if _val(st, cid, "crop") != "disabled":
         raise _Refuse(NodeError("value_not_valid", "crop center has no translation", "use crop disabled", "crop"))
     w, h = _val(st, cid, "width"), _val(st, cid, "height")
     if not w or not h:
         raise _Refuse(NodeError("value_not_valid", "a width or height of 0 (keep the aspect) has no translation", f"width {w}, height {h}",
                                 "width" if not w else "height"))
+    return w, h
+
+
+def _t_upscale_loader(st: _State, cid: str, up: dict) -> tuple:
+    name = st.param(cid, "upscaler", _val(st, cid, "model_name"), "string", "the upscaler file")
+    n = st.add(cid, gid(cid), {"type": "LoadUpscaler", "inputs": {"path": name}})
+    return ({"upscaler": f"{n}.upscaler"},)
+
+
+def _t_upscale_with_model(st: _State, cid: str, up: dict) -> tuple:
+    # ComfyUI runs the upscaler in 512-pixel tiles with 32 pixels of overlap
+    n = st.add(cid, gid(cid), {"type": "Upscale", "inputs": {"upscaler": {"from": up["upscale_model"]["upscaler"]}, "image": {"from": up["image"]["image"]},
+                                                             "tile": 512, "overlap": 32}})
+    return ({"image": f"{n}.image"},)
+
+
+def _t_image_scale(st: _State, cid: str, up: dict) -> tuple:
+    w, h = _size(st, cid)
+    n = st.add(cid, gid(cid), {"type": "ResizeImage", "inputs": {"image": {"from": up["image"]["image"]}, "mode": _upscale_method(st, cid),
+                                                                 "width": w, "height": h}})
+    return ({"image": f"{n}.image"},)
+
+
+def _t_image_scale_by(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "ResizeImage", "inputs": {"image": {"from": up["image"]["image"]}, "mode": _upscale_method(st, cid),
+                                                                 "scale": _val(st, cid, "scale_by")}})
+    return ({"image": f"{n}.image"},)
+
+
+def _t_latent_upscale(st: _State, cid: str, up: dict) -> tuple:
+    w, h = _size(st, cid)
     n = st.add(cid, gid(cid), {"type": "UpscaleLatents", "inputs": {"latents": {"from": up["samples"]["latents"]}, "mode": _upscale_method(st, cid),
                                                                     "width": w, "height": h}})
     return ({"latents": f"{n}.latents"},)
@@ -336,6 +372,8 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "VAEDecode": _t_vae_decode, "VAEEncode": _t_vae_encode, "LoadImage": _t_load_image, "SaveImage": _t_save, "PreviewImage": _t_save,
     "LoraLoader": _t_lora, "LatentUpscale": _t_latent_upscale, "LatentUpscaleBy": _t_latent_upscale_by,
     "ConditioningCombine": _t_combine, "ConditioningSetTimestepRange": _t_timestep_range,
+    "UpscaleModelLoader": _t_upscale_loader, "ImageUpscaleWithModel": _t_upscale_with_model, "ImageScale": _t_image_scale,
+    "ImageScaleBy": _t_image_scale_by,
 }
 
 
@@ -440,6 +478,8 @@ def _count_params(st: _State) -> None:
                     st.roles.setdefault(str(v[0]), role)
         if ct == "LoadImage":
             st.param_uses["image"] = st.param_uses.get("image", 0) + 1
+        if ct == "UpscaleModelLoader":
+            st.param_uses["upscaler"] = st.param_uses.get("upscaler", 0) + 1
     for cid, body in st.prompt.items():
         if body["class_type"] == "CLIPTextEncode":
             role = st.roles.setdefault(cid, "text")

@@ -272,3 +272,17 @@ def test_advanced_samplers_split_at_a_step_give_the_one_pass_picture(tiny_model)
         return r["image"]
 
     assert (run(split) - run(one)).abs().max() < 1e-5
+
+
+def test_pixel_upscaling_class_types():
+    p = prompt("upscale_with_model")
+    doc, params, _ = translate(p)
+    assert {k: doc["nodes"][k]["type"] for k in ("n2", "n3", "n4", "n5")} == {
+        "n2": "LoadUpscaler", "n3": "Upscale", "n4": "ResizeImage", "n5": "ResizeImage"}
+    assert params["upscaler"] == "nearest-x4-rrdbnet.safetensors" and doc["nodes"]["n3"]["inputs"]["tile"] == 512
+    r = Executor().run(Workflow.from_dict({**doc, "nodes": {k: v for k, v in doc["nodes"].items() if k not in ("n6", "n7")},
+                                           "outputs": {"big": "n4.image", "sized": "n5.image"}}))
+    assert r.ok, r.errors
+    assert tuple(r["big"].shape) == (1, 3, 128, 128) and tuple(r["sized"].shape) == (1, 3, 80, 96)
+    p["5"]["inputs"]["upscale_method"] = "lanczos"
+    assert errors(p)["5"]["errors"][0]["message"] == "upscale_method lanczos has no translation"
