@@ -8,6 +8,8 @@ engine can be rearranged without breaking them (the suite's import contracts che
 node library)."""
 
 from graphflow.atomic import write_atomic, write_new
+from graphflow.document.jsontext import parse_json
+from graphflow.document.reader import load_json_file
 from graphflow.engine.fingerprint import content_id, digest
 from graphflow.engine.model_manager import load_patched
 from graphflow.node.context import Cancelled, Context, UndeclaredContext
@@ -15,9 +17,11 @@ from graphflow.node.declaration import Inputs, Node, Outputs
 from graphflow.node.file_access import InputFileError, InputNotFound, InputRefused, checked_input, names_in, open_input
 from graphflow.node.kinds import ANY, OBJECT, TENSOR, FileInput, Kind, kind, list_of
 from graphflow.node.limits import Limit
+from graphflow.options import EXIT_INVALID, EXIT_OK
 from graphflow.pixels import to_uint8
 
 __all__ = [
+    "EXIT_INVALID", "EXIT_OK", "load_json_file", "parse_json",  # for commands and document readers a node library contributes
     "ANY", "OBJECT", "TENSOR", "Cancelled", "Context", "FileInput", "InputFileError", "InputNotFound", "InputRefused", "Inputs",
     "Kind", "Limit", "Node", "Outputs", "UndeclaredContext", "checked_input", "content_id", "digest", "kind", "list_of",
     "load_patched", "names_in", "open_input", "to_uint8", "write_atomic", "write_new",

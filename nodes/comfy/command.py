@@ -26,8 +26,7 @@ def add_command(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from graphflow import options
-    from graphflow.document.reader import load_json_file
+    from graphflow.node_api import EXIT_INVALID, EXIT_OK, load_json_file
     from graphflow.problems import Problem, ValidationFailed
     from graphflow_nodes.comfy.document import problems, raw_prompt
     from graphflow_nodes.comfy.translate import TranslationError, translate
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationFailed as e:
         for p in e.problems:
             print(f"{args.path}: {p}", file=sys.stderr)
-        return options.EXIT_INVALID
+        return EXIT_INVALID
     text = orjson.dumps(workflow, option=orjson.OPT_INDENT_2).decode() + "\n"
     if args.output == "-":
         sys.stdout.write(text)
@@ -58,4 +57,4 @@ def run(args: argparse.Namespace) -> int:
     if args.id_map:
         for cid, ids in id_map.items():
             print(f"ComfyUI {cid} -> {', '.join(ids) or '(folded into its users)'}", file=sys.stderr)
-    return options.EXIT_OK
+    return EXIT_OK

@@ -53,7 +53,7 @@ def raw_prompt(data: dict | None, text: dict[str, str] | None, source: str) -> d
                                                                    "format: in ComfyUI use Workflow → Export (API), or give the PNG it saved")])
         return None
     if "prompt" in text:
-        from graphflow.document.jsontext import parse_json
+        from graphflow.node_api import parse_json
 
         prompt = parse_json(text["prompt"], f"{source} (ComfyUI prompt chunk)")
         if not is_prompt(prompt):

@@ -8,10 +8,16 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from graphflow_nodes.comfy.samplers import SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, check_pair, comfy_sigmas, max_denoise
-from graphflow_nodes.kinds import SEED_MAX, Latents, Rng, Scheduler, SchedulerConfig, Timesteps
+from typing import Any
+
+from graphflow_nodes.kinds import (
+    SEED_MAX, TEXT_EMBEDDINGS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, Timestep, Timesteps, UNet,
+)
 from pydantic import Field
 
-from graphflow.node_api import Context, Inputs, Limit, Node, Outputs
+from graphflow.node_api import Context, Inputs, Limit, Node, Outputs, list_of
+
+EmbeddingsList = Annotated[list[Any], list_of(TEXT_EMBEDDINGS_K)]
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -52,6 +58,7 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         start_step: int = Field(0, ge=0, description="KSamplerAdvanced's start_at_step")
         end_step: int = Field(10000, ge=0, description="KSamplerAdvanced's end_at_step")
         force_full_denoise: bool = Field(False, description="end at sigma 0 even when end_step stops early (return_with_leftover_noise disabled)")
+        family: str = Field("sd", description="LoadModel's family: the translation covers SD 1.x/2.x epsilon models")
 
     class Out(Outputs):
         scheduler: Scheduler = Field(description="the scheduler, ComfyUI's sigmas set")
@@ -59,12 +66,16 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         sigmas: list[float] = Field(description="ComfyUI's sigmas, the last one where the run ends")
         noise_scale: float = Field(description="the unit noise's factor in the starting latents")
         latent_scale: float = Field(description="the input latents' factor in the starting latents")
+        end_scale: float = Field(description="the factor that turns the loop's last latents into ComfyUI's (not 1 only for a "
+                                             "variance-preserving scheduler stopped with leftover noise)")
 
     def run(self, i: In, ctx: Context) -> dict:
         import diffusers
         import torch
 
         cls_name, extra = check_pair(i.sampler_name, i.scheduler)
+        if i.family != "sd":
+            raise ValueError(f"the checkpoint is a {i.family} model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only")
         config = dict(i.scheduler_config)
         if config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError(f"ComfyUI's samplers are translated for epsilon models; this model predicts {config.get('prediction_type')}")
@@ -88,11 +99,13 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
             s._begin_index = None
         first = float(sigmas[0])
         noise_scale = (1 + first ** 2) ** 0.5 if max_denoise(config, first) else first
-        latent_scale = 1.0
-        if cls_name in VP_SPACE:  # diffusers' DPM-Solver keeps x / sqrt(1 + sigma^2): the same start in its scale
+        latent_scale = end_scale = 1.0
+        if cls_name in VP_SPACE:
+            end_scale = (1 + float(sigmas[-1]) ** 2) ** 0.5  # diffusers' DPM-Solver keeps x / sqrt(1 + sigma^2): the same start in its scale
             noise_scale /= (1 + first ** 2) ** 0.5
             latent_scale /= (1 + first ** 2) ** 0.5
-        return {"scheduler": s, "timesteps": s.timesteps, "sigmas": sigmas, "noise_scale": noise_scale, "latent_scale": latent_scale}
+        return {"scheduler": s, "timesteps": s.timesteps, "sigmas": sigmas, "noise_scale": noise_scale, "latent_scale": latent_scale,
+                "end_scale": end_scale}
 
 
 class ComfyNoise(Node, name="ComfyNoise", category="latents"):
@@ -104,7 +117,7 @@ class ComfyNoise(Node, name="ComfyNoise", category="latents"):
 
     class In(Inputs):
         latents: Latents = Field(description="the input latents (EmptyLatents' zeros, or an encoded picture)")
-        seed: int = Field(0, ge=0, le=SEED_MAX, description="ComfyUI's noise_seed")
+        seed: int = Field(0, ge=0, le=2 ** 64 - 1, description="ComfyUI's noise_seed (ComfyUI allows the whole unsigned 64-bit range)")
         noise_scale: float = Field(description="from ComfySchedule")
         latent_scale: float = Field(1.0, description="from ComfySchedule")
         add_noise: bool = Field(True, description="KSamplerAdvanced's add_noise (false: no noise, as ComfyUI's zeros)")
@@ -122,3 +135,82 @@ class ComfyNoise(Node, name="ComfyNoise", category="latents"):
             noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=torch.float32, device="cpu")
             x = x + noise.to(x.device) * i.noise_scale
         return {"latents": x.to(i.latents.dtype), "rng": generator((i.seed + 1) % 2 ** 64).get_state()}
+
+
+class ScaleLatents(Node, name="ScaleLatents", category="latents"):
+    """Latents times a factor (ComfySchedule's end_scale: a DPM-Solver run stopped with leftover
+    noise handed on in ComfyUI's scale)."""
+
+    class In(Inputs):
+        latents: Latents = Field(description="the latents")
+        factor: float = Field(1.0, description="the factor")
+
+    class Out(Outputs):
+        latents: Latents = Field(description="latents × factor")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        return {"latents": i.latents if i.factor == 1.0 else i.latents * i.factor}
+
+
+def active(ms: ModelSampling, sigma: float, start: float, end: float) -> bool:
+    """Whether a conditioning with ComfyUI's start and end percents applies at ``sigma``
+    (comfy/model_sampling.py ``percent_to_sigma``, comfy/samplers.py ``get_area_and_mult``)."""
+    def percent_to_sigma(p: float) -> float:
+        if p <= 0.0:
+            return 999999999.9
+        if p >= 1.0:
+            return 0.0
+        return float(ms.sigma((1.0 - p) * 999.0))
+
+    return not (sigma > percent_to_sigma(start) or sigma < percent_to_sigma(end))
+
+
+class PredictConditioned(Node, name="PredictConditioned", category="sampling", uses=("models",)):
+    """Guided noise prediction for ComfyUI's combined and time-ranged conditionings: on each side
+    (positive, negative) every conditioning whose percent range holds the current sigma is
+    predicted and their predictions averaged, as ComfyUI's ``calc_cond_batch`` does for full-image
+    conditionings of strength 1 (a side with none active predicts a clean picture of zeros, as
+    ComfyUI's does); then classifier-free guidance."""
+
+    class In(Inputs):
+        unet: UNet = Field(description="from LoadModel")
+        model_input: ModelInput = Field(description="from ScaleModelInput with cfg false (one batch, not doubled)")
+        timestep: Timestep = Field(description="the loop's timestep")
+        scheduler: Scheduler = Field(description="the loop's current scheduler (gives the current sigma)")
+        positive: EmbeddingsList = Field(description="the positive conditionings' embeddings")
+        positive_ranges: list[list[float]] = Field(description="[start, end] percents per positive conditioning")
+        negative: EmbeddingsList = Field(description="the negative conditionings' embeddings")
+        negative_ranges: list[list[float]] = Field(description="[start, end] percents per negative conditioning")
+        guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="ComfyUI's cfg")
+
+    class Out(Outputs):
+        noise_pred: NoisePred = Field(description="the guided prediction")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+        from graphflow_nodes.stages.scheduler_state import clone
+
+        if len(i.positive) != len(i.positive_ranges) or len(i.negative) != len(i.negative_ranges):
+            raise ValueError("each conditioning needs its [start, end] range")
+        s = clone(i.scheduler)
+        if getattr(s, "step_index", None) is None:
+            s._init_step_index(i.timestep)
+        sigma = float(s.sigmas[s.step_index])
+        ms = ModelSampling(dict(s.config))
+        from graphflow_nodes.runtime import placement
+
+        unet = ctx.models.get(i.unet)
+        device, dtype = placement(unet)
+        x = i.model_input.to(dtype=dtype)
+        sides = []
+        for embs, ranges in ((i.positive, i.positive_ranges), (i.negative, i.negative_ranges)):
+            used = [e for e, (a, b) in zip(embs, ranges) if active(ms, sigma, a, b)]
+            if not used:  # ComfyUI: denoised 0, i.e. the noise that removes all of x
+                sides.append(x * (1 + sigma ** 2) ** 0.5 / sigma)
+                continue
+            with torch.no_grad():
+                emb = torch.cat([e.to(device=device, dtype=dtype).expand(x.shape[0], -1, -1) for e in used])
+                eps = unet(torch.cat([x] * len(used)), i.timestep, encoder_hidden_states=emb).sample
+            sides.append(eps.view(len(used), *x.shape).mean(0))
+        cond, uncond = sides
+        return {"noise_pred": uncond + i.guidance_scale * (cond - uncond)}

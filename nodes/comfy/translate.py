@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from graphflow_nodes.comfy.samplers import REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
 
-LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK")
+LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL")
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
 INT, FLOAT, STR, BOOL_TEXT = "INT", "FLOAT", "STRING", ("enable", "disable")
 
@@ -44,6 +44,13 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "LatentUpscale": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "width": INT, "height": INT,
                        "crop": ("disabled", "center")}, ("LATENT",)),
     "LatentUpscaleBy": ({"samples": "LATENT", "upscale_method": UPSCALE_METHODS + ("bislerp",), "scale_by": FLOAT}, ("LATENT",)),
+    "UpscaleModelLoader": ({"model_name": STR}, ("UPSCALE_MODEL",)),
+    "ImageUpscaleWithModel": ({"upscale_model": "UPSCALE_MODEL", "image": "IMAGE"}, ("IMAGE",)),
+    "ImageScale": ({"image": "IMAGE", "upscale_method": UPSCALE_METHODS + ("lanczos",), "width": INT, "height": INT,
+                    "crop": ("disabled", "center")}, ("IMAGE",)),
+    "ImageScaleBy": ({"image": "IMAGE", "upscale_method": UPSCALE_METHODS + ("lanczos",), "scale_by": FLOAT}, ("IMAGE",)),
+    "ConditioningCombine": ({"conditioning_1": "CONDITIONING", "conditioning_2": "CONDITIONING"}, ("CONDITIONING",)),
+    "ConditioningSetTimestepRange": ({"conditioning": "CONDITIONING", "start": FLOAT, "end": FLOAT}, ("CONDITIONING",)),
 }
 #: inputs ComfyUI lets a prompt leave out (its defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -159,7 +166,7 @@ def _pval(st: _State, cid: str, name: str) -> Any:
 
 def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
-    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config"},
+    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family"},
             {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0},
             {"vae": f"{n}.vae"})
 
@@ -179,7 +186,21 @@ def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
     n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text, "mode": "comfy",
         "clip_skip": clip["clip_skip"]}})
-    return ({"embeddings": f"{n}.text_embeddings"},)
+    return ([{"embeddings": f"{n}.text_embeddings", "start": 0.0, "end": 1.0}],)
+
+
+def _t_combine(st: _State, cid: str, up: dict) -> tuple:
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds (PredictConditioned's lists)
+    return (up["conditioning_1"] + up["conditioning_2"],)
+
+
+def _t_timestep_range(st: _State, cid: str, up: dict) -> tuple:
+    start, end = float(_val(st, cid, "start")), float(_val(st, cid, "end"))
+    for name, v in (("start", start), ("end", end)):
+        if not 0.0 <= v <= 1.0:
+            raise _Refuse(NodeError("value_not_valid", f"{name} is a fraction of the sampling, 0 to 1", str(v), name))
+    st.id_map.setdefault(cid, [])
+    return ([{**c, "start": start, "end": end} for c in up["conditioning"]],)
 
 
 def _t_empty_latent(st: _State, cid: str, up: dict) -> tuple:
@@ -188,7 +209,7 @@ def _t_empty_latent(st: _State, cid: str, up: dict) -> tuple:
     return ({"latents": f"{n}.latents"},)
 
 
-def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, add_noise: bool) -> tuple:
+def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, add_noise: bool, leftover_noise: bool = False) -> tuple:
     for name in ("sampler_name",):
         v = _val(st, cid, name)
         if v in REFUSED_SAMPLERS:
@@ -196,28 +217,48 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     model, latent = up["model"], up["latent_image"]
     loop = gid(cid)
     sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
-        "scheduler_config": {"from": model["scheduler_config"]}, "sampler_name": _pval(st, cid, "sampler_name"),
+        "scheduler_config": {"from": model["scheduler_config"]}, "family": {"from": model["family"]}, "sampler_name": _pval(st, cid, "sampler_name"),
         "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), **schedule_inputs}})
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
-    emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
-        "uncond": {"from": up["negative"]["embeddings"]}, "cond": {"from": up["positive"]["embeddings"]}}})
-    st.add(cid, loop, {
-        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
-        "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
-        "body": {
+    pos, neg = up["positive"], up["negative"]
+    plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
+    if plain:  # one full-range conditioning a side: the library's own guidance batch
+        emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
+            "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
+        predict = {
             f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
                                                                      "timestep": {"from": f"{loop}.timestep"}}},
             f"{loop}_unet": {"type": "PredictNoise", "inputs": {"unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"},
                                                                 "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_unet.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
+        }
+    else:  # combined or time-ranged conditionings: ComfyUI's averaging of the active ones, then CFG
+        links = lambda c: [{"from": e["embeddings"]} for e in c]
+        predict = {
+            f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
+                                                                     "timestep": {"from": f"{loop}.timestep"}, "cfg": False}},
+            f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+                "unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
+                "scheduler": {"from": f"{loop}.scheduler"}, "positive": links(pos), "positive_ranges": [[e["start"], e["end"]] for e in pos],
+                "negative": links(neg), "negative_ranges": [[e["start"], e["end"]] for e in neg], "guidance_scale": _pval(st, cid, "cfg")}},
+        }
+    st.add(cid, loop, {
+        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
+        "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
+        "body": {
+            **predict,
             f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
                                                                  "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
                                                                  "rng": {"from": f"{loop}.rng"}}},
         },
         "next": {"latents": {"from": f"{loop}_step.latents"}, "scheduler": {"from": f"{loop}_step.scheduler"}, "rng": {"from": f"{loop}_step.rng"}},
     })
+    if leftover_noise:  # KSamplerAdvanced handing on a noisy latent: in ComfyUI's scale whatever the scheduler's
+        out = st.add(cid, gid(cid, "out"), {"type": "ScaleLatents", "inputs": {"latents": {"from": f"{loop}.latents"},
+                                                                              "factor": {"from": f"{sched}.end_scale"}}})
+        return ({"latents": f"{out}.latents"},)
     return ({"latents": f"{loop}.latents"},)
 
 
@@ -228,7 +269,8 @@ def _t_ksampler(st: _State, cid: str, up: dict) -> tuple:
 def _t_ksampler_advanced(st: _State, cid: str, up: dict) -> tuple:
     return _sampler(st, cid, up, {"start_step": _val(st, cid, "start_at_step"), "end_step": _val(st, cid, "end_at_step"),
                                   "force_full_denoise": _val(st, cid, "return_with_leftover_noise") == "disable"},
-                    _pval(st, cid, "noise_seed"), _val(st, cid, "add_noise") == "enable")
+                    _pval(st, cid, "noise_seed"), _val(st, cid, "add_noise") == "enable",
+                    _val(st, cid, "return_with_leftover_noise") == "enable")
 
 
 def _t_vae_decode(st: _State, cid: str, up: dict) -> tuple:
@@ -284,19 +326,50 @@ def _t_lora(st: _State, cid: str, up: dict) -> tuple:
 
 def _upscale_method(st: _State, cid: str) -> str:
     m = _val(st, cid, "upscale_method")
-    if m == "bislerp":
-        raise _Refuse(NodeError("value_not_valid", "upscale_method bislerp has no translation", f"translatable: {', '.join(UPSCALE_METHODS)}",
+    if m not in UPSCALE_METHODS:
+        raise _Refuse(NodeError("value_not_valid", f"upscale_method {m} has no translation", f"translatable: {', '.join(UPSCALE_METHODS)}",
                                 "upscale_method"))
     return m
 
 
-def _t_latent_upscale(st: _State, cid: str, up: dict) -> tuple:
+def _size(st: _State, cid: str) -> tuple[int, int]:
     if _val(st, cid, "crop") != "disabled":
         raise _Refuse(NodeError("value_not_valid", "crop center has no translation", "use crop disabled", "crop"))
     w, h = _val(st, cid, "width"), _val(st, cid, "height")
     if not w or not h:
         raise _Refuse(NodeError("value_not_valid", "a width or height of 0 (keep the aspect) has no translation", f"width {w}, height {h}",
                                 "width" if not w else "height"))
+    return w, h
+
+
+def _t_upscale_loader(st: _State, cid: str, up: dict) -> tuple:
+    name = st.param(cid, "upscaler", _val(st, cid, "model_name"), "string", "the upscaler file")
+    n = st.add(cid, gid(cid), {"type": "LoadUpscaler", "inputs": {"path": name}})
+    return ({"upscaler": f"{n}.upscaler"},)
+
+
+def _t_upscale_with_model(st: _State, cid: str, up: dict) -> tuple:
+    # ComfyUI runs the upscaler in 512-pixel tiles with 32 pixels of overlap
+    n = st.add(cid, gid(cid), {"type": "Upscale", "inputs": {"upscaler": {"from": up["upscale_model"]["upscaler"]}, "image": {"from": up["image"]["image"]},
+                                                             "tile": 512, "overlap": 32}})
+    return ({"image": f"{n}.image"},)
+
+
+def _t_image_scale(st: _State, cid: str, up: dict) -> tuple:
+    w, h = _size(st, cid)
+    n = st.add(cid, gid(cid), {"type": "ResizeImage", "inputs": {"image": {"from": up["image"]["image"]}, "mode": _upscale_method(st, cid),
+                                                                 "width": w, "height": h}})
+    return ({"image": f"{n}.image"},)
+
+
+def _t_image_scale_by(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "ResizeImage", "inputs": {"image": {"from": up["image"]["image"]}, "mode": _upscale_method(st, cid),
+                                                                 "scale": _val(st, cid, "scale_by")}})
+    return ({"image": f"{n}.image"},)
+
+
+def _t_latent_upscale(st: _State, cid: str, up: dict) -> tuple:
+    w, h = _size(st, cid)
     n = st.add(cid, gid(cid), {"type": "UpscaleLatents", "inputs": {"latents": {"from": up["samples"]["latents"]}, "mode": _upscale_method(st, cid),
                                                                     "width": w, "height": h}})
     return ({"latents": f"{n}.latents"},)
@@ -313,6 +386,9 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "EmptyLatentImage": _t_empty_latent, "KSampler": _t_ksampler, "KSamplerAdvanced": _t_ksampler_advanced,
     "VAEDecode": _t_vae_decode, "VAEEncode": _t_vae_encode, "LoadImage": _t_load_image, "SaveImage": _t_save, "PreviewImage": _t_save,
     "LoraLoader": _t_lora, "LatentUpscale": _t_latent_upscale, "LatentUpscaleBy": _t_latent_upscale_by,
+    "ConditioningCombine": _t_combine, "ConditioningSetTimestepRange": _t_timestep_range,
+    "UpscaleModelLoader": _t_upscale_loader, "ImageUpscaleWithModel": _t_upscale_with_model, "ImageScale": _t_image_scale,
+    "ImageScaleBy": _t_image_scale_by,
 }
 
 
@@ -417,6 +493,8 @@ def _count_params(st: _State) -> None:
                     st.roles.setdefault(str(v[0]), role)
         if ct == "LoadImage":
             st.param_uses["image"] = st.param_uses.get("image", 0) + 1
+        if ct == "UpscaleModelLoader":
+            st.param_uses["upscaler"] = st.param_uses.get("upscaler", 0) + 1
     for cid, body in st.prompt.items():
         if body["class_type"] == "CLIPTextEncode":
             role = st.roles.setdefault(cid, "text")

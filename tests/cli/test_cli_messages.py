@@ -51,7 +51,7 @@ def test_a_bare_graphflow_lists_the_commands_one_line_each(capsys):
     assert out[:5] == ["usage: graphflow COMMAND [options]", "", "Run diffusion workflows written as JSON graphs of typed nodes.", "",
                        "commands:"]
     rows = out[5:out.index("", 5)]
-    assert [r.split()[0] for r in rows] == ["run", "sweep", "validate", "nodes", "describe", "schema", "graph", "cache", "serve", "models"]
+    assert [r.split()[0] for r in rows] == ["run", "sweep", "validate", "nodes", "describe", "schema", "graph", "cache", "serve", "models", "import"]
     assert "  run       validate, then run a workflow" in rows
     assert "  describe  a node type's inputs, outputs, types, defaults and docs" in rows
     assert out[-1] == "`graphflow COMMAND --help` shows a command's options; the README has the whole story."
