@@ -84,6 +84,15 @@ class ModelRef:
             return load_patched(manager, self.base(), self.patches)
         return load_component(Path(self.path), self.component, manager.device, manager.dtype)
 
+    def expected_bytes(self) -> int:
+        """About what the component takes loaded: its weight files' size on disk (0 when it is
+        not a folder of them). The model manager makes that much room under its budget before
+        loading, so the encoders a run no longer needs leave before the denoiser arrives."""
+        folder = Path(self.path) / self.component
+        if not folder.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+
     def __repr__(self) -> str:
         extra = f", {len(self.patches)} patches" if self.patches else ""
         return f"ModelRef({self.family} {self.component} {self.source[:16]}… at {self.path}{extra})"
