@@ -309,7 +309,14 @@ def tokenizer_refs(v: Variant, ref_family: str) -> dict[str, ModelRef]:
 
 def checkpoint_refs(path: Path, config: str = "") -> dict[str, Any]:
     """LoadModel's outputs for a single-file checkpoint: nothing but the header and the configs
-    are read here."""
+    are read here. A FLUX.1 transformer file goes to flow_checkpoint.py (its VAE and encoders come
+    from the folder ``config`` names)."""
+    if path.suffix.lower() == ".safetensors":
+        from graphflow_nodes.loading.flow_checkpoint import detect_flux, flux_file_refs
+
+        shapes = header_shapes(path)
+        if detect_flux(shapes):
+            return flux_file_refs(path, shapes, config, locate(config, "checkpoints") if config else None)
     v = choose_variant(path, config)
     ref_family = REF_FAMILY[v.family]
     where, file_id = str(path.resolve()), content_id(path)

@@ -16,6 +16,13 @@ def describe_model_folder(value: str) -> str:
         raise ModelError("no model folder given: set the workflow's model parameter (--set model=PATH)")
     path = resolve_model_path(value)
     if path.is_file():  # a single-file checkpoint: what its keys and shapes say (loading/checkpoint.py)
+        if path.suffix.lower() == ".safetensors":
+            from graphflow_nodes.loading.checkpoint import header_shapes
+            from graphflow_nodes.loading.flow_checkpoint import detect_flux
+
+            if detect_flux(header_shapes(path)):
+                return (f"flux model (a single FLUX.1 transformer file in the original layout; LoadModel's config names the Flux "
+                        f"folder its VAE, text encoders and tokenizers come from) at {path}")
         try:
             v = choose_variant(path)
         except NoShippedConfig as e:  # the node's config input may name the folder it needs: not an error yet

@@ -1,0 +1,85 @@
+"""Single-file FLUX.1 transformers (the original layout, as flux1-dev.safetensors ships): loaded
+with a Flux folder's VAE and encoders (LoadModel's config), the picture equal to the folder's bit
+for bit; the shipped configs chosen by the file's shapes; what validate says; refusals by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphflow
+from graphflow import Executor, Workflow
+from tests.flow_original_layout import flux_to_original, write_flux_transformer_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def picture(model: str, config: str = "", **params) -> torch.Tensor:
+    doc = graphflow.load(REPO / "workflows" / "txt2img_flux.json").doc.raw
+    doc["nodes"]["model"]["inputs"]["config"] = config
+    r = Executor().run(Workflow.from_dict(doc).with_params(model=model, steps=2, width=32, height=32, seed=4, **params))
+    assert r.ok, r.errors
+    return r.outputs["image"]
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_a_flux_transformer_file_draws_its_folders_picture_bit_for_bit(tiny_flux, tmp_path, prefix):
+    path = write_flux_transformer_file(tiny_flux, tmp_path / "flux1-tiny.safetensors", prefix)
+    assert torch.equal(picture(str(path), str(tiny_flux)), picture(str(tiny_flux)))
+
+
+def test_the_conversion_round_trips_every_tensor(tiny_flux):
+    from diffusers import FluxTransformer2DModel
+    from graphflow_nodes.loading.flow_checkpoint import flux_to_diffusers
+
+    state = FluxTransformer2DModel.from_pretrained(tiny_flux, subfolder="transformer").state_dict()
+    back = flux_to_diffusers(flux_to_original(state))
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_the_shipped_configs_fit_the_released_shapes():
+    """FLUX.1 dev's and schnell's shapes (an empty model of the shipped config, mapped to the
+    original keys) pick their own shipped config; the header is all that is read."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+    from graphflow_nodes.loading.flow_checkpoint import _facts_of_config, _facts_of_file, _transformer_config
+    from graphflow_nodes.loading.files import CONFIGS_DIR
+
+    for name, guidance in (("flux-dev", True), ("flux-schnell", False)):
+        cfg = _transformer_config(CONFIGS_DIR / name)
+        with init_empty_weights():
+            model = FluxTransformer2DModel.from_config(cfg)
+        shapes = {k: tuple(v.shape) for k, v in flux_to_original(model.state_dict()).items()}
+        facts = _facts_of_file(shapes)
+        assert facts == _facts_of_config(cfg) and facts["guidance"] is guidance
+        assert (facts["width"], facts["double blocks"], facts["single blocks"], facts["text width"]) == (3072, 19, 38, 4096)
+
+
+def test_a_flux_file_without_a_folder_is_refused_naming_config(tiny_flux, tmp_path):
+    path = write_flux_transformer_file(tiny_flux, tmp_path / "flux1-alone.safetensors")
+    doc = graphflow.load(REPO / "workflows" / "txt2img_flux.json").doc.raw
+    r = Executor().run(Workflow.from_dict(doc).with_params(model=str(path), steps=1, width=32, height=32))
+    assert not r.ok
+    msg = str(r.errors[0])
+    assert "node 'model' (LoadModel)" in msg and "flux1-alone.safetensors is a Flux transformer alone" in msg
+    assert "set LoadModel's config to a Flux diffusers folder" in msg
+
+
+def test_validate_says_a_flux_file_is_a_flux_transformer(tiny_flux, tmp_path):
+    from graphflow_nodes.loading.descriptions import describe_model_folder
+
+    path = write_flux_transformer_file(tiny_flux, tmp_path / "flux1-v.safetensors")
+    assert describe_model_folder(str(path)).startswith("flux model (a single FLUX.1 transformer file in the original layout")
+
+
+def test_a_flux_file_that_fits_neither_folder_nor_shipped_configs_is_refused(tiny_flux, tiny_flux_schnell, tmp_path):
+    """The dev-shaped file (guidance embedding) with the schnell-shaped folder's encoders: its
+    transformer config fits neither the folder's nor FLUX.1's full size."""
+    path = write_flux_transformer_file(tiny_flux, tmp_path / "flux1-dev-tiny.safetensors")
+    with pytest.raises(Exception, match=r"flux1-dev-tiny.safetensors \(a Flux transformer: width 32.*guidance True\) fits neither"):
+        from graphflow_nodes.loading.checkpoint import checkpoint_refs
+
+        checkpoint_refs(path, str(tiny_flux_schnell))
