@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from graphflow_nodes.loading.families import ModelError, component_class, pipeline_family, pipeline_settings
-from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, PICKLE_SUFFIXES, locate
+from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, PICKLE_SUFFIXES, locate, resolve_config_path
 from graphflow_nodes.loading.model_refs import ModelRef, offline
 
 from graphflow.node_api import content_id, digest, load_patched
@@ -316,7 +316,11 @@ def checkpoint_refs(path: Path, config: str = "") -> dict[str, Any]:
 
         shapes = header_shapes(path)
         if detect_flux(shapes):
-            return flux_file_refs(path, shapes, config, locate(config, "checkpoints") if config else None)
+            return flux_file_refs(path, shapes, config, resolve_config_path(config) if config else None)
+        from graphflow_nodes.loading.sd3_checkpoint import detect_sd3, sd3_file_refs
+
+        if detect_sd3(shapes):
+            return sd3_file_refs(path, shapes, config, resolve_config_path(config) if config else None)
     v = choose_variant(path, config)
     ref_family = REF_FAMILY[v.family]
     where, file_id = str(path.resolve()), content_id(path)

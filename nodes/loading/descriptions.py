@@ -20,7 +20,15 @@ def describe_model_folder(value: str) -> str:
             from graphflow_nodes.loading.checkpoint import header_shapes
             from graphflow_nodes.loading.flow_checkpoint import detect_flux
 
-            if detect_flux(header_shapes(path)):
+            from graphflow_nodes.loading.sd3_checkpoint import PREFIXES, detect_sd3
+
+            shapes = header_shapes(path)
+            if detect_sd3(shapes):
+                parts = ["VAE"] + [p.split(".")[1] for c, p in PREFIXES.items() if c.startswith("text_encoder")
+                                   and any(k.startswith(p) for k in shapes)]
+                return (f"sd3 model (a single-file SD3/SD3.5 checkpoint with its {', '.join(parts)}; built with LoadModel's config "
+                        f"or the shipped sd3.5-large / sd3.5-medium configs by its shapes) at {path}")
+            if detect_flux(shapes):
                 return (f"flux model (a single FLUX.1 transformer file in the original layout; LoadModel's config names the Flux "
                         f"folder its VAE, text encoders and tokenizers come from) at {path}")
         try:
