@@ -74,3 +74,33 @@ def write_flux_kohya(path: Path, model_dir: Path, seed: int, rank: int = 4, alph
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
     save_file(out, str(path))
     return path
+
+
+def with_loras(name: str, loras: list[tuple[Path, float]], sd3: bool, doc: dict | None = None) -> dict:
+    """The shipped workflow (or ``doc``) with LoadLoRA nodes chained after LoadModel, every
+    consumer of the transformer and the CLIP encoders rewired to the last one."""
+    import graphflow
+
+    if doc is None:
+        doc = graphflow.load(Path(__file__).resolve().parents[1] / "workflows" / f"{name}.json").doc.raw
+    ports = ["transformer", "text_encoder"] + (["text_encoder_2"] if sd3 else [])
+    source = {p: f"model.{p}" for p in ports}
+
+    def rewire(nodes: dict) -> None:
+        for node in nodes.values():
+            for key in ("inputs", "carry", "next", "collect"):
+                for k, v in (node.get(key) or {}).items():
+                    if isinstance(v, dict) and v.get("from") in wanted:
+                        node[key][k] = {"from": wanted[v["from"]]}
+            if "body" in node:
+                rewire(node["body"])
+
+    wanted = {}
+    for n, (path, strength) in enumerate(loras):
+        wanted |= {f"model.{p}": f"lora{n}.{p}" for p in ports}
+    rewire(doc["nodes"])
+    for n, (path, strength) in enumerate(loras):
+        doc["nodes"][f"lora{n}"] = {"type": "LoadLoRA", "inputs": {
+            **{p: {"from": source[p]} for p in ports}, "path": str(path), "unet_strength": strength, "text_encoder_strength": strength}}
+        source = {p: f"lora{n}.{p}" for p in ports}
+    return doc

@@ -11,38 +11,12 @@ import torch
 
 import graphflow
 from graphflow import Executor, Workflow
-from tests.flow_lora_files import flow_lora_tensors, write_flow_lora, write_flux_kohya
+from tests.flow_lora_files import flow_lora_tensors, with_loras, write_flow_lora, write_flux_kohya
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a red circle on a blue background"
 STEPS, SIZE, SEED = 2, 32, 5
 WORKFLOW = {"sd3": "txt2img_sd3", "flux": "txt2img_flux"}
-
-
-def with_loras(name: str, loras: list[tuple[Path, float]], sd3: bool) -> dict:
-    """The shipped workflow with LoadLoRA nodes chained after LoadModel, every consumer rewired."""
-    doc = graphflow.load(REPO / "workflows" / f"{name}.json").doc.raw
-    ports = ["transformer", "text_encoder"] + (["text_encoder_2"] if sd3 else [])
-    source = {p: f"model.{p}" for p in ports}
-
-    def rewire(nodes: dict) -> None:
-        for node in nodes.values():
-            for key in ("inputs", "carry", "next", "collect"):
-                for k, v in (node.get(key) or {}).items():
-                    if isinstance(v, dict) and v.get("from") in wanted:
-                        node[key][k] = {"from": wanted[v["from"]]}
-            if "body" in node:
-                rewire(node["body"])
-
-    wanted = {}
-    for n, (path, strength) in enumerate(loras):
-        wanted |= {f"model.{p}": f"lora{n}.{p}" for p in ports}
-    rewire(doc["nodes"])
-    for n, (path, strength) in enumerate(loras):
-        doc["nodes"][f"lora{n}"] = {"type": "LoadLoRA", "inputs": {
-            **{p: {"from": source[p]} for p in ports}, "path": str(path), "unet_strength": strength, "text_encoder_strength": strength}}
-        source = {p: f"lora{n}.{p}" for p in ports}
-    return doc
 
 
 def graph(model: Path, loras, sd3: bool, executor: Executor | None = None) -> torch.Tensor:
