@@ -27,7 +27,7 @@ from typing import Any
 
 from graphflow_nodes.loading.families import ModelError, component_class, pipeline_family, pipeline_settings
 from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, PICKLE_SUFFIXES, locate, resolve_config_path
-from graphflow_nodes.loading.model_refs import ModelRef, offline
+from graphflow_nodes.loading.model_refs import ModelRef, PaddedTokenizerRef, offline
 
 from graphflow.node_api import content_id, digest, load_patched
 
@@ -275,19 +275,6 @@ class CheckpointRef(ModelRef):
     def __repr__(self) -> str:
         extra = f", {len(self.patches)} patches" if self.patches else ""
         return f"CheckpointRef({self.family} {self.component} {self.source[:16]}… from {Path(self.path).name}{extra})"
-
-
-@dataclass(frozen=True)
-class PaddedTokenizerRef(ModelRef):
-    """The shipped CLIP vocabulary with another padding token (SD 2.x's and SDXL's second
-    tokenizer pad with "!"), for configs that ship no tokenizer of their own."""
-
-    pad_token: str = ""
-
-    def load(self, manager: Any) -> Any:
-        from transformers import CLIPTokenizer
-
-        return CLIPTokenizer.from_pretrained(self.path, pad_token=self.pad_token, local_files_only=True)
 
 
 def tokenizer_refs(v: Variant, ref_family: str) -> dict[str, ModelRef]:

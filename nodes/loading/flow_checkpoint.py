@@ -23,7 +23,7 @@ from typing import Any
 
 from graphflow_nodes.loading.families import ModelError, pipeline_family, pipeline_settings
 from graphflow_nodes.loading.files import CONFIGS_DIR
-from graphflow_nodes.loading.model_refs import AbsentComponent, ModelRef, offline
+from graphflow_nodes.loading.model_refs import ModelRef, offline
 
 from graphflow.node_api import content_id, digest, load_patched
 

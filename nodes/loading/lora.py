@@ -299,8 +299,9 @@ def patch_refs(refs: dict[str, Any], path, strengths: dict[str, float]) -> dict[
 
 
 class LoadLoRA(Node, name="LoadLoRA", category="model", disk_cache=False):
-    """Applies a LoRA file to a model's UNet and text encoder at the given strengths, as patched
-    references: the loaded base is never changed, and several LoRAs stack (chain LoadLoRA nodes).
+    """Applies a LoRA file to a model's UNet (SD3, Flux: transformer) and text encoders at the given
+    strengths, as patched references: the loaded base is never changed, and several LoRAs stack
+    (chain LoadLoRA nodes).
     Reads diffusers/peft LoRA files and kohya's (``lora_unet_…``, ``lora_te_…``)."""
 
     class In(Inputs):

@@ -125,3 +125,16 @@ class AbsentComponent(MissingComponent):
 
 #: LoadModel's component outputs, in order
 COMPONENT_KINDS = ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae")
+
+
+@dataclass(frozen=True)
+class PaddedTokenizerRef(ModelRef):
+    """The shipped CLIP vocabulary with another padding token (SD 2.x's and SDXL's second
+    tokenizer pad with "!"), for configs that ship no tokenizer of their own."""
+
+    pad_token: str = ""
+
+    def load(self, manager: Any) -> Any:
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(self.path, pad_token=self.pad_token, local_files_only=True)

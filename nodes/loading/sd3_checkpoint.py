@@ -22,7 +22,7 @@ from typing import Any
 
 from graphflow_nodes.loading.families import ModelError, pipeline_family, pipeline_settings
 from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR
-from graphflow_nodes.loading.model_refs import AbsentComponent, ModelRef, offline
+from graphflow_nodes.loading.model_refs import AbsentComponent, ModelRef, PaddedTokenizerRef, offline
 
 from graphflow.node_api import content_id, digest, load_patched
 
@@ -189,8 +189,6 @@ def sd3_file_refs(path: Path, shapes: dict, config: str, folder: Path | None) ->
                 raise ModelError(f"{path.name} carries a T5 encoder, and the shipped {cfg.name} configs no T5 tokenizer: set LoadModel's "
                                  "config to an SD3 diffusers folder (its tokenizer_3 is used)")
         else:
-            from graphflow_nodes.loading.checkpoint import PaddedTokenizerRef
-
             pad = "!" if tok == "tokenizer_2" else "<|endoftext|>"
             out[tok] = PaddedTokenizerRef(digest([content_id(CLIP_TOKENIZER), "pad", pad]), str(CLIP_TOKENIZER), tok, "sd3", pad_token=pad)
     out["scheduler_config"] = json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())

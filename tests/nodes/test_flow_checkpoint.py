@@ -4,7 +4,6 @@ for bit; the shipped configs chosen by the file's shapes; what validate says; re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import graphflow
 from graphflow import Executor, Workflow
 from tests.flow_lora_files import flow_lora_tensors, with_loras, write_flow_lora, write_flux_kohya
 
