@@ -96,8 +96,9 @@ class ModelManager:
                 return hit
             expected = getattr(ref, "expected_bytes", None)
             if callable(expected):
+                room = expected() or 0
                 with self._lock:  # make room first: the peak is what is resident while it loads
-                    self._trim(keep=ref, room=expected() or 0)
+                    self._trim(keep=ref, room=room)
             obj = ref.load(self)
             size = size_of(obj)
             with self._lock:

@@ -57,5 +57,9 @@ def describe_config(value: str) -> str | None:
     shipped = {v.name: v for v in VARIANTS}
     if value in shipped:
         return f"the shipped {value} configs: {shipped[value].note}"
+    from graphflow_nodes.loading.files import CONFIGS_DIR
+
+    if "/" not in value and (CONFIGS_DIR / value / "model_index.json").is_file():  # sd3.5-large, sd3.5-medium
+        return f"the shipped {value} configs ({pipeline_family(CONFIGS_DIR / value).name})"
     folder = locate(value, "checkpoints")
     return f"the configs of a {pipeline_family(folder).name} model folder at {folder}"

@@ -122,6 +122,8 @@ def test_an_sd3_file_without_config_that_fits_no_shipped_config_is_refused(tiny_
     with pytest.raises(ModelError, match=r"sd3-odd.safetensors \(an SD3 transformer: width 32, blocks 2.*fits not a shipped config "
                                          r"\(sd3.5-large, sd3.5-medium\); LoadModel's config must name an SD3 diffusers folder"):
         checkpoint_refs(path)
+    with pytest.raises(ModelError, match=r"sd3-odd.safetensors \(an SD3 transformer: width 32.*fits not the transformer of .*sd3.5-large"):
+        checkpoint_refs(path, "sd3.5-large")  # a shipped config named: held to the file's shapes
 
 
 def test_the_shipped_sd3_configs_fit_the_released_shapes():
