@@ -94,6 +94,11 @@ class ModelManager:
             hit = self._lookup(ref, run_id)
             if hit is not _MISSING:
                 return hit
+            expected = getattr(ref, "expected_bytes", None)
+            if callable(expected):
+                room = expected() or 0
+                with self._lock:  # make room first: the peak is what is resident while it loads
+                    self._trim(keep=ref, room=room)
             obj = ref.load(self)
             size = size_of(obj)
             with self._lock:
@@ -117,14 +122,15 @@ class ModelManager:
         if run_id is not None:
             self._pins.setdefault(run_id, set()).add(ref)
 
-    def _trim(self, keep: Any = _MISSING) -> None:
-        """Evict least recently used models until the budget holds. Models pinned by a running
-        run stay even over budget: evicting them would only force a reload within the run."""
-        if self.used <= self.budget:
+    def _trim(self, keep: Any = _MISSING, room: int = 0) -> None:
+        """Evict least recently used models until the budget holds (with ``room`` bytes to spare:
+        what a model about to load says it will take). Models pinned by a running run stay even
+        over budget: evicting them would only force a reload within the run."""
+        if self.used + room <= self.budget:
             return
         pinned = set().union(*self._pins.values()) if self._pins else set()
         for ref in list(self._models):
-            if self.used <= self.budget:
+            if self.used + room <= self.budget:
                 break
             if ref in pinned or ref == keep:
                 continue
@@ -142,6 +148,18 @@ class ModelManager:
         """The run ended: its models become evictable, and memory it held over budget is freed."""
         with self._lock:
             self._pins.pop(run_id, None)
+            self._trim()
+
+    def unpin(self, run_id: str, keep: set) -> None:
+        """The run will not ask again for any of its models outside ``keep``: they become
+        evictable now, and the budget is enforced at once. This is how a run under a budget smaller
+        than all its components completes: the text encoders go once the prompts are encoded,
+        before the denoiser loads, instead of all of them staying pinned to the end."""
+        with self._lock:
+            pins = self._pins.get(run_id)
+            if not pins:
+                return
+            pins.intersection_update(keep)
             self._trim()
 
     def clear(self) -> None:
@@ -182,3 +200,11 @@ class ModelSession:
         if not callable(getattr(ref, "load", None)):
             raise TypeError(f"expected a model reference (an object with load(manager)), got {type(ref).__name__}")
         return self.manager.get(ref, self.run_id)
+
+    def holds_pins(self) -> bool:
+        """Has this run pinned any model (else there is nothing to unpin, and no graph to walk)?"""
+        return bool(self.manager._pins.get(self.run_id))
+
+    def keep_only(self, live: set) -> None:
+        """Unpin this run's models that no node still to run can reach (``ModelManager.unpin``)."""
+        self.manager.unpin(self.run_id, live)

@@ -268,6 +268,7 @@ class Runner:
                 continue
             if where is None:
                 self.release(m, p)
+            self.unpin_unreachable(steps[k:])
         outputs, missing = {}, {}
         for name, link in self.c.doc.outputs.items():
             if link.node in self.values:
@@ -280,6 +281,27 @@ class Runner:
             self.emit(ev.RunFinished(dt, not self.errors and not cancelled, cancelled, self.run_id))
         return RunResult(outputs, self.errors, self.stats, cancelled, dt, missing, self.run_id, self.stores.errors)
 
+    def unpin_unreachable(self, rest: list[str]) -> None:
+        """Tell the model manager which of this run's models the members still to run can reach
+        (the model references on the ports they read); the others may be evicted under the
+        budget. Only the ports read count: LoadModel's output holds every component until the
+        decoder runs, but once the prompts are encoded no one reads its text encoders."""
+        models = self.ctx_values["models"]
+        if not callable(getattr(models, "holds_pins", None)) or not models.holds_pins():
+            return
+        live: set = set()
+        for x in rest:
+            if x in self.values or x in self.failed:
+                continue
+            d = self.c.nodes[x]
+            for link in _links(d):
+                vals = self.values.get(link.node)
+                if vals is None:
+                    continue
+                for v in (vals.values() if link.port == "*" else (vals.get(link.port),)):
+                    _collect_refs(v, live)
+        models.keep_only(live)
+
     def release(self, m: str, p: Plan) -> None:
         """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""
         rem = p.remaining
@@ -289,3 +311,37 @@ class Runner:
                 if rem[x] == 0 and x not in p.keep:
                     self.values.pop(x, None)
                     self.stores.done.pop(self.keys.fps.get(x), None)
+
+
+def _links(d: Any):
+    """Every link a member reads, a scope's body included (conservatively: all of its parts)."""
+    if isinstance(d, ScopeDef):
+        for r in (d.over, *d.carry.values(), *d.next.values(), *d.collect.values()):
+            yield from _ref_links(r)
+        for inner in d.body.values():
+            yield from _links(inner)
+        return
+    for _, r in d.refs():
+        yield from _ref_links(r)
+
+
+def _ref_links(r: Any):
+    if isinstance(r, Link):
+        yield r
+    elif isinstance(r, LinkList):
+        yield from r.links
+
+
+def _collect_refs(v: Any, out: set, depth: int = 0) -> None:
+    """The model references (objects with ``load``) in a port's value, inside lists and dicts too."""
+    if callable(getattr(v, "load", None)) and not isinstance(v, type):
+        try:
+            out.add(v)
+        except TypeError:
+            pass
+    elif depth < 3 and isinstance(v, (list, tuple)):
+        for x in v:
+            _collect_refs(x, out, depth + 1)
+    elif depth < 3 and isinstance(v, dict):
+        for x in v.values():
+            _collect_refs(x, out, depth + 1)

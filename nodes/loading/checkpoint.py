@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from graphflow_nodes.loading.families import ModelError, component_class, pipeline_family, pipeline_settings
-from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, PICKLE_SUFFIXES, locate
-from graphflow_nodes.loading.model_refs import ModelRef, offline
+from graphflow_nodes.loading.files import CONFIGS_DIR, MODELS_DIR, PICKLE_SUFFIXES, locate, resolve_config_path
+from graphflow_nodes.loading.model_refs import ModelRef, PaddedTokenizerRef, offline
 
 from graphflow.node_api import content_id, digest, load_patched
 
@@ -277,19 +277,6 @@ class CheckpointRef(ModelRef):
         return f"CheckpointRef({self.family} {self.component} {self.source[:16]}… from {Path(self.path).name}{extra})"
 
 
-@dataclass(frozen=True)
-class PaddedTokenizerRef(ModelRef):
-    """The shipped CLIP vocabulary with another padding token (SD 2.x's and SDXL's second
-    tokenizer pad with "!"), for configs that ship no tokenizer of their own."""
-
-    pad_token: str = ""
-
-    def load(self, manager: Any) -> Any:
-        from transformers import CLIPTokenizer
-
-        return CLIPTokenizer.from_pretrained(self.path, pad_token=self.pad_token, local_files_only=True)
-
-
 def tokenizer_refs(v: Variant, ref_family: str) -> dict[str, ModelRef]:
     """The config folder's own tokenizers where it has them, else the shipped vocabulary padded as
     the family's tokenizers pad."""
@@ -309,7 +296,18 @@ def tokenizer_refs(v: Variant, ref_family: str) -> dict[str, ModelRef]:
 
 def checkpoint_refs(path: Path, config: str = "") -> dict[str, Any]:
     """LoadModel's outputs for a single-file checkpoint: nothing but the header and the configs
-    are read here."""
+    are read here. A FLUX.1 transformer file goes to flow_checkpoint.py (its VAE and encoders come
+    from the folder ``config`` names)."""
+    if path.suffix.lower() == ".safetensors":
+        from graphflow_nodes.loading.flow_checkpoint import detect_flux, flux_file_refs
+
+        shapes = header_shapes(path)
+        if detect_flux(shapes):
+            return flux_file_refs(path, shapes, config, resolve_config_path(config) if config else None)
+        from graphflow_nodes.loading.sd3_checkpoint import detect_sd3, sd3_file_refs
+
+        if detect_sd3(shapes):
+            return sd3_file_refs(path, shapes, config, resolve_config_path(config) if config else None)
     v = choose_variant(path, config)
     ref_family = REF_FAMILY[v.family]
     where, file_id = str(path.resolve()), content_id(path)

@@ -11,6 +11,13 @@ the same run without it, gives the base picture bit for bit, and the base loads 
 Stacking: each LoadLoRA appends its patch; ``(lora_a @ 0.7, lora_b @ 0.4)`` is another model than
 ``(lora_a @ 0.7)`` or than the base, each loaded once, each with its own cache entries.
 
+SD3 and Flux: the denoiser is a transformer (``transformer.…lora_A.weight``, Flux's kohya
+``lora_unet_double_blocks_…``/``lora_unet_single_blocks_…`` converted by diffusers'
+``FluxLoraLoaderMixin``), patched through LoadLoRA's ``transformer`` input at ``unet_strength``
+(ComfyUI's one "model" strength); their CLIP encoders (``text_encoder.``, SD3's ``text_encoder_2.``,
+kohya's ``lora_te1_``) at ``text_encoder_strength``. The result equals the pipelines'
+``load_lora_weights`` + ``set_adapters`` (tests/nodes/test_flow_lora.py).
+
 Families: the file's prefixes are the components' own names (``unet``, ``text_encoder``, and for
 SDXL ``text_encoder_2``; kohya's ``lora_te1_``/``lora_te2_``), so a reference's ``component`` names
 its part of the file, and its ``family`` picks diffusers' key conversion (SDXL's loader maps its
@@ -25,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from graphflow_nodes.kinds import TextEncoder, UNet
+from graphflow_nodes.kinds import TextEncoder, Transformer, UNet
 from graphflow_nodes.loading.files import resolve_lora_path
 from pydantic import Field
 
@@ -34,9 +41,12 @@ from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, checke
 #: adapter name used while a patch is merged into its private copy (removed again at once)
 ADAPTER = "graphflow_lora"
 #: kohya prefixes -> the component whose weights they patch
-KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_transformer_": "transformer", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
 #: components graphflow knows how to patch, per family; SD 2.x has SD 1.x's layout of parts
-FAMILY_COMPONENTS = {"sdxl": ("unet", "text_encoder", "text_encoder_2")}
+FAMILY_COMPONENTS = {"sdxl": ("unet", "text_encoder", "text_encoder_2"), "sd3": ("transformer", "text_encoder", "text_encoder_2"),
+                     "flux": ("transformer", "text_encoder")}
+#: the families whose denoiser is a transformer: a kohya file's ``lora_unet_`` weights patch it
+TRANSFORMER_FAMILIES = ("sd3", "flux")
 DEFAULT_COMPONENTS = ("unet", "text_encoder")
 #: families whose LoRAs are refused by name (their UNet has another block layout; no conversion tested)
 UNSUPPORTED_FAMILIES = ("sdxl-refiner",)
@@ -49,6 +59,14 @@ class LoRAError(ValueError):
 def _loader(family: str):
     """diffusers' LoRA loader class for a family: its ``lora_state_dict`` converts kohya keys
     (SDXL's maps its block layout)."""
+    if family == "flux":
+        from diffusers.loaders import FluxLoraLoaderMixin
+
+        return FluxLoraLoaderMixin
+    if family == "sd3":
+        from diffusers.loaders import SD3LoraLoaderMixin
+
+        return SD3LoraLoaderMixin
     if family == "sdxl":
         from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 
@@ -104,7 +122,7 @@ def file_components(keys) -> set[str]:
             if k.startswith(pre):
                 found.add(comp)
         head = k.split(".", 1)[0]
-        if head in ("unet", "text_encoder", "text_encoder_2"):
+        if head in ("unet", "transformer", "text_encoder", "text_encoder_2"):
             found.add(head)
     return found
 
@@ -128,6 +146,8 @@ def _converted(path: str, source: str, family: str, layers_per_block: int | None
     from diffusers.utils import convert_unet_state_dict_to_peft
 
     tensors, meta = read_lora_file(path)
+    if family in TRANSFORMER_FAMILIES:
+        return _converted_flow(tensors, meta, family)
     unet_config = SimpleNamespace(layers_per_block=layers_per_block) if layers_per_block else None
     state, alphas = _loader(family).lora_state_dict(tensors, unet_config=unet_config)
     unet = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
@@ -135,6 +155,20 @@ def _converted(path: str, source: str, family: str, layers_per_block: int | None
         state = {**{k: v for k, v in state.items() if not k.startswith("unet.")},
                  **{"unet." + k: v for k, v in convert_unet_state_dict_to_peft(unet).items()}}
     return state, alphas, meta
+
+
+def _converted_flow(tensors: dict, meta: dict | None, family: str) -> tuple[dict, dict | None, dict | None]:
+    """An SD3 or Flux LoRA in diffusers' layout, as the pipelines' ``load_lora_weights`` reads it:
+    Flux's loader converts kohya, XLabs and BFL files (folding kohya's alphas into the weights),
+    SD3's takes diffusers/peft keys as they are."""
+    if family == "flux":
+        state, alphas = _loader(family).lora_state_dict(dict(tensors), return_alphas=True)
+    else:
+        if any(k.startswith("lora_unet_") for k in tensors):
+            raise LoRAError("kohya-style SD3 LoRAs (lora_unet_joint_blocks_…) are not converted yet: use a diffusers/peft file "
+                            "(transformer.…lora_A.weight)")
+        state, alphas = _loader(family).lora_state_dict(dict(tensors)), None
+    return state, alphas or None, meta
 
 
 @dataclass(frozen=True)
@@ -159,7 +193,9 @@ class LoRAPatch:
         blocks = model.config.layers_per_block if self.component == "unet" else None
         state, alphas, meta = _converted(self.path, self.source, self.family, blocks)
         self._check_shapes(model, state)
-        if self.component == "unet":
+        if self.component == "transformer":
+            self._apply_transformer(model, state, alphas, meta)
+        elif self.component == "unet":
             self._apply_unet(model, state, alphas, meta)
         else:
             self._apply_text_encoder(model, state, alphas, meta)
@@ -174,7 +210,7 @@ class LoRAPatch:
         part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if not part:
             return
-        if self.component != "unet":  # (the UNet part is in peft's layout already: _converted)
+        if self.component not in ("unet", "transformer"):  # (the UNet part is in peft's layout already: _converted)
             part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
         modules = dict(model.named_modules())
         for key, a in part.items():
@@ -182,6 +218,9 @@ class LoRAPatch:
                 continue
             name = key[: -len(".lora_A.weight")]
             module = modules.get(name) or modules.get(name.removeprefix("text_model."))
+            if module is None and self.component == "transformer":  # peft would only warn, and leave it out
+                raise LoRAError(f"{Path(self.path).name} does not fit this {self.family} transformer: it has no layer {name} "
+                                "(a LoRA made for another model)")
             b = part.get(f"{name}.lora_B.weight")
             weight = getattr(module, "weight", None)
             if weight is None or b is None:
@@ -197,6 +236,16 @@ class LoRAPatch:
         unet.set_adapters([ADAPTER], weights=[self.strength])
         unet.fuse_lora(adapter_names=[ADAPTER])
         unet.unload_lora()
+
+    def _apply_transformer(self, transformer, state, alphas, meta) -> None:
+        """As the pipelines' ``load_lora_into_transformer``, then merged as the UNet's are."""
+        if not any(k.startswith("transformer.") for k in state):
+            raise LoRAError(f"{self.path}: its weights match no layer of this {self.family} transformer")
+        alphas = {k: v for k, v in (alphas or {}).items() if k.startswith("transformer.")} or None
+        transformer.load_lora_adapter(state, prefix="transformer", network_alphas=alphas, metadata=meta, adapter_name=ADAPTER)
+        transformer.set_adapters([ADAPTER], weights=[self.strength])
+        transformer.fuse_lora(adapter_names=[ADAPTER])
+        transformer.unload_lora()
 
     def _apply_text_encoder(self, te, state, alphas, meta) -> None:
         """diffusers' own text-encoder loader (which hands the adapter to transformers'
@@ -226,6 +275,8 @@ def patch_refs(refs: dict[str, Any], path, strengths: dict[str, float]) -> dict[
                         "keys (unet.…lora_A.weight) or kohya keys (lora_unet_…, lora_te_…)")
     families = {getattr(r, "family", None) for r in refs.values() if r is not None}
     family = next(iter(families))
+    if family in TRANSFORMER_FAMILIES and "unet" in present:  # kohya names the denoiser "unet" whatever it is
+        present = (present - {"unet"}) | {"transformer"}
     if family in UNSUPPORTED_FAMILIES:
         raise LoRAError(f"{path}: LoRAs on an {family} model are not supported (graphflow converts SD and SDXL base LoRAs)")
     allowed = FAMILY_COMPONENTS.get(family, DEFAULT_COMPONENTS)
@@ -248,12 +299,13 @@ def patch_refs(refs: dict[str, Any], path, strengths: dict[str, float]) -> dict[
 
 
 class LoadLoRA(Node, name="LoadLoRA", category="model", disk_cache=False):
-    """Applies a LoRA file to a model's UNet and text encoder at the given strengths, as patched
-    references: the loaded base is never changed, and several LoRAs stack (chain LoadLoRA nodes).
+    """Applies a LoRA file to a model's UNet (SD3, Flux: transformer) and text encoders at the given
+    strengths, as patched references: the loaded base is never changed, and several LoRAs stack
+    (chain LoadLoRA nodes).
     Reads diffusers/peft LoRA files and kohya's (``lora_unet_…``, ``lora_te_…``)."""
 
     class In(Inputs):
-        unet: UNet = Field(description="from LoadModel (or another LoadLoRA)")
+        unet: UNet | None = Field(None, description="from LoadModel (or another LoadLoRA); SD3 and Flux: connect transformer instead")
         text_encoder: TextEncoder = Field(description="from LoadModel (or another LoadLoRA)")
         path: Annotated[str, FileInput(resolve=resolve_lora_path)] = Field(
             description="a .safetensors LoRA: a name in the models folders' loras/, or a path"
@@ -263,19 +315,23 @@ class LoadLoRA(Node, name="LoadLoRA", category="model", disk_cache=False):
             1.0, ge=-10.0, le=10.0, description="scale of its text-encoder weights (0: leave the text encoder as it is)"
         )
         text_encoder_2: TextEncoder | None = Field(
-            None, description="SDXL's second text encoder, patched at text_encoder_strength (as ComfyUI's one CLIP strength)"
+            None, description="SDXL's and SD3's second text encoder, patched at text_encoder_strength (as ComfyUI's one CLIP strength)"
         )
+        transformer: Transformer | None = Field(None, description="SD3, Flux: the transformer (from LoadModel), patched at unet_strength")
 
     class Out(Outputs):
         unet: UNet = Field(description="the UNet with this LoRA (a reference; the base stays as it was)")
         text_encoder: TextEncoder = Field(description="the text encoder with this LoRA")
-        text_encoder_2: TextEncoder | None = Field(None, description="the second text encoder with this LoRA (SDXL; else None)")
+        text_encoder_2: TextEncoder | None = Field(None, description="the second text encoder with this LoRA (SDXL, SD3; else None)")
+        transformer: Transformer | None = Field(None, description="the transformer with this LoRA (SD3, Flux; else None)")
 
     def run(self, i: In, ctx: Context) -> dict:
-        refs = {"unet": i.unet, "text_encoder": i.text_encoder, "text_encoder_2": i.text_encoder_2}
+        refs = {"unet": i.unet, "text_encoder": i.text_encoder, "text_encoder_2": i.text_encoder_2, "transformer": i.transformer}
+        if i.unet is None and i.transformer is None:
+            raise ValueError("connect unet (SD 1.x/2.x, SDXL) or transformer (SD3, Flux) from LoadModel")
         for port, ref in refs.items():
             if ref is not None and not callable(getattr(ref, "with_patch", None)):
                 raise TypeError(f"{port}: expected a model reference from LoadModel, got {type(ref).__name__}")
         path = checked_input(ctx, resolve_lora_path(i.path))
         return patch_refs(refs, path, {"unet": i.unet_strength, "text_encoder": i.text_encoder_strength,
-                                       "text_encoder_2": i.text_encoder_strength})
+                                       "text_encoder_2": i.text_encoder_strength, "transformer": i.unet_strength})

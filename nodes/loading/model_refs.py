@@ -84,6 +84,15 @@ class ModelRef:
             return load_patched(manager, self.base(), self.patches)
         return load_component(Path(self.path), self.component, manager.device, manager.dtype)
 
+    def expected_bytes(self) -> int:
+        """About what the component takes loaded: its weight files' size on disk (0 when it is
+        not a folder of them). The model manager makes that much room under its budget before
+        loading, so the encoders a run no longer needs leave before the denoiser arrives."""
+        folder = Path(self.path) / self.component
+        if not folder.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+
     def __repr__(self) -> str:
         extra = f", {len(self.patches)} patches" if self.patches else ""
         return f"ModelRef({self.family} {self.component} {self.source[:16]}… at {self.path}{extra})"
@@ -116,3 +125,16 @@ class AbsentComponent(MissingComponent):
 
 #: LoadModel's component outputs, in order
 COMPONENT_KINDS = ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae")
+
+
+@dataclass(frozen=True)
+class PaddedTokenizerRef(ModelRef):
+    """The shipped CLIP vocabulary with another padding token (SD 2.x's and SDXL's second
+    tokenizer pad with "!"), for configs that ship no tokenizer of their own."""
+
+    pad_token: str = ""
+
+    def load(self, manager: Any) -> Any:
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(self.path, pad_token=self.pad_token, local_files_only=True)

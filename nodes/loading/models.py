@@ -29,7 +29,8 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
     """Loads a model from local disk: a diffusers folder of Stable Diffusion 1.x/2.x, SDXL (base
     or refiner), SD3/SD3.5, FLUX.1 or a pixel-space DDPM (the ``family`` output says which; any
     other pipeline is refused by name), or
-    a single-file ``.safetensors`` checkpoint in the original SD layout. ``tiny-sd``, the default,
+    a single-file ``.safetensors`` checkpoint in the original layout (SD 1.x/2.x, SDXL, SD3/SD3.5
+    all-in-one, or a FLUX.1 transformer with ``config`` naming a Flux folder for the rest). ``tiny-sd``, the default,
     is the small model shipped inside graphflow; a bare name is looked up in the models folders'
     ``checkpoints/``. Only the index (or the file's header) is read here: each component's weights
     load when a node first uses them, once per executor."""
@@ -39,8 +40,9 @@ class LoadModel(Node, name="LoadModel", category="model", disk_cache=False):
             DEFAULT_MODEL, description="a diffusers model folder or a .safetensors checkpoint: a name in the models folders' checkpoints/, or a path"
         )
         config: Annotated[str, FileInput(resolve=resolve_config_path, describe=describe_config, folder=True)] = Field(
-            "", description="single-file checkpoints only: the configs to build it with, a shipped name (sd15, sd2-v, sd2-base, sdxl) "
-            "or a diffusers folder of its architecture; empty: chosen from the file's keys and shapes (SD 2.x: sd2-v)"
+            "", description="single-file checkpoints only: the configs to build it with, a shipped name (sd15, sd2-v, sd2-base, sdxl, "
+            "sd3.5-large, sd3.5-medium) or a diffusers folder of its architecture (a FLUX.1 transformer file: the Flux folder its VAE "
+            "and encoders come from); empty: chosen from the file's keys and shapes (SD 2.x: sd2-v)"
         )
 
     class Out(Outputs):

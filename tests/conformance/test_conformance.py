@@ -100,9 +100,10 @@ FAMILIES = {
     "sdxl-refiner": Family("tiny_sdxl_refiner", ("sdxl-refiner",), ("img2img",)),
     "pixel": Family("tiny_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
     "pixel-class": Family("tiny_class_ddpm", ("ddpm",), ("txt2img", "x0"), PIXEL_SCHEDULERS),
-    "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0", "inpaint"), SD3_SCHEDULERS, FLOW_STEPS),
+    "sd3": Family("tiny_sd3", ("sd3",), ("txt2img", "img2img", "x0", "inpaint", "single_file", "lora"), SD3_SCHEDULERS, FLOW_STEPS),
     "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
-    "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg", "inpaint", "single_file", "lora"),
+                       FLUX_SCHEDULERS, FLOW_STEPS),
     "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
     "sd1-controlnet": Family("tiny_model", ("sd15",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
     "sdxl-controlnet": Family("tiny_sdxl", ("sdxl",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
@@ -111,7 +112,13 @@ FAMILIES = {
 }
 #: entry points run on fewer schedulers and step counts than the family's: the control models change
 #: the UNet call, not the schedule, which the txt2img cells already cover (entry -> (schedulers, steps))
-ENTRY_LIMITS = {"t2i_adapter": (("model", "euler_a"), (1, 3)), "ip_adapter": (("model", "euler_a"), (1, 3))}
+ENTRY_LIMITS = {"t2i_adapter": (("model", "euler_a"), (1, 3)), "ip_adapter": (("model", "euler_a"), (1, 3)),
+                "single_file": (("model",), (2,)), "lora": (("model",), (2,))}
+#: SD3 and Flux single files (SD3.5's all-in-one with its encoders; a FLUX.1 transformer file with
+#: the folder's VAE and encoders) and stacked LoRAs (two diffusers files on SD3; a diffusers and a
+#: kohya-style file on Flux) at these strengths: the txt2img pipeline's picture, from the folder,
+#: given ``load_lora_weights`` + ``set_adapters``
+FLOW_LORA_STRENGTHS = (0.7, 0.4)
 ADAPTER_SCALE, IP_SCALE = 0.8, 0.6
 REFERENCE_IMAGE = REPO / "nodes" / "samples" / "yellow-square-on-green.png"
 
@@ -505,6 +512,14 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
         p = pipeline("StableDiffusion3Pipeline" if sd3 else "FluxPipeline", path)
     if run.entry == "true_cfg":
         kwargs |= dict(negative_prompt=NEGATIVE, true_cfg_scale=TRUE_CFG)
+    if run.entry == "lora":  # a pipeline of its own: the cached one must stay without adapters
+        import diffusers
+
+        p = getattr(diffusers, "StableDiffusion3Pipeline" if sd3 else "FluxPipeline").from_pretrained(path, local_files_only=True)
+        p.set_progress_bar_config(disable=True)
+        for n, file in enumerate(flow_lora_files(path)):
+            p.load_lora_weights(str(file), adapter_name=f"l{n}")
+        p.set_adapters(["l0", "l1"], list(FLOW_LORA_STRENGTHS))
     p.scheduler = scheduler_for(cfg, run.scheduler)
     rec = Recorder(p.scheduler)
     if sd3 and run.entry.startswith("inpaint"):
@@ -517,6 +532,28 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
         return p.image_processor.postprocess(decoded, output_type="pt"), []
     image = p(PROMPT, **kwargs).images
     return image, rec.frames if run.entry == "txt2img" else []
+
+
+@functools.cache
+def flow_lora_files(path: Path) -> tuple[Path, Path]:
+    """Two random LoRAs for an SD3 or Flux folder (Flux's second in the kohya layout)."""
+    from tests.flow_lora_files import flow_lora_tensors, write_flow_lora, write_flux_kohya
+
+    sd3 = "StableDiffusion3" in (path / "model_index.json").read_text()
+    a = write_flow_lora(path.parent / f"{path.name}-lora-a.safetensors", path, flow_lora_tensors(path, 1))
+    b = write_flow_lora(path.parent / f"{path.name}-lora-b.safetensors", path, flow_lora_tensors(path, 2)) if sd3 \
+        else write_flux_kohya(path.parent / f"{path.name}-lora-kohya.safetensors", path, 2)
+    return a, b
+
+
+@functools.cache
+def flow_single_file(path: Path) -> Path:
+    """The folder as one file: SD3.5's all-in-one layout, or a FLUX.1 transformer file."""
+    from tests.flow_original_layout import write_flux_transformer_file, write_sd3_all_in_one
+
+    if "StableDiffusion3" in (path / "model_index.json").read_text():
+        return write_sd3_all_in_one(path, path.parent / f"{path.name}.safetensors")
+    return write_flux_transformer_file(path, path.parent / f"{path.name}.safetensors")
 
 
 @functools.cache
@@ -627,6 +664,7 @@ WORKFLOWS = {  # (family kind, entry) -> the shipped workflow that runs it
     ("flux", "txt2img"): "txt2img_flux", ("flux", "img2img"): "img2img_flux", ("flux", "true_cfg"): "txt2img_flux_true_cfg",
     ("sd", "controlnet"): "controlnet", ("sdxl", "controlnet"): "controlnet_sdxl", ("sd3", "controlnet"): "controlnet_sd3",
     ("flux", "controlnet"): "controlnet_flux",
+    ("sd3", "single_file"): "txt2img_sd3", ("flux", "single_file"): "txt2img_flux", ("sd3", "lora"): "txt2img_sd3", ("flux", "lora"): "txt2img_flux",
 }
 _EXECUTORS: dict[str, Executor] = {}
 
@@ -682,6 +720,13 @@ def graph(run: Run):
         params |= {"prompt": WEIGHTED, "mode": "compel"}
     if base_entry == "controlnet":
         params |= controlnet_graph(doc, run, path)
+    if entry == "single_file":  # the file as the model, its folder as the configs (and Flux's VAE and encoders)
+        params["model"] = str(flow_single_file(path))
+        doc["nodes"]["model"]["inputs"]["config"] = str(path)
+    if entry == "lora":
+        from tests.flow_lora_files import with_loras
+
+        doc = with_loras("", list(zip(flow_lora_files(path), FLOW_LORA_STRENGTHS)), kind == "sd3", doc)
     ex = _EXECUTORS.setdefault(family, Executor())
     r = ex.run(Workflow.from_dict(doc).with_params(**params))
     assert r.ok, r.errors
