@@ -95,10 +95,11 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def preview_flag(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--preview-every", type=int, default=0, metavar="N",
-                    help=f"every N sampler steps, write a small preview of the current picture to OUT/{PREVIEW_FILE} "
-                         "(replaced atomically; default 0: none)")
+def preview_flag(sp: argparse.ArgumentParser, default: int = 0,
+                 where: str = f"write it to OUT/{'preview.png'} (replaced atomically)") -> None:
+    sp.add_argument("--preview-every", type=int, default=default, metavar="N",
+                    help=f"every N sampler steps, make a small preview of the current picture and {where} "
+                         f"(default {default}{': none' if not default else ''}; 0: none)")
 
 
 #: the file ``--preview-every`` writes in the output folder
