@@ -15,6 +15,7 @@ from graphflow.cli import main
 from graphflow.engine import events as ev
 from graphflow.engine.executor import Executor
 from graphflow.graph.workflow import Workflow
+from graphflow.problems import ValidationFailed
 from graphflow.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,3 +126,41 @@ def test_cli_batch_resume_and_bad_values(tmp_path, tiny_model, capsys):
     assert "argument --batch: takes a number of items, at least 1, not 0" in capsys.readouterr().err
     assert main(["sweep", TXT2IMG, "--grid", "seed=[0,1]", "--batch", "2", "--ray", "--out", "sw1"]) == 2
     assert "with --ray each worker runs its items one at a time" in capsys.readouterr().err
+
+
+def unet_batches(run) -> list[int]:
+    """The batch size of every UNet call ``run()`` makes (a global forward hook: the real model)."""
+    import torch
+
+    sizes: list[int] = []
+
+    def hook(module, args, kwargs=None):
+        if type(module).__name__ == "UNet2DConditionModel":
+            sizes.append(args[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return sizes
+
+
+def test_a_map_with_batch_makes_one_unet_call_per_step_for_its_items(tiny_model):
+    doc = orjson.loads((ROOT / "workflows" / "map_seeds.json").read_bytes())
+    params = {"model": str(tiny_model), "steps": 2, "seeds": [0, 1, 2]}
+    results = {}
+    for batch in (1, 2):
+        doc["nodes"]["pictures"]["batch"] = batch
+        ex = Executor()
+        wf = Workflow.from_dict(doc).with_params(**params)
+        calls = unet_batches(lambda: results.__setitem__(batch, ex.run(wf)))
+        assert results[batch].ok, results[batch].errors
+        # CFG doubles each item; batched: items 0 and 1 together (4), item 2 alone (2), per step
+        assert calls == ([2] * 6 if batch == 1 else [4, 4, 2, 2])
+    for a, b in zip(results[1]["images"], results[2]["images"]):
+        assert (a - b).abs().max().item() * 255 < 1
+    assert results[2].stats["unet"].runs == 6  # each item's node still ran, once per step
+    doc["nodes"]["pictures"]["body"]["denoise"]["batch"] = 2
+    with pytest.raises(ValidationFailed, match="a Loop's iterations follow one another: only a Map's items batch"):
+        Workflow.from_dict(doc)
