@@ -5,8 +5,9 @@ Batching: 16 items (4 prompts x 4 seeds) of txt2img through a graphflow sweep wi
 item, and called once per prompt with ``num_images_per_prompt=4`` (a generator per seed: the same
 16 pictures). On the shipped model (nodes/models/tiny-sd, 64 px) and on a mid-size random model of
 SD 1.5's architecture (4 UNet levels, 2 layers each, cross-attention at 3 levels, a 768-wide CLIP
-text encoder; channels a quarter of SD 1.5's; 128 px). Each variant runs in a fresh process of its
-own (this script with --variant), timing model loads and the 16 pictures, not imports. The
+text encoder; channels a fifth of SD 1.5's; 128 px). Each variant runs in a fresh process of its
+own (this script with --variant), timing model loads and the 16 pictures, not imports ("warm":
+the 16 pictures alone, after a 1-step warm-up picture that loads the models). The
 per-item difference between the batched and unbatched sweeps' pictures (8-bit levels) is printed.
 
 Previews: the same txt2img, 30 steps, with ``preview_every=1`` against none, alternated in one
@@ -39,7 +40,7 @@ GUIDANCE = 2.5
 
 
 def build_mid(path: Path) -> Path:
-    """A random-weight model of SD 1.5's architecture at a quarter of its channels, saved in
+    """A random-weight model of SD 1.5's architecture at a fifth of its channels, saved in
     diffusers format (reused when already there)."""
     if (path / "model_index.json").exists():
         return path
@@ -54,7 +55,7 @@ def build_mid(path: Path) -> Path:
                                       num_attention_heads=12, max_position_embeddings=77, bos_token_id=49406,
                                       eos_token_id=49407, pad_token_id=49407))
     unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
-                                block_out_channels=(80, 160, 320, 320), attention_head_dim=8, cross_attention_dim=768,
+                                block_out_channels=(64, 128, 256, 256), attention_head_dim=8, cross_attention_dim=768,
                                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 128, 128),
@@ -90,11 +91,22 @@ def graphflow_sweep(model: Path, steps: int, size: int, batch: int, out: Path) -
 
     t0 = time.perf_counter()
     ex = Executor(out_dir=out / "unused", batch=batch)
+    assert ex.run(workflow(model, 1, size).with_params(prompt="warm-up", seed=99)).ok  # the models load
+    import torch
+
+    calls = [0]
+
+    def count(module, args):
+        if type(module).__name__ == "UNet2DConditionModel":
+            calls[0] += 1
+
+    torch.nn.modules.module.register_module_forward_pre_hook(count)
+    t1 = time.perf_counter()
     sw = Sweep(workflow(model, steps, size), grid={"prompt": PROMPTS, "seed": SEEDS}, out_dir=out, runner=runner(ex))
     results = list(sw)
     seconds = time.perf_counter() - t0
     assert all(r.status == "ok" for r in results), [r.error for r in results if r.status != "ok"]
-    return {"seconds": seconds, "calls": len(ex.batch_sizes) or 16 * steps,
+    return {"seconds": seconds, "warm": time.perf_counter() - t1, "calls": calls[0],
             "files": {str(r.item): str(out / r.files[0]) for r in results}}
 
 
@@ -112,6 +124,9 @@ def diffusers_loop(model: Path, steps: int, size: int, per_prompt: bool) -> dict
 
     t0 = time.perf_counter()
     pipe = diffusers_pipe(model)
+    pipe("warm-up", num_inference_steps=1, guidance_scale=GUIDANCE, height=size, width=size,
+         generator=torch.Generator().manual_seed(99), output_type="np")
+    t1 = time.perf_counter()
     calls = [0]
     pipe.unet.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
     for p in PROMPTS:
@@ -122,7 +137,7 @@ def diffusers_loop(model: Path, steps: int, size: int, per_prompt: bool) -> dict
             for s in SEEDS:
                 pipe(p, num_inference_steps=steps, guidance_scale=GUIDANCE, height=size, width=size,
                      generator=torch.Generator().manual_seed(s), output_type="np")
-    return {"seconds": time.perf_counter() - t0, "calls": calls[0]}
+    return {"seconds": time.perf_counter() - t0, "warm": time.perf_counter() - t1, "calls": calls[0]}
 
 
 def preview_cost(model: Path, size: int, steps: int = 30, rounds: int = 3) -> dict:
@@ -206,13 +221,15 @@ def main() -> None:
             base = rows["loop"]["seconds"]
             print(f"\n{key} model ({model.name}, {size} px), 4 prompts x 4 seeds, {args.steps} LMS steps, "
                   f"OMP_NUM_THREADS={args.threads}, each variant a fresh process (model loads included, imports not)")
-            print(f"{'':40} {'seconds':>8} {'vs loop':>8} {'UNet calls':>11}")
+            print(f"{'':40} {'seconds':>8} {'vs loop':>8} {'warm s':>8} {'vs loop':>8} {'UNet calls':>11}")
             names = {"loop": "diffusers, pipeline per item", "nipp": "diffusers, num_images_per_prompt=4",
                      "b1": "graphflow sweep (unbatched)", "b8": "graphflow sweep --batch 8"}
             for v, label in names.items():
                 r = rows[v]
-                print(f"{label:40} {r['seconds']:8.2f} {r['seconds'] / base:7.2f}x {r['calls']:11d}")
-            print(f"batched vs num_images_per_prompt: {rows['b8']['seconds'] / rows['nipp']['seconds']:.2f}x")
+                print(f"{label:40} {r['seconds']:8.2f} {r['seconds'] / base:7.2f}x {r['warm']:8.2f} "
+                      f"{r['warm'] / rows['loop']['warm']:7.2f}x {r['calls']:11d}")
+            print(f"batched vs num_images_per_prompt: {rows['b8']['seconds'] / rows['nipp']['seconds']:.2f}x, "
+                  f"warm {rows['b8']['warm'] / rows['nipp']['warm']:.2f}x")
             diffs = [max_levels(rows["b1"]["files"][i], rows["b8"]["files"][i]) for i in sorted(rows["b1"]["files"], key=int)]
             print(f"per item, batched vs unbatched picture, max difference in 8-bit levels: {diffs}")
             pv = rows["preview"]
