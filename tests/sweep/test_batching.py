@@ -63,10 +63,13 @@ def test_batched_sweep_gives_each_item_its_unbatched_picture_with_one_unet_call_
     events: list = []
     ex.subscribe(events.append, on_run_thread=True)
     out = tmp_path / "sw"
-    results = list(sweep(txt2img(tiny_model), grid=GRID, out_dir=out, executor=ex))
+    results: list = []
+    calls = unet_batches(lambda: results.extend(sweep(txt2img(tiny_model), grid=GRID, out_dir=out, executor=ex)))
     assert [r.status for r in results] == ["ok"] * 6
-    # 6 items in chunks of 4 and 2, 2 steps each: one UNet call per step per chunk
-    assert ex.batch_sizes == [4, 4, 2, 2]
+    # 6 items in chunks of 4 and 2, 2 steps each: one UNet call per step per chunk (CFG doubles
+    # each item's batch), then one VAE decode per chunk
+    assert calls == [8, 8, 4, 4]
+    assert ex.batch_sizes == [4, 4, 4, 2, 2, 2]
     for r in results:  # float summation order only: at most one 8-bit level, most pixels equal
         d = np.abs(r.image.astype(int) - unbatched[r.item].astype(int))
         assert d.max() <= 1, (r.item, d.max())
@@ -93,9 +96,11 @@ def test_batched_sweep_gives_each_item_its_unbatched_picture_with_one_unet_call_
 def test_items_of_other_shapes_run_in_the_same_group_unbatched(tmp_path, tiny_model):
     ex = Executor(out_dir=tmp_path / "unused", batch=4)
     wf = txt2img(tiny_model).with_params(steps=1)
-    results = list(sweep(wf, zip={"width": [64, 64, 32], "seed": [0, 1, 0]}, out_dir=tmp_path / "sw", executor=ex))
+    results: list = []
+    calls = unet_batches(lambda: results.extend(
+        sweep(wf, zip={"width": [64, 64, 32], "seed": [0, 1, 0]}, out_dir=tmp_path / "sw", executor=ex)))
     assert [r.status for r in results] == ["ok"] * 3
-    assert sorted(ex.batch_sizes) == [1, 2]  # the 32-pixel item's UNet call is its own
+    assert sorted(calls) == [2, 4]  # the 32-pixel item's UNet call is its own
     assert [r.image.shape[:2] for r in results] == [(64, 64), (64, 64), (64, 32)]
 
 
