@@ -26,20 +26,21 @@ from typing import Any
 
 from graphflow.views.html import Shown, profile_html, result_html, sweep_html, workflow_svg
 
-__all__ = ["executor", "profile", "run", "show", "sweep"]
+__all__ = ["LivePreview", "executor", "profile", "run", "show", "sweep"]
 
 _default = None
 
 
 def executor(**options: Any):
     """The executor the notebook's cells share (made on first use: output folder ``out``, the
-    in-memory cache). With options (``out_dir=``, ``cache_dir=``, ``device=``...), a new one made
-    with them becomes the shared one."""
+    in-memory cache, a live preview every step: ``preview_every=1``). With options (``out_dir=``,
+    ``cache_dir=``, ``device=``...), a new one made with them becomes the shared one."""
     global _default
     if options or _default is None:
         from graphflow.engine.executor import Executor
 
         options.setdefault("out_dir", "out")
+        options.setdefault("preview_every", 1)
         _default = Executor(**options)
     return _default
 
@@ -62,6 +63,33 @@ def _bar():
     return tqdm
 
 
+class LivePreview:
+    """The picture under a run's progress bar: each ``Preview`` event replaces it in place (one
+    ``display`` handle updated, so a cell shows one picture, not one per step)."""
+
+    def __init__(self) -> None:
+        self.handle = None
+        self.count = 0
+        self.png: bytes | None = None  # the latest
+
+    def __call__(self, e) -> None:
+        from graphflow.engine import events as ev
+
+        if not isinstance(e, ev.Preview):
+            return
+        self.count += 1
+        self.png = e.png
+        try:
+            from IPython.display import Image, display
+        except ImportError:  # no IPython: nothing to show it in
+            return
+        img = Image(data=e.png, format="png", width=max(128, e.width))
+        if self.handle is None:
+            self.handle = display(img, display_id=True)
+        else:
+            self.handle.update(img)
+
+
 def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bool = True, **values: Any):
     """Run a workflow (a Workflow or a path; parameter values as keywords) and return its RunResult, which a cell
     displays as its pictures and a table. Interrupting the cell cancels the run: it stops at the
@@ -73,8 +101,15 @@ def run(wf, params: dict[str, Any] | None = None, *, executor=None, progress: bo
     if values:
         wf = wf.with_params(**values)
     bars = Progress(progress, _bar())
+    preview = LivePreview() if progress else None
+
+    def on_event(e) -> None:
+        bars(e)
+        if preview is not None:
+            preview(e)
+
     try:
-        return ex.run(wf, params, on_event=bars)
+        return ex.run(wf, params, on_event=on_event)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: the run stopped at its next step (finished steps stay cached)\n")
         raise

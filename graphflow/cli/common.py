@@ -79,8 +79,31 @@ def limits(args: argparse.Namespace):
 def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     """The executor's settings; the device is checked here unless a sweep's Ray workers run on a
     cluster elsewhere (``--ray ADDRESS``), whose torch is theirs to check."""
-    return options.executor_options(args.device, args.dtype, args.cache_dir, args.no_cache, args.cache_max_size,
+    opts = options.executor_options(args.device, args.dtype, args.cache_dir, args.no_cache, args.cache_max_size,
                                     not args.no_check_finite, check_device=getattr(args, "ray", None) in (None, "local"))
+    batch, every = getattr(args, "batch", 1), getattr(args, "preview_every", 0)
+    if batch < 1:
+        raise ValueError(f"argument --batch: takes a number of items, at least 1, not {batch}")
+    if batch > 1 and getattr(args, "ray", None) is not None:
+        raise ValueError("argument --batch: batches items on this machine; with --ray each worker runs its items one at a time")
+    if every < 0:
+        raise ValueError(f"argument --preview-every: takes a number of steps, at least 1 (0: no previews), not {every}")
+    if batch > 1:
+        opts["batch"] = batch
+    if every:
+        opts["preview_every"] = every
+    return opts
+
+
+def preview_flag(sp: argparse.ArgumentParser, default: int = 0,
+                 where: str = f"write it to OUT/{'preview.png'} (replaced atomically)") -> None:
+    sp.add_argument("--preview-every", type=int, default=default, metavar="N",
+                    help=f"every N sampler steps, make a small preview of the current picture and {where} "
+                         f"(default {default}{': none' if not default else ''}; 0: none)")
+
+
+#: the file ``--preview-every`` writes in the output folder
+PREVIEW_FILE = "preview.png"
 
 
 def executor(args: argparse.Namespace, limits):

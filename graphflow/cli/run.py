@@ -14,7 +14,7 @@ from graphflow.problems import ValidationFailed
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graphflow.views.text import Progress, describe_value, profile_table
+    from graphflow.views.text import PreviewFile, Progress, describe_value, profile_table
 
     try:
         wf, limits = common.load(args)
@@ -28,6 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return options.EXIT_INVALID
     progress = Progress(not args.quiet and sys.stderr.isatty() or args.progress)
     ex.subscribe(progress, on_run_thread=True)  # bars must be closed before the results print
+    if args.preview_every:
+        ex.subscribe(PreviewFile(os.path.join(args.out, common.PREVIEW_FILE)))
 
     stopped_by: list[int] = []
 
@@ -71,6 +73,7 @@ def add_parser(sub) -> None:
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a workflow parameter; repeatable")
     r.add_argument("--out", default="out", help="folder for files the workflow writes (default: out)")
     common.execution_flags(r)
+    common.preview_flag(r)
     r.add_argument("--profile", action="store_true", help="print a per-node table of time and cache hits")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")

@@ -123,6 +123,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                     help="uvicorn's log level (default: warning; debug also logs every request)")
     common.execution_flags(sp)
+    common.preview_flag(sp, 1, "send it to the run's event stream (the page shows it)")
     common.plugin_flags(sp)
     common.limit_flag(sp)
     sp.set_defaults(func=cmd_serve, token_flag=False)

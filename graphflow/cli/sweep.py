@@ -67,7 +67,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         try:
             if args.ray is None:
-                items = runner(options.build_executor(str(out), limits, common.executor_options(args)))
+                ex = options.build_executor(str(out), limits, common.executor_options(args))
+                if args.preview_every:
+                    from graphflow.views.text import PreviewFile
+
+                    ex.subscribe(PreviewFile(out / common.PREVIEW_FILE))
+                items = runner(ex)
             else:
                 items = runner(ray=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                                gpus_per_worker=args.gpus_per_worker, executor_options=common.executor_options(args),
@@ -156,6 +161,10 @@ def add_parser(sub) -> None:
     sw.add_argument("--cpus-per-worker", type=float, default=1, metavar="N", help="with --ray: CPUs (and torch threads) per actor (default 1)")
     sw.add_argument("--gpus-per-worker", type=float, default=0, metavar="N", help="with --ray: GPUs per actor (default 0)")
     common.execution_flags(sw)
+    sw.add_argument("--batch", type=int, default=1, metavar="N",
+                    help="advance up to N items together, their model calls made as one batch per step (default 1); "
+                         "each item's picture, files, index line and failure stay its own")
+    common.preview_flag(sw)
     sw.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     common.plugin_flags(sw)
     common.limit_flag(sw)

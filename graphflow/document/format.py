@@ -49,6 +49,7 @@ class ScopeModel(BaseModel):
     body: dict[str, dict[str, Any]] = Field(description="the nodes (and inner scopes) run once per item")
     next: dict[str, Any] = Field(default_factory=dict, description="Loop only: each carried value's value for the next iteration")
     collect: dict[str, Any] = Field(default_factory=dict, description="per-item values gathered into lists")
+    batch: int = Field(1, ge=1, le=4096, description="Map only: items advanced together, their batchable node calls (a model's) made once for all of them")
     title: str | None = None
 
 

@@ -168,7 +168,7 @@ class _Reader:
         self.check_scope_names(nid, m)
         return ScopeDef(
             nid, m.type, over, self.refs(m.carry, nid, "carry"), inner, self.refs(m.next, nid, "next"),
-            self.refs(m.collect, nid, "collect"), m.title, item=m.item, scope=parent,
+            self.refs(m.collect, nid, "collect"), m.title, item=m.item, scope=parent, batch=m.batch,
         )
 
     def check_scope_names(self, nid: str, m: ScopeModel) -> None:
@@ -182,6 +182,8 @@ class _Reader:
                     bad(f"'{name}' cannot be read through a link: names use letters, digits and '_'", f"{section}.{name}")
         if m.item in ("index", "count"):
             bad(f"'item' cannot be renamed to '{m.item}'", "item")
+        if m.type == "Loop" and m.batch != 1:
+            bad("a Loop's iterations follow one another: only a Map's items batch", "batch")
         if m.type == "Map":
             for section in ("carry", "next"):
                 if getattr(m, section):

@@ -100,6 +100,8 @@ class ScopeDef:
     item: str = "item"
     #: the enclosing scope; None at the top level
     scope: str | None = None
+    #: a Map's items advanced together (``engine/scope_run.py``); 1: one after another
+    batch: int = 1
 
     @property
     def variables(self) -> tuple[str, ...]:

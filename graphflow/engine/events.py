@@ -52,6 +52,20 @@ class NodeFailedEvent:
 
 
 @dataclass(slots=True)
+class Preview:
+    """A picture of a node's work in progress (a sampler's current x0), every ``preview_every``
+    steps: ``png`` is the encoded picture, for a file, an SSE data URL or a WebSocket binary frame."""
+
+    node: str
+    step: int  # 0-based
+    steps: int | None
+    png: bytes
+    width: int
+    height: int
+    run_id: str = ""
+
+
+@dataclass(slots=True)
 class RunFinished:
     seconds: float
     ok: bool
@@ -59,4 +73,4 @@ class RunFinished:
     run_id: str = ""
 
 
-Event = RunStarted | NodeStarted | NodeFinished | LoopStep | NodeFailedEvent | RunFinished
+Event = RunStarted | NodeStarted | NodeFinished | LoopStep | NodeFailedEvent | Preview | RunFinished

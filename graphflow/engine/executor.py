@@ -118,7 +118,7 @@ class Executor:
                  cache_dir: str | Path | None = None, cache_max_size: int | str | None = DEFAULT_CACHE_BYTES,
                  memory_budget: int = 4 << 30, model_budget: int = 8 << 30,
                  models: ModelManager | None = None, limits: Limits | None = None, check_finite: bool = False,
-                 listener_queue: int = 10_000, read_roots=None) -> None:
+                 listener_queue: int = 10_000, read_roots=None, batch: int = 1, preview_every: int = 0) -> None:
         """``cache_max_size``: how much the disk cache (``cache_dir``) may hold, in bytes or as
         ``"500M"``/``"4G"``, before its least recently used entries are deleted (None: no limit).
         ``models``: a model manager to share with other executors (same device and dtype), so
@@ -130,8 +130,18 @@ class Executor:
         ``read_roots``: the folders a run may read files from, links followed (a server's uploads,
         models and ``--allow-read`` folders: ``options.read_roots``); None: anywhere. Every file a
         workflow names is checked against them, and against ``limits.input_bytes``, before it
-        runs; a file arriving through a link, when the node's turn comes."""
+        runs; a file arriving through a link, when the node's turn comes.
+        ``batch``: how many runs ``run_many`` (a sweep) advances together, their batchable node
+        calls (a model's forward pass) made once for all of them (``graphflow/node/batching.py``).
+        ``preview_every``: a ``Preview`` event every N steps of a node that offers previews (a
+        sampler's current x0); 0, the default: none, and nothing spent on them."""
         check_device(device, dtype)
+        if not (isinstance(batch, int) and batch >= 1):
+            raise ValueError(f"batch must be a whole number of runs, at least 1, not {batch!r}")
+        if not (isinstance(preview_every, int) and preview_every >= 0):
+            raise ValueError(f"preview_every must be a whole number of steps (0: no previews), not {preview_every!r}")
+        self.batch, self.preview_every = batch, preview_every
+        self.batch_sizes: list[int] = []  # runs each batched node call served (run_many), for profiles and tests
         self.device, self.dtype, self.out_dir = device, dtype, Path(out_dir)
         self.limits, self.check_finite = limits or Limits(), check_finite
         self.read_roots = None if read_roots is None else FileAccess.of(read_roots).roots
@@ -174,6 +184,8 @@ class Executor:
         """A workflow bound within this executor's ceilings and file rules. A graph bound
         elsewhere (a sweep's, a server's catalog) under other rules has its files checked again
         under these: however it was validated, a run reads nothing its executor may not."""
+        if isinstance(wf, _Together):
+            return wf  # type: ignore[return-value]  # its runs were bound by run_many
         with fewer_gc_passes():
             if not isinstance(wf, BoundGraph):
                 return wf.bind(params, self.limits, self.read_roots)
@@ -250,6 +262,65 @@ class Executor:
                     self._busy.release()
         return h.result()
 
+    def run_many(self, wfs: list[Any], out_dirs: list[str | Path | None] | None = None, *,
+                 on_event: Callable[[ev.Event], None] | None = None) -> list[RunResult]:
+        """Run several workflows (bound graphs, a sweep's items) as one turn of the queue, up to
+        ``batch`` at a time advancing together so that their batchable node calls are made once
+        per step for all of them; each is still a run of its own (its id, events, caches, files in
+        its ``out_dirs`` entry, failure). Results in the order given. With ``batch`` 1 this is
+        ``run`` called for each."""
+        bounds = [self._bind(wf, None) for wf in wfs]
+        outs = [None if d is None else Path(d) for d in (out_dirs or [None] * len(bounds))]
+        if self.batch == 1 or len(bounds) == 1:
+            return [self.run(b, out_dir=o, on_event=on_event) for b, o in zip(bounds, outs)]
+        results: list[RunResult] = []
+        for k in range(0, len(bounds), self.batch):
+            results += self.run(_Together(bounds[k:k + self.batch], outs[k:k + self.batch]), on_event=on_event)
+        return results
+
+    def _run_together(self, group: _Together, h: RunHandle, on_event) -> None:
+        """``group``'s runs as members of one ``CoRun`` (on this thread's turn, under ``h``, whose
+        cancellation cancels them all); ``h``'s result is the list of their results."""
+        from graphflow.node.batching import CoRun
+
+        handles = []
+        for b, o in zip(group.bounds, group.outs):
+            m = RunHandle(b, out_dir=o)
+            m.cancel_event = h.cancel_event
+            m.status = "running"
+            handles.append(m)
+
+        def body(m: RunHandle):
+            return lambda: self._run_member(m, on_event)
+
+        co = CoRun()
+        co.run([body(m) for m in handles])
+        self.batch_sizes += co.sizes
+        h._result = [m._result for m in handles]  # type: ignore[assignment]
+        h.status = "done"
+
+    def _run_member(self, h: RunHandle, on_event) -> None:
+        emit = self._listeners.emitter(h._record, on_event)
+        t0 = time.perf_counter()
+        try:
+            if isinstance(h.bound, _Together):
+                self._run_together(h.bound, h, on_event)
+                return
+            with fewer_gc_passes():
+                keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id, self.files)
+                stores = RunCaches(self.memory, self.disk)
+                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite,
+                                self.preview_every)
+                h._result = r = runner.execute(plan(keys, stores))
+            h.status = r.status
+        except BaseException as e:  # an engine bug fails this member alone
+            h.status = "failed"
+            h._result = RunResult({}, [NodeError.wrap("(executor)", "Executor", e, None)], {}, False,
+                                  time.perf_counter() - t0, {}, h.id)
+        finally:
+            self.models.release(h.id)
+            self._finished(h)
+
     def _cancel_queued(self, h: RunHandle) -> None:
         with self._lock:
             if h not in self._pending:
@@ -260,7 +331,7 @@ class Executor:
 
     def _finish_cancelled(self, h: RunHandle) -> None:
         h.status = "cancelled"
-        h._result = RunResult({}, [], {}, True, 0.0, {n: "the run was cancelled" for n in h.bound.checked.doc.outputs}, h.id)
+        h._result = _cancelled(h.bound, h.id, {}, 0.0)
         self._listeners.emitter(h._record)(ev.RunFinished(0.0, False, True, h.id))
         self._finished(h)
 
@@ -315,18 +386,21 @@ class Executor:
         emit = self._listeners.emitter(h._record, on_event)
         runner, interrupted, t0 = None, None, time.perf_counter()
         try:
+            if isinstance(h.bound, _Together):
+                self._run_together(h.bound, h, on_event)
+                return
             with fewer_gc_passes():
                 keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id, self.files)
                 stores = RunCaches(self.memory, self.disk)
-                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite)
+                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite,
+                                self.preview_every)
                 h._result = r = runner.execute(plan(keys, stores))
             h.status = r.status
         except KeyboardInterrupt as e:
             # raised in this thread, anywhere in the run: what the run computed is its own and goes
             # with it; files are written whole or not at all (atomic.py); what it stored is complete
             h.status, interrupted = "cancelled", e
-            h._result = RunResult({}, [], runner.stats if runner else {}, True, time.perf_counter() - t0,
-                                  {n: "the run was cancelled" for n in h.bound.checked.doc.outputs}, h.id)
+            h._result = _cancelled(h.bound, h.id, runner.stats if runner else {}, time.perf_counter() - t0)
         except BaseException as e:  # an engine bug must not kill the worker or hang result()
             h.status = "failed"
             h._result = RunResult({}, [NodeError.wrap("(executor)", "Executor", e, None)], {}, False, 0.0, {}, h.id)
@@ -353,6 +427,21 @@ class Executor:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _cancelled(bound: Any, run_id: str, stats: dict, seconds: float) -> Any:
+    """The result of a run cancelled before or while it ran (a list of them for runs together)."""
+    if isinstance(bound, _Together):
+        return [_cancelled(b, run_id, {}, seconds) for b in bound.bounds]
+    return RunResult({}, [], stats, True, seconds, {n: "the run was cancelled" for n in bound.checked.doc.outputs}, run_id)
+
+
+@dataclasses.dataclass
+class _Together:
+    """Runs that take one turn of the queue together (``run_many``); already bound."""
+
+    bounds: list[BoundGraph]
+    outs: list[Path | None]
 
 
 def _work(ref: weakref.ref, runs: queue.Queue) -> None:

@@ -62,8 +62,9 @@ class Runner:
     forwards them to listeners); with None, no event is even built."""
 
     def __init__(self, keys: Fingerprints, stores: RunCaches, run_id: str, cancel, models: Any,
-                 emit: Callable[[ev.Event], None] | None, check_finite: bool = False) -> None:
+                 emit: Callable[[ev.Event], None] | None, check_finite: bool = False, preview_every: int = 0) -> None:
         self.check_finite = check_finite
+        self.preview_every = preview_every
         self.keys, self.c, self.b = keys, keys.checked, keys.bound
         self.stores = stores
         self.run_id = run_id
@@ -80,6 +81,16 @@ class Runner:
         self.access = keys.access
         self.ctx_values = {"iteration": None, "iterations": None, "device": o.device, "dtype": o.dtype, "models": models,
                            "out_dir": o.out_dir, "workflow": self.c.doc.raw, "params": self.b.params, "files": keys.access}
+        if preview_every and emit is not None:
+            self.ctx_values["preview"] = self.preview
+
+    def preview(self, node: str, step: int, steps: int | None, make: Callable[[], tuple[bytes, int, int]]) -> None:
+        """A node's offered preview (``Context.preview``): made and emitted at every
+        ``preview_every``-th step (the N-th, 2N-th, ...), else never made."""
+        if (step + 1) % self.preview_every:
+            return
+        png, w, h = make()
+        self.emit(ev.Preview(node, step, steps, png, w, h, self.run_id))
 
     def stat(self, nid: str) -> NodeStat:
         s = self.stats.get(nid)

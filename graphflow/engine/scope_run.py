@@ -9,6 +9,7 @@ change with, not once per item.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,28 +74,72 @@ class ScopeRunner:
         per_item = [m for m in order if s.id in varies[m]]
         carry = {k: self.resolve(r, s.id, f"carry.{k}", frames) for k, r in s.carry.items()}
         collected: dict[str, list] = {k: [] for k in s.collect}
-        emit = self.emit
+        if s.type == "Map" and s.batch > 1 and count > 1:
+            return self.map_batched(s, frames, frame, seq, per_item, collected)
         for i, item in enumerate(seq):
-            if self.cancel.is_set():
-                raise Cancelled()
-            if emit:
-                emit(ev.LoopStep(s.id, i, count, self.run_id))
             frame[s.id] = {s.item: item, "index": i, "count": count, **carry}
-            self.tokens[s.id] = self.tokens.get(s.id, 0) + 1
-            for m in per_item:
-                d = s.body[m]
-                if isinstance(d, NodeDef) and d.when and not d.when.active(i):  # skipped: 'otherwise'
-                    frame[m] = {k: self.resolve(r, m, f"otherwise.{k}", inner) for k, r in d.otherwise.items()}
-                    if emit:
-                        emit(ev.NodeFinished(m, d.type, 0.0, "skipped", i, self.run_id))
-                    continue
-                frame[m] = self.run_member(d, inner, i, count)
-            for k, r in s.collect.items():
-                if isinstance(r, Link) and r.port not in frame.get(r.node, {r.port: None}):
-                    continue  # produced by a node that skipped this iteration
-                collected[k].append(self.resolve(r, s.id, f"collect.{k}", inner))
+            self.run_item(s, frame, inner, i, per_item, count)
+            for k, v in self.collect_item(s, frame, inner).items():
+                collected[k].append(v)
             carry = {k: self.resolve(r, s.id, f"next.{k}", inner) for k, r in s.next.items()}
         return {**carry, **collected}
+
+    def run_item(self, s: ScopeDef, frame: dict, inner: list, i: int, per_item: list[str], count: int) -> None:
+        """The scope's body for item ``i`` (``frame[s.id]`` already holds its variables)."""
+        if self.cancel.is_set():
+            raise Cancelled()
+        emit = self.emit
+        if emit:
+            emit(ev.LoopStep(s.id, i, count, self.run_id))
+        self.tokens[s.id] = self.tokens.get(s.id, 0) + 1
+        for m in per_item:
+            d = s.body[m]
+            if isinstance(d, NodeDef) and d.when and not d.when.active(i):  # skipped: 'otherwise'
+                frame[m] = {k: self.resolve(r, m, f"otherwise.{k}", inner) for k, r in d.otherwise.items()}
+                if emit:
+                    emit(ev.NodeFinished(m, d.type, 0.0, "skipped", i, self.run_id))
+                continue
+            frame[m] = self.run_member(d, inner, i, count)
+
+    def collect_item(self, s: ScopeDef, frame: dict, inner: list) -> dict[str, Any]:
+        out = {}
+        for k, r in s.collect.items():
+            if isinstance(r, Link) and r.port not in frame.get(r.node, {r.port: None}):
+                continue  # produced by a node that skipped this iteration
+            out[k] = self.resolve(r, s.id, f"collect.{k}", inner)
+        return out
+
+    def map_batched(self, s: ScopeDef, frames: list, shared: dict, seq, per_item: list[str], collected: dict) -> dict[str, Any]:
+        """A Map's items ``s.batch`` at a time, advanced together (``graphflow/node/batching.py``):
+        each item's body on a copy of this runner (its own hoisting clock and memo, so one item
+        never reads what another hoisted) and a frame of its own over the shared hoisted values;
+        their batchable node calls are made once for all. Collected in item order; the first
+        item (in order) that failed fails the Map, as it would one item at a time."""
+        from graphflow.node.batching import CoRun
+
+        count = len(seq)
+        base = self.tokens.get(s.id, 0)
+
+        def item_body(i: int):
+            def body() -> dict[str, Any]:
+                clone = copy.copy(self)
+                clone.tokens, clone.memo = {**self.tokens, s.id: base + i}, {}
+                frame = {**shared, s.id: {s.item: seq[i], "index": i, "count": count}}
+                inner = [*frames, frame]
+                clone.run_item(s, frame, inner, i, per_item, count)
+                return clone.collect_item(s, frame, inner)
+            return body
+
+        for start in range(0, count, s.batch):
+            items = range(start, min(start + s.batch, count))
+            outs = CoRun().run([item_body(i) for i in items])
+            for out in outs:
+                if isinstance(out, BaseException):
+                    raise out
+                for k, v in out.items():
+                    collected[k].append(v)
+        self.tokens[s.id] = base + count
+        return collected
 
     def hoisted(self, d, frames: list, count: int) -> dict[str, Any]:
         """A member that does not change with its scope's items: run once per item of the

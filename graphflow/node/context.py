@@ -99,6 +99,23 @@ class Context:
 
         return self._values.get("files") or UNCONFINED
 
+    def batched(self, key: Any, payload: Any, call: Any) -> Any:
+        """``call([payload])[0]``, made as one call with the same-``key`` calls of the runs batched
+        with this one (``graphflow/node/batching.py``); alone, at once. ``call`` maps a list of
+        payloads to a list of results, each exactly what the payload alone would give (up to float
+        summation order). Not a context input: it changes how a result is computed, not what."""
+        from graphflow.node.batching import batched
+
+        return batched(key, payload, call)
+
+    def preview(self, step: int, steps: int | None, make: Any) -> None:
+        """Offer a preview of the work in progress at ``step`` of ``steps``: ``make()`` returns
+        (png_bytes, width, height) and is called only when the run wants a preview at this step
+        (``Executor(preview_every=N)``), so a run without previews pays nothing."""
+        hook = self._values.get("preview")
+        if hook is not None:
+            hook(self.node_id, step, steps, make)
+
     def check_cancelled(self) -> None:
         """Long-running nodes call this between units of work."""
         if self.cancel_event.is_set():

@@ -5,6 +5,7 @@ result is stored (``finish``)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from typing import Any
 
@@ -15,6 +16,8 @@ _NAMES = {ev.RunStarted: "run_started", ev.NodeStarted: "node_started", ev.NodeF
 
 
 def event_dict(e: ev.Event) -> dict[str, Any] | None:
+    if isinstance(e, ev.Preview):
+        return preview_dict(e)
     name = _NAMES.get(type(e))
     if name is None:
         return None
@@ -23,3 +26,10 @@ def event_dict(e: ev.Event) -> dict[str, Any] | None:
         if f.name != "run_id":
             d["node_type" if f.name == "type" else f.name] = getattr(e, f.name)
     return d
+
+
+def preview_dict(e: ev.Preview) -> dict[str, Any]:
+    """A ``Preview`` as JSON: the PNG as a data URL an ``<img>`` shows as it is (a WebSocket that
+    sends binary frames decodes the base64 after the comma back to the PNG's bytes)."""
+    return {"type": "preview", "node": e.node, "step": e.step, "steps": e.steps, "width": e.width, "height": e.height,
+            "image": "data:image/png;base64," + base64.b64encode(e.png).decode("ascii")}

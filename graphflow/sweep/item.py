@@ -13,7 +13,7 @@ from typing import Any
 
 from graphflow.pixels import to_uint8
 
-__all__ = ["ItemResult", "item_error", "item_folder", "run_item"]
+__all__ = ["ItemResult", "item_error", "item_folder", "item_result", "run_item", "run_items"]
 
 
 def item_error(message: str, node: str | None = None, node_type: str | None = None) -> dict[str, Any]:
@@ -70,7 +70,22 @@ def run_item(ex, bound, item: int, params: dict[str, Any], folder: Path, prefix:
     before = set(_files(folder))
     t0 = time.perf_counter()
     result = ex.run(bound, out_dir=folder)
-    seconds = time.perf_counter() - t0
+    return item_result(ex, result, item, params, folder, prefix, before, time.perf_counter() - t0)
+
+
+def run_items(ex, bounds: list, items: list[int], params: list[dict[str, Any]], folders: list[Path],
+              prefixes: list[str]) -> list[ItemResult]:
+    """Run items together on ``ex`` (``Executor.run_many``: up to its ``batch`` at a time, their
+    model calls batched); each item's result is what ``run_item`` would give it."""
+    befores = [set(_files(f)) for f in folders]
+    results = ex.run_many(bounds, folders)
+    return [item_result(ex, r, i, p, f, pre, b, r.seconds)
+            for r, i, p, f, pre, b in zip(results, items, params, folders, prefixes, befores)]
+
+
+def item_result(ex, result, item: int, params: dict[str, Any], folder: Path, prefix: str, before: set,
+                seconds: float) -> ItemResult:
+    """An item's ``ItemResult`` from its run's ``RunResult`` (``before``: the folder's files before it ran)."""
     files = sorted(prefix + str(p.relative_to(folder)) for p in set(_files(folder)) - before)
     host = socket.gethostname()
     common = {"host": host, "worker": f"{host}:{os.getpid()}", "runs": {n: s.runs for n, s in result.stats.items()},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from graphflow.sweep.item import ItemResult, item_folder, run_item
+from graphflow.sweep.item import ItemResult, item_folder, run_item, run_items
 
 __all__ = ["LocalRunner"]
 
@@ -24,6 +24,10 @@ class LocalRunner:
 
             self.executor = Executor(out_dir=sweep.out_dir, limits=sweep.limits)
         self._sweep = sweep
+        batch = getattr(self.executor, "batch", 1)
+        if batch > 1:
+            yield from self._batched(sweep, todo, batch)
+            return
         for i in todo:
             if sweep.cancelled:
                 return
@@ -31,6 +35,20 @@ class LocalRunner:
             r = run_item(self.executor, sweep.bound[i], i, sweep.items[i], sweep.out_dir / prefix, prefix)
             yield r
             if r.status == "cancelled":
+                return
+
+    def _batched(self, sweep, todo: list[int], batch: int) -> Iterator[ItemResult]:
+        """``batch`` items at a time through ``run_items``, in the sweep's order (which puts items
+        sharing a model and prompt next to each other); their results in that order."""
+        for k in range(0, len(todo), batch):
+            if sweep.cancelled:
+                return
+            chunk = todo[k:k + batch]
+            prefixes = [item_folder(i) + "/" for i in chunk]
+            rs = run_items(self.executor, [sweep.bound[i] for i in chunk], chunk, [sweep.items[i] for i in chunk],
+                           [sweep.out_dir / p for p in prefixes], prefixes)
+            yield from rs
+            if any(r.status == "cancelled" for r in rs):
                 return
 
     def cancel(self) -> None:

@@ -113,3 +113,23 @@ def profile_table(result) -> str:
              for r in rows]
     lines.append(f"run wall time {result.seconds:.3f} s")
     return "\n".join(lines)
+
+
+class PreviewFile:
+    """Writes each ``Preview`` event's picture to ``path`` (``--preview-every``), whole or not at
+    all (a viewer that reloads the file never shows half a PNG); the newest replaces the last."""
+
+    def __init__(self, path) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.written = 0
+
+    def __call__(self, e) -> None:
+        from graphflow.atomic import write_atomic
+        from graphflow.engine import events as ev
+
+        if isinstance(e, ev.Preview):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, e.png)
+            self.written += 1

@@ -5,6 +5,7 @@ decoder instead of a branch in this one."""
 from __future__ import annotations
 
 from graphflow_nodes.kinds import VAE, Image, Latents
+from graphflow_nodes.stages.denoise import batch_key
 from graphflow_nodes.stages.vae import Tiling, decode, pixel_vae, tile_overlap_field, tile_size_field, tiled_field
 from pydantic import Field
 
@@ -30,5 +31,19 @@ class Decode(Node, name="Decode", category="latents", uses=("models",)):
 
         vae = pixel_vae(ctx, i.vae)
         tiling = Tiling.of(vae, i.tile_size, i.tile_overlap, "tile_size") if i.tiled else None
-        with torch.no_grad():
-            return {"image": decode(vae, i.latents, tiling).float()}
+        if tiling is not None:
+            with torch.no_grad():
+                return {"image": decode(vae, i.latents, tiling).float()}
+        # runs batched together (a sweep's --batch) decode in one call: the VAE's decoder has no
+        # cross-sample operation (group norms and attention are per sample)
+        return {"image": ctx.batched(batch_key(vae, 0, i.latents), i.latents, lambda zs: decode_batch(vae, zs))}
+
+
+def decode_batch(vae, latents: list) -> list:
+    import torch
+
+    with torch.no_grad():
+        if len(latents) == 1:
+            return [decode(vae, latents[0]).float()]
+        out = decode(vae, torch.cat(latents)).float()
+    return list(out.split([z.shape[0] for z in latents]))

@@ -51,8 +51,33 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         x = i.model_input.to(dtype=dtype)
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings")
         extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype) | controlnet_kwargs(i.control)
-        with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
-            return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]}
+        if extra:  # control inputs: called alone
+            with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
+                return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]}
+        return {"noise_pred": ctx.batched(batch_key(unet, i.timestep, x, emb), (x, emb),
+                                          lambda xs: unet_batch(unet, i.timestep, xs))}
+
+
+def batch_key(model, timestep, *tensors) -> tuple:
+    """What must be equal for model calls to share one batch (``Context.batched``): the model, the
+    timestep, and every per-sample shape and dtype; the per-sample values (the seed's latents,
+    the prompt's embeddings) may differ."""
+    t = float(timestep) if getattr(timestep, "numel", lambda: 1)() == 1 else tuple(timestep.flatten().tolist())
+    return (id(model), t, *((tuple(x.shape[1:]), x.dtype, x.device) for x in tensors))
+
+
+def unet_batch(unet, timestep, payloads: list) -> list:
+    """One UNet call for several runs' (model_input, embeddings): concatenated along the batch,
+    split back. Each sample's prediction is its own (a UNet has no cross-sample operation: its
+    group norms are per sample), up to the float summation order of the larger matrix products."""
+    import torch
+
+    xs = [p[0] for p in payloads]
+    with torch.no_grad():
+        if len(xs) == 1:
+            return [unet(xs[0], timestep, encoder_hidden_states=payloads[0][1], return_dict=False)[0]]
+        out = unet(torch.cat(xs), timestep, encoder_hidden_states=torch.cat([p[1] for p in payloads]), return_dict=False)[0]
+    return list(out.split([x.shape[0] for x in xs]))
 
 
 def control_kwargs(unet, adapter_residuals, image_prompts, batch: int, device, dtype) -> dict:

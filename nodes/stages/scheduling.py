@@ -199,6 +199,8 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iter
         latents: Latents = Field(description="the current latents")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="noise seed for stochastic schedulers (DDPM, Euler ancestral)")
         rng: Rng | None = Field(None, description="the generator state carried by the loop (takes the place of seed)")
+        preview_format: Literal["auto", "sd15", "sdxl", "sd3", "flux"] = Field(
+            "auto", description="whose latent-to-RGB factors live previews use (auto: from the latents' layout; SDXL says sdxl)")
 
     class Out(Outputs):
         latents: Latents = Field(description="latents for the next timestep (prev_sample)")
@@ -209,6 +211,7 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iter
     def run(self, i: In, ctx: Context) -> dict:
         from graphflow_nodes.runtime import generator_from
         from graphflow_nodes.stages.prediction import predicted_x0
+        from graphflow_nodes.stages.preview import latent_preview
 
         s = clone(i.scheduler)
         if hasattr(s, "is_scale_input_called"):
@@ -223,6 +226,8 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iter
         x0 = getattr(out, "pred_original_sample", None)
         if x0 is None:  # PNDM and DPM-Solver report none: derive it from the unadvanced scheduler
             x0 = predicted_x0(i.scheduler, i.noise_pred, i.timestep, i.latents)
+        if ctx.iteration is not None:
+            ctx.preview(ctx.iteration, ctx.iterations, lambda: latent_preview(x0, i.preview_format))
         return {"latents": out.prev_sample, "pred_x0": x0, "scheduler": s, "rng": g.get_state()}
 
 
