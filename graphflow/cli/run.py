@@ -51,6 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.profile:
         print(profile_table(result), file=sys.stderr)
         print(chosen.describe(), file=sys.stderr)
+        from graphflow.engine.fingerprint import hash_stats
+
+        print(hash_stats.describe(), file=sys.stderr)
     for name, value in result.outputs.items():
         print(f"{name}: {describe_value(value)}")
     for err in result.errors:
