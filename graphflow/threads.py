@@ -118,6 +118,7 @@ class Machine:
     """What the choice reads, each a callable so that tests can stand in for the machine."""
 
     affinity: Callable[[], int] = _affinity
+    online: Callable[[], int] = lambda: os.cpu_count() or 1  # the machine's CPUs, which other work competes for
     quota: Callable[[], float | None] = cgroup_quota
     others: Callable[[], int] = runnable_others
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
@@ -157,8 +158,10 @@ def choose(requested: int | None = None, workers: int = 1, machine: Machine | No
     """The thread count for torch in one of ``workers`` processes of this sweep or server.
 
     Automatic: the CPUs this process may have (its affinity, and its cgroup quota rounded down,
-    at least 1), shared out between the workers, then less the other work runnable now, so that
-    no thread of ours waits for a core someone else holds. Raises ValueError naming the setting
+    at least 1), shared out between the workers, and no more than the machine's CPUs that the
+    other work runnable now leaves free, so that no thread of ours waits for a core someone else
+    holds. (Other work counts against the machine's CPUs, not the quota: in a 4-CPU container on a
+    64-core host, 40 runnable threads elsewhere still leave it its 4.) Raises ValueError naming the setting
     for a count below 1 or not a number."""
     m = machine or Machine()
     workers = max(1, int(workers))
@@ -172,7 +175,8 @@ def choose(requested: int | None = None, workers: int = 1, machine: Machine | No
     quota = m.quota()
     budget = cpus if quota is None else max(1, min(cpus, math.floor(quota + 1e-9)))
     others = m.others()
-    share = min(budget // workers, (budget - others) // workers)  # the cores other work does not hold now
+    free = max(1, m.online()) - others  # the machine's CPUs other work does not hold now
+    share = min(budget // workers, free // workers)
     return ThreadChoice(max(1, share), "automatic", cpus, quota, workers, others)
 
 

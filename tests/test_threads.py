@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine(cpus: int, quota_files: list[Path] | None = None, loadavg: str = "0.00 0.00 0.00 1/100 1",
-            env: dict[str, str] | None = None) -> th.Machine:
-    return th.Machine(affinity=lambda: cpus, quota=lambda: th.cgroup_quota(quota_files or []),
+            env: dict[str, str] | None = None, online: int | None = None) -> th.Machine:
+    return th.Machine(affinity=lambda: cpus, online=lambda: online or cpus, quota=lambda: th.cgroup_quota(quota_files or []),
                       others=lambda: th.runnable_others(read=lambda: loadavg), env=env or {})
 
 
@@ -74,6 +74,12 @@ def test_other_runnable_work_takes_its_cores_out():
     assert th.choose(machine=machine(2, loadavg="1.00 1.00 1.00 2/300 9")).threads == 1
     assert th.choose(machine=machine(8, loadavg="3.00 1.00 1.00 4/300 9")).threads == 5
     assert th.choose(machine=machine(2, loadavg="9.00 9.00 9.00 12/300 9")).threads == 1
+
+
+def test_other_work_on_a_big_host_leaves_a_containers_quota_alone(tmp_path):
+    quota = [cpu_max(tmp_path, "400000 100000")]
+    assert th.choose(machine=machine(64, quota, loadavg="40 40 40 41/900 9", online=64)).threads == 4
+    assert th.choose(machine=machine(64, quota, loadavg="62 62 62 63/900 9", online=64)).threads == 2
 
 
 def test_the_median_of_the_reads_ignores_a_passing_blip():
