@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = ["--grid", "seed=[0,1,2,3]", "--grid", "guidance=[1.0,2.5,4.0]"]
+GUIDANCE = "guidance=[1.0,2.5,4.0]"
 BURN = "while True:\n    pass\n"
 
 
@@ -41,8 +41,9 @@ def source_tree(ref: str, where: Path) -> Path:
     return where
 
 
-def sweep(tree: Path, out: Path, env: dict[str, str], threads: int | None) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "graphflow.cli", "sweep", "workflows/txt2img.json", *GRID, "--out", str(out), "--force",
+def sweep(tree: Path, out: Path, env: dict[str, str], threads: int | None, seeds: int) -> tuple[float, str]:
+    grid = ["--grid", f"seed={list(range(seeds))}", "--grid", GUIDANCE]
+    cmd = [sys.executable, "-m", "graphflow.cli", "sweep", "workflows/txt2img.json", *grid, "--out", str(out), "--force",
            "--no-cache", "--quiet", *(["--threads", str(threads)] if threads else [])]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env={**env, "PYTHONPATH": str(tree)}, timeout=1800)
@@ -61,6 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--before", default="main")
+    ap.add_argument("--seeds", type=int, default=4, help="seeds in the grid (× 3 guidance values; default 4: 12 items)")
+    ap.add_argument("--conditions", default="as it is,one core burnt", help="comma-separated: 'as it is', 'one core burnt'")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_busy_"))
     before = source_tree(a.before, work / "before")
@@ -69,9 +72,10 @@ def main() -> None:
     variants = [("graphflow now, default", ROOT, None)] + [(f"graphflow now, --threads {n}", ROOT, n) for n in range(1, cpus + 1)]
     variants.append((f"graphflow before ({a.before}), default", before, None))
     results: dict[tuple[str, str], list[float]] = {}
-    print(f"12-item txt2img sweep (tiny-sd, 30 steps, --no-cache), {cpus} usable CPUs, {a.rounds} round(s); "
+    conditions = [c.strip() for c in a.conditions.split(",")]
+    print(f"{3 * a.seeds}-item txt2img sweep (tiny-sd, 30 steps, --no-cache), {cpus} usable CPUs, {a.rounds} round(s); "
           f"each a new process")
-    for cond in ("as it is", "one core burnt"):
+    for cond in conditions:
         burner = subprocess.Popen([sys.executable, "-c", BURN]) if cond == "one core burnt" else None
         try:
             time.sleep(1.0 if burner else 0)
@@ -80,7 +84,7 @@ def main() -> None:
             print(f"\n{cond}: load average {' '.join(load[:3])}, runnable {load[3]}; default: {chosen(env)}")
             for r in range(a.rounds):
                 for name, tree, n in variants:
-                    dt, _ = sweep(tree, work / "sweep", env, n)
+                    dt, _ = sweep(tree, work / "sweep", env, n, a.seeds)
                     results.setdefault((cond, name), []).append(dt)
                     print(f"  round {r + 1}: {name:<40} {dt:7.1f} s", flush=True)
         finally:
@@ -88,7 +92,7 @@ def main() -> None:
                 burner.kill()
                 burner.wait()
     print(f"\n{'condition':<16} {'variant':<40} {'best s':>7} {'÷ best fixed':>12}")
-    for cond in ("as it is", "one core burnt"):
+    for cond in conditions:
         fixed = min(min(v) for (c, name), v in results.items() if c == cond and "--threads" in name)
         for name, _, _ in variants:
             b = min(results[(cond, name)])
