@@ -10,6 +10,7 @@ decides what damage means (``disk.py`` deletes and reports the entry).
 from __future__ import annotations
 
 import hashlib
+import sys
 from typing import Any
 
 import orjson
@@ -63,10 +64,31 @@ def _digest(tensors: dict[str, Any], torch: Any) -> str:
     return h.hexdigest()
 
 
+class _NoTorch:
+    """Stands in for torch where no value can be a tensor: a process that never imported torch
+    (a workflow of engine nodes, ``hello.json``) stores and loads its entries without importing
+    it (seconds on a busy machine)."""
+
+    class Tensor:
+        pass
+
+
+def _save_header_only(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of no tensors, as safetensors writes one (its length, its JSON header
+    padded with spaces to 8 bytes), without importing numpy or torch for it."""
+    assert not tensors
+    header = orjson.dumps({"__metadata__": metadata})
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header
+
+
 def encode(key: str, outputs: dict[str, Any]) -> bytes | None:
     """The entry for ``key`` holding the storable ``outputs``; None when none is storable."""
-    import torch
-    from safetensors.torch import save
+    if "torch" in sys.modules:
+        import torch
+        from safetensors.torch import save
+    else:  # nothing can be a torch tensor: an entry of numbers and text
+        torch, save = _NoTorch, _save_header_only
 
     tensors: dict[str, Any] = {}
     layout = {}
@@ -86,10 +108,12 @@ def encode(key: str, outputs: dict[str, Any]) -> bytes | None:
 def decode(data: bytes, key: str) -> dict[str, Any]:
     """The outputs an entry holds; a ValueError (or the parser's error) when it is damaged, is
     not one, or belongs to another key."""
-    import torch
-    from safetensors.torch import load
-
-    header_len(data[:8], len(data))
+    n = header_len(data[:8], len(data))
+    if orjson.loads(data[8 : 8 + n]).keys() <= {"__metadata__"}:  # no tensors: numbers and text
+        torch, load = _NoTorch, lambda _: {}
+    else:
+        import torch
+        from safetensors.torch import load
     tensors = load(data)
     info = read_header(data)
     if info["key"] != key:

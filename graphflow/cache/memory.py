@@ -42,7 +42,11 @@ class MemoryCache:
             return hit[0]
 
     def put(self, key: str, outputs: dict[str, Any]) -> None:
-        size = nbytes(outputs)
+        size = 0
+        for v in outputs.values():  # numbers and text (most nodes of a big graph) hold nothing to count
+            if type(v) not in _SCALARS:
+                size = nbytes(outputs)
+                break
         if size > self.budget:
             return
         with self._lock:

@@ -62,6 +62,9 @@ def execution_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cache-max-size", metavar="SIZE",
                     help=f"disk cache limit, least recently used out first (500M; default {short_size(DEFAULT_CACHE_BYTES)})")
     sp.add_argument("--no-check-finite", action="store_true", help="do not fail a node whose output holds NaN or Inf")
+    sp.add_argument("--threads", type=int, metavar="N",
+                    help="torch's CPU threads (default: $GRAPHFLOW_THREADS, else chosen from the usable CPUs, the CPU quota "
+                         "and the other work running now; --profile says what was chosen)")
 
 
 #: what every command's workflow argument takes
@@ -104,6 +107,14 @@ def preview_flag(sp: argparse.ArgumentParser, default: int = 0,
 
 #: the file ``--preview-every`` writes in the output folder
 PREVIEW_FILE = "preview.png"
+
+
+def threads(args: argparse.Namespace, workers: int = 1):
+    """Choose and apply torch's thread count (``graphflow/threads.py``) before any torch work;
+    raises ValueError naming ``--threads`` or ``GRAPHFLOW_THREADS`` for a count below 1."""
+    from graphflow import threads as th
+
+    return th.configure(getattr(args, "threads", None), workers)
 
 
 def executor(args: argparse.Namespace, limits):

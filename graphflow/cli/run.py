@@ -22,6 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         common.print_problems(e, False, args.workflow)
         return options.EXIT_INVALID
     try:
+        chosen = common.threads(args)
         ex = common.executor(args, limits)
     except ValueError as e:
         print(f"graphflow run: error: {e}", file=sys.stderr)
@@ -51,6 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
     if args.profile:
         print(profile_table(result), file=sys.stderr)
+        print(chosen.describe(), file=sys.stderr)
+        from graphflow.engine.fingerprint import hash_stats
+
+        print(hash_stats.describe(), file=sys.stderr)
     for name, value in result.outputs.items():
         print(f"{name}: {describe_value(value)}")
     for err in result.errors:

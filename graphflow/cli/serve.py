@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body = parse_size(args.max_body)
         worker_memory = parse_size(args.worker_memory) if args.worker_memory else None
         run_options = common.executor_options(args)
+        common.threads(args)  # the worker process it spawns inherits the choice through its environment
         for name in ("run_timeout", "cancel_grace"):
             value = getattr(args, name)
             if value is not None and not value > 0:

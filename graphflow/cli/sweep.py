@@ -66,6 +66,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return options.EXIT_INVALID
 
         try:
+            common.threads(args)  # here: checks --threads; with --ray the actors get it (else their CPUs)
             if args.ray is None:
                 ex = options.build_executor(str(out), limits, common.executor_options(args))
                 if args.preview_every:
@@ -76,7 +77,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             else:
                 items = runner(ray=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                                gpus_per_worker=args.gpus_per_worker, executor_options=common.executor_options(args),
-                               plugins=args.plugin or [])
+                               plugins=args.plugin or [], threads=args.threads)
         except ValueError as e:
             print(f"graphflow sweep: error: {e}", file=sys.stderr)
             return options.EXIT_INVALID

@@ -32,6 +32,7 @@ from graphflow.cache.memory import MemoryCache
 from graphflow.cache.run_caches import RunCaches
 from graphflow.engine import events as ev
 from graphflow.engine.devices import check_device
+from graphflow.engine.fingerprint import remember_content_ids
 from graphflow.engine.interrupt import interrupt_cancels
 from graphflow.engine.listeners import Listeners, awaited, start_thread
 from graphflow.engine.model_manager import ModelManager
@@ -147,6 +148,8 @@ class Executor:
         self.read_roots = None if read_roots is None else FileAccess.of(read_roots).roots
         self.memory = MemoryCache(memory_budget)
         self.disk = DiskCache(cache_dir, max_bytes=cache_max_size) if cache_dir else None
+        if cache_dir:
+            remember_content_ids(cache_dir)  # model files are hashed once, not once per process
         if models is not None and (models.device, models.dtype) != (device, dtype):
             raise ValueError(f"the shared model manager runs on {models.device}/{models.dtype}, this executor on {device}/{dtype}")
         self.models = models if models is not None else ModelManager(device, dtype, model_budget)

@@ -14,13 +14,15 @@ import inspect
 import os
 import stat
 import threading
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from graphflow.cache.content_ids import ContentIdStore, file_key
 from graphflow.document.tree import Link, LinkList, Lit, ParamRef, ScopeDef
 from graphflow.graph.memo import Recipe
 from graphflow.node.file_access import UNCONFINED, FileAccess
@@ -68,14 +70,44 @@ def code_version(cls: type) -> str:
 _CHUNK = 1 << 20
 _memo: dict[tuple, str] = {}
 _memo_lock = threading.Lock()
+_store: ContentIdStore | None = None
+
+
+@dataclass
+class HashStats:
+    """What this process paid for content ids (``graphflow run --profile`` prints it): files read
+    and hashed, their bytes and seconds, and ids found in the persistent store instead."""
+
+    hashed: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    remembered: int = 0
+    store: str | None = field(default=None)
+
+    def describe(self) -> str:
+        where = f" from {self.store}" if self.store else " (no disk cache: nothing remembered between processes)"
+        return (f"content ids: {self.hashed} file{'s' * (self.hashed != 1)} hashed ({self.bytes / 1e6:.1f} MB in "
+                f"{self.seconds:.2f} s), {self.remembered} remembered{where}")
+
+
+hash_stats = HashStats()
+
+
+def remember_content_ids(folder: str | Path | None) -> None:
+    """Keep files' content ids in ``folder`` (an executor's disk cache), for later processes; None
+    stops. The last executor made with a disk cache decides, for the whole process (ids are the
+    same whichever folder keeps them)."""
+    global _store
+    _store = None if folder is None else ContentIdStore(folder)
+    hash_stats.store = None if _store is None else str(_store.path)
 
 
 def _file_hash(path: str, st: os.stat_result, max_bytes: int) -> str:
-    """Content hash of one file, remembered per (device, inode, size, mtime_ns): a 4 GB checkpoint
-    is read once per process, and again only after it changes. Only a regular file within
-    ``max_bytes`` is hashed, and no more than its size is read: a device or a FIFO is refused
-    from its stat, before it is opened (``/dev/zero`` would never end), and what is opened is
-    checked again (FileAccess.open)."""
+    """Content hash of one file, remembered per (device, inode, size, mtime_ns) in this process and
+    in the disk cache's store (``cache/content_ids.py``): a 4 GB checkpoint is read once, and again
+    only after it changes. Only a regular file within ``max_bytes`` is hashed, and no more than its
+    size is read: a device or a FIFO is refused from its stat, before it is opened (``/dev/zero``
+    would never end), and what is opened is checked again (FileAccess.open)."""
     rules = FileAccess(None, max_bytes)
     rules.check_stat(st, path)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -83,15 +115,31 @@ def _file_hash(path: str, st: os.stat_result, max_bytes: int) -> str:
         hit = _memo.get(key)
     if hit is not None:
         return hit
+    store = _store
+    if store is not None:
+        hit = store.get(file_key(st))
+        if hit is not None:
+            with _memo_lock:
+                _memo[key] = hit
+                hash_stats.remembered += 1
+            return hit
+    t0 = time.perf_counter()
     h = hashlib.blake2b(digest_size=DIGEST)
     with rules.open(path) as f:
-        left = os.fstat(f.fileno()).st_size
+        opened = os.fstat(f.fileno())
+        left = opened.st_size
         while left > 0 and (chunk := f.read(min(_CHUNK, left))):
             h.update(chunk)
             left -= len(chunk)
+        after = os.fstat(f.fileno())
     value = h.hexdigest()
     with _memo_lock:
         _memo[key] = value
+        hash_stats.hashed += 1
+        hash_stats.bytes += opened.st_size
+        hash_stats.seconds += time.perf_counter() - t0
+    if store is not None and file_key(after) == file_key(st):  # the file stated, unchanged while it was read
+        store.put(file_key(st), value)
     return value
 
 

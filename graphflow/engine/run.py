@@ -51,9 +51,10 @@ def _outputs_dict(out: Any, cls) -> dict[str, Any]:
         out = dict(out.__dict__)
     if not isinstance(out, dict):
         raise TypeError(f"run() returned {type(out).__name__}, expected a dict of outputs")
-    missing = cls.outputs.keys() - out.keys()
-    if missing:
-        raise TypeError(f"run() did not return output(s) {', '.join(sorted(missing))}")
+    for name in cls.outputs:
+        if name not in out:
+            missing = cls.outputs.keys() - out.keys()
+            raise TypeError(f"run() did not return output(s) {', '.join(sorted(missing))}")
     return out
 
 

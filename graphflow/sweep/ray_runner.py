@@ -278,12 +278,14 @@ class RaySweep:
     this machine (stopped at the end); "auto" or "HOST:PORT" joins a cluster started with
     ``ray start --head``. ``workers``: actors (default: as many as the cluster's CPUs allow at
     ``cpus_per_worker`` each, and its GPUs at ``gpus_per_worker``). Each actor's torch threads are
-    its CPUs (OMP_NUM_THREADS), so actors do not fight over cores."""
+    its CPUs (OMP_NUM_THREADS), so actors do not fight over cores; ``threads`` sets another count."""
 
     def __init__(self, address: bool | str = True, workers: int | None = None, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, max_attempts: int = 2, max_replacements: int | None = None,
-                 executor_options: dict[str, Any] | None = None, plugins: list[str] | tuple = ()) -> None:
+                 executor_options: dict[str, Any] | None = None, plugins: list[str] | tuple = (),
+                 threads: int | None = None) -> None:
         self.ray = _import_ray()
+        self.threads = threads
         self.sweep = None  # the sweep whose items run() was handed
         self.address = None if address in (True, "local", "") else str(address)
         self.workers, self.cpus, self.gpus = workers, float(cpus_per_worker), float(gpus_per_worker)
@@ -333,7 +335,7 @@ class RaySweep:
         return max(1, n)
 
     def _start_actor(self, name: str) -> _Actor:
-        threads = str(max(1, int(self.cpus)))
+        threads = str(self.threads or max(1, int(self.cpus)))
         cls = self.ray.remote(SweepWorker).options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_concurrency=2,  # run + cancel at once
             runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}})

@@ -432,6 +432,36 @@ def test_read_only_commands_do_not_import_torch(tmp_path):
     assert p.stdout.strip() == "clean"
 
 
+def test_engine_only_workflow_runs_and_hits_its_disk_cache_without_torch(tmp_path):
+    """hello.json stores its loop's numbers on disk and reads them back in a second run: an entry
+    without tensors needs neither torch nor numpy, and is the file safetensors itself writes."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from graphflow.cli import main\n"
+        "for _ in range(2):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"        assert main(['run', {HELLO!r}, '--cache-dir', 'cache', '--out', 'out']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'diffusers') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "print('clean')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "clean"
+    entries = sorted((tmp_path / "cache").glob("??/*.safetensors"))
+    assert entries
+    from safetensors.numpy import load, save
+
+    from graphflow.cache.entry import read_header
+
+    for e in entries:
+        data = e.read_bytes()
+        assert load(data) == {}
+        n = int.from_bytes(data[:8], "little")
+        assert save({}, metadata=orjson.loads(data[8:8 + n])["__metadata__"]) == data
+        assert read_header(data)["outputs"]
+
+
 def test_set_value_types_follow_the_declared_parameter_type(tmp_path, capsys):
     wf = write(tmp_path, "words.json", {
         "format": 1,

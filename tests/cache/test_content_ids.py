@@ -1,0 +1,146 @@
+"""Content ids remembered between processes (graphflow/cache/content_ids.py): paid once per file,
+re-hashed when the file changes, equal for a copy, a corrupt store ignored. "A new process" is
+this one with its in-process memo emptied, and, once, two real `graphflow run` processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from graphflow.cache.content_ids import NAME, ContentIdStore
+from graphflow.engine import fingerprint as fp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def blake(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The store in a cache folder, as an executor with that ``cache_dir`` sets it; afterwards none."""
+    fp.remember_content_ids(tmp_path / "cache")
+    fp._memo.clear()
+    yield tmp_path / "cache" / NAME
+    fp.remember_content_ids(None)
+    fp._memo.clear()
+
+
+def new_process() -> tuple[int, int]:
+    """Forget what this process remembers (a later process starts so); the counters now."""
+    fp._memo.clear()
+    fp.remember_content_ids(fp._store.path.parent if fp._store is not None else None)
+    return fp.hash_stats.hashed, fp.hash_stats.remembered
+
+
+def counted(path: Path) -> tuple[str, int, int]:
+    """The file's id, and how many files were hashed and found in the store to get it."""
+    h0, r0 = fp.hash_stats.hashed, fp.hash_stats.remembered
+    cid = fp.content_id(path)
+    return cid, fp.hash_stats.hashed - h0, fp.hash_stats.remembered - r0
+
+
+def test_a_files_id_is_hashed_once_then_read_from_the_store(store, tmp_path):
+    f = tmp_path / "weights.bin"
+    data = os.urandom(3 << 20)
+    f.write_bytes(data)
+    assert counted(f) == (blake(data), 1, 0)
+    assert counted(f) == (blake(data), 0, 0)  # this process: its memo
+    new_process()
+    assert counted(f) == (blake(data), 0, 1)  # a later process: the store
+    saved = orjson.loads(store.read_bytes())
+    st = f.stat()
+    assert saved["ids"] == {f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}": blake(data)}
+
+
+def test_a_changed_file_is_hashed_again(store, tmp_path):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"a" * 1000)
+    first = counted(f)
+    new_process()
+    f.write_bytes(b"b" * 1000)  # same size, same inode: a new mtime
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000))
+    assert counted(f) == (blake(b"b" * 1000), 1, 0)
+    assert first[0] != blake(b"b" * 1000)
+
+
+def test_a_copy_with_another_inode_gets_the_same_id(store, tmp_path):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(os.urandom(100_000))
+    cid, _, _ = counted(f)
+    copy = tmp_path / "elsewhere" / "copy.bin"
+    copy.parent.mkdir()
+    shutil.copy2(f, copy)  # the same mtime, another inode
+    assert copy.stat().st_ino != f.stat().st_ino
+    new_process()
+    assert counted(copy) == (cid, 1, 0)
+    assert counted(f) == (cid, 0, 1)
+
+
+@pytest.mark.parametrize("corrupt", [
+    b"",
+    b"{not json",
+    b"[1, 2]",
+    b'{"version": 1, "check": "0", "ids": {}}',
+])
+def test_a_corrupt_store_is_ignored_and_replaced(store, tmp_path, corrupt):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"x" * 5000)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_bytes(corrupt)
+    new_process()
+    assert counted(f) == (blake(b"x" * 5000), 1, 0)
+    new_process()
+    assert counted(f) == (blake(b"x" * 5000), 0, 1)  # written whole again
+
+
+def test_a_tampered_id_fails_the_checksum_and_is_not_trusted(store, tmp_path):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"real bytes")
+    counted(f)
+    saved = json.loads(store.read_text())
+    key = next(iter(saved["ids"]))
+    saved["ids"][key] = "0" * 40
+    store.write_text(json.dumps(saved))
+    new_process()
+    assert counted(f) == (blake(b"real bytes"), 1, 0)
+
+
+def test_an_unwritable_folder_only_loses_the_memory(tmp_path):
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("")
+    s = ContentIdStore(blocker / "cache")
+    s.put("1:2:3:4", "a" * 40)  # no error: kept in this process
+    assert s.get("1:2:3:4") == "a" * 40
+
+
+def test_graphflow_run_profile_shows_ids_hashed_then_remembered(tmp_path):
+    models = tmp_path / "model"
+    models.mkdir()
+    (models / "unet.bin").write_bytes(os.urandom(2_000_000))
+    (models / "config.json").write_text("{}")
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({"format": 1, "nodes": {"c": {"type": "CountFiles", "inputs": {"path": str(models)}}},
+                              "outputs": {"files": "c.files"}}))
+    cache = tmp_path / "cache"
+
+    def run() -> str:
+        p = subprocess.run([sys.executable, "-m", "graphflow.cli", "run", str(wf), "--plugin", "tests/file_nodes.py",
+                            "--cache-dir", str(cache), "--out", str(tmp_path / "out"), "--profile"],
+                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return next(line for line in p.stderr.splitlines() if line.startswith("content ids:"))
+
+    first = run()
+    assert first.startswith("content ids: 2 files hashed (2.0 MB in ")
+    assert first.endswith(f"), 0 remembered from {cache / NAME}")
+    assert run() == f"content ids: 0 files hashed (0.0 MB in 0.00 s), 2 remembered from {cache / NAME}"
