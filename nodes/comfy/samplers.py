@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 #: sampler_name -> (diffusers class, extra config, how exact, why). "exact": same sigmas, same
 #: timesteps, same update (differences are float rounding); "close": same sigmas, a different
 #: update in the last bits of an algebraically equal formula. Anything else is refused.
@@ -148,6 +146,7 @@ def _ddim_uniform(s: ModelSampling, steps: int) -> list[float]:
 
 
 def _beta(s: ModelSampling, steps: int, alpha: float = 0.6, beta: float = 0.6) -> list[float]:
+    import numpy as np  # here, not at import: the node library is imported by workflows that need no numpy
     import scipy.stats
 
     total = len(s.sigmas) - 1

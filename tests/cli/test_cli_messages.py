@@ -121,7 +121,8 @@ def test_describe_loop_and_map_explain_scopes(capsys):
     loop = capsys.readouterr().out.splitlines()
     assert loop[0] == "Loop (a scope: written among a workflow's nodes, but a body of nodes rather than a node type)"
     keys = [line.strip() for line in loop[loop.index("keys:") + 1:] if line.startswith("  ") and not line.startswith("      ")]
-    assert keys == ["over: required", "item: default 'item'", "carry: optional", "body: required", "next: optional", "collect: optional"]
+    assert keys == ["over: required", "item: default 'item'", "carry: optional", "body: required", "next: optional", "collect: optional",
+                    "batch: optional"]  # described as Map only, refused on a Loop at validation
     assert "      carried values and their initial values" in loop
     assert loop[-3] == ('inside the body, as {"from": ...}: <id>.item (the element, under the name \'item\' gives), <id>.index, '
                         "<id>.count, each carried value <id>.<name>")
