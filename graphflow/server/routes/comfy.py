@@ -39,6 +39,7 @@ from graphflow.server.comfy_events import Retelling, files_by_node, prompt_outpu
 from graphflow.server.finish import finished_event, record_end
 from graphflow.server.outputs import RUN_ID, run_dir
 from graphflow.server.routes import Services
+from graphflow.server.routes.events import until_closed
 from graphflow.server.routes.files import confined_file
 from graphflow.server.routes.uploads import UPLOAD_NAME
 from graphflow.server.store import AliasTaken
@@ -405,7 +406,7 @@ def socket_routes(s: Services) -> APIRouter:
         await ws.accept()
         sid = ws.query_params.get("clientId") or uuid.uuid4().hex
         q = s.broker.socket_queue()
-        closed = asyncio.ensure_future(_until_closed(ws))
+        closed = asyncio.ensure_future(until_closed(ws))
         retell = Retelling(s.store, sid)
         try:
             status = await run_in_threadpool(queue_status, s.store)
@@ -429,13 +430,3 @@ def socket_routes(s: Services) -> APIRouter:
             closed.cancel()
 
     return router
-
-
-async def _until_closed(ws: WebSocket) -> None:
-    try:
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-    except (WebSocketDisconnect, RuntimeError):
-        return

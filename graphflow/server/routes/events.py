@@ -94,7 +94,7 @@ def open_routes(s: Services) -> APIRouter:
             return
         await ws.accept()
         q = s.broker.socket_queue()
-        closed = asyncio.ensure_future(_until_closed(ws))
+        closed = asyncio.ensure_future(until_closed(ws))
         try:
             await ws.send_text(orjson.dumps({"type": "status", "data": {"counts": s.store.counts()}}).decode())
             while True:
@@ -117,7 +117,7 @@ def open_routes(s: Services) -> APIRouter:
     return router
 
 
-async def _until_closed(ws: WebSocket) -> None:
+async def until_closed(ws: WebSocket) -> None:
     """Reads (and ignores) what the client sends, until it goes: only a read notices that it went."""
     try:
         while True:
