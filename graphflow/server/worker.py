@@ -137,21 +137,21 @@ class Worker:
     def _execute(self, row: dict[str, Any]) -> None:
         run_id = row["id"]
         folder = run_dir(self.out_root, run_id)
+        self._current = run_id  # from its claim on: a cancel that comes while the process starts is not lost
         try:
-            self.catalog.bind(row["workflow"], row["params"])  # valid when queued; a file it reads may have gone since
-        except ValidationFailed as e:
-            self._end(run_id, "failed", {"problems": [p.to_dict() for p in e.problems]})
-            return
-        try:
-            self.process.ensure()
-            self.problems.pop("worker", None)
-        except WorkerDied as e:
-            self.problems["worker"] = str(e)
-            self.store.requeue(run_id)
-            self._sleep(DB_RETRY)
-            return
-        self._current = run_id
-        try:
+            try:
+                self.catalog.bind(row["workflow"], row["params"])  # valid when queued; a file it reads may have gone since
+            except ValidationFailed as e:
+                self._end(run_id, "failed", {"problems": [p.to_dict() for p in e.problems]})
+                return
+            try:
+                self.process.ensure()
+                self.problems.pop("worker", None)
+            except WorkerDied as e:
+                self.problems["worker"] = str(e)
+                self.store.requeue(run_id)
+                self._sleep(DB_RETRY)
+                return
             self._watch(row, folder)
         finally:
             self._current = None

@@ -145,7 +145,7 @@ BAD = {
     "an unknown input": (lambda p: p["5"]["inputs"].update(depth=3), {"5": [("unknown_input", "depth")]}),
     "a wrong type": (lambda p: p["3"]["inputs"].update(steps="many"), {"3": [("invalid_input_type", "steps")]}),
     "two class types without a translation": (
-        lambda p: p.update({"10": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x.pth"}},
+        lambda p: p.update({"10": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "x.safetensors"}},
                             "11": {"class_type": "ImageInvert", "inputs": {"image": ["8", 0]}}}),
         {"10": [("missing_node_type", None)], "11": [("missing_node_type", None)]}),
     "a cycle": (lambda p: (p["3"]["inputs"].update(latent_image=["12", 0]),
