@@ -182,14 +182,14 @@ class Worker:
                         running_node = (d["node"], d["node_type"])
                     elif d["type"] in ("node_finished", "node_failed"):
                         running_node = None
-                    self.broker.publish(run_id, d)
-                    continue
-                if kind == "invalid":
+                    self.broker.publish(run_id, d)  # then the checks below: a run that talks a lot is watched too
+                elif kind == "invalid":
                     return self._end(run_id, "failed", {"problems": msg[2]})
-                if kind == "error":
+                elif kind == "error":
                     return self._end(run_id, "failed", {"errors": [server_error(msg[2])]})
-                status, summary = msg[2], msg[3]
-                return self._ended(run_id, status, summary, why)
+                else:
+                    status, summary = msg[2], msg[3]
+                    return self._ended(run_id, status, summary, why)
             now = time.monotonic()
             if why is None:
                 if self._stopping:

@@ -469,3 +469,18 @@ def test_an_upload_lands_in_the_uploads_folder_and_a_workflow_reads_it(srv):
     assert httpx.put(srv.url + "/api/uploads/evil.png", content=b"x", headers={"Origin": "https://evil.example"}).status_code == 403
     run = Client(srv.url).wait(Client(srv.url).submit(_load_image(path)), timeout=60)
     assert run["status"] == "done" and run["outputs"]["image"]["tensor"]["shape"] == [1, 3, 4, 8]
+
+
+def test_a_cancel_reaches_a_run_that_sends_events_all_the_time(srv):
+    """The queue thread relays a chatty run's events and still watches it: a loop of 2,000 naps
+    (20 s, events every 10 ms, more often than the thread polls) stops soon after its cancel,
+    not at its end."""
+    from tests.server_nodes import naps_workflow
+
+    c = Client(srv.url)
+    run_id = c.submit(naps_workflow(2000, 0.01))
+    wait_for(lambda: sum(e["type"] == "loop_step" for e in srv.app.state.broker.log(run_id)) >= 3)
+    t0 = time.monotonic()
+    assert c.cancel(run_id) == "cancelling"
+    run = c.wait(run_id, timeout=60)
+    assert run["status"] == "cancelled" and time.monotonic() - t0 < 10
