@@ -302,6 +302,13 @@ class Executor:
         h._result = [m._result for m in handles]  # type: ignore[assignment]
         h.status = "done"
 
+    def _runner(self, h: RunHandle, emit) -> tuple[Runner, Any]:
+        """A run's Runner and its plan: what a run of its own and a batched run's member both execute."""
+        keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id, self.files)
+        stores = RunCaches(self.memory, self.disk)
+        runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite, self.preview_every)
+        return runner, plan(keys, stores)
+
     def _run_member(self, h: RunHandle, on_event) -> None:
         emit = self._listeners.emitter(h._record, on_event)
         t0 = time.perf_counter()
@@ -310,11 +317,8 @@ class Executor:
                 self._run_together(h.bound, h, on_event)
                 return
             with fewer_gc_passes():
-                keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id, self.files)
-                stores = RunCaches(self.memory, self.disk)
-                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite,
-                                self.preview_every)
-                h._result = r = runner.execute(plan(keys, stores))
+                runner, steps = self._runner(h, emit)
+                h._result = r = runner.execute(steps)
             h.status = r.status
         except BaseException as e:  # an engine bug fails this member alone
             h.status = "failed"
@@ -393,11 +397,8 @@ class Executor:
                 self._run_together(h.bound, h, on_event)
                 return
             with fewer_gc_passes():
-                keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id, self.files)
-                stores = RunCaches(self.memory, self.disk)
-                runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite,
-                                self.preview_every)
-                h._result = r = runner.execute(plan(keys, stores))
+                runner, steps = self._runner(h, emit)
+                h._result = r = runner.execute(steps)
             h.status = r.status
         except KeyboardInterrupt as e:
             # raised in this thread, anywhere in the run: what the run computed is its own and goes
