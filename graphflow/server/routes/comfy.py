@@ -15,7 +15,6 @@ Host and body-size rules like every route."""
 
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations
 
-import asyncio
 import functools
 import inspect
 import platform
@@ -24,11 +23,9 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.websockets import WebSocketDisconnect
 
 from graphflow.atomic import write_new
 from graphflow.document.depth import depth_problem
@@ -39,7 +36,7 @@ from graphflow.server.comfy_events import Retelling, files_by_node, prompt_outpu
 from graphflow.server.finish import finished_event, record_end
 from graphflow.server.outputs import RUN_ID, run_dir
 from graphflow.server.routes import Services
-from graphflow.server.routes.events import until_closed
+from graphflow.server.routes.events import relay
 from graphflow.server.routes.files import confined_file
 from graphflow.server.routes.uploads import UPLOAD_NAME
 from graphflow.server.store import AliasTaken
@@ -405,28 +402,15 @@ def socket_routes(s: Services) -> APIRouter:
             return
         await ws.accept()
         sid = ws.query_params.get("clientId") or uuid.uuid4().hex
-        q = s.broker.socket_queue()
-        closed = asyncio.ensure_future(until_closed(ws))
         retell = Retelling(s.store, sid)
-        try:
+
+        async def first() -> list[dict[str, Any]]:
             status = await run_in_threadpool(queue_status, s.store)
-            await ws.send_text(orjson.dumps({"type": "status", "data": {**status, "sid": sid}}).decode())
-            while True:
-                get = asyncio.ensure_future(q.get())
-                await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    break
-                e = get.result()
-                if e is None:  # fell too far behind
-                    await ws.close(code=1013)
-                    break
-                for message in await run_in_threadpool(retell, e):
-                    await ws.send_text(orjson.dumps(message).decode())
-        except (WebSocketDisconnect, RuntimeError, ConnectionError):
-            pass
-        finally:
-            s.broker.drop_socket(q)
-            closed.cancel()
+            return [{"type": "status", "data": {**status, "sid": sid}}]
+
+        async def messages(e: dict[str, Any]) -> list[dict[str, Any]]:
+            return await run_in_threadpool(retell, e)
+
+        await relay(ws, s, first, messages)
 
     return router

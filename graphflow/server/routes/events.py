@@ -5,6 +5,7 @@ one WebSocket (ComfyUI's shape, for tools written against it)."""
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -93,28 +94,44 @@ def open_routes(s: Services) -> APIRouter:
             await ws.close(code=1008)
             return
         await ws.accept()
-        q = s.broker.socket_queue()
-        closed = asyncio.ensure_future(until_closed(ws))
-        try:
-            await ws.send_text(orjson.dumps({"type": "status", "data": {"counts": s.store.counts()}}).decode())
-            while True:
-                get = asyncio.ensure_future(q.get())
-                await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    break
-                e = get.result()
-                if e is None:  # fell too far behind
-                    await ws.close(code=1013)
-                    break
-                await ws.send_text(orjson.dumps({"type": e["type"], "data": e}).decode())
-        except (WebSocketDisconnect, RuntimeError, ConnectionError):
-            pass
-        finally:
-            s.broker.drop_socket(q)
-            closed.cancel()
+
+        async def first() -> list[dict[str, Any]]:
+            return [{"type": "status", "data": {"counts": s.store.counts()}}]
+
+        async def messages(e: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{"type": e["type"], "data": e}]
+
+        await relay(ws, s, first, messages)
 
     return router
+
+
+async def relay(ws: WebSocket, s: Services, first: Callable[[], Awaitable[list[dict[str, Any]]]],
+                messages: Callable[[dict[str, Any]], Awaitable[list[dict[str, Any]]]]) -> None:
+    """Send ``first()``, then the messages each broker event makes, until the client goes or falls
+    too far behind (1013). The queue is taken before ``first`` runs: no event falls in between."""
+    q = s.broker.socket_queue()
+    closed = asyncio.ensure_future(until_closed(ws))
+    try:
+        for m in await first():
+            await ws.send_text(orjson.dumps(m).decode())
+        while True:
+            get = asyncio.ensure_future(q.get())
+            await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                break
+            e = get.result()
+            if e is None:  # fell too far behind
+                await ws.close(code=1013)
+                break
+            for m in await messages(e):
+                await ws.send_text(orjson.dumps(m).decode())
+    except (WebSocketDisconnect, RuntimeError, ConnectionError):
+        pass
+    finally:
+        s.broker.drop_socket(q)
+        closed.cancel()
 
 
 async def until_closed(ws: WebSocket) -> None:
