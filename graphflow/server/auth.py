@@ -65,6 +65,13 @@ def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
     return origin.rstrip("/").lower() == own.lower() or origin.rstrip("/") in allowed or "*" in allowed
 
 
+def refuse_other_origins(conn: HTTPConnection, allowed: list[str]) -> None:
+    """403, naming the page and the flag that would allow it, unless ``origin_allowed``."""
+    if not origin_allowed(conn, allowed):
+        raise HTTPException(403, f"requests from the web page at {conn.headers['origin']!r} are refused "
+                                 "(graphflow serve --allow-origin ORIGIN allows one)")
+
+
 def guard_state_changes(allowed: list[str]) -> Callable[..., None]:
     """The dependency every /api route carries: a page of another origin may not change state or
     read an event stream; a POST must carry JSON."""
@@ -72,9 +79,7 @@ def guard_state_changes(allowed: list[str]) -> Callable[..., None]:
     def guard(request: Request) -> None:
         reads_events = request.url.path.endswith("/events")
         if request.method not in ("GET", "HEAD", "OPTIONS") or reads_events:
-            if not origin_allowed(request, allowed):
-                raise HTTPException(403, f"requests from the web page at {request.headers['origin']!r} are refused "
-                                         "(graphflow serve --allow-origin ORIGIN allows one)")
+            refuse_other_origins(request, allowed)
         if request.method == "POST" and request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise HTTPException(415, "send 'Content-Type: application/json' (with a JSON body, {} if there is nothing to say): "
                                      "a cross-site form cannot, which keeps other web pages from acting on this server")
@@ -113,6 +118,4 @@ def comfy_allowed(conn: HTTPConnection, token: str | None, allowed: list[str]) -
                                  "as the password of HTTP Basic, or as ?token=", headers={"WWW-Authenticate": 'Basic realm="graphflow"'})
     method = getattr(conn, "method", "GET")  # a WebSocket has none, and is a state change as far as pages go
     if method not in ("GET", "HEAD", "OPTIONS") or conn.scope["type"] == "websocket":
-        if not origin_allowed(conn, allowed):
-            raise HTTPException(403, f"requests from the web page at {conn.headers['origin']!r} are refused "
-                                     "(graphflow serve --allow-origin ORIGIN allows one)")
+        refuse_other_origins(conn, allowed)
