@@ -14,6 +14,7 @@ which differs between the two kinds: that order is what makes a seed give the pi
 from __future__ import annotations
 
 from graphflow_nodes.kinds import SEED_MAX, VAE, Image, LatentMask, Latents, ModelInput, Rng, Scheduler, Timesteps, Transformer, UNet
+from graphflow_nodes.stages.scheduling import noised
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -39,14 +40,6 @@ def denoiser(ctx: Context, i) -> tuple[object, str]:
     if (i.unet is None) == (i.transformer is None):
         raise ValueError("unet, transformer: give one, the UNet (SD 1.x, SDXL) or the transformer (SD3, Flux)")
     return (ctx.models.get(i.unet), "unet") if i.unet is not None else (ctx.models.get(i.transformer), "transformer")
-
-
-def noised(scheduler, latents, noise, t):
-    """Clean latents noised to timestep ``t``: ``add_noise``, or for a flow-matching scheduler
-    ``scale_noise`` (σ·noise + (1 − σ)·latents), as AddNoise does."""
-    if not hasattr(scheduler, "add_noise") and hasattr(scheduler, "scale_noise"):
-        return scheduler.scale_noise(latents, t, noise)
-    return scheduler.add_noise(latents, noise, t)
 
 
 class InpaintLatents(Node, name="InpaintLatents", category="latents", uses=("models",)):

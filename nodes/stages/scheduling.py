@@ -26,9 +26,73 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "heun": "HeunDiscreteScheduler",
     "flow_euler": "FlowMatchEulerDiscreteScheduler",
+    "flow_euler_karras": "FlowMatchEulerDiscreteScheduler",
+    "flow_euler_exponential": "FlowMatchEulerDiscreteScheduler",
+    "flow_euler_beta": "FlowMatchEulerDiscreteScheduler",
+    "flow_euler_stochastic": "FlowMatchEulerDiscreteScheduler",
     "flow_heun": "FlowMatchHeunDiscreteScheduler",
+    "flow_lcm": "FlowMatchLCMScheduler",
+    "flow_dpm": "DPMSolverMultistepScheduler",
+    "flow_dpm_single": "DPMSolverSinglestepScheduler",
+    "flow_unipc": "UniPCMultistepScheduler",
+    "flow_deis": "DEISMultistepScheduler",
+    "flow_sa_solver": "SASolverScheduler",
 }
-SchedulerName = Literal["model", "lms", "ddim", "ddpm", "euler", "euler_a", "dpm", "pndm", "heun", "flow_euler", "flow_heun"]
+#: the noise-prediction solvers made to step a velocity on flow sigmas (diffusers' switches for
+#: SANA, Wan and the like); ``flow_shift`` follows the model's own ``shift`` (scheduler_spec)
+FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+#: the config switches a name stands for beside its class (one table: the Scheduler node, the
+#: workflows' scheduler parameter and the conformance cells all read these two)
+SCHEDULER_OPTIONS: dict[str, dict[str, Any]] = {
+    "flow_euler_karras": {"use_karras_sigmas": True},
+    "flow_euler_exponential": {"use_exponential_sigmas": True},
+    "flow_euler_beta": {"use_beta_sigmas": True},
+    "flow_euler_stochastic": {"stochastic_sampling": True},
+    "flow_dpm": FLOW_SIGMAS,
+    "flow_dpm_single": FLOW_SIGMAS,
+    "flow_unipc": FLOW_SIGMAS,
+    "flow_deis": FLOW_SIGMAS,
+    "flow_sa_solver": FLOW_SIGMAS,
+}
+SchedulerName = Literal[("model", *SCHEDULERS)]  # type: ignore[valid-type]
+
+#: flow schedulers that draw fresh noise at every step: SD3's and Flux's pipelines call ``step``
+#: without their generator, so diffusers draws it from torch's global generator and its picture
+#: follows no seed; there is no picture to be equal to, so these are refused rather than run
+_GLOBAL_NOISE = ("it draws fresh noise at every step, which diffusers' SD3 and Flux pipelines take from torch's global "
+                 "generator rather than the seeded one, so no seed reproduces their picture")
+#: names FluxPipeline cannot run, and why: it hands ``set_timesteps`` its own sigmas (1 to 1/steps)
+#: and ``mu`` whatever the config says
+_NO_SIGMAS = ("FluxPipeline hands set_timesteps its own sigmas (1 to 1/steps), which this scheduler does not take "
+              "(diffusers raises a ValueError)")
+_MU_WITHOUT_SHIFTING = ("FluxPipeline passes mu, which this scheduler takes only with use_dynamic_shifting, and this config (FLUX.1 "
+                        "schnell's) has none (diffusers fails an assertion in set_timesteps)")
+REFUSED_ALWAYS = {"flow_euler_stochastic": _GLOBAL_NOISE, "flow_lcm": _GLOBAL_NOISE, "flow_sa_solver": _GLOBAL_NOISE}
+REFUSED_ON_FLUX = {"flow_heun": _NO_SIGMAS}
+REFUSED_ON_FLUX_WITHOUT_SHIFTING = {"flow_dpm": _MU_WITHOUT_SHIFTING, "flow_dpm_single": _MU_WITHOUT_SHIFTING, "flow_deis": _MU_WITHOUT_SHIFTING}
+
+
+def scheduler_spec(name: str, model_config: dict) -> tuple[str, dict[str, Any]]:
+    """The class and config switches ``name`` stands for on a model with this scheduler config.
+    A flow-sigma solver takes the model's ``shift`` as its ``flow_shift``: SD3 is trained for
+    shift 3, and a solver at its default of 1 would spend its steps where SD3 does not."""
+    if name == "model":
+        return str(model_config.get("_class_name", "")), {}
+    options = dict(SCHEDULER_OPTIONS.get(name, {}))
+    if options.get("use_flow_sigmas") and "shift" in model_config:
+        options["flow_shift"] = model_config["shift"]
+    return SCHEDULERS[name], options
+
+
+def refusal(name: str, model_config: dict, flux_schedule: bool) -> str | None:
+    """Why a flow scheduler name cannot run here (None: it can)."""
+    if name in REFUSED_ALWAYS:
+        return REFUSED_ALWAYS[name]
+    if flux_schedule and name in REFUSED_ON_FLUX:
+        return REFUSED_ON_FLUX[name]
+    if flux_schedule and not model_config.get("use_dynamic_shifting", False) and name in REFUSED_ON_FLUX_WITHOUT_SHIFTING:
+        return REFUSED_ON_FLUX_WITHOUT_SHIFTING[name]
+    return None
 
 
 def is_flow(config: dict) -> bool:
@@ -100,6 +164,23 @@ def schedule_slice(scheduler: Any, steps: int, start_step: int = 0, end_step: in
     return begin, end
 
 
+def noised(scheduler: Any, latents: Any, noise: Any, t: Any) -> Any:
+    """Clean latents noised to timestep ``t``: ``add_noise``, or for a flow-matching scheduler
+    ``scale_noise`` (σ·noise + (1 − σ)·latents), as the img2img and inpaint pipelines do.
+
+    A solver on flow sigmas (DPM-Solver, UniPC, DEIS) is refused: its ``add_noise`` would mix the
+    picture right, but SD3's and Flux's img2img and inpaint pipelines call ``scale_noise``, which
+    only the FlowMatch schedulers have, so diffusers raises and has no picture to be equal to."""
+    if scheduler.config.get("prediction_type") == "flow_prediction" and not hasattr(scheduler, "scale_noise"):
+        fitting = ", ".join(n for n, c in SCHEDULERS.items() if c.startswith("FlowMatch") and n not in REFUSED_ALWAYS)
+        raise ValueError(f"{type(scheduler).__name__} cannot start from a picture on a flow model: diffusers' SD3 and Flux "
+                         f"img2img and inpaint pipelines noise it with scale_noise, which this scheduler lacks (they raise "
+                         f"AttributeError); use model or one of: {fitting}")
+    if not hasattr(scheduler, "add_noise") and hasattr(scheduler, "scale_noise"):
+        return scheduler.scale_noise(latents, t, noise)
+    return scheduler.add_noise(latents, noise, t)
+
+
 class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",)):
     """A diffusers scheduler from the model's config (or another by name, with extra options),
     its timesteps set for the number of steps and cut to the part this loop runs: from a start
@@ -130,7 +211,7 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
     def run(self, i: In, ctx: Context) -> dict:
         import diffusers
 
-        cls_name = i.scheduler_config.get("_class_name") if i.name == "model" else SCHEDULERS[i.name]
+        cls_name, named = scheduler_spec(i.name, i.scheduler_config)
         cls = getattr(diffusers, cls_name or "", None)
         if cls is None:
             raise ValueError(f"diffusers has no scheduler class {cls_name!r}")
@@ -138,12 +219,16 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
         unknown = sorted(set(i.options) - accepted)
         if unknown:
             raise ValueError(f"{cls_name} has no option {', '.join(map(repr, unknown))} (it takes: {', '.join(sorted(accepted))})")
-        config = {**i.scheduler_config, **i.options}
-        if is_flow(i.scheduler_config) != is_flow({"_class_name": cls_name, **i.options}):
+        config = {**i.scheduler_config, **named, **i.options}
+        if is_flow(i.scheduler_config) != is_flow({"_class_name": cls_name, **named, **i.options}):
             model_kind = "a flow-matching model (SD3, Flux)" if is_flow(i.scheduler_config) else "a noise-prediction model"
-            fitting = ", ".join(n for n, c in SCHEDULERS.items() if is_flow({"_class_name": c}) == is_flow(i.scheduler_config))
+            fitting = ", ".join(n for n, c in SCHEDULERS.items() if is_flow({"_class_name": c, **SCHEDULER_OPTIONS.get(n, {})})
+                                == is_flow(i.scheduler_config) and n not in REFUSED_ALWAYS)
             raise ValueError(f"{cls_name} does not fit {model_kind} (its config is a {i.scheduler_config.get('_class_name')}); "
                              f"use model or one of: {fitting}")
+        why = refusal(i.name, i.scheduler_config, i.linear_sigmas)
+        if why:
+            raise ValueError(f"scheduler {i.name} ({cls_name}) is refused here: {why}")
         s = cls.from_config(config)
         warmup = getattr(s, "pndm_order", 0) if not s.config.get("skip_prk_steps", True) else 0
         if i.steps < warmup:  # diffusers' own set_timesteps fails with a numpy broadcast error
@@ -247,7 +332,4 @@ class AddNoise(Node, name="AddNoise", category="sampling"):
 
     def run(self, i: In, ctx: Context) -> dict:
         t = i.timesteps[:1].repeat(i.latents.shape[0])
-        s = clone(i.scheduler)
-        if not hasattr(s, "add_noise") and hasattr(s, "scale_noise"):
-            return {"latents": s.scale_noise(i.latents, t, i.noise.to(i.latents))}
-        return {"latents": s.add_noise(i.latents, i.noise.to(i.latents), t)}
+        return {"latents": noised(clone(i.scheduler), i.latents, i.noise.to(i.latents), t)}

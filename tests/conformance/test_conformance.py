@@ -27,7 +27,7 @@ import torch
 
 import graphflow
 from graphflow import Executor, Workflow
-from graphflow_nodes.stages.scheduling import SCHEDULERS
+from graphflow_nodes.stages.scheduling import SCHEDULERS, scheduler_spec
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "nodes" / "samples" / "red-circle-on-blue.png"
@@ -42,10 +42,21 @@ STRENGTHS = (0.75, 0.5)
 ALL_SCHEDULERS = ("model", *SCHEDULERS)
 #: the noise-prediction schedulers (the flow families' own are refused by name on these models, and the other way round)
 SD_SCHEDULERS = ("model", *(n for n in SCHEDULERS if not n.startswith("flow_")))
-#: StableDiffusion3Pipeline runs any FlowMatch scheduler; FluxPipeline passes its own sigmas and mu
-#: to ``set_timesteps``, which FlowMatch Heun does not take, so Flux runs FlowMatch Euler alone
-SD3_SCHEDULERS = ("model", "flow_heun")
-FLUX_SCHEDULERS = ("model",)
+#: StableDiffusion3Pipeline runs any flow scheduler: FlowMatch Euler with its sigma spacings,
+#: FlowMatch Heun, and the multistep solvers on flow sigmas. FluxPipeline passes its own sigmas
+#: and mu to ``set_timesteps``: FlowMatch Heun takes no sigmas, and DPM-Solver (multistep and
+#: singlestep) and DEIS take mu only with dynamic shifting, which schnell's config lacks, so
+#: diffusers fails on those (graphflow refuses them by name: test_a_flow_scheduler_diffusers_cannot_run_is_refused).
+#: The stochastic ones (FlowMatch LCM, FlowMatch Euler's stochastic_sampling, SA-Solver) draw
+#: from torch's global generator in both pipelines, so they are refused on every flow model
+FLOW_SOLVERS = ("flow_euler_karras", "flow_euler_exponential", "flow_euler_beta", "flow_dpm", "flow_dpm_single", "flow_unipc", "flow_deis")
+SD3_SCHEDULERS = ("model", "flow_heun", *FLOW_SOLVERS)
+FLUX_SCHEDULERS = ("model", *FLOW_SOLVERS)
+SCHNELL_SCHEDULERS = ("model", "flow_euler_karras", "flow_euler_exponential", "flow_euler_beta", "flow_unipc")
+#: the solvers added beside the model's own run one step count: 3 is odd, past the multistep
+#: solvers' first-order start and into their lower-order final step, and both img2img strengths
+#: leave steps to run at it (they start at step 0 and 1)
+SCHEDULER_LIMITS = {name: (3,) for name in FLOW_SOLVERS}
 FLOW_FAMILIES = ("sd3", "sd3-no-t5", "flux-dev", "flux-schnell")
 FLOW_GUIDANCE = 3.5  # Flux dev's distilled guidance (an input of the model)
 NEGATIVE, TRUE_CFG = "blurry", 2.0
@@ -104,7 +115,7 @@ FAMILIES = {
     "sd3-no-t5": Family("tiny_sd3_no_t5", ("sd3",), ("txt2img",), ("model",), FLOW_STEPS),
     "flux-dev": Family("tiny_flux", ("flux-dev",), ("txt2img", "img2img", "x0", "true_cfg", "inpaint", "single_file", "lora"),
                        FLUX_SCHEDULERS, FLOW_STEPS),
-    "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0", "inpaint"), FLUX_SCHEDULERS, FLOW_STEPS),
+    "flux-schnell": Family("tiny_flux_schnell", ("flux-schnell",), ("txt2img", "img2img", "x0", "inpaint"), SCHNELL_SCHEDULERS, FLOW_STEPS),
     "sd1-controlnet": Family("tiny_model", ("sd15",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
     "sdxl-controlnet": Family("tiny_sdxl", ("sdxl",), CONTROL_ENTRIES, CONTROL_SCHEDULERS, CONTROL_STEPS),
     "sd3-controlnet": Family("tiny_sd3", ("sd3",), CONTROL_ENTRIES[:2], ("model",), CONTROL_STEPS),
@@ -144,8 +155,8 @@ def scheduler_config(name: str) -> dict:
 def scheduler_for(config: dict, name: str):
     import diffusers
 
-    cls = config["_class_name"] if name == "model" else SCHEDULERS[name]
-    return getattr(diffusers, cls).from_config(config)
+    cls, options = scheduler_spec(name, config)
+    return getattr(diffusers, cls).from_config(config, **options)
 
 
 @functools.cache
@@ -158,6 +169,15 @@ def schedule_exists(config: str, name: str, steps: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+def noises_a_picture(name: str) -> bool:
+    """Whether SD3's and Flux's img2img pipelines can noise a picture with the scheduler: they call
+    ``scale_noise``, which only the FlowMatch schedulers have (the others are refused by name:
+    test_img2img_with_a_solver_diffusers_cannot_noise_with_is_refused)."""
+    import diffusers
+
+    return name == "model" or hasattr(getattr(diffusers, SCHEDULERS[name]), "scale_noise")
 
 
 def first_steps(strength: float, steps: int, family: str = "sd1") -> int:
@@ -210,7 +230,7 @@ def cells() -> list[Cell]:
         for config in fam.configs:
             for scheduler in fam.schedulers:
                 for entry in fam.entries:
-                    limit_schedulers, limit_steps = ENTRY_LIMITS.get(entry, (fam.schedulers, fam.steps))
+                    limit_schedulers, limit_steps = ENTRY_LIMITS.get(entry, (fam.schedulers, SCHEDULER_LIMITS.get(scheduler, fam.steps)))
                     if scheduler not in limit_schedulers:
                         continue
                     for steps in filter(functools.partial(schedule_exists, config, scheduler), limit_steps):
@@ -219,6 +239,8 @@ def cells() -> list[Cell]:
                                 out += [Cell(fname, config, scheduler, f"inpaint-{s}", steps) for s in INPAINT_STRENGTHS
                                         if first_steps(s, steps, fname) < steps]
                         elif entry == "img2img":
+                            if fname in FLOW_FAMILIES and not noises_a_picture(scheduler):
+                                continue
                             out += [Cell(fname, config, scheduler, f"img2img-{s}", steps) for s in STRENGTHS
                                     if first_steps(s, steps, fname) < steps]
                         elif entry == "hires":
@@ -336,8 +358,10 @@ class Recorder:
 
     @staticmethod
     def flow_sigma(scheduler, timestep):
-        """A FlowMatch scheduler's σ at the step it is about to take (None for other schedulers)."""
-        if not type(scheduler).__name__.startswith("FlowMatch"):
+        """A flow scheduler's σ at the step it is about to take (None for other schedulers): a
+        FlowMatch one, or a solver on flow sigmas (whose ``model_outputs`` need not be x0: DEIS
+        keeps noise there)."""
+        if not (type(scheduler).__name__.startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas")):
             return None
         idx = scheduler.step_index
         if idx is None:
