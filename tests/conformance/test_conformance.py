@@ -814,3 +814,81 @@ def test_the_x0_frames_workflow_draws_the_matrix_picture(scheduler, folders, tmp
     assert r.ok, r.errors
     assert (r["image"] - reference(run)[0]).abs().max().item() == 0.0
     assert len(r["x0"]) == len(r["xt"]) == len(reference(run)[1]) == (4 if scheduler == "pndm" else 3)
+
+
+#: (family, scheduler, what diffusers' pipeline does with it, a fragment of graphflow's refusal)
+FLOW_REFUSALS = [
+    ("sd3", "flow_lcm", "global", "torch's global generator"),
+    ("sd3", "flow_euler_stochastic", "global", "torch's global generator"),
+    ("sd3", "flow_sa_solver", "global", "torch's global generator"),
+    ("flux-dev", "flow_heun", ValueError, "its own sigmas (1 to 1/steps), which this scheduler does not take"),
+    ("flux-schnell", "flow_dpm", AssertionError, "takes only with use_dynamic_shifting"),
+    ("flux-schnell", "flow_dpm_single", AssertionError, "takes only with use_dynamic_shifting"),
+    ("flux-schnell", "flow_deis", AssertionError, "takes only with use_dynamic_shifting"),
+]
+
+
+@pytest.mark.parametrize("family, scheduler, diffusers_does, fragment", FLOW_REFUSALS, ids=[f"{f}-{s}" for f, s, *_ in FLOW_REFUSALS])
+def test_a_flow_scheduler_diffusers_cannot_run_is_refused_by_name(family, scheduler, diffusers_does, fragment, folders):
+    """The flow scheduler names the matrix leaves out: FluxPipeline fails with them (FlowMatch Heun
+    takes no sigmas; DPM-Solver and DEIS refuse mu on schnell's config without dynamic shifting),
+    or SD3's pipeline draws their per-step noise from torch's global generator, so its picture
+    changes with the global seed under the same ``generator``. The Scheduler node refuses each by
+    name with that reason, before any model runs."""
+    config = FAMILIES[family].configs[0]
+    folders(family, config)
+    path, cfg = FOLDERS[family, config], scheduler_config(config)
+    sd3 = family.startswith("sd3")
+    p = pipeline("StableDiffusion3Pipeline" if sd3 else "FluxPipeline", path)
+    p.scheduler = scheduler_for(cfg, scheduler)
+    kwargs = dict(num_inference_steps=3, output_type="pt", height=64, width=64)
+    if diffusers_does == "global":
+        pictures = []
+        for global_seed in (1, 2):  # 7 steps: SA-Solver's noise term vanishes on a 3-step flow schedule
+            torch.manual_seed(global_seed)
+            pictures.append(p(PROMPT, generator=torch.Generator().manual_seed(SEED), **(kwargs | {"num_inference_steps": 7})).images)
+        assert (pictures[0] - pictures[1]).abs().max().item() > 1e-3
+    else:
+        with pytest.raises(diffusers_does):
+            p(PROMPT, generator=torch.Generator().manual_seed(SEED), **kwargs)
+    wf = graphflow.load(REPO / "workflows" / f"txt2img_{'sd3' if sd3 else 'flux'}.json")
+    r = Executor().run(wf.with_params(model=str(path), prompt=PROMPT, seed=SEED, steps=3, scheduler=scheduler, width=64, height=64))
+    assert not r.ok
+    (err,) = r.errors
+    assert err.node == "schedule"
+    assert f"scheduler {scheduler} ({SCHEDULERS[scheduler]}) is refused here" in err.message and fragment in err.message
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux-dev"])
+def test_img2img_with_a_solver_diffusers_cannot_noise_with_is_refused(family, folders):
+    """Solvers on flow sigmas (DPM-Solver, UniPC, DEIS) run txt2img, but SD3's and Flux's img2img
+    pipelines noise the picture with ``scale_noise``, which these schedulers lack: diffusers raises
+    AttributeError, and graphflow's AddNoise refuses the scheduler by name, listing those that fit."""
+    from PIL import Image
+
+    config = FAMILIES[family].configs[0]
+    folders(family, config)
+    path, sd3 = FOLDERS[family, config], family == "sd3"
+    p = pipeline("StableDiffusion3Img2ImgPipeline" if sd3 else "FluxImg2ImgPipeline", path)
+    p.scheduler = scheduler_for(scheduler_config(config), "flow_unipc")
+    with pytest.raises(AttributeError, match="scale_noise"):
+        p(PROMPT, image=Image.open(IMAGE), strength=0.5, num_inference_steps=3, generator=torch.Generator().manual_seed(SEED),
+          output_type="pt")
+    wf = graphflow.load(REPO / "workflows" / f"img2img_{'sd3' if sd3 else 'flux'}.json")
+    r = Executor().run(wf.with_params(model=str(path), prompt=PROMPT, seed=SEED, steps=3, scheduler="flow_unipc",
+                                      image=str(IMAGE), start_step=1))
+    assert not r.ok
+    (err,) = r.errors
+    assert err.node == "noised"
+    assert "UniPCMultistepScheduler cannot start from a picture on a flow model" in err.message
+    assert err.message.endswith("use model or one of: flow_euler, flow_euler_karras, flow_euler_exponential, flow_euler_beta, flow_heun")
+
+
+def test_a_flow_solver_takes_the_model_shift():
+    """flow_dpm is DPM-Solver++ on flow sigmas, its flow_shift the model's shift (SD3's 3.0): the
+    schedule SD3 is trained for, not DPM's default shift of 1."""
+    cls, options = scheduler_spec("flow_dpm", scheduler_config("sd3"))
+    assert (cls, options) == ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0})
+    s = scheduler_for(scheduler_config("sd3"), "flow_dpm")
+    s.set_timesteps(3)
+    assert s.timesteps.tolist() == [999, 856, 599]
