@@ -1,7 +1,7 @@
 """Random LoRA files for the tiny SD3 and Flux folders, written the ways real ones are: diffusers'
-``save_lora_weights`` (peft keys, ``transformer.…lora_A.weight``, ``text_encoder.…``), and for
-Flux the kohya layout its trainers write, over the original model's fused layers
-(``lora_unet_double_blocks_0_img_attn_qkv``, ``lora_unet_single_blocks_0_linear1``,
+``save_lora_weights`` (peft keys, ``transformer.…lora_A.weight``, ``text_encoder.…``), and the
+kohya layout their trainers write, over the original model's fused layers (Flux's
+``lora_unet_double_blocks_0_img_attn_qkv``, SD3's ``lora_unet_joint_blocks_0_x_block_attn_qkv``,
 ``lora_te1_…``), with ``.lora_down``/``.lora_up``/``.alpha``."""
 
 from __future__ import annotations
@@ -74,6 +74,61 @@ def write_flux_kohya(path: Path, model_dir: Path, seed: int, rank: int = 4, alph
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
     save_file(out, str(path))
     return path
+
+
+def write_sd3_kohya(path: Path, twin: Path, model_dir: Path, seed: int, rank: int = 4, alpha: float = 2.0,
+                    scale: float = 0.3) -> tuple[Path, Path]:
+    """A kohya-style SD3 LoRA (sd-scripts' ``networks/lora_sd3.py`` names: ``lora_unet_`` + the
+    original MMDiT's module path, ``lora_te1_``/``lora_te2_`` for CLIP-L and CLIP-G) over every
+    Linear layer of the transformer and the CLIP encoders' attention, and its twin in diffusers'
+    format (``save_lora_weights``), which diffusers loads: the same products layer for layer.
+
+    The original layout comes from tests/flow_original_layout.py's ``sd3_to_original`` (what the
+    single-file tests write), not from graphflow's converter: run once on tags to learn which
+    diffusers layers one original layer holds (a fused qkv holds three, sharing one down-weight),
+    once on the up-weights to fuse and swap them as the weights are. kohya's ``alpha / rank`` is
+    folded into the twin's up-weights (diffusers' files carry no alpha)."""
+    import torch
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModelWithProjection
+
+    from tests.flow_original_layout import sd3_to_original
+
+    g = torch.Generator().manual_seed(seed)
+    transformer = SD3Transformer2DModel.from_pretrained(model_dir, subfolder="transformer")
+    state = transformer.state_dict()
+    linears = {n: m for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    names = list(linears)
+    tags = sd3_to_original({**state, **{f"{n}.weight": torch.full((m.out_features, 1), float(k)) for k, (n, m) in enumerate(linears.items())}},
+                           prefix="")
+    groups = {k.removesuffix(".weight"): [names[int(t)] for t in torch.unique(v[:, 0]).tolist()]
+              for k, v in tags.items() if k.endswith(".weight") and v.dim() == 2 and v.shape[1] == 1}
+    downs = {orig: torch.randn(rank, linears[members[0]].in_features, generator=g) * scale / linears[members[0]].in_features**0.5
+             for orig, members in groups.items()}
+    ups = {n: torch.randn(m.out_features, rank, generator=g) * scale for n, m in linears.items()}
+    fused = sd3_to_original({**state, **{f"{n}.weight": b for n, b in ups.items()}}, prefix="")
+    kohya, layers = {}, {"transformer": {}, "text_encoder": {}, "text_encoder_2": {}}
+    for orig, members in groups.items():
+        name = "lora_unet_" + orig.replace(".", "_")
+        kohya |= {f"{name}.lora_down.weight": downs[orig].contiguous(), f"{name}.lora_up.weight": fused[f"{orig}.weight"].contiguous(),
+                  f"{name}.alpha": torch.tensor(alpha)}
+        for n in members:
+            layers["transformer"] |= {f"{n}.lora_A.weight": downs[orig].clone(), f"{n}.lora_B.weight": ups[n] * (alpha / rank)}
+    for te, prefix in (("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")):
+        random = _random_layers(CLIPTextModelWithProjection.from_pretrained(model_dir, subfolder=te), TEXT_TARGETS, g, rank, scale)
+        for key, a in random.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key.removesuffix(".lora_A.weight")
+            b = random[f"{module}.lora_B.weight"]
+            name = prefix + module.replace(".", "_")
+            kohya |= {f"{name}.lora_down.weight": a.contiguous(), f"{name}.lora_up.weight": b.contiguous(), f"{name}.alpha": torch.tensor(alpha)}
+            layers[te] |= {key: a, f"{module}.lora_B.weight": b * (alpha / rank)}
+    save_file(kohya, str(path))
+    StableDiffusion3Pipeline.save_lora_weights(twin.parent, weight_name=twin.name, safe_serialization=True,
+                                               **{f"{c}_lora_layers": v for c, v in layers.items()})
+    return path, twin
 
 
 def with_loras(name: str, loras: list[tuple[Path, float]], sd3: bool, doc: dict | None = None) -> dict:

@@ -13,7 +13,7 @@ Stacking: each LoadLoRA appends its patch; ``(lora_a @ 0.7, lora_b @ 0.4)`` is a
 
 SD3 and Flux: the denoiser is a transformer (``transformer.…lora_A.weight``, Flux's kohya
 ``lora_unet_double_blocks_…``/``lora_unet_single_blocks_…`` converted by diffusers'
-``FluxLoraLoaderMixin``), patched through LoadLoRA's ``transformer`` input at ``unet_strength``
+``FluxLoraLoaderMixin``, SD3's kohya ``lora_unet_joint_blocks_…`` by sd3_kohya), patched through LoadLoRA's ``transformer`` input at ``unet_strength``
 (ComfyUI's one "model" strength); their CLIP encoders (``text_encoder.``, SD3's ``text_encoder_2.``,
 kohya's ``lora_te1_``) at ``text_encoder_strength``. The result equals the pipelines'
 ``load_lora_weights`` + ``set_adapters`` (tests/nodes/test_flow_lora.py).
@@ -128,7 +128,7 @@ def file_components(keys) -> set[str]:
 
 
 @lru_cache(maxsize=8)
-def _converted(path: str, source: str, family: str, layers_per_block: int | None = None) -> tuple[dict, dict | None, dict | None]:
+def _converted(path: str, source: str, family: str, layout: int | None = None) -> tuple[dict, dict | None, dict | None]:
     """The file in diffusers' key layout with kohya alphas, its UNet part in peft's layout; cached
     per content (``source``), so the UNet and text-encoder patches of one file read it once.
 
@@ -138,17 +138,18 @@ def _converted(path: str, source: str, family: str, layers_per_block: int | None
     (``…to_q.lora.down.weight`` beside ``…conv1.lora_A.weight``): loaded as they are, one of the
     two halves is dropped.
 
-    ``layers_per_block`` (the UNet's) lets kohya files that name the UNet's blocks in the original
-    layout (``lora_unet_input_blocks_1_1_…``, as A1111-era trainers write them) be mapped to
-    diffusers' blocks."""
+    ``layout`` is what a kohya file's original-layout names need of the model: the UNet's
+    ``layers_per_block`` (``lora_unet_input_blocks_1_1_…``, as A1111-era trainers write them, mapped
+    to diffusers' blocks), or the SD3 transformer's ``num_layers`` (its last block's text side is
+    laid out apart: sd3_kohya); None for a text encoder's patch."""
     from types import SimpleNamespace
 
     from diffusers.utils import convert_unet_state_dict_to_peft
 
     tensors, meta = read_lora_file(path)
     if family in TRANSFORMER_FAMILIES:
-        return _converted_flow(tensors, meta, family)
-    unet_config = SimpleNamespace(layers_per_block=layers_per_block) if layers_per_block else None
+        return _converted_flow(tensors, meta, family, layout)
+    unet_config = SimpleNamespace(layers_per_block=layout) if layout else None
     state, alphas = _loader(family).lora_state_dict(tensors, unet_config=unet_config)
     unet = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
     if unet:
@@ -157,16 +158,21 @@ def _converted(path: str, source: str, family: str, layers_per_block: int | None
     return state, alphas, meta
 
 
-def _converted_flow(tensors: dict, meta: dict | None, family: str) -> tuple[dict, dict | None, dict | None]:
+def _converted_flow(tensors: dict, meta: dict | None, family: str, num_layers: int | None) -> tuple[dict, dict | None, dict | None]:
     """An SD3 or Flux LoRA in diffusers' layout, as the pipelines' ``load_lora_weights`` reads it:
     Flux's loader converts kohya, XLabs and BFL files (folding kohya's alphas into the weights),
-    SD3's takes diffusers/peft keys as they are."""
+    SD3's takes diffusers/peft keys as they are, and kohya's SD3 files (which diffusers does not
+    convert) go through sd3_kohya."""
+    from graphflow_nodes.loading.sd3_kohya import KohyaSD3Error, diffusers_state, encoder_state, is_kohya_sd3
+
     if family == "flux":
         state, alphas = _loader(family).lora_state_dict(dict(tensors), return_alphas=True)
+    elif is_kohya_sd3(tensors):
+        try:
+            state, alphas = diffusers_state(tensors, num_layers) if num_layers is not None else encoder_state(tensors)
+        except KohyaSD3Error as e:
+            raise LoRAError(f"kohya-style SD3 LoRA: {e}") from None
     else:
-        if any(k.startswith("lora_unet_") for k in tensors):
-            raise LoRAError("kohya-style SD3 LoRAs (lora_unet_joint_blocks_…) are not converted yet: use a diffusers/peft file "
-                            "(transformer.…lora_A.weight)")
         state, alphas = _loader(family).lora_state_dict(dict(tensors)), None
     return state, alphas or None, meta
 
@@ -190,8 +196,9 @@ class LoRAPatch:
         adapter's scale, then ``merge`` folds ``strength * alpha/r * B @ A`` into each weight and
         the adapter layers are removed. Merging (rather than keeping peft's layers) leaves an
         ordinary model of the base's class and speed, and makes stacking a sequence of merges."""
-        blocks = model.config.layers_per_block if self.component == "unet" else None
-        state, alphas, meta = _converted(self.path, self.source, self.family, blocks)
+        layout = model.config.layers_per_block if self.component == "unet" else \
+            model.config.num_layers if self.component == "transformer" and self.family == "sd3" else None
+        state, alphas, meta = _converted(self.path, self.source, self.family, layout)
         self._check_shapes(model, state)
         if self.component == "transformer":
             self._apply_transformer(model, state, alphas, meta)
@@ -275,6 +282,9 @@ def patch_refs(refs: dict[str, Any], path, strengths: dict[str, float]) -> dict[
                         "keys (unet.…lora_A.weight) or kohya keys (lora_unet_…, lora_te_…)")
     families = {getattr(r, "family", None) for r in refs.values() if r is not None}
     family = next(iter(families))
+    if family == "sd3" and any(k.startswith("lora_te3_") for k in keys):
+        raise LoRAError(f"{path} has T5 weights (lora_te3_…): graphflow patches SD3's transformer and CLIP encoders only, "
+                        "as diffusers' SD3 loader does")
     if family in TRANSFORMER_FAMILIES and "unet" in present:  # kohya names the denoiser "unet" whatever it is
         present = (present - {"unet"}) | {"transformer"}
     if family in UNSUPPORTED_FAMILIES:

@@ -126,9 +126,10 @@ FAMILIES = {
 ENTRY_LIMITS = {"t2i_adapter": (("model", "euler_a"), (1, 3)), "ip_adapter": (("model", "euler_a"), (1, 3)),
                 "single_file": (("model",), (2,)), "lora": (("model",), (2,))}
 #: SD3 and Flux single files (SD3.5's all-in-one with its encoders; a FLUX.1 transformer file with
-#: the folder's VAE and encoders) and stacked LoRAs (two diffusers files on SD3; a diffusers and a
-#: kohya-style file on Flux) at these strengths: the txt2img pipeline's picture, from the folder,
-#: given ``load_lora_weights`` + ``set_adapters``
+#: the folder's VAE and encoders) and stacked LoRAs (a diffusers and a kohya-style file on both; SD3's
+#: kohya file given to diffusers as its diffusers-format twin, since diffusers converts no SD3 kohya
+#: file) at these strengths: the txt2img pipeline's picture, from the folder, given
+#: ``load_lora_weights`` + ``set_adapters``
 FLOW_LORA_STRENGTHS = (0.7, 0.4)
 ADAPTER_SCALE, IP_SCALE = 0.8, 0.6
 REFERENCE_IMAGE = REPO / "nodes" / "samples" / "yellow-square-on-green.png"
@@ -541,7 +542,7 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 
         p = getattr(diffusers, "StableDiffusion3Pipeline" if sd3 else "FluxPipeline").from_pretrained(path, local_files_only=True)
         p.set_progress_bar_config(disable=True)
-        for n, file in enumerate(flow_lora_files(path)):
+        for n, file in enumerate(flow_lora_files(path, for_diffusers=True)):
             p.load_lora_weights(str(file), adapter_name=f"l{n}")
         p.set_adapters(["l0", "l1"], list(FLOW_LORA_STRENGTHS))
     p.scheduler = scheduler_for(cfg, run.scheduler)
@@ -559,15 +560,25 @@ def flow_reference(run: Run, path: Path, cfg: dict, g: torch.Generator):
 
 
 @functools.cache
-def flow_lora_files(path: Path) -> tuple[Path, Path]:
-    """Two random LoRAs for an SD3 or Flux folder (Flux's second in the kohya layout)."""
+def flow_lora_files(path: Path, for_diffusers: bool = False) -> tuple[Path, Path]:
+    """Two random LoRAs for an SD3 or Flux folder, the second in the kohya layout. diffusers reads
+    Flux's kohya files but no SD3 one: ``for_diffusers`` gives SD3's second as its diffusers-format
+    twin (the same products layer for layer: tests/flow_lora_files.write_sd3_kohya)."""
     from tests.flow_lora_files import flow_lora_tensors, write_flow_lora, write_flux_kohya
 
     sd3 = "StableDiffusion3" in (path / "model_index.json").read_text()
     a = write_flow_lora(path.parent / f"{path.name}-lora-a.safetensors", path, flow_lora_tensors(path, 1))
-    b = write_flow_lora(path.parent / f"{path.name}-lora-b.safetensors", path, flow_lora_tensors(path, 2)) if sd3 \
-        else write_flux_kohya(path.parent / f"{path.name}-lora-kohya.safetensors", path, 2)
-    return a, b
+    if not sd3:
+        return a, write_flux_kohya(path.parent / f"{path.name}-lora-kohya.safetensors", path, 2)
+    kohya, twin = sd3_kohya_files(path)
+    return a, twin if for_diffusers else kohya
+
+
+@functools.cache
+def sd3_kohya_files(path: Path) -> tuple[Path, Path]:
+    from tests.flow_lora_files import write_sd3_kohya
+
+    return write_sd3_kohya(path.parent / f"{path.name}-lora-kohya.safetensors", path.parent / f"{path.name}-lora-twin.safetensors", path, 2)
 
 
 @functools.cache
