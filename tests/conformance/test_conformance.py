@@ -124,7 +124,7 @@ FAMILIES = {
 #: entry points run on fewer schedulers and step counts than the family's: the control models change
 #: the UNet call, not the schedule, which the txt2img cells already cover (entry -> (schedulers, steps))
 ENTRY_LIMITS = {"t2i_adapter": (("model", "euler_a"), (1, 3)), "ip_adapter": (("model", "euler_a"), (1, 3)),
-                "single_file": (("model",), (2,)), "lora": (("model",), (2,))}
+                "single_file": (("model",), (2,)), "lora": (("model",), (2,)), "true_cfg": (("model",), FLOW_STEPS)}
 #: SD3 and Flux single files (SD3.5's all-in-one with its encoders; a FLUX.1 transformer file with
 #: the folder's VAE and encoders) and stacked LoRAs (a diffusers and a kohya-style file on both; SD3's
 #: kohya file given to diffusers as its diffusers-format twin, since diffusers converts no SD3 kohya

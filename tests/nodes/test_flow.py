@@ -170,7 +170,9 @@ def test_a_scheduler_of_the_other_kind_is_refused_by_name(model, name, request):
     if model == "tiny_model":
         assert "FlowMatchEulerDiscreteScheduler does not fit a noise-prediction model" in msg and "lms, ddim" in msg
     else:
-        assert "does not fit a flow-matching model (SD3, Flux) (its config is a FlowMatchEulerDiscreteScheduler); use model or one of: flow_euler, flow_heun" in msg
+        assert ("does not fit a flow-matching model (SD3, Flux) (its config is a FlowMatchEulerDiscreteScheduler); use model or one of: "
+                "flow_euler, flow_euler_karras, flow_euler_exponential, flow_euler_beta, flow_heun, flow_dpm, flow_dpm_single, flow_unipc, "
+                "flow_deis") in msg
 
 
 def test_pred_x0_of_a_velocity_is_x_t_minus_sigma_v():
