@@ -41,8 +41,9 @@ SCHEDULERS = {
 #: the noise-prediction solvers made to step a velocity on flow sigmas (diffusers' switches for
 #: SANA, Wan and the like); ``flow_shift`` follows the model's own ``shift`` (scheduler_spec)
 FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
-#: the config switches a name stands for beside its class (one table: the Scheduler node, the
-#: workflows' scheduler parameter and the conformance cells all read these two)
+#: the config switches a name stands for beside its class (one table: the Scheduler node and the
+#: conformance cells read these two through scheduler_spec; the flow workflows' scheduler parameter
+#: lists the names)
 SCHEDULER_OPTIONS: dict[str, dict[str, Any]] = {
     "flow_euler_karras": {"use_karras_sigmas": True},
     "flow_euler_exponential": {"use_exponential_sigmas": True},
