@@ -87,8 +87,6 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     batch, every = getattr(args, "batch", 1), getattr(args, "preview_every", 0)
     if batch < 1:
         raise ValueError(f"argument --batch: takes a number of items, at least 1, not {batch}")
-    if batch > 1 and getattr(args, "ray", None) is not None:
-        raise ValueError("argument --batch: batches items on this machine; with --ray each worker runs its items one at a time")
     if every < 0:
         raise ValueError(f"argument --preview-every: takes a number of steps, at least 1 (0: no previews), not {every}")
     if batch > 1:
