@@ -93,6 +93,14 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["batch"] = batch
     if every:
         opts["preview_every"] = every
+    decoder = getattr(args, "preview_decoder", None)
+    if decoder is not None:
+        from graphflow_nodes.stages.preview import TinyDecoder
+
+        try:
+            opts["preview_decoder"] = TinyDecoder(decoder)
+        except ValueError as e:
+            raise ValueError(f"argument --preview-decoder: {e}") from None
     return opts
 
 
@@ -101,6 +109,9 @@ def preview_flag(sp: argparse.ArgumentParser, default: int = 0,
     sp.add_argument("--preview-every", type=int, default=default, metavar="N",
                     help=f"every N sampler steps, make a small preview of the current picture and {where} "
                          f"(default {default}{': none' if not default else ''}; 0: none)")
+    sp.add_argument("--preview-decoder", metavar="FOLDER",
+                    help="make previews with this tiny autoencoder (a diffusers AutoencoderTiny folder, TAESD-class: "
+                         "taesd/taesdxl for SD 1.x/2.x/SDXL, taesd3/taef1 for SD3/Flux) instead of the linear projection")
 
 
 #: the file ``--preview-every`` writes in the output folder
