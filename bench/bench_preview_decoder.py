@@ -1,7 +1,8 @@
 """What a preview at every step costs: a 30-step txt2img with no previews, with the linear
 latent-to-RGB projection (``preview_every=1``) and with a tiny autoencoder decoding each preview
 (``preview_decoder=TinyDecoder(...)``, ``--preview-decoder``), alternated in one process, best of
-``--rounds`` each.
+``--rounds`` each; and one preview alone, best of 20, as a share of the run without previews
+(the same figure, less exposed to a shared machine's noise).
 
 The tiny autoencoder is TAESD's architecture (diffusers' ``AutoencoderTiny()`` defaults: 64
 channels, the decoder's 3 upsamplings) with random weights, built here: its cost is the real one's
@@ -63,7 +64,21 @@ def costs(model: Path, size: int, taesd: Path, steps: int, rounds: int) -> dict[
             r = exs[name].run(wf.with_params(seed=100 + k))  # a new seed: the loop runs again
             times[name].append(time.perf_counter() - t0)
             assert r.ok, r.errors
-    return {**{n: min(t) for n, t in times.items()}, **{f"{n}_previews": c for n, c in counts.items()}}
+    # one preview alone, best of many: the same figure with less of the machine's noise in it
+    import torch
+    from graphflow_nodes.stages.preview import latent_preview
+
+    x0 = torch.randn(1, 4, size // 8, size // 8)
+    decoder = exs["taesd"].models.get(TinyDecoder(str(taesd)))
+    each = {}
+    for name, dec in (("linear", None), ("taesd", decoder)):
+        ts = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            latent_preview(x0, "auto", dec)
+            ts.append(time.perf_counter() - t0)
+        each[f"{name}_each"] = min(ts)
+    return {**{n: min(t) for n, t in times.items()}, **{f"{n}_previews": c for n, c in counts.items()}, **each}
 
 
 def main() -> None:
@@ -91,7 +106,9 @@ def main() -> None:
               f"{args.threads} torch thread(s), one process")
         for name, label in (("none", "no previews"), ("linear", "linear projection, every step"),
                             ("taesd", "TAESD-architecture decoder, every step")):
-            extra = "" if name == "none" else f"  {c[f'{name}_previews']} previews, {100 * (c[name] / c['none'] - 1):+.1f} %"
+            extra = "" if name == "none" else (f"  {c[f'{name}_previews']} previews, {100 * (c[name] / c['none'] - 1):+.1f} %; "
+                                               f"one preview alone {1000 * c[f'{name}_each']:.1f} ms = "
+                                               f"{100 * args.steps * c[f'{name}_each'] / c['none']:.1f} % of the run")
             print(f"{label:42} {c[name]:8.3f} s{extra}")
 
 
