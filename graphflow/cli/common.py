@@ -87,14 +87,20 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     batch, every = getattr(args, "batch", 1), getattr(args, "preview_every", 0)
     if batch < 1:
         raise ValueError(f"argument --batch: takes a number of items, at least 1, not {batch}")
-    if batch > 1 and getattr(args, "ray", None) is not None:
-        raise ValueError("argument --batch: batches items on this machine; with --ray each worker runs its items one at a time")
     if every < 0:
         raise ValueError(f"argument --preview-every: takes a number of steps, at least 1 (0: no previews), not {every}")
     if batch > 1:
         opts["batch"] = batch
     if every:
         opts["preview_every"] = every
+    decoder = getattr(args, "preview_decoder", None)
+    if decoder is not None:
+        from graphflow_nodes.stages.preview import TinyDecoder
+
+        try:
+            opts["preview_decoder"] = TinyDecoder(decoder)
+        except ValueError as e:
+            raise ValueError(f"argument --preview-decoder: {e}") from None
     return opts
 
 
@@ -103,6 +109,9 @@ def preview_flag(sp: argparse.ArgumentParser, default: int = 0,
     sp.add_argument("--preview-every", type=int, default=default, metavar="N",
                     help=f"every N sampler steps, make a small preview of the current picture and {where} "
                          f"(default {default}{': none' if not default else ''}; 0: none)")
+    sp.add_argument("--preview-decoder", metavar="FOLDER",
+                    help="make previews with this tiny autoencoder (a diffusers AutoencoderTiny folder, TAESD-class: "
+                         "taesd/taesdxl for SD 1.x/2.x/SDXL, taesd3/taef1 for SD3/Flux) instead of the linear projection")
 
 
 #: the file ``--preview-every`` writes in the output folder

@@ -119,7 +119,8 @@ class Executor:
                  cache_dir: str | Path | None = None, cache_max_size: int | str | None = DEFAULT_CACHE_BYTES,
                  memory_budget: int = 4 << 30, model_budget: int = 8 << 30,
                  models: ModelManager | None = None, limits: Limits | None = None, check_finite: bool = False,
-                 listener_queue: int = 10_000, read_roots=None, batch: int = 1, preview_every: int = 0) -> None:
+                 listener_queue: int = 10_000, read_roots=None, batch: int = 1, preview_every: int = 0,
+                 preview_decoder: Any = None) -> None:
         """``cache_max_size``: how much the disk cache (``cache_dir``) may hold, in bytes or as
         ``"500M"``/``"4G"``, before its least recently used entries are deleted (None: no limit).
         ``models``: a model manager to share with other executors (same device and dtype), so
@@ -135,13 +136,20 @@ class Executor:
         ``batch``: how many runs ``run_many`` (a sweep) advances together, their batchable node
         calls (a model's forward pass) made once for all of them (``graphflow/node/batching.py``).
         ``preview_every``: a ``Preview`` event every N steps of a node that offers previews (a
-        sampler's current x0); 0, the default: none, and nothing spent on them."""
+        sampler's current x0); 0, the default: none, and nothing spent on them.
+        ``preview_decoder``: a model reference (anything the model manager loads; the node
+        library's ``graphflow_nodes.stages.preview.TinyDecoder(folder)``, a TAESD-class tiny
+        autoencoder) that previews decode with instead of a linear projection; loaded on the
+        first preview, once per executor. It changes what previews show, never a run's results."""
         check_device(device, dtype)
         if not (isinstance(batch, int) and batch >= 1):
             raise ValueError(f"batch must be a whole number of runs, at least 1, not {batch!r}")
         if not (isinstance(preview_every, int) and preview_every >= 0):
             raise ValueError(f"preview_every must be a whole number of steps (0: no previews), not {preview_every!r}")
-        self.batch, self.preview_every = batch, preview_every
+        if isinstance(preview_decoder, (str, Path)):
+            raise TypeError("preview_decoder takes a model reference, not a path: "
+                            f"graphflow_nodes.stages.preview.TinyDecoder({str(preview_decoder)!r})")
+        self.batch, self.preview_every, self.preview_decoder = batch, preview_every, preview_decoder
         self.batch_sizes: list[int] = []  # runs each batched node call served (run_many), for profiles and tests
         self.device, self.dtype, self.out_dir = device, dtype, Path(out_dir)
         self.limits, self.check_finite = limits or Limits(), check_finite
@@ -306,7 +314,8 @@ class Executor:
         """A run's Runner and its plan: what a run of its own and a batched run's member both execute."""
         keys = Fingerprints(h.bound, RunOptions(self.device, self.dtype, str(h.out_dir or self.out_dir)), h.id, self.files)
         stores = RunCaches(self.memory, self.disk)
-        runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite, self.preview_every)
+        runner = Runner(keys, stores, h.id, h.cancel_event, self.models.session(h.id), emit, self.check_finite, self.preview_every,
+                        self.preview_decoder)
         return runner, plan(keys, stores)
 
     def _run_member(self, h: RunHandle, on_event) -> None:

@@ -63,7 +63,8 @@ class Runner:
     forwards them to listeners); with None, no event is even built."""
 
     def __init__(self, keys: Fingerprints, stores: RunCaches, run_id: str, cancel, models: Any,
-                 emit: Callable[[ev.Event], None] | None, check_finite: bool = False, preview_every: int = 0) -> None:
+                 emit: Callable[[ev.Event], None] | None, check_finite: bool = False, preview_every: int = 0,
+                 preview_decoder: Any = None) -> None:
         self.check_finite = check_finite
         self.preview_every = preview_every
         self.keys, self.c, self.b = keys, keys.checked, keys.bound
@@ -84,6 +85,7 @@ class Runner:
                            "out_dir": o.out_dir, "workflow": self.c.doc.raw, "params": self.b.params, "files": keys.access}
         if preview_every and emit is not None:
             self.ctx_values["preview"] = self.preview
+            self.ctx_values["preview_decoder"] = preview_decoder
 
     def preview(self, node: str, step: int, steps: int | None, make: Callable[[], tuple[bytes, int, int]]) -> None:
         """A node's offered preview (``Context.preview``): made and emitted at every

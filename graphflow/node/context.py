@@ -116,6 +116,14 @@ class Context:
         if hook is not None:
             hook(self.node_id, step, steps, make)
 
+    @property
+    def preview_decoder(self) -> Any:
+        """The model previews decode with (``Executor(preview_decoder=ref)``: a tiny autoencoder),
+        loaded on first use; None when there is none or the run makes no previews. Not a context
+        input: it changes what a preview shows, never what a node computes."""
+        ref = self._values.get("preview_decoder")
+        return None if ref is None else self._values["models"].get(ref)
+
     def check_cancelled(self) -> None:
         """Long-running nodes call this between units of work."""
         if self.cancel_event.is_set():

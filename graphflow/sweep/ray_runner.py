@@ -30,10 +30,18 @@ cluster. Joining a cluster, the driver first asks the cluster's GCS for its id, 
 (not after Ray's minute of retries) and says which: nothing answers, or the token is missing or
 not the head's.
 
+Batching (``executor_options={"batch": N}``, ``--batch N``): an idle actor is handed up to N
+items from the front of its queue in one call, and runs them together on its executor
+(``run_items``, the local sweep's batched path), so each actor makes one model call per step for
+its group. Dealing by fingerprints already puts items that share a prompt and a model on one
+queue, next to each other: the items that batch best are the ones that meet. Grouping on the
+actor, not across actors: a batched call is one forward pass in one process. An idle actor steals
+up to a batch's worth from the back of the longest queue, leaving it at least half its items.
+
 Failures: an item whose node fails is an ordinary ``failed`` result (the sweep goes on). An actor
 that dies (killed, out of memory) loses only its item in flight: that item is run again on another
 actor, up to ``max_attempts`` in all, its queue goes to the others, and a replacement actor is
-started while the number of replacements allows.
+started while the number of replacements allows (batched: every item of the batch in flight).
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from graphflow.atomic import write_new
-from graphflow.sweep.item import ItemResult, item_error, item_folder, run_item
+from graphflow.sweep.item import ItemResult, item_error, item_folder, run_item, run_items
 
 __all__ = ["INSTALL", "RaySweep", "RayUnavailable", "SweepWorker", "local_token"]
 
@@ -219,7 +227,7 @@ class SweepWorker:
 
     def info(self) -> dict[str, Any]:
         return {"host": self.host, "pid": os.getpid(), "threads": os.environ.get("OMP_NUM_THREADS"),
-                "loads": sum(self.ex.models.loads.values())}
+                "loads": sum(self.ex.models.loads.values()), "batch_sizes": list(self.ex.batch_sizes)}
 
     def run(self, item: int, params: dict[str, Any], attempt: int):
         """Run one item; returns (ItemResult, {file name: bytes})."""
@@ -230,6 +238,19 @@ class SweepWorker:
             r.attempts = attempt
             files = {name: (Path(tmp) / name).read_bytes() for name in r.files}
         return r, files
+
+    def run_many(self, items: list[int], params: list[dict[str, Any]], attempts: list[int]):
+        """Run items together (the executor's ``batch``: their model calls batched); returns
+        [(ItemResult, {file name: bytes}), ...] in their order."""
+        bounds = [self.wf.bind(p, self.limits) for p in params]
+        with tempfile.TemporaryDirectory(prefix="graphflow-items-") as tmp:
+            folders = [Path(tmp) / item_folder(i) for i in items]
+            rs = self.items.submit(run_items, self.ex, bounds, items, params, folders, [""] * len(items)).result()
+            out = []
+            for r, folder, attempt in zip(rs, folders, attempts):
+                r.attempts = attempt
+                out.append((r, {name: (folder / name).read_bytes() for name in r.files}))
+        return out
 
     def cancel(self) -> None:
         self.ex.cancel()
@@ -292,6 +313,7 @@ class RaySweep:
         self.max_attempts = max(1, int(max_attempts))
         self.max_replacements = max_replacements
         self.executor_options = dict(executor_options or {})
+        self.batch = int(self.executor_options.get("batch", 1))
         self.plugins = [os.path.abspath(p) for p in plugins]
         self.actors: list[_Actor] = []
         self.replaced = 0
@@ -373,7 +395,7 @@ class RaySweep:
         for a, q in zip(self.actors, queues):
             a.queue = q
         attempts = {i: 0 for i in todo}
-        inflight: dict[Any, tuple[_Actor, int]] = {}
+        inflight: dict[Any, tuple[_Actor, list[int]]] = {}
         cancel_deadline = None
         while True:
             if self._cancelled:
@@ -388,9 +410,9 @@ class RaySweep:
                 return
             ready, _ = self.ray.wait(list(inflight), num_returns=1, timeout=0.5)
             for ref in ready:
-                a, i = inflight.pop(ref)
+                a, items = inflight.pop(ref)
                 a.busy = False
-                yield from self._collect(ref, a, i, attempts)
+                yield from self._collect(ref, a, items, attempts)
 
     def _dispatch(self, inflight: dict, attempts: dict[int, int]) -> None:
         live = [a for a in self.actors if a.alive]
@@ -399,40 +421,49 @@ class RaySweep:
                 continue
             if not a.queue:  # idle: take from the back of the longest queue, if it has more than one item
                 donor = max(live, key=lambda b: len(b.queue))  # (its last item waits at most one item's time)
-                if len(donor.queue) > 1:
-                    a.queue.append(donor.queue.pop())
+                for _ in range(min(self.batch, len(donor.queue) // 2)):  # at most half: the donor keeps its share
+                    a.queue.appendleft(donor.queue.pop())
             if not a.queue:
                 continue
-            i = a.queue.popleft()
-            attempts[i] += 1
-            ref = a.handle.run.remote(i, self.sweep.items[i], attempts[i])
-            inflight[ref] = (a, i)
+            items = [a.queue.popleft() for _ in range(min(self.batch, len(a.queue)))]
+            for i in items:
+                attempts[i] += 1
+            if self.batch == 1:
+                ref = a.handle.run.remote(items[0], self.sweep.items[items[0]], attempts[items[0]])
+            else:
+                ref = a.handle.run_many.remote(items, [self.sweep.items[i] for i in items], [attempts[i] for i in items])
+            inflight[ref] = (a, items)
             a.busy = True
 
-    def _collect(self, ref, a: _Actor, i: int, attempts: dict[int, int]):
+    def _collect(self, ref, a: _Actor, items: list[int], attempts: dict[int, int]):
         ray = self.ray
-        params = self.sweep.items[i]
         try:
-            r, files = ray.get(ref)
+            got = ray.get(ref)
         except ray.exceptions.RayActorError as e:
             self._lost(a)
-            if self._cancelled:
-                yield ItemResult(i, params, "cancelled", attempts=attempts[i])
-            elif attempts[i] < self.max_attempts and any(b.alive for b in self.actors):
-                min((b for b in self.actors if b.alive), key=lambda b: len(b.queue)).queue.appendleft(i)
-            else:
-                msg = f"its worker died {attempts[i]} time(s) ({type(e).__name__}); not retried"
-                yield ItemResult(i, params, "failed", error=item_error(msg), attempts=attempts[i],
-                                 worker=a.name)
-                if not any(b.alive for b in self.actors):
-                    yield from self._abandon("every worker died")
+            retry = []
+            for i in items:
+                params = self.sweep.items[i]
+                if self._cancelled:
+                    yield ItemResult(i, params, "cancelled", attempts=attempts[i])
+                elif attempts[i] < self.max_attempts and any(b.alive for b in self.actors):
+                    retry.append(i)
+                else:
+                    msg = f"its worker died {attempts[i]} time(s) ({type(e).__name__}); not retried"
+                    yield ItemResult(i, params, "failed", error=item_error(msg), attempts=attempts[i], worker=a.name)
+            if retry:  # together, at the front of the shortest live queue: they batch again
+                min((b for b in self.actors if b.alive), key=lambda b: len(b.queue)).queue.extendleft(reversed(retry))
+            if not any(b.alive for b in self.actors):
+                yield from self._abandon("every worker died")
             return
-        except ray.exceptions.RayTaskError as e:  # the worker's own code raised: a bug, not the item's
+        except ray.exceptions.RayTaskError as e:  # the worker's own code raised: a bug, not the items'
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            yield ItemResult(i, params, "failed", error=item_error(msg), attempts=attempts[i])
+            for i in items:
+                yield ItemResult(i, self.sweep.items[i], "failed", error=item_error(msg), attempts=attempts[i])
             return
-        r.files = self._write(i, files)
-        yield r
+        for i, (r, files) in zip(items, [got] if len(items) == 1 and self.batch == 1 else got):
+            r.files = self._write(i, files)
+            yield r
 
     def _lost(self, a: _Actor) -> None:
         """An actor died: its queue goes to the live ones, and a replacement starts if allowed."""

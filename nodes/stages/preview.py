@@ -7,13 +7,25 @@ The factors are ComfyUI's (``comfy/latent_formats.py``, ``latent_rgb_factors`` a
 family's VAE; they apply to the latents as the sampler holds them (scaled by the VAE's scaling
 factor, and shifted for SD3/Flux), which is the space diffusers' pipelines denoise in too.
 ComfyUI's ``latent_preview.py`` maps the projection from [-1, 1] to [0, 1], as here.
+
+With a tiny autoencoder (``TinyDecoder``: a diffusers ``AutoencoderTiny`` folder, TAESD-class:
+taesd/taesdxl for 4-channel latents, taesd3/taef1 for SD3's and Flux's 16), previews are that
+decoder's picture of x0 instead: full size and close to the VAE's, for a few milliseconds a step
+more (bench/bench_preview_decoder.py). Its latents are the sampler's, undone by the tiny
+decoder's own ``scaling_factor`` and ``shift_factor`` as diffusers' pipelines undo them for
+whatever VAE they hold (TAESD's are 1 and 0: it reads the sampler's latents as they are).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+TINY_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 PREVIEW_FORMATS = ("auto", "sd15", "sdxl", "sd3", "flux")
 
@@ -77,6 +89,76 @@ def latent_rgb(latents: Any, fmt: str = "auto") -> Any:
     return ((rgb + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
 
 
+@dataclass(frozen=True)
+class TinyDecoder:
+    """A model reference (``Executor(preview_decoder=...)``, ``--preview-decoder``): a tiny
+    autoencoder's folder, checked when named (config.json of an ``AutoencoderTiny`` and safetensors
+    weights; a pickle is refused unread), loaded by the executor's model manager on the first
+    preview. The operator's choice, like the cache folder, so not held to a workflow's read roots."""
+
+    path: str
+
+    def __post_init__(self) -> None:
+        folder = Path(self.path).expanduser().resolve()
+        object.__setattr__(self, "path", str(folder))
+        self.config()
+
+    def config(self) -> dict:
+        folder = Path(self.path)
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder: a preview decoder is a diffusers AutoencoderTiny folder "
+                             f"(config.json and {TINY_WEIGHTS}), e.g. madebyollin/taesd")
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{folder} has no readable config.json ({e}): not a diffusers AutoencoderTiny folder") from None
+        if config.get("_class_name") != "AutoencoderTiny":
+            raise ValueError(f"{folder} holds a {config.get('_class_name')!r}, not an AutoencoderTiny (TAESD) decoder")
+        if not (folder / TINY_WEIGHTS).is_file():
+            raise ValueError(f"{folder}: an AutoencoderTiny's weights are read from {TINY_WEIGHTS}, which it lacks "
+                             "(a pickled .bin is never opened: loading one can run code)")
+        return config
+
+    def load(self, manager: Any) -> Any:
+        from diffusers import AutoencoderTiny
+        from graphflow_nodes.loading.model_refs import offline
+        from graphflow_nodes.runtime import torch_dtype
+
+        offline()
+        model = AutoencoderTiny.from_pretrained(self.path, torch_dtype=torch_dtype(manager.dtype), use_safetensors=True,
+                                                local_files_only=True)
+        model = model.to(manager.device).eval()
+        model.requires_grad_(False)
+        return model
+
+
+def check_decoder(decoder: Any, latents: Any) -> None:
+    """Refuse a tiny decoder made for other latents, saying which (4 channels: SD 1.x/2.x/SDXL; 16:
+    SD3/Flux): its picture would be noise, and a preview is meant to be looked at."""
+    x = unpack_square(latents) if latents.dim() == 3 else latents
+    want = int(decoder.config.latent_channels)
+    if x.shape[1] != want:
+        theirs = "SD3's or Flux's" if x.shape[1] == 16 else "SD 1.x/2.x's or SDXL's" if x.shape[1] == 4 else f"{x.shape[1]}-channel"
+        mine = "taesd3 or taef1" if x.shape[1] == 16 else "taesd or taesdxl"
+        raise ValueError(f"the preview decoder takes {want}-channel latents, but this model's are {x.shape[1]}-channel "
+                         f"({theirs}): give the preview decoder (--preview-decoder) one made for this family ({mine}), "
+                         "or none for the linear projection")
+
+
+def decoded_rgb(latents: Any, decoder: Any) -> Any:
+    """The first sample's (H, W, 3) uint8 picture by the tiny decoder: ``decoder.decode`` of the
+    sampler's latents undone by the decoder's scaling factor and shift, [-1, 1] mapped to [0, 255]."""
+    import torch
+
+    check_decoder(decoder, latents)
+    x = unpack_square(latents) if latents.dim() == 3 else latents
+    p = next(decoder.parameters())
+    z = x[:1].detach().to(device=p.device, dtype=p.dtype) / decoder.config.scaling_factor + decoder.config.shift_factor
+    with torch.no_grad():
+        image = decoder.decode(z, return_dict=False)[0][0]
+    return ((image.float().cpu().permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
+
+
 def png_bytes(rgb: Any) -> tuple[bytes, int, int]:
     """(PNG bytes, width, height) of an (H, W, 3) uint8 array; fastest compression: a preview is
     seen once."""
@@ -87,6 +169,7 @@ def png_bytes(rgb: Any) -> tuple[bytes, int, int]:
     return buf.getvalue(), rgb.shape[1], rgb.shape[0]
 
 
-def latent_preview(latents: Any, fmt: str = "auto") -> tuple[bytes, int, int]:
-    """What ``Context.preview`` wants: the preview's PNG, width and height."""
-    return png_bytes(latent_rgb(latents, fmt))
+def latent_preview(latents: Any, fmt: str = "auto", decoder: Any = None) -> tuple[bytes, int, int]:
+    """What ``Context.preview`` wants: the preview's PNG, width and height; by ``decoder`` (a
+    loaded tiny autoencoder) when given, else by the linear projection."""
+    return png_bytes(latent_rgb(latents, fmt) if decoder is None else decoded_rgb(latents, decoder))

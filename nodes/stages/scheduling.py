@@ -297,7 +297,7 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iter
     def run(self, i: In, ctx: Context) -> dict:
         from graphflow_nodes.runtime import generator_from
         from graphflow_nodes.stages.prediction import predicted_x0
-        from graphflow_nodes.stages.preview import latent_preview
+        from graphflow_nodes.stages.preview import check_decoder, latent_preview
 
         s = clone(i.scheduler)
         if hasattr(s, "is_scale_input_called"):
@@ -313,7 +313,10 @@ class SchedulerStep(Node, name="SchedulerStep", category="sampling", uses=("iter
         if x0 is None:  # PNDM and DPM-Solver report none: derive it from the unadvanced scheduler
             x0 = predicted_x0(i.scheduler, i.noise_pred, i.timestep, i.latents)
         if ctx.iteration is not None:
-            ctx.preview(ctx.iteration, ctx.iterations, lambda: latent_preview(x0, i.preview_format))
+            decoder = ctx.preview_decoder  # None unless previews are made with a tiny autoencoder
+            if decoder is not None and ctx.iteration == 0:
+                check_decoder(decoder, x0)  # at the first step, not the first preview: before the work is spent
+            ctx.preview(ctx.iteration, ctx.iterations, lambda: latent_preview(x0, i.preview_format, decoder))
         return {"latents": out.prev_sample, "pred_x0": x0, "scheduler": s, "rng": g.get_state()}
 
 

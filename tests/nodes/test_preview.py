@@ -122,3 +122,90 @@ def test_server_event_and_notebook_picture(tiny_model):
     shown = notebook.LivePreview()
     r = Executor(preview_every=1).run(txt2img(tiny_model, steps=3, seed=2), on_event=shown)
     assert r.ok and shown.count == 3 and decode(shown.png).shape == (8, 8, 3)
+
+
+def tiny_autoencoder(folder: Path, channels: int, **config) -> Path:
+    """A random-weight AutoencoderTiny (diffusers' real class, TAESD's layout at a few channels),
+    saved as a diffusers folder: the preview decoder."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(channels)
+    ae = AutoencoderTiny(latent_channels=channels, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                         num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), **config)
+    ae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def decoded(folder: Path, x0: torch.Tensor) -> np.ndarray:
+    """What the preview must be: AutoencoderTiny.decode of the first sample's x0 (its scaling and
+    shift undone, as diffusers' pipelines undo a VAE's), [-1, 1] to 8 bits."""
+    from diffusers import AutoencoderTiny
+
+    ae = AutoencoderTiny.from_pretrained(folder)
+    with torch.no_grad():
+        img = ae.decode(x0[:1] / ae.config.scaling_factor + ae.config.shift_factor).sample[0]
+    return ((img.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
+
+
+def previews_of(ex: Executor, wf: Workflow):
+    got: list = []
+    ex.subscribe(got.append, on_run_thread=True)
+    r = ex.run(wf)
+    ex.flush()
+    return r, [e for e in got if isinstance(e, ev.Preview)]
+
+
+def test_a_tiny_autoencoder_decodes_the_previews(tmp_path, tiny_model):
+    """Euler's last x0 is the final latents: the last preview is the tiny decoder's picture of them,
+    full size (64 px, not the projection's 8)."""
+    from graphflow_nodes.stages.preview import TinyDecoder
+
+    folder = tiny_autoencoder(tmp_path / "taesd", 4)
+    r, previews = previews_of(Executor(preview_every=2, preview_decoder=TinyDecoder(str(folder))),
+                              txt2img(tiny_model, steps=4, scheduler="euler"))
+    assert r.ok, r.errors
+    assert [(p.step, p.width, p.height) for p in previews] == [(1, 64, 64), (3, 64, 64)]
+    assert np.array_equal(decode(previews[-1].png), decoded(folder, r.outputs["latents"]))
+    with pytest.raises(TypeError, match=r"preview_decoder takes a model reference, not a path: graphflow_nodes.stages.preview.TinyDecoder\('taesd'\)"):
+        Executor(preview_decoder="taesd")
+
+
+def test_flow_latents_take_a_16_channel_decoder_and_refuse_a_4_channel_one(tmp_path, tiny_sd3, tiny_flux, tiny_model):
+    from graphflow_nodes.stages.preview import TinyDecoder
+
+    sd3 = TinyDecoder(str(tiny_autoencoder(tmp_path / "taesd3", 16, scaling_factor=1.5305, shift_factor=0.0609)))
+    doc = graphflow.load(REPO / "workflows" / "txt2img_sd3.json").doc.raw
+    doc["outputs"] = {"latents": "denoise.latents"}
+    wf = Workflow.from_dict(doc).with_params(model=str(tiny_sd3), steps=2)
+    r, previews = previews_of(Executor(preview_every=1, preview_decoder=sd3), wf)
+    assert r.ok, r.errors
+    assert [p.step for p in previews] == [0, 1] and (previews[-1].width, previews[-1].height) == (64, 64)
+    assert np.array_equal(decode(previews[-1].png), decoded(Path(sd3.path), r.outputs["latents"]))
+    # Flux's packed latents, unpacked as the linear preview unpacks them
+    flux = graphflow.load(REPO / "workflows" / "txt2img_flux.json").with_params(model=str(tiny_flux), steps=1, width=64, height=64)
+    r, previews = previews_of(Executor(preview_every=1, preview_decoder=sd3), flux)
+    assert r.ok and [(p.width, p.height) for p in previews] == [(64, 64)]
+    # an SD decoder for SD3's latents: refused at the first step, whenever the first preview is due
+    sd = TinyDecoder(str(tiny_autoencoder(tmp_path / "taesd", 4)))
+    r, previews = previews_of(Executor(preview_every=5, preview_decoder=sd), wf.with_params(steps=6))
+    assert not r.ok and not previews
+    assert (r.errors[0].node, r.errors[0].message) == ("step", (
+        "ValueError: the preview decoder takes 4-channel latents, but this model's are 16-channel (SD3's or Flux's): give "
+        "the preview decoder (--preview-decoder) one made for this family (taesd3 or taef1), or none for the linear projection"))
+    assert r.stats["transformer"].runs == 1  # the first step, no further
+    r, _ = previews_of(Executor(preview_every=1, preview_decoder=sd3), txt2img(tiny_model, steps=1))
+    assert "takes 16-channel latents, but this model's are 4-channel (SD 1.x/2.x's or SDXL's)" in r.errors[0].message
+
+
+def test_cli_preview_decoder(tmp_path, tiny_model, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny_autoencoder(tmp_path / "taesd", 4)
+    base = ["run", "txt2img", "--set", f"model={tiny_model}", "--set", "steps=2", "--no-cache", "--quiet", "--preview-every", "1"]
+    assert main([*base, "--out", "o", "--preview-decoder", "taesd"]) == 0
+    assert decode((tmp_path / "o" / "preview.png").read_bytes()).shape == (64, 64, 3)  # the decoder's, full size
+    (tmp_path / "notae").mkdir()
+    (tmp_path / "notae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    assert main([*base, "--out", "o2", "--preview-decoder", "notae"]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --preview-decoder: {tmp_path / 'notae'} holds a 'AutoencoderKL', not an AutoencoderTiny (TAESD) decoder" in err
+    assert "Traceback" not in err and not (tmp_path / "o2").exists()

@@ -129,8 +129,6 @@ def test_cli_batch_resume_and_bad_values(tmp_path, tiny_model, capsys):
     capsys.readouterr()
     assert main(["sweep", TXT2IMG, "--grid", "seed=[0,1]", "--batch", "0", "--out", "sw0"]) == 2
     assert "argument --batch: takes a number of items, at least 1, not 0" in capsys.readouterr().err
-    assert main(["sweep", TXT2IMG, "--grid", "seed=[0,1]", "--batch", "2", "--ray", "--out", "sw1"]) == 2
-    assert "with --ray each worker runs its items one at a time" in capsys.readouterr().err
 
 
 def unet_batches(run) -> list[int]:

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -169,3 +170,37 @@ def test_when_every_actor_dies_every_item_is_still_reported(tmp_path, tiny_model
     assert first.status == "ok" and sorted(r.item for r in rest) == [1, 2, 3]  # none lost
     assert all(r.status == "failed" and "died" in r.error["message"] for r in rest)
     assert sorted(r["item"] for r in read_index(tmp_path / "d")) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_batch_on_ray_groups_an_actors_items_into_one_model_call_per_step(tmp_path, tiny_model, ray_session):
+    """``--batch N`` with ``--ray``: each actor is handed up to N of its queue's items at once and
+    runs them together, one UNet call per step; each item's picture and index line stay its own,
+    and --resume works across batches. (A failing item's batch-mates: the actor runs the local
+    sweep's own batched path, tests/sweep/test_batching.py.)"""
+    from graphflow.cli import main
+    from graphflow.sweep import sweep
+
+    wf = txt2img(tiny_model).with_params(steps=1)
+    grid = {"prompt": PROMPTS, "seed": [0, 1]}
+    alone = {r.item: r.image for r in sweep(wf, grid=grid, out_dir=tmp_path / "local")}
+    sw = Sweep(wf, grid=grid, out_dir=tmp_path / "ray", runner=RaySweep("local", workers=1, executor_options={"batch": 3}))
+    it = iter(sw)
+    first = next(it)  # paused here: the actor has run its first batch, 3 items, and no more
+    assert sw.runner.info()[0]["batch_sizes"] == [3, 3]  # the step's UNet call and the VAE decode, each for all 3
+    results = [first, *it]
+    assert sorted(r.item for r in results) == list(range(4)) and {r.status for r in results} == {"ok"}
+    for r in results:  # float summation order only
+        assert np.abs(r.image.astype(int) - alone[r.item].astype(int)).max() <= 1
+    index = read_index(tmp_path / "ray")
+    assert sorted(r["item"] for r in index) == list(range(4)) and all(r["attempts"] == 1 for r in index)
+    assert all(r["files"][0].startswith(f"item_{r['item']:05d}/") for r in index)
+
+    # the CLI takes --batch with --ray (it used to refuse), and resumes across batches
+    args = ["sweep", TXT2IMG, "--set", f"model={tiny_model}", "--set", "steps=1", "--grid", f"prompt={orjson.dumps(PROMPTS).decode()}",
+            "--grid", "seed=[0,1,2]", "--ray", "--workers", "1", "--batch", "2", "--out", str(tmp_path / "ray"),
+            "--resume", "--no-cache", "--quiet"]
+    assert main(args) == 0
+    index = read_index(tmp_path / "ray")
+    assert len(index) == 6 and {r["status"] for r in index} == {"ok"}  # the 4 kept, the 2 new seed-2 items run
+    assert {(r["params"]["prompt"], r["params"]["seed"]) for r in index} == {(p, s) for p in PROMPTS for s in range(3)}
