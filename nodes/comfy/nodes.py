@@ -125,16 +125,18 @@ class ComfyNoise(Node, name="ComfyNoise", category="latents"):
     class Out(Outputs):
         latents: Latents = Field(description="the loop's starting latents")
         rng: Rng = Field(description="the generator ComfyUI's ancestral samplers draw their step noise from (on the CPU: seeded with seed + 1)")
+        noise: Latents = Field(description="the unit noise (zeros without add_noise): inpainting noises the kept region with it")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
         from graphflow_nodes.runtime import generator
 
         x = i.latents.float() * i.latent_scale
+        noise = torch.zeros_like(x)
         if i.add_noise:
-            noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=torch.float32, device="cpu")
-            x = x + noise.to(x.device) * i.noise_scale
-        return {"latents": x.to(i.latents.dtype), "rng": generator((i.seed + 1) % 2 ** 64).get_state()}
+            noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=torch.float32, device="cpu").to(x.device)
+            x = x + noise * i.noise_scale
+        return {"latents": x.to(i.latents.dtype), "rng": generator((i.seed + 1) % 2 ** 64).get_state(), "noise": noise.to(i.latents.dtype)}
 
 
 class ScaleLatents(Node, name="ScaleLatents", category="latents"):
@@ -214,3 +216,26 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
             sides.append(eps.view(len(used), *x.shape).mean(0))
         cond, uncond = sides
         return {"noise_pred": uncond + i.guidance_scale * (cond - uncond)}
+
+
+class ComfyControlScale(Node, name="ComfyControlScale", category="control"):
+    """A ControlNet's strength at this step by ComfyUI's rule: its ``start_percent`` and
+    ``end_percent`` are noise levels (``percent_to_sigma``), not step counts as in diffusers'
+    pipelines, so the strength is the ControlNet's while the current sigma lies inside them and
+    0 outside (ApplyControlNet's residuals times 0 add nothing)."""
+
+    class In(Inputs):
+        scheduler: Scheduler = Field(description="the loop's scheduler (gives the current sigma)")
+        timestep: Timestep = Field(description="the loop's timestep")
+        strength: float = Field(1.0, ge=0.0, le=10.0, description="ControlNetApplyAdvanced's strength")
+        start: float = Field(0.0, ge=0.0, le=1.0, description="start_percent")
+        end: float = Field(1.0, ge=0.0, le=1.0, description="end_percent")
+
+    class Out(Outputs):
+        scale: float = Field(description="the strength, or 0 outside the range")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        from graphflow_nodes.comfy.inpaint import sigma_now
+
+        ms = ModelSampling(dict(i.scheduler.config))
+        return {"scale": i.strength if active(ms, sigma_now(i.scheduler, i.timestep), i.start, i.end) else 0.0}

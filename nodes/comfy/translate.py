@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 from graphflow_nodes.comfy.samplers import REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
 
-LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL")
+LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL", "CONTROL_NET")
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
-INT, FLOAT, STR, BOOL_TEXT = "INT", "FLOAT", "STRING", ("enable", "disable")
+INT, FLOAT, STR, BOOL, BOOL_TEXT = "INT", "FLOAT", "STRING", "BOOLEAN", ("enable", "disable")
+MASK_CHANNELS = ("alpha", "red", "green", "blue")
 
 #: class_type -> (inputs: {name: type}, outputs). A type is a link type (an upstream node's output),
 #: INT/FLOAT/STRING, or a tuple of the values allowed. Also what /object_info describes.
@@ -51,12 +52,29 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "ImageScaleBy": ({"image": "IMAGE", "upscale_method": UPSCALE_METHODS + ("lanczos",), "scale_by": FLOAT}, ("IMAGE",)),
     "ConditioningCombine": ({"conditioning_1": "CONDITIONING", "conditioning_2": "CONDITIONING"}, ("CONDITIONING",)),
     "ConditioningSetTimestepRange": ({"conditioning": "CONDITIONING", "start": FLOAT, "end": FLOAT}, ("CONDITIONING",)),
+    "LoadImageMask": ({"image": STR, "channel": MASK_CHANNELS}, ("MASK",)),
+    "SetLatentNoiseMask": ({"samples": "LATENT", "mask": "MASK"}, ("LATENT",)),
+    "VAEEncodeForInpaint": ({"pixels": "IMAGE", "vae": "VAE", "mask": "MASK", "grow_mask_by": INT}, ("LATENT",)),
+    "InpaintModelConditioning": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "vae": "VAE", "pixels": "IMAGE", "mask": "MASK",
+                                  "noise_mask": BOOL}, ("CONDITIONING", "CONDITIONING", "LATENT")),
+    "ControlNetLoader": ({"control_net_name": STR}, ("CONTROL_NET",)),
+    "ControlNetApply": ({"conditioning": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE", "strength": FLOAT}, ("CONDITIONING",)),
+    "ControlNetApplyAdvanced": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE",
+                                 "strength": FLOAT, "start_percent": FLOAT, "end_percent": FLOAT, "vae": "VAE"},
+                                ("CONDITIONING", "CONDITIONING")),
+    "Canny": ({"image": "IMAGE", "low_threshold": FLOAT, "high_threshold": FLOAT}, ("IMAGE",)),
 }
 #: inputs ComfyUI lets a prompt leave out (its defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "KSampler": {"denoise": 1.0},
     "SaveImage": {"filename_prefix": "ComfyUI"},
     "EmptyLatentImage": {"batch_size": 1},
+    "LoadImageMask": {"channel": "alpha"},
+    "VAEEncodeForInpaint": {"grow_mask_by": 6},
+    "InpaintModelConditioning": {"noise_mask": True},
+    "ControlNetApply": {"strength": 1.0},
+    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional, unused
+    "Canny": {"low_threshold": 0.4, "high_threshold": 0.8},
 }
 OUTPUT_NODES = ("SaveImage", "PreviewImage")
 
@@ -142,12 +160,20 @@ PARAMS = {
                          ("sampler_name", "sampler_name", "string"), ("scheduler", "scheduler", "string")),
     "EmptyLatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
     "LoraLoader": (("lora_name", "lora", "string"), ("strength_model", "lora_strength", "float"), ("strength_clip", "lora_clip_strength", "float")),
+    "VAEEncodeForInpaint": (("grow_mask_by", "grow_mask_by", "int"),),
+    "ControlNetLoader": (("control_net_name", "controlnet", "string"),),
+    "ControlNetApply": (("strength", "control_strength", "float"),),
+    "ControlNetApplyAdvanced": (("strength", "control_strength", "float"), ("start_percent", "control_start", "float"),
+                                ("end_percent", "control_end", "float")),
 }
 PARAM_WHAT = {"checkpoint": "the checkpoint file", "seed": "noise seed", "steps": "sampling steps", "cfg": "classifier-free guidance scale",
               "denoise": "how much of the schedule runs (1: all)", "sampler_name": "ComfyUI sampler", "scheduler": "ComfyUI scheduler",
               "width": "picture width", "height": "picture height", "batch_size": "pictures per run", "lora": "the LoRA file",
               "lora_strength": "the LoRA's UNet strength", "lora_clip_strength": "the LoRA's text-encoder strength",
-              "prompt": "what to draw", "negative_prompt": "what to steer away from", "text": "a prompt"}
+              "prompt": "what to draw", "negative_prompt": "what to steer away from", "text": "a prompt",
+              "grow_mask_by": "pixels the inpainting mask grows by", "controlnet": "the ControlNet file",
+              "control_strength": "how strongly the ControlNet steers", "control_start": "the fraction of the sampling where the ControlNet starts",
+              "control_end": "the fraction of the sampling where the ControlNet stops"}
 
 
 def _val(st: _State, cid: str, name: str) -> Any:
@@ -224,32 +250,48 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
     pos, neg = up["positive"], up["negative"]
     plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
+    inpaint = _inpaint_parts(st, cid, loop, model, latent, pos, noise)
+    model_latents = f"{loop}_inpaint.latents" if "input" in inpaint else f"{loop}.latents"
+    scale = {f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": model_latents},
+                                                                    "timestep": {"from": f"{loop}.timestep"}, **({} if plain else {"cfg": False})}}}
+    unet_input = f"{loop}_scale.model_input"
+    if "channels" in inpaint:
+        unet_input = f"{loop}_channels.model_input"
     if plain:  # one full-range conditioning a side: the library's own guidance batch
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
+        control = _control_nodes(st, cid, loop, pos[0].get("controls", []), neg[0].get("controls", []), emb)
         predict = {
-            f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
-                                                                     "timestep": {"from": f"{loop}.timestep"}}},
-            f"{loop}_unet": {"type": "PredictNoise", "inputs": {"unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"},
-                                                                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}}},
+            **control,
+            f"{loop}_unet": {"type": "PredictNoise", "inputs": {"unet": {"from": model["unet"]}, "model_input": {"from": unet_input},
+                                                                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"},
+                                                                **({"control": {"from": f"{list(control)[-1]}.residuals"}} if control else {})}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_unet.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
         }
     else:  # combined or time-ranged conditionings: ComfyUI's averaging of the active ones, then CFG
+        if any(c.get("controls") for c in pos + neg):
+            raise _Refuse(NodeError("value_not_valid", "a ControlNet on combined or time-ranged conditionings has no translation",
+                                    "apply ControlNets to one conditioning a side", "positive"))
         links = lambda c: [{"from": e["embeddings"]} for e in c]
         predict = {
-            f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
-                                                                     "timestep": {"from": f"{loop}.timestep"}, "cfg": False}},
             f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
-                "unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
+                "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, "timestep": {"from": f"{loop}.timestep"},
                 "scheduler": {"from": f"{loop}.scheduler"}, "positive": links(pos), "positive_ranges": [[e["start"], e["end"]] for e in pos],
                 "negative": links(neg), "negative_ranges": [[e["start"], e["end"]] for e in neg], "guidance_scale": _pval(st, cid, "cfg")}},
         }
+    prediction = f"{loop}_cfg.noise_pred"
+    if "prediction" in inpaint:
+        prediction = f"{loop}_keep.noise_pred"
     st.add(cid, loop, {
         "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
         "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
         "body": {
+            **inpaint.get("input", {}),
+            **scale,
+            **inpaint.get("channels", {}),
             **predict,
-            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
+            **inpaint.get("prediction", {}),
+            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": prediction},
                                                                  "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
                                                                  "rng": {"from": f"{loop}.rng"}}},
         },
@@ -260,6 +302,66 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
                                                                               "factor": {"from": f"{sched}.end_scale"}}})
         return ({"latents": f"{out}.latents"},)
     return ({"latents": f"{loop}.latents"},)
+
+
+def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str) -> dict[str, dict]:
+    """The loop nodes a masked latent (SetLatentNoiseMask, VAEEncodeForInpaint,
+    InpaintModelConditioning) adds, keyed by where they go: ``input`` (ComfyUI's blend of the
+    model's input), ``prediction`` (its blend of the denoised estimate), ``channels`` (a
+    9-channel inpainting UNet's mask and masked picture, from the conditioning's concat when
+    InpaintModelConditioning gave one, else from the latent, as comfy/model_base.py
+    ``concat_cond`` chooses; a 4-channel UNet passes through it)."""
+    parts: dict[str, dict] = {}
+    mask = latent.get("noise_mask")
+    if mask is not None:
+        lm = st.add(cid, gid(cid, "mask"), {"type": "ComfyLatentMask", "inputs": {"mask": {"from": mask}, "latents": {"from": latent["latents"]}}})
+        common = {"scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"},
+                  "image_latents": {"from": latent["latents"]}, "mask": {"from": f"{lm}.mask"}}
+        parts["input"] = {f"{loop}_inpaint": {"type": "ComfyInpaintInput", "inputs": {
+            **common, "latents": {"from": f"{loop}.latents"}, "noise": {"from": f"{noise}.noise"}}}}
+        parts["prediction"] = {f"{loop}_keep": {"type": "ComfyInpaintPrediction", "inputs": {
+            **common, "latents": {"from": f"{loop}.latents"}, "model_latents": {"from": f"{loop}_inpaint.latents"},
+            "noise_pred": {"from": f"{loop}_cfg.noise_pred"}}}}
+    concat = next((c["concat"] for c in pos if c.get("concat")), None)
+    if concat is None and mask is not None:
+        concat = {"latents": latent["latents"], "mask": mask}
+    if concat is not None:
+        cm = st.add(cid, gid(cid, "concat_mask"), {"type": "ComfyLatentMask", "inputs": {
+            "mask": {"from": concat["mask"]}, "latents": {"from": latent["latents"]}, "round": True}})
+        parts["channels"] = {f"{loop}_channels": {"type": "InpaintChannels", "inputs": {
+            "unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "mask": {"from": f"{cm}.mask"},
+            "masked_latents": {"from": concat["latents"]}}}}
+    return parts
+
+
+def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[dict], emb: str) -> dict[str, dict]:
+    """ApplyControlNet nodes for the ControlNets on the two conditionings, chained (summed), as
+    ComfyUI chains a conditioning's ControlNets. The same ControlNets on both sides
+    (ControlNetApplyAdvanced) run on both halves of the guidance batch, as ComfyUI batches
+    conditionings that share their control; on the positive side alone (ControlNetApply) the
+    negative half gets none. Anything else is refused."""
+    if not pos and not neg:
+        return {}
+    if neg and neg != pos:
+        raise _Refuse(NodeError("value_not_valid", "ControlNets that differ between the positive and negative conditionings have no translation",
+                                "apply them with ControlNetApplyAdvanced to both, or with ControlNetApply to the positive one", "negative"))
+    nodes: dict[str, dict] = {}
+    prev = None
+    for k, c in enumerate(pos):
+        name = f"{loop}_control{k}" if len(pos) > 1 else f"{loop}_control"
+        scale = c["strength"]
+        if c.get("range") is not None:
+            nodes[f"{name}_scale"] = {"type": "ComfyControlScale", "inputs": {
+                "scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"}, "strength": c["strength"],
+                "start": c["range"][0], "end": c["range"][1]}}
+            scale = {"from": f"{name}_scale.scale"}
+        nodes[name] = {"type": "ApplyControlNet", "inputs": {
+            "controlnet": {"from": c["controlnet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
+            "embeddings": {"from": f"{emb}.embeddings"}, "control_image": {"from": c["image"]}, "step": {"from": f"{loop}.index"},
+            "steps": {"from": f"{loop}.count"}, "scale": scale, **({} if neg else {"uncond": False}),
+            **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
+        prev = name
+    return nodes
 
 
 def _t_ksampler(st: _State, cid: str, up: dict) -> tuple:
@@ -298,10 +400,79 @@ def _in_input_dir(st: _State, value: Any) -> Any:
     return f"{st.input_dir.rstrip('/')}/{name}"
 
 
+def _uses_output(st: _State, cid: str, index: int) -> bool:
+    return any(is_link(v) and str(v[0]) == cid and v[1] == index
+               for body in st.prompt.values() if isinstance(body, dict) for v in body.get("inputs", {}).values())
+
+
 def _t_load_image(st: _State, cid: str, up: dict) -> tuple:
     name = st.param(cid, "image", _in_input_dir(st, _val(st, cid, "image")), "string", "the picture to load")
     n = st.add(cid, gid(cid), {"type": "LoadImage", "inputs": {"path": name}})
-    return ({"image": f"{n}.image"}, None)  # MASK: no translation (refused where it is used)
+    mask = None
+    if _uses_output(st, cid, 1):  # ComfyUI's MASK: 1 − alpha, its grey levels kept
+        m = st.add(cid, gid(cid, "mask"), {"type": "LoadMask", "inputs": {"path": name, "source": "alpha", "threshold": None}})
+        mask = f"{m}.mask"
+    return ({"image": f"{n}.image"}, mask)
+
+
+def _t_load_image_mask(st: _State, cid: str, up: dict) -> tuple:
+    name = st.param(cid, "image", _in_input_dir(st, _val(st, cid, "image")), "string", "the mask picture to load")
+    n = st.add(cid, gid(cid), {"type": "LoadMask", "inputs": {"path": name, "source": _val(st, cid, "channel"), "threshold": None}})
+    return (f"{n}.mask",)
+
+
+def _t_set_noise_mask(st: _State, cid: str, up: dict) -> tuple:
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds
+    return ({**up["samples"], "noise_mask": up["mask"]},)
+
+
+def _t_encode_for_inpaint(st: _State, cid: str, up: dict) -> tuple:
+    pic = st.add(cid, gid(cid, "picture"), {"type": "ComfyInpaintPicture", "inputs": {
+        "image": {"from": up["pixels"]["image"]}, "mask": {"from": up["mask"]}, "grow_mask_by": _pval(st, cid, "grow_mask_by")}})
+    n = st.add(cid, gid(cid), {"type": "VAEEncode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "image": {"from": f"{pic}.image"}, "mode": "mean"}})
+    return ({"latents": f"{n}.latents", "noise_mask": f"{pic}.mask"},)
+
+
+def _t_inpaint_conditioning(st: _State, cid: str, up: dict) -> tuple:
+    pic = st.add(cid, gid(cid, "picture"), {"type": "ComfyInpaintPicture", "inputs": {
+        "image": {"from": up["pixels"]["image"]}, "mask": {"from": up["mask"]}}})
+    masked = st.add(cid, gid(cid, "masked"), {"type": "VAEEncode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "image": {"from": f"{pic}.image"},
+                                                                            "mode": "mean"}})
+    n = st.add(cid, gid(cid), {"type": "VAEEncode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "image": {"from": up["pixels"]["image"]},
+                                                               "mode": "mean"}})
+    concat = {"latents": f"{masked}.latents", "mask": f"{pic}.mask"}
+    latent = {"latents": f"{n}.latents", **({"noise_mask": f"{pic}.mask"} if _val(st, cid, "noise_mask") else {})}
+    return ([{**c, "concat": concat} for c in up["positive"]], [{**c, "concat": concat} for c in up["negative"]], latent)
+
+
+def _t_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "LoadControlNet", "inputs": {"path": _pval(st, cid, "control_net_name")}})
+    return (f"{n}.controlnet",)
+
+
+def _control_image(st: _State, cid: str, up: dict) -> str:
+    # ComfyUI resizes a hint of another size to the latents' (nearest-exact, centre crop); ApplyControlNet refuses one by name
+    n = st.add(cid, gid(cid, "image"), {"type": "ControlImage", "inputs": {"image": {"from": up["image"]["image"]}}})
+    return f"{n}.control_image"
+
+
+def _t_controlnet_apply(st: _State, cid: str, up: dict) -> tuple:
+    c = {"controlnet": up["control_net"], "image": _control_image(st, cid, up), "strength": _pval(st, cid, "strength"), "range": None}
+    return ([{**e, "controls": [*e.get("controls", []), c]} for e in up["conditioning"]],)
+
+
+def _t_controlnet_apply_advanced(st: _State, cid: str, up: dict) -> tuple:
+    c = {"controlnet": up["control_net"], "image": _control_image(st, cid, up), "strength": _pval(st, cid, "strength"),
+         "range": [_pval(st, cid, "start_percent"), _pval(st, cid, "end_percent")]}
+    return tuple([{**e, "controls": [*e.get("controls", []), c]} for e in up[side]] for side in ("positive", "negative"))
+
+
+def _t_canny(st: _State, cid: str, up: dict) -> tuple:
+    # ComfyUI's thresholds are fractions of 1 (kornia's Canny on float pixels); OpenCV's are of 255
+    low, high = (round(float(_val(st, cid, k)) * 255) for k in ("low_threshold", "high_threshold"))
+    n = st.add(cid, gid(cid), {"type": "CannyEdges", "inputs": {"image": {"from": up["image"]["image"]}, "low_threshold": low,
+                                                                "high_threshold": high}})
+    return ({"image": f"{n}.image"},)
 
 
 def _prefix(v: Any) -> str:
@@ -389,6 +560,9 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "ConditioningCombine": _t_combine, "ConditioningSetTimestepRange": _t_timestep_range,
     "UpscaleModelLoader": _t_upscale_loader, "ImageUpscaleWithModel": _t_upscale_with_model, "ImageScale": _t_image_scale,
     "ImageScaleBy": _t_image_scale_by,
+    "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
+    "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
+    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny,
 }
 
 
@@ -437,6 +611,8 @@ def _check_node(st: _State, cid: str) -> None:
             st.fail(cid, NodeError("invalid_input_type", f"input {name} is an integer", repr(v), name))
         elif kind == FLOAT and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
             st.fail(cid, NodeError("invalid_input_type", f"input {name} is a number", repr(v), name))
+        elif kind == BOOL and not isinstance(v, bool):
+            st.fail(cid, NodeError("invalid_input_type", f"input {name} is a boolean", repr(v), name))
         elif kind == STR and not isinstance(v, str):
             st.fail(cid, NodeError("invalid_input_type", f"input {name} is a string", repr(v), name))
         elif isinstance(kind, tuple) and v not in kind:
@@ -479,6 +655,23 @@ def _translate_node(st: _State, cid: str) -> tuple | None:
         st.visiting.discard(cid)
 
 
+#: class types that hand a conditioning on: (output index → the input it comes from)
+PASS_CONDITIONING = {"ControlNetApply": {0: "conditioning"}, "ControlNetApplyAdvanced": {0: "positive", 1: "negative"},
+                     "InpaintModelConditioning": {0: "positive", 1: "negative"}}
+
+
+def _text_source(prompt: dict, link: Any, depth: int = 0) -> str | None:
+    """The CLIPTextEncode a sampler's conditioning comes from, through ControlNet and inpainting
+    nodes (which hand it on): that encoder's text is the prompt or the negative prompt."""
+    if not is_link(link) or str(link[0]) not in prompt or depth > 64 or not isinstance(prompt[str(link[0])], dict):
+        return None
+    src = prompt[str(link[0])]
+    if src.get("class_type") == "CLIPTextEncode":
+        return str(link[0])
+    via = PASS_CONDITIONING.get(src.get("class_type"), {}).get(link[1])
+    return _text_source(prompt, src.get("inputs", {}).get(via), depth + 1) if via else None
+
+
 def _count_params(st: _State) -> None:
     """How many nodes give each param name, and which prompts are positive or negative (the
     names must not depend on the order the nodes are translated in)."""
@@ -488,10 +681,10 @@ def _count_params(st: _State) -> None:
             st.param_uses[base] = st.param_uses.get(base, 0) + 1
         if ct in ("KSampler", "KSamplerAdvanced"):
             for role, key in (("prompt", "positive"), ("negative_prompt", "negative")):
-                v = body["inputs"].get(key)
-                if is_link(v) and str(v[0]) in st.prompt and st.prompt[str(v[0])].get("class_type") == "CLIPTextEncode":
-                    st.roles.setdefault(str(v[0]), role)
-        if ct == "LoadImage":
+                src = _text_source(st.prompt, body["inputs"].get(key))
+                if src is not None:
+                    st.roles.setdefault(src, role)
+        if ct in ("LoadImage", "LoadImageMask"):
             st.param_uses["image"] = st.param_uses.get("image", 0) + 1
         if ct == "UpscaleModelLoader":
             st.param_uses["upscaler"] = st.param_uses.get("upscaler", 0) + 1
