@@ -11,7 +11,7 @@ from graphflow_nodes.comfy.samplers import SAMPLERS, SCHEDULERS, VP_SPACE, Model
 from typing import Any
 
 from graphflow_nodes.kinds import (
-    SEED_MAX, TEXT_EMBEDDINGS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, Timestep, Timesteps, UNet,
+    SEED_MAX, TEXT_EMBEDDINGS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep, Timesteps, UNet,
 )
 from pydantic import Field
 
@@ -58,7 +58,8 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         start_step: int = Field(0, ge=0, description="KSamplerAdvanced's start_at_step")
         end_step: int = Field(10000, ge=0, description="KSamplerAdvanced's end_at_step")
         force_full_denoise: bool = Field(False, description="end at sigma 0 even when end_step stops early (return_with_leftover_noise disabled)")
-        family: str = Field("sd", description="LoadModel's family: the translation covers SD 1.x/2.x epsilon models")
+        family: str = Field("sd", description="LoadModel's family")
+        translated_for: str = Field("sd", description="the family the prompt was translated for (sd: SD 1.x/2.x, sdxl)")
 
     class Out(Outputs):
         scheduler: Scheduler = Field(description="the scheduler, ComfyUI's sigmas set")
@@ -74,8 +75,10 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         import torch
 
         cls_name, extra = check_pair(i.sampler_name, i.scheduler)
-        if i.family != "sd":
-            raise ValueError(f"the checkpoint is a {i.family} model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only")
+        if i.family != i.translated_for:
+            what = {"sd": "an SD 1.x/2.x", "sdxl": "an SDXL"}.get(i.translated_for, i.translated_for)
+            raise ValueError(f"the checkpoint is a {i.family} model, but the prompt was translated for {what} checkpoint "
+                             "(its text encoders and conditions differ): translate the prompt again naming this checkpoint")
         config = dict(i.scheduler_config)
         if config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError(f"ComfyUI's samplers are translated for epsilon models; this model predicts {config.get('prediction_type')}")
@@ -239,3 +242,25 @@ class ComfyControlScale(Node, name="ComfyControlScale", category="control"):
 
         ms = ModelSampling(dict(i.scheduler.config))
         return {"scale": i.strength if active(ms, sigma_now(i.scheduler, i.timestep), i.start, i.end) else 0.0}
+
+
+class ComfySizeConditions(Node, name="ComfySizeConditions", category="sampling"):
+    """SDXL's size conditions as a ComfyUI conditioning carries them: CLIPTextEncodeSDXL's width,
+    height, crop and target size, or for a plain CLIPTextEncode ComfyUI's defaults, 768 × 768
+    uncropped (comfy/model_base.py ``SDXL.encode_adm``), whatever size the picture is."""
+
+    class In(Inputs):
+        width: int = Field(768, ge=0, le=16384, description="the original width")
+        height: int = Field(768, ge=0, le=16384, description="the original height")
+        crop_w: int = Field(0, ge=0, le=16384, description="crop, left")
+        crop_h: int = Field(0, ge=0, le=16384, description="crop, top")
+        target_width: int = Field(768, ge=0, le=16384, description="the target width")
+        target_height: int = Field(768, ge=0, le=16384, description="the target height")
+
+    class Out(Outputs):
+        time_ids: TimeIds = Field(description="(1, 6): original (h, w), crop (top, left), target (h, w)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        return {"time_ids": torch.tensor([[i.height, i.width, i.crop_h, i.crop_w, i.target_height, i.target_width]], dtype=torch.float32)}

@@ -63,6 +63,8 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
                                  "strength": FLOAT, "start_percent": FLOAT, "end_percent": FLOAT, "vae": "VAE"},
                                 ("CONDITIONING", "CONDITIONING")),
     "Canny": ({"image": "IMAGE", "low_threshold": FLOAT, "high_threshold": FLOAT}, ("IMAGE",)),
+    "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
+                            "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
 }
 #: inputs ComfyUI lets a prompt leave out (its defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -131,6 +133,7 @@ class _State:
     param_uses: dict[str, int] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     input_dir: str | None = None  # where LoadImage's names are read from (ComfyUI's input folder)
+    family_of: Callable[[Any], str] | None = None  # a checkpoint name's family (sd, sdxl, ...); default checkpoint_family
 
     def fail(self, cid: str, error: NodeError) -> None:
         self.errors.setdefault(cid, []).append(error)
@@ -190,25 +193,91 @@ def _pval(st: _State, cid: str, name: str) -> Any:
     return _val(st, cid, name)
 
 
+#: the checkpoint families a translated prompt runs, and what the others are called in a refusal
+TRANSLATED_FAMILIES = ("sd", "sdxl")
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "sd3": "SD3/SD3.5", "flux": "FLUX.1", "pixel": "pixel-space DDPM"}
+
+
+def checkpoint_family(name: Any) -> str:
+    """The family of the checkpoint CheckpointLoaderSimple names, as ComfyUI tells it from the
+    file: a single file's keys (its header, nothing else read) or a diffusers folder's index,
+    found as LoadModel finds it (the models folders' checkpoints/, or a path). A name not found
+    here is taken for SD 1.x/2.x, ComfyUI's default graph's; the sampler refuses at run time a
+    checkpoint of another family than the prompt was translated for."""
+    from graphflow_nodes.loading.files import resolve_model_path
+
+    try:
+        path = resolve_model_path(str(name))
+        if path.is_dir():
+            from graphflow_nodes.loading.families import family_of
+
+            return family_of(path).name
+        if not path.is_file() or path.suffix.lower() != ".safetensors":
+            return "sd"
+        from graphflow_nodes.loading.checkpoint import REF_FAMILY, detect_family, header_shapes
+        from graphflow_nodes.loading.flow_checkpoint import detect_flux
+        from graphflow_nodes.loading.sd3_checkpoint import detect_sd3
+
+        shapes = header_shapes(path)
+        if detect_flux(shapes):
+            return "flux"
+        if detect_sd3(shapes):
+            return "sd3"
+        return REF_FAMILY.get(detect_family(shapes) or "sd1", "sd")
+    except Exception:  # an unreadable or missing file is LoadModel's to refuse, by name, when it runs
+        return "sd"
+
+
 def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
+    family = (st.family_of or checkpoint_family)(_val(st, cid, "ckpt_name"))
+    if family not in TRANSLATED_FAMILIES:
+        raise _Refuse(NodeError("value_not_valid", f"ckpt_name is a {FAMILY_NAMES.get(family, family)} checkpoint, which translated prompts do not run yet",
+                                f"translated: {', '.join(FAMILY_NAMES[f] for f in TRANSLATED_FAMILIES)}", "ckpt_name"))
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
-    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family"},
-            {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0},
-            {"vae": f"{n}.vae"})
+    clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0, "family": family}
+    if family == "sdxl":
+        clip.update(tokenizer_2=f"{n}.tokenizer_2", text_encoder_2=f"{n}.text_encoder_2")
+    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family", "translated_for": family},
+            clip, {"vae": f"{n}.vae"})
 
 
 def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
     stop = _val(st, cid, "stop_at_clip_layer")
     if not isinstance(stop, int) or stop > -1 or stop < -24:
         raise _Refuse(NodeError("value_not_valid", "stop_at_clip_layer is -1 (the last layer) to -24", str(stop), "stop_at_clip_layer"))
+    if up["clip"].get("family") == "sdxl":
+        raise _Refuse(NodeError("value_not_valid", "CLIPSetLastLayer on an SDXL checkpoint has no translation",
+                                "SDXL's encoders already use their penultimate layer", "clip"))
     st.id_map.setdefault(cid, [])  # folded into each CLIPTextEncode it feeds, as clip_skip
     return ({**up["clip"], "clip_skip": up["clip"]["clip_skip"] + (-1 - stop)},)
+
+
+def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes: dict) -> tuple:
+    """SDXL's conditioning as ComfyUI makes it: both encoders' penultimate hidden states (its
+    prompt weights), side by side; the second encoder's pooled embedding; and the size
+    conditions the conditioning carries."""
+    enc = lambda suffix, tok, te, text: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": text, "mode": "comfy", "layer": "penultimate"}})
+    a, b = enc("l", "tokenizer", "text_encoder", text_l), enc("g", "tokenizer_2", "text_encoder_2", text_g)
+    n = st.add(cid, gid(cid), {"type": "ConcatEmbeddings", "inputs": {"a": {"from": f"{a}.text_embeddings"}, "b": {"from": f"{b}.text_embeddings"}}})
+    size = st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})
+    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": f"{size}.time_ids", "start": 0.0, "end": 1.0}],)
+
+
+def _t_text_encode_sdxl(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "sdxl":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeSDXL takes an SDXL checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    sizes = {k: _val(st, cid, k) for k in ("width", "height", "crop_w", "crop_h", "target_width", "target_height")}
+    return _encode_xl(st, cid, up["clip"], st.param(cid, "text_l", _val(st, cid, "text_l"), "string", "the CLIP-L prompt"),
+                      st.param(cid, "text_g", _val(st, cid, "text_g"), "string", "the OpenCLIP bigG prompt"), sizes)
 
 
 def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
     clip = up["clip"]
     role = st.roles.get(cid, "text")
     text = st.param(cid, role, _val(st, cid, "text"), "string", PARAM_WHAT[role])
+    if clip.get("family") == "sdxl":
+        return _encode_xl(st, cid, clip, text, text, {})
     n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text, "mode": "comfy",
         "clip_skip": clip["clip_skip"]}})
@@ -244,7 +313,8 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     loop = gid(cid)
     sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
         "scheduler_config": {"from": model["scheduler_config"]}, "family": {"from": model["family"]}, "sampler_name": _pval(st, cid, "sampler_name"),
-        "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), **schedule_inputs}})
+        "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), "translated_for": model.get("translated_for", "sd"),
+        **schedule_inputs}})
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
@@ -257,15 +327,27 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     unet_input = f"{loop}_scale.model_input"
     if "channels" in inpaint:
         unet_input = f"{loop}_channels.model_input"
-    if plain:  # one full-range conditioning a side: the library's own guidance batch
+    xl = "pooled" in pos[0]
+    if xl and not plain:
+        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SDXL checkpoint have no translation",
+                                "give the sampler one conditioning a side", "positive"))
+    if plain and xl:  # SDXL: the hidden states, pooled embeddings and size conditions of both sides in one guidance batch
+        emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGConditions", "inputs": {
+            "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}, "uncond_pooled": {"from": neg[0]["pooled"]},
+            "cond_pooled": {"from": pos[0]["pooled"]}, "time_ids": {"from": pos[0]["time_ids"]}, "uncond_time_ids": {"from": neg[0]["time_ids"]}}})
+        added = {"pooled": {"from": f"{emb}.pooled"}, "time_ids": {"from": f"{emb}.time_ids"}}
+    elif plain:  # one full-range conditioning a side: the library's own guidance batch
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
-        control = _control_nodes(st, cid, loop, pos[0].get("controls", []), neg[0].get("controls", []), emb)
+        added = {}
+    if plain:
+        control = _control_nodes(st, cid, loop, pos[0].get("controls", []), neg[0].get("controls", []), emb, added)
         predict = {
             **control,
-            f"{loop}_unet": {"type": "PredictNoise", "inputs": {"unet": {"from": model["unet"]}, "model_input": {"from": unet_input},
-                                                                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"},
-                                                                **({"control": {"from": f"{list(control)[-1]}.residuals"}} if control else {})}},
+            f"{loop}_unet": {"type": "PredictNoiseXL" if xl else "PredictNoise", "inputs": {
+                "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, "timestep": {"from": f"{loop}.timestep"},
+                "embeddings": {"from": f"{emb}.embeddings"}, **added,
+                **({"control": {"from": f"{list(control)[-1]}.residuals"}} if control else {})}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_unet.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
         }
     else:  # combined or time-ranged conditionings: ComfyUI's averaging of the active ones, then CFG
@@ -334,7 +416,7 @@ def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, p
     return parts
 
 
-def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[dict], emb: str) -> dict[str, dict]:
+def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[dict], emb: str, added: dict) -> dict[str, dict]:
     """ApplyControlNet nodes for the ControlNets on the two conditionings, chained (summed), as
     ComfyUI chains a conditioning's ControlNets. The same ControlNets on both sides
     (ControlNetApplyAdvanced) run on both halves of the guidance batch, as ComfyUI batches
@@ -358,7 +440,7 @@ def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[d
         nodes[name] = {"type": "ApplyControlNet", "inputs": {
             "controlnet": {"from": c["controlnet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
             "embeddings": {"from": f"{emb}.embeddings"}, "control_image": {"from": c["image"]}, "step": {"from": f"{loop}.index"},
-            "steps": {"from": f"{loop}.count"}, "scale": scale, **({} if neg else {"uncond": False}),
+            "steps": {"from": f"{loop}.count"}, "scale": scale, **({} if neg else {"uncond": False}), **added,
             **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
         prev = name
     return nodes
@@ -489,10 +571,13 @@ def _t_save(st: _State, cid: str, up: dict) -> tuple:
 
 
 def _t_lora(st: _State, cid: str, up: dict) -> tuple:
+    xl = "text_encoder_2" in up["clip"]
     n = st.add(cid, gid(cid), {"type": "LoadLoRA", "inputs": {
         "unet": {"from": up["model"]["unet"]}, "text_encoder": {"from": up["clip"]["text_encoder"]}, "path": _pval(st, cid, "lora_name"),
-        "unet_strength": _pval(st, cid, "strength_model"), "text_encoder_strength": _pval(st, cid, "strength_clip")}})
-    return ({**up["model"], "unet": f"{n}.unet"}, {**up["clip"], "text_encoder": f"{n}.text_encoder"})
+        "unet_strength": _pval(st, cid, "strength_model"), "text_encoder_strength": _pval(st, cid, "strength_clip"),
+        **({"text_encoder_2": {"from": up["clip"]["text_encoder_2"]}} if xl else {})}})
+    return ({**up["model"], "unet": f"{n}.unet"},
+            {**up["clip"], "text_encoder": f"{n}.text_encoder", **({"text_encoder_2": f"{n}.text_encoder_2"} if xl else {})})
 
 
 def _upscale_method(st: _State, cid: str) -> str:
@@ -562,7 +647,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "ImageScaleBy": _t_image_scale_by,
     "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
     "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
-    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny,
+    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
 }
 
 
@@ -702,7 +787,8 @@ def _sorted_ids(prompt: dict) -> list[str]:
     return sorted(prompt, key=_id_key)
 
 
-def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
+def translate(prompt: dict, input_dir: str | None = None,
+              family_of: Callable[[Any], str] | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
     """A ComfyUI API-format prompt → ``(workflow, params, id_map)``: the graphflow workflow (a
     format-1 document, its ``params`` holding the prompt's values as defaults), those values as
     a dict, and for each ComfyUI node id the graphflow node ids made from it (empty for a node
@@ -710,7 +796,8 @@ def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, d
     same prompt gives the same workflow. Raises TranslationError (ComfyUI's error shape) naming
     every node that cannot be translated. ``input_dir``: the folder LoadImage's names are in, as
     ComfyUI's input folder (the server's ComfyUI routes give their uploads folder); without it a
-    name is a path as given."""
+    name is a path as given. ``family_of``: a checkpoint name's family (default:
+    ``checkpoint_family``, which reads the file's header, as ComfyUI tells a model from its file)."""
     if not isinstance(prompt, dict) or not prompt:
         raise TranslationError({"type": "invalid_prompt", "message": "Cannot execute because the prompt is not a non-empty JSON object",
                                 "details": "", "extra_info": {}}, {})
@@ -724,7 +811,7 @@ def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, d
             errors.setdefault(cid, []).append(NodeError("missing_node_type", f"Node '{body['class_type']}' has no graphflow translation",
                                                         f"translatable: {', '.join(sorted(CLASS_TYPES))}"))
     st = _State({cid: ({**b, "inputs": b.get("inputs", {})} if isinstance(b, dict) else b) for cid, b in prompt.items()},
-                input_dir=input_dir)
+                input_dir=input_dir, family_of=family_of)
     st.errors = errors
     if not errors:
         for cid in _sorted_ids(prompt):

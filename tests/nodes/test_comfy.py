@@ -248,7 +248,8 @@ def test_a_model_of_another_family_is_refused_by_the_sampler(tiny_sdxl):
     doc, params, _ = translate(prompt("default"))
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 2}))
     assert not r.ok
-    assert "the checkpoint is a sdxl model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only" in str(r.errors)
+    assert ("the checkpoint is a sdxl model, but the prompt was translated for an SD 1.x/2.x checkpoint (its text encoders and conditions "
+            "differ): translate the prompt again naming this checkpoint") in str(r.errors)
     assert "n3_schedule" in str(r.errors)
 
 
