@@ -1,0 +1,109 @@
+"""ComfyUI prompts for the newer checkpoints: CheckpointLoaderSimple tells the family from the
+file as ComfyUI does; an SDXL prompt (CLIPTextEncodeSDXL and a plain CLIPTextEncode) runs on the
+tiny SDXL model and gives ComfyUI's arithmetic written out (both encoders' penultimate states side
+by side, bigG's pooled embedding, the conditioning's size conditions: CLIPTextEncode's 768 × 768
+defaults whatever the picture's size); the families not translated yet are refused by node."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphflow import Executor, Workflow
+from graphflow_nodes.comfy.samplers import ModelSampling, comfy_sigmas
+from graphflow_nodes.comfy.translate import TranslationError, checkpoint_family, translate
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "comfy"
+SD_CONFIG = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+def prompt(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def comfy_sdxl(model: Path, pos: tuple[str, str, list], neg: tuple[str, str, list], seed: int, cfg: float, steps: int, size: int) -> torch.Tensor:
+    """ComfyUI's KSampler (euler, karras) on an SDXL model: each side (CLIP-L text, bigG text,
+    size conditions)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"), CLIPTextModel.from_pretrained(model, subfolder="text_encoder").eval()
+    tok2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
+    te2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2").eval()
+    states, pooled, ids = [], [], []
+    with torch.no_grad():
+        for text_l, text_g, size_ids in (pos, neg):
+            a = weighted_embeddings(tok, te, text_l, "comfy", "penultimate")[0]
+            b, p = weighted_embeddings(tok2, te2, text_g, "comfy", "penultimate")
+            states.append(torch.cat([a, b], dim=-1))
+            pooled.append(p)
+            ids.append(torch.tensor([size_ids], dtype=torch.float32))
+    emb, pooled, ids = torch.cat(states), torch.cat(pooled), torch.cat(ids)
+    ms = ModelSampling(SD_CONFIG)
+    sigmas = torch.tensor(comfy_sigmas(SD_CONFIG, "karras", steps))
+    x = torch.randn((1, 4, size // 8, size // 8), generator=torch.manual_seed(seed)) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        t = ms.timestep(s).float()
+        with torch.no_grad():
+            eps = unet(torch.cat([x / (s ** 2 + 1) ** 0.5] * 2), torch.cat([t.view(1)] * 2), encoder_hidden_states=emb,
+                       added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        c, u = (torch.cat([x] * 2) - eps * s).chunk(2)
+        d = u + (c - u) * cfg
+        x = x + (x - d) / s * (s_next - s)
+    with torch.no_grad():
+        return (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
+def test_an_sdxl_prompt_is_comfyuis_sdxl_arithmetic(tiny_sdxl):
+    p = prompt("sdxl")
+    doc, params, id_map = translate(p, family_of=lambda name: "sdxl")  # sd_xl_base_1.0.safetensors, as a models folder would hold it
+    assert id_map["6"] == ["n6_l", "n6_g", "n6", "n6_size"] and params["text_g"] == "a lighthouse on a cliff, (dramatic:1.3) sky"
+    assert doc["nodes"]["n3_embeddings"]["type"] == "CFGConditions" and doc["nodes"]["n3"]["body"]["n3_unet"]["type"] == "PredictNoiseXL"
+    assert doc["nodes"]["n3_schedule"]["inputs"]["translated_for"] == "sdxl"
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
+    assert r.ok, r.errors
+    want = comfy_sdxl(tiny_sdxl, ("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024]),
+                      ("blurry, lowres", "blurry, lowres", [768, 768, 0, 0, 768, 768]), 31, 6.5, 3, 64)
+    assert (r["image"] - want).abs().max() < 1e-4
+    # the same prompt run on an SD 1.x checkpoint is refused by the sampler, naming what to do
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": "tiny-sd", "width": 64, "height": 64, "steps": 1}))
+    assert not r.ok and "translate the prompt again naming this checkpoint" in str(r.errors)
+
+
+def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, tmp_path):
+    from tests.original_layout import write_original_checkpoint
+
+    assert checkpoint_family(str(tiny_sdxl)) == "sdxl" and checkpoint_family(str(tiny_sd3)) == "sd3"
+    assert checkpoint_family(str(write_original_checkpoint(tiny_sdxl, tmp_path / "xl.safetensors", "sdxl"))) == "sdxl"
+    assert checkpoint_family("tiny-sd") == "sd" and checkpoint_family("not-here.safetensors") == "sd"
+
+
+def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_sd3):
+    p = prompt("default")
+    p["4"]["inputs"]["ckpt_name"] = str(tiny_sd3)
+    with pytest.raises(TranslationError) as e:
+        translate(p)
+    err = e.value.node_errors["4"]["errors"][0]
+    assert (err["message"], err["details"]) == ("ckpt_name is a SD3/SD3.5 checkpoint, which translated prompts do not run yet",
+                                                "translated: SD 1.x/2.x, SDXL")
+    p = prompt("sdxl")
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sd")
+    assert e.value.node_errors["6"]["errors"][0]["message"] == "CLIPTextEncodeSDXL takes an SDXL checkpoint's CLIP"
+    p = prompt("sdxl")
+    p["10"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}}
+    p["7"]["inputs"]["clip"] = ["10", 0]
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sdxl")
+    assert e.value.node_errors["10"]["errors"][0]["message"] == "CLIPSetLastLayer on an SDXL checkpoint has no translation"
