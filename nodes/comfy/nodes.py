@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from graphflow_nodes.comfy.samplers import SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, check_pair, comfy_sigmas, max_denoise
+from graphflow_nodes.comfy.samplers import (
+    FLOW_REFUSED, FLOW_SAMPLERS, SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, check_pair, comfy_sigmas, is_flow, max_denoise,
+)
 from typing import Any
 
 from graphflow_nodes.kinds import (
@@ -59,7 +61,8 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         end_step: int = Field(10000, ge=0, description="KSamplerAdvanced's end_at_step")
         force_full_denoise: bool = Field(False, description="end at sigma 0 even when end_step stops early (return_with_leftover_noise disabled)")
         family: str = Field("sd", description="LoadModel's family")
-        translated_for: str = Field("sd", description="the family the prompt was translated for (sd: SD 1.x/2.x, sdxl)")
+        translated_for: str = Field("sd", description="the family the prompt was translated for (sd: SD 1.x/2.x, sdxl, sd3)")
+        shift: float | None = Field(None, gt=0.0, le=100.0, description="a flow model's shift (ModelSamplingSD3); default: its scheduler config's")
 
     class Out(Outputs):
         scheduler: Scheduler = Field(description="the scheduler, ComfyUI's sigmas set")
@@ -80,6 +83,8 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
             raise ValueError(f"the checkpoint is a {i.family} model, but the prompt was translated for {what} checkpoint "
                              "(its text encoders and conditions differ): translate the prompt again naming this checkpoint")
         config = dict(i.scheduler_config)
+        if is_flow(config):
+            return self.flow(i, ctx, config)
         if config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError(f"ComfyUI's samplers are translated for epsilon models; this model predicts {config.get('prediction_type')}")
         sigmas = comfy_sigmas(config, i.scheduler, i.steps, i.denoise, i.start_step, i.end_step, i.force_full_denoise)
@@ -109,6 +114,28 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
             latent_scale /= (1 + first ** 2) ** 0.5
         return {"scheduler": s, "timesteps": s.timesteps, "sigmas": sigmas, "noise_scale": noise_scale, "latent_scale": latent_scale,
                 "end_scale": end_scale}
+
+    def flow(self, i: In, ctx: Context, config: dict) -> dict:
+        """A flow-matching model (SD3/SD3.5): FlowMatchEulerDiscreteScheduler over ComfyUI's flow
+        sigmas, timesteps sigma × 1000, and ComfyUI's start, σ·noise + (1 − σ)·latents."""
+        import diffusers
+        import torch
+
+        if i.sampler_name not in FLOW_SAMPLERS:
+            raise ValueError(f"sampler_name {i.sampler_name!r} on a flow model is refused: {FLOW_REFUSED}; translatable: {', '.join(FLOW_SAMPLERS)}")
+        sigmas = comfy_sigmas(config, i.scheduler, i.steps, i.denoise, i.start_step, i.end_step, i.force_full_denoise, shift=i.shift)
+        if len(sigmas) < 2:
+            raise ValueError(f"steps {i.steps}, denoise {i.denoise}, start_step {i.start_step}, end_step {i.end_step} leave no step to run")
+        s = getattr(diffusers, FLOW_SAMPLERS[i.sampler_name][0]).from_config(config)
+        n = len(sigmas) - 1
+        s.set_timesteps(n, device=ctx.device)
+        sig = torch.tensor(sigmas, dtype=torch.float32)
+        s.sigmas = sig.to(ctx.device)
+        s.timesteps = (sig[:-1] * 1000).to(ctx.device)
+        s.num_inference_steps = n
+        s._begin_index = None
+        first = float(sigmas[0])
+        return {"scheduler": s, "timesteps": s.timesteps, "sigmas": sigmas, "noise_scale": first, "latent_scale": 1.0 - first, "end_scale": 1.0}
 
 
 class ComfyNoise(Node, name="ComfyNoise", category="latents"):

@@ -63,6 +63,8 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
                                  "strength": FLOAT, "start_percent": FLOAT, "end_percent": FLOAT, "vae": "VAE"},
                                 ("CONDITIONING", "CONDITIONING")),
     "Canny": ({"image": "IMAGE", "low_threshold": FLOAT, "high_threshold": FLOAT}, ("IMAGE",)),
+    "EmptySD3LatentImage": ({"width": INT, "height": INT, "batch_size": INT}, ("LATENT",)),
+    "ModelSamplingSD3": ({"model": "MODEL", "shift": FLOAT}, ("MODEL",)),
     "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
                             "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
 }
@@ -71,6 +73,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "KSampler": {"denoise": 1.0},
     "SaveImage": {"filename_prefix": "ComfyUI"},
     "EmptyLatentImage": {"batch_size": 1},
+    "EmptySD3LatentImage": {"batch_size": 1},
+    "ModelSamplingSD3": {"shift": 3.0},
     "LoadImageMask": {"channel": "alpha"},
     "VAEEncodeForInpaint": {"grow_mask_by": 6},
     "InpaintModelConditioning": {"noise_mask": True},
@@ -162,6 +166,8 @@ PARAMS = {
     "KSamplerAdvanced": (("noise_seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"),
                          ("sampler_name", "sampler_name", "string"), ("scheduler", "scheduler", "string")),
     "EmptyLatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
+    "EmptySD3LatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
+    "ModelSamplingSD3": (("shift", "shift", "float"),),
     "LoraLoader": (("lora_name", "lora", "string"), ("strength_model", "lora_strength", "float"), ("strength_clip", "lora_clip_strength", "float")),
     "VAEEncodeForInpaint": (("grow_mask_by", "grow_mask_by", "int"),),
     "ControlNetLoader": (("control_net_name", "controlnet", "string"),),
@@ -174,7 +180,7 @@ PARAM_WHAT = {"checkpoint": "the checkpoint file", "seed": "noise seed", "steps"
               "width": "picture width", "height": "picture height", "batch_size": "pictures per run", "lora": "the LoRA file",
               "lora_strength": "the LoRA's UNet strength", "lora_clip_strength": "the LoRA's text-encoder strength",
               "prompt": "what to draw", "negative_prompt": "what to steer away from", "text": "a prompt",
-              "grow_mask_by": "pixels the inpainting mask grows by", "controlnet": "the ControlNet file",
+              "grow_mask_by": "pixels the inpainting mask grows by", "shift": "the flow model's noise-level shift (ModelSamplingSD3)", "controlnet": "the ControlNet file",
               "control_strength": "how strongly the ControlNet steers", "control_start": "the fraction of the sampling where the ControlNet starts",
               "control_end": "the fraction of the sampling where the ControlNet stops"}
 
@@ -194,7 +200,7 @@ def _pval(st: _State, cid: str, name: str) -> Any:
 
 
 #: the checkpoint families a translated prompt runs, and what the others are called in a refusal
-TRANSLATED_FAMILIES = ("sd", "sdxl")
+TRANSLATED_FAMILIES = ("sd", "sdxl", "sd3")
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "sd3": "SD3/SD3.5", "flux": "FLUX.1", "pixel": "pixel-space DDPM"}
 
 
@@ -235,19 +241,21 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
                                 f"translated: {', '.join(FAMILY_NAMES[f] for f in TRANSLATED_FAMILIES)}", "ckpt_name"))
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
     clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0, "family": family}
-    if family == "sdxl":
+    if family in ("sdxl", "sd3"):
         clip.update(tokenizer_2=f"{n}.tokenizer_2", text_encoder_2=f"{n}.text_encoder_2")
-    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family", "translated_for": family},
-            clip, {"vae": f"{n}.vae"})
+    if family == "sd3":
+        clip.update(tokenizer_3=f"{n}.tokenizer_3", text_encoder_3=f"{n}.text_encoder_3", transformer=f"{n}.transformer")
+    return ({"unet": f"{n}.transformer" if family == "sd3" else f"{n}.unet", "scheduler_config": f"{n}.scheduler_config",
+             "family": f"{n}.family", "translated_for": family}, clip, {"vae": f"{n}.vae"})
 
 
 def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
     stop = _val(st, cid, "stop_at_clip_layer")
     if not isinstance(stop, int) or stop > -1 or stop < -24:
         raise _Refuse(NodeError("value_not_valid", "stop_at_clip_layer is -1 (the last layer) to -24", str(stop), "stop_at_clip_layer"))
-    if up["clip"].get("family") == "sdxl":
-        raise _Refuse(NodeError("value_not_valid", "CLIPSetLastLayer on an SDXL checkpoint has no translation",
-                                "SDXL's encoders already use their penultimate layer", "clip"))
+    if up["clip"].get("family") in ("sdxl", "sd3"):
+        raise _Refuse(NodeError("value_not_valid", f"CLIPSetLastLayer on an {FAMILY_NAMES[up['clip']['family']]} checkpoint has no translation",
+                                "its CLIP encoders already use their penultimate layer", "clip"))
     st.id_map.setdefault(cid, [])  # folded into each CLIPTextEncode it feeds, as clip_skip
     return ({**up["clip"], "clip_skip": up["clip"]["clip_skip"] + (-1 - stop)},)
 
@@ -264,6 +272,34 @@ def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes
     return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": f"{size}.time_ids", "start": 0.0, "end": 1.0}],)
 
 
+def _encode_sd3(st: _State, cid: str, clip: dict, text: Any) -> tuple:
+    """SD3's conditioning as ComfyUI makes it: both CLIP encoders' penultimate states (its prompt
+    weights) side by side, padded to T5's width, then T5's states for 77 tokens (ComfyUI's T5
+    tokenizer pads to 77; diffusers' pipeline to 256), one sequence; both pooled embeddings."""
+    enc = lambda suffix, tok, te: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": text, "mode": "comfy", "layer": "penultimate"}})
+    a, b = enc("l", "tokenizer", "text_encoder"), enc("g", "tokenizer_2", "text_encoder_2")
+    t5 = st.add(cid, gid(cid, "t5"), {"type": "EncodeT5", "inputs": {"tokenizer": {"from": clip["tokenizer_3"]}, "text_encoder": {"from": clip["text_encoder_3"]},
+                                                                   "text": text, "max_sequence_length": 77, "transformer": {"from": clip["transformer"]}}})
+    n = st.add(cid, gid(cid), {"type": "JointEmbeddings", "inputs": {
+        "clip_l": {"from": f"{a}.text_embeddings"}, "clip_g": {"from": f"{b}.text_embeddings"}, "t5": {"from": f"{t5}.hidden_states"},
+        "pooled_l": {"from": f"{a}.pooled"}, "pooled_g": {"from": f"{b}.pooled"}}})
+    return ([{"embeddings": f"{n}.embeddings", "pooled": f"{n}.pooled", "flow": True, "start": 0.0, "end": 1.0}],)
+
+
+def _t_empty_sd3_latent(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "EmptyLatents", "inputs": {
+        "width": _pval(st, cid, "width"), "height": _pval(st, cid, "height"), "batch_size": _pval(st, cid, "batch_size"), "channels": 16}})
+    return ({"latents": f"{n}.latents"},)
+
+
+def _t_model_sampling_sd3(st: _State, cid: str, up: dict) -> tuple:
+    if up["model"].get("translated_for") != "sd3":
+        raise _Refuse(NodeError("value_not_valid", "ModelSamplingSD3 takes an SD3/SD3.5 checkpoint's model", "", "model"))
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds (ComfySchedule's shift)
+    return ({**up["model"], "shift": _pval(st, cid, "shift")},)
+
+
 def _t_text_encode_sdxl(st: _State, cid: str, up: dict) -> tuple:
     if up["clip"].get("family") != "sdxl":
         raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeSDXL takes an SDXL checkpoint's CLIP", "use CLIPTextEncode", "clip"))
@@ -278,6 +314,8 @@ def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
     text = st.param(cid, role, _val(st, cid, "text"), "string", PARAM_WHAT[role])
     if clip.get("family") == "sdxl":
         return _encode_xl(st, cid, clip, text, text, {})
+    if clip.get("family") == "sd3":
+        return _encode_sd3(st, cid, clip, text)
     n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text, "mode": "comfy",
         "clip_skip": clip["clip_skip"]}})
@@ -314,7 +352,7 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
         "scheduler_config": {"from": model["scheduler_config"]}, "family": {"from": model["family"]}, "sampler_name": _pval(st, cid, "sampler_name"),
         "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), "translated_for": model.get("translated_for", "sd"),
-        **schedule_inputs}})
+        **({"shift": model["shift"]} if "shift" in model else {}), **schedule_inputs}})
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
@@ -327,6 +365,8 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     unet_input = f"{loop}_scale.model_input"
     if "channels" in inpaint:
         unet_input = f"{loop}_channels.model_input"
+    if model.get("translated_for") == "sd3":
+        return _flow_loop(st, cid, loop, model, latent, pos, neg, sched, noise)
     xl = "pooled" in pos[0]
     if xl and not plain:
         raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SDXL checkpoint have no translation",
@@ -383,6 +423,35 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
         out = st.add(cid, gid(cid, "out"), {"type": "ScaleLatents", "inputs": {"latents": {"from": f"{loop}.latents"},
                                                                               "factor": {"from": f"{sched}.end_scale"}}})
         return ({"latents": f"{out}.latents"},)
+    return ({"latents": f"{loop}.latents"},)
+
+
+def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, neg: list, sched: str, noise: str) -> tuple:
+    """The loop for an SD3 model: its transformer's velocity on the joint sequence and pooled
+    embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas."""
+    if not all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg)):
+        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SD3 checkpoint have no translation",
+                                "give the sampler one conditioning a side", "positive"))
+    if latent.get("noise_mask") or any(c.get("controls") or c.get("concat") for c in pos + neg):
+        raise _Refuse(NodeError("value_not_valid", "inpainting and ControlNets on an SD3 checkpoint have no translation yet",
+                                "translated for SD 1.x/2.x and SDXL", "latent_image" if latent.get("noise_mask") else "positive"))
+    emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
+        "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
+    pooled = st.add(cid, gid(cid, "pooled"), {"type": "CFGPooled", "inputs": {"uncond": {"from": neg[0]["pooled"]}, "cond": {"from": pos[0]["pooled"]}}})
+    st.add(cid, loop, {
+        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
+        "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
+        "body": {
+            f"{loop}_transformer": {"type": "PredictSD3", "inputs": {
+                "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}.latents"}, "timestep": {"from": f"{loop}.timestep"},
+                "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}}},
+            f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_transformer.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
+            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
+                                                                 "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
+                                                                 "rng": {"from": f"{loop}.rng"}}},
+        },
+        "next": {"latents": {"from": f"{loop}_step.latents"}, "scheduler": {"from": f"{loop}_step.scheduler"}, "rng": {"from": f"{loop}_step.rng"}},
+    })
     return ({"latents": f"{loop}.latents"},)
 
 
@@ -648,6 +717,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
     "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
     "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
+    "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
 }
 
 

@@ -89,14 +89,82 @@ def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, t
     assert checkpoint_family("tiny-sd") == "sd" and checkpoint_family("not-here.safetensors") == "sd"
 
 
-def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_sd3):
+def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int, size: int, shift: float, scheduler: str) -> torch.Tensor:
+    """ComfyUI's KSampler (euler) on an SD3 model: CLIP-L and bigG penultimate states side by side,
+    padded to T5's width, then T5's states for 77 tokens; noise σ·n; x += (σ' − σ)·v; the
+    transformer's timestep σ × 1000."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.comfy.samplers import ModelSamplingFlow
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    tr = SD3Transformer2DModel.from_pretrained(model, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+    encoders = [(CLIPTokenizer.from_pretrained(model, subfolder=f"tokenizer{k}"),
+                 CLIPTextModelWithProjection.from_pretrained(model, subfolder=f"text_encoder{k}").eval()) for k in ("", "_2")]
+    tok3, te3 = T5TokenizerFast.from_pretrained(model, subfolder="tokenizer_3"), T5EncoderModel.from_pretrained(model, subfolder="text_encoder_3").eval()
+    states, pooled = [], []
+    with torch.no_grad():
+        for text in (neg, pos):
+            (a, pa), (b, pb) = (weighted_embeddings(tok, te, text, "comfy", "penultimate") for tok, te in encoders)
+            t5 = te3(tok3(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)[0]
+            lg = torch.nn.functional.pad(torch.cat([a, b], dim=-1), (0, t5.shape[-1] - a.shape[-1] - b.shape[-1]))
+            states.append(torch.cat([lg, t5], dim=-2))
+            pooled.append(torch.cat([pa, pb], dim=-1))
+    emb, pooled = torch.cat(states), torch.cat(pooled)
+    config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift}
+    sigmas = torch.tensor(comfy_sigmas(config, scheduler, steps))
+    assert ModelSamplingFlow(shift).sigma_max == 1.0
+    x = torch.randn((1, 16, size // 8, size // 8), generator=torch.manual_seed(seed)) * sigmas[0]
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        with torch.no_grad():
+            v = tr(hidden_states=torch.cat([x] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled).sample
+        u, c = v.chunk(2)
+        x = x + (s_next - s) * (u + (c - u) * cfg)
+    with torch.no_grad():
+        return (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
+def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3):
+    p = prompt("sd3")
+    doc, params, id_map = translate(p, family_of=lambda name: "sd3")
+    assert id_map["10"] == [] and doc["nodes"]["n3_schedule"]["inputs"]["shift"] == {"param": "shift"} and params["shift"] == 2.0
+    assert doc["nodes"]["n5"]["inputs"]["channels"] == 16 and doc["nodes"]["n6_t5"]["inputs"]["max_sequence_length"] == 77
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform")
+    assert (r["image"] - want).abs().max() < 1e-4
+    # a sampler ComfyUI runs its own rectified-flow way is refused for flow models, by name
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 1,
+                                                              "sampler_name": "euler_ancestral"}))
+    assert not r.ok and "sampler_name 'euler_ancestral' on a flow model is refused" in str(r.errors) and "n3_schedule" in str(r.errors)
+
+
+def test_flow_sigmas_are_comfyuis():
+    """ComfyUI's ModelSamplingDiscreteFlow at shift 3: its normal and simple schedules at 4 steps."""
+    from graphflow_nodes.comfy.samplers import ModelSamplingFlow
+
+    config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
+    ms = ModelSamplingFlow(3.0)
+    assert ms.sigma_min == pytest.approx(3 * 0.001 / (1 + 2 * 0.001)) and ms.sigma_max == 1.0
+    t = [1000 - k * (1000 - ms.sigma_min * 1000) / 3 for k in range(4)]
+    assert comfy_sigmas(config, "normal", 4) == pytest.approx([3 * (x / 1000) / (1 + 2 * (x / 1000)) for x in t] + [0.0], abs=1e-6)
+    assert comfy_sigmas(config, "simple", 4) == pytest.approx([float(ms.sigmas[-(1 + int(k * 250))]) for k in range(4)] + [0.0])
+    assert comfy_sigmas(config, "normal", 4, shift=1.0)[1] == pytest.approx(0.667, abs=1e-3)
+
+
+def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux):
     p = prompt("default")
-    p["4"]["inputs"]["ckpt_name"] = str(tiny_sd3)
+    p["4"]["inputs"]["ckpt_name"] = str(tiny_flux)
     with pytest.raises(TranslationError) as e:
         translate(p)
     err = e.value.node_errors["4"]["errors"][0]
-    assert (err["message"], err["details"]) == ("ckpt_name is a SD3/SD3.5 checkpoint, which translated prompts do not run yet",
-                                                "translated: SD 1.x/2.x, SDXL")
+    assert (err["message"], err["details"]) == ("ckpt_name is a FLUX.1 checkpoint, which translated prompts do not run yet",
+                                                "translated: SD 1.x/2.x, SDXL, SD3/SD3.5")
     p = prompt("sdxl")
     with pytest.raises(TranslationError) as e:
         translate(p, family_of=lambda name: "sd")
