@@ -61,8 +61,9 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         end_step: int = Field(10000, ge=0, description="KSamplerAdvanced's end_at_step")
         force_full_denoise: bool = Field(False, description="end at sigma 0 even when end_step stops early (return_with_leftover_noise disabled)")
         family: str = Field("sd", description="LoadModel's family")
-        translated_for: str = Field("sd", description="the family the prompt was translated for (sd: SD 1.x/2.x, sdxl, sd3)")
-        shift: float | None = Field(None, gt=0.0, le=100.0, description="a flow model's shift (ModelSamplingSD3); default: its scheduler config's")
+        translated_for: str = Field("sd", description="the family the prompt was translated for (sd: SD 1.x/2.x, sdxl, sd3, flux)")
+        shift: float | None = Field(None, gt=0.0, le=100.0, description="a flow model's shift (ModelSamplingSD3, ModelSamplingFlux); "
+                                    "default: SD3's scheduler config's, Flux's ComfyUI default (dev 1.15, schnell 1.0)")
 
     class Out(Outputs):
         scheduler: Scheduler = Field(description="the scheduler, ComfyUI's sigmas set")
@@ -116,17 +117,19 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
                 "end_scale": end_scale}
 
     def flow(self, i: In, ctx: Context, config: dict) -> dict:
-        """A flow-matching model (SD3/SD3.5): FlowMatchEulerDiscreteScheduler over ComfyUI's flow
-        sigmas, timesteps sigma × 1000, and ComfyUI's start, σ·noise + (1 − σ)·latents."""
+        """A flow-matching model (SD3/SD3.5, FLUX.1): FlowMatchEulerDiscreteScheduler over ComfyUI's
+        flow sigmas, timesteps sigma × 1000 (PredictFlux divides them back), and ComfyUI's start,
+        σ·noise + (1 − σ)·latents."""
         import diffusers
         import torch
 
         if i.sampler_name not in FLOW_SAMPLERS:
             raise ValueError(f"sampler_name {i.sampler_name!r} on a flow model is refused: {FLOW_REFUSED}; translatable: {', '.join(FLOW_SAMPLERS)}")
-        sigmas = comfy_sigmas(config, i.scheduler, i.steps, i.denoise, i.start_step, i.end_step, i.force_full_denoise, shift=i.shift)
+        sigmas = comfy_sigmas(config, i.scheduler, i.steps, i.denoise, i.start_step, i.end_step, i.force_full_denoise, shift=i.shift,
+                              flux=i.translated_for == "flux")
         if len(sigmas) < 2:
             raise ValueError(f"steps {i.steps}, denoise {i.denoise}, start_step {i.start_step}, end_step {i.end_step} leave no step to run")
-        s = getattr(diffusers, FLOW_SAMPLERS[i.sampler_name][0]).from_config(config)
+        s = getattr(diffusers, FLOW_SAMPLERS[i.sampler_name][0]).from_config({**config, "use_dynamic_shifting": False})  # sigmas set below
         n = len(sigmas) - 1
         s.set_timesteps(n, device=ctx.device)
         sig = torch.tensor(sigmas, dtype=torch.float32)

@@ -130,9 +130,43 @@ class ModelSamplingFlow:
         return self.shift * t / (1 + (self.shift - 1) * t)
 
 
-def model_sampling(config: dict, shift: float | None = None):
-    """ComfyUI's model sampling for a scheduler config: flow matching (its ``shift``, or the one
-    ModelSamplingSD3 sets) or discrete epsilon."""
+class ModelSamplingFluxShift(ModelSamplingFlow):
+    """ComfyUI's ``ModelSamplingFlux``: 10000 levels ``t`` shifted by ``e^shift / (e^shift + 1/t − 1)``
+    (shift 1.15 for FLUX.1-dev, 1.0 for schnell, or ModelSamplingFlux's from the picture's size);
+    the model's timestep is sigma itself (diffusers' transformer takes the same fraction)."""
+
+    def __init__(self, shift: float) -> None:
+        import torch
+
+        self.shift, self.multiplier = shift, 1000.0
+        self.sigmas = self.sigma(torch.arange(1, 10001, dtype=torch.float32) / 10000)
+        self.log_sigmas = self.sigmas.log()
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+
+    def timestep(self, sigma):
+        import torch
+
+        return torch.as_tensor(sigma, dtype=torch.float32)
+
+    def sigma(self, t):
+        import torch
+
+        t = torch.as_tensor(t, dtype=torch.float32)
+        return math.exp(self.shift) / (math.exp(self.shift) + (1 / t - 1))
+
+
+def flux_default_shift(config: dict) -> float:
+    """ComfyUI's shift for a Flux model: 1.15 for dev, 1.0 for schnell (ComfyUI tells them by the
+    guidance embedding; their diffusers scheduler configs by dynamic shifting)."""
+    return 1.15 if config.get("use_dynamic_shifting") else 1.0
+
+
+def model_sampling(config: dict, shift: float | None = None, flux: bool = False):
+    """ComfyUI's model sampling for a scheduler config: Flux's, flow matching (its ``shift``, or
+    the one ModelSamplingSD3 sets) or discrete epsilon."""
+    if flux:
+        return ModelSamplingFluxShift(float(shift if shift is not None else flux_default_shift(config)))
     if is_flow(config):
         return ModelSamplingFlow(float(shift if shift is not None else config.get("shift", 1.0)))
     return ModelSampling(config)
@@ -210,11 +244,11 @@ HANDLERS = {"normal": _normal, "karras": _karras, "exponential": _exponential, "
 
 
 def comfy_sigmas(config: dict, scheduler: str, steps: int, denoise: float = 1.0, start_step: int = 0, end_step: int = 10000,
-                 force_full_denoise: bool = False, shift: float | None = None) -> list[float]:
+                 force_full_denoise: bool = False, shift: float | None = None, flux: bool = False) -> list[float]:
     """The sigmas ComfyUI's KSampler (``denoise``) or KSamplerAdvanced (``start_step``, ``end_step``,
     ``force_full_denoise``) runs for this model config (comfy/samplers.py ``KSampler.set_steps``
     and comfy/sample.py); ``shift``: a flow model's (ModelSamplingSD3), else its config's."""
-    s = model_sampling(config, shift)
+    s = model_sampling(config, shift, flux)
     if denoise is None or denoise > 0.9999:
         sigmas = HANDLERS[scheduler](s, steps)
     else:

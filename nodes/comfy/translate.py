@@ -65,6 +65,9 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "Canny": ({"image": "IMAGE", "low_threshold": FLOAT, "high_threshold": FLOAT}, ("IMAGE",)),
     "EmptySD3LatentImage": ({"width": INT, "height": INT, "batch_size": INT}, ("LATENT",)),
     "ModelSamplingSD3": ({"model": "MODEL", "shift": FLOAT}, ("MODEL",)),
+    "ModelSamplingFlux": ({"model": "MODEL", "max_shift": FLOAT, "base_shift": FLOAT, "width": INT, "height": INT}, ("MODEL",)),
+    "FluxGuidance": ({"conditioning": "CONDITIONING", "guidance": FLOAT}, ("CONDITIONING",)),
+    "CLIPTextEncodeFlux": ({"clip": "CLIP", "clip_l": STR, "t5xxl": STR, "guidance": FLOAT}, ("CONDITIONING",)),
     "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
                             "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
 }
@@ -75,6 +78,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "EmptyLatentImage": {"batch_size": 1},
     "EmptySD3LatentImage": {"batch_size": 1},
     "ModelSamplingSD3": {"shift": 3.0},
+    "ModelSamplingFlux": {"max_shift": 1.15, "base_shift": 0.5, "width": 1024, "height": 1024},
+    "FluxGuidance": {"guidance": 3.5},
+    "CLIPTextEncodeFlux": {"guidance": 3.5},
     "LoadImageMask": {"channel": "alpha"},
     "VAEEncodeForInpaint": {"grow_mask_by": 6},
     "InpaintModelConditioning": {"noise_mask": True},
@@ -168,6 +174,8 @@ PARAMS = {
     "EmptyLatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
     "EmptySD3LatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
     "ModelSamplingSD3": (("shift", "shift", "float"),),
+    "FluxGuidance": (("guidance", "guidance", "float"),),
+    "CLIPTextEncodeFlux": (("guidance", "guidance", "float"),),
     "LoraLoader": (("lora_name", "lora", "string"), ("strength_model", "lora_strength", "float"), ("strength_clip", "lora_clip_strength", "float")),
     "VAEEncodeForInpaint": (("grow_mask_by", "grow_mask_by", "int"),),
     "ControlNetLoader": (("control_net_name", "controlnet", "string"),),
@@ -180,7 +188,8 @@ PARAM_WHAT = {"checkpoint": "the checkpoint file", "seed": "noise seed", "steps"
               "width": "picture width", "height": "picture height", "batch_size": "pictures per run", "lora": "the LoRA file",
               "lora_strength": "the LoRA's UNet strength", "lora_clip_strength": "the LoRA's text-encoder strength",
               "prompt": "what to draw", "negative_prompt": "what to steer away from", "text": "a prompt",
-              "grow_mask_by": "pixels the inpainting mask grows by", "shift": "the flow model's noise-level shift (ModelSamplingSD3)", "controlnet": "the ControlNet file",
+              "grow_mask_by": "pixels the inpainting mask grows by", "shift": "the flow model's noise-level shift (ModelSamplingSD3)",
+              "guidance": "FLUX.1-dev's distilled guidance (FluxGuidance)", "controlnet": "the ControlNet file",
               "control_strength": "how strongly the ControlNet steers", "control_start": "the fraction of the sampling where the ControlNet starts",
               "control_end": "the fraction of the sampling where the ControlNet stops"}
 
@@ -200,7 +209,7 @@ def _pval(st: _State, cid: str, name: str) -> Any:
 
 
 #: the checkpoint families a translated prompt runs, and what the others are called in a refusal
-TRANSLATED_FAMILIES = ("sd", "sdxl", "sd3")
+TRANSLATED_FAMILIES = ("sd", "sdxl", "sd3", "flux")
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "sd3": "SD3/SD3.5", "flux": "FLUX.1", "pixel": "pixel-space DDPM"}
 
 
@@ -241,11 +250,11 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
                                 f"translated: {', '.join(FAMILY_NAMES[f] for f in TRANSLATED_FAMILIES)}", "ckpt_name"))
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
     clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0, "family": family}
-    if family in ("sdxl", "sd3"):
+    if family in ("sdxl", "sd3", "flux"):
         clip.update(tokenizer_2=f"{n}.tokenizer_2", text_encoder_2=f"{n}.text_encoder_2")
     if family == "sd3":
         clip.update(tokenizer_3=f"{n}.tokenizer_3", text_encoder_3=f"{n}.text_encoder_3", transformer=f"{n}.transformer")
-    return ({"unet": f"{n}.transformer" if family == "sd3" else f"{n}.unet", "scheduler_config": f"{n}.scheduler_config",
+    return ({"unet": f"{n}.transformer" if family in ("sd3", "flux") else f"{n}.unet", "scheduler_config": f"{n}.scheduler_config",
              "family": f"{n}.family", "translated_for": family}, clip, {"vae": f"{n}.vae"})
 
 
@@ -287,6 +296,43 @@ def _encode_sd3(st: _State, cid: str, clip: dict, text: Any) -> tuple:
     return ([{"embeddings": f"{n}.embeddings", "pooled": f"{n}.pooled", "flow": True, "start": 0.0, "end": 1.0}],)
 
 
+def _encode_flux(st: _State, cid: str, clip: dict, text_l: Any, text_t5: Any, guidance: Any) -> tuple:
+    """FLUX.1's conditioning as ComfyUI makes it: CLIP-L's pooled embedding (its prompt weights),
+    T5's states for 256 tokens (ComfyUI's Flux T5 tokenizer pads to 256), and the distilled
+    guidance the conditioning carries (ComfyUI's default 3.5; FluxGuidance sets it)."""
+    a = st.add(cid, gid(cid, "l"), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text_l, "mode": "comfy"}})
+    n = st.add(cid, gid(cid), {"type": "EncodeT5", "inputs": {"tokenizer": {"from": clip["tokenizer_2"]}, "text_encoder": {"from": clip["text_encoder_2"]},
+                                                              "text": text_t5, "max_sequence_length": 256}})
+    ids = st.add(cid, gid(cid, "ids"), {"type": "TextIds", "inputs": {"embeddings": {"from": f"{n}.hidden_states"}}})
+    return ([{"embeddings": f"{n}.hidden_states", "pooled": f"{a}.pooled", "text_ids": f"{ids}.text_ids", "guidance": guidance,
+              "flux": True, "start": 0.0, "end": 1.0}],)
+
+
+def _t_text_encode_flux(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "flux":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeFlux takes a FLUX.1 checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    return _encode_flux(st, cid, up["clip"], st.param(cid, "clip_l", _val(st, cid, "clip_l"), "string", "the CLIP-L prompt"),
+                        st.param(cid, "t5xxl", _val(st, cid, "t5xxl"), "string", "the T5 prompt"), _pval(st, cid, "guidance"))
+
+
+def _t_flux_guidance(st: _State, cid: str, up: dict) -> tuple:
+    if not all(c.get("flux") and "text_ids" in c for c in up["conditioning"]):
+        raise _Refuse(NodeError("value_not_valid", "FluxGuidance takes a FLUX.1 conditioning", "", "conditioning"))
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds (PredictFlux's guidance)
+    return ([{**c, "guidance": _pval(st, cid, "guidance")} for c in up["conditioning"]],)
+
+
+def _t_model_sampling_flux(st: _State, cid: str, up: dict) -> tuple:
+    if up["model"].get("translated_for") != "flux":
+        raise _Refuse(NodeError("value_not_valid", "ModelSamplingFlux takes a FLUX.1 checkpoint's model", "", "model"))
+    # ComfyUI's line through (256 patches, base_shift) and (4096 patches, max_shift), at this size's patch count
+    mx, base, w, h = (float(_val(st, cid, k)) for k in ("max_shift", "base_shift", "width", "height"))
+    m = (mx - base) / (4096 - 256)
+    st.id_map.setdefault(cid, [])
+    return ({**up["model"], "shift": (w * h / (8 * 8 * 2 * 2)) * m + base - m * 256},)
+
+
 def _t_empty_sd3_latent(st: _State, cid: str, up: dict) -> tuple:
     n = st.add(cid, gid(cid), {"type": "EmptyLatents", "inputs": {
         "width": _pval(st, cid, "width"), "height": _pval(st, cid, "height"), "batch_size": _pval(st, cid, "batch_size"), "channels": 16}})
@@ -316,6 +362,8 @@ def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
         return _encode_xl(st, cid, clip, text, text, {})
     if clip.get("family") == "sd3":
         return _encode_sd3(st, cid, clip, text)
+    if clip.get("family") == "flux":
+        return _encode_flux(st, cid, clip, text, text, 3.5)
     n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text, "mode": "comfy",
         "clip_skip": clip["clip_skip"]}})
@@ -365,7 +413,7 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     unet_input = f"{loop}_scale.model_input"
     if "channels" in inpaint:
         unet_input = f"{loop}_channels.model_input"
-    if model.get("translated_for") == "sd3":
+    if model.get("translated_for") in ("sd3", "flux"):
         return _flow_loop(st, cid, loop, model, latent, pos, neg, sched, noise)
     xl = "pooled" in pos[0]
     if xl and not plain:
@@ -430,29 +478,59 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
     """The loop for an SD3 model: its transformer's velocity on the joint sequence and pooled
     embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas."""
     if not all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg)):
-        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SD3 checkpoint have no translation",
+        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
                                 "give the sampler one conditioning a side", "positive"))
     if latent.get("noise_mask") or any(c.get("controls") or c.get("concat") for c in pos + neg):
-        raise _Refuse(NodeError("value_not_valid", "inpainting and ControlNets on an SD3 checkpoint have no translation yet",
+        raise _Refuse(NodeError("value_not_valid", "inpainting and ControlNets on a flow checkpoint (SD3, FLUX.1) have no translation yet",
                                 "translated for SD 1.x/2.x and SDXL", "latent_image" if latent.get("noise_mask") else "positive"))
-    emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
-        "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
-    pooled = st.add(cid, gid(cid, "pooled"), {"type": "CFGPooled", "inputs": {"uncond": {"from": neg[0]["pooled"]}, "cond": {"from": pos[0]["pooled"]}}})
-    st.add(cid, loop, {
-        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
-        "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
-        "body": {
+    start = f"{noise}.latents"
+    if model.get("translated_for") == "flux":
+        pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
+        start = f"{pack}.latents"
+        body = _flux_predict(st, cid, loop, model, pos[0], neg[0], pack)
+    else:
+        emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
+            "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
+        pooled = st.add(cid, gid(cid, "pooled"), {"type": "CFGPooled", "inputs": {"uncond": {"from": neg[0]["pooled"]}, "cond": {"from": pos[0]["pooled"]}}})
+        body = {
             f"{loop}_transformer": {"type": "PredictSD3", "inputs": {
                 "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}.latents"}, "timestep": {"from": f"{loop}.timestep"},
                 "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_transformer.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
+        }
+    st.add(cid, loop, {
+        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
+        "carry": {"latents": {"from": start}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
+        "body": {
+            **body,
             f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
                                                                  "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
                                                                  "rng": {"from": f"{loop}.rng"}}},
         },
         "next": {"latents": {"from": f"{loop}_step.latents"}, "scheduler": {"from": f"{loop}_step.scheduler"}, "rng": {"from": f"{loop}_step.rng"}},
     })
+    if model.get("translated_for") == "flux":
+        out = st.add(cid, gid(cid, "unpack"), {"type": "UnpackLatents", "inputs": {"latents": {"from": f"{loop}.latents"},
+                                                                                 "image_ids": {"from": f"{pack}.image_ids"}}})
+        return ({"latents": f"{out}.latents"},)
     return ({"latents": f"{loop}.latents"},)
+
+
+def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str) -> dict[str, dict]:
+    """FLUX.1's prediction in the loop, on packed latents with each conditioning's own guidance.
+    ComfyUI skips the negative prompt at cfg 1 (what Flux-dev prompts use), so a prompt whose cfg
+    is 1 translates to the one call (and no cfg param); any other cfg is ComfyUI's true CFG over
+    two calls (TrueCFG, the cfg param)."""
+    def call(name: str, c: dict) -> dict:
+        return {"type": "PredictFlux", "inputs": {
+            "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}.latents"}, "timestep": {"from": f"{loop}.timestep"},
+            "embeddings": {"from": c["embeddings"]}, "pooled": {"from": c["pooled"]}, "text_ids": {"from": c["text_ids"]},
+            "image_ids": {"from": f"{pack}.image_ids"}, "guidance": c["guidance"]}}
+    if float(_val(st, cid, "cfg")) == 1.0:
+        return {f"{loop}_cfg": call("cond", pos)}
+    return {f"{loop}_transformer": call("cond", pos), f"{loop}_negative": call("uncond", neg),
+            f"{loop}_cfg": {"type": "TrueCFG", "inputs": {"cond": {"from": f"{loop}_transformer.noise_pred"},
+                                                          "uncond": {"from": f"{loop}_negative.noise_pred"}, "scale": _pval(st, cid, "cfg")}}}
 
 
 def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str) -> dict[str, dict]:
@@ -718,6 +796,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
     "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
     "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
+    "CLIPTextEncodeFlux": _t_text_encode_flux, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
 }
 
 

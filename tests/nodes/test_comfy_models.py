@@ -144,8 +144,66 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3):
     assert not r.ok and "sampler_name 'euler_ancestral' on a flow model is refused" in str(r.errors) and "n3_schedule" in str(r.errors)
 
 
+def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, size: int, shift: float, scheduler: str,
+               cfg: float = 1.0, neg: str = "") -> torch.Tensor:
+    """ComfyUI's KSampler (euler) on FLUX.1: CLIP-L's pooled embedding, T5 at 256 tokens, the
+    conditioning's guidance, ModelSamplingFlux's sigmas, noise σ·n over 16 × size/8 latents packed
+    in 2 × 2 patches, x += (σ' − σ)·v with the timestep σ; true CFG only when cfg is not 1."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    tr = FluxTransformer2DModel.from_pretrained(model, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"), CLIPTextModel.from_pretrained(model, subfolder="text_encoder").eval()
+    tok2, te2 = T5TokenizerFast.from_pretrained(model, subfolder="tokenizer_2"), T5EncoderModel.from_pretrained(model, subfolder="text_encoder_2").eval()
+
+    def encode(t):
+        with torch.no_grad():
+            return te2(tok2(t, padding="max_length", max_length=256, truncation=True, return_tensors="pt").input_ids)[0], \
+                weighted_embeddings(tok, te, t, "comfy")[1]
+
+    sides = [(*encode(text), guidance)] + ([(*encode(neg), 3.5)] if cfg != 1.0 else [])  # the negative keeps ComfyUI's default guidance
+    config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    sigmas = torch.tensor(comfy_sigmas(config, scheduler, steps, shift=shift, flux=True))
+    h = w = size // 8
+    x = torch.randn((1, 16, h, w), generator=torch.manual_seed(seed)) * sigmas[0]
+    x = FluxPipeline._pack_latents(x, 1, 16, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        with torch.no_grad():
+            v = [tr(hidden_states=x, timestep=s.view(1), guidance=torch.tensor([g]) if tr.config.guidance_embeds else None,
+                    pooled_projections=p, encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids).sample for e, p, g in sides]
+        v = v[0] if len(v) == 1 else v[1] + cfg * (v[0] - v[1])
+        x = x + (s_next - s) * v
+    x = x.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
+    with torch.no_grad():
+        return (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_a_flux_prompt_is_comfyuis_flux_arithmetic(tiny_flux, cfg):
+    p = prompt("flux")
+    p["3"]["inputs"]["cfg"] = cfg
+    doc, params, id_map = translate(p, family_of=lambda name: "flux")
+    shift = (1024 * 1024 / 256) * (0.65 / 3840) + 0.5 - (0.65 / 3840) * 256  # ModelSamplingFlux at 1024 × 1024: its max_shift
+    assert id_map["10"] == id_map["11"] == [] and doc["nodes"]["n3_schedule"]["inputs"]["shift"] == pytest.approx(shift) == pytest.approx(1.15)
+    body = doc["nodes"]["n3"]["body"]
+    assert params["guidance"] == 2.5 and ("cfg" in params) == (cfg != 1.0)
+    assert [b["type"] for b in body.values()] == (["PredictFlux", "SchedulerStep"] if cfg == 1.0 else ["PredictFlux", "PredictFlux", "TrueCFG", "SchedulerStep"])
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg)
+    assert (r["image"] - want).abs().max() < 1e-4
+
+
 def test_flow_sigmas_are_comfyuis():
-    """ComfyUI's ModelSamplingDiscreteFlow at shift 3: its normal and simple schedules at 4 steps."""
+    """ComfyUI's ModelSamplingDiscreteFlow at shift 3: its normal and simple schedules at 4 steps;
+    ModelSamplingFlux's 10000 levels at shift 1.15."""
     from graphflow_nodes.comfy.samplers import ModelSamplingFlow
 
     config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
@@ -155,16 +213,22 @@ def test_flow_sigmas_are_comfyuis():
     assert comfy_sigmas(config, "normal", 4) == pytest.approx([3 * (x / 1000) / (1 + 2 * (x / 1000)) for x in t] + [0.0], abs=1e-6)
     assert comfy_sigmas(config, "simple", 4) == pytest.approx([float(ms.sigmas[-(1 + int(k * 250))]) for k in range(4)] + [0.0])
     assert comfy_sigmas(config, "normal", 4, shift=1.0)[1] == pytest.approx(0.667, abs=1e-3)
+    from graphflow_nodes.comfy.samplers import ModelSamplingFluxShift
+
+    fx = ModelSamplingFluxShift(1.15)
+    assert float(fx.sigmas[4999]) == pytest.approx(math.exp(1.15) / (math.exp(1.15) + 1), rel=1e-6) and fx.sigma_max == 1.0
+    assert comfy_sigmas({}, "simple", 2, flux=True, shift=1.15) == pytest.approx([1.0, float(fx.sigmas[-5001]), 0.0])
 
 
-def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux):
+def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux, tiny_sdxl_refiner):
+    assert checkpoint_family(str(tiny_flux)) == "flux"
     p = prompt("default")
-    p["4"]["inputs"]["ckpt_name"] = str(tiny_flux)
+    p["4"]["inputs"]["ckpt_name"] = str(tiny_sdxl_refiner)
     with pytest.raises(TranslationError) as e:
         translate(p)
     err = e.value.node_errors["4"]["errors"][0]
-    assert (err["message"], err["details"]) == ("ckpt_name is a FLUX.1 checkpoint, which translated prompts do not run yet",
-                                                "translated: SD 1.x/2.x, SDXL, SD3/SD3.5")
+    assert (err["message"], err["details"]) == ("ckpt_name is a SDXL refiner checkpoint, which translated prompts do not run yet",
+                                                "translated: SD 1.x/2.x, SDXL, SD3/SD3.5, FLUX.1")
     p = prompt("sdxl")
     with pytest.raises(TranslationError) as e:
         translate(p, family_of=lambda name: "sd")
