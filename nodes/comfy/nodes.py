@@ -82,7 +82,7 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         if i.family != i.translated_for:
             what = {"sd": "an SD 1.x/2.x", "sdxl": "an SDXL"}.get(i.translated_for, i.translated_for)
             raise ValueError(f"the checkpoint is a {i.family} model, but the prompt was translated for {what} checkpoint "
-                             "(its text encoders and conditions differ): translate the prompt again naming this checkpoint")
+                             "(its text encoders and conditions differ): set the prompt's ckpt_name to this checkpoint (a path, or its name in the models folders' checkpoints/) and translate again")
         config = dict(i.scheduler_config)
         if is_flow(config):
             return self.flow(i, ctx, config)

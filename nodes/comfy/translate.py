@@ -143,7 +143,7 @@ class _State:
     param_uses: dict[str, int] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     input_dir: str | None = None  # where LoadImage's names are read from (ComfyUI's input folder)
-    family_of: Callable[[Any], str] | None = None  # a checkpoint name's family (sd, sdxl, ...); default checkpoint_family
+    family_of: Callable[[Any], str | None] | None = None  # a checkpoint name's family (sd, sdxl, ...); default checkpoint_family
 
     def fail(self, cid: str, error: NodeError) -> None:
         self.errors.setdefault(cid, []).append(error)
@@ -213,16 +213,17 @@ TRANSLATED_FAMILIES = ("sd", "sdxl", "sd3", "flux")
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "sd3": "SD3/SD3.5", "flux": "FLUX.1", "pixel": "pixel-space DDPM"}
 
 
-def checkpoint_family(name: Any) -> str:
+def checkpoint_family(name: Any) -> str | None:
     """The family of the checkpoint CheckpointLoaderSimple names, as ComfyUI tells it from the
     file: a single file's keys (its header, nothing else read) or a diffusers folder's index,
-    found as LoadModel finds it (the models folders' checkpoints/, or a path). A name not found
-    here is taken for SD 1.x/2.x, ComfyUI's default graph's; the sampler refuses at run time a
-    checkpoint of another family than the prompt was translated for."""
+    found as LoadModel finds it (the models folders' checkpoints/, or a path); None for a name
+    not found (``prompt_family`` then decides)."""
     from graphflow_nodes.loading.files import resolve_model_path
 
     try:
         path = resolve_model_path(str(name))
+        if not path.exists():
+            return None
         if path.is_dir():
             from graphflow_nodes.loading.families import family_of
 
@@ -240,11 +241,25 @@ def checkpoint_family(name: Any) -> str:
             return "sd3"
         return REF_FAMILY.get(detect_family(shapes) or "sd1", "sd")
     except Exception:  # an unreadable or missing file is LoadModel's to refuse, by name, when it runs
-        return "sd"
+        return None
+
+
+#: class types only prompts for one family use: what a checkpoint not found here is taken for
+FAMILY_HINTS = (("flux", ("FluxGuidance", "ModelSamplingFlux", "CLIPTextEncodeFlux")), ("sd3", ("ModelSamplingSD3",)),
+                ("sdxl", ("CLIPTextEncodeSDXL",)))
+
+
+def prompt_family(prompt: dict) -> str:
+    """The family a prompt's own class types imply (FluxGuidance: FLUX.1, ModelSamplingSD3: SD3,
+    CLIPTextEncodeSDXL: SDXL), else SD 1.x/2.x, ComfyUI's default graph's: what a checkpoint name
+    not found here is taken for. The sampler refuses at run time a checkpoint of another family
+    than the prompt was translated for."""
+    types = {b.get("class_type") for b in prompt.values() if isinstance(b, dict)}
+    return next((family for family, hints in FAMILY_HINTS if types & set(hints)), "sd")
 
 
 def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
-    family = (st.family_of or checkpoint_family)(_val(st, cid, "ckpt_name"))
+    family = (st.family_of or checkpoint_family)(_val(st, cid, "ckpt_name")) or prompt_family(st.prompt)
     if family not in TRANSLATED_FAMILIES:
         raise _Refuse(NodeError("value_not_valid", f"ckpt_name is a {FAMILY_NAMES.get(family, family)} checkpoint, which translated prompts do not run yet",
                                 f"translated: {', '.join(FAMILY_NAMES[f] for f in TRANSLATED_FAMILIES)}", "ckpt_name"))
@@ -937,7 +952,7 @@ def _sorted_ids(prompt: dict) -> list[str]:
 
 
 def translate(prompt: dict, input_dir: str | None = None,
-              family_of: Callable[[Any], str] | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
+              family_of: Callable[[Any], str | None] | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
     """A ComfyUI API-format prompt → ``(workflow, params, id_map)``: the graphflow workflow (a
     format-1 document, its ``params`` holding the prompt's values as defaults), those values as
     a dict, and for each ComfyUI node id the graphflow node ids made from it (empty for a node
@@ -946,7 +961,8 @@ def translate(prompt: dict, input_dir: str | None = None,
     every node that cannot be translated. ``input_dir``: the folder LoadImage's names are in, as
     ComfyUI's input folder (the server's ComfyUI routes give their uploads folder); without it a
     name is a path as given. ``family_of``: a checkpoint name's family (default:
-    ``checkpoint_family``, which reads the file's header, as ComfyUI tells a model from its file)."""
+    ``checkpoint_family``, which reads the file's header, as ComfyUI tells a model from its file;
+    a name not found is taken for the family the prompt's class types imply, ``prompt_family``)."""
     if not isinstance(prompt, dict) or not prompt:
         raise TranslationError({"type": "invalid_prompt", "message": "Cannot execute because the prompt is not a non-empty JSON object",
                                 "details": "", "extra_info": {}}, {})

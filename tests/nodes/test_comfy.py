@@ -249,7 +249,7 @@ def test_a_model_of_another_family_is_refused_by_the_sampler(tiny_sdxl):
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 2}))
     assert not r.ok
     assert ("the checkpoint is a sdxl model, but the prompt was translated for an SD 1.x/2.x checkpoint (its text encoders and conditions "
-            "differ): translate the prompt again naming this checkpoint") in str(r.errors)
+            "differ): set the prompt's ckpt_name to this checkpoint (a path, or its name in the models folders' checkpoints/) and translate again") in str(r.errors)
     assert "n3_schedule" in str(r.errors)
 
 

@@ -78,7 +78,7 @@ def test_an_sdxl_prompt_is_comfyuis_sdxl_arithmetic(tiny_sdxl):
     assert (r["image"] - want).abs().max() < 1e-4
     # the same prompt run on an SD 1.x checkpoint is refused by the sampler, naming what to do
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": "tiny-sd", "width": 64, "height": 64, "steps": 1}))
-    assert not r.ok and "translate the prompt again naming this checkpoint" in str(r.errors)
+    assert not r.ok and "set the prompt's ckpt_name to this checkpoint (a path, or its name in the models folders' checkpoints/) and translate again" in str(r.errors)
 
 
 def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, tmp_path):
@@ -86,7 +86,10 @@ def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, t
 
     assert checkpoint_family(str(tiny_sdxl)) == "sdxl" and checkpoint_family(str(tiny_sd3)) == "sd3"
     assert checkpoint_family(str(write_original_checkpoint(tiny_sdxl, tmp_path / "xl.safetensors", "sdxl"))) == "sdxl"
-    assert checkpoint_family("tiny-sd") == "sd" and checkpoint_family("not-here.safetensors") == "sd"
+    assert checkpoint_family("tiny-sd") == "sd" and checkpoint_family("not-here.safetensors") is None
+    # a checkpoint not found here: the family the prompt's own class types imply
+    for name, family in (("sdxl", "sdxl"), ("sd3", "sd3"), ("flux", "flux"), ("default", "sd")):
+        assert translate(prompt(name))[0]["nodes"]["n3_schedule"]["inputs"]["translated_for"] == family
 
 
 def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int, size: int, shift: float, scheduler: str) -> torch.Tensor:
