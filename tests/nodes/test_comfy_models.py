@@ -6,6 +6,7 @@ defaults whatever the picture's size); the families not translated yet are refus
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -242,3 +243,52 @@ def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_
     with pytest.raises(TranslationError) as e:
         translate(p, family_of=lambda name: "sdxl")
     assert e.value.node_errors["10"]["errors"][0]["message"] == "CLIPSetLastLayer on an SDXL checkpoint has no translation"
+
+
+def test_sdxl_inpainting_keeps_the_picture_and_an_sdxl_controlnet_steers(tiny_sdxl, tmp_path):
+    """SetLatentNoiseMask and ControlNetApplyAdvanced on SDXL: where ComfyUI's latent mask is 0 the
+    sampled latents are the picture's own (its denoised blend), and the ControlNet (fed SDXL's
+    pooled embedding and size conditions) changes the picture at strength 1 and not at 0."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.tiny_controlnet import build_tiny_controlnet
+
+    net = build_tiny_controlnet(tiny_sdxl, tmp_path / "xl-controlnet", seed=2)
+    rgba = np.dstack([(np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8), np.full((64, 64), 255, np.uint8)])
+    rgba[16:40, 16:40, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "photo.png")
+    p = prompt("sdxl")
+    p.update({"10": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+              "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}},
+              "12": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["10", 1]}},
+              "13": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "xl-canny.safetensors"}},
+              "14": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["13", 0],
+                                                                         "image": ["10", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}})
+    p["3"]["inputs"].update(latent_image=["12", 0], positive=["14", 0], negative=["14", 1])
+    doc, params, _ = translate(p, family_of=lambda name: "sdxl")
+    assert doc["nodes"]["n3"]["body"]["n3_control"]["inputs"]["pooled"] == {"from": "n3_embeddings.pooled"}
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"latents": "n3.latents", "known": "n11.latents", "mask": "n3_mask.mask", "image": "n8.image"}
+    ex = Executor()
+
+    def run(strength):
+        r = ex.run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"),
+                                                          "controlnet": str(net), "control_strength": strength, "steps": 3}))
+        assert r.ok, r.errors
+        return r
+
+    on, off = run(1.0), run(0.0)
+    kept = on["mask"].expand_as(on["latents"]) == 0
+    assert 0 < int(kept.sum()) < kept.numel()
+    assert (on["latents"] - on["known"]).abs()[kept].max() < 1e-5
+    assert (on["image"] - off["image"]).abs().max() > 1e-3
+    plain = copy.deepcopy(p)
+    plain["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+    del plain["13"], plain["14"]
+    pdoc, pparams, _ = translate(plain, family_of=lambda name: "sdxl")
+    del pdoc["nodes"]["n9"]
+    pdoc["outputs"] = {"image": "n8.image"}
+    r = ex.run(Workflow.from_dict(pdoc).with_params(**{**pparams, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"), "steps": 3}))
+    assert r.ok, r.errors
+    assert (r["image"] - off["image"]).abs().max() < 1e-6  # strength 0: the ControlNet adds nothing
