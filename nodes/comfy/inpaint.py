@@ -108,7 +108,8 @@ def _parts(scheduler, latents, image_latents, noise, mask):
 
 class ComfyInpaintInput(Node, name="ComfyInpaintInput", category="sampling"):
     """The latents the model sees at this step, ComfyUI's way: ``m·x + (1 − m)·(picture + noise·σ)``
-    (in the scheduler's scale). The sampler keeps stepping the unblended latents."""
+    (in the scheduler's scale; for a flow model ``σ·noise + (1 − σ)·picture``). The sampler keeps
+    stepping the unblended latents."""
 
     class In(Inputs):
         scheduler: Scheduler = Field(description="the loop's scheduler")
@@ -124,7 +125,10 @@ class ComfyInpaintInput(Node, name="ComfyInpaintInput", category="sampling"):
     def run(self, i: In, ctx: Context) -> dict:
         sigma = sigma_now(i.scheduler, i.timestep)
         vp, m, known, noise = _parts(i.scheduler, i.latents, i.image_latents, i.noise, i.mask)
-        kept = known + noise * sigma
+        if "FlowMatch" in type(i.scheduler).__name__:  # a flow model's noise scaling (ComfyUI's CONST)
+            kept = noise * sigma + known * (1 - sigma)
+        else:
+            kept = known + noise * sigma
         if vp:
             kept = kept / math.sqrt(1 + sigma ** 2)
         return {"latents": i.latents * m + kept * (1 - m)}
@@ -135,7 +139,7 @@ class ComfyInpaintPrediction(Node, name="ComfyInpaintPrediction", category="samp
     ``m·D + (1 − m)·picture``, where ``D = x' − σ·ε`` is the model's estimate at the blended input
     ``x'``: ``ε' = (x − m·D − (1 − m)·picture) / σ`` for the loop's unblended latents ``x`` (in
     sigma scale: the same formula serves the variance-preserving DPM-Solver, whose estimate is
-    ``x·sqrt(1 + σ²) − σ·ε``)."""
+    ``x·sqrt(1 + σ²) − σ·ε``, and a flow model's velocity, whose estimate is ``x − σ·v``)."""
 
     class In(Inputs):
         scheduler: Scheduler = Field(description="the loop's scheduler")

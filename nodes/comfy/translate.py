@@ -421,6 +421,8 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
     pos, neg = up["positive"], up["negative"]
     plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
+    if model.get("translated_for") in ("sd3", "flux"):
+        return _flow_loop(st, cid, loop, model, latent, pos, neg, sched, noise)
     inpaint = _inpaint_parts(st, cid, loop, model, latent, pos, noise)
     model_latents = f"{loop}_inpaint.latents" if "input" in inpaint else f"{loop}.latents"
     scale = {f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": model_latents},
@@ -428,8 +430,6 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     unet_input = f"{loop}_scale.model_input"
     if "channels" in inpaint:
         unet_input = f"{loop}_channels.model_input"
-    if model.get("translated_for") in ("sd3", "flux"):
-        return _flow_loop(st, cid, loop, model, latent, pos, neg, sched, noise)
     xl = "pooled" in pos[0]
     if xl and not plain:
         raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SDXL checkpoint have no translation",
@@ -495,9 +495,11 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
     if not all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg)):
         raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
                                 "give the sampler one conditioning a side", "positive"))
-    if latent.get("noise_mask") or any(c.get("controls") or c.get("concat") for c in pos + neg):
-        raise _Refuse(NodeError("value_not_valid", "inpainting and ControlNets on a flow checkpoint (SD3, FLUX.1) have no translation yet",
-                                "translated for SD 1.x/2.x and SDXL", "latent_image" if latent.get("noise_mask") else "positive"))
+    flux = model.get("translated_for") == "flux"
+    if any(c.get("controls") for c in pos + neg) or (flux and latent.get("noise_mask")):
+        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1), and inpainting on FLUX.1, have no translation yet",
+                                "translated for SD 1.x/2.x and SDXL (inpainting: SD3 too)", "positive"))
+    inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False) if latent.get("noise_mask") else {}
     start = f"{noise}.latents"
     if model.get("translated_for") == "flux":
         pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
@@ -508,17 +510,20 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
         pooled = st.add(cid, gid(cid, "pooled"), {"type": "CFGPooled", "inputs": {"uncond": {"from": neg[0]["pooled"]}, "cond": {"from": pos[0]["pooled"]}}})
         body = {
+            **inpaint.get("input", {}),
             f"{loop}_transformer": {"type": "PredictSD3", "inputs": {
-                "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}.latents"}, "timestep": {"from": f"{loop}.timestep"},
-                "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}}},
+                "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"},
+                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_transformer.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
+            **inpaint.get("prediction", {}),
         }
     st.add(cid, loop, {
         "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
         "carry": {"latents": {"from": start}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
         "body": {
             **body,
-            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
+            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"},
+                                                                 "noise_pred": {"from": f"{loop}_keep.noise_pred" if inpaint else f"{loop}_cfg.noise_pred"},
                                                                  "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
                                                                  "rng": {"from": f"{loop}.rng"}}},
         },
@@ -548,7 +553,8 @@ def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: 
                                                           "uncond": {"from": f"{loop}_negative.noise_pred"}, "scale": _pval(st, cid, "cfg")}}}
 
 
-def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str) -> dict[str, dict]:
+def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str,
+                   channels: bool = True) -> dict[str, dict]:
     """The loop nodes a masked latent (SetLatentNoiseMask, VAEEncodeForInpaint,
     InpaintModelConditioning) adds, keyed by where they go: ``input`` (ComfyUI's blend of the
     model's input), ``prediction`` (its blend of the denoised estimate), ``channels`` (a
@@ -567,6 +573,8 @@ def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, p
             **common, "latents": {"from": f"{loop}.latents"}, "model_latents": {"from": f"{loop}_inpaint.latents"},
             "noise_pred": {"from": f"{loop}_cfg.noise_pred"}}}}
     concat = next((c["concat"] for c in pos if c.get("concat")), None)
+    if not channels:  # a transformer has no inpainting channels
+        return parts
     if concat is None and mask is not None:
         concat = {"latents": latent["latents"], "mask": mask}
     if concat is not None:

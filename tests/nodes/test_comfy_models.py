@@ -93,7 +93,8 @@ def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, t
         assert translate(prompt(name))[0]["nodes"]["n3_schedule"]["inputs"]["translated_for"] == family
 
 
-def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int, size: int, shift: float, scheduler: str) -> torch.Tensor:
+def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int, size: int, shift: float, scheduler: str,
+              inpaint: tuple | None = None) -> torch.Tensor:
     """ComfyUI's KSampler (euler) on an SD3 model: CLIP-L and bigG penultimate states side by side,
     padded to T5's width, then T5's states for 77 tokens; noise σ·n; x += (σ' − σ)·v; the
     transformer's timestep σ × 1000."""
@@ -120,18 +121,28 @@ def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int
     config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift}
     sigmas = torch.tensor(comfy_sigmas(config, scheduler, steps))
     assert ModelSamplingFlow(shift).sigma_max == 1.0
-    x = torch.randn((1, 16, size // 8, size // 8), generator=torch.manual_seed(seed)) * sigmas[0]
+    noise = torch.randn((1, 16, size // 8, size // 8), generator=torch.manual_seed(seed))
+    latent, mask = torch.zeros_like(noise), None
+    if inpaint is not None:  # (greyed picture, pixel noise mask): KSamplerX0Inpaint's blends with a flow model's noise scaling
+        with torch.no_grad():
+            latent = (vae.encode(inpaint[0] * 2 - 1).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+        mask = torch.nn.functional.interpolate(inpaint[1], size=latent.shape[-2:], mode="bilinear")
+    x = noise * sigmas[0] + (1 - sigmas[0]) * latent
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
+        xm = x if mask is None else x * mask + (noise * s + (1 - s) * latent) * (1 - mask)
         with torch.no_grad():
-            v = tr(hidden_states=torch.cat([x] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled).sample
+            v = tr(hidden_states=torch.cat([xm] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled).sample
         u, c = v.chunk(2)
-        x = x + (s_next - s) * (u + (c - u) * cfg)
+        d = xm - s * (u + (c - u) * cfg)
+        if mask is not None:
+            d = d * mask + latent * (1 - mask)
+        x = x + (x - d) / s * (s_next - s)
     with torch.no_grad():
         return (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
 
 
-def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3):
+def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
     p = prompt("sd3")
     doc, params, id_map = translate(p, family_of=lambda name: "sd3")
     assert id_map["10"] == [] and doc["nodes"]["n3_schedule"]["inputs"]["shift"] == {"param": "shift"} and params["shift"] == 2.0
@@ -141,6 +152,31 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3):
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3}))
     assert r.ok, r.errors
     want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform")
+    assert (r["image"] - want).abs().max() < 1e-4
+    # VAEEncodeForInpaint on SD3: ComfyUI's greyed picture, box-grown mask and blends, with a flow model's noise scaling
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.dstack([(np.random.default_rng(3).random((32, 32, 3)) * 255).astype(np.uint8), np.full((32, 32), 255, np.uint8)])
+    rgba[6:22, 8:26, 3] = 127  # a half-transparent ring (a soft mask) around a transparent square
+    rgba[8:20, 10:24, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "sd3-photo.png")
+    ip = copy.deepcopy(p)
+    ip.update({"12": {"class_type": "LoadImage", "inputs": {"image": "sd3-photo.png"}},
+               "13": {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["12", 0], "vae": ["4", 2], "mask": ["12", 1], "grow_mask_by": 4}}})
+    ip["3"]["inputs"]["latent_image"] = ["13", 0]
+    idoc, iparams, _ = translate(ip, family_of=lambda name: "sd3")
+    assert list(idoc["nodes"]["n3"]["body"]) == ["n3_inpaint", "n3_transformer", "n3_cfg", "n3_keep", "n3_step"]
+    del idoc["nodes"]["n9"]
+    idoc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(idoc).with_params(**{**iparams, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "sd3-photo.png"),
+                                                               "steps": 3}))
+    assert r.ok, r.errors
+    img = Image.open(tmp_path / "sd3-photo.png")
+    image = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+    m = 1 - torch.from_numpy(np.asarray(img.getchannel("A"), np.float32) / 255)[None, None]
+    grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, 4, 4), padding=2), 0, 1)[:, :, :32, :32].round()
+    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
     assert (r["image"] - want).abs().max() < 1e-4
     # a sampler ComfyUI runs its own rectified-flow way is refused for flow models, by name
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 1,
