@@ -68,6 +68,8 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "ModelSamplingFlux": ({"model": "MODEL", "max_shift": FLOAT, "base_shift": FLOAT, "width": INT, "height": INT}, ("MODEL",)),
     "FluxGuidance": ({"conditioning": "CONDITIONING", "guidance": FLOAT}, ("CONDITIONING",)),
     "CLIPTextEncodeFlux": ({"clip": "CLIP", "clip_l": STR, "t5xxl": STR, "guidance": FLOAT}, ("CONDITIONING",)),
+    "CLIPTextEncodeSD3": ({"clip": "CLIP", "clip_l": STR, "clip_g": STR, "t5xxl": STR, "empty_padding": ("none", "empty_prompt")},
+                          ("CONDITIONING",)),
     "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
                             "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
 }
@@ -296,15 +298,16 @@ def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes
     return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": f"{size}.time_ids", "start": 0.0, "end": 1.0}],)
 
 
-def _encode_sd3(st: _State, cid: str, clip: dict, text: Any) -> tuple:
+def _encode_sd3(st: _State, cid: str, clip: dict, text: Any, text_g: Any = None, text_t5: Any = None) -> tuple:
     """SD3's conditioning as ComfyUI makes it: both CLIP encoders' penultimate states (its prompt
     weights) side by side, padded to T5's width, then T5's states for 77 tokens (ComfyUI's T5
     tokenizer pads to 77; diffusers' pipeline to 256), one sequence; both pooled embeddings."""
-    enc = lambda suffix, tok, te: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
-        "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": text, "mode": "comfy", "layer": "penultimate"}})
-    a, b = enc("l", "tokenizer", "text_encoder"), enc("g", "tokenizer_2", "text_encoder_2")
+    enc = lambda suffix, tok, te, t: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": t, "mode": "comfy", "layer": "penultimate"}})
+    a, b = enc("l", "tokenizer", "text_encoder", text), enc("g", "tokenizer_2", "text_encoder_2", text if text_g is None else text_g)
     t5 = st.add(cid, gid(cid, "t5"), {"type": "EncodeT5", "inputs": {"tokenizer": {"from": clip["tokenizer_3"]}, "text_encoder": {"from": clip["text_encoder_3"]},
-                                                                   "text": text, "max_sequence_length": 77, "transformer": {"from": clip["transformer"]}}})
+                                                                   "text": text if text_t5 is None else text_t5, "max_sequence_length": 77,
+                                                                   "transformer": {"from": clip["transformer"]}}})
     n = st.add(cid, gid(cid), {"type": "JointEmbeddings", "inputs": {
         "clip_l": {"from": f"{a}.text_embeddings"}, "clip_g": {"from": f"{b}.text_embeddings"}, "t5": {"from": f"{t5}.hidden_states"},
         "pooled_l": {"from": f"{a}.pooled"}, "pooled_g": {"from": f"{b}.pooled"}}})
@@ -322,6 +325,17 @@ def _encode_flux(st: _State, cid: str, clip: dict, text_l: Any, text_t5: Any, gu
     ids = st.add(cid, gid(cid, "ids"), {"type": "TextIds", "inputs": {"embeddings": {"from": f"{n}.hidden_states"}}})
     return ([{"embeddings": f"{n}.hidden_states", "pooled": f"{a}.pooled", "text_ids": f"{ids}.text_ids", "guidance": guidance,
               "flux": True, "start": 0.0, "end": 1.0}],)
+
+
+def _t_text_encode_sd3(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "sd3":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeSD3 takes an SD3/SD3.5 checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    texts = {k: _val(st, cid, k) for k in ("clip_l", "clip_g", "t5xxl")}
+    empty = [k for k, v in texts.items() if not v]
+    if empty and _val(st, cid, "empty_padding") == "none":  # ComfyUI then leaves that encoder out of the sequence altogether
+        raise _Refuse(NodeError("value_not_valid", f"an empty {empty[0]} with empty_padding none has no translation",
+                                "use empty_padding empty_prompt (the empty prompt encoded), or give the text", "empty_padding"))
+    return _encode_sd3(st, cid, up["clip"], texts["clip_l"], texts["clip_g"], texts["t5xxl"])
 
 
 def _t_text_encode_flux(st: _State, cid: str, up: dict) -> tuple:
@@ -819,7 +833,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
     "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
     "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
-    "CLIPTextEncodeFlux": _t_text_encode_flux, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
+    "CLIPTextEncodeFlux": _t_text_encode_flux, "CLIPTextEncodeSD3": _t_text_encode_sd3, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
 }
 
 

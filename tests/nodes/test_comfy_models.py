@@ -178,6 +178,17 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
     grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, 4, 4), padding=2), 0, 1)[:, :, :32, :32].round()
     want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
     assert (r["image"] - want).abs().max() < 1e-4
+    # CLIPTextEncodeSD3 with the same text for its three encoders is CLIPTextEncode; an empty one without padding is refused
+    three = copy.deepcopy(p)
+    three["6"] = {"class_type": "CLIPTextEncodeSD3", "inputs": {"clip": ["4", 1], "clip_l": p["6"]["inputs"]["text"], "clip_g": p["6"]["inputs"]["text"],
+                                                               "t5xxl": p["6"]["inputs"]["text"], "empty_padding": "none"}}
+    tdoc, tparams, _ = translate(three, family_of=lambda name: "sd3")
+    assert {k: v for k, v in tdoc["nodes"].items() if k.startswith("n6")} == {k: v for k, v in doc["nodes"].items() if k.startswith("n6")} | {
+        k: {**v, "inputs": {**v["inputs"], "text": p["6"]["inputs"]["text"]}} for k, v in doc["nodes"].items() if k in ("n6_l", "n6_g", "n6_t5")}
+    three["6"]["inputs"]["t5xxl"] = ""
+    with pytest.raises(TranslationError) as e:
+        translate(three, family_of=lambda name: "sd3")
+    assert e.value.node_errors["6"]["errors"][0]["message"] == "an empty t5xxl with empty_padding none has no translation"
     # a sampler ComfyUI runs its own rectified-flow way is refused for flow models, by name
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 1,
                                                               "sampler_name": "euler_ancestral"}))
