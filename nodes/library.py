@@ -22,7 +22,7 @@ NODE_MODULES = (
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",
     "pixel.before_denoise", "pixel.denoise", "pixel.decoders",
     "flow.encoders", "flow.before_denoise", "flow.denoise", "flow.decoders",
-    "upscale.resize", "upscale.upscalers", "comfy.nodes",
+    "upscale.resize", "upscale.upscalers", "comfy.nodes", "comfy.inpaint",
     "control.t2i_adapter", "control.ip_adapter",
     "control.preprocessors", "control.controlnet", "control.sd3", "control.flux",
 )

@@ -38,8 +38,9 @@ class LoadMask(Node, name="LoadMask", category="mask", uses=("device",)):
     class In(Inputs):
         path: Annotated[str, FileInput(resolve=resolve_input_file)] = Field(
             description="a picture file (PNG), or the name of a sample shipped with graphflow (samples/...)")
-        source: Literal["auto", "grey", "alpha"] = Field(
-            "auto", description="grey: white repaints; alpha: transparent repaints; auto: alpha when the picture has one, else grey")
+        source: Literal["auto", "grey", "alpha", "red", "green", "blue"] = Field(
+            "auto", description="grey: white repaints; alpha: transparent repaints; auto: alpha when the picture has one, else grey; "
+                                "red, green, blue: that channel's value (ComfyUI's LoadImageMask)")
         threshold: float | None = Field(0.5, ge=0.0, le=1.0, description="values at or above it repaint, below it keep "
                                                                           "(diffusers' binarizing); null keeps the grey levels")
         invert: bool = Field(False, description="swap what is repainted and what is kept")
@@ -70,6 +71,8 @@ class LoadMask(Node, name="LoadMask", category="mask", uses=("device",)):
             img = img.resize((i.width or img.width, i.height or img.height), PILImage.Resampling.NEAREST)
         if source == "alpha":
             values = 1.0 - np.asarray(img.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+        elif source in ("red", "green", "blue"):
+            values = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., ("red", "green", "blue").index(source)] / 255.0
         else:
             values = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
         mask = torch.from_numpy(values.copy())[None, None]

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from graphflow_nodes.comfy.samplers import SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, check_pair, comfy_sigmas, max_denoise
+from graphflow_nodes.comfy.samplers import (
+    FLOW_REFUSED, FLOW_SAMPLERS, SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, check_pair, comfy_sigmas, is_flow, max_denoise,
+)
 from typing import Any
 
 from graphflow_nodes.kinds import (
-    SEED_MAX, TEXT_EMBEDDINGS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, Timestep, Timesteps, UNet,
+    SEED_MAX, TEXT_EMBEDDINGS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep, Timesteps, UNet,
 )
 from pydantic import Field
 
@@ -58,7 +60,10 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         start_step: int = Field(0, ge=0, description="KSamplerAdvanced's start_at_step")
         end_step: int = Field(10000, ge=0, description="KSamplerAdvanced's end_at_step")
         force_full_denoise: bool = Field(False, description="end at sigma 0 even when end_step stops early (return_with_leftover_noise disabled)")
-        family: str = Field("sd", description="LoadModel's family: the translation covers SD 1.x/2.x epsilon models")
+        family: str = Field("sd", description="LoadModel's family")
+        translated_for: str = Field("sd", description="the family the prompt was translated for (sd: SD 1.x/2.x, sdxl, sd3, flux)")
+        shift: float | None = Field(None, gt=0.0, le=100.0, description="a flow model's shift (ModelSamplingSD3, ModelSamplingFlux); "
+                                    "default: SD3's scheduler config's, Flux's ComfyUI default (dev 1.15, schnell 1.0)")
 
     class Out(Outputs):
         scheduler: Scheduler = Field(description="the scheduler, ComfyUI's sigmas set")
@@ -74,9 +79,13 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         import torch
 
         cls_name, extra = check_pair(i.sampler_name, i.scheduler)
-        if i.family != "sd":
-            raise ValueError(f"the checkpoint is a {i.family} model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only")
+        if i.family != i.translated_for:
+            what = {"sd": "an SD 1.x/2.x", "sdxl": "an SDXL"}.get(i.translated_for, i.translated_for)
+            raise ValueError(f"the checkpoint is a {i.family} model, but the prompt was translated for {what} checkpoint "
+                             "(its text encoders and conditions differ): set the prompt's ckpt_name to this checkpoint (a path, or its name in the models folders' checkpoints/) and translate again")
         config = dict(i.scheduler_config)
+        if is_flow(config):
+            return self.flow(i, ctx, config)
         if config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError(f"ComfyUI's samplers are translated for epsilon models; this model predicts {config.get('prediction_type')}")
         sigmas = comfy_sigmas(config, i.scheduler, i.steps, i.denoise, i.start_step, i.end_step, i.force_full_denoise)
@@ -107,6 +116,30 @@ class ComfySchedule(Node, name="ComfySchedule", category="sampling", uses=("devi
         return {"scheduler": s, "timesteps": s.timesteps, "sigmas": sigmas, "noise_scale": noise_scale, "latent_scale": latent_scale,
                 "end_scale": end_scale}
 
+    def flow(self, i: In, ctx: Context, config: dict) -> dict:
+        """A flow-matching model (SD3/SD3.5, FLUX.1): FlowMatchEulerDiscreteScheduler over ComfyUI's
+        flow sigmas, timesteps sigma × 1000 (PredictFlux divides them back), and ComfyUI's start,
+        σ·noise + (1 − σ)·latents."""
+        import diffusers
+        import torch
+
+        if i.sampler_name not in FLOW_SAMPLERS:
+            raise ValueError(f"sampler_name {i.sampler_name!r} on a flow model is refused: {FLOW_REFUSED}; translatable: {', '.join(FLOW_SAMPLERS)}")
+        sigmas = comfy_sigmas(config, i.scheduler, i.steps, i.denoise, i.start_step, i.end_step, i.force_full_denoise, shift=i.shift,
+                              flux=i.translated_for == "flux")
+        if len(sigmas) < 2:
+            raise ValueError(f"steps {i.steps}, denoise {i.denoise}, start_step {i.start_step}, end_step {i.end_step} leave no step to run")
+        s = getattr(diffusers, FLOW_SAMPLERS[i.sampler_name][0]).from_config({**config, "use_dynamic_shifting": False})  # sigmas set below
+        n = len(sigmas) - 1
+        s.set_timesteps(n, device=ctx.device)
+        sig = torch.tensor(sigmas, dtype=torch.float32)
+        s.sigmas = sig.to(ctx.device)
+        s.timesteps = (sig[:-1] * 1000).to(ctx.device)
+        s.num_inference_steps = n
+        s._begin_index = None
+        first = float(sigmas[0])
+        return {"scheduler": s, "timesteps": s.timesteps, "sigmas": sigmas, "noise_scale": first, "latent_scale": 1.0 - first, "end_scale": 1.0}
+
 
 class ComfyNoise(Node, name="ComfyNoise", category="latents"):
     """The starting latents as ComfyUI's KSampler makes them: unit noise drawn on the CPU from a
@@ -125,16 +158,18 @@ class ComfyNoise(Node, name="ComfyNoise", category="latents"):
     class Out(Outputs):
         latents: Latents = Field(description="the loop's starting latents")
         rng: Rng = Field(description="the generator ComfyUI's ancestral samplers draw their step noise from (on the CPU: seeded with seed + 1)")
+        noise: Latents = Field(description="the unit noise (zeros without add_noise): inpainting noises the kept region with it")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
         from graphflow_nodes.runtime import generator
 
         x = i.latents.float() * i.latent_scale
+        noise = torch.zeros_like(x)
         if i.add_noise:
-            noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=torch.float32, device="cpu")
-            x = x + noise.to(x.device) * i.noise_scale
-        return {"latents": x.to(i.latents.dtype), "rng": generator((i.seed + 1) % 2 ** 64).get_state()}
+            noise = torch.randn(tuple(i.latents.shape), generator=generator(i.seed), dtype=torch.float32, device="cpu").to(x.device)
+            x = x + noise * i.noise_scale
+        return {"latents": x.to(i.latents.dtype), "rng": generator((i.seed + 1) % 2 ** 64).get_state(), "noise": noise.to(i.latents.dtype)}
 
 
 class ScaleLatents(Node, name="ScaleLatents", category="latents"):
@@ -214,3 +249,48 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
             sides.append(eps.view(len(used), *x.shape).mean(0))
         cond, uncond = sides
         return {"noise_pred": uncond + i.guidance_scale * (cond - uncond)}
+
+
+class ComfyControlScale(Node, name="ComfyControlScale", category="control"):
+    """A ControlNet's strength at this step by ComfyUI's rule: its ``start_percent`` and
+    ``end_percent`` are noise levels (``percent_to_sigma``), not step counts as in diffusers'
+    pipelines, so the strength is the ControlNet's while the current sigma lies inside them and
+    0 outside (ApplyControlNet's residuals times 0 add nothing)."""
+
+    class In(Inputs):
+        scheduler: Scheduler = Field(description="the loop's scheduler (gives the current sigma)")
+        timestep: Timestep = Field(description="the loop's timestep")
+        strength: float = Field(1.0, ge=0.0, le=10.0, description="ControlNetApplyAdvanced's strength")
+        start: float = Field(0.0, ge=0.0, le=1.0, description="start_percent")
+        end: float = Field(1.0, ge=0.0, le=1.0, description="end_percent")
+
+    class Out(Outputs):
+        scale: float = Field(description="the strength, or 0 outside the range")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        from graphflow_nodes.comfy.inpaint import sigma_now
+
+        ms = ModelSampling(dict(i.scheduler.config))
+        return {"scale": i.strength if active(ms, sigma_now(i.scheduler, i.timestep), i.start, i.end) else 0.0}
+
+
+class ComfySizeConditions(Node, name="ComfySizeConditions", category="sampling"):
+    """SDXL's size conditions as a ComfyUI conditioning carries them: CLIPTextEncodeSDXL's width,
+    height, crop and target size, or for a plain CLIPTextEncode ComfyUI's defaults, 768 × 768
+    uncropped (comfy/model_base.py ``SDXL.encode_adm``), whatever size the picture is."""
+
+    class In(Inputs):
+        width: int = Field(768, ge=0, le=16384, description="the original width")
+        height: int = Field(768, ge=0, le=16384, description="the original height")
+        crop_w: int = Field(0, ge=0, le=16384, description="crop, left")
+        crop_h: int = Field(0, ge=0, le=16384, description="crop, top")
+        target_width: int = Field(768, ge=0, le=16384, description="the target width")
+        target_height: int = Field(768, ge=0, le=16384, description="the target height")
+
+    class Out(Outputs):
+        time_ids: TimeIds = Field(description="(1, 6): original (h, w), crop (top, left), target (h, w)")
+
+    def run(self, i: In, ctx: Context) -> dict:
+        import torch
+
+        return {"time_ids": torch.tensor([[i.height, i.width, i.crop_h, i.crop_w, i.target_height, i.target_width]], dtype=torch.float32)}

@@ -37,6 +37,14 @@ REFUSED_SAMPLERS: dict[str, str] = {
     "uni_pc_bh2": "ComfyUI's UniPC keeps its own noise-schedule interpolation, which diffusers' UniPCMultistepScheduler does not",
 }
 
+#: sampler_name on a flow-matching model (SD3/SD3.5) -> (diffusers class, how exact, why); the rest are refused for them
+FLOW_SAMPLERS: dict[str, tuple[str, str, str]] = {
+    "euler": ("FlowMatchEulerDiscreteScheduler", "exact", "Euler on ComfyUI's flow sigmas: x + (σ' − σ)·v"),
+    "ddim": ("FlowMatchEulerDiscreteScheduler", "exact", "ComfyUI's ddim is its Euler sampler"),
+}
+FLOW_REFUSED = ("ComfyUI runs its own rectified-flow variant (sample_euler_ancestral_RF and the like) or a k-diffusion update that no "
+                "diffusers flow scheduler steps over given sigmas")
+
 #: schedulers computed here as ComfyUI computes them
 SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta")
 #: samplers whose latents live in the variance-preserving scale (x / sqrt(1 + sigma^2)) in diffusers
@@ -94,6 +102,78 @@ class ModelSampling:
         t = torch.clamp(torch.as_tensor(t).float(), min=0, max=len(self.sigmas) - 1)
         low, high, w = t.floor().long(), t.ceil().long(), t.frac()
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+
+class ModelSamplingFlow:
+    """ComfyUI's ``ModelSamplingDiscreteFlow`` (SD3/SD3.5, ``ModelSamplingSD3``): 1000 noise
+    levels ``t / 1000`` shifted by ``shift·t / (1 + (shift − 1)·t)``; the model's timestep is
+    sigma × 1000, not rounded to a training step."""
+
+    def __init__(self, shift: float, multiplier: float = 1000.0) -> None:
+        import torch
+
+        self.shift, self.multiplier = shift, multiplier
+        self.sigmas = self.sigma(torch.arange(1, 1001, dtype=torch.float32))
+        self.log_sigmas = self.sigmas.log()
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+
+    def timestep(self, sigma):
+        import torch
+
+        return torch.as_tensor(sigma, dtype=torch.float32) * self.multiplier
+
+    def sigma(self, t):
+        import torch
+
+        t = torch.as_tensor(t, dtype=torch.float32) / self.multiplier
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+
+class ModelSamplingFluxShift(ModelSamplingFlow):
+    """ComfyUI's ``ModelSamplingFlux``: 10000 levels ``t`` shifted by ``e^shift / (e^shift + 1/t − 1)``
+    (shift 1.15 for FLUX.1-dev, 1.0 for schnell, or ModelSamplingFlux's from the picture's size);
+    the model's timestep is sigma itself (diffusers' transformer takes the same fraction)."""
+
+    def __init__(self, shift: float) -> None:
+        import torch
+
+        self.shift, self.multiplier = shift, 1000.0
+        self.sigmas = self.sigma(torch.arange(1, 10001, dtype=torch.float32) / 10000)
+        self.log_sigmas = self.sigmas.log()
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+
+    def timestep(self, sigma):
+        import torch
+
+        return torch.as_tensor(sigma, dtype=torch.float32)
+
+    def sigma(self, t):
+        import torch
+
+        t = torch.as_tensor(t, dtype=torch.float32)
+        return math.exp(self.shift) / (math.exp(self.shift) + (1 / t - 1))
+
+
+def flux_default_shift(config: dict) -> float:
+    """ComfyUI's shift for a Flux model: 1.15 for dev, 1.0 for schnell (ComfyUI tells them by the
+    guidance embedding; their diffusers scheduler configs by dynamic shifting)."""
+    return 1.15 if config.get("use_dynamic_shifting") else 1.0
+
+
+def model_sampling(config: dict, shift: float | None = None, flux: bool = False):
+    """ComfyUI's model sampling for a scheduler config: Flux's, flow matching (its ``shift``, or
+    the one ModelSamplingSD3 sets) or discrete epsilon."""
+    if flux:
+        return ModelSamplingFluxShift(float(shift if shift is not None else flux_default_shift(config)))
+    if is_flow(config):
+        return ModelSamplingFlow(float(shift if shift is not None else config.get("shift", 1.0)))
+    return ModelSampling(config)
+
+
+def is_flow(config: dict) -> bool:
+    return "FlowMatch" in str(config.get("_class_name", ""))
 
 
 def _normal(s: ModelSampling, steps: int, sgm: bool = False) -> list[float]:
@@ -164,11 +244,11 @@ HANDLERS = {"normal": _normal, "karras": _karras, "exponential": _exponential, "
 
 
 def comfy_sigmas(config: dict, scheduler: str, steps: int, denoise: float = 1.0, start_step: int = 0, end_step: int = 10000,
-                 force_full_denoise: bool = False) -> list[float]:
+                 force_full_denoise: bool = False, shift: float | None = None, flux: bool = False) -> list[float]:
     """The sigmas ComfyUI's KSampler (``denoise``) or KSamplerAdvanced (``start_step``, ``end_step``,
     ``force_full_denoise``) runs for this model config (comfy/samplers.py ``KSampler.set_steps``
-    and comfy/sample.py)."""
-    s = ModelSampling(config)
+    and comfy/sample.py); ``shift``: a flow model's (ModelSamplingSD3), else its config's."""
+    s = model_sampling(config, shift, flux)
     if denoise is None or denoise > 0.9999:
         sigmas = HANDLERS[scheduler](s, steps)
     else:

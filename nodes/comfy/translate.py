@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 from graphflow_nodes.comfy.samplers import REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
 
-LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL")
+LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL", "CONTROL_NET")
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
-INT, FLOAT, STR, BOOL_TEXT = "INT", "FLOAT", "STRING", ("enable", "disable")
+INT, FLOAT, STR, BOOL, BOOL_TEXT = "INT", "FLOAT", "STRING", "BOOLEAN", ("enable", "disable")
+MASK_CHANNELS = ("alpha", "red", "green", "blue")
 
 #: class_type -> (inputs: {name: type}, outputs). A type is a link type (an upstream node's output),
 #: INT/FLOAT/STRING, or a tuple of the values allowed. Also what /object_info describes.
@@ -51,12 +52,43 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "ImageScaleBy": ({"image": "IMAGE", "upscale_method": UPSCALE_METHODS + ("lanczos",), "scale_by": FLOAT}, ("IMAGE",)),
     "ConditioningCombine": ({"conditioning_1": "CONDITIONING", "conditioning_2": "CONDITIONING"}, ("CONDITIONING",)),
     "ConditioningSetTimestepRange": ({"conditioning": "CONDITIONING", "start": FLOAT, "end": FLOAT}, ("CONDITIONING",)),
+    "LoadImageMask": ({"image": STR, "channel": MASK_CHANNELS}, ("MASK",)),
+    "SetLatentNoiseMask": ({"samples": "LATENT", "mask": "MASK"}, ("LATENT",)),
+    "VAEEncodeForInpaint": ({"pixels": "IMAGE", "vae": "VAE", "mask": "MASK", "grow_mask_by": INT}, ("LATENT",)),
+    "InpaintModelConditioning": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "vae": "VAE", "pixels": "IMAGE", "mask": "MASK",
+                                  "noise_mask": BOOL}, ("CONDITIONING", "CONDITIONING", "LATENT")),
+    "ControlNetLoader": ({"control_net_name": STR}, ("CONTROL_NET",)),
+    "ControlNetApply": ({"conditioning": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE", "strength": FLOAT}, ("CONDITIONING",)),
+    "ControlNetApplyAdvanced": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE",
+                                 "strength": FLOAT, "start_percent": FLOAT, "end_percent": FLOAT, "vae": "VAE"},
+                                ("CONDITIONING", "CONDITIONING")),
+    "Canny": ({"image": "IMAGE", "low_threshold": FLOAT, "high_threshold": FLOAT}, ("IMAGE",)),
+    "EmptySD3LatentImage": ({"width": INT, "height": INT, "batch_size": INT}, ("LATENT",)),
+    "ModelSamplingSD3": ({"model": "MODEL", "shift": FLOAT}, ("MODEL",)),
+    "ModelSamplingFlux": ({"model": "MODEL", "max_shift": FLOAT, "base_shift": FLOAT, "width": INT, "height": INT}, ("MODEL",)),
+    "FluxGuidance": ({"conditioning": "CONDITIONING", "guidance": FLOAT}, ("CONDITIONING",)),
+    "CLIPTextEncodeFlux": ({"clip": "CLIP", "clip_l": STR, "t5xxl": STR, "guidance": FLOAT}, ("CONDITIONING",)),
+    "CLIPTextEncodeSD3": ({"clip": "CLIP", "clip_l": STR, "clip_g": STR, "t5xxl": STR, "empty_padding": ("none", "empty_prompt")},
+                          ("CONDITIONING",)),
+    "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
+                            "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
 }
 #: inputs ComfyUI lets a prompt leave out (its defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "KSampler": {"denoise": 1.0},
     "SaveImage": {"filename_prefix": "ComfyUI"},
     "EmptyLatentImage": {"batch_size": 1},
+    "EmptySD3LatentImage": {"batch_size": 1},
+    "ModelSamplingSD3": {"shift": 3.0},
+    "ModelSamplingFlux": {"max_shift": 1.15, "base_shift": 0.5, "width": 1024, "height": 1024},
+    "FluxGuidance": {"guidance": 3.5},
+    "CLIPTextEncodeFlux": {"guidance": 3.5},
+    "LoadImageMask": {"channel": "alpha"},
+    "VAEEncodeForInpaint": {"grow_mask_by": 6},
+    "InpaintModelConditioning": {"noise_mask": True},
+    "ControlNetApply": {"strength": 1.0},
+    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional, unused
+    "Canny": {"low_threshold": 0.4, "high_threshold": 0.8},
 }
 OUTPUT_NODES = ("SaveImage", "PreviewImage")
 
@@ -113,6 +145,7 @@ class _State:
     param_uses: dict[str, int] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     input_dir: str | None = None  # where LoadImage's names are read from (ComfyUI's input folder)
+    family_of: Callable[[Any], str | None] | None = None  # a checkpoint name's family (sd, sdxl, ...); default checkpoint_family
 
     def fail(self, cid: str, error: NodeError) -> None:
         self.errors.setdefault(cid, []).append(error)
@@ -141,13 +174,26 @@ PARAMS = {
     "KSamplerAdvanced": (("noise_seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"),
                          ("sampler_name", "sampler_name", "string"), ("scheduler", "scheduler", "string")),
     "EmptyLatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
+    "EmptySD3LatentImage": (("width", "width", "int"), ("height", "height", "int"), ("batch_size", "batch_size", "int")),
+    "ModelSamplingSD3": (("shift", "shift", "float"),),
+    "FluxGuidance": (("guidance", "guidance", "float"),),
+    "CLIPTextEncodeFlux": (("guidance", "guidance", "float"),),
     "LoraLoader": (("lora_name", "lora", "string"), ("strength_model", "lora_strength", "float"), ("strength_clip", "lora_clip_strength", "float")),
+    "VAEEncodeForInpaint": (("grow_mask_by", "grow_mask_by", "int"),),
+    "ControlNetLoader": (("control_net_name", "controlnet", "string"),),
+    "ControlNetApply": (("strength", "control_strength", "float"),),
+    "ControlNetApplyAdvanced": (("strength", "control_strength", "float"), ("start_percent", "control_start", "float"),
+                                ("end_percent", "control_end", "float")),
 }
 PARAM_WHAT = {"checkpoint": "the checkpoint file", "seed": "noise seed", "steps": "sampling steps", "cfg": "classifier-free guidance scale",
               "denoise": "how much of the schedule runs (1: all)", "sampler_name": "ComfyUI sampler", "scheduler": "ComfyUI scheduler",
               "width": "picture width", "height": "picture height", "batch_size": "pictures per run", "lora": "the LoRA file",
               "lora_strength": "the LoRA's UNet strength", "lora_clip_strength": "the LoRA's text-encoder strength",
-              "prompt": "what to draw", "negative_prompt": "what to steer away from", "text": "a prompt"}
+              "prompt": "what to draw", "negative_prompt": "what to steer away from", "text": "a prompt",
+              "grow_mask_by": "pixels the inpainting mask grows by", "shift": "the flow model's noise-level shift (ModelSamplingSD3)",
+              "guidance": "FLUX.1-dev's distilled guidance (FluxGuidance)", "controlnet": "the ControlNet file",
+              "control_strength": "how strongly the ControlNet steers", "control_start": "the fraction of the sampling where the ControlNet starts",
+              "control_end": "the fraction of the sampling where the ControlNet stops"}
 
 
 def _val(st: _State, cid: str, name: str) -> Any:
@@ -164,25 +210,189 @@ def _pval(st: _State, cid: str, name: str) -> Any:
     return _val(st, cid, name)
 
 
+#: the checkpoint families a translated prompt runs, and what the others are called in a refusal
+TRANSLATED_FAMILIES = ("sd", "sdxl", "sd3", "flux")
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "sd3": "SD3/SD3.5", "flux": "FLUX.1", "pixel": "pixel-space DDPM"}
+
+
+def checkpoint_family(name: Any) -> str | None:
+    """The family of the checkpoint CheckpointLoaderSimple names, as ComfyUI tells it from the
+    file: a single file's keys (its header, nothing else read) or a diffusers folder's index,
+    found as LoadModel finds it (the models folders' checkpoints/, or a path); None for a name
+    not found (``prompt_family`` then decides)."""
+    from graphflow_nodes.loading.files import resolve_model_path
+
+    try:
+        path = resolve_model_path(str(name))
+        if not path.exists():
+            return None
+        if path.is_dir():
+            from graphflow_nodes.loading.families import family_of
+
+            return family_of(path).name
+        if not path.is_file() or path.suffix.lower() != ".safetensors":
+            return "sd"
+        from graphflow_nodes.loading.checkpoint import REF_FAMILY, detect_family, header_shapes
+        from graphflow_nodes.loading.flow_checkpoint import detect_flux
+        from graphflow_nodes.loading.sd3_checkpoint import detect_sd3
+
+        shapes = header_shapes(path)
+        if detect_flux(shapes):
+            return "flux"
+        if detect_sd3(shapes):
+            return "sd3"
+        return REF_FAMILY.get(detect_family(shapes) or "sd1", "sd")
+    except Exception:  # an unreadable or missing file is LoadModel's to refuse, by name, when it runs
+        return None
+
+
+#: class types only prompts for one family use: what a checkpoint not found here is taken for
+FAMILY_HINTS = (("flux", ("FluxGuidance", "ModelSamplingFlux", "CLIPTextEncodeFlux")), ("sd3", ("ModelSamplingSD3",)),
+                ("sdxl", ("CLIPTextEncodeSDXL",)))
+
+
+def prompt_family(prompt: dict) -> str:
+    """The family a prompt's own class types imply (FluxGuidance: FLUX.1, ModelSamplingSD3: SD3,
+    CLIPTextEncodeSDXL: SDXL), else SD 1.x/2.x, ComfyUI's default graph's: what a checkpoint name
+    not found here is taken for. The sampler refuses at run time a checkpoint of another family
+    than the prompt was translated for."""
+    types = {b.get("class_type") for b in prompt.values() if isinstance(b, dict)}
+    return next((family for family, hints in FAMILY_HINTS if types & set(hints)), "sd")
+
+
 def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
+    family = (st.family_of or checkpoint_family)(_val(st, cid, "ckpt_name")) or prompt_family(st.prompt)
+    if family not in TRANSLATED_FAMILIES:
+        raise _Refuse(NodeError("value_not_valid", f"ckpt_name is a {FAMILY_NAMES.get(family, family)} checkpoint, which translated prompts do not run yet",
+                                f"translated: {', '.join(FAMILY_NAMES[f] for f in TRANSLATED_FAMILIES)}", "ckpt_name"))
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
-    return ({"unet": f"{n}.unet", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family"},
-            {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0},
-            {"vae": f"{n}.vae"})
+    clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0, "family": family}
+    if family in ("sdxl", "sd3", "flux"):
+        clip.update(tokenizer_2=f"{n}.tokenizer_2", text_encoder_2=f"{n}.text_encoder_2")
+    if family == "sd3":
+        clip.update(tokenizer_3=f"{n}.tokenizer_3", text_encoder_3=f"{n}.text_encoder_3", transformer=f"{n}.transformer")
+    return ({"unet": f"{n}.transformer" if family in ("sd3", "flux") else f"{n}.unet", "scheduler_config": f"{n}.scheduler_config",
+             "family": f"{n}.family", "translated_for": family}, clip, {"vae": f"{n}.vae"})
 
 
 def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
     stop = _val(st, cid, "stop_at_clip_layer")
     if not isinstance(stop, int) or stop > -1 or stop < -24:
         raise _Refuse(NodeError("value_not_valid", "stop_at_clip_layer is -1 (the last layer) to -24", str(stop), "stop_at_clip_layer"))
+    if up["clip"].get("family") in ("sdxl", "sd3"):
+        raise _Refuse(NodeError("value_not_valid", f"CLIPSetLastLayer on an {FAMILY_NAMES[up['clip']['family']]} checkpoint has no translation",
+                                "its CLIP encoders already use their penultimate layer", "clip"))
     st.id_map.setdefault(cid, [])  # folded into each CLIPTextEncode it feeds, as clip_skip
     return ({**up["clip"], "clip_skip": up["clip"]["clip_skip"] + (-1 - stop)},)
+
+
+def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes: dict) -> tuple:
+    """SDXL's conditioning as ComfyUI makes it: both encoders' penultimate hidden states (its
+    prompt weights), side by side; the second encoder's pooled embedding; and the size
+    conditions the conditioning carries."""
+    enc = lambda suffix, tok, te, text: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": text, "mode": "comfy", "layer": "penultimate"}})
+    a, b = enc("l", "tokenizer", "text_encoder", text_l), enc("g", "tokenizer_2", "text_encoder_2", text_g)
+    n = st.add(cid, gid(cid), {"type": "ConcatEmbeddings", "inputs": {"a": {"from": f"{a}.text_embeddings"}, "b": {"from": f"{b}.text_embeddings"}}})
+    size = st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})
+    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": f"{size}.time_ids", "start": 0.0, "end": 1.0}],)
+
+
+def _encode_sd3(st: _State, cid: str, clip: dict, text: Any, text_g: Any = None, text_t5: Any = None) -> tuple:
+    """SD3's conditioning as ComfyUI makes it: both CLIP encoders' penultimate states (its prompt
+    weights) side by side, padded to T5's width, then T5's states for 77 tokens (ComfyUI's T5
+    tokenizer pads to 77; diffusers' pipeline to 256), one sequence; both pooled embeddings."""
+    enc = lambda suffix, tok, te, t: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": t, "mode": "comfy", "layer": "penultimate"}})
+    a, b = enc("l", "tokenizer", "text_encoder", text), enc("g", "tokenizer_2", "text_encoder_2", text if text_g is None else text_g)
+    t5 = st.add(cid, gid(cid, "t5"), {"type": "EncodeT5", "inputs": {"tokenizer": {"from": clip["tokenizer_3"]}, "text_encoder": {"from": clip["text_encoder_3"]},
+                                                                   "text": text if text_t5 is None else text_t5, "max_sequence_length": 77,
+                                                                   "transformer": {"from": clip["transformer"]}}})
+    n = st.add(cid, gid(cid), {"type": "JointEmbeddings", "inputs": {
+        "clip_l": {"from": f"{a}.text_embeddings"}, "clip_g": {"from": f"{b}.text_embeddings"}, "t5": {"from": f"{t5}.hidden_states"},
+        "pooled_l": {"from": f"{a}.pooled"}, "pooled_g": {"from": f"{b}.pooled"}}})
+    return ([{"embeddings": f"{n}.embeddings", "pooled": f"{n}.pooled", "flow": True, "start": 0.0, "end": 1.0}],)
+
+
+def _encode_flux(st: _State, cid: str, clip: dict, text_l: Any, text_t5: Any, guidance: Any) -> tuple:
+    """FLUX.1's conditioning as ComfyUI makes it: CLIP-L's pooled embedding (its prompt weights),
+    T5's states for 256 tokens (ComfyUI's Flux T5 tokenizer pads to 256), and the distilled
+    guidance the conditioning carries (ComfyUI's default 3.5; FluxGuidance sets it)."""
+    a = st.add(cid, gid(cid, "l"), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text_l, "mode": "comfy"}})
+    n = st.add(cid, gid(cid), {"type": "EncodeT5", "inputs": {"tokenizer": {"from": clip["tokenizer_2"]}, "text_encoder": {"from": clip["text_encoder_2"]},
+                                                              "text": text_t5, "max_sequence_length": 256}})
+    ids = st.add(cid, gid(cid, "ids"), {"type": "TextIds", "inputs": {"embeddings": {"from": f"{n}.hidden_states"}}})
+    return ([{"embeddings": f"{n}.hidden_states", "pooled": f"{a}.pooled", "text_ids": f"{ids}.text_ids", "guidance": guidance,
+              "flux": True, "start": 0.0, "end": 1.0}],)
+
+
+def _t_text_encode_sd3(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "sd3":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeSD3 takes an SD3/SD3.5 checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    texts = {k: _val(st, cid, k) for k in ("clip_l", "clip_g", "t5xxl")}
+    empty = [k for k, v in texts.items() if not v]
+    if empty and _val(st, cid, "empty_padding") == "none":  # ComfyUI then leaves that encoder out of the sequence altogether
+        raise _Refuse(NodeError("value_not_valid", f"an empty {empty[0]} with empty_padding none has no translation",
+                                "use empty_padding empty_prompt (the empty prompt encoded), or give the text", "empty_padding"))
+    return _encode_sd3(st, cid, up["clip"], texts["clip_l"], texts["clip_g"], texts["t5xxl"])
+
+
+def _t_text_encode_flux(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "flux":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeFlux takes a FLUX.1 checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    return _encode_flux(st, cid, up["clip"], st.param(cid, "clip_l", _val(st, cid, "clip_l"), "string", "the CLIP-L prompt"),
+                        st.param(cid, "t5xxl", _val(st, cid, "t5xxl"), "string", "the T5 prompt"), _pval(st, cid, "guidance"))
+
+
+def _t_flux_guidance(st: _State, cid: str, up: dict) -> tuple:
+    if not all(c.get("flux") and "text_ids" in c for c in up["conditioning"]):
+        raise _Refuse(NodeError("value_not_valid", "FluxGuidance takes a FLUX.1 conditioning", "", "conditioning"))
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds (PredictFlux's guidance)
+    return ([{**c, "guidance": _pval(st, cid, "guidance")} for c in up["conditioning"]],)
+
+
+def _t_model_sampling_flux(st: _State, cid: str, up: dict) -> tuple:
+    if up["model"].get("translated_for") != "flux":
+        raise _Refuse(NodeError("value_not_valid", "ModelSamplingFlux takes a FLUX.1 checkpoint's model", "", "model"))
+    # ComfyUI's line through (256 patches, base_shift) and (4096 patches, max_shift), at this size's patch count
+    mx, base, w, h = (float(_val(st, cid, k)) for k in ("max_shift", "base_shift", "width", "height"))
+    m = (mx - base) / (4096 - 256)
+    st.id_map.setdefault(cid, [])
+    return ({**up["model"], "shift": (w * h / (8 * 8 * 2 * 2)) * m + base - m * 256},)
+
+
+def _t_empty_sd3_latent(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "EmptyLatents", "inputs": {
+        "width": _pval(st, cid, "width"), "height": _pval(st, cid, "height"), "batch_size": _pval(st, cid, "batch_size"), "channels": 16}})
+    return ({"latents": f"{n}.latents"},)
+
+
+def _t_model_sampling_sd3(st: _State, cid: str, up: dict) -> tuple:
+    if up["model"].get("translated_for") != "sd3":
+        raise _Refuse(NodeError("value_not_valid", "ModelSamplingSD3 takes an SD3/SD3.5 checkpoint's model", "", "model"))
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds (ComfySchedule's shift)
+    return ({**up["model"], "shift": _pval(st, cid, "shift")},)
+
+
+def _t_text_encode_sdxl(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "sdxl":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeSDXL takes an SDXL checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    sizes = {k: _val(st, cid, k) for k in ("width", "height", "crop_w", "crop_h", "target_width", "target_height")}
+    return _encode_xl(st, cid, up["clip"], st.param(cid, "text_l", _val(st, cid, "text_l"), "string", "the CLIP-L prompt"),
+                      st.param(cid, "text_g", _val(st, cid, "text_g"), "string", "the OpenCLIP bigG prompt"), sizes)
 
 
 def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
     clip = up["clip"]
     role = st.roles.get(cid, "text")
     text = st.param(cid, role, _val(st, cid, "text"), "string", PARAM_WHAT[role])
+    if clip.get("family") == "sdxl":
+        return _encode_xl(st, cid, clip, text, text, {})
+    if clip.get("family") == "sd3":
+        return _encode_sd3(st, cid, clip, text)
+    if clip.get("family") == "flux":
+        return _encode_flux(st, cid, clip, text, text, 3.5)
     n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip["tokenizer"]}, "text_encoder": {"from": clip["text_encoder"]}, "text": text, "mode": "comfy",
         "clip_skip": clip["clip_skip"]}})
@@ -218,38 +428,69 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     loop = gid(cid)
     sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
         "scheduler_config": {"from": model["scheduler_config"]}, "family": {"from": model["family"]}, "sampler_name": _pval(st, cid, "sampler_name"),
-        "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), **schedule_inputs}})
+        "scheduler": _pval(st, cid, "scheduler"), "steps": _pval(st, cid, "steps"), "translated_for": model.get("translated_for", "sd"),
+        **({"shift": model["shift"]} if "shift" in model else {}), **schedule_inputs}})
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
     pos, neg = up["positive"], up["negative"]
     plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
-    if plain:  # one full-range conditioning a side: the library's own guidance batch
+    if model.get("translated_for") in ("sd3", "flux"):
+        return _flow_loop(st, cid, loop, model, latent, pos, neg, sched, noise)
+    inpaint = _inpaint_parts(st, cid, loop, model, latent, pos, noise)
+    model_latents = f"{loop}_inpaint.latents" if "input" in inpaint else f"{loop}.latents"
+    scale = {f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": model_latents},
+                                                                    "timestep": {"from": f"{loop}.timestep"}, **({} if plain else {"cfg": False})}}}
+    unet_input = f"{loop}_scale.model_input"
+    if "channels" in inpaint:
+        unet_input = f"{loop}_channels.model_input"
+    xl = "pooled" in pos[0]
+    if xl and not plain:
+        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SDXL checkpoint have no translation",
+                                "give the sampler one conditioning a side", "positive"))
+    if plain and xl:  # SDXL: the hidden states, pooled embeddings and size conditions of both sides in one guidance batch
+        emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGConditions", "inputs": {
+            "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}, "uncond_pooled": {"from": neg[0]["pooled"]},
+            "cond_pooled": {"from": pos[0]["pooled"]}, "time_ids": {"from": pos[0]["time_ids"]}, "uncond_time_ids": {"from": neg[0]["time_ids"]}}})
+        added = {"pooled": {"from": f"{emb}.pooled"}, "time_ids": {"from": f"{emb}.time_ids"}}
+    elif plain:  # one full-range conditioning a side: the library's own guidance batch
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
+        added = {}
+    if plain:
+        control = _control_nodes(st, cid, loop, pos[0].get("controls", []), neg[0].get("controls", []), emb, added)
         predict = {
-            f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
-                                                                     "timestep": {"from": f"{loop}.timestep"}}},
-            f"{loop}_unet": {"type": "PredictNoise", "inputs": {"unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"},
-                                                                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}}},
+            **control,
+            f"{loop}_unet": {"type": "PredictNoiseXL" if xl else "PredictNoise", "inputs": {
+                "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, "timestep": {"from": f"{loop}.timestep"},
+                "embeddings": {"from": f"{emb}.embeddings"}, **added,
+                **({"control": {"from": f"{list(control)[-1]}.residuals"}} if control else {})}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_unet.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
         }
     else:  # combined or time-ranged conditionings: ComfyUI's averaging of the active ones, then CFG
+        if any(c.get("controls") for c in pos + neg):
+            raise _Refuse(NodeError("value_not_valid", "a ControlNet on combined or time-ranged conditionings has no translation",
+                                    "apply ControlNets to one conditioning a side", "positive"))
         links = lambda c: [{"from": e["embeddings"]} for e in c]
         predict = {
-            f"{loop}_scale": {"type": "ScaleModelInput", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "latents": {"from": f"{loop}.latents"},
-                                                                     "timestep": {"from": f"{loop}.timestep"}, "cfg": False}},
             f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
-                "unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
+                "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, "timestep": {"from": f"{loop}.timestep"},
                 "scheduler": {"from": f"{loop}.scheduler"}, "positive": links(pos), "positive_ranges": [[e["start"], e["end"]] for e in pos],
                 "negative": links(neg), "negative_ranges": [[e["start"], e["end"]] for e in neg], "guidance_scale": _pval(st, cid, "cfg")}},
         }
+    prediction = f"{loop}_cfg.noise_pred"
+    if "prediction" in inpaint:
+        prediction = f"{loop}_keep.noise_pred"
     st.add(cid, loop, {
         "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
         "carry": {"latents": {"from": f"{noise}.latents"}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
         "body": {
+            **inpaint.get("input", {}),
+            **scale,
+            **inpaint.get("channels", {}),
             **predict,
-            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": f"{loop}_cfg.noise_pred"},
+            **inpaint.get("prediction", {}),
+            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"}, "noise_pred": {"from": prediction},
                                                                  "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
                                                                  "rng": {"from": f"{loop}.rng"}}},
         },
@@ -260,6 +501,133 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
                                                                               "factor": {"from": f"{sched}.end_scale"}}})
         return ({"latents": f"{out}.latents"},)
     return ({"latents": f"{loop}.latents"},)
+
+
+def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, neg: list, sched: str, noise: str) -> tuple:
+    """The loop for an SD3 model: its transformer's velocity on the joint sequence and pooled
+    embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas."""
+    if not all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg)):
+        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
+                                "give the sampler one conditioning a side", "positive"))
+    flux = model.get("translated_for") == "flux"
+    if any(c.get("controls") for c in pos + neg) or (flux and latent.get("noise_mask")):
+        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1), and inpainting on FLUX.1, have no translation yet",
+                                "translated for SD 1.x/2.x and SDXL (inpainting: SD3 too)", "positive"))
+    inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False) if latent.get("noise_mask") else {}
+    start = f"{noise}.latents"
+    if model.get("translated_for") == "flux":
+        pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
+        start = f"{pack}.latents"
+        body = _flux_predict(st, cid, loop, model, pos[0], neg[0], pack)
+    else:
+        emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
+            "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
+        pooled = st.add(cid, gid(cid, "pooled"), {"type": "CFGPooled", "inputs": {"uncond": {"from": neg[0]["pooled"]}, "cond": {"from": pos[0]["pooled"]}}})
+        body = {
+            **inpaint.get("input", {}),
+            f"{loop}_transformer": {"type": "PredictSD3", "inputs": {
+                "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"},
+                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}}},
+            f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_transformer.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
+            **inpaint.get("prediction", {}),
+        }
+    st.add(cid, loop, {
+        "type": "Loop", "over": {"from": f"{sched}.timesteps"}, "item": "timestep",
+        "carry": {"latents": {"from": start}, "scheduler": {"from": f"{sched}.scheduler"}, "rng": {"from": f"{noise}.rng"}},
+        "body": {
+            **body,
+            f"{loop}_step": {"type": "SchedulerStep", "inputs": {"scheduler": {"from": f"{loop}.scheduler"},
+                                                                 "noise_pred": {"from": f"{loop}_keep.noise_pred" if inpaint else f"{loop}_cfg.noise_pred"},
+                                                                 "timestep": {"from": f"{loop}.timestep"}, "latents": {"from": f"{loop}.latents"},
+                                                                 "rng": {"from": f"{loop}.rng"}}},
+        },
+        "next": {"latents": {"from": f"{loop}_step.latents"}, "scheduler": {"from": f"{loop}_step.scheduler"}, "rng": {"from": f"{loop}_step.rng"}},
+    })
+    if model.get("translated_for") == "flux":
+        out = st.add(cid, gid(cid, "unpack"), {"type": "UnpackLatents", "inputs": {"latents": {"from": f"{loop}.latents"},
+                                                                                 "image_ids": {"from": f"{pack}.image_ids"}}})
+        return ({"latents": f"{out}.latents"},)
+    return ({"latents": f"{loop}.latents"},)
+
+
+def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str) -> dict[str, dict]:
+    """FLUX.1's prediction in the loop, on packed latents with each conditioning's own guidance.
+    ComfyUI skips the negative prompt at cfg 1 (what Flux-dev prompts use), so a prompt whose cfg
+    is 1 translates to the one call (and no cfg param); any other cfg is ComfyUI's true CFG over
+    two calls (TrueCFG, the cfg param)."""
+    def call(name: str, c: dict) -> dict:
+        return {"type": "PredictFlux", "inputs": {
+            "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}.latents"}, "timestep": {"from": f"{loop}.timestep"},
+            "embeddings": {"from": c["embeddings"]}, "pooled": {"from": c["pooled"]}, "text_ids": {"from": c["text_ids"]},
+            "image_ids": {"from": f"{pack}.image_ids"}, "guidance": c["guidance"]}}
+    if float(_val(st, cid, "cfg")) == 1.0:
+        return {f"{loop}_cfg": call("cond", pos)}
+    return {f"{loop}_transformer": call("cond", pos), f"{loop}_negative": call("uncond", neg),
+            f"{loop}_cfg": {"type": "TrueCFG", "inputs": {"cond": {"from": f"{loop}_transformer.noise_pred"},
+                                                          "uncond": {"from": f"{loop}_negative.noise_pred"}, "scale": _pval(st, cid, "cfg")}}}
+
+
+def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str,
+                   channels: bool = True) -> dict[str, dict]:
+    """The loop nodes a masked latent (SetLatentNoiseMask, VAEEncodeForInpaint,
+    InpaintModelConditioning) adds, keyed by where they go: ``input`` (ComfyUI's blend of the
+    model's input), ``prediction`` (its blend of the denoised estimate), ``channels`` (a
+    9-channel inpainting UNet's mask and masked picture, from the conditioning's concat when
+    InpaintModelConditioning gave one, else from the latent, as comfy/model_base.py
+    ``concat_cond`` chooses; a 4-channel UNet passes through it)."""
+    parts: dict[str, dict] = {}
+    mask = latent.get("noise_mask")
+    if mask is not None:
+        lm = st.add(cid, gid(cid, "mask"), {"type": "ComfyLatentMask", "inputs": {"mask": {"from": mask}, "latents": {"from": latent["latents"]}}})
+        common = {"scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"},
+                  "image_latents": {"from": latent["latents"]}, "mask": {"from": f"{lm}.mask"}}
+        parts["input"] = {f"{loop}_inpaint": {"type": "ComfyInpaintInput", "inputs": {
+            **common, "latents": {"from": f"{loop}.latents"}, "noise": {"from": f"{noise}.noise"}}}}
+        parts["prediction"] = {f"{loop}_keep": {"type": "ComfyInpaintPrediction", "inputs": {
+            **common, "latents": {"from": f"{loop}.latents"}, "model_latents": {"from": f"{loop}_inpaint.latents"},
+            "noise_pred": {"from": f"{loop}_cfg.noise_pred"}}}}
+    concat = next((c["concat"] for c in pos if c.get("concat")), None)
+    if not channels:  # a transformer has no inpainting channels
+        return parts
+    if concat is None and mask is not None:
+        concat = {"latents": latent["latents"], "mask": mask}
+    if concat is not None:
+        cm = st.add(cid, gid(cid, "concat_mask"), {"type": "ComfyLatentMask", "inputs": {
+            "mask": {"from": concat["mask"]}, "latents": {"from": latent["latents"]}, "round": True}})
+        parts["channels"] = {f"{loop}_channels": {"type": "InpaintChannels", "inputs": {
+            "unet": {"from": model["unet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "mask": {"from": f"{cm}.mask"},
+            "masked_latents": {"from": concat["latents"]}}}}
+    return parts
+
+
+def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[dict], emb: str, added: dict) -> dict[str, dict]:
+    """ApplyControlNet nodes for the ControlNets on the two conditionings, chained (summed), as
+    ComfyUI chains a conditioning's ControlNets. The same ControlNets on both sides
+    (ControlNetApplyAdvanced) run on both halves of the guidance batch, as ComfyUI batches
+    conditionings that share their control; on the positive side alone (ControlNetApply) the
+    negative half gets none. Anything else is refused."""
+    if not pos and not neg:
+        return {}
+    if neg and neg != pos:
+        raise _Refuse(NodeError("value_not_valid", "ControlNets that differ between the positive and negative conditionings have no translation",
+                                "apply them with ControlNetApplyAdvanced to both, or with ControlNetApply to the positive one", "negative"))
+    nodes: dict[str, dict] = {}
+    prev = None
+    for k, c in enumerate(pos):
+        name = f"{loop}_control{k}" if len(pos) > 1 else f"{loop}_control"
+        scale = c["strength"]
+        if c.get("range") is not None:
+            nodes[f"{name}_scale"] = {"type": "ComfyControlScale", "inputs": {
+                "scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"}, "strength": c["strength"],
+                "start": c["range"][0], "end": c["range"][1]}}
+            scale = {"from": f"{name}_scale.scale"}
+        nodes[name] = {"type": "ApplyControlNet", "inputs": {
+            "controlnet": {"from": c["controlnet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
+            "embeddings": {"from": f"{emb}.embeddings"}, "control_image": {"from": c["image"]}, "step": {"from": f"{loop}.index"},
+            "steps": {"from": f"{loop}.count"}, "scale": scale, **({} if neg else {"uncond": False}), **added,
+            **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
+        prev = name
+    return nodes
 
 
 def _t_ksampler(st: _State, cid: str, up: dict) -> tuple:
@@ -298,10 +666,79 @@ def _in_input_dir(st: _State, value: Any) -> Any:
     return f"{st.input_dir.rstrip('/')}/{name}"
 
 
+def _uses_output(st: _State, cid: str, index: int) -> bool:
+    return any(is_link(v) and str(v[0]) == cid and v[1] == index
+               for body in st.prompt.values() if isinstance(body, dict) for v in body.get("inputs", {}).values())
+
+
 def _t_load_image(st: _State, cid: str, up: dict) -> tuple:
     name = st.param(cid, "image", _in_input_dir(st, _val(st, cid, "image")), "string", "the picture to load")
     n = st.add(cid, gid(cid), {"type": "LoadImage", "inputs": {"path": name}})
-    return ({"image": f"{n}.image"}, None)  # MASK: no translation (refused where it is used)
+    mask = None
+    if _uses_output(st, cid, 1):  # ComfyUI's MASK: 1 − alpha, its grey levels kept
+        m = st.add(cid, gid(cid, "mask"), {"type": "LoadMask", "inputs": {"path": name, "source": "alpha", "threshold": None}})
+        mask = f"{m}.mask"
+    return ({"image": f"{n}.image"}, mask)
+
+
+def _t_load_image_mask(st: _State, cid: str, up: dict) -> tuple:
+    name = st.param(cid, "image", _in_input_dir(st, _val(st, cid, "image")), "string", "the mask picture to load")
+    n = st.add(cid, gid(cid), {"type": "LoadMask", "inputs": {"path": name, "source": _val(st, cid, "channel"), "threshold": None}})
+    return (f"{n}.mask",)
+
+
+def _t_set_noise_mask(st: _State, cid: str, up: dict) -> tuple:
+    st.id_map.setdefault(cid, [])  # folded into the samplers it feeds
+    return ({**up["samples"], "noise_mask": up["mask"]},)
+
+
+def _t_encode_for_inpaint(st: _State, cid: str, up: dict) -> tuple:
+    pic = st.add(cid, gid(cid, "picture"), {"type": "ComfyInpaintPicture", "inputs": {
+        "image": {"from": up["pixels"]["image"]}, "mask": {"from": up["mask"]}, "grow_mask_by": _pval(st, cid, "grow_mask_by")}})
+    n = st.add(cid, gid(cid), {"type": "VAEEncode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "image": {"from": f"{pic}.image"}, "mode": "mean"}})
+    return ({"latents": f"{n}.latents", "noise_mask": f"{pic}.mask"},)
+
+
+def _t_inpaint_conditioning(st: _State, cid: str, up: dict) -> tuple:
+    pic = st.add(cid, gid(cid, "picture"), {"type": "ComfyInpaintPicture", "inputs": {
+        "image": {"from": up["pixels"]["image"]}, "mask": {"from": up["mask"]}}})
+    masked = st.add(cid, gid(cid, "masked"), {"type": "VAEEncode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "image": {"from": f"{pic}.image"},
+                                                                            "mode": "mean"}})
+    n = st.add(cid, gid(cid), {"type": "VAEEncode", "inputs": {"vae": {"from": up["vae"]["vae"]}, "image": {"from": up["pixels"]["image"]},
+                                                               "mode": "mean"}})
+    concat = {"latents": f"{masked}.latents", "mask": f"{pic}.mask"}
+    latent = {"latents": f"{n}.latents", **({"noise_mask": f"{pic}.mask"} if _val(st, cid, "noise_mask") else {})}
+    return ([{**c, "concat": concat} for c in up["positive"]], [{**c, "concat": concat} for c in up["negative"]], latent)
+
+
+def _t_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "LoadControlNet", "inputs": {"path": _pval(st, cid, "control_net_name")}})
+    return (f"{n}.controlnet",)
+
+
+def _control_image(st: _State, cid: str, up: dict) -> str:
+    # ComfyUI resizes a hint of another size to the latents' (nearest-exact, centre crop); ApplyControlNet refuses one by name
+    n = st.add(cid, gid(cid, "image"), {"type": "ControlImage", "inputs": {"image": {"from": up["image"]["image"]}}})
+    return f"{n}.control_image"
+
+
+def _t_controlnet_apply(st: _State, cid: str, up: dict) -> tuple:
+    c = {"controlnet": up["control_net"], "image": _control_image(st, cid, up), "strength": _pval(st, cid, "strength"), "range": None}
+    return ([{**e, "controls": [*e.get("controls", []), c]} for e in up["conditioning"]],)
+
+
+def _t_controlnet_apply_advanced(st: _State, cid: str, up: dict) -> tuple:
+    c = {"controlnet": up["control_net"], "image": _control_image(st, cid, up), "strength": _pval(st, cid, "strength"),
+         "range": [_pval(st, cid, "start_percent"), _pval(st, cid, "end_percent")]}
+    return tuple([{**e, "controls": [*e.get("controls", []), c]} for e in up[side]] for side in ("positive", "negative"))
+
+
+def _t_canny(st: _State, cid: str, up: dict) -> tuple:
+    # ComfyUI's thresholds are fractions of 1 (kornia's Canny on float pixels); OpenCV's are of 255
+    low, high = (round(float(_val(st, cid, k)) * 255) for k in ("low_threshold", "high_threshold"))
+    n = st.add(cid, gid(cid), {"type": "CannyEdges", "inputs": {"image": {"from": up["image"]["image"]}, "low_threshold": low,
+                                                                "high_threshold": high}})
+    return ({"image": f"{n}.image"},)
 
 
 def _prefix(v: Any) -> str:
@@ -318,10 +755,13 @@ def _t_save(st: _State, cid: str, up: dict) -> tuple:
 
 
 def _t_lora(st: _State, cid: str, up: dict) -> tuple:
+    xl = "text_encoder_2" in up["clip"]
     n = st.add(cid, gid(cid), {"type": "LoadLoRA", "inputs": {
         "unet": {"from": up["model"]["unet"]}, "text_encoder": {"from": up["clip"]["text_encoder"]}, "path": _pval(st, cid, "lora_name"),
-        "unet_strength": _pval(st, cid, "strength_model"), "text_encoder_strength": _pval(st, cid, "strength_clip")}})
-    return ({**up["model"], "unet": f"{n}.unet"}, {**up["clip"], "text_encoder": f"{n}.text_encoder"})
+        "unet_strength": _pval(st, cid, "strength_model"), "text_encoder_strength": _pval(st, cid, "strength_clip"),
+        **({"text_encoder_2": {"from": up["clip"]["text_encoder_2"]}} if xl else {})}})
+    return ({**up["model"], "unet": f"{n}.unet"},
+            {**up["clip"], "text_encoder": f"{n}.text_encoder", **({"text_encoder_2": f"{n}.text_encoder_2"} if xl else {})})
 
 
 def _upscale_method(st: _State, cid: str) -> str:
@@ -389,6 +829,11 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "ConditioningCombine": _t_combine, "ConditioningSetTimestepRange": _t_timestep_range,
     "UpscaleModelLoader": _t_upscale_loader, "ImageUpscaleWithModel": _t_upscale_with_model, "ImageScale": _t_image_scale,
     "ImageScaleBy": _t_image_scale_by,
+    "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
+    "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
+    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
+    "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
+    "CLIPTextEncodeFlux": _t_text_encode_flux, "CLIPTextEncodeSD3": _t_text_encode_sd3, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
 }
 
 
@@ -437,6 +882,8 @@ def _check_node(st: _State, cid: str) -> None:
             st.fail(cid, NodeError("invalid_input_type", f"input {name} is an integer", repr(v), name))
         elif kind == FLOAT and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
             st.fail(cid, NodeError("invalid_input_type", f"input {name} is a number", repr(v), name))
+        elif kind == BOOL and not isinstance(v, bool):
+            st.fail(cid, NodeError("invalid_input_type", f"input {name} is a boolean", repr(v), name))
         elif kind == STR and not isinstance(v, str):
             st.fail(cid, NodeError("invalid_input_type", f"input {name} is a string", repr(v), name))
         elif isinstance(kind, tuple) and v not in kind:
@@ -479,6 +926,23 @@ def _translate_node(st: _State, cid: str) -> tuple | None:
         st.visiting.discard(cid)
 
 
+#: class types that hand a conditioning on: (output index → the input it comes from)
+PASS_CONDITIONING = {"ControlNetApply": {0: "conditioning"}, "ControlNetApplyAdvanced": {0: "positive", 1: "negative"},
+                     "InpaintModelConditioning": {0: "positive", 1: "negative"}}
+
+
+def _text_source(prompt: dict, link: Any, depth: int = 0) -> str | None:
+    """The CLIPTextEncode a sampler's conditioning comes from, through ControlNet and inpainting
+    nodes (which hand it on): that encoder's text is the prompt or the negative prompt."""
+    if not is_link(link) or str(link[0]) not in prompt or depth > 64 or not isinstance(prompt[str(link[0])], dict):
+        return None
+    src = prompt[str(link[0])]
+    if src.get("class_type") == "CLIPTextEncode":
+        return str(link[0])
+    via = PASS_CONDITIONING.get(src.get("class_type"), {}).get(link[1])
+    return _text_source(prompt, src.get("inputs", {}).get(via), depth + 1) if via else None
+
+
 def _count_params(st: _State) -> None:
     """How many nodes give each param name, and which prompts are positive or negative (the
     names must not depend on the order the nodes are translated in)."""
@@ -488,10 +952,10 @@ def _count_params(st: _State) -> None:
             st.param_uses[base] = st.param_uses.get(base, 0) + 1
         if ct in ("KSampler", "KSamplerAdvanced"):
             for role, key in (("prompt", "positive"), ("negative_prompt", "negative")):
-                v = body["inputs"].get(key)
-                if is_link(v) and str(v[0]) in st.prompt and st.prompt[str(v[0])].get("class_type") == "CLIPTextEncode":
-                    st.roles.setdefault(str(v[0]), role)
-        if ct == "LoadImage":
+                src = _text_source(st.prompt, body["inputs"].get(key))
+                if src is not None:
+                    st.roles.setdefault(src, role)
+        if ct in ("LoadImage", "LoadImageMask"):
             st.param_uses["image"] = st.param_uses.get("image", 0) + 1
         if ct == "UpscaleModelLoader":
             st.param_uses["upscaler"] = st.param_uses.get("upscaler", 0) + 1
@@ -509,7 +973,8 @@ def _sorted_ids(prompt: dict) -> list[str]:
     return sorted(prompt, key=_id_key)
 
 
-def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
+def translate(prompt: dict, input_dir: str | None = None,
+              family_of: Callable[[Any], str | None] | None = None) -> tuple[dict, dict, dict[str, list[str]]]:
     """A ComfyUI API-format prompt → ``(workflow, params, id_map)``: the graphflow workflow (a
     format-1 document, its ``params`` holding the prompt's values as defaults), those values as
     a dict, and for each ComfyUI node id the graphflow node ids made from it (empty for a node
@@ -517,7 +982,9 @@ def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, d
     same prompt gives the same workflow. Raises TranslationError (ComfyUI's error shape) naming
     every node that cannot be translated. ``input_dir``: the folder LoadImage's names are in, as
     ComfyUI's input folder (the server's ComfyUI routes give their uploads folder); without it a
-    name is a path as given."""
+    name is a path as given. ``family_of``: a checkpoint name's family (default:
+    ``checkpoint_family``, which reads the file's header, as ComfyUI tells a model from its file;
+    a name not found is taken for the family the prompt's class types imply, ``prompt_family``)."""
     if not isinstance(prompt, dict) or not prompt:
         raise TranslationError({"type": "invalid_prompt", "message": "Cannot execute because the prompt is not a non-empty JSON object",
                                 "details": "", "extra_info": {}}, {})
@@ -531,7 +998,7 @@ def translate(prompt: dict, input_dir: str | None = None) -> tuple[dict, dict, d
             errors.setdefault(cid, []).append(NodeError("missing_node_type", f"Node '{body['class_type']}' has no graphflow translation",
                                                         f"translatable: {', '.join(sorted(CLASS_TYPES))}"))
     st = _State({cid: ({**b, "inputs": b.get("inputs", {})} if isinstance(b, dict) else b) for cid, b in prompt.items()},
-                input_dir=input_dir)
+                input_dir=input_dir, family_of=family_of)
     st.errors = errors
     if not errors:
         for cid in _sorted_ids(prompt):

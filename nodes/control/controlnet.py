@@ -234,6 +234,8 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
         end: float = Field(1.0, ge=0.0, le=1.0, description="the fraction of the schedule after which it stops")
         guess_mode: bool = Field(False, description="run on the prompt's half only, residuals scaled 0.1 to 1 by depth (for an empty prompt)")
         guidance_batch: bool = Field(True, description="the inputs stack the unconditional and prompt halves (guess mode runs on the second)")
+        uncond: bool = Field(True, description="false: the unconditional half gets no residuals, without guess mode's scaling "
+                                               "(ComfyUI's ControlNetApply steers the positive prompt alone)")
         pooled: Pooled | None = Field(None, description="SDXL: CFGConditions.pooled")
         time_ids: TimeIds | None = Field(None, description="SDXL: CFGConditions.time_ids")
         residuals: ControlResiduals | None = Field(None, description="an earlier ApplyControlNet's: this one's are added to them")
@@ -258,7 +260,7 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
         if net.config.addition_embed_type == "text_time":
             added = {"text_embeds": to_batch(i.pooled.to(device=device, dtype=dtype), x.shape[0], "pooled"),
                      "time_ids": to_batch(i.time_ids.to(device=device, dtype=dtype), x.shape[0], "time_ids")}
-        halves = i.guess_mode and i.guidance_batch
+        halves = (i.guess_mode or not i.uncond) and i.guidance_batch
         if halves:  # the prompt's half alone, as the pipelines run guess mode under guidance
             if x.shape[0] % 2:
                 raise ValueError(f"guidance_batch: the model input's batch {x.shape[0]} has no two halves")

@@ -70,10 +70,10 @@ def errors(p: dict) -> dict:
 def test_every_untranslatable_node_is_named_in_comfyuis_error_shape():
     ne = errors(prompt("untranslatable"))
     assert list(ne) == ["11", "12", "13"]
-    assert [ne[k]["class_type"] for k in ne] == ["ControlNetLoader", "ControlNetApply", "Canny"]
+    assert [ne[k]["class_type"] for k in ne] == ["CLIPVisionLoader", "unCLIPConditioning", "CLIPVisionEncode"]
     first = ne["11"]["errors"][0]
     assert set(first) == {"type", "message", "details", "extra_info"} and first["type"] == "missing_node_type"
-    assert first["message"] == "Node 'ControlNetLoader' has no graphflow translation"
+    assert first["message"] == "Node 'CLIPVisionLoader' has no graphflow translation"
     assert ne["11"]["dependent_outputs"] == ["9"]
 
 
@@ -218,8 +218,8 @@ def test_cli_import_run_and_validate(tmp_path, capsys):
     assert json.loads(out.read_text()) == translate(prompt("default"))[0]
     assert main(["import", "comfy", str(DATA / "untranslatable.json"), "-o", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
-    assert "ComfyUI node 11 (ControlNetLoader): Node 'ControlNetLoader' has no graphflow translation" in err
-    assert "ComfyUI node 12 (ControlNetApply)" in err and "ComfyUI node 13 (Canny)" in err
+    assert "ComfyUI node 11 (CLIPVisionLoader): Node 'CLIPVisionLoader' has no graphflow translation" in err
+    assert "ComfyUI node 12 (unCLIPConditioning)" in err and "ComfyUI node 13 (CLIPVisionEncode)" in err
     assert not (tmp_path / "x.json").exists()
     # a ComfyUI PNG carries its prompt as a text chunk: validate reads it directly
     from PIL import Image
@@ -248,7 +248,8 @@ def test_a_model_of_another_family_is_refused_by_the_sampler(tiny_sdxl):
     doc, params, _ = translate(prompt("default"))
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 2}))
     assert not r.ok
-    assert "the checkpoint is a sdxl model: translated ComfyUI samplers run SD 1.x and 2.x (epsilon) models only" in str(r.errors)
+    assert ("the checkpoint is a sdxl model, but the prompt was translated for an SD 1.x/2.x checkpoint (its text encoders and conditions "
+            "differ): set the prompt's ckpt_name to this checkpoint (a path, or its name in the models folders' checkpoints/) and translate again") in str(r.errors)
     assert "n3_schedule" in str(r.errors)
 
 

@@ -96,10 +96,15 @@ def described(class_types: dict[str, Any], defaults: dict[str, dict[str, Any]], 
     out = {}
     for name, (inputs, outputs) in class_types.items():
         required: dict[str, list[Any]] = {}
+        optional: dict[str, list[Any]] = {}
         for k, kind in inputs.items():
             opts = {"default": defaults[name][k]} if k in defaults.get(name, {}) else {}
+            if opts.get("default", 0) is None:  # an input a prompt may leave out altogether (ComfyUI's "optional")
+                optional[k] = [kind, {}]
+                continue
             required[k] = [list(kind), opts] if isinstance(kind, (tuple, list)) else [kind, opts]
-        out[name] = {"input": {"required": required}, "input_order": {"required": list(required)},
+        out[name] = {"input": {"required": required, **({"optional": optional} if optional else {})},
+                     "input_order": {"required": list(required), **({"optional": list(optional)} if optional else {})},
                      "output": list(outputs), "output_is_list": [False] * len(outputs), "output_name": list(outputs),
                      "name": name, "display_name": name, "description": "translated into graphflow nodes", "category": "graphflow",
                      "output_node": name in output_nodes, "python_module": "graphflow"}

@@ -1,0 +1,341 @@
+"""ComfyUI prompts for the newer checkpoints: CheckpointLoaderSimple tells the family from the
+file as ComfyUI does; an SDXL prompt (CLIPTextEncodeSDXL and a plain CLIPTextEncode) runs on the
+tiny SDXL model and gives ComfyUI's arithmetic written out (both encoders' penultimate states side
+by side, bigG's pooled embedding, the conditioning's size conditions: CLIPTextEncode's 768 × 768
+defaults whatever the picture's size); the families not translated yet are refused by node."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphflow import Executor, Workflow
+from graphflow_nodes.comfy.samplers import ModelSampling, comfy_sigmas
+from graphflow_nodes.comfy.translate import TranslationError, checkpoint_family, translate
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "comfy"
+SD_CONFIG = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+def prompt(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def comfy_sdxl(model: Path, pos: tuple[str, str, list], neg: tuple[str, str, list], seed: int, cfg: float, steps: int, size: int) -> torch.Tensor:
+    """ComfyUI's KSampler (euler, karras) on an SDXL model: each side (CLIP-L text, bigG text,
+    size conditions)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"), CLIPTextModel.from_pretrained(model, subfolder="text_encoder").eval()
+    tok2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
+    te2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2").eval()
+    states, pooled, ids = [], [], []
+    with torch.no_grad():
+        for text_l, text_g, size_ids in (pos, neg):
+            a = weighted_embeddings(tok, te, text_l, "comfy", "penultimate")[0]
+            b, p = weighted_embeddings(tok2, te2, text_g, "comfy", "penultimate")
+            states.append(torch.cat([a, b], dim=-1))
+            pooled.append(p)
+            ids.append(torch.tensor([size_ids], dtype=torch.float32))
+    emb, pooled, ids = torch.cat(states), torch.cat(pooled), torch.cat(ids)
+    ms = ModelSampling(SD_CONFIG)
+    sigmas = torch.tensor(comfy_sigmas(SD_CONFIG, "karras", steps))
+    x = torch.randn((1, 4, size // 8, size // 8), generator=torch.manual_seed(seed)) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        t = ms.timestep(s).float()
+        with torch.no_grad():
+            eps = unet(torch.cat([x / (s ** 2 + 1) ** 0.5] * 2), torch.cat([t.view(1)] * 2), encoder_hidden_states=emb,
+                       added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        c, u = (torch.cat([x] * 2) - eps * s).chunk(2)
+        d = u + (c - u) * cfg
+        x = x + (x - d) / s * (s_next - s)
+    with torch.no_grad():
+        return (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
+def test_an_sdxl_prompt_is_comfyuis_sdxl_arithmetic(tiny_sdxl):
+    p = prompt("sdxl")
+    doc, params, id_map = translate(p, family_of=lambda name: "sdxl")  # sd_xl_base_1.0.safetensors, as a models folder would hold it
+    assert id_map["6"] == ["n6_l", "n6_g", "n6", "n6_size"] and params["text_g"] == "a lighthouse on a cliff, (dramatic:1.3) sky"
+    assert doc["nodes"]["n3_embeddings"]["type"] == "CFGConditions" and doc["nodes"]["n3"]["body"]["n3_unet"]["type"] == "PredictNoiseXL"
+    assert doc["nodes"]["n3_schedule"]["inputs"]["translated_for"] == "sdxl"
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
+    assert r.ok, r.errors
+    want = comfy_sdxl(tiny_sdxl, ("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024]),
+                      ("blurry, lowres", "blurry, lowres", [768, 768, 0, 0, 768, 768]), 31, 6.5, 3, 64)
+    assert (r["image"] - want).abs().max() < 1e-4
+    # the same prompt run on an SD 1.x checkpoint is refused by the sampler, naming what to do
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": "tiny-sd", "width": 64, "height": 64, "steps": 1}))
+    assert not r.ok and "set the prompt's ckpt_name to this checkpoint (a path, or its name in the models folders' checkpoints/) and translate again" in str(r.errors)
+
+
+def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, tmp_path):
+    from tests.original_layout import write_original_checkpoint
+
+    assert checkpoint_family(str(tiny_sdxl)) == "sdxl" and checkpoint_family(str(tiny_sd3)) == "sd3"
+    assert checkpoint_family(str(write_original_checkpoint(tiny_sdxl, tmp_path / "xl.safetensors", "sdxl"))) == "sdxl"
+    assert checkpoint_family("tiny-sd") == "sd" and checkpoint_family("not-here.safetensors") is None
+    # a checkpoint not found here: the family the prompt's own class types imply
+    for name, family in (("sdxl", "sdxl"), ("sd3", "sd3"), ("flux", "flux"), ("default", "sd")):
+        assert translate(prompt(name))[0]["nodes"]["n3_schedule"]["inputs"]["translated_for"] == family
+
+
+def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int, size: int, shift: float, scheduler: str,
+              inpaint: tuple | None = None) -> torch.Tensor:
+    """ComfyUI's KSampler (euler) on an SD3 model: CLIP-L and bigG penultimate states side by side,
+    padded to T5's width, then T5's states for 77 tokens; noise σ·n; x += (σ' − σ)·v; the
+    transformer's timestep σ × 1000."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.comfy.samplers import ModelSamplingFlow
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    tr = SD3Transformer2DModel.from_pretrained(model, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+    encoders = [(CLIPTokenizer.from_pretrained(model, subfolder=f"tokenizer{k}"),
+                 CLIPTextModelWithProjection.from_pretrained(model, subfolder=f"text_encoder{k}").eval()) for k in ("", "_2")]
+    tok3, te3 = T5TokenizerFast.from_pretrained(model, subfolder="tokenizer_3"), T5EncoderModel.from_pretrained(model, subfolder="text_encoder_3").eval()
+    states, pooled = [], []
+    with torch.no_grad():
+        for text in (neg, pos):
+            (a, pa), (b, pb) = (weighted_embeddings(tok, te, text, "comfy", "penultimate") for tok, te in encoders)
+            t5 = te3(tok3(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)[0]
+            lg = torch.nn.functional.pad(torch.cat([a, b], dim=-1), (0, t5.shape[-1] - a.shape[-1] - b.shape[-1]))
+            states.append(torch.cat([lg, t5], dim=-2))
+            pooled.append(torch.cat([pa, pb], dim=-1))
+    emb, pooled = torch.cat(states), torch.cat(pooled)
+    config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift}
+    sigmas = torch.tensor(comfy_sigmas(config, scheduler, steps))
+    assert ModelSamplingFlow(shift).sigma_max == 1.0
+    noise = torch.randn((1, 16, size // 8, size // 8), generator=torch.manual_seed(seed))
+    latent, mask = torch.zeros_like(noise), None
+    if inpaint is not None:  # (greyed picture, pixel noise mask): KSamplerX0Inpaint's blends with a flow model's noise scaling
+        with torch.no_grad():
+            latent = (vae.encode(inpaint[0] * 2 - 1).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+        mask = torch.nn.functional.interpolate(inpaint[1], size=latent.shape[-2:], mode="bilinear")
+    x = noise * sigmas[0] + (1 - sigmas[0]) * latent
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        xm = x if mask is None else x * mask + (noise * s + (1 - s) * latent) * (1 - mask)
+        with torch.no_grad():
+            v = tr(hidden_states=torch.cat([xm] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled).sample
+        u, c = v.chunk(2)
+        d = xm - s * (u + (c - u) * cfg)
+        if mask is not None:
+            d = d * mask + latent * (1 - mask)
+        x = x + (x - d) / s * (s_next - s)
+    with torch.no_grad():
+        return (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
+def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
+    p = prompt("sd3")
+    doc, params, id_map = translate(p, family_of=lambda name: "sd3")
+    assert id_map["10"] == [] and doc["nodes"]["n3_schedule"]["inputs"]["shift"] == {"param": "shift"} and params["shift"] == 2.0
+    assert doc["nodes"]["n5"]["inputs"]["channels"] == 16 and doc["nodes"]["n6_t5"]["inputs"]["max_sequence_length"] == 77
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform")
+    assert (r["image"] - want).abs().max() < 1e-4
+    # VAEEncodeForInpaint on SD3: ComfyUI's greyed picture, box-grown mask and blends, with a flow model's noise scaling
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.dstack([(np.random.default_rng(3).random((32, 32, 3)) * 255).astype(np.uint8), np.full((32, 32), 255, np.uint8)])
+    rgba[6:22, 8:26, 3] = 127  # a half-transparent ring (a soft mask) around a transparent square
+    rgba[8:20, 10:24, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "sd3-photo.png")
+    ip = copy.deepcopy(p)
+    ip.update({"12": {"class_type": "LoadImage", "inputs": {"image": "sd3-photo.png"}},
+               "13": {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["12", 0], "vae": ["4", 2], "mask": ["12", 1], "grow_mask_by": 4}}})
+    ip["3"]["inputs"]["latent_image"] = ["13", 0]
+    idoc, iparams, _ = translate(ip, family_of=lambda name: "sd3")
+    assert list(idoc["nodes"]["n3"]["body"]) == ["n3_inpaint", "n3_transformer", "n3_cfg", "n3_keep", "n3_step"]
+    del idoc["nodes"]["n9"]
+    idoc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(idoc).with_params(**{**iparams, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "sd3-photo.png"),
+                                                               "steps": 3}))
+    assert r.ok, r.errors
+    img = Image.open(tmp_path / "sd3-photo.png")
+    image = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+    m = 1 - torch.from_numpy(np.asarray(img.getchannel("A"), np.float32) / 255)[None, None]
+    grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, 4, 4), padding=2), 0, 1)[:, :, :32, :32].round()
+    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
+    assert (r["image"] - want).abs().max() < 1e-4
+    # CLIPTextEncodeSD3 with the same text for its three encoders is CLIPTextEncode; an empty one without padding is refused
+    three = copy.deepcopy(p)
+    three["6"] = {"class_type": "CLIPTextEncodeSD3", "inputs": {"clip": ["4", 1], "clip_l": p["6"]["inputs"]["text"], "clip_g": p["6"]["inputs"]["text"],
+                                                               "t5xxl": p["6"]["inputs"]["text"], "empty_padding": "none"}}
+    tdoc, tparams, _ = translate(three, family_of=lambda name: "sd3")
+    assert {k: v for k, v in tdoc["nodes"].items() if k.startswith("n6")} == {k: v for k, v in doc["nodes"].items() if k.startswith("n6")} | {
+        k: {**v, "inputs": {**v["inputs"], "text": p["6"]["inputs"]["text"]}} for k, v in doc["nodes"].items() if k in ("n6_l", "n6_g", "n6_t5")}
+    three["6"]["inputs"]["t5xxl"] = ""
+    with pytest.raises(TranslationError) as e:
+        translate(three, family_of=lambda name: "sd3")
+    assert e.value.node_errors["6"]["errors"][0]["message"] == "an empty t5xxl with empty_padding none has no translation"
+    # a sampler ComfyUI runs its own rectified-flow way is refused for flow models, by name
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 1,
+                                                              "sampler_name": "euler_ancestral"}))
+    assert not r.ok and "sampler_name 'euler_ancestral' on a flow model is refused" in str(r.errors) and "n3_schedule" in str(r.errors)
+
+
+def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, size: int, shift: float, scheduler: str,
+               cfg: float = 1.0, neg: str = "") -> torch.Tensor:
+    """ComfyUI's KSampler (euler) on FLUX.1: CLIP-L's pooled embedding, T5 at 256 tokens, the
+    conditioning's guidance, ModelSamplingFlux's sigmas, noise σ·n over 16 × size/8 latents packed
+    in 2 × 2 patches, x += (σ' − σ)·v with the timestep σ; true CFG only when cfg is not 1."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    tr = FluxTransformer2DModel.from_pretrained(model, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"), CLIPTextModel.from_pretrained(model, subfolder="text_encoder").eval()
+    tok2, te2 = T5TokenizerFast.from_pretrained(model, subfolder="tokenizer_2"), T5EncoderModel.from_pretrained(model, subfolder="text_encoder_2").eval()
+
+    def encode(t):
+        with torch.no_grad():
+            return te2(tok2(t, padding="max_length", max_length=256, truncation=True, return_tensors="pt").input_ids)[0], \
+                weighted_embeddings(tok, te, t, "comfy")[1]
+
+    sides = [(*encode(text), guidance)] + ([(*encode(neg), 3.5)] if cfg != 1.0 else [])  # the negative keeps ComfyUI's default guidance
+    config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    sigmas = torch.tensor(comfy_sigmas(config, scheduler, steps, shift=shift, flux=True))
+    h = w = size // 8
+    x = torch.randn((1, 16, h, w), generator=torch.manual_seed(seed)) * sigmas[0]
+    x = FluxPipeline._pack_latents(x, 1, 16, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        with torch.no_grad():
+            v = [tr(hidden_states=x, timestep=s.view(1), guidance=torch.tensor([g]) if tr.config.guidance_embeds else None,
+                    pooled_projections=p, encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids).sample for e, p, g in sides]
+        v = v[0] if len(v) == 1 else v[1] + cfg * (v[0] - v[1])
+        x = x + (s_next - s) * v
+    x = x.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
+    with torch.no_grad():
+        return (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_a_flux_prompt_is_comfyuis_flux_arithmetic(tiny_flux, cfg):
+    p = prompt("flux")
+    p["3"]["inputs"]["cfg"] = cfg
+    doc, params, id_map = translate(p, family_of=lambda name: "flux")
+    shift = (1024 * 1024 / 256) * (0.65 / 3840) + 0.5 - (0.65 / 3840) * 256  # ModelSamplingFlux at 1024 × 1024: its max_shift
+    assert id_map["10"] == id_map["11"] == [] and doc["nodes"]["n3_schedule"]["inputs"]["shift"] == pytest.approx(shift) == pytest.approx(1.15)
+    body = doc["nodes"]["n3"]["body"]
+    assert params["guidance"] == 2.5 and ("cfg" in params) == (cfg != 1.0)
+    assert [b["type"] for b in body.values()] == (["PredictFlux", "SchedulerStep"] if cfg == 1.0 else ["PredictFlux", "PredictFlux", "TrueCFG", "SchedulerStep"])
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg)
+    assert (r["image"] - want).abs().max() < 1e-4
+
+
+def test_flow_sigmas_are_comfyuis():
+    """ComfyUI's ModelSamplingDiscreteFlow at shift 3: its normal and simple schedules at 4 steps;
+    ModelSamplingFlux's 10000 levels at shift 1.15."""
+    from graphflow_nodes.comfy.samplers import ModelSamplingFlow
+
+    config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
+    ms = ModelSamplingFlow(3.0)
+    assert ms.sigma_min == pytest.approx(3 * 0.001 / (1 + 2 * 0.001)) and ms.sigma_max == 1.0
+    t = [1000 - k * (1000 - ms.sigma_min * 1000) / 3 for k in range(4)]
+    assert comfy_sigmas(config, "normal", 4) == pytest.approx([3 * (x / 1000) / (1 + 2 * (x / 1000)) for x in t] + [0.0], abs=1e-6)
+    assert comfy_sigmas(config, "simple", 4) == pytest.approx([float(ms.sigmas[-(1 + int(k * 250))]) for k in range(4)] + [0.0])
+    assert comfy_sigmas(config, "normal", 4, shift=1.0)[1] == pytest.approx(0.667, abs=1e-3)
+    from graphflow_nodes.comfy.samplers import ModelSamplingFluxShift
+
+    fx = ModelSamplingFluxShift(1.15)
+    assert float(fx.sigmas[4999]) == pytest.approx(math.exp(1.15) / (math.exp(1.15) + 1), rel=1e-6) and fx.sigma_max == 1.0
+    assert comfy_sigmas({}, "simple", 2, flux=True, shift=1.15) == pytest.approx([1.0, float(fx.sigmas[-5001]), 0.0])
+
+
+def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux, tiny_sdxl_refiner):
+    assert checkpoint_family(str(tiny_flux)) == "flux"
+    p = prompt("default")
+    p["4"]["inputs"]["ckpt_name"] = str(tiny_sdxl_refiner)
+    with pytest.raises(TranslationError) as e:
+        translate(p)
+    err = e.value.node_errors["4"]["errors"][0]
+    assert (err["message"], err["details"]) == ("ckpt_name is a SDXL refiner checkpoint, which translated prompts do not run yet",
+                                                "translated: SD 1.x/2.x, SDXL, SD3/SD3.5, FLUX.1")
+    p = prompt("sdxl")
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sd")
+    assert e.value.node_errors["6"]["errors"][0]["message"] == "CLIPTextEncodeSDXL takes an SDXL checkpoint's CLIP"
+    p = prompt("sdxl")
+    p["10"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}}
+    p["7"]["inputs"]["clip"] = ["10", 0]
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sdxl")
+    assert e.value.node_errors["10"]["errors"][0]["message"] == "CLIPSetLastLayer on an SDXL checkpoint has no translation"
+
+
+def test_sdxl_inpainting_keeps_the_picture_and_an_sdxl_controlnet_steers(tiny_sdxl, tmp_path):
+    """SetLatentNoiseMask and ControlNetApplyAdvanced on SDXL: where ComfyUI's latent mask is 0 the
+    sampled latents are the picture's own (its denoised blend), and the ControlNet (fed SDXL's
+    pooled embedding and size conditions) changes the picture at strength 1 and not at 0."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.tiny_controlnet import build_tiny_controlnet
+
+    net = build_tiny_controlnet(tiny_sdxl, tmp_path / "xl-controlnet", seed=2)
+    rgba = np.dstack([(np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8), np.full((64, 64), 255, np.uint8)])
+    rgba[16:40, 16:40, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "photo.png")
+    p = prompt("sdxl")
+    p.update({"10": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+              "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}},
+              "12": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["10", 1]}},
+              "13": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "xl-canny.safetensors"}},
+              "14": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["13", 0],
+                                                                         "image": ["10", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}})
+    p["3"]["inputs"].update(latent_image=["12", 0], positive=["14", 0], negative=["14", 1])
+    doc, params, _ = translate(p, family_of=lambda name: "sdxl")
+    assert doc["nodes"]["n3"]["body"]["n3_control"]["inputs"]["pooled"] == {"from": "n3_embeddings.pooled"}
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"latents": "n3.latents", "known": "n11.latents", "mask": "n3_mask.mask", "image": "n8.image"}
+    ex = Executor()
+
+    def run(strength):
+        r = ex.run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"),
+                                                          "controlnet": str(net), "control_strength": strength, "steps": 3}))
+        assert r.ok, r.errors
+        return r
+
+    on, off = run(1.0), run(0.0)
+    kept = on["mask"].expand_as(on["latents"]) == 0
+    assert 0 < int(kept.sum()) < kept.numel()
+    assert (on["latents"] - on["known"]).abs()[kept].max() < 1e-5
+    assert (on["image"] - off["image"]).abs().max() > 1e-3
+    plain = copy.deepcopy(p)
+    plain["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+    del plain["13"], plain["14"]
+    pdoc, pparams, _ = translate(plain, family_of=lambda name: "sdxl")
+    del pdoc["nodes"]["n9"]
+    pdoc["outputs"] = {"image": "n8.image"}
+    r = ex.run(Workflow.from_dict(pdoc).with_params(**{**pparams, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"), "steps": 3}))
+    assert r.ok, r.errors
+    assert (r["image"] - off["image"]).abs().max() < 1e-6  # strength 0: the ControlNet adds nothing
