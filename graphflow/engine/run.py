@@ -60,7 +60,8 @@ def _outputs_dict(out: Any, cls) -> dict[str, Any]:
 
 class Runner:
     """One run. ``emit`` gets every event (the executor records them for the run's handle and
-    forwards them to listeners); with None, no event is even built."""
+    forwards them to listeners); with None, or an emit that is false (no one hears: an
+    ``Emitter``), no event is even built."""
 
     def __init__(self, keys: Fingerprints, stores: RunCaches, run_id: str, cancel, models: Any,
                  emit: Callable[[ev.Event], None] | None, check_finite: bool = False, preview_every: int = 0) -> None:
@@ -88,7 +89,7 @@ class Runner:
     def preview(self, node: str, step: int, steps: int | None, make: Callable[[], tuple[bytes, int, int]]) -> None:
         """A node's offered preview (``Context.preview``): made and emitted at every
         ``preview_every``-th step (the N-th, 2N-th, ...), else never made."""
-        if (step + 1) % self.preview_every:
+        if (step + 1) % self.preview_every or not self.emit:  # not this step, or no one would see it
             return
         png, w, h = make()
         self.emit(ev.Preview(node, step, steps, png, w, h, self.run_id))
@@ -141,7 +142,8 @@ class Runner:
         cls = self.c.types[d.id]
         kwargs = {}
         values = self.values
-        for name, fld, ref, how, check, literal, file_port in self.inputs_of(d):
+        spec = self.specs.get(d.id)
+        for name, fld, ref, how, check, literal, file_port in spec if spec is not None else self.inputs_of(d):
             if how == _LITERAL:
                 kwargs[name] = literal
                 continue
@@ -163,7 +165,9 @@ class Runner:
             ctx_values = {**ctx_values, "iteration": iteration, "iterations": count}
         ctx = Context._make(d.id, cls.type_name, cls.uses, ctx_values, self.cancel)
         try:
-            out = _outputs_dict(cls().run(cls.make_inputs(kwargs), ctx), cls)
+            out = cls().run(cls.make_inputs(kwargs), ctx)
+            if type(out) is not dict or not out.keys() >= cls.outputs.keys():
+                out = _outputs_dict(out, cls)
         except (Cancelled, NodeError):
             raise
         except Exception as e:
@@ -203,11 +207,13 @@ class Runner:
             fp = self.late_key(m)
             if fp is not None and sh.pure[m]:
                 where = self.stores.lookup(fp, m, self.wanted(m, p))  # a late member: looked up now
-        emit = self.emit
-        if emit:
+        emit = self.emit if self.emit else None  # asked once per node: built only if someone hears
+        if emit is not None:
             emit(ev.NodeStarted(m, d.type, None, self.run_id))
         t0 = time.perf_counter()
-        s = self.stats.get(m) or self.stat(m)
+        s = self.stats.get(m)
+        if s is None:
+            s = self.stats[m] = NodeStat(d.type)
         if where:
             out = self.stores.load(fp, where, self.wanted(m, p), sh.ports[m])
             if out is None:
@@ -227,7 +233,7 @@ class Runner:
         dt = time.perf_counter() - t0
         s.seconds += dt
         self.values[m] = out
-        if emit:
+        if emit is not None:
             emit(ev.NodeFinished(m, d.type, dt, where if where != "run" else None, None, self.run_id))
         return where
 
@@ -241,6 +247,8 @@ class Runner:
             self.emit(ev.RunStarted(len(p.steps), self.run_id))
         cancelled = False
         preds = self.c.preds[None]
+        holds_pins = getattr(self.ctx_values["models"], "holds_pins", None)
+        holds_pins = holds_pins if callable(holds_pins) else None
         steps = list(p.steps)
         k = 0
         while k < len(steps):
@@ -280,7 +288,8 @@ class Runner:
                 continue
             if where is None:
                 self.release(m, p)
-            self.unpin_unreachable(steps[k:])
+            if holds_pins is not None and holds_pins():
+                self.unpin_unreachable(steps[k:])
         outputs, missing = {}, {}
         for name, link in self.c.doc.outputs.items():
             if link.node in self.values:
@@ -294,13 +303,11 @@ class Runner:
         return RunResult(outputs, self.errors, self.stats, cancelled, dt, missing, self.run_id, self.stores.errors)
 
     def unpin_unreachable(self, rest: list[str]) -> None:
-        """Tell the model manager which of this run's models the members still to run can reach
+        """Called after each step while the run holds pinned models (``holds_pins``). Tell the model manager which of this run's models the members still to run can reach
         (the model references on the ports they read); the others may be evicted under the
         budget. Only the ports read count: LoadModel's output holds every component until the
         decoder runs, but once the prompts are encoded no one reads its text encoders."""
         models = self.ctx_values["models"]
-        if not callable(getattr(models, "holds_pins", None)) or not models.holds_pins():
-            return
         live: set = set()
         for x in rest:
             if x in self.values or x in self.failed:

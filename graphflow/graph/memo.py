@@ -27,7 +27,9 @@ class Recipe(NamedTuple):
     static: bytes  # what never changes for the document: type, versions, condition
     values: bytes | None  # the inline values, serialised, when no parameter feeds the node
     value_fields: tuple  # the fields holding values (literals or parameters)
-    dynamic: tuple  # (tag, field, ref, file marker or None) for links and file inputs
+    #: (tag, field, ref, file marker or None, links) for links and file inputs; links: per link,
+    #: (its node, the bytes of its port, the bytes naming it inside a scope)
+    dynamic: tuple
     uses: frozenset
     pure: bool
 
