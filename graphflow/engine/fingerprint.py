@@ -28,6 +28,7 @@ from graphflow.graph.memo import Recipe
 from graphflow.node.file_access import UNCONFINED, FileAccess
 
 DIGEST = 20  # bytes of blake2b: 160 bits, as git's object ids
+_NOTHING: frozenset = frozenset()  # no scope's inside: a top-level node's links are all fingerprinted
 
 
 def digest(obj: Any) -> str:
@@ -285,8 +286,14 @@ class Fingerprints:
                 else:
                     self.fps[m] = fp
             return
+        nodes, fps, node_hash = self.checked.nodes, self.fps, self._hash
         for m in members:
-            self.member(m)
+            d = nodes[m]
+            if type(d) is ScopeDef:
+                self.member(m)
+            else:  # member()'s node case, inlined: this loop runs once per node of a cold run
+                h = node_hash(d, _NOTHING, None, m)
+                fps[m] = None if h is None else h.hexdigest()
         if len(memo) >= 32:  # a long sweep keeps the newest parameter sets only
             memo.pop(next(iter(memo)))
         memo[mkey] = ({m: fp for m, fp in self.fps.items() if fp is not None and m not in self.tainted}, list(self.files))
@@ -304,7 +311,7 @@ class Fingerprints:
                     part = self._hash(self.checked.nodes[x], inner, None, m)
                     h.update(x.encode() + b"\0" + (part.digest() if part is not None else self._taint(m)))
         else:
-            h = self._hash(d, frozenset(), files, m)
+            h = self._hash(d, _NOTHING, files, m)
         fp = None if h is None else h.hexdigest()
         self.fps[m] = fp
         return fp

@@ -108,7 +108,7 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
     sh = shape(c)
     preds = c.preds[None]
     keys.all(sh.members)
-    fps = keys.fps
+    fps, pure, consumed, lookup = keys.fps, sh.pure, sh.consumed, index.lookup
     hits: dict[str, str] = {}
     active: set[str] = set()
     stack = list(sh.keep)
@@ -118,9 +118,9 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
             continue
         active.add(n)
         fp = fps[n]
-        if fp is not None and sh.pure[n]:
-            ports = sh.consumed[n]
-            where = index.lookup(fp, n, sh.ports[n] if "*" in ports else ports)
+        if fp is not None and pure[n]:
+            ports = consumed[n]
+            where = lookup(fp, n, sh.ports[n] if "*" in ports else ports)
             if where is not None:
                 hits[n] = where
                 continue
@@ -131,9 +131,10 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
 
 def _remaining(c, steps: list[str], hits: dict[str, str]) -> dict[str, int]:
     out = dict.fromkeys(steps, 0)
+    preds = c.preds[None]
     for s in steps:
         if s not in hits:
-            for p in c.preds[None][s]:
+            for p in preds[s]:
                 if p in out:
                     out[p] += 1
     return out

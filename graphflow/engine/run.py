@@ -23,6 +23,7 @@ from graphflow.node.declaration import Outputs
 from graphflow.node.file_access import InputFileError
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
+_TOP: list = []  # the frames of a top-level node: none (never appended to)
 
 
 class Unloadable(Exception):
@@ -139,18 +140,19 @@ class Runner:
             raise NodeError(nid, type_name, f"input '{name}': {e}", iteration, exc_type=e.code) from None
 
     def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None) -> dict[str, Any]:
-        cls = self.c.types[d.id]
+        nid = d.id
+        cls = self.c.types[nid]
         kwargs = {}
         values = self.values
-        spec = self.specs.get(d.id)
+        spec = self.specs.get(nid)
         for name, fld, ref, how, check, literal, file_port in spec if spec is not None else self.inputs_of(d):
             if how == _LITERAL:
                 kwargs[name] = literal
                 continue
             if how == _PARAM:
-                kwargs[name] = self.b.values[(d.id, fld)]
+                kwargs[name] = self.b.values[(nid, fld)]
                 continue
-            v = values[ref.node][ref.port] if how == _LINK and not frames else self.resolve(ref, d.id, fld, frames)
+            v = values[ref.node][ref.port] if how == _LINK and not frames else self.resolve(ref, nid, fld, frames)
             if check is not None:
                 try:
                     v = check.validate_python(v)
@@ -163,7 +165,7 @@ class Runner:
         ctx_values = self.ctx_values
         if iteration is not None:
             ctx_values = {**ctx_values, "iteration": iteration, "iterations": count}
-        ctx = Context._make(d.id, cls.type_name, cls.uses, ctx_values, self.cancel)
+        ctx = Context._make(nid, cls.type_name, cls.uses, ctx_values, self.cancel)
         try:
             out = cls().run(cls.make_inputs(kwargs), ctx)
             if type(out) is not dict or not out.keys() >= cls.outputs.keys():
@@ -214,8 +216,9 @@ class Runner:
         s = self.stats.get(m)
         if s is None:
             s = self.stats[m] = NodeStat(d.type)
+        stores = self.stores
         if where:
-            out = self.stores.load(fp, where, self.wanted(m, p), sh.ports[m])
+            out = stores.load(fp, where, self.wanted(m, p), sh.ports[m])
             if out is None:
                 raise Unloadable(m)
             s.hits += 1
@@ -223,13 +226,13 @@ class Runner:
                 s.status = where
         else:
             # a scope's hoisting state lives as long as the scope's run: built per top-level scope
-            out = ScopeRunner(self).run_scope(d, []) if type(d) is ScopeDef else self.call(d, [])
+            out = ScopeRunner(self).run_scope(d, []) if type(d) is ScopeDef else self.call(d, _TOP)
             s.runs += 1
             s.status = "ran"
             if fp is not None and sh.pure[m]:
-                self.stores.store(fp, out, sh.to_disk[m])
+                stores.store(fp, out, sh.to_disk[m])
         if fp is not None:
-            self.stores.done[fp] = out
+            stores.done[fp] = out
         dt = time.perf_counter() - t0
         s.seconds += dt
         self.values[m] = out
@@ -325,9 +328,10 @@ class Runner:
         """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""
         rem = p.remaining
         for x in self.c.preds[None][m]:
-            if x in rem:
-                rem[x] -= 1
-                if rem[x] == 0 and x not in p.keep:
+            n = rem.get(x)
+            if n is not None:
+                rem[x] = n = n - 1
+                if n == 0 and x not in p.keep:
                     self.values.pop(x, None)
                     self.stores.done.pop(self.keys.fps.get(x), None)
 
