@@ -116,7 +116,8 @@ class Runner:
 
     def inputs_of(self, d: NodeDef) -> tuple:
         """Per input: (name, field, ref, how to read it, the adapter that checks a linked value,
-        the literal, the file marker of a linked file input). Kept with the checked graph: the
+        the literal, the file marker of a linked file input, the type a linked value may have to
+        pass unchecked: ``Port.exact_type``). Kept with the checked graph: the
         same for every run of the document."""
         spec = self.specs.get(d.id)
         if spec is None:
@@ -127,7 +128,7 @@ class Runner:
                 linked = how in (_LINK, _LINKS)
                 check = ports[name].adapter if linked and ports[name].validates_values else None
                 out.append((name, fld, ref, how, check, self.c.literals.get((d.id, fld)) if how == _LITERAL else None,
-                            ports[name] if linked and ports[name].file is not None else None))
+                            ports[name] if linked and ports[name].file is not None else None, ports[name].exact_type))
             spec = self.specs[d.id] = tuple(out)
         return spec
 
@@ -145,7 +146,7 @@ class Runner:
         kwargs = {}
         values = self.values
         spec = self.specs.get(nid)
-        for name, fld, ref, how, check, literal, file_port in spec if spec is not None else self.inputs_of(d):
+        for name, fld, ref, how, check, literal, file_port, exact in spec if spec is not None else self.inputs_of(d):
             if how == _LITERAL:
                 kwargs[name] = literal
                 continue
@@ -153,7 +154,7 @@ class Runner:
                 kwargs[name] = self.b.values[(nid, fld)]
                 continue
             v = values[ref.node][ref.port] if how == _LINK and not frames else self.resolve(ref, nid, fld, frames)
-            if check is not None:
+            if check is not None and type(v) is not exact:
                 try:
                     v = check.validate_python(v)
                 except ValidationError as e:

@@ -61,7 +61,8 @@ class Memo:
     shape: Shape | None = None
     #: scope id -> the body members its values need, in order (``engine.plan.body_order``)
     body_order: dict[str, list[str]] = field(default_factory=dict)
-    #: node id -> per input: name, field, ref, how it is read, its value checker, its literal
+    #: node id -> per input: name, field, ref, how it is read, its value checker, its literal, the
+    #: file marker of a linked file input, the type a linked value may have to pass unchecked
     #: (``engine.run.Runner.inputs_of``)
     input_specs: dict[str, tuple] = field(default_factory=dict)
     #: (node id, input name, port, whether the workflow gives the input) of every file input
