@@ -296,7 +296,9 @@ class Fingerprints:
                 fps[m] = None if h is None else h.hexdigest()
         if len(memo) >= 32:  # a long sweep keeps the newest parameter sets only
             memo.pop(next(iter(memo)))
-        memo[mkey] = ({m: fp for m, fp in self.fps.items() if fp is not None and m not in self.tainted}, list(self.files))
+        plain = not self.tainted and None not in fps.values()  # the usual case: a copy, made in C
+        memo[mkey] = (dict(fps) if plain else {m: fp for m, fp in fps.items() if fp is not None and m not in self.tainted},
+                      list(self.files))
 
     def member(self, m: str, files: dict[str, Any] | None = None) -> str | None:
         """A top-level member's fingerprint; None while a linked file path is not known yet.

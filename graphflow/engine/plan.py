@@ -125,8 +125,12 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
                 hits[n] = where
                 continue
         stack.extend(preds[n])
-    steps = [n for n in sh.members if n in active] if len(active) < len(sh.members) else list(sh.members)
-    return Plan(steps, {n: fps[n] for n in steps}, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
+    if len(active) < len(sh.members):
+        steps = [n for n in sh.members if n in active]
+        step_fps = {n: fps[n] for n in steps}
+    else:  # every member is a step (a cold run): the fingerprints as they are, not a copy
+        steps, step_fps = list(sh.members), dict(fps)
+    return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
 
 
 def _remaining(c, steps: list[str], hits: dict[str, str]) -> dict[str, int]:
