@@ -75,6 +75,7 @@ class Runner:
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = {}
         self.shape = shape(self.c)
+        self.recs = _records(self.c, self.shape)
         self.specs = self.c.memo.input_specs
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
@@ -202,13 +203,12 @@ class Runner:
     def run_top(self, m: str, p: Plan) -> str | None:
         """Runs or loads one member; returns where it was loaded from, or None if it ran.
         Raises Unloadable when a planned cache entry could not be loaded (then re-plan)."""
-        d = self.c.nodes[m]
-        sh = self.shape
+        d, pure, to_disk, _ = self.recs[m]
         fp = p.fps[m]
         where = p.hits.get(m)
         if fp is None:
             fp = self.late_key(m)
-            if fp is not None and sh.pure[m]:
+            if fp is not None and pure:
                 where = self.stores.lookup(fp, m, self.wanted(m, p))  # a late member: looked up now
         emit = self.emit if self.emit else None  # asked once per node: built only if someone hears
         if emit is not None:
@@ -219,7 +219,7 @@ class Runner:
             s = self.stats[m] = NodeStat(d.type)
         stores = self.stores
         if where:
-            out = stores.load(fp, where, self.wanted(m, p), sh.ports[m])
+            out = stores.load(fp, where, self.wanted(m, p), self.shape.ports[m])
             if out is None:
                 raise Unloadable(m)
             s.hits += 1
@@ -230,8 +230,8 @@ class Runner:
             out = ScopeRunner(self).run_scope(d, []) if type(d) is ScopeDef else self.call(d, _TOP)
             s.runs += 1
             s.status = "ran"
-            if fp is not None and sh.pure[m]:
-                stores.store(fp, out, sh.to_disk[m])
+            if fp is not None and pure:
+                stores.store(fp, out, to_disk)
         if fp is not None:
             stores.done[fp] = out
         dt = time.perf_counter() - t0
@@ -328,13 +328,24 @@ class Runner:
     def release(self, m: str, p: Plan) -> None:
         """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""
         rem = p.remaining
-        for x in self.c.preds[None][m]:
+        for x in self.recs[m][3]:
             n = rem.get(x)
             if n is not None:
                 rem[x] = n = n - 1
                 if n == 0 and x not in p.keep:
                     self.values.pop(x, None)
                     self.stores.done.pop(self.keys.fps.get(x), None)
+
+
+def _records(c, sh) -> dict[str, tuple]:
+    """Per top-level member: (its definition, whether it is pure, whether its entry goes to disk,
+    its producers), kept with the checked graph: what the runner reads of a member at its turn,
+    in one lookup instead of four."""
+    recs = c.memo.top_records
+    if recs is None:
+        preds = c.preds[None]
+        recs = c.memo.top_records = {m: (c.nodes[m], sh.pure[m], sh.to_disk[m], tuple(preds[m])) for m in sh.members}
+    return recs
 
 
 def _links(d: Any):

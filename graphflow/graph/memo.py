@@ -55,6 +55,12 @@ Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Pat
 class Memo:
     #: node or scope id -> its fingerprint recipe; None until the first fingerprint
     recipes: dict[str, Recipe] | None = None
+    #: (the plan's top-level members, each with its recipe or None for a scope), for
+    #: ``engine.fingerprint.Fingerprints.all``; None until the first fingerprint
+    top_recipes: tuple | None = None
+    #: top-level member -> (definition, pure, to disk, producers), for ``engine.run.Runner``;
+    #: None until the first run
+    top_records: dict[str, tuple] | None = None
     #: the newest parameter sets' fingerprints (at most 32: a long sweep keeps the newest)
     fingerprints: Fingerprints = field(default_factory=dict)
     #: the top level's plan shape; None until the first plan
