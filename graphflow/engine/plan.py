@@ -106,9 +106,8 @@ def is_pure(c, m: str) -> bool:
 def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
     c = keys.checked
     sh = shape(c)
-    preds = c.preds[None]
     keys.all(sh.members)
-    fps, pure, consumed, lookup = keys.fps, sh.pure, sh.consumed, index.lookup
+    fps, lookup, walk = keys.fps, index.lookup, _walk(c, sh)
     hits: dict[str, str] = {}
     active: set[str] = set()
     stack = list(sh.keep)
@@ -118,19 +117,30 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
             continue
         active.add(n)
         fp = fps[n]
-        if fp is not None and pure[n]:
-            ports = consumed[n]
-            where = lookup(fp, n, sh.ports[n] if "*" in ports else ports)
+        looked, ports, producers = walk[n]
+        if fp is not None and looked:
+            where = lookup(fp, n, ports)
             if where is not None:
                 hits[n] = where
                 continue
-        stack.extend(preds[n])
+        stack.extend(producers)
     if len(active) < len(sh.members):
         steps = [n for n in sh.members if n in active]
         step_fps = {n: fps[n] for n in steps}
     else:  # every member is a step (a cold run): the fingerprints as they are, not a copy
         steps, step_fps = list(sh.members), dict(fps)
     return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
+
+
+def _walk(c, sh: Shape) -> dict[str, tuple]:
+    """Per member, what the plan's walk reads of it: whether a cache may hold it (pure), the
+    output ports to look for, its producers. Once per checked graph: one lookup per member."""
+    walk = c.memo.plan_walk
+    if walk is None:
+        preds = c.preds[None]
+        walk = c.memo.plan_walk = {
+            n: (sh.pure[n], sh.ports[n] if "*" in sh.consumed[n] else sh.consumed[n], tuple(preds[n])) for n in sh.members}
+    return walk
 
 
 def _remaining(c, steps: list[str], hits: dict[str, str]) -> dict[str, int]:

@@ -58,6 +58,9 @@ class Memo:
     #: (the plan's top-level members, each with its recipe or None for a scope), for
     #: ``engine.fingerprint.Fingerprints.all``; None until the first fingerprint
     top_recipes: tuple | None = None
+    #: top-level member -> (pure, the ports a cache lookup asks for, producers), for
+    #: ``engine.plan.plan``; None until the first plan
+    plan_walk: dict[str, tuple] | None = None
     #: top-level member -> (definition, pure, to disk, producers), for ``engine.run.Runner``;
     #: None until the first run
     top_records: dict[str, tuple] | None = None
