@@ -26,6 +26,8 @@ Then `graphflow validate workflows/txt2img.json` as a whole process (best of 5 w
 sweep of 1,000 seeds over workflows/txt2img.json (wf.with_params(seed=i).bind(), counting the calls
 of graphflow.graph.check.check). The targets are printed next to the numbers.
 
+``BENCH_ENGINE_TREE=DIR`` measures the graphflow of another checkout (DIR) with this file.
+
 `python bench/bench_engine.py --against REF` measures the 10,000-node chain and ``graphflow validate
 workflows/txt2img.json`` with this tree and with the commit REF (its tree extracted with ``git
 archive``, both trees byte-compiled first), each in fresh processes, alternating for ``--rounds``
@@ -59,7 +61,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # the tree whose graphflow is measured: this one, or (--against's children) the other one, measured
 # by this file's code so that both are timed alike
-sys.path.insert(0, os.environ.get("BENCH_ENGINE_TREE") or str(ROOT))
+TREE = Path(os.environ.get("BENCH_ENGINE_TREE") or ROOT)
+sys.path.insert(0, str(TREE))
 
 import graphflow  # noqa: E402
 import graphflow.node.builtin  # noqa: E402
@@ -240,13 +243,13 @@ def measure(case: Case, reg: Registry) -> dict[str, float]:
     return out
 
 
-def validate_seconds(repeat: int = 5, root: Path = ROOT, script: bool = True) -> float:
+def validate_seconds(repeat: int = 5, root: Path = TREE, script: bool = True) -> float:
     """Best of ``repeat`` whole-process times of `graphflow validate` on txt2img, with the tree
     ``root`` first on the path: wall time, or with --cpu the child's user+system CPU time.
     ``script``: through the installed ``graphflow`` command where there is one (else, and for a
     side-by-side comparison of two trees, ``python -m graphflow.cli``)."""
     exe = Path(sys.executable).with_name("graphflow")
-    cmd = [str(exe)] if exe.exists() and script else [sys.executable, "-m", "graphflow.cli"]
+    cmd = [str(exe)] if exe.exists() and script and root == ROOT else [sys.executable, "-m", "graphflow.cli"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     times = []
     for _ in range(repeat):
