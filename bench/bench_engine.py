@@ -10,7 +10,8 @@ Cases:
               Value (reading x0) that gives the outer loop's initial sum. Its document has 5 nodes,
               so its check and bind+plan columns are that cost divided by 10,000 body executions.
 
-Columns, µs per node (best of N, time.perf_counter, the gc left as the engine sets it):
+Columns, µs per node (best of N, time.perf_counter, or with ``--cpu`` the thread's CPU time, the gc
+left as the engine sets it):
   check      Workflow.checked() on a fresh Workflow object (checked() is memoised per document)
   bind+plan  wf.bind() and graphflow.engine.plan.plan(Fingerprints(bound, RunOptions(), token), RunCaches(empty memory
              cache, no disk)), as Executor._execute wires them (inside fewer_gc_passes), with no
@@ -25,9 +26,16 @@ Then `graphflow validate workflows/txt2img.json` as a whole process (best of 5 w
 sweep of 1,000 seeds over workflows/txt2img.json (wf.with_params(seed=i).bind(), counting the calls
 of graphflow.graph.check.check). The targets are printed next to the numbers.
 
-`python bench/bench_engine.py --against REF` measures the 10,000-node chain with this tree and with
-the commit REF (its tree extracted with ``git archive``), each in fresh processes, alternating for
-``--rounds`` rounds, and prints the two side by side with their ratio (best of all rounds).
+``BENCH_ENGINE_TREE=DIR`` measures the graphflow of another checkout (DIR) with this file.
+
+`python bench/bench_engine.py --against REF` measures the 10,000-node chain and ``graphflow validate
+workflows/txt2img.json`` with this tree and with the commit REF (its tree extracted with ``git
+archive``, both trees byte-compiled first), each in fresh processes, alternating for ``--rounds``
+rounds, and prints the two side by side with their ratio (best of all rounds).
+
+``--cpu`` measures CPU time instead of wall time (``time.thread_time`` for the engine, which runs on
+the calling thread; the child's user+system time for ``validate``): on a machine shared with other
+work, wall time mostly measures the others.
 
 `python bench/bench_engine.py --profile` prints cProfile tables (top 15 by tottime) of the cold run
 and of the fully cached re-run of the 10,000-node chain instead. ``Executor.run`` executes on the
@@ -40,7 +48,9 @@ import argparse
 import cProfile
 import gc
 import io
+import os
 import pstats
+import resource
 import subprocess
 import sys
 import time
@@ -49,7 +59,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# the tree whose graphflow is measured: this one, or (--against's children) the other one, measured
+# by this file's code so that both are timed alike
+TREE = Path(os.environ.get("BENCH_ENGINE_TREE") or ROOT)
+sys.path.insert(0, str(TREE))
 
 import graphflow  # noqa: E402
 import graphflow.node.builtin  # noqa: E402
@@ -153,15 +166,25 @@ def cases(quick: bool) -> list[Case]:
 
 # --- timing -------------------------------------------------------------------------------------
 
+#: what ``best`` reads: wall time, or with --cpu (BENCH_ENGINE_CPU=1 for the --against children)
+#: the calling thread's CPU time
+CPU = os.environ.get("BENCH_ENGINE_CPU") == "1"
+
+
+def clock() -> float:
+    return time.thread_time() if CPU else time.perf_counter()
+
+
 def best(f: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None) -> float:
-    """Best wall time of ``repeat`` calls of f(setup()); setup and a gc.collect() run untimed."""
+    """Best time (wall, or CPU with --cpu) of ``repeat`` calls of f(setup()); setup and a
+    gc.collect() run untimed."""
     times = []
     for _ in range(repeat):
         arg = setup() if setup else None
         gc.collect()
-        t = time.perf_counter()
+        t = clock()
         f(arg) if setup else f()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
         del arg
     return min(times)
 
@@ -220,14 +243,24 @@ def measure(case: Case, reg: Registry) -> dict[str, float]:
     return out
 
 
-def validate_seconds(repeat: int = 5) -> float:
+def validate_seconds(repeat: int = 5, root: Path = TREE, script: bool = True) -> float:
+    """Best of ``repeat`` whole-process times of `graphflow validate` on txt2img, with the tree
+    ``root`` first on the path: wall time, or with --cpu the child's user+system CPU time.
+    ``script``: through the installed ``graphflow`` command where there is one (else, and for a
+    side-by-side comparison of two trees, ``python -m graphflow.cli``)."""
     exe = Path(sys.executable).with_name("graphflow")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "graphflow.cli"]
+    cmd = [str(exe)] if exe.exists() and script and root == ROOT else [sys.executable, "-m", "graphflow.cli"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     times = []
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        p = subprocess.run([*cmd, "validate", str(TXT2IMG)], capture_output=True, text=True, cwd=ROOT)
-        times.append(time.perf_counter() - t)
+        p = subprocess.run([*cmd, "validate", str(root / "workflows" / "txt2img.json")], capture_output=True, text=True,
+                           cwd=root, env=env)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        times.append(cpu if CPU else wall)
         assert p.returncode == 0, p.stdout + p.stderr
     return min(times)
 
@@ -272,7 +305,8 @@ def verdict(ok: bool) -> str:
 def main(quick: bool = False) -> None:
     reg = builtin_registry()
     t_all = time.perf_counter()
-    print(f"engine cost per node, µs (best of N; python {sys.version.split()[0]}, gc thresholds {gc.get_threshold()})")
+    print(f"engine cost per node, µs of {'CPU (thread) time' if CPU else 'wall time'} (best of N; python "
+          f"{sys.version.split()[0]}, gc thresholds {gc.get_threshold()})")
     head = f"{'case':<16} {'nodes':>7} {'N':>2} " + " ".join(f"{c:>9}" for c in COLUMNS) + f" {'cold total':>11}"
     print(head)
     print("-" * len(head))
@@ -288,7 +322,7 @@ def main(quick: bool = False) -> None:
 
     v = validate_seconds()
     sweep_s, counts = seed_sweep()
-    print(f"\ngraphflow validate workflows/txt2img.json (whole process, best of 5): {v:.3f} s")
+    print(f"\ngraphflow validate workflows/txt2img.json (whole process, best of 5, {'CPU' if CPU else 'wall'}): {v:.3f} s")
     print(f"seed sweep, {SWEEP_SEEDS:,} × wf.with_params(seed=i).bind() on txt2img: {sweep_s * 1e3:.1f} ms "
           f"({sweep_s / SWEEP_SEEDS * 1e6:.1f} µs each, best of {len(counts)}); "
           f"graphflow.graph.check.check ran {counts} times per sweep")
@@ -342,9 +376,10 @@ def profile(n: int = 10_000, top: int = 15) -> None:
 # --- before and after -----------------------------------------------------------------------------
 
 _CHILD = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-import bench.bench_engine as b
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("bench_engine", sys.argv[1])
+b = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(b)
 case = [c for c in b.cases(True) if c.name == "chain 10,000"][0]
 print(json.dumps(b.measure(case, b.builtin_registry())))
 """
@@ -352,7 +387,6 @@ print(json.dumps(b.measure(case, b.builtin_registry())))
 
 def against(ref: str, rounds: int) -> None:
     import json
-    import os
     import shutil
     import tarfile
     import tempfile
@@ -361,21 +395,27 @@ def against(ref: str, rounds: int) -> None:
     data = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(work, filter="data")
+    if not (work / "graphflow_nodes").exists():
+        (work / "graphflow_nodes").symlink_to("nodes")  # as a checkout's, so its own library is imported
     trees = {ref: work, "this tree": ROOT}
+    for tree in trees.values():  # imports read byte code in both, as an installed package's do
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "graphflow", "nodes"], cwd=tree, capture_output=True)
     got: dict[str, list[dict[str, float]]] = {k: [] for k in trees}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_ENGINE_CPU": "1" if CPU else "0"}
     for _ in range(rounds):
         for name, tree in trees.items():
-            p = subprocess.run([sys.executable, "-c", _CHILD, str(tree)], capture_output=True, text=True, cwd=tree,
-                               env={**env, "PYTHONPATH": str(tree)}, timeout=900)
+            p = subprocess.run([sys.executable, "-c", _CHILD, __file__], capture_output=True, text=True, cwd=tree,
+                               env={**env, "PYTHONPATH": str(tree), "BENCH_ENGINE_TREE": str(tree)}, timeout=900)
             assert p.returncode == 0, p.stderr
-            got[name].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            got[name].append({**json.loads(p.stdout.strip().splitlines()[-1]), "validate": validate_seconds(3, tree, script=False)})
     shutil.rmtree(work, ignore_errors=True)
-    print(f"chain 10,000, µs per node, best of {rounds} fresh processes each, alternating")
+    print(f"chain 10,000, µs per node of {'CPU' if CPU else 'wall'} time, and graphflow validate txt2img, s; "
+          f"best of {rounds} fresh processes each, alternating")
     print(f"{'column':<10} {ref:>12} {'this tree':>12} {'after ÷ before':>15}")
-    for c in COLUMNS:
-        b, a = (min(r[c] for r in got[k]) * 1e6 for k in trees)
-        print(f"{c:<10} {b:12.2f} {a:12.2f} {a / b:14.2f}×")
+    for c in (*COLUMNS, "validate"):
+        scale = 1 if c == "validate" else 1e6
+        b, a = (min(r[c] for r in got[k]) * scale for k in trees)
+        print(f"{c:<10} {b:12.3f} {a:12.3f} {a / b:14.2f}×")
 
 
 if __name__ == "__main__":
@@ -384,7 +424,9 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=3, help="with --against: fresh processes per tree")
     ap.add_argument("--profile", action="store_true", help="cProfile the cold and cached runs of the 10,000 chain")
     ap.add_argument("--quick", action="store_true", help="leave out the 100,000 chain")
+    ap.add_argument("--cpu", action="store_true", help="CPU time instead of wall time (a shared machine)")
     args = ap.parse_args()
+    CPU = CPU or args.cpu
     if args.against:
         against(args.against, args.rounds)
     else:

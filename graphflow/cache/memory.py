@@ -27,10 +27,14 @@ def nbytes(value: Any) -> int:
 
 
 class MemoryCache:
+    """The entries, least recently used first, and the sizes of those that hold anything to count
+    (apart, so that an entry of numbers, most of a big graph's, is one dict slot and no tuple)."""
+
     def __init__(self, budget_bytes: int = 4 << 30) -> None:
         self.budget = budget_bytes
         self.used = 0
-        self._entries: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -39,7 +43,7 @@ class MemoryCache:
             if hit is None:
                 return None
             self._entries.move_to_end(key)
-            return hit[0]
+            return hit
 
     def put(self, key: str, outputs: dict[str, Any]) -> None:
         size = 0
@@ -49,19 +53,23 @@ class MemoryCache:
                 break
         if size > self.budget:
             return
+        entries = self._entries
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old:
-                self.used -= old[1]
-            self._entries[key] = (outputs, size)
-            self.used += size
-            while self.used > self.budget and self._entries:
-                _, (_, s) = self._entries.popitem(last=False)
-                self.used -= s
+            if key in entries:
+                del entries[key]
+                self.used -= self._sizes.pop(key, 0)
+            entries[key] = outputs
+            if size:
+                self._sizes[key] = size
+                self.used += size
+            while self.used > self.budget and entries:
+                old, _ = entries.popitem(last=False)
+                self.used -= self._sizes.pop(old, 0)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._sizes.clear()
             self.used = 0
 
     def __len__(self) -> int:

@@ -20,27 +20,37 @@ from graphflow.problems import ValidationFailed
 COMMANDS_GROUP = "graphflow.commands"
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the built-in commands, each family with the names it adds, in the order ``graphflow`` lists them
+_FAMILIES = (
+    (("run",), run.add_parser), (("sweep",), sweep.add_parser), (("validate",), validate.add_parser),
+    (("nodes", "describe", "schema", "graph"), inspect.add_parsers), (("cache",), cache.add_parser),
+    (("serve",), serve.add_parser),
+)
+BUILT_IN = frozenset(name for names, _ in _FAMILIES for name in names)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (a built-in command's name), only that command's
+    family: its flags are all that will be parsed, and building every command's parser, the node
+    libraries' commands included, was a sixth of `graphflow validate`."""
     p = argparse.ArgumentParser(prog="graphflow", description="Run diffusion workflows written as JSON graphs of typed nodes.")
     p.add_argument("--version", action="version", version=f"graphflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p.set_defaults(commands=sub)
-    run.add_parser(sub)
-    sweep.add_parser(sub)
-    validate.add_parser(sub)
-    inspect.add_parsers(sub)
-    cache.add_parser(sub)
-    serve.add_parser(sub)
-    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        sp = ep.load()(sub)
-        common.plugin_flags(sp)
-        sp.set_defaults(load_plugins=True)
+    for names, add in _FAMILIES:
+        if command is None or command in names:
+            add(sub)
+    if command is None:
+        for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+            sp = ep.load()(sub)
+            common.plugin_flags(sp)
+            sp.set_defaults(load_plugins=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and argv[0] in BUILT_IN else None)
     if not argv:  # as `git` does: the commands, one line each, and a usage exit code
         print(usage.command_list(parser, parser.get_default("commands")))
         return options.EXIT_INVALID

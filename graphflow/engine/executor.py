@@ -54,7 +54,9 @@ class RunHandle:
     """One submitted run: its id, status, result, cancellation and its own event stream."""
 
     def __init__(self, bound: BoundGraph, on_cancel: Callable[[RunHandle], None] | None = None,
-                 out_dir: Path | None = None) -> None:
+                 out_dir: Path | None = None, *, logged: bool = True) -> None:
+        """``logged=False``: a handle no caller ever holds (``Executor.run``'s), whose events no
+        one could read back from it, so none are kept on it (nor built, if nothing listens)."""
         self.id = uuid.uuid4().hex[:16]
         self._on_cancel = on_cancel
         self.bound = bound
@@ -68,6 +70,7 @@ class RunHandle:
         self._grew = threading.Condition()
         self._watchers = 0
         self._turn: threading.Event | None = None  # Executor.run's: set when its caller's thread may execute it
+        self._logged = logged
 
     def cancel(self) -> None:
         """Stop at the next node or loop step; a queued run never starts (it is cancelled now)."""
@@ -104,6 +107,11 @@ class RunHandle:
                     return
             if self._ran.is_set() and k >= len(self._log):
                 return
+
+    @property
+    def recorder(self) -> Callable[[ev.Event], None] | None:
+        """What keeps this run's events for ``events()``; None for a handle no caller holds."""
+        return self._record if self._logged else None
 
     def _record(self, e: ev.Event) -> None:
         self._log.append(e)
@@ -240,13 +248,13 @@ class Executor:
         bound = self._bind(wf, params)
         out = None if out_dir is None else Path(out_dir)
         if threading.get_ident() == self._run_thread:  # nested: this thread already has the turn
-            h = RunHandle(bound, out_dir=out)
+            h = RunHandle(bound, out_dir=out, logged=False)
             outer = self._current
             if outer is not None:
                 h.cancel_event = outer.cancel_event
             self._execute(h, on_event)
             return h.result()
-        h = RunHandle(bound, self._cancel_queued, out)
+        h = RunHandle(bound, self._cancel_queued, out, logged=False)
         turn = h._turn = threading.Event()
         with self._lock:
             now = not self._pending and self._busy.acquire(blocking=False)
@@ -296,7 +304,7 @@ class Executor:
 
         handles = []
         for b, o in zip(group.bounds, group.outs):
-            m = RunHandle(b, out_dir=o)
+            m = RunHandle(b, out_dir=o, logged=False)
             m.cancel_event = h.cancel_event
             m.status = "running"
             handles.append(m)
@@ -319,7 +327,7 @@ class Executor:
         return runner, plan(keys, stores)
 
     def _run_member(self, h: RunHandle, on_event) -> None:
-        emit = self._listeners.emitter(h._record, on_event)
+        emit = self._listeners.emitter(h.recorder, on_event)
         t0 = time.perf_counter()
         try:
             if isinstance(h.bound, _Together):
@@ -348,7 +356,7 @@ class Executor:
     def _finish_cancelled(self, h: RunHandle) -> None:
         h.status = "cancelled"
         h._result = _cancelled(h.bound, h.id, {}, 0.0)
-        self._listeners.emitter(h._record)(ev.RunFinished(0.0, False, True, h.id))
+        self._listeners.emitter(h.recorder)(ev.RunFinished(0.0, False, True, h.id))
         self._finished(h)
 
     def _finished(self, h: RunHandle) -> None:
@@ -399,7 +407,7 @@ class Executor:
             self._finish_cancelled(h)
             return
         outer_thread, self._run_thread = self._run_thread, threading.get_ident()
-        emit = self._listeners.emitter(h._record, on_event)
+        emit = self._listeners.emitter(h.recorder, on_event)
         runner, interrupted, t0 = None, None, time.perf_counter()
         try:
             if isinstance(h.bound, _Together):

@@ -28,6 +28,7 @@ from graphflow.graph.memo import Recipe
 from graphflow.node.file_access import UNCONFINED, FileAccess
 
 DIGEST = 20  # bytes of blake2b: 160 bits, as git's object ids
+_NOTHING: frozenset = frozenset()  # no scope's inside: a top-level node's links are all fingerprinted
 
 
 def digest(obj: Any) -> str:
@@ -239,7 +240,10 @@ def _recipes(c) -> dict[str, Recipe]:
             if isinstance(ref, (Lit, ParamRef)) and fld not in ports:
                 fields.append(fld)  # a parameter and a literal of equal value hash alike
             else:
-                dynamic.append((fld.encode() + b"=", fld, ref, ports.get(fld)))
+                links = ref.links if isinstance(ref, LinkList) else (ref,) if isinstance(ref, Link) else ()
+                dynamic.append((fld.encode() + b"=", fld, ref, ports.get(fld),
+                                tuple((x.node, b"." + x.port.encode() + b"\0", b"I" + x.node.encode() + b"." + x.port.encode() + b"\0")
+                                      for x in links)))
         lits = None
         if all(isinstance(r, Lit) for f, r in refs if f in fields):
             lits = _bytes({f: c.literals.get((nid, f), r.value) for f, r in refs if f in fields})
@@ -282,11 +286,29 @@ class Fingerprints:
                 else:
                     self.fps[m] = fp
             return
-        for m in members:
-            self.member(m)
+        fps, node_hash = self.fps, self._hash
+        for m, r in self._in_order(members):
+            if r is None:  # a scope
+                self.member(m)
+            else:  # member()'s node case, inlined: this loop runs once per node of a cold run
+                h = node_hash(m, r, _NOTHING, None, m)
+                fps[m] = None if h is None else h.hexdigest()
         if len(memo) >= 32:  # a long sweep keeps the newest parameter sets only
             memo.pop(next(iter(memo)))
-        memo[mkey] = ({m: fp for m, fp in self.fps.items() if fp is not None and m not in self.tainted}, list(self.files))
+        plain = not self.tainted and None not in fps.values()  # the usual case: a copy, made in C
+        memo[mkey] = (dict(fps) if plain else {m: fp for m, fp in fps.items() if fp is not None and m not in self.tainted},
+                      list(self.files))
+
+    def _in_order(self, members: list[str]) -> list[tuple[str, Recipe | None]]:
+        """(member, its recipe; None for a scope) in the order of ``members``, kept with the checked
+        graph for the list it was made from (the plan's members): a cold run's loop reads one list
+        instead of two dictionaries and a node per member."""
+        memo = self.checked.memo
+        kept = memo.top_recipes
+        if kept is None or kept[0] is not members:
+            nodes, recipes = self.checked.nodes, self._recipes
+            kept = memo.top_recipes = (members, [(m, None if type(nodes[m]) is ScopeDef else recipes[m]) for m in members])
+        return kept[1]
 
     def member(self, m: str, files: dict[str, Any] | None = None) -> str | None:
         """A top-level member's fingerprint; None while a linked file path is not known yet.
@@ -295,13 +317,13 @@ class Fingerprints:
         if isinstance(d, ScopeDef):
             inside = self.checked.within.get(m, ())
             inner = frozenset(inside) | {m}
-            h = self._hash(d, inner, None, m)
+            h = self._hash(m, self._recipes[m], inner, None, m)
             if h is not None:
                 for x in inside:
-                    part = self._hash(self.checked.nodes[x], inner, None, m)
+                    part = self._hash(x, self._recipes[x], inner, None, m)
                     h.update(x.encode() + b"\0" + (part.digest() if part is not None else self._taint(m)))
         else:
-            h = self._hash(d, frozenset(), files, m)
+            h = self._hash(m, self._recipes[m], _NOTHING, files, m)
         fp = None if h is None else h.hexdigest()
         self.fps[m] = fp
         return fp
@@ -310,19 +332,20 @@ class Fingerprints:
         self.tainted.add(m)
         return self.token
 
-    def _hash(self, d, inner: frozenset, files: dict[str, Any] | None, member: str):
-        r = self._recipes[d.id]
-        h = hashlib.blake2b(r.static, digest_size=DIGEST)
-        h.update(r.values if r.values is not None else _bytes({f: self.bound.value(d.id, f) for f in r.value_fields}))
+    def _hash(self, nid: str, r: Recipe, inner: frozenset, files: dict[str, Any] | None, member: str):
+        """The hash of one node's (or scope's) key parts, ``r`` its recipe, joined first and hashed
+        in one call (one ``update`` per part was a fifth of a trivial node's fingerprint); the
+        digest is the same."""
+        parts = [r.static, r.values if r.values is not None else _bytes({f: self.bound.value(nid, f) for f in r.value_fields})]
         fps = self.fps
-        for tag, fld, ref, file in r.dynamic:
-            h.update(tag)
+        for tag, fld, ref, file, links in r.dynamic:
+            parts.append(tag)
             if file is not None:
                 known = isinstance(ref, (Lit, ParamRef))
                 if not known and (files is None or fld[7:] not in files):
                     return None
                 try:
-                    path = file.path(self.bound.value(d.id, fld) if known else files[fld[7:]])
+                    path = file.path(self.bound.value(nid, fld) if known else files[fld[7:]])
                     cid = "none" if path is None else content_id(path, self.access.max_bytes)
                 except Exception:
                     # gone wrong since validation (removed, swapped for a FIFO): fingerprinted when
@@ -330,23 +353,23 @@ class Fingerprints:
                     return None
                 if known and path is not None:
                     self.files.append((path, cid))
-                h.update(cid.encode())
+                parts.append(cid.encode())
                 continue
-            for link in (ref.links if isinstance(ref, LinkList) else (ref,) if isinstance(ref, Link) else ()):
-                if link.node in inner:
-                    h.update(b"I" + link.node.encode() + b"." + link.port.encode() + b"\0")
+            for node, port, within in links:
+                if node in inner:
+                    parts.append(within)
                     continue
-                fp = fps[link.node]
+                fp = fps[node]
                 if fp is None:
                     return None
-                if link.node in self.tainted:
+                if node in self.tainted:
                     self.tainted.add(member)
-                h.update(b"F" + fp.encode() + b"." + link.port.encode() + b"\0")
+                parts += (b"F", fp.encode(), port)
         if r.uses:
-            h.update(self._context(r.uses))
+            parts.append(self._context(r.uses))
         if not r.pure:
-            h.update(self._taint(member))
-        return h
+            parts.append(self._taint(member))
+        return hashlib.blake2b(b"".join(parts), digest_size=DIGEST)
 
     def _context(self, uses: frozenset) -> bytes:
         v = self._ctx.get(uses)

@@ -106,9 +106,8 @@ def is_pure(c, m: str) -> bool:
 def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
     c = keys.checked
     sh = shape(c)
-    preds = c.preds[None]
     keys.all(sh.members)
-    fps = keys.fps
+    fps, lookup, walk = keys.fps, index.lookup, _walk(c, sh)
     hits: dict[str, str] = {}
     active: set[str] = set()
     stack = list(sh.keep)
@@ -118,22 +117,38 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
             continue
         active.add(n)
         fp = fps[n]
-        if fp is not None and sh.pure[n]:
-            ports = sh.consumed[n]
-            where = index.lookup(fp, n, sh.ports[n] if "*" in ports else ports)
+        looked, ports, producers = walk[n]
+        if fp is not None and looked:
+            where = lookup(fp, n, ports)
             if where is not None:
                 hits[n] = where
                 continue
-        stack.extend(preds[n])
-    steps = [n for n in sh.members if n in active] if len(active) < len(sh.members) else list(sh.members)
-    return Plan(steps, {n: fps[n] for n in steps}, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
+        stack.extend(producers)
+    if len(active) < len(sh.members):
+        steps = [n for n in sh.members if n in active]
+        step_fps = {n: fps[n] for n in steps}
+    else:  # every member is a step (a cold run): the fingerprints as they are, not a copy
+        steps, step_fps = list(sh.members), dict(fps)
+    return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
+
+
+def _walk(c, sh: Shape) -> dict[str, tuple]:
+    """Per member, what the plan's walk reads of it: whether a cache may hold it (pure), the
+    output ports to look for, its producers. Once per checked graph: one lookup per member."""
+    walk = c.memo.plan_walk
+    if walk is None:
+        preds = c.preds[None]
+        walk = c.memo.plan_walk = {
+            n: (sh.pure[n], sh.ports[n] if "*" in sh.consumed[n] else sh.consumed[n], tuple(preds[n])) for n in sh.members}
+    return walk
 
 
 def _remaining(c, steps: list[str], hits: dict[str, str]) -> dict[str, int]:
     out = dict.fromkeys(steps, 0)
+    preds = c.preds[None]
     for s in steps:
         if s not in hits:
-            for p in c.preds[None][s]:
+            for p in preds[s]:
                 if p in out:
                     out[p] += 1
     return out

@@ -30,8 +30,10 @@ class NodeError(Exception):
         return d
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeStat:
+    """One node's counts in a run: one per node of a run, so kept small (slots, no ``__dict__``)."""
+
     type: str
     runs: int = 0
     hits: int = 0

@@ -23,6 +23,7 @@ from graphflow.node.declaration import Outputs
 from graphflow.node.file_access import InputFileError
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
+_TOP: list = []  # the frames of a top-level node: none (never appended to)
 
 
 class Unloadable(Exception):
@@ -60,7 +61,8 @@ def _outputs_dict(out: Any, cls) -> dict[str, Any]:
 
 class Runner:
     """One run. ``emit`` gets every event (the executor records them for the run's handle and
-    forwards them to listeners); with None, no event is even built."""
+    forwards them to listeners); with None, or an emit that is false (no one hears: an
+    ``Emitter``), no event is even built."""
 
     def __init__(self, keys: Fingerprints, stores: RunCaches, run_id: str, cancel, models: Any,
                  emit: Callable[[ev.Event], None] | None, check_finite: bool = False, preview_every: int = 0,
@@ -74,6 +76,7 @@ class Runner:
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = {}
         self.shape = shape(self.c)
+        self.recs = _records(self.c, self.shape)
         self.specs = self.c.memo.input_specs
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
@@ -90,7 +93,7 @@ class Runner:
     def preview(self, node: str, step: int, steps: int | None, make: Callable[[], tuple[bytes, int, int]]) -> None:
         """A node's offered preview (``Context.preview``): made and emitted at every
         ``preview_every``-th step (the N-th, 2N-th, ...), else never made."""
-        if (step + 1) % self.preview_every:
+        if (step + 1) % self.preview_every or not self.emit:  # not this step, or no one would see it
             return
         png, w, h = make()
         self.emit(ev.Preview(node, step, steps, png, w, h, self.run_id))
@@ -116,7 +119,8 @@ class Runner:
 
     def inputs_of(self, d: NodeDef) -> tuple:
         """Per input: (name, field, ref, how to read it, the adapter that checks a linked value,
-        the literal, the file marker of a linked file input). Kept with the checked graph: the
+        the literal, the file marker of a linked file input, the type a linked value may have to
+        pass unchecked: ``Port.exact_type``). Kept with the checked graph: the
         same for every run of the document."""
         spec = self.specs.get(d.id)
         if spec is None:
@@ -127,7 +131,7 @@ class Runner:
                 linked = how in (_LINK, _LINKS)
                 check = ports[name].adapter if linked and ports[name].validates_values else None
                 out.append((name, fld, ref, how, check, self.c.literals.get((d.id, fld)) if how == _LITERAL else None,
-                            ports[name] if linked and ports[name].file is not None else None))
+                            ports[name] if linked and ports[name].file is not None else None, ports[name].exact_type))
             spec = self.specs[d.id] = tuple(out)
         return spec
 
@@ -140,18 +144,20 @@ class Runner:
             raise NodeError(nid, type_name, f"input '{name}': {e}", iteration, exc_type=e.code) from None
 
     def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None) -> dict[str, Any]:
-        cls = self.c.types[d.id]
+        nid = d.id
+        cls = self.c.types[nid]
         kwargs = {}
         values = self.values
-        for name, fld, ref, how, check, literal, file_port in self.inputs_of(d):
+        spec = self.specs.get(nid)
+        for name, fld, ref, how, check, literal, file_port, exact in spec if spec is not None else self.inputs_of(d):
             if how == _LITERAL:
                 kwargs[name] = literal
                 continue
             if how == _PARAM:
-                kwargs[name] = self.b.values[(d.id, fld)]
+                kwargs[name] = self.b.values[(nid, fld)]
                 continue
-            v = values[ref.node][ref.port] if how == _LINK and not frames else self.resolve(ref, d.id, fld, frames)
-            if check is not None:
+            v = values[ref.node][ref.port] if how == _LINK and not frames else self.resolve(ref, nid, fld, frames)
+            if check is not None and type(v) is not exact:
                 try:
                     v = check.validate_python(v)
                 except ValidationError as e:
@@ -163,9 +169,11 @@ class Runner:
         ctx_values = self.ctx_values
         if iteration is not None:
             ctx_values = {**ctx_values, "iteration": iteration, "iterations": count}
-        ctx = Context._make(d.id, cls.type_name, cls.uses, ctx_values, self.cancel)
+        ctx = Context._make(nid, cls.type_name, cls.uses, ctx_values, self.cancel)
         try:
-            out = _outputs_dict(cls().run(cls.make_inputs(kwargs), ctx), cls)
+            out = cls().run(cls.make_inputs(kwargs), ctx)
+            if type(out) is not dict or not out.keys() >= cls.outputs.keys():
+                out = _outputs_dict(out, cls)
         except (Cancelled, NodeError):
             raise
         except Exception as e:
@@ -197,21 +205,23 @@ class Runner:
     def run_top(self, m: str, p: Plan) -> str | None:
         """Runs or loads one member; returns where it was loaded from, or None if it ran.
         Raises Unloadable when a planned cache entry could not be loaded (then re-plan)."""
-        d = self.c.nodes[m]
-        sh = self.shape
+        d, pure, to_disk, _ = self.recs[m]
         fp = p.fps[m]
         where = p.hits.get(m)
         if fp is None:
             fp = self.late_key(m)
-            if fp is not None and sh.pure[m]:
+            if fp is not None and pure:
                 where = self.stores.lookup(fp, m, self.wanted(m, p))  # a late member: looked up now
-        emit = self.emit
-        if emit:
+        emit = self.emit if self.emit else None  # asked once per node: built only if someone hears
+        if emit is not None:
             emit(ev.NodeStarted(m, d.type, None, self.run_id))
         t0 = time.perf_counter()
-        s = self.stats.get(m) or self.stat(m)
+        s = self.stats.get(m)
+        if s is None:
+            s = self.stats[m] = NodeStat(d.type)
+        stores = self.stores
         if where:
-            out = self.stores.load(fp, where, self.wanted(m, p), sh.ports[m])
+            out = stores.load(fp, where, self.wanted(m, p), self.shape.ports[m])
             if out is None:
                 raise Unloadable(m)
             s.hits += 1
@@ -219,17 +229,17 @@ class Runner:
                 s.status = where
         else:
             # a scope's hoisting state lives as long as the scope's run: built per top-level scope
-            out = ScopeRunner(self).run_scope(d, []) if type(d) is ScopeDef else self.call(d, [])
+            out = ScopeRunner(self).run_scope(d, []) if type(d) is ScopeDef else self.call(d, _TOP)
             s.runs += 1
             s.status = "ran"
-            if fp is not None and sh.pure[m]:
-                self.stores.store(fp, out, sh.to_disk[m])
+            if fp is not None and pure:
+                stores.store(fp, out, to_disk)
         if fp is not None:
-            self.stores.done[fp] = out
+            stores.done[fp] = out
         dt = time.perf_counter() - t0
         s.seconds += dt
         self.values[m] = out
-        if emit:
+        if emit is not None:
             emit(ev.NodeFinished(m, d.type, dt, where if where != "run" else None, None, self.run_id))
         return where
 
@@ -243,6 +253,8 @@ class Runner:
             self.emit(ev.RunStarted(len(p.steps), self.run_id))
         cancelled = False
         preds = self.c.preds[None]
+        holds_pins = getattr(self.ctx_values["models"], "holds_pins", None)
+        holds_pins = holds_pins if callable(holds_pins) else None
         steps = list(p.steps)
         k = 0
         while k < len(steps):
@@ -282,7 +294,8 @@ class Runner:
                 continue
             if where is None:
                 self.release(m, p)
-            self.unpin_unreachable(steps[k:])
+            if holds_pins is not None and holds_pins():
+                self.unpin_unreachable(steps[k:])
         outputs, missing = {}, {}
         for name, link in self.c.doc.outputs.items():
             if link.node in self.values:
@@ -296,13 +309,11 @@ class Runner:
         return RunResult(outputs, self.errors, self.stats, cancelled, dt, missing, self.run_id, self.stores.errors)
 
     def unpin_unreachable(self, rest: list[str]) -> None:
-        """Tell the model manager which of this run's models the members still to run can reach
+        """Called after each step while the run holds pinned models (``holds_pins``). Tell the model manager which of this run's models the members still to run can reach
         (the model references on the ports they read); the others may be evicted under the
         budget. Only the ports read count: LoadModel's output holds every component until the
         decoder runs, but once the prompts are encoded no one reads its text encoders."""
         models = self.ctx_values["models"]
-        if not callable(getattr(models, "holds_pins", None)) or not models.holds_pins():
-            return
         live: set = set()
         for x in rest:
             if x in self.values or x in self.failed:
@@ -319,12 +330,24 @@ class Runner:
     def release(self, m: str, p: Plan) -> None:
         """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""
         rem = p.remaining
-        for x in self.c.preds[None][m]:
-            if x in rem:
-                rem[x] -= 1
-                if rem[x] == 0 and x not in p.keep:
+        for x in self.recs[m][3]:
+            n = rem.get(x)
+            if n is not None:
+                rem[x] = n = n - 1
+                if n == 0 and x not in p.keep:
                     self.values.pop(x, None)
                     self.stores.done.pop(self.keys.fps.get(x), None)
+
+
+def _records(c, sh) -> dict[str, tuple]:
+    """Per top-level member: (its definition, whether it is pure, whether its entry goes to disk,
+    its producers), kept with the checked graph: what the runner reads of a member at its turn,
+    in one lookup instead of four."""
+    recs = c.memo.top_records
+    if recs is None:
+        preds = c.preds[None]
+        recs = c.memo.top_records = {m: (c.nodes[m], sh.pure[m], sh.to_disk[m], tuple(preds[m])) for m in sh.members}
+    return recs
 
 
 def _links(d: Any):

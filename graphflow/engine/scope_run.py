@@ -43,8 +43,8 @@ class ScopeRunner:
 
     def run_body_node(self, d: NodeDef, frames: list, i: int | None, count: int) -> dict[str, Any]:
         """One body node once (``i`` None: an invariant node, run once per run of its scope)."""
-        emit = self.emit
-        if emit:
+        emit = self.emit if self.emit else None  # asked once per node: built only if someone hears
+        if emit is not None:
             emit(ev.NodeStarted(d.id, d.type, i, self.run_id))
         t0 = time.perf_counter()
         out = self.call(d, frames, i, count if i is not None else None)
@@ -53,7 +53,7 @@ class ScopeRunner:
         st.runs += 1
         st.seconds += dt
         st.status = "ran"
-        if emit:
+        if emit is not None:
             emit(ev.NodeFinished(d.id, d.type, dt, None, i, self.run_id))
         return out
 
@@ -88,15 +88,15 @@ class ScopeRunner:
         """The scope's body for item ``i`` (``frame[s.id]`` already holds its variables)."""
         if self.cancel.is_set():
             raise Cancelled()
-        emit = self.emit
-        if emit:
+        emit = self.emit if self.emit else None
+        if emit is not None:
             emit(ev.LoopStep(s.id, i, count, self.run_id))
         self.tokens[s.id] = self.tokens.get(s.id, 0) + 1
         for m in per_item:
             d = s.body[m]
             if isinstance(d, NodeDef) and d.when and not d.when.active(i):  # skipped: 'otherwise'
                 frame[m] = {k: self.resolve(r, m, f"otherwise.{k}", inner) for k, r in d.otherwise.items()}
-                if emit:
+                if emit is not None:
                     emit(ev.NodeFinished(m, d.type, 0.0, "skipped", i, self.run_id))
                 continue
             frame[m] = self.run_member(d, inner, i, count)
@@ -156,8 +156,8 @@ class ScopeRunner:
     def run_member(self, d, frames: list, i: int | None, count: int) -> dict[str, Any]:
         if isinstance(d, NodeDef):
             return self.run_body_node(d, frames, i, count)
-        emit = self.emit
-        if emit:
+        emit = self.emit if self.emit else None
+        if emit is not None:
             emit(ev.NodeStarted(d.id, d.type, i, self.run_id))
         t0 = time.perf_counter()
         out = self.run_scope(d, frames)
@@ -165,6 +165,6 @@ class ScopeRunner:
         st.runs += 1
         st.seconds += time.perf_counter() - t0
         st.status = "ran"
-        if emit:
+        if emit is not None:
             emit(ev.NodeFinished(d.id, d.type, time.perf_counter() - t0, None, i, self.run_id))
         return out

@@ -27,7 +27,9 @@ class Recipe(NamedTuple):
     static: bytes  # what never changes for the document: type, versions, condition
     values: bytes | None  # the inline values, serialised, when no parameter feeds the node
     value_fields: tuple  # the fields holding values (literals or parameters)
-    dynamic: tuple  # (tag, field, ref, file marker or None) for links and file inputs
+    #: (tag, field, ref, file marker or None, links) for links and file inputs; links: per link,
+    #: (its node, the bytes of its port, the bytes naming it inside a scope)
+    dynamic: tuple
     uses: frozenset
     pure: bool
 
@@ -53,13 +55,23 @@ Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Pat
 class Memo:
     #: node or scope id -> its fingerprint recipe; None until the first fingerprint
     recipes: dict[str, Recipe] | None = None
+    #: (the plan's top-level members, each with its recipe or None for a scope), for
+    #: ``engine.fingerprint.Fingerprints.all``; None until the first fingerprint
+    top_recipes: tuple | None = None
+    #: top-level member -> (pure, the ports a cache lookup asks for, producers), for
+    #: ``engine.plan.plan``; None until the first plan
+    plan_walk: dict[str, tuple] | None = None
+    #: top-level member -> (definition, pure, to disk, producers), for ``engine.run.Runner``;
+    #: None until the first run
+    top_records: dict[str, tuple] | None = None
     #: the newest parameter sets' fingerprints (at most 32: a long sweep keeps the newest)
     fingerprints: Fingerprints = field(default_factory=dict)
     #: the top level's plan shape; None until the first plan
     shape: Shape | None = None
     #: scope id -> the body members its values need, in order (``engine.plan.body_order``)
     body_order: dict[str, list[str]] = field(default_factory=dict)
-    #: node id -> per input: name, field, ref, how it is read, its value checker, its literal
+    #: node id -> per input: name, field, ref, how it is read, its value checker, its literal, the
+    #: file marker of a linked file input, the type a linked value may have to pass unchecked
     #: (``engine.run.Runner.inputs_of``)
     input_specs: dict[str, tuple] = field(default_factory=dict)
     #: (node id, input name, port, whether the workflow gives the input) of every file input
