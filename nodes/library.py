@@ -6,7 +6,7 @@ same entry point (``graphflow run txt2img`` from any folder; see graphflow/node/
 
 from __future__ import annotations
 
-import importlib
+import re
 from pathlib import Path
 
 #: package data, installed with the library: every workflow here runs by its name
@@ -28,13 +28,29 @@ NODE_MODULES = (
 )
 
 
+#: a node class statement with its type name (``class X(Node, name="X", …)``)
+_DECLARED = re.compile(r'^class\s+\w+\s*\((?:[^()]|\([^()]*\))*?\bname\s*=\s*"([^"]+)"', re.M)
+
+
+def declared_types() -> dict[str, str]:
+    """Each node type's module, read from the modules' source without importing them: a hint for
+    the registry's lazy loading (a type it misses or misplaces only makes every module load)."""
+    here = Path(__file__).parent
+    found: dict[str, str] = {}
+    for name in NODE_MODULES:
+        source = (here / (name.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        found.update(dict.fromkeys(_DECLARED.findall(source), f"graphflow_nodes.{name}"))
+    return found
+
+
 def register(registry) -> None:
-    """Each node module's types, and the folders the library reads by its own conventions (the
-    models folders, the shipped models, configs and samples), which a confined executor allows."""
+    """Each node module's types, imported when a workflow first names one of them (building ~100
+    node types' pydantic models was most of ``graphflow validate``), and the folders the library
+    reads by its own conventions (the models folders, the shipped models, configs and samples),
+    which a confined executor allows."""
     from graphflow_nodes.loading.files import library_read_roots
 
-    for name in NODE_MODULES:
-        registry.register_module(importlib.import_module(f"graphflow_nodes.{name}"), "graphflow_nodes")
+    registry.register_lazy([f"graphflow_nodes.{name}" for name in NODE_MODULES], declared_types(), "graphflow_nodes")
     registry.add_read_roots(library_read_roots)
     from graphflow_nodes.comfy.document import read as read_comfy
 

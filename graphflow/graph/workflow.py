@@ -67,7 +67,7 @@ class Workflow:
             doc, problems = read_document(data, source, max_depth)
         if problems or doc is None:
             raise ValidationFailed(problems)
-        return cls(doc, registry or _process_registry(), params)
+        return cls(doc, registry if registry is not None else _process_registry(), params)
 
     @classmethod
     def load(cls, path: str | Path, registry: Registry | None = None, limits: Limits | None = None) -> Workflow:
@@ -75,7 +75,7 @@ class Workflow:
         parameters, read as untrusted text like any document (no larger than ``limits.document``).
         A name that is no file but a shipped workflow's (``txt2img``) loads that one."""
         limits = limits or DEFAULT_LIMITS
-        registry = registry or _process_registry()
+        registry = registry if registry is not None else _process_registry()
         data, params = load_json_file(workflow_file(path), limits.document, registry.readers())
         return cls._from_json(data, registry, str(path), params, limits.depth)
 

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import threading
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -28,6 +29,9 @@ class Registry:
         self.sources: dict[str, str] = {}
         self._read_roots: list = []
         self._readers: list = []
+        self._pending: dict[str, str] = {}  # module -> source, registered lazily and not yet imported
+        self._hint: dict[str, str] = {}  # type name -> the pending module said to define it
+        self._loading = threading.RLock()
         for n in nodes:
             self.register(n)
 
@@ -36,6 +40,9 @@ class Registry:
         if not (isinstance(node, type) and issubclass(node, Node) and hasattr(node, "type_name")):
             raise RegistryError(f"{node!r} is not a node type")
         name = node.type_name
+        module = self._hint.get(name)
+        if module is not None and module != node.__module__:
+            self._import(module)  # the declared one comes first, so a second is refused as eagerly
         existing = self._types.get(name)
         if existing is not None and existing is not node:
             raise RegistryError(
@@ -63,6 +70,29 @@ class Registry:
         for n in sorted(found, key=lambda n: n.type_name):
             self.register(n, source or module.__name__)
         return found
+
+    def register_lazy(self, modules: Iterable[str], hint: dict[str, str], source: str = "") -> None:
+        """Node modules imported when a workflow first names one of their types (``get``) or
+        something lists them all: a command that checks one workflow then builds the pydantic
+        models of the few modules it uses, not of a whole library (most of ``graphflow
+        validate``'s time). ``hint`` says which module defines each type; a type it misses or
+        misplaces makes every module load, so a stale hint costs time, never a wrong answer."""
+        with self._loading:
+            for module in modules:
+                self._pending.setdefault(module, source)
+            self._hint.update({n: m for n, m in hint.items() if m in self._pending and n not in self._types})
+
+    def _import(self, module: str) -> None:
+        with self._loading:
+            source = self._pending.pop(module, None)
+            if source is None:
+                return
+            self._hint = {n: m for n, m in self._hint.items() if m != module}
+            self.register_module(importlib.import_module(module), source)
+
+    def _import_all(self) -> None:
+        while self._pending:
+            self._import(next(iter(self._pending)))
 
     def load_plugin(self, spec: str) -> list[type[Node]]:
         """``--plugin`` accepts a module path (``my_pack.nodes``) or a file path (``./my_nodes.py``)."""
@@ -124,18 +154,30 @@ class Registry:
         return list(self._readers)
 
     def get(self, name: str) -> type[Node] | None:
-        return self._types.get(name)
+        node = self._types.get(name)
+        if node is None and self._pending:
+            module = self._hint.get(name)
+            if module is not None:
+                self._import(module)
+            node = self._types.get(name)
+            if node is None:  # not where the hint said, or not named in it
+                self._import_all()
+                node = self._types.get(name)
+        return node
 
     def __contains__(self, name: str) -> bool:
-        return name in self._types
+        return self.get(name) is not None
 
     def __iter__(self):
+        self._import_all()
         return iter(sorted(self._types.values(), key=lambda n: (n.category, n.type_name)))
 
     def __len__(self) -> int:
+        self._import_all()
         return len(self._types)
 
     def names(self) -> list[str]:
+        self._import_all()
         return sorted(self._types)
 
 
