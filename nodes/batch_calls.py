@@ -36,6 +36,10 @@ def per_sample(ctx: Any, key: Hashable, inputs: Any, call: Callable[[Any], Any])
     if not rows or any(t.ndim == 0 or t.shape[0] != rows for t in tensors):
         return call(inputs)  # no common batch axis to batch along
     sig = tuple((tuple(x.shape[1:]), x.dtype, x.device) if isinstance(x, torch.Tensor) else ("value", x) for x in leaves)
+    try:
+        hash((key, spec, sig))
+    except TypeError:  # a leaf that cannot be compared: nothing to match it with
+        return call(inputs)
 
     def together(payloads: list) -> list:
         if len(payloads) == 1:

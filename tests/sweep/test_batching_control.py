@@ -94,15 +94,22 @@ def test_sd3_and_flux_controlnets_batch_with_their_transformers(tmp_path, tiny_s
         assert_same_pictures(batched, alone)
 
 
-def test_t2i_adapter_maps_batch_with_the_unet(tmp_path, tiny_model, calls):
-    from tests.tiny_adapters import build_tiny_t2i_adapter
+def test_t2i_and_ip_adapter_inputs_batch_with_the_unet(tmp_path, tiny_model, calls):
+    """The adapter's feature maps and the IP-Adapter's image prompts are per-sample rows of the
+    UNet's call like the latents: one call per step for the group (the adapters themselves run
+    once, on the shared control or reference image, and are cached)."""
+    from tests.tiny_adapters import build_tiny_ip_adapter, build_tiny_t2i_adapter
 
-    adapter = build_tiny_t2i_adapter(tmp_path / "adapter", tiny_model, seed=1)
-    wf = workflow("t2i_adapter", model=str(tiny_model), adapter=str(adapter), steps=2, width=64, height=64)
+    t2i = workflow("t2i_adapter", model=str(tiny_model), adapter=str(build_tiny_t2i_adapter(tmp_path / "adapter", tiny_model, seed=1)),
+                   steps=2, width=64, height=64)
+    ip = workflow("ip_adapter", model=str(tiny_model), ip_adapter=str(build_tiny_ip_adapter(tmp_path / "ip" / "a.safetensors", tiny_model, seed=1)),
+                  ip_adapter_scale=0.6, reference_image=str(ROOT / "nodes" / "samples" / "yellow-square-on-green.png"), steps=2)
     axes = {"grid": {"seed": [0, 1, 2]}}
-    alone, _ = pictures(wf, tmp_path / "one", 1, **axes)
-    assert calls["UNet2DConditionModel"] == [2] * 6
-    calls.clear()
-    batched, _ = pictures(wf, tmp_path / "three", 3, **axes)
-    assert calls["UNet2DConditionModel"] == [6, 6]
-    assert_same_pictures(batched, alone)
+    for name, wf in (("t2i", t2i), ("ip", ip)):
+        calls.clear()
+        alone, _ = pictures(wf, tmp_path / f"{name}-one", 1, **axes)
+        assert calls["UNet2DConditionModel"] == [2] * 6, name
+        calls.clear()
+        batched, _ = pictures(wf, tmp_path / f"{name}-three", 3, **axes)
+        assert calls["UNet2DConditionModel"] == [6, 6], name
+        assert_same_pictures(batched, alone)
