@@ -212,6 +212,22 @@ def active(step: int, steps: int, start: float, end: float) -> bool:
     return not (step / steps < start or (step + 1) / steps > end)
 
 
+def acting(i: Any) -> bool:
+    """Whether an apply node's ControlNet runs at this step: its ``step`` of ``steps`` inside its
+    [``start``, ``end``] window (a window that ends before it starts is refused). The SD, SD3 and
+    Flux apply nodes share these inputs and this rule."""
+    if i.start > i.end:
+        raise ValueError(f"start ({i.start}) is after end ({i.end}): the ControlNet would never act")
+    return active(i.step, i.steps, i.start, i.end)
+
+
+def scaled(tensors: Any, scale: float) -> Any:
+    """Residuals times an item's conditioning scale, as the ControlNets multiply them (``sample *
+    conditioning_scale``), done per item after a batched call so items of different scales share
+    it; None stays None (a Flux ControlNet without single blocks)."""
+    return None if tensors is None else tuple(t * scale for t in tensors)
+
+
 class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("models",)):
     """Runs a ControlNet for this step: the UNet's model input (both halves of a guidance batch),
     timestep and text embeddings, with the control image, give residuals for the UNet's down
@@ -244,11 +260,10 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
         residuals: ControlResiduals | None = Field(description="None while no ControlNet of the chain acts; into PredictNoise's or PredictNoiseXL's control (or the next ApplyControlNet)")
 
     def run(self, i: In, ctx: Context) -> dict:
-        if i.start > i.end:
-            raise ValueError(f"start ({i.start}) is after end ({i.end}): the ControlNet would never act")
-        if not active(i.step, i.steps, i.start, i.end):
+        if not acting(i):
             return {"residuals": i.residuals}
         import torch
+        from graphflow_nodes.batch_calls import per_sample, timestep_key
         from graphflow_nodes.runtime import placement, to_batch
 
         net = ctx.models.get(i.controlnet)
@@ -267,9 +282,24 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
             x, emb = x.chunk(2)[1], emb.chunk(2)[1]
             added = added and {k: v.chunk(2)[1] for k, v in added.items()}
         image = to_batch(i.control_image.to(device=device, dtype=dtype), x.shape[0], "control_image")
-        with torch.no_grad():
-            down, mid = net(x, i.timestep, encoder_hidden_states=emb, controlnet_cond=image, conditioning_scale=i.scale,
-                            guess_mode=i.guess_mode, added_cond_kwargs=added, return_dict=False)
+        # one call for a sweep's items at this timestep (the latents, embeddings and control image
+        # are per-sample rows); the scale and guess mode's depth scaling are applied per item
+        # afterwards, exactly as the ControlNet applies them, unless it pools its residuals
+        # (global_pool_conditions: it averages after scaling), when they join the key
+        pools = bool(net.config.global_pool_conditions)
+        inside = (i.scale, i.guess_mode) if pools else (1.0, False)
+
+        def call(a):
+            with torch.no_grad():
+                return net(a[0], i.timestep, encoder_hidden_states=a[1], controlnet_cond=a[2], conditioning_scale=inside[0],
+                           guess_mode=inside[1], added_cond_kwargs=a[3], return_dict=False)
+
+        down, mid = per_sample(ctx, ("controlnet", id(net), timestep_key(i.timestep), inside), (x, emb, image, added), call)
+        if not pools and i.guess_mode:  # ControlNetModel's own depth scales, 0.1 to 1
+            scales = torch.logspace(-1, 0, len(down) + 1, device=mid.device) * i.scale
+            down, mid = tuple(d * s for d, s in zip(down, scales)), mid * scales[-1]
+        elif not pools:
+            down, mid = scaled(down, i.scale), mid * i.scale
         if halves:
             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
             mid = torch.cat([torch.zeros_like(mid), mid])

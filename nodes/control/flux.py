@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from graphflow_nodes.control.controlnet import active
+from graphflow_nodes.control.controlnet import acting, scaled
 from graphflow_nodes.kinds import (SEED_MAX, VAE, ControlImage, ControlNet, ControlResiduals, Embeddings, ImageIds, Latents, Pooled, Rng,
                                    TextIds, Timestep)
 from pydantic import Field
@@ -106,23 +106,27 @@ class ApplyFluxControlNet(Node, name="ApplyFluxControlNet", category="control", 
         residuals: ControlResiduals | None = Field(description="into PredictFlux's control (None while no ControlNet of the chain acts)")
 
     def run(self, i: In, ctx: Context) -> dict:
-        if i.start > i.end:
-            raise ValueError(f"start ({i.start}) is after end ({i.end}): the ControlNet would never act")
-        if not active(i.step, i.steps, i.start, i.end):
+        if not acting(i):
             return {"residuals": i.residuals}
         import torch
+        from graphflow_nodes.batch_calls import per_sample, value_key
         from graphflow_nodes.runtime import placement, to_batch
 
         net = flux_controlnet(ctx, i.controlnet)
         device, dtype = placement(net)
         x = i.latents.to(device=device, dtype=dtype)
         n = x.shape[0]
-        cond = to_batch(i.control_latents.to(device=device, dtype=dtype), n, "control_latents")
         guidance = torch.full([1], i.guidance, device=device, dtype=torch.float32).expand(n) if net.config.guidance_embeds else None
-        with torch.no_grad():
-            blocks, single = net(hidden_states=x, controlnet_cond=cond, conditioning_scale=i.scale, timestep=i.timestep.expand(n).to(x.dtype) / 1000,
-                                 guidance=guidance, pooled_projections=to_batch(i.pooled.to(device=device, dtype=dtype), n, "pooled"),
-                                 encoder_hidden_states=to_batch(i.embeddings.to(device=device, dtype=dtype), n, "embeddings"),
-                                 txt_ids=i.text_ids.to(device), img_ids=i.image_ids.to(device), return_dict=False)
-        mine = FluxResiduals(None if blocks is None else tuple(blocks), None if single is None else tuple(single), net.input_hint_block is not None)
+        args = {"hidden_states": x, "controlnet_cond": to_batch(i.control_latents.to(device=device, dtype=dtype), n, "control_latents"),
+                "timestep": i.timestep.expand(n).to(x.dtype) / 1000, "guidance": guidance,
+                "pooled_projections": to_batch(i.pooled.to(device=device, dtype=dtype), n, "pooled"),
+                "encoder_hidden_states": to_batch(i.embeddings.to(device=device, dtype=dtype), n, "embeddings")}
+        txt_ids, img_ids = i.text_ids.to(device), i.image_ids.to(device)
+
+        def call(a):  # per sample: all but the position ids (in the key); scaled per item after
+            with torch.no_grad():
+                return net(**a, conditioning_scale=1.0, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)
+
+        blocks, single = per_sample(ctx, ("flux-controlnet", id(net), value_key(txt_ids), value_key(img_ids)), args, call)
+        mine = FluxResiduals(scaled(blocks, i.scale), scaled(single, i.scale), net.input_hint_block is not None)
         return {"residuals": mine if i.residuals is None else i.residuals + mine}

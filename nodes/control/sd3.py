@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from graphflow_nodes.control.controlnet import active
+from graphflow_nodes.control.controlnet import acting, scaled
 from graphflow_nodes.kinds import SEED_MAX, VAE, ControlImage, ControlNet, ControlResiduals, Embeddings, Latents, Pooled, Rng, Timestep
 from pydantic import Field
 
@@ -99,11 +99,10 @@ class ApplySD3ControlNet(Node, name="ApplySD3ControlNet", category="control", us
         residuals: ControlResiduals | None = Field(description="into PredictSD3's control (None while no ControlNet of the chain acts)")
 
     def run(self, i: In, ctx: Context) -> dict:
-        if i.start > i.end:
-            raise ValueError(f"start ({i.start}) is after end ({i.end}): the ControlNet would never act")
-        if not active(i.step, i.steps, i.start, i.end):
+        if not acting(i):
             return {"residuals": i.residuals}
         import torch
+        from graphflow_nodes.batch_calls import per_sample
         from graphflow_nodes.runtime import placement, to_batch
 
         net = sd3_controlnet(ctx, i.controlnet)
@@ -117,8 +116,12 @@ class ApplySD3ControlNet(Node, name="ApplySD3ControlNet", category="control", us
         if net.config.force_zeros_for_pooled_projection:
             pooled = torch.zeros_like(pooled)
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings") if net.config.joint_attention_dim else None
-        with torch.no_grad():
-            blocks = net(hidden_states=x, timestep=i.timestep.expand(x.shape[0]), encoder_hidden_states=emb, pooled_projections=pooled,
-                         controlnet_cond=cond, conditioning_scale=i.scale, return_dict=False)[0]
-        mine = BlockResiduals(tuple(blocks))
+        args = {"hidden_states": x, "timestep": i.timestep.expand(x.shape[0]), "encoder_hidden_states": emb,
+                "pooled_projections": pooled, "controlnet_cond": cond}
+
+        def call(a):  # per sample, the timestep included: a sweep's items share one call, scaled per item after
+            with torch.no_grad():
+                return net(**a, conditioning_scale=1.0, return_dict=False)[0]
+
+        mine = BlockResiduals(scaled(per_sample(ctx, ("sd3-controlnet", id(net)), args, call), i.scale))
         return {"residuals": mine if i.residuals is None else i.residuals + mine}

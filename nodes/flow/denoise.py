@@ -31,6 +31,7 @@ class PredictSD3(Node, name="PredictSD3", category="sampling", uses=("models",))
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
+        from graphflow_nodes.batch_calls import per_sample
         from graphflow_nodes.runtime import placement, to_batch
 
         transformer = ctx.models.get(i.transformer)
@@ -44,49 +45,23 @@ class PredictSD3(Node, name="PredictSD3", category="sampling", uses=("models",))
             return to_batch(t.to(device=device, dtype=dtype), x.shape[0], what)
 
         t = i.timestep.expand(x.shape[0])
-        emb, pooled = batch(i.embeddings, "embeddings"), batch(i.pooled, "pooled")
-        if i.control is not None:  # control residuals: called alone
-            with torch.no_grad():
-                out = transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, pooled_projections=pooled,
-                                  return_dict=False, block_controlnet_hidden_states=list(i.control.blocks))
-            return {"noise_pred": out[0]}
-        return {"noise_pred": ctx.batched(flow_batch_key(transformer, x, emb, pooled), (x, t, emb, pooled),
-                                          lambda ps: sd3_batch(transformer, ps))}
+        args = {"hidden_states": x, "timestep": t, "encoder_hidden_states": batch(i.embeddings, "embeddings"),
+                "pooled_projections": batch(i.pooled, "pooled")}
+        if i.control is not None:
+            args["block_controlnet_hidden_states"] = list(i.control.blocks)
+        return {"noise_pred": per_sample(ctx, ("sd3", id(transformer)), args, lambda a: sd3_call(transformer, a))}
 
 
-def flow_batch_key(transformer, *tensors, ids=()) -> tuple:
-    """What must be equal for flow transformer calls to share one batch (``Context.batched``): the
-    model, every per-sample shape, dtype and device, and Flux's position ids (shared by the batch,
-    not per sample). Unlike the UNet's key, not the timestep: these transformers embed a timestep
-    per sample, so items at different noise levels (an img2img strength sweep) batch too."""
-    import torch
-
-    shared = tuple((tuple(t.shape), t.dtype, hash(t.detach().to("cpu", torch.float64).numpy().tobytes())) for t in ids)
-    return (id(transformer), *((tuple(x.shape[1:]), x.dtype, x.device) for x in tensors), *shared)
-
-
-def _cat(tensors: list):
-    import torch
-
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
-def _split(out, payloads: list) -> list:
-    return [out] if len(payloads) == 1 else list(out.split([p[0].shape[0] for p in payloads]))
-
-
-def sd3_batch(transformer, payloads: list) -> list:
-    """One SD3 transformer call for several runs' (latents, timesteps, embeddings, pooled), each
-    with its own guidance halves: concatenated along the batch, split back. The MMDiT has no
-    cross-sample operation (its attention is within a sample's own text and image tokens, its
-    norms per token), so each sample's velocity is its own up to float summation order."""
+def sd3_call(transformer, args: dict):
+    """The SD3 transformer's velocity for one item's or a group's (latents, timesteps, embeddings,
+    pooled, ControlNet block residuals), each sample with its own guidance halves and timestep
+    (the transformer embeds one per sample, so items at different noise levels share a call too).
+    The MMDiT has no cross-sample operation (its attention is within a sample's own text and image
+    tokens, its norms per token), so each sample's velocity is its own up to float summation order."""
     import torch
 
     with torch.no_grad():
-        out = transformer(hidden_states=_cat([p[0] for p in payloads]), timestep=_cat([p[1] for p in payloads]),
-                          encoder_hidden_states=_cat([p[2] for p in payloads]),
-                          pooled_projections=_cat([p[3] for p in payloads]), return_dict=False)[0]
-    return _split(out, payloads)
+        return transformer(**args, return_dict=False)[0]
 
 
 class PredictFlux(Node, name="PredictFlux", category="sampling", uses=("models",)):
@@ -112,6 +87,7 @@ class PredictFlux(Node, name="PredictFlux", category="sampling", uses=("models",
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
+        from graphflow_nodes.batch_calls import per_sample, value_key
         from graphflow_nodes.runtime import placement, to_batch
 
         transformer = ctx.models.get(i.transformer)
@@ -125,31 +101,22 @@ class PredictFlux(Node, name="PredictFlux", category="sampling", uses=("models",
         pooled = to_batch(i.pooled.to(device=device, dtype=dtype), n, "pooled")
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), n, "embeddings")
         txt_ids, img_ids = i.text_ids.to(device), i.image_ids.to(device)
-        if i.control is not None:  # control residuals: called alone
-            with torch.no_grad():
-                out = transformer(hidden_states=x, timestep=t / 1000, guidance=guidance, pooled_projections=pooled,
-                                  encoder_hidden_states=emb, txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
-                                  **flux_control(i.control))
-            return {"noise_pred": out[0]}
-        # per sample: the latents, timestep, guidance (dev's embedding), pooled and T5 sequence;
-        # shared by the batch: the position ids, so they are part of the key
-        return {"noise_pred": ctx.batched(flow_batch_key(transformer, x, emb, pooled, ids=(txt_ids, img_ids)),
-                                          (x, t, emb, pooled, guidance), lambda ps: flux_batch(transformer, txt_ids, img_ids, ps))}
+        # per sample: the latents, timestep, guidance (dev's embedding), pooled, T5 sequence and
+        # ControlNet residuals; shared by the call: the position ids, so they are part of the key
+        args = {"hidden_states": x, "timestep": t / 1000, "guidance": guidance, "pooled_projections": pooled,
+                "encoder_hidden_states": emb, **flux_control(i.control)}
+        return {"noise_pred": per_sample(ctx, ("flux", id(transformer), value_key(txt_ids), value_key(img_ids)), args,
+                                         lambda a: flux_call(transformer, txt_ids, img_ids, a))}
 
 
-def flux_batch(transformer, txt_ids, img_ids, payloads: list) -> list:
-    """One Flux transformer call for several runs' (packed latents, timesteps, T5 sequence, pooled,
-    guidance), split back. Flux's blocks attend within a sample's own tokens and embed its
-    timestep and guidance per sample, so each velocity is its own up to float summation order."""
+def flux_call(transformer, txt_ids, img_ids, args: dict):
+    """The Flux transformer's velocity for one item's or a group's packed latents and conditions.
+    Flux's blocks attend within a sample's own tokens and embed its timestep and guidance per
+    sample, so each velocity is its own up to float summation order."""
     import torch
 
-    guidance = None if payloads[0][4] is None else _cat([p[4] for p in payloads])
     with torch.no_grad():
-        out = transformer(hidden_states=_cat([p[0] for p in payloads]), timestep=_cat([p[1] for p in payloads]) / 1000,
-                          guidance=guidance, encoder_hidden_states=_cat([p[2] for p in payloads]),
-                          pooled_projections=_cat([p[3] for p in payloads]), txt_ids=txt_ids, img_ids=img_ids,
-                          return_dict=False)[0]
-    return _split(out, payloads)
+        return transformer(**args, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
 
 
 def flux_control(control) -> dict:

@@ -17,7 +17,7 @@ from graphflow_nodes.kinds import (
     Timestep,
     UNet,
 )
-from graphflow_nodes.stages.denoise import adapter_errors, control_kwargs, controlnet_kwargs
+from graphflow_nodes.stages.denoise import control_kwargs, controlnet_kwargs, unet_call
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -43,9 +43,8 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
         noise_pred: NoisePred = Field(description="the model output, same batch as model_input")
 
     def run(self, i: In, ctx: Context) -> dict:
-        import torch
+        from graphflow_nodes.batch_calls import per_sample, timestep_key
         from graphflow_nodes.runtime import placement, to_batch
-        from graphflow_nodes.stages.denoise import controlnet_kwargs
 
         unet = ctx.models.get(i.unet)
         device, dtype = placement(unet)
@@ -57,11 +56,10 @@ class PredictNoiseXL(Node, name="PredictNoiseXL", category="sampling", uses=("mo
         check_added_conditions(unet, i.pooled, i.time_ids)
         cond = {"text_embeds": batch(i.pooled, "pooled"), "time_ids": batch(i.time_ids, "time_ids")}
         extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype) | controlnet_kwargs(i.control)
-        cond |= extra.pop("added_cond_kwargs", {})
-        with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
-            out = unet(x, i.timestep, encoder_hidden_states=batch(i.embeddings, "embeddings"), added_cond_kwargs=cond, return_dict=False,
-                       **extra)
-        return {"noise_pred": out[0]}
+        extra["added_cond_kwargs"] = cond | extra.get("added_cond_kwargs", {})
+        # the added conditions are per-sample rows too: a sweep's items share one call per step
+        return {"noise_pred": per_sample(ctx, ("unet", id(unet), timestep_key(i.timestep)), (x, batch(i.embeddings, "embeddings"), extra),
+                                         lambda a: unet_call(unet, i.timestep, i.adapter_residuals, *a))}
 
 
 def check_added_conditions(unet: Any, pooled: Any, time_ids: Any) -> None:

@@ -43,7 +43,7 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         noise_pred: NoisePred = Field(description="the predicted noise, same batch as model_input")
 
     def run(self, i: In, ctx: Context) -> dict:
-        import torch
+        from graphflow_nodes.batch_calls import per_sample, timestep_key
         from graphflow_nodes.runtime import placement, to_batch
 
         unet = ctx.models.get(i.unet)
@@ -51,11 +51,10 @@ class PredictNoise(Node, name="PredictNoise", category="sampling", uses=("models
         x = i.model_input.to(dtype=dtype)
         emb = to_batch(i.embeddings.to(device=device, dtype=dtype), x.shape[0], "embeddings")
         extra = control_kwargs(unet, i.adapter_residuals, i.image_prompts, x.shape[0], device, dtype) | controlnet_kwargs(i.control)
-        if extra:  # control inputs: called alone
-            with torch.no_grad(), adapter_errors(unet, i.adapter_residuals):
-                return {"noise_pred": unet(x, i.timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]}
-        return {"noise_pred": ctx.batched(batch_key(unet, i.timestep, x, emb), (x, emb),
-                                          lambda xs: unet_batch(unet, i.timestep, xs))}
+        # a sweep's items share one call per step, control inputs included: the residuals, adapter
+        # maps and image prompts are per-sample rows like the latents (batch_calls.per_sample)
+        return {"noise_pred": per_sample(ctx, ("unet", id(unet), timestep_key(i.timestep)), (x, emb, extra),
+                                         lambda a: unet_call(unet, i.timestep, i.adapter_residuals, *a))}
 
 
 def batch_key(model, timestep, *tensors) -> tuple:
@@ -66,18 +65,17 @@ def batch_key(model, timestep, *tensors) -> tuple:
     return (id(model), t, *((tuple(x.shape[1:]), x.dtype, x.device) for x in tensors))
 
 
-def unet_batch(unet, timestep, payloads: list) -> list:
-    """One UNet call for several runs' (model_input, embeddings): concatenated along the batch,
-    split back. Each sample's prediction is its own (a UNet has no cross-sample operation: its
+def unet_call(unet, timestep, adapter_residuals, x, emb, extra: dict):
+    """The UNet's prediction for one item's or a group's (model input, embeddings, control
+    keywords). Each sample's prediction is its own (a UNet has no cross-sample operation: its
     group norms are per sample), up to the float summation order of the larger matrix products."""
     import torch
 
-    xs = [p[0] for p in payloads]
-    with torch.no_grad():
-        if len(xs) == 1:
-            return [unet(xs[0], timestep, encoder_hidden_states=payloads[0][1], return_dict=False)[0]]
-        out = unet(torch.cat(xs), timestep, encoder_hidden_states=torch.cat([p[1] for p in payloads]), return_dict=False)[0]
-    return list(out.split([x.shape[0] for x in xs]))
+    extra = dict(extra)
+    if "down_intrablock_additional_residuals" in extra:  # the UNet pops from this list: a fresh one
+        extra["down_intrablock_additional_residuals"] = list(extra["down_intrablock_additional_residuals"])
+    with torch.no_grad(), adapter_errors(unet, adapter_residuals):
+        return unet(x, timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]
 
 
 def control_kwargs(unet, adapter_residuals, image_prompts, batch: int, device, dtype) -> dict:
