@@ -87,13 +87,14 @@ def main() -> int:
     import comfy.options
 
     comfy.options.enable_args_parsing()
-    sys.argv = [str(a.comfyui / "main.py"), "--cpu", "--output-directory", str(a.out), *a.comfy_arg]
+    sys.argv = [str(a.comfyui / "main.py"), "--cpu", *a.comfy_arg]
     import execution
     import folder_paths
     import nodes
 
     keep_float_pictures(nodes)
 
+    folder_paths.set_output_directory(str(a.out.resolve()))  # main.py's job for --output-directory
     folder_paths.add_model_folder_path("checkpoints", str(a.models / "checkpoints"), is_default=True)
     server = Events()
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
