@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,7 @@ def run_graphflow(prompt: Path, work: Path, models: Path, threads: int) -> tuple
     wf = work / (prompt.stem + ".graphflow.json")
     subprocess.run([*cli, "import", "comfy", str(prompt), "-o", str(wf)], env=env, check=True, capture_output=True, text=True)
     out = work / (prompt.stem + "-out")
+    shutil.rmtree(out, ignore_errors=True)  # a kept --work folder: only this run's picture
     start = time.perf_counter()
     r = subprocess.run([*cli, "run", str(wf), "--models-dir", str(models), "--out", str(out), "--no-cache", "--quiet",
                         "--threads", str(threads)], env=env, capture_output=True, text=True)
