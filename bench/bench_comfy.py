@@ -1,9 +1,7 @@
 """How far a translated ComfyUI workflow's picture is from ComfyUI's own, per sampler × scheduler.
 
 ComfyUI is not a dependency: point ``--comfyui`` at a ComfyUI checkout (its ``comfy`` package is
-imported from there). Two measurements:
-
-* ``core`` (default): the sampling ComfyUI does, from ComfyUI's own code — ``comfy.samplers``'
+imported from there). What it measures: the sampling ComfyUI does, from ComfyUI's own code — ``comfy.samplers``'
   scheduler functions for the sigmas, ``comfy.k_diffusion.sampling``'s sampler functions,
   ``comfy.model_sampling.ModelSamplingDiscrete`` for the noise scaling and the UNet's input,
   timestep and denoised output, ``comfy/sample.py``'s ``prepare_noise`` rule for the starting noise
@@ -11,16 +9,14 @@ imported from there). Two measurements:
   ``cfg_function`` — around the same UNet, text embeddings and VAE graphflow uses, against
   ``graphflow run`` of the default ComfyUI graph (tests/data/comfy/default.json) translated. What
   differs is then only the translation: sigmas, timesteps, noise, the sampler's update.
-* ``full`` (``--full``): ComfyUI's own nodes end to end (CheckpointLoaderSimple, CLIPTextEncode,
-  KSampler, VAEDecode from its ``nodes.py``) on a random-weight single-file checkpoint of SD 1.5's
-  full architecture (ComfyUI detects SD 1.x from its widths), written from nodes/configs/sd15,
-  against graphflow on the same file. Needs ComfyUI's requirements installed and about 6 GB of
-  memory.
+
+ComfyUI itself end to end (its executor, checkpoint loader, CLIP, samplers and VAE on a random-weight
+SD 1.5 single file) against ``graphflow run``: bench/bench_comfy_real.py.
 
 Figures are max and mean absolute differences of the decoded pictures (0..1) and of the final
 latents. ::
 
-    .venv/bin/python bench/bench_comfy.py --comfyui ~/ComfyUI [--steps 4] [--size 64] [--full]
+    .venv/bin/python bench/bench_comfy.py --comfyui ~/ComfyUI [--steps 4] [--size 64]
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +37,7 @@ SAMPLER_FUNCTIONS = {"ddim": "euler"}  # ComfyUI's ddim is ksampler("euler")
 PROMPT = json.loads((ROOT / "tests" / "data" / "comfy" / "default.json").read_text())
 
 
-def graphflow_run(model: str, sampler: str, scheduler: str, steps: int, size: int, seed: int, cfg: float, config: str = ""):
+def graphflow_run(model: str, sampler: str, scheduler: str, steps: int, size: int, seed: int, cfg: float):
     """The default ComfyUI graph, translated and run in this process: (image, latents)."""
     from graphflow import Executor, Workflow
     from graphflow_nodes.comfy.translate import translate
@@ -50,8 +45,6 @@ def graphflow_run(model: str, sampler: str, scheduler: str, steps: int, size: in
     doc, params, _ = translate(PROMPT)
     doc["nodes"].pop("n9")  # no files written
     doc["outputs"] = {"image": "n8.image", "latents": "n3.latents"}
-    if config:
-        doc["nodes"]["n4"]["inputs"]["config"] = config
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": model, "sampler_name": sampler, "scheduler": scheduler,
                                                              "steps": steps, "width": size, "height": size, "seed": seed, "cfg": cfg}))
     assert r.ok, r.errors
@@ -105,45 +98,6 @@ def comfy_core(comfyui: Path, model_dir: Path, sampler: str, scheduler: str, ste
     return image, out
 
 
-def comfy_full(comfyui: Path, ckpt: Path, sampler: str, scheduler: str, steps: int, size: int, seed: int, cfg: float):
-    """ComfyUI's own nodes, in process (not run where this bench was written: see the README)."""
-    import torch
-
-    sys.argv = [sys.argv[0], "--cpu"]
-    sys.path.insert(0, str(comfyui))
-    import folder_paths
-    import nodes
-
-    folder_paths.add_model_folder_path("checkpoints", str(ckpt.parent))
-    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(ckpt.name)[:3]
-    (pos,) = nodes.CLIPTextEncode().encode(clip, PROMPT["6"]["inputs"]["text"])
-    (neg,) = nodes.CLIPTextEncode().encode(clip, PROMPT["7"]["inputs"]["text"])
-    (latent,) = nodes.EmptyLatentImage().generate(size, size, 1)
-    (out,) = nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, pos, neg, latent, denoise=1.0)
-    (image,) = nodes.VAEDecode().decode(vae, out)
-    return image.permute(0, 3, 1, 2).float(), out["samples"]
-
-
-def random_sd15(path: Path) -> Path:
-    """A random-weight single-file checkpoint of SD 1.5's full architecture (original layout)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from tests import original_layout as ol
-
-    config = ROOT / "nodes" / "configs" / "sd15"
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config, subfolder="unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config, subfolder="vae"))
-    te = CLIPTextModel(CLIPTextConfig.from_pretrained(config, subfolder="text_encoder"))
-    half = lambda sd: {k: v.to(torch.float16).contiguous() for k, v in sd.items()}
-    save_file({**ol.convert_unet(half(unet.state_dict()), unet.config), **ol.convert_vae(half(vae.state_dict()), vae.config),
-               **ol.convert_text_encoder(half(te.state_dict()))}, str(path))
-    return path
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_DIR"), help="a ComfyUI checkout (or $COMFYUI_DIR)")
@@ -152,7 +106,6 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=8566257)
     ap.add_argument("--cfg", type=float, default=8.0)
-    ap.add_argument("--full", action="store_true", help="ComfyUI's nodes end to end on a random SD 1.5 checkpoint")
     ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args()
     if a.comfyui is None or not (a.comfyui / "comfy").is_dir():
@@ -162,23 +115,17 @@ def main() -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = random_sd15(Path(tmp) / "sd15-random.safetensors") if a.full else None
-        for sampler, scheduler in PAIRS:
-            args = (sampler, scheduler, a.steps, a.size, a.seed, a.cfg)
-            if a.full:
-                ours, ours_lat = graphflow_run(str(ckpt), *args, config="sd15")
-                theirs, theirs_lat = comfy_full(a.comfyui, ckpt, *args)
-            else:
-                ours, ours_lat = graphflow_run(str(a.model), *args)
-                theirs, theirs_lat = comfy_core(a.comfyui, a.model, *args)
-            d, dl = (ours - theirs).abs(), (ours_lat - theirs_lat).abs()
-            rows.append({"sampler": sampler, "scheduler": scheduler, "image_max": float(d.max()), "image_mean": float(d.mean()),
-                         "latents_max": float(dl.max()), "latents_mean": float(dl.mean())})
-            print(f"{sampler:16} {scheduler:13} picture max {rows[-1]['image_max']:.2e} mean {rows[-1]['image_mean']:.2e}   "
-                  f"latents max {rows[-1]['latents_max']:.2e} mean {rows[-1]['latents_mean']:.2e}", flush=True)
+    for sampler, scheduler in PAIRS:
+        args = (sampler, scheduler, a.steps, a.size, a.seed, a.cfg)
+        ours, ours_lat = graphflow_run(str(a.model), *args)
+        theirs, theirs_lat = comfy_core(a.comfyui, a.model, *args)
+        d, dl = (ours - theirs).abs(), (ours_lat - theirs_lat).abs()
+        rows.append({"sampler": sampler, "scheduler": scheduler, "image_max": float(d.max()), "image_mean": float(d.mean()),
+                     "latents_max": float(dl.max()), "latents_mean": float(dl.mean())})
+        print(f"{sampler:16} {scheduler:13} picture max {rows[-1]['image_max']:.2e} mean {rows[-1]['image_mean']:.2e}   "
+              f"latents max {rows[-1]['latents_max']:.2e} mean {rows[-1]['latents_mean']:.2e}", flush=True)
     if a.json:
-        a.json.write_text(json.dumps({"mode": "full" if a.full else "core", "steps": a.steps, "size": a.size, "seed": a.seed, "cfg": a.cfg,
+        a.json.write_text(json.dumps({"mode": "core", "steps": a.steps, "size": a.size, "seed": a.seed, "cfg": a.cfg,
                                       "torch": torch.__version__, "pairs": rows}, indent=1) + "\n")
     return 0
 

@@ -7,11 +7,14 @@ graphflow node came from (``meta["nodes"]``), so the retelling names the ComfyUI
 when the run moves on to a node of another ComfyUI node, ``progress`` for each step of a loop
 (the denoising loop), ``executed`` with the pictures each output node wrote, then the end
 (``execution_success``, ``execution_error`` or ``execution_interrupted``) and ``executing`` with
-``node: null``, which is what ComfyUI's clients wait for. Binary preview frames are not sent:
-graphflow makes no previews, and ComfyUI's clients take any binary frame for a picture."""
+``node: null``, which is what ComfyUI's clients wait for. A run's previews (``graphflow serve
+--preview-every N``) go out as ComfyUI's binary preview frames (``preview_frame``); with previews
+off no binary frame is ever sent, since ComfyUI's clients take any binary frame for a picture."""
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from collections import OrderedDict
 from typing import Any
@@ -20,6 +23,18 @@ from graphflow.server.store import Store
 
 #: runs whose ComfyUI details one socket keeps at hand
 KEEP_RUNS = 64
+
+#: ComfyUI's ``protocol.BinaryEventTypes.PREVIEW_IMAGE``, and the image types of its ``send_image``
+PREVIEW_IMAGE, JPEG, PNG = 1, 1, 2
+
+
+def preview_frame(e: dict[str, Any]) -> bytes:
+    """A ``preview`` event as ComfyUI's ``server.send_image`` frames it: the event type and the image
+    type as 4-byte big-endian integers, then the image's bytes (here the preview's PNG, carried in
+    the event as a data URL). Clients such as ComfyUI's websockets_api_example_ws_images.py read the
+    picture from byte 8 on."""
+    png = base64.b64decode(e["image"].partition(",")[2])
+    return struct.pack(">II", PREVIEW_IMAGE, PNG) + png
 
 
 def queue_status(store: Store) -> dict[str, Any]:
@@ -76,8 +91,9 @@ def files_by_node(run: dict[str, Any], meta: dict[str, Any]) -> dict[str, list[d
 
 
 class Retelling:
-    """One socket's retelling: ``self(event)`` → the ComfyUI messages it makes for client ``sid``.
-    Called off the event loop (it may read the store)."""
+    """One socket's retelling: ``self(event)`` → the ComfyUI messages it makes for client ``sid``
+    (JSON messages as dicts, binary frames as bytes). Called off the event loop (it may read the
+    store)."""
 
     def __init__(self, store: Store, sid: str) -> None:
         self.store, self.sid = store, sid
@@ -93,12 +109,14 @@ class Retelling:
                 self._runs.popitem(last=False)
         return self._runs[run_id]
 
-    def __call__(self, e: dict[str, Any]) -> list[dict[str, Any]]:
+    def __call__(self, e: dict[str, Any]) -> list[dict[str, Any] | bytes]:
         kind, run_id = e["type"], e.get("run_id", "")
         status = {"type": "status", "data": queue_status(self.store)} if kind in ("queued", "run_started", "run_finished") else None
-        meta = self._meta(run_id) if kind in ("run_started", "node_started", "loop_step", "run_finished") else None
+        meta = self._meta(run_id) if kind in ("run_started", "node_started", "loop_step", "preview", "run_finished") else None
         if meta is None or meta.get("client_id") not in (None, self.sid):
             return [status] if status else []
+        if kind == "preview":
+            return [preview_frame(e)]
         pid = meta["prompt_id"]
         now = int(time.time() * 1000)
         if kind == "run_started":

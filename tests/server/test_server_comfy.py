@@ -11,6 +11,8 @@ import base64
 import http.client
 import io
 import json
+import struct
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +21,7 @@ import uuid
 import pytest
 import websocket  # websocket-client, as ComfyUI's websockets_api_example.py uses
 
-from tests.server_helpers import ThreadServer, wait_for
+from tests.server_helpers import ProcessServer, ThreadServer, servers, wait_for  # noqa: F401 (servers: a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +105,7 @@ def test_the_websocket_example_protocol_gets_its_picture_back(srv, tiny_model):
     messages = []
     while True:
         out = ws.recv()
-        assert isinstance(out, str)  # no previews: no binary frames, which clients take for pictures
+        assert isinstance(out, str)  # previews off (ThreadServer's executor): no binary frames, which clients take for pictures
         m = json.loads(out)
         messages.append(m)
         if m["type"] == "executing" and m["data"]["node"] is None and m["data"]["prompt_id"] == prompt_id:
@@ -137,6 +139,60 @@ def test_the_websocket_example_protocol_gets_its_picture_back(srv, tiny_model):
     assert prompt_id in json.loads(get(srv, "/history")[1])
     status, body = post(srv, "/prompt", json.dumps({"prompt": default_prompt(tiny_model), "prompt_id": prompt_id}).encode())
     assert status == 400 and body["error"]["type"] == "prompt_id_taken"
+
+
+def test_previews_reach_comfyui_clients_as_its_binary_frames_when_switched_on(servers, tmp_path, tiny_model):
+    """`graphflow serve --preview-every 1`: each step's preview reaches the prompt's ComfyUI client
+    as ComfyUI's server.send_image frames it (4-byte big-endian event type 1 = PREVIEW_IMAGE, 4-byte
+    image type 2 = PNG, then the PNG), after the KSampler's ``executing`` and before the nodes after
+    it, and is the very picture /api/ws carries. With previews off not one binary frame is sent:
+    test_the_websocket_example_protocol_gets_its_picture_back (a server without previews) checks that
+    every frame of its whole run is text."""
+    s = ProcessServer(tmp_path, "--preview-every", "1", "--allow-read", str(tiny_model.parent))
+    servers.append(s)
+    address = s.url.removeprefix("http://").rstrip("/")
+    client_id, prompt_id = str(uuid.uuid4()), str(uuid.uuid4())
+    ws = websocket.create_connection(f"ws://{address}/ws?clientId={client_id}", timeout=120)
+    api = websocket.create_connection(f"ws://{address}/api/ws", timeout=120)
+    assert json.loads(ws.recv())["type"] == "status" and json.loads(api.recv())["type"] == "status"
+    previews: list[bytes] = []  # /api/ws read all along (an unread socket misses the server's pings and is closed)
+
+    def read_api():
+        while (m := json.loads(api.recv()))["type"] != "run_finished":
+            if m["type"] == "preview":
+                previews.append(base64.b64decode(m["data"]["image"].partition(",")[2]))
+
+    reader = threading.Thread(target=read_api, daemon=True)
+    reader.start()
+    body = json.dumps({"prompt": default_prompt(tiny_model, steps=3), "client_id": client_id, "prompt_id": prompt_id}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"http://{address}/prompt", data=body)).read()
+
+    seen: list = []  # ("text", message) or ("frame", bytes), in arrival order
+    while True:
+        out = ws.recv()
+        if isinstance(out, bytes):
+            seen.append(("frame", out))
+            continue
+        m = json.loads(out)
+        seen.append(("text", m))
+        if m["type"] == "executing" and m["data"]["node"] is None and m["data"]["prompt_id"] == prompt_id:
+            break
+    reader.join(60)
+    assert not reader.is_alive()
+    ws.close()
+    api.close()
+
+    frames = [f for kind, f in seen if kind == "frame"]
+    assert len(frames) == 3 and [struct.unpack(">II", f[:8]) for f in frames] == [(1, 2)] * 3
+    assert [f[8:] for f in frames] == previews  # the same PNGs the run made
+    for f in frames:
+        assert f[8:16] == b"\x89PNG\r\n\x1a\n"
+        # the latents' resolution (64 px / 8) as nodes/stages/preview.py projects them, or the picture's with a decoder
+        assert png_size(f[8:]) in {(8, 8), (64, 64)}
+    order = [("frame" if kind == "frame" else f"{m['type']}:{m['data'].get('node')}") for kind, m in seen if kind == "frame" or m["type"] in
+             ("executing", "executed")]
+    first, last = order.index("frame"), len(order) - 1 - order[::-1].index("frame")
+    assert "executing:3" in order[:first] and order[last + 1:][0] in ("executing:8", "executing:9", "executed:9")
 
 
 BAD = {

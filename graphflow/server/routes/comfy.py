@@ -413,7 +413,7 @@ def socket_routes(s: Services) -> APIRouter:
             status = await run_in_threadpool(queue_status, s.store)
             return [{"type": "status", "data": {**status, "sid": sid}}]
 
-        async def messages(e: dict[str, Any]) -> list[dict[str, Any]]:
+        async def messages(e: dict[str, Any]) -> list[dict[str, Any] | bytes]:
             return await run_in_threadpool(retell, e)
 
         await relay(ws, s, first, messages)

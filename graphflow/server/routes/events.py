@@ -107,9 +107,10 @@ def open_routes(s: Services) -> APIRouter:
 
 
 async def relay(ws: WebSocket, s: Services, first: Callable[[], Awaitable[list[dict[str, Any]]]],
-                messages: Callable[[dict[str, Any]], Awaitable[list[dict[str, Any]]]]) -> None:
-    """Send ``first()``, then the messages each broker event makes, until the client goes or falls
-    too far behind (1013). The queue is taken before ``first`` runs: no event falls in between."""
+                messages: Callable[[dict[str, Any]], Awaitable[list[dict[str, Any] | bytes]]]) -> None:
+    """Send ``first()``, then the messages each broker event makes (a dict as a JSON text frame,
+    bytes as a binary frame), until the client goes or falls too far behind (1013). The queue is
+    taken before ``first`` runs: no event falls in between."""
     q = s.broker.socket_queue()
     closed = asyncio.ensure_future(until_closed(ws))
     try:
@@ -126,7 +127,10 @@ async def relay(ws: WebSocket, s: Services, first: Callable[[], Awaitable[list[d
                 await ws.close(code=1013)
                 break
             for m in await messages(e):
-                await ws.send_text(orjson.dumps(m).decode())
+                if isinstance(m, bytes):  # a binary frame (ComfyUI's previews)
+                    await ws.send_bytes(m)
+                else:
+                    await ws.send_text(orjson.dumps(m).decode())
     except (WebSocketDisconnect, RuntimeError, ConnectionError):
         pass
     finally:
