@@ -21,6 +21,10 @@ LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK",
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
 INT, FLOAT, STR, BOOL, BOOL_TEXT = "INT", "FLOAT", "STRING", "BOOLEAN", ("enable", "disable")
 MASK_CHANNELS = ("alpha", "red", "green", "blue")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+#: DualCLIPLoader's types (ComfyUI's list; the ones translated: DUAL_CLIP_FAMILIES)
+DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream")
+DUAL_CLIP_FAMILIES = {"flux": "flux", "sdxl": "sdxl"}
 
 #: class_type -> (inputs: {name: type}, outputs). A type is a link type (an upstream node's output),
 #: INT/FLOAT/STRING, or a tuple of the values allowed. Also what /object_info describes.
@@ -70,6 +74,10 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "CLIPTextEncodeFlux": ({"clip": "CLIP", "clip_l": STR, "t5xxl": STR, "guidance": FLOAT}, ("CONDITIONING",)),
     "CLIPTextEncodeSD3": ({"clip": "CLIP", "clip_l": STR, "clip_g": STR, "t5xxl": STR, "empty_padding": ("none", "empty_prompt")},
                           ("CONDITIONING",)),
+    "UNETLoader": ({"unet_name": STR, "weight_dtype": WEIGHT_DTYPES}, ("MODEL",)),
+    "DualCLIPLoader": ({"clip_name1": STR, "clip_name2": STR, "type": DUAL_CLIP_TYPES, "device": ("default", "cpu")}, ("CLIP",)),
+    "TripleCLIPLoader": ({"clip_name1": STR, "clip_name2": STR, "clip_name3": STR}, ("CLIP",)),
+    "VAELoader": ({"vae_name": STR}, ("VAE",)),
     "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
                             "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
 }
@@ -89,6 +97,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ControlNetApply": {"strength": 1.0},
     "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional, unused
     "Canny": {"low_threshold": 0.4, "high_threshold": 0.8},
+    "UNETLoader": {"weight_dtype": "default"},
+    "DualCLIPLoader": {"device": "default"},
 }
 OUTPUT_NODES = ("SaveImage", "PreviewImage")
 
@@ -169,6 +179,10 @@ class _State:
 #: class_type -> the params its values become: (input name, param base name, param type)
 PARAMS = {
     "CheckpointLoaderSimple": (("ckpt_name", "checkpoint", "string"),),
+    "UNETLoader": (("unet_name", "unet", "string"),),
+    "VAELoader": (("vae_name", "vae", "string"),),
+    "DualCLIPLoader": (("clip_name1", "clip_1", "string"), ("clip_name2", "clip_2", "string")),
+    "TripleCLIPLoader": (("clip_name1", "clip_1", "string"), ("clip_name2", "clip_2", "string"), ("clip_name3", "clip_3", "string")),
     "KSampler": (("seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"), ("denoise", "denoise", "float"),
                  ("sampler_name", "sampler_name", "string"), ("scheduler", "scheduler", "string")),
     "KSamplerAdvanced": (("noise_seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"),
@@ -193,7 +207,12 @@ PARAM_WHAT = {"checkpoint": "the checkpoint file", "seed": "noise seed", "steps"
               "grow_mask_by": "pixels the inpainting mask grows by", "shift": "the flow model's noise-level shift (ModelSamplingSD3)",
               "guidance": "FLUX.1-dev's distilled guidance (FluxGuidance)", "controlnet": "the ControlNet file",
               "control_strength": "how strongly the ControlNet steers", "control_start": "the fraction of the sampling where the ControlNet starts",
-              "control_end": "the fraction of the sampling where the ControlNet stops"}
+              "control_end": "the fraction of the sampling where the ControlNet stops", "unet": "the diffusion model file (UNETLoader)",
+              "vae": "the VAE file (VAELoader)", "clip_1": "a text encoder file (any order: each fits one of the model's encoders)",
+              "clip_2": "a text encoder file (any order: each fits one of the model's encoders)",
+              "clip_3": "a text encoder file (any order: each fits one of the model's encoders)",
+              "config": "the diffusers folder of the model's architecture the split loaders' files are built with (its configs, tokenizers "
+                        "and scheduler; it need hold no weights)"}
 
 
 def _val(st: _State, cid: str, name: str) -> Any:
@@ -275,6 +294,55 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
              "family": f"{n}.family", "translated_for": family}, clip, {"vae": f"{n}.vae"})
 
 
+def _config(st: _State, cid: str) -> dict:
+    """The one ``config`` param every split loader of the prompt shares: the diffusers folder
+    (configs and tokenizers, no weights needed) their files are built with."""
+    if "config" not in st.params:
+        st.param_uses["config"] = 1
+        st.param(cid, "config", "", "string", PARAM_WHAT["config"])
+    return {"param": "config"}
+
+
+def _t_unet_loader(st: _State, cid: str, up: dict) -> tuple:
+    if _val(st, cid, "weight_dtype") != "default":
+        raise _Refuse(NodeError("value_not_valid", f"weight_dtype {_val(st, cid, 'weight_dtype')} has no translation",
+                                "graphflow keeps the weights in its own --dtype: use default", "weight_dtype"))
+    family = (st.family_of or checkpoint_family)(_val(st, cid, "unet_name"))
+    if family is not None and family != "flux":
+        raise _Refuse(NodeError("value_not_valid", f"unet_name is a {FAMILY_NAMES.get(family, family)} file; UNETLoader is translated for "
+                                "FLUX.1 transformer files", "load an SD3 all-in-one file or a diffusers folder with CheckpointLoaderSimple",
+                                "unet_name"))
+    n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "unet_name"), "config": _config(st, cid)}})
+    return ({"unet": f"{n}.transformer", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family", "translated_for": "flux"},)
+
+
+def _clip_files(st: _State, cid: str, names: tuple[str, ...], family: str) -> tuple:
+    files = {f"file_{k + 1}": _pval(st, cid, name) for k, name in enumerate(names)}
+    n = st.add(cid, gid(cid), {"type": "LoadTextEncoderFiles", "inputs": {**files, "config": _config(st, cid)}})
+    clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "tokenizer_2": f"{n}.tokenizer_2",
+            "text_encoder_2": f"{n}.text_encoder_2", "clip_skip": 0, "family": family}
+    if family == "sd3":
+        clip.update(tokenizer_3=f"{n}.tokenizer_3", text_encoder_3=f"{n}.text_encoder_3", transformer=None)
+    return (clip,)
+
+
+def _t_dual_clip(st: _State, cid: str, up: dict) -> tuple:
+    kind = _val(st, cid, "type")
+    if kind not in DUAL_CLIP_FAMILIES:
+        why = "SD3 without T5: use TripleCLIPLoader" if kind == "sd3" else "a model family graphflow does not run"
+        raise _Refuse(NodeError("value_not_valid", f"DualCLIPLoader type {kind} has no translation", why, "type"))
+    return _clip_files(st, cid, ("clip_name1", "clip_name2"), DUAL_CLIP_FAMILIES[kind])
+
+
+def _t_triple_clip(st: _State, cid: str, up: dict) -> tuple:
+    return _clip_files(st, cid, ("clip_name1", "clip_name2", "clip_name3"), "sd3")
+
+
+def _t_vae_loader(st: _State, cid: str, up: dict) -> tuple:
+    n = st.add(cid, gid(cid), {"type": "LoadVAEFile", "inputs": {"path": _pval(st, cid, "vae_name"), "config": _config(st, cid)}})
+    return ({"vae": f"{n}.vae"},)
+
+
 def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
     stop = _val(st, cid, "stop_at_clip_layer")
     if not isinstance(stop, int) or stop > -1 or stop < -24:
@@ -307,7 +375,7 @@ def _encode_sd3(st: _State, cid: str, clip: dict, text: Any, text_g: Any = None,
     a, b = enc("l", "tokenizer", "text_encoder", text), enc("g", "tokenizer_2", "text_encoder_2", text if text_g is None else text_g)
     t5 = st.add(cid, gid(cid, "t5"), {"type": "EncodeT5", "inputs": {"tokenizer": {"from": clip["tokenizer_3"]}, "text_encoder": {"from": clip["text_encoder_3"]},
                                                                    "text": text if text_t5 is None else text_t5, "max_sequence_length": 77,
-                                                                   "transformer": {"from": clip["transformer"]}}})
+                                                                   **({"transformer": {"from": clip["transformer"]}} if clip.get("transformer") else {})}})
     n = st.add(cid, gid(cid), {"type": "JointEmbeddings", "inputs": {
         "clip_l": {"from": f"{a}.text_embeddings"}, "clip_g": {"from": f"{b}.text_embeddings"}, "t5": {"from": f"{t5}.hidden_states"},
         "pooled_l": {"from": f"{a}.pooled"}, "pooled_g": {"from": f"{b}.pooled"}}})
@@ -833,6 +901,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
     "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
     "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
+    "UNETLoader": _t_unet_loader, "DualCLIPLoader": _t_dual_clip, "TripleCLIPLoader": _t_triple_clip, "VAELoader": _t_vae_loader,
     "CLIPTextEncodeFlux": _t_text_encode_flux, "CLIPTextEncodeSD3": _t_text_encode_sd3, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
 }
 
