@@ -972,18 +972,23 @@ def _translate_node(st: _State, cid: str) -> tuple | None:
         ct = st.prompt[cid]["class_type"]
         spec, _ = CLASS_TYPES[ct]
         up: dict[str, Any] = {}
-        for name, kind in spec.items():
+        failed = False
+        for name, kind in spec.items():  # every input, past a failed one, so each untranslatable node upstream is named
             v = st.prompt[cid]["inputs"].get(name)
             if isinstance(kind, str) and kind in LINK_TYPES and is_link(v):
                 outs = _translate_node(st, str(v[0]))
                 if outs is None:
-                    return None
+                    failed = True
+                    continue
                 if outs[v[1]] is None:
                     src = st.prompt[str(v[0])]["class_type"]
                     st.fail(cid, NodeError("bad_linked_input", f"input {name} reads {src}'s {CLASS_TYPES[src][1][v[1]]}, which has no translation",
                                            repr(v), name))
-                    return None
+                    failed = True
+                    continue
                 up[name] = outs[v[1]]
+        if failed:
+            return None
         try:
             outs = TRANSLATORS[ct](st, cid, up)
         except _Refuse as r:

@@ -102,7 +102,8 @@ def load_part(ref: PartFileRef, device: str, dtype_name: str) -> Any:
 def _load_encoder(ref: PartFileRef) -> Any:
     """The encoder class the folder names, its tensors in transformers' own names (``text_model.``
     or not, the file's prefix dropped); extra tensors (CLIP's ``logit_scale``, a projection the
-    folder's encoder has not) are left, a missing one refused."""
+    folder's encoder has not) are left, a missing one refused (but a square projection, which
+    SD3's CLIP-L files leave out: an identity)."""
     import transformers
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
@@ -120,6 +121,10 @@ def _load_encoder(ref: PartFileRef) -> Any:
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
         if hasattr(model, "text_model"):  # transformers before 5.6 wrap CLIP's layers in text_model
             state = {k if k.startswith("text_projection") else "text_model." + k: v for k, v in state.items()}
+        if "text_projection.weight" in wanted and "text_projection.weight" not in state and cfg.hidden_size == cfg.projection_dim:
+            import torch  # a CLIP-L file without its projection: an identity, as SD3's files are read (sd3_checkpoint.py)
+
+            state["text_projection.weight"] = torch.eye(cfg.hidden_size)
     else:
         state.setdefault("shared.weight", state.get("encoder.embed_tokens.weight"))
         state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])
