@@ -578,15 +578,17 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
         raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
                                 "give the sampler one conditioning a side", "positive"))
     flux = model.get("translated_for") == "flux"
-    if any(c.get("controls") for c in pos + neg) or (flux and latent.get("noise_mask")):
-        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1), and inpainting on FLUX.1, have no translation yet",
-                                "translated for SD 1.x/2.x and SDXL (inpainting: SD3 too)", "positive"))
-    inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False) if latent.get("noise_mask") else {}
+    if any(c.get("controls") for c in pos + neg):
+        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1) have no translation yet",
+                                "translated for SD 1.x/2.x and SDXL", "positive"))
+    inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False, packed=flux) if latent.get("noise_mask") else {}
     start = f"{noise}.latents"
     if model.get("translated_for") == "flux":
         pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
         start = f"{pack}.latents"
-        body = _flux_predict(st, cid, loop, model, pos[0], neg[0], pack)
+        body = {**inpaint.get("input", {}),
+                **_flux_predict(st, cid, loop, model, pos[0], neg[0], pack, f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"),
+                **inpaint.get("prediction", {})}
     else:
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
@@ -618,14 +620,14 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
     return ({"latents": f"{loop}.latents"},)
 
 
-def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str) -> dict[str, dict]:
+def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str, latents: str) -> dict[str, dict]:
     """FLUX.1's prediction in the loop, on packed latents with each conditioning's own guidance.
     ComfyUI skips the negative prompt at cfg 1 (what Flux-dev prompts use), so a prompt whose cfg
     is 1 translates to the one call (and no cfg param); any other cfg is ComfyUI's true CFG over
     two calls (TrueCFG, the cfg param)."""
     def call(name: str, c: dict) -> dict:
         return {"type": "PredictFlux", "inputs": {
-            "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}.latents"}, "timestep": {"from": f"{loop}.timestep"},
+            "transformer": {"from": model["unet"]}, "latents": {"from": latents}, "timestep": {"from": f"{loop}.timestep"},
             "embeddings": {"from": c["embeddings"]}, "pooled": {"from": c["pooled"]}, "text_ids": {"from": c["text_ids"]},
             "image_ids": {"from": f"{pack}.image_ids"}, "guidance": c["guidance"]}}
     if float(_val(st, cid, "cfg")) == 1.0:
@@ -636,21 +638,28 @@ def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: 
 
 
 def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str,
-                   channels: bool = True) -> dict[str, dict]:
+                   channels: bool = True, packed: bool = False) -> dict[str, dict]:
     """The loop nodes a masked latent (SetLatentNoiseMask, VAEEncodeForInpaint,
     InpaintModelConditioning) adds, keyed by where they go: ``input`` (ComfyUI's blend of the
     model's input), ``prediction`` (its blend of the denoised estimate), ``channels`` (a
     9-channel inpainting UNet's mask and masked picture, from the conditioning's concat when
     InpaintModelConditioning gave one, else from the latent, as comfy/model_base.py
-    ``concat_cond`` chooses; a 4-channel UNet passes through it)."""
+    ``concat_cond`` chooses; a 4-channel UNet passes through it). ``packed``: FLUX.1's loop runs on
+    packed latents, so the picture's latents, the noise and the mask (as wide as the latents) are
+    packed too; packing only moves values, so the blends are ComfyUI's, which it makes unpacked."""
     parts: dict[str, dict] = {}
     mask = latent.get("noise_mask")
     if mask is not None:
-        lm = st.add(cid, gid(cid, "mask"), {"type": "ComfyLatentMask", "inputs": {"mask": {"from": mask}, "latents": {"from": latent["latents"]}}})
+        lm = st.add(cid, gid(cid, "mask"), {"type": "ComfyLatentMask", "inputs": {"mask": {"from": mask}, "latents": {"from": latent["latents"]},
+                                                                                   **({"pack": True} if packed else {})}})
+        image, unit_noise, latent_mask = latent["latents"], f"{noise}.noise", f"{lm}.mask"
+        if packed:
+            pack = lambda suffix, src: f"""{st.add(cid, gid(cid, suffix), {"type": "PackLatents", "inputs": {"latents": {"from": src}}})}.latents"""
+            image, unit_noise = pack("pack_image", image), pack("pack_noise", unit_noise)
         common = {"scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"},
-                  "image_latents": {"from": latent["latents"]}, "mask": {"from": f"{lm}.mask"}}
+                  "image_latents": {"from": image}, "mask": {"from": latent_mask}}
         parts["input"] = {f"{loop}_inpaint": {"type": "ComfyInpaintInput", "inputs": {
-            **common, "latents": {"from": f"{loop}.latents"}, "noise": {"from": f"{noise}.noise"}}}}
+            **common, "latents": {"from": f"{loop}.latents"}, "noise": {"from": unit_noise}}}}
         parts["prediction"] = {f"{loop}_keep": {"type": "ComfyInpaintPrediction", "inputs": {
             **common, "latents": {"from": f"{loop}.latents"}, "model_latents": {"from": f"{loop}_inpaint.latents"},
             "noise_pred": {"from": f"{loop}_cfg.noise_pred"}}}}

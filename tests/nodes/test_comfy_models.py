@@ -196,10 +196,12 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
 
 
 def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, size: int, shift: float, scheduler: str,
-               cfg: float = 1.0, neg: str = "") -> torch.Tensor:
+               cfg: float = 1.0, neg: str = "", inpaint: tuple | None = None) -> torch.Tensor:
     """ComfyUI's KSampler (euler) on FLUX.1: CLIP-L's pooled embedding, T5 at 256 tokens, the
     conditioning's guidance, ModelSamplingFlux's sigmas, noise σ·n over 16 × size/8 latents packed
-    in 2 × 2 patches, x += (σ' − σ)·v with the timestep σ; true CFG only when cfg is not 1."""
+    in 2 × 2 patches, x += (σ' − σ)·v with the timestep σ; true CFG only when cfg is not 1.
+    ``inpaint`` (greyed picture, pixel noise mask): KSamplerX0Inpaint's two blends, made on the
+    unpacked latents as ComfyUI makes them (its Flux model packs inside)."""
     from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -219,17 +221,27 @@ def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, s
     config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
     sigmas = torch.tensor(comfy_sigmas(config, scheduler, steps, shift=shift, flux=True))
     h = w = size // 8
-    x = torch.randn((1, 16, h, w), generator=torch.manual_seed(seed)) * sigmas[0]
-    x = FluxPipeline._pack_latents(x, 1, 16, h, w)
+    noise = torch.randn((1, 16, h, w), generator=torch.manual_seed(seed))
+    latent, mask = torch.zeros_like(noise), None
+    if inpaint is not None:
+        with torch.no_grad():
+            latent = (vae.encode(inpaint[0] * 2 - 1).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+        mask = torch.nn.functional.interpolate(inpaint[1], size=latent.shape[-2:], mode="bilinear")
+    x = noise * sigmas[0] + (1 - sigmas[0]) * latent
+    pack = lambda t: FluxPipeline._pack_latents(t, 1, 16, h, w)
+    unpack = lambda t: t.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
     img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
+        xm = x if mask is None else x * mask + (noise * s + (1 - s) * latent) * (1 - mask)
         with torch.no_grad():
-            v = [tr(hidden_states=x, timestep=s.view(1), guidance=torch.tensor([g]) if tr.config.guidance_embeds else None,
+            v = [tr(hidden_states=pack(xm), timestep=s.view(1), guidance=torch.tensor([g]) if tr.config.guidance_embeds else None,
                     pooled_projections=p, encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids).sample for e, p, g in sides]
-        v = v[0] if len(v) == 1 else v[1] + cfg * (v[0] - v[1])
-        x = x + (s_next - s) * v
-    x = x.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
+        v = unpack(v[0] if len(v) == 1 else v[1] + cfg * (v[0] - v[1]))
+        d = xm - s * v
+        if mask is not None:
+            d = d * mask + latent * (1 - mask)
+        x = x + (x - d) / s * (s_next - s)
     with torch.no_grad():
         return (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
 
@@ -249,6 +261,38 @@ def test_a_flux_prompt_is_comfyuis_flux_arithmetic(tiny_flux, cfg):
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3}))
     assert r.ok, r.errors
     want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg)
+    assert (r["image"] - want).abs().max() < 1e-4
+
+
+def test_flux_inpainting_is_comfyuis_arithmetic(tiny_flux, tmp_path):
+    """VAEEncodeForInpaint on FLUX.1: ComfyUI's greyed picture and box-grown mask, its two blends
+    with a flow model's noise scaling, on the latents the loop packs (mask, picture and noise
+    packed with them)."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.dstack([(np.random.default_rng(5).random((32, 32, 3)) * 255).astype(np.uint8), np.full((32, 32), 255, np.uint8)])
+    rgba[4:20, 6:28, 3] = 127  # a half-transparent ring (a soft mask) around a transparent square
+    rgba[8:16, 10:24, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "flux-photo.png")
+    p = prompt("flux")
+    p.update({"12": {"class_type": "LoadImage", "inputs": {"image": "flux-photo.png"}},
+              "13": {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["12", 0], "vae": ["4", 2], "mask": ["12", 1], "grow_mask_by": 4}}})
+    p["3"]["inputs"]["latent_image"] = ["13", 0]
+    doc, params, _ = translate(p, family_of=lambda name: "flux")
+    assert list(doc["nodes"]["n3"]["body"]) == ["n3_inpaint", "n3_cfg", "n3_keep", "n3_step"]
+    assert doc["nodes"]["n3_mask"]["inputs"]["pack"] is True and doc["nodes"]["n3_pack_image"]["type"] == "PackLatents"
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "flux-photo.png"),
+                                                              "steps": 3}))
+    assert r.ok, r.errors
+    img = Image.open(tmp_path / "flux-photo.png")
+    image = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+    m = 1 - torch.from_numpy(np.asarray(img.getchannel("A"), np.float32) / 255)[None, None]
+    grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, 4, 4), padding=2), 0, 1)[:, :, :32, :32].round()
+    shift = 1.15  # ModelSamplingFlux at 1024 × 1024
+    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
     assert (r["image"] - want).abs().max() < 1e-4
 
 
