@@ -62,6 +62,7 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "InpaintModelConditioning": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "vae": "VAE", "pixels": "IMAGE", "mask": "MASK",
                                   "noise_mask": BOOL}, ("CONDITIONING", "CONDITIONING", "LATENT")),
     "ControlNetLoader": ({"control_net_name": STR}, ("CONTROL_NET",)),
+    "DiffControlNetLoader": ({"model": "MODEL", "control_net_name": STR}, ("CONTROL_NET",)),
     "ControlNetApply": ({"conditioning": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE", "strength": FLOAT}, ("CONDITIONING",)),
     "ControlNetApplyAdvanced": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE",
                                  "strength": FLOAT, "start_percent": FLOAT, "end_percent": FLOAT, "vae": "VAE"},
@@ -195,6 +196,7 @@ PARAMS = {
     "LoraLoader": (("lora_name", "lora", "string"), ("strength_model", "lora_strength", "float"), ("strength_clip", "lora_clip_strength", "float")),
     "VAEEncodeForInpaint": (("grow_mask_by", "grow_mask_by", "int"),),
     "ControlNetLoader": (("control_net_name", "controlnet", "string"),),
+    "DiffControlNetLoader": (("control_net_name", "controlnet", "string"),),
     "ControlNetApply": (("strength", "control_strength", "float"),),
     "ControlNetApplyAdvanced": (("strength", "control_strength", "float"), ("start_percent", "control_start", "float"),
                                 ("end_percent", "control_end", "float")),
@@ -793,6 +795,14 @@ def _t_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
     return (f"{n}.controlnet",)
 
 
+def _t_diff_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
+    # ComfyUI reads the model only for a weight-difference file (one with a "difference" tensor), which LoadControlNet refuses
+    if up["model"].get("translated_for") not in ("sd", "sdxl"):
+        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1) have no translation yet",
+                                "translated for SD 1.x/2.x and SDXL", "model"))
+    return _t_controlnet_loader(st, cid, up)
+
+
 def _control_image(st: _State, cid: str, up: dict) -> str:
     # ComfyUI resizes a hint of another size to the latents' (nearest-exact, centre crop); ApplyControlNet refuses one by name
     n = st.add(cid, gid(cid, "image"), {"type": "ControlImage", "inputs": {"image": {"from": up["image"]["image"]}}})
@@ -907,7 +917,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "UpscaleModelLoader": _t_upscale_loader, "ImageUpscaleWithModel": _t_upscale_with_model, "ImageScale": _t_image_scale,
     "ImageScaleBy": _t_image_scale_by,
     "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
-    "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
+    "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "DiffControlNetLoader": _t_diff_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
     "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
     "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
     "UNETLoader": _t_unet_loader, "DualCLIPLoader": _t_dual_clip, "TripleCLIPLoader": _t_triple_clip, "VAELoader": _t_vae_loader,

@@ -176,3 +176,28 @@ def test_part_names_are_found_in_a_comfyui_models_folder(tmp_path, monkeypatch):
         assert resolve_model_path(name) == tmp_path / sub / name
     with pytest.raises(Exception, match="missing.safetensors"):
         resolve_model_path("missing.safetensors")
+
+
+def test_diff_controlnet_loader_is_controlnet_loader_and_a_difference_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from graphflow_nodes.control.controlnet import read_controlnet
+    from graphflow_nodes.loading.families import ModelError
+
+    p = prompt("controlnet_apply")
+    want, want_params, _ = translate(p)
+    p["11"] = {"class_type": "DiffControlNetLoader", "inputs": {"model": ["4", 0], "control_net_name": "control_sd15_canny.pth"}}
+    got, params, _ = translate(p)
+    assert got["nodes"] == want["nodes"] and params == want_params
+    flux = prompt("flux")
+    flux["30"] = {"class_type": "DiffControlNetLoader", "inputs": {"model": ["4", 0], "control_net_name": "flux-controlnet.safetensors"}}
+    flux["31"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["30", 0], "image": ["32", 0]}}
+    flux["32"] = {"class_type": "LoadImage", "inputs": {"image": "edges.png"}}
+    flux["11"]["inputs"]["conditioning"] = ["31", 0]
+    with pytest.raises(TranslationError) as e:
+        translate(flux, family_of=lambda name: "flux")
+    assert e.value.node_errors["30"]["errors"][0]["message"] == "ControlNets on a flow checkpoint (SD3, FLUX.1) have no translation yet"
+    diff = tmp_path / "diff_control_sd15_canny.safetensors"
+    save_file({"zero_convs.0.0.weight": torch.zeros(4, 4, 1, 1), "difference": torch.zeros(1)}, str(diff))
+    with pytest.raises(ModelError, match="diff_control_sd15_canny.safetensors is a weight-difference ControlNet"):
+        read_controlnet(diff)
