@@ -23,7 +23,8 @@ INT, FLOAT, STR, BOOL, BOOL_TEXT = "INT", "FLOAT", "STRING", "BOOLEAN", ("enable
 MASK_CHANNELS = ("alpha", "red", "green", "blue")
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 #: DualCLIPLoader's types (ComfyUI's list; the ones translated: DUAL_CLIP_FAMILIES)
-DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream")
+DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15", "kandinsky5", "kandinsky5_image", "ltxv",
+                   "newbie")
 DUAL_CLIP_FAMILIES = {"flux": "flux", "sdxl": "sdxl"}
 
 #: class_type -> (inputs: {name: type}, outputs). A type is a link type (an upstream node's output),
@@ -311,7 +312,8 @@ def _t_unet_loader(st: _State, cid: str, up: dict) -> tuple:
                                 "graphflow keeps the weights in its own --dtype: use default", "weight_dtype"))
     family = (st.family_of or checkpoint_family)(_val(st, cid, "unet_name"))
     if family is not None and family != "flux":
-        raise _Refuse(NodeError("value_not_valid", f"unet_name is a {FAMILY_NAMES.get(family, family)} file; UNETLoader is translated for "
+        name = FAMILY_NAMES.get(family, family)
+        raise _Refuse(NodeError("value_not_valid", f"unet_name is {'an' if name.startswith('SD') else 'a'} {name} file; UNETLoader is translated for "
                                 "FLUX.1 transformer files", "load an SD3 all-in-one file or a diffusers folder with CheckpointLoaderSimple",
                                 "unet_name"))
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "unet_name"), "config": _config(st, cid)}})
@@ -340,7 +342,14 @@ def _t_triple_clip(st: _State, cid: str, up: dict) -> tuple:
     return _clip_files(st, cid, ("clip_name1", "clip_name2", "clip_name3"), "sd3")
 
 
+#: VAELoader's built-in names (ComfyUI's tiny autoencoders, and no VAE at all), not files
+VAE_BUILTINS = ("taesd", "taesdxl", "taesd3", "taef1", "taehv", "lighttaew2_2", "lighttaew2_1", "lighttaehy1_5", "pixel_space")
+
+
 def _t_vae_loader(st: _State, cid: str, up: dict) -> tuple:
+    if _val(st, cid, "vae_name") in VAE_BUILTINS:
+        raise _Refuse(NodeError("value_not_valid", f"vae_name {_val(st, cid, 'vae_name')} (one of ComfyUI's built-in tiny or pixel-space VAEs) "
+                                "has no translation", "name a VAE file", "vae_name"))
     n = st.add(cid, gid(cid), {"type": "LoadVAEFile", "inputs": {"path": _pval(st, cid, "vae_name"), "config": _config(st, cid)}})
     return ({"vae": f"{n}.vae"},)
 

@@ -145,13 +145,14 @@ def test_what_has_no_translation_is_refused_by_node_all_at_once():
     q["24"] = {"class_type": "SaveImage", "inputs": {"images": ["25", 0]}}
     q["25"] = {"class_type": "VAEDecode", "inputs": {"samples": ["26", 0], "vae": ["21", 0]}}
     q["26"] = {"class_type": "KSampler", "inputs": {**q["3"]["inputs"], "model": ["23", 0]}}
-    q["21"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
+    q["21"] = {"class_type": "VAELoader", "inputs": {"vae_name": "taef1"}}
     q["8"]["inputs"]["vae"] = ["21", 0]
     with pytest.raises(TranslationError) as e:
         translate(q, family_of=lambda name: "sd" if name.startswith("v1") else None)
     errors = {nid: x["errors"][0]["message"] for nid, x in e.value.node_errors.items()}
     assert errors == {"20": "DualCLIPLoader type hunyuan_video has no translation", "22": "weight_dtype fp8_e4m3fn has no translation",
-                      "23": "unet_name is a SD 1.x/2.x file; UNETLoader is translated for FLUX.1 transformer files"}
+                      "23": "unet_name is an SD 1.x/2.x file; UNETLoader is translated for FLUX.1 transformer files",
+                      "21": "vae_name taef1 (one of ComfyUI's built-in tiny or pixel-space VAEs) has no translation"}
 
 
 def test_object_info_describes_the_split_loaders():
