@@ -97,7 +97,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "VAEEncodeForInpaint": {"grow_mask_by": 6},
     "InpaintModelConditioning": {"noise_mask": True},
     "ControlNetApply": {"strength": 1.0},
-    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional, unused
+    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional (an SD3 ControlNet needs it)
     "Canny": {"low_threshold": 0.4, "high_threshold": 0.8},
     "UNETLoader": {"weight_dtype": "default"},
     "DualCLIPLoader": {"device": "default"},
@@ -589,9 +589,13 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
         raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
                                 "give the sampler one conditioning a side", "positive"))
     flux = model.get("translated_for") == "flux"
-    if any(c.get("controls") for c in pos + neg):
-        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1) have no translation yet",
-                                "translated for SD 1.x/2.x and SDXL", "positive"))
+    controls = pos[0].get("controls", [])
+    if flux and any(c.get("controls") for c in pos + neg):
+        raise _Refuse(NodeError("value_not_valid", "ControlNets on a FLUX.1 checkpoint have no translation yet",
+                                "translated for SD 1.x/2.x, SDXL and SD3", "positive"))
+    if any(c.get("controls") for c in pos + neg) and (neg[0].get("controls", []) != controls or any(c.get("vae") is None for c in controls)):
+        raise _Refuse(NodeError("value_not_valid", "an SD3 ControlNet is translated from ControlNetApplyAdvanced with its vae linked, on both "
+                                "conditionings", "ComfyUI encodes an SD3 ControlNet's image with that VAE (ControlNetApply has none)", "positive"))
     inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False, packed=flux) if latent.get("noise_mask") else {}
     start = f"{noise}.latents"
     if model.get("translated_for") == "flux":
@@ -604,11 +608,15 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
         pooled = st.add(cid, gid(cid, "pooled"), {"type": "CFGPooled", "inputs": {"uncond": {"from": neg[0]["pooled"]}, "cond": {"from": pos[0]["pooled"]}}})
+        latents = f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"
+        control = _sd3_control_nodes(st, cid, loop, model, controls, latents, emb, pooled)
         body = {
             **inpaint.get("input", {}),
+            **control,
             f"{loop}_transformer": {"type": "PredictSD3", "inputs": {
-                "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"},
-                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}}},
+                "transformer": {"from": model["unet"]}, "latents": {"from": latents},
+                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"},
+                **({"control": {"from": f"{list(control)[-1]}.residuals"}} if control else {})}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_transformer.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
             **inpaint.get("prediction", {}),
         }
@@ -629,6 +637,30 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
                                                                                  "image_ids": {"from": f"{pack}.image_ids"}}})
         return ({"latents": f"{out}.latents"},)
     return ({"latents": f"{loop}.latents"},)
+
+
+def _sd3_control_nodes(st: _State, cid: str, loop: str, model: dict, controls: list[dict], latents: str, emb: str, pooled: str) -> dict[str, dict]:
+    """SD3 ControlNets as ComfyUI runs them (comfy/controlnet.py ``load_controlnet_mmdit``): the
+    image encoded by the linked VAE to its latent distribution's mean, times the scaling factor
+    with no shift (ComfyUI's "SD3 controlnet weirdness"), the pooled projection zeroed, the
+    residuals times the strength while the step's sigma lies in the percents' range
+    (``percent_to_sigma`` of a flow model), on both halves of the guidance batch; chained (summed)."""
+    nodes: dict[str, dict] = {}
+    prev = None
+    for k, c in enumerate(controls):
+        name = f"{loop}_control{k}" if len(controls) > 1 else f"{loop}_control"
+        cl = st.add(cid, gid(cid, f"control_latents{k}" if len(controls) > 1 else "control_latents"), {"type": "SD3ControlLatents", "inputs": {
+            "vae": {"from": c["vae"]}, "controlnet": {"from": c["controlnet"]}, "control_image": {"from": c["image"]}, "mode": "mean"}})
+        nodes[f"{name}_scale"] = {"type": "ComfyControlScale", "inputs": {
+            "scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"}, "strength": c["strength"],
+            "start": c["range"][0], "end": c["range"][1], **({"shift": model["shift"]} if "shift" in model else {})}}
+        nodes[name] = {"type": "ApplySD3ControlNet", "inputs": {
+            "controlnet": {"from": c["controlnet"]}, "latents": {"from": latents}, "timestep": {"from": f"{loop}.timestep"},
+            "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}, "control_latents": {"from": f"{cl}.latents"},
+            "step": {"from": f"{loop}.index"}, "steps": {"from": f"{loop}.count"}, "scale": {"from": f"{name}_scale.scale"},
+            **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
+        prev = name
+    return nodes
 
 
 def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str, latents: str) -> dict[str, dict]:
@@ -806,9 +838,9 @@ def _t_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
 
 def _t_diff_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
     # ComfyUI reads the model only for a weight-difference file (one with a "difference" tensor), which LoadControlNet refuses
-    if up["model"].get("translated_for") not in ("sd", "sdxl"):
-        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1) have no translation yet",
-                                "translated for SD 1.x/2.x and SDXL", "model"))
+    if up["model"].get("translated_for") == "flux":
+        raise _Refuse(NodeError("value_not_valid", "ControlNets on a FLUX.1 checkpoint have no translation yet",
+                                "translated for SD 1.x/2.x, SDXL and SD3", "model"))
     return _t_controlnet_loader(st, cid, up)
 
 
@@ -825,7 +857,7 @@ def _t_controlnet_apply(st: _State, cid: str, up: dict) -> tuple:
 
 def _t_controlnet_apply_advanced(st: _State, cid: str, up: dict) -> tuple:
     c = {"controlnet": up["control_net"], "image": _control_image(st, cid, up), "strength": _pval(st, cid, "strength"),
-         "range": [_pval(st, cid, "start_percent"), _pval(st, cid, "end_percent")]}
+         "range": [_pval(st, cid, "start_percent"), _pval(st, cid, "end_percent")], "vae": up["vae"]["vae"] if "vae" in up else None}
     return tuple([{**e, "controls": [*e.get("controls", []), c]} for e in up[side]] for side in ("positive", "negative"))
 
 

@@ -94,7 +94,7 @@ def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, t
 
 
 def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int, size: int, shift: float, scheduler: str,
-              inpaint: tuple | None = None) -> torch.Tensor:
+              inpaint: tuple | None = None, control=None) -> torch.Tensor:
     """ComfyUI's KSampler (euler) on an SD3 model: CLIP-L and bigG penultimate states side by side,
     padded to T5's width, then T5's states for 77 tokens; noise σ·n; x += (σ' − σ)·v; the
     transformer's timestep σ × 1000."""
@@ -131,8 +131,10 @@ def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         xm = x if mask is None else x * mask + (noise * s + (1 - s) * latent) * (1 - mask)
+        extra = {} if control is None else control(torch.cat([xm] * 2), s, emb, vae)
         with torch.no_grad():
-            v = tr(hidden_states=torch.cat([xm] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled).sample
+            v = tr(hidden_states=torch.cat([xm] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled,
+                   **extra).sample
         u, c = v.chunk(2)
         d = xm - s * (u + (c - u) * cfg)
         if mask is not None:
@@ -193,6 +195,67 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 1,
                                                               "sampler_name": "euler_ancestral"}))
     assert not r.ok and "sampler_name 'euler_ancestral' on a flow model is refused" in str(r.errors) and "n3_schedule" in str(r.errors)
+
+
+@pytest.mark.parametrize("strength, end", [(0.8, 1.0), (1.0, 0.3)])
+def test_an_sd3_controlnet_is_comfyuis_arithmetic(tiny_sd3, tmp_path, strength, end):
+    """ControlNetApplyAdvanced on SD3 as comfy/controlnet.py runs an SD3 ControlNet: the image
+    through the linked VAE to its mean, times the scaling factor with no shift, the pooled
+    projection zeroed, the residuals times the strength while sigma lies within the percents
+    (a flow model's percent_to_sigma), on both halves."""
+    import numpy as np
+    from diffusers import SD3ControlNetModel
+    from PIL import Image
+
+    from tests.tiny_controlnet import build_tiny_sd3_controlnet
+
+    net_path = build_tiny_sd3_controlnet(tiny_sd3, tmp_path / "sd3-controlnet", seed=3)
+    pixels = (np.random.default_rng(9).random((32, 32, 3)) > 0.7).astype(np.uint8) * 255  # an edge-map-like picture
+    Image.fromarray(pixels, "RGB").save(tmp_path / "edges.png")
+    p = prompt("sd3")
+    p.update({"11": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": str(net_path)}},
+              "12": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["11", 0],
+                                                                        "image": ["13", 0], "strength": strength, "start_percent": 0.0,
+                                                                        "end_percent": end, "vae": ["4", 2]}},
+              "13": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}}})
+    p["3"]["inputs"].update(positive=["12", 0], negative=["12", 1])
+    doc, params, _ = translate(p, family_of=lambda name: "sd3")
+    assert list(doc["nodes"]["n3"]["body"]) == ["n3_control_scale", "n3_control", "n3_transformer", "n3_cfg", "n3_step"]
+    assert doc["nodes"]["n3_control_latents"]["inputs"]["mode"] == "mean"
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "edges.png"),
+                                                              "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    net = SD3ControlNetModel.from_pretrained(net_path).eval()
+    hint = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    from graphflow_nodes.comfy.samplers import ModelSamplingFlow
+
+    stop = float(ModelSamplingFlow(2.0).sigma((1 - end) * 1000)) if end < 1 else 0.0
+    used = []
+
+    def control(x, s, emb, vae):
+        used.append(bool(s >= stop))
+        if s < stop:
+            return {}
+        with torch.no_grad():
+            cond = vae.encode(hint * 2 - 1).latent_dist.mean * vae.config.scaling_factor  # ComfyUI: SD3 latent format, shift 0
+            blocks = net(hidden_states=x, timestep=(s * 1000).expand(2), encoder_hidden_states=emb if net.config.joint_attention_dim else None,
+                         pooled_projections=torch.zeros(2, net.config.pooled_projection_dim), controlnet_cond=torch.cat([cond] * 2),
+                         conditioning_scale=strength, return_dict=False)[0]
+        return {"block_controlnet_hidden_states": list(blocks)}
+
+    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform", control=control)
+    assert used == ([True, True, True] if end == 1.0 else [True, False, False])
+    assert (r["image"] - want).abs().max() < 1e-4
+    plain = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform")
+    assert (r["image"] - plain).abs().max() > 1e-3  # the ControlNet steered the picture
+    # ControlNetApply (no VAE, which ComfyUI's SD3 ControlNets need) is refused by node
+    p["12"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["11", 0], "image": ["13", 0], "strength": 1.0}}
+    p["3"]["inputs"].update(positive=["12", 0], negative=["7", 0])
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sd3")
+    assert e.value.node_errors["3"]["errors"][0]["message"].startswith("an SD3 ControlNet is translated from ControlNetApplyAdvanced with its vae")
 
 
 def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, size: int, shift: float, scheduler: str,
