@@ -590,19 +590,17 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
                                 "give the sampler one conditioning a side", "positive"))
     flux = model.get("translated_for") == "flux"
     controls = pos[0].get("controls", [])
-    if flux and any(c.get("controls") for c in pos + neg):
-        raise _Refuse(NodeError("value_not_valid", "ControlNets on a FLUX.1 checkpoint have no translation yet",
-                                "translated for SD 1.x/2.x, SDXL and SD3", "positive"))
     if any(c.get("controls") for c in pos + neg) and (neg[0].get("controls", []) != controls or any(c.get("vae") is None for c in controls)):
-        raise _Refuse(NodeError("value_not_valid", "an SD3 ControlNet is translated from ControlNetApplyAdvanced with its vae linked, on both "
-                                "conditionings", "ComfyUI encodes an SD3 ControlNet's image with that VAE (ControlNetApply has none)", "positive"))
+        what = "a FLUX.1" if flux else "an SD3"
+        raise _Refuse(NodeError("value_not_valid", f"{what} ControlNet is translated from ControlNetApplyAdvanced with its vae linked, on both "
+                                "conditionings", f"ComfyUI encodes {what} ControlNet's image with that VAE (ControlNetApply has none)", "positive"))
     inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False, packed=flux) if latent.get("noise_mask") else {}
     start = f"{noise}.latents"
     if model.get("translated_for") == "flux":
         pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
         start = f"{pack}.latents"
         body = {**inpaint.get("input", {}),
-                **_flux_predict(st, cid, loop, model, pos[0], neg[0], pack, f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"),
+                **_flux_predict(st, cid, loop, model, pos[0], neg[0], pack, f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents", controls),
                 **inpaint.get("prediction", {})}
     else:
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
@@ -663,21 +661,51 @@ def _sd3_control_nodes(st: _State, cid: str, loop: str, model: dict, controls: l
     return nodes
 
 
-def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str, latents: str) -> dict[str, dict]:
+def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str, latents: str,
+                  controls: list[dict] = ()) -> dict[str, dict]:
     """FLUX.1's prediction in the loop, on packed latents with each conditioning's own guidance.
     ComfyUI skips the negative prompt at cfg 1 (what Flux-dev prompts use), so a prompt whose cfg
     is 1 translates to the one call (and no cfg param); any other cfg is ComfyUI's true CFG over
-    two calls (TrueCFG, the cfg param)."""
-    def call(name: str, c: dict) -> dict:
-        return {"type": "PredictFlux", "inputs": {
+    two calls (TrueCFG, the cfg param). ControlNets (InstantX-style, as comfy/controlnet.py
+    ``load_controlnet_flux_instantx`` runs them: the image's latent mean through the linked VAE,
+    less the shift, times the scale, packed; the residuals times the strength while the step's
+    sigma lies within the percents, ModelSamplingFlux's ``percent_to_sigma``) run beside each call,
+    with that side's text, pooled embedding and guidance."""
+    nodes: dict[str, dict] = {}
+    control_latents = []
+    for k, c in enumerate(controls):
+        suffix = f"control_latents{k}" if len(controls) > 1 else "control_latents"
+        control_latents.append(st.add(cid, gid(cid, suffix), {"type": "FluxControlLatents", "inputs": {
+            "vae": {"from": c["vae"]}, "controlnet": {"from": c["controlnet"]}, "control_image": {"from": c["image"]}, "mode": "mean"}}))
+        nodes[f"{loop}_{suffix.replace('latents', 'scale')}"] = {"type": "ComfyControlScale", "inputs": {
+            "scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"}, "strength": c["strength"],
+            "start": c["range"][0], "end": c["range"][1], "flux": True, "scheduler_config": {"from": model["scheduler_config"]},
+            **({"shift": model["shift"]} if "shift" in model else {})}}
+
+    def call(name: str, side: str, c: dict) -> None:
+        prev = None
+        for k, ctl in enumerate(controls):
+            suffix = f"{k}" if len(controls) > 1 else ""
+            node = f"{loop}_{side}_control{suffix}"
+            nodes[node] = {"type": "ApplyFluxControlNet", "inputs": {
+                "controlnet": {"from": ctl["controlnet"]}, "latents": {"from": latents}, "timestep": {"from": f"{loop}.timestep"},
+                "embeddings": {"from": c["embeddings"]}, "pooled": {"from": c["pooled"]}, "text_ids": {"from": c["text_ids"]},
+                "image_ids": {"from": f"{pack}.image_ids"}, "control_latents": {"from": f"{control_latents[k]}.latents"}, "guidance": c["guidance"],
+                "step": {"from": f"{loop}.index"}, "steps": {"from": f"{loop}.count"}, "scale": {"from": f"{loop}_control_scale{suffix}.scale"},
+                **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
+            prev = node
+        nodes[name] = {"type": "PredictFlux", "inputs": {
             "transformer": {"from": model["unet"]}, "latents": {"from": latents}, "timestep": {"from": f"{loop}.timestep"},
             "embeddings": {"from": c["embeddings"]}, "pooled": {"from": c["pooled"]}, "text_ids": {"from": c["text_ids"]},
-            "image_ids": {"from": f"{pack}.image_ids"}, "guidance": c["guidance"]}}
+            "image_ids": {"from": f"{pack}.image_ids"}, "guidance": c["guidance"], **({"control": {"from": f"{prev}.residuals"}} if prev else {})}}
     if float(_val(st, cid, "cfg")) == 1.0:
-        return {f"{loop}_cfg": call("cond", pos)}
-    return {f"{loop}_transformer": call("cond", pos), f"{loop}_negative": call("uncond", neg),
-            f"{loop}_cfg": {"type": "TrueCFG", "inputs": {"cond": {"from": f"{loop}_transformer.noise_pred"},
-                                                          "uncond": {"from": f"{loop}_negative.noise_pred"}, "scale": _pval(st, cid, "cfg")}}}
+        call(f"{loop}_cfg", "positive", pos)
+        return nodes
+    call(f"{loop}_transformer", "positive", pos)
+    call(f"{loop}_negative", "negative", neg)
+    nodes[f"{loop}_cfg"] = {"type": "TrueCFG", "inputs": {"cond": {"from": f"{loop}_transformer.noise_pred"},
+                                                          "uncond": {"from": f"{loop}_negative.noise_pred"}, "scale": _pval(st, cid, "cfg")}}
+    return nodes
 
 
 def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str,
@@ -838,9 +866,6 @@ def _t_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
 
 def _t_diff_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
     # ComfyUI reads the model only for a weight-difference file (one with a "difference" tensor), which LoadControlNet refuses
-    if up["model"].get("translated_for") == "flux":
-        raise _Refuse(NodeError("value_not_valid", "ControlNets on a FLUX.1 checkpoint have no translation yet",
-                                "translated for SD 1.x/2.x, SDXL and SD3", "model"))
     return _t_controlnet_loader(st, cid, up)
 
 

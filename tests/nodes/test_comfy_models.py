@@ -259,7 +259,7 @@ def test_an_sd3_controlnet_is_comfyuis_arithmetic(tiny_sd3, tmp_path, strength, 
 
 
 def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, size: int, shift: float, scheduler: str,
-               cfg: float = 1.0, neg: str = "", inpaint: tuple | None = None) -> torch.Tensor:
+               cfg: float = 1.0, neg: str = "", inpaint: tuple | None = None, control=None) -> torch.Tensor:
     """ComfyUI's KSampler (euler) on FLUX.1: CLIP-L's pooled embedding, T5 at 256 tokens, the
     conditioning's guidance, ModelSamplingFlux's sigmas, noise σ·n over 16 × size/8 latents packed
     in 2 × 2 patches, x += (σ' − σ)·v with the timestep σ; true CFG only when cfg is not 1.
@@ -299,7 +299,8 @@ def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, s
         xm = x if mask is None else x * mask + (noise * s + (1 - s) * latent) * (1 - mask)
         with torch.no_grad():
             v = [tr(hidden_states=pack(xm), timestep=s.view(1), guidance=torch.tensor([g]) if tr.config.guidance_embeds else None,
-                    pooled_projections=p, encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids).sample for e, p, g in sides]
+                    pooled_projections=p, encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids,
+                    **({} if control is None else control(pack(xm), s, e, p, g, img_ids, vae))).sample for e, p, g in sides]
         v = unpack(v[0] if len(v) == 1 else v[1] + cfg * (v[0] - v[1]))
         d = xm - s * v
         if mask is not None:
@@ -357,6 +358,66 @@ def test_flux_inpainting_is_comfyuis_arithmetic(tiny_flux, tmp_path):
     shift = 1.15  # ModelSamplingFlux at 1024 × 1024
     want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
     assert (r["image"] - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("cfg, end", [(1.0, 1.0), (2.0, 0.3)])
+def test_a_flux_controlnet_is_comfyuis_arithmetic(tiny_flux, tmp_path, cfg, end):
+    """ControlNetApplyAdvanced on FLUX.1 as comfy/controlnet.py runs an InstantX ControlNet: the
+    image's latent mean through the linked VAE, less the shift, times the scale, packed; beside
+    each side's call with that side's text, pooled embedding and guidance; the residuals times the
+    strength while sigma lies within the percents (ModelSamplingFlux's percent_to_sigma)."""
+    import math
+
+    import numpy as np
+    from diffusers import FluxControlNetModel, FluxPipeline
+    from PIL import Image
+
+    from tests.tiny_controlnet import build_tiny_flux_controlnet
+
+    net_path = build_tiny_flux_controlnet(tiny_flux, tmp_path / "flux-controlnet", seed=4)
+    pixels = (np.random.default_rng(11).random((32, 32, 3)) > 0.7).astype(np.uint8) * 255
+    Image.fromarray(pixels, "RGB").save(tmp_path / "edges.png")
+    p = prompt("flux")
+    p["3"]["inputs"]["cfg"] = cfg
+    p.update({"12": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": str(net_path)}},
+              "13": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["11", 0], "negative": ["7", 0], "control_net": ["12", 0],
+                                                                        "image": ["14", 0], "strength": 0.7, "start_percent": 0.0,
+                                                                        "end_percent": end, "vae": ["4", 2]}},
+              "14": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}}})
+    p["3"]["inputs"].update(positive=["13", 0], negative=["13", 1])
+    doc, params, _ = translate(p, family_of=lambda name: "flux")
+    body = list(doc["nodes"]["n3"]["body"])
+    assert body == (["n3_control_scale", "n3_positive_control", "n3_cfg", "n3_step"] if cfg == 1.0 else
+                    ["n3_control_scale", "n3_positive_control", "n3_transformer", "n3_negative_control", "n3_negative", "n3_cfg", "n3_step"])
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "edges.png"),
+                                                              "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    net = FluxControlNetModel.from_pretrained(net_path).eval()
+    hint = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    shift = 1.15
+    stop = 0.0 if end >= 1 else math.exp(shift) / (math.exp(shift) + (1 / (1 - end) - 1))
+    used = []
+
+    def control(x, s, e, pooled, g, img_ids, vae):
+        used.append(bool(s >= stop))
+        if s < stop:
+            return {}
+        with torch.no_grad():
+            z = (vae.encode(hint * 2 - 1).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+            cond = FluxPipeline._pack_latents(z, 1, 16, z.shape[-2], z.shape[-1])
+            blocks, single = net(hidden_states=x, controlnet_cond=cond, conditioning_scale=0.7, timestep=s.view(1),
+                                 guidance=torch.tensor([g]) if net.config.guidance_embeds else None, pooled_projections=pooled,
+                                 encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids, return_dict=False)
+        return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": single}
+
+    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg, control=control)
+    sides = 1 if cfg == 1.0 else 2
+    assert used == [on for on in ([True] * 3 if end == 1.0 else [True, False, False]) for _ in range(sides)]
+    assert (r["image"] - want).abs().max() < 1e-4
+    plain = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg)
+    assert (r["image"] - plain).abs().max() > 1e-3  # the ControlNet steered the picture
 
 
 def test_flow_sigmas_are_comfyuis():

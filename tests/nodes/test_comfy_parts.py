@@ -195,9 +195,10 @@ def test_diff_controlnet_loader_is_controlnet_loader_and_a_difference_file_is_re
     flux["31"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["30", 0], "image": ["32", 0]}}
     flux["32"] = {"class_type": "LoadImage", "inputs": {"image": "edges.png"}}
     flux["11"]["inputs"]["conditioning"] = ["31", 0]
-    with pytest.raises(TranslationError) as e:
+    with pytest.raises(TranslationError) as e:  # ComfyUI itself needs ControlNetApplyAdvanced's VAE for a FLUX.1 ControlNet
         translate(flux, family_of=lambda name: "flux")
-    assert e.value.node_errors["30"]["errors"][0]["message"] == "ControlNets on a FLUX.1 checkpoint have no translation yet"
+    assert e.value.node_errors["3"]["errors"][0]["message"] == ("a FLUX.1 ControlNet is translated from ControlNetApplyAdvanced with its vae "
+                                                                "linked, on both conditionings")
     diff = tmp_path / "diff_control_sd15_canny.safetensors"
     save_file({"zero_convs.0.0.weight": torch.zeros(4, 4, 1, 1), "difference": torch.zeros(1)}, str(diff))
     with pytest.raises(ModelError, match="diff_control_sd15_canny.safetensors is a weight-difference ControlNet"):
