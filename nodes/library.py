@@ -16,7 +16,7 @@ WORKFLOWS = Path(__file__).with_name("workflows")
 IMPORTERS = {"comfy": "graphflow_nodes.comfy.translate"}
 
 NODE_MODULES = (
-    "images", "masks", "loading.lora", "loading.freeu", "loading.models",
+    "images", "masks", "loading.lora", "loading.freeu", "loading.models", "loading.parts",
     "stages.encoders", "stages.weighting", "stages.tokens", "stages.before_denoise", "stages.scheduling", "stages.denoise", "stages.decoders",
     "stages.inpaint",
     "sdxl.encoders", "sdxl.before_denoise", "sdxl.denoise",

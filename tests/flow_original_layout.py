@@ -157,3 +157,39 @@ def write_sd3_all_in_one(folder, path, encoders: bool = True, t5: bool = True):
                     for k, v in T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_3").state_dict().items()}
     save_file({k: v.clone().contiguous() for k, v in out.items()}, str(path))  # (T5 shares its embedding: copies)
     return path
+
+
+def write_part_files(folder, out_dir, vae_prefix: str = "") -> dict:
+    """A Flux or SD3 folder's text encoders and VAE as the separate files ComfyUI's split loaders
+    read: each encoder in transformers' own names as ``clip_l.safetensors``, ``clip_g.safetensors``,
+    ``t5xxl.safetensors`` (CLIP under ``text_model.``, as the published files are), the VAE in the
+    original autoencoder layout as ``ae.safetensors`` (``vae_prefix``: ``first_stage_model.``, as
+    some VAE files keep it). Returns {name: path}."""
+    import json
+    from pathlib import Path
+
+    import transformers
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from tests.original_layout import convert_vae
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    index = json.loads((folder / "model_index.json").read_text())
+    names = {"text_encoder": "clip_l", "text_encoder_2": "t5xxl" if index["text_encoder_2"][1].startswith("T5") else "clip_g",
+             "text_encoder_3": "t5xxl"}
+    paths = {}
+    for comp, name in names.items():
+        entry = index.get(comp)
+        if not (isinstance(entry, list) and entry[1]):
+            continue
+        sd = getattr(transformers, entry[1]).from_pretrained(folder, subfolder=comp).state_dict()
+        if name != "t5xxl":
+            sd = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in sd.items()}
+        paths[name] = out_dir / f"{name}.safetensors"
+        save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(paths[name]))
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    sd = convert_vae(vae.state_dict(), json.loads((folder / "vae" / "config.json").read_text()))
+    paths["vae"] = out_dir / "ae.safetensors"
+    save_file({vae_prefix + k.removeprefix("first_stage_model."): v.contiguous() for k, v in sd.items()}, str(paths["vae"]))
+    return paths

@@ -71,9 +71,11 @@ class ComfyLatentMask(Node, name="ComfyLatentMask", category="mask"):
         mask: Mask = Field(description="the noise mask, the picture's size")
         latents: Latents = Field(description="gives the size")
         round: bool = Field(False, description="round to 0 or 1 (what a 9-channel inpainting UNet is shown)")
+        pack: bool = Field(False, description="packed as FLUX.1 packs its latents (PackLatents), as many channels as they have: "
+                           "(batch, h/2 × w/2, channels × 4)")
 
     class Out(Outputs):
-        mask: LatentMask = Field(description="(batch, 1, h, w)")
+        mask: LatentMask = Field(description="(batch, 1, h, w), or packed")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch.nn.functional as F
@@ -81,6 +83,9 @@ class ComfyLatentMask(Node, name="ComfyLatentMask", category="mask"):
         m = F.interpolate(i.mask.reshape(-1, 1, *i.mask.shape[-2:]).float(), size=tuple(i.latents.shape[-2:]), mode="bilinear")
         if i.round:
             m = m.round()
+        if i.pack:
+            b, c, h, w = m.shape[0], i.latents.shape[1], *m.shape[-2:]
+            m = m.expand(-1, c, -1, -1).reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
         return {"mask": m.to(device=i.latents.device, dtype=i.latents.dtype)}
 
 

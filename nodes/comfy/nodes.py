@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from graphflow_nodes.comfy.samplers import (
-    FLOW_REFUSED, FLOW_SAMPLERS, SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, check_pair, comfy_sigmas, is_flow, max_denoise,
+    FLOW_REFUSED, FLOW_SAMPLERS, SAMPLERS, SCHEDULERS, VP_SPACE, ModelSampling, ModelSamplingFlow, check_pair, comfy_sigmas, flux_default_shift, is_flow, max_denoise,
 )
 from typing import Any
 
@@ -263,6 +263,10 @@ class ComfyControlScale(Node, name="ComfyControlScale", category="control"):
         strength: float = Field(1.0, ge=0.0, le=10.0, description="ControlNetApplyAdvanced's strength")
         start: float = Field(0.0, ge=0.0, le=1.0, description="start_percent")
         end: float = Field(1.0, ge=0.0, le=1.0, description="end_percent")
+        shift: float | None = Field(None, gt=0.0, le=100.0, description="a flow model's shift (ModelSamplingSD3, ModelSamplingFlux); "
+                                    "default: SD3's scheduler config's, FLUX.1's ComfyUI default (dev 1.15, schnell 1.0)")
+        flux: bool = Field(False, description="a FLUX.1 model (ComfyUI's ModelSamplingFlux percents)")
+        scheduler_config: SchedulerConfig | None = Field(None, description="FLUX.1: LoadModel's, which tells dev from schnell for the default shift")
 
     class Out(Outputs):
         scale: float = Field(description="the strength, or 0 outside the range")
@@ -270,8 +274,20 @@ class ComfyControlScale(Node, name="ComfyControlScale", category="control"):
     def run(self, i: In, ctx: Context) -> dict:
         from graphflow_nodes.comfy.inpaint import sigma_now
 
-        ms = ModelSampling(dict(i.scheduler.config))
-        return {"scale": i.strength if active(ms, sigma_now(i.scheduler, i.timestep), i.start, i.end) else 0.0}
+        sigma = sigma_now(i.scheduler, i.timestep)
+        if i.flux:  # ModelSamplingFlux.percent_to_sigma: flux_time_shift(shift, 1, 1 - percent), 1 and 0 at the ends
+            import math
+
+            mu = i.shift if i.shift is not None else flux_default_shift(dict(i.scheduler_config or {}))
+            to_sigma = lambda p: 1.0 if p <= 0.0 else 0.0 if p >= 1.0 else math.exp(mu) / (math.exp(mu) + (1 / (1.0 - p) - 1))
+            on = not (sigma > to_sigma(i.start) or sigma < to_sigma(i.end))
+        elif "FlowMatch" in type(i.scheduler).__name__:  # ModelSamplingDiscreteFlow.percent_to_sigma: 1 and 0 at the ends
+            ms = ModelSamplingFlow(i.shift or float(i.scheduler.config.get("shift", 1.0)))
+            to_sigma = lambda p: 1.0 if p <= 0.0 else 0.0 if p >= 1.0 else float(ms.sigma((1.0 - p) * 1000.0))
+            on = not (sigma > to_sigma(i.start) or sigma < to_sigma(i.end))
+        else:
+            on = active(ModelSampling(dict(i.scheduler.config)), sigma, i.start, i.end)
+        return {"scale": i.strength if on else 0.0}
 
 
 class ComfySizeConditions(Node, name="ComfySizeConditions", category="sampling"):

@@ -21,6 +21,11 @@ LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK",
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
 INT, FLOAT, STR, BOOL, BOOL_TEXT = "INT", "FLOAT", "STRING", "BOOLEAN", ("enable", "disable")
 MASK_CHANNELS = ("alpha", "red", "green", "blue")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+#: DualCLIPLoader's types (ComfyUI's list; the ones translated: DUAL_CLIP_FAMILIES)
+DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15", "kandinsky5", "kandinsky5_image", "ltxv",
+                   "newbie")
+DUAL_CLIP_FAMILIES = {"flux": "flux", "sdxl": "sdxl"}
 
 #: class_type -> (inputs: {name: type}, outputs). A type is a link type (an upstream node's output),
 #: INT/FLOAT/STRING, or a tuple of the values allowed. Also what /object_info describes.
@@ -58,6 +63,7 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "InpaintModelConditioning": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "vae": "VAE", "pixels": "IMAGE", "mask": "MASK",
                                   "noise_mask": BOOL}, ("CONDITIONING", "CONDITIONING", "LATENT")),
     "ControlNetLoader": ({"control_net_name": STR}, ("CONTROL_NET",)),
+    "DiffControlNetLoader": ({"model": "MODEL", "control_net_name": STR}, ("CONTROL_NET",)),
     "ControlNetApply": ({"conditioning": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE", "strength": FLOAT}, ("CONDITIONING",)),
     "ControlNetApplyAdvanced": ({"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET", "image": "IMAGE",
                                  "strength": FLOAT, "start_percent": FLOAT, "end_percent": FLOAT, "vae": "VAE"},
@@ -70,6 +76,10 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "CLIPTextEncodeFlux": ({"clip": "CLIP", "clip_l": STR, "t5xxl": STR, "guidance": FLOAT}, ("CONDITIONING",)),
     "CLIPTextEncodeSD3": ({"clip": "CLIP", "clip_l": STR, "clip_g": STR, "t5xxl": STR, "empty_padding": ("none", "empty_prompt")},
                           ("CONDITIONING",)),
+    "UNETLoader": ({"unet_name": STR, "weight_dtype": WEIGHT_DTYPES}, ("MODEL",)),
+    "DualCLIPLoader": ({"clip_name1": STR, "clip_name2": STR, "type": DUAL_CLIP_TYPES, "device": ("default", "cpu")}, ("CLIP",)),
+    "TripleCLIPLoader": ({"clip_name1": STR, "clip_name2": STR, "clip_name3": STR}, ("CLIP",)),
+    "VAELoader": ({"vae_name": STR}, ("VAE",)),
     "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
                             "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
 }
@@ -87,8 +97,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "VAEEncodeForInpaint": {"grow_mask_by": 6},
     "InpaintModelConditioning": {"noise_mask": True},
     "ControlNetApply": {"strength": 1.0},
-    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional, unused
+    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional (an SD3 ControlNet needs it)
     "Canny": {"low_threshold": 0.4, "high_threshold": 0.8},
+    "UNETLoader": {"weight_dtype": "default"},
+    "DualCLIPLoader": {"device": "default"},
 }
 OUTPUT_NODES = ("SaveImage", "PreviewImage")
 
@@ -169,6 +181,10 @@ class _State:
 #: class_type -> the params its values become: (input name, param base name, param type)
 PARAMS = {
     "CheckpointLoaderSimple": (("ckpt_name", "checkpoint", "string"),),
+    "UNETLoader": (("unet_name", "unet", "string"),),
+    "VAELoader": (("vae_name", "vae", "string"),),
+    "DualCLIPLoader": (("clip_name1", "clip_1", "string"), ("clip_name2", "clip_2", "string")),
+    "TripleCLIPLoader": (("clip_name1", "clip_1", "string"), ("clip_name2", "clip_2", "string"), ("clip_name3", "clip_3", "string")),
     "KSampler": (("seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"), ("denoise", "denoise", "float"),
                  ("sampler_name", "sampler_name", "string"), ("scheduler", "scheduler", "string")),
     "KSamplerAdvanced": (("noise_seed", "seed", "int"), ("steps", "steps", "int"), ("cfg", "cfg", "float"),
@@ -181,6 +197,7 @@ PARAMS = {
     "LoraLoader": (("lora_name", "lora", "string"), ("strength_model", "lora_strength", "float"), ("strength_clip", "lora_clip_strength", "float")),
     "VAEEncodeForInpaint": (("grow_mask_by", "grow_mask_by", "int"),),
     "ControlNetLoader": (("control_net_name", "controlnet", "string"),),
+    "DiffControlNetLoader": (("control_net_name", "controlnet", "string"),),
     "ControlNetApply": (("strength", "control_strength", "float"),),
     "ControlNetApplyAdvanced": (("strength", "control_strength", "float"), ("start_percent", "control_start", "float"),
                                 ("end_percent", "control_end", "float")),
@@ -193,7 +210,12 @@ PARAM_WHAT = {"checkpoint": "the checkpoint file", "seed": "noise seed", "steps"
               "grow_mask_by": "pixels the inpainting mask grows by", "shift": "the flow model's noise-level shift (ModelSamplingSD3)",
               "guidance": "FLUX.1-dev's distilled guidance (FluxGuidance)", "controlnet": "the ControlNet file",
               "control_strength": "how strongly the ControlNet steers", "control_start": "the fraction of the sampling where the ControlNet starts",
-              "control_end": "the fraction of the sampling where the ControlNet stops"}
+              "control_end": "the fraction of the sampling where the ControlNet stops", "unet": "the diffusion model file (UNETLoader)",
+              "vae": "the VAE file (VAELoader)", "clip_1": "a text encoder file (any order: each fits one of the model's encoders)",
+              "clip_2": "a text encoder file (any order: each fits one of the model's encoders)",
+              "clip_3": "a text encoder file (any order: each fits one of the model's encoders)",
+              "config": "the diffusers folder of the model's architecture the split loaders' files are built with (its configs, tokenizers "
+                        "and scheduler; it need hold no weights)"}
 
 
 def _val(st: _State, cid: str, name: str) -> Any:
@@ -275,6 +297,63 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
              "family": f"{n}.family", "translated_for": family}, clip, {"vae": f"{n}.vae"})
 
 
+def _config(st: _State, cid: str) -> dict:
+    """The one ``config`` param every split loader of the prompt shares: the diffusers folder
+    (configs and tokenizers, no weights needed) their files are built with."""
+    if "config" not in st.params:
+        st.param_uses["config"] = 1
+        st.param(cid, "config", "", "string", PARAM_WHAT["config"])
+    return {"param": "config"}
+
+
+def _t_unet_loader(st: _State, cid: str, up: dict) -> tuple:
+    if _val(st, cid, "weight_dtype") != "default":
+        raise _Refuse(NodeError("value_not_valid", f"weight_dtype {_val(st, cid, 'weight_dtype')} has no translation",
+                                "graphflow keeps the weights in its own --dtype: use default", "weight_dtype"))
+    family = (st.family_of or checkpoint_family)(_val(st, cid, "unet_name"))
+    if family is not None and family != "flux":
+        name = FAMILY_NAMES.get(family, family)
+        raise _Refuse(NodeError("value_not_valid", f"unet_name is {'an' if name.startswith('SD') else 'a'} {name} file; UNETLoader is translated for "
+                                "FLUX.1 transformer files", "load an SD3 all-in-one file or a diffusers folder with CheckpointLoaderSimple",
+                                "unet_name"))
+    n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "unet_name"), "config": _config(st, cid)}})
+    return ({"unet": f"{n}.transformer", "scheduler_config": f"{n}.scheduler_config", "family": f"{n}.family", "translated_for": "flux"},)
+
+
+def _clip_files(st: _State, cid: str, names: tuple[str, ...], family: str) -> tuple:
+    files = {f"file_{k + 1}": _pval(st, cid, name) for k, name in enumerate(names)}
+    n = st.add(cid, gid(cid), {"type": "LoadTextEncoderFiles", "inputs": {**files, "config": _config(st, cid)}})
+    clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "tokenizer_2": f"{n}.tokenizer_2",
+            "text_encoder_2": f"{n}.text_encoder_2", "clip_skip": 0, "family": family}
+    if family == "sd3":
+        clip.update(tokenizer_3=f"{n}.tokenizer_3", text_encoder_3=f"{n}.text_encoder_3", transformer=None)
+    return (clip,)
+
+
+def _t_dual_clip(st: _State, cid: str, up: dict) -> tuple:
+    kind = _val(st, cid, "type")
+    if kind not in DUAL_CLIP_FAMILIES:
+        why = "SD3 without T5: use TripleCLIPLoader" if kind == "sd3" else "a model family graphflow does not run"
+        raise _Refuse(NodeError("value_not_valid", f"DualCLIPLoader type {kind} has no translation", why, "type"))
+    return _clip_files(st, cid, ("clip_name1", "clip_name2"), DUAL_CLIP_FAMILIES[kind])
+
+
+def _t_triple_clip(st: _State, cid: str, up: dict) -> tuple:
+    return _clip_files(st, cid, ("clip_name1", "clip_name2", "clip_name3"), "sd3")
+
+
+#: VAELoader's built-in names (ComfyUI's tiny autoencoders, and no VAE at all), not files
+VAE_BUILTINS = ("taesd", "taesdxl", "taesd3", "taef1", "taehv", "lighttaew2_2", "lighttaew2_1", "lighttaehy1_5", "pixel_space")
+
+
+def _t_vae_loader(st: _State, cid: str, up: dict) -> tuple:
+    if _val(st, cid, "vae_name") in VAE_BUILTINS:
+        raise _Refuse(NodeError("value_not_valid", f"vae_name {_val(st, cid, 'vae_name')} (one of ComfyUI's built-in tiny or pixel-space VAEs) "
+                                "has no translation", "name a VAE file", "vae_name"))
+    n = st.add(cid, gid(cid), {"type": "LoadVAEFile", "inputs": {"path": _pval(st, cid, "vae_name"), "config": _config(st, cid)}})
+    return ({"vae": f"{n}.vae"},)
+
+
 def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
     stop = _val(st, cid, "stop_at_clip_layer")
     if not isinstance(stop, int) or stop > -1 or stop < -24:
@@ -307,7 +386,7 @@ def _encode_sd3(st: _State, cid: str, clip: dict, text: Any, text_g: Any = None,
     a, b = enc("l", "tokenizer", "text_encoder", text), enc("g", "tokenizer_2", "text_encoder_2", text if text_g is None else text_g)
     t5 = st.add(cid, gid(cid, "t5"), {"type": "EncodeT5", "inputs": {"tokenizer": {"from": clip["tokenizer_3"]}, "text_encoder": {"from": clip["text_encoder_3"]},
                                                                    "text": text if text_t5 is None else text_t5, "max_sequence_length": 77,
-                                                                   "transformer": {"from": clip["transformer"]}}})
+                                                                   **({"transformer": {"from": clip["transformer"]}} if clip.get("transformer") else {})}})
     n = st.add(cid, gid(cid), {"type": "JointEmbeddings", "inputs": {
         "clip_l": {"from": f"{a}.text_embeddings"}, "clip_g": {"from": f"{b}.text_embeddings"}, "t5": {"from": f"{t5}.hidden_states"},
         "pooled_l": {"from": f"{a}.pooled"}, "pooled_g": {"from": f"{b}.pooled"}}})
@@ -510,24 +589,32 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
         raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
                                 "give the sampler one conditioning a side", "positive"))
     flux = model.get("translated_for") == "flux"
-    if any(c.get("controls") for c in pos + neg) or (flux and latent.get("noise_mask")):
-        raise _Refuse(NodeError("value_not_valid", "ControlNets on a flow checkpoint (SD3, FLUX.1), and inpainting on FLUX.1, have no translation yet",
-                                "translated for SD 1.x/2.x and SDXL (inpainting: SD3 too)", "positive"))
-    inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False) if latent.get("noise_mask") else {}
+    controls = pos[0].get("controls", [])
+    if any(c.get("controls") for c in pos + neg) and (neg[0].get("controls", []) != controls or any(c.get("vae") is None for c in controls)):
+        what = "a FLUX.1" if flux else "an SD3"
+        raise _Refuse(NodeError("value_not_valid", f"{what} ControlNet is translated from ControlNetApplyAdvanced with its vae linked, on both "
+                                "conditionings", f"ComfyUI encodes {what} ControlNet's image with that VAE (ControlNetApply has none)", "positive"))
+    inpaint = _inpaint_parts(st, cid, loop, model, latent, [], noise, channels=False, packed=flux) if latent.get("noise_mask") else {}
     start = f"{noise}.latents"
     if model.get("translated_for") == "flux":
         pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
         start = f"{pack}.latents"
-        body = _flux_predict(st, cid, loop, model, pos[0], neg[0], pack)
+        body = {**inpaint.get("input", {}),
+                **_flux_predict(st, cid, loop, model, pos[0], neg[0], pack, f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents", controls),
+                **inpaint.get("prediction", {})}
     else:
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
         pooled = st.add(cid, gid(cid, "pooled"), {"type": "CFGPooled", "inputs": {"uncond": {"from": neg[0]["pooled"]}, "cond": {"from": pos[0]["pooled"]}}})
+        latents = f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"
+        control = _sd3_control_nodes(st, cid, loop, model, controls, latents, emb, pooled)
         body = {
             **inpaint.get("input", {}),
+            **control,
             f"{loop}_transformer": {"type": "PredictSD3", "inputs": {
-                "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"},
-                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}}},
+                "transformer": {"from": model["unet"]}, "latents": {"from": latents},
+                "timestep": {"from": f"{loop}.timestep"}, "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"},
+                **({"control": {"from": f"{list(control)[-1]}.residuals"}} if control else {})}},
             f"{loop}_cfg": {"type": "CFG", "inputs": {"noise_pred": {"from": f"{loop}_transformer.noise_pred"}, "guidance_scale": _pval(st, cid, "cfg")}},
             **inpaint.get("prediction", {}),
         }
@@ -550,39 +637,100 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
     return ({"latents": f"{loop}.latents"},)
 
 
-def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str) -> dict[str, dict]:
+def _sd3_control_nodes(st: _State, cid: str, loop: str, model: dict, controls: list[dict], latents: str, emb: str, pooled: str) -> dict[str, dict]:
+    """SD3 ControlNets as ComfyUI runs them (comfy/controlnet.py ``load_controlnet_mmdit``): the
+    image encoded by the linked VAE to its latent distribution's mean, times the scaling factor
+    with no shift (ComfyUI's "SD3 controlnet weirdness"), the pooled projection zeroed, the
+    residuals times the strength while the step's sigma lies in the percents' range
+    (``percent_to_sigma`` of a flow model), on both halves of the guidance batch; chained (summed)."""
+    nodes: dict[str, dict] = {}
+    prev = None
+    for k, c in enumerate(controls):
+        name = f"{loop}_control{k}" if len(controls) > 1 else f"{loop}_control"
+        cl = st.add(cid, gid(cid, f"control_latents{k}" if len(controls) > 1 else "control_latents"), {"type": "SD3ControlLatents", "inputs": {
+            "vae": {"from": c["vae"]}, "controlnet": {"from": c["controlnet"]}, "control_image": {"from": c["image"]}, "mode": "mean"}})
+        nodes[f"{name}_scale"] = {"type": "ComfyControlScale", "inputs": {
+            "scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"}, "strength": c["strength"],
+            "start": c["range"][0], "end": c["range"][1], **({"shift": model["shift"]} if "shift" in model else {})}}
+        nodes[name] = {"type": "ApplySD3ControlNet", "inputs": {
+            "controlnet": {"from": c["controlnet"]}, "latents": {"from": latents}, "timestep": {"from": f"{loop}.timestep"},
+            "embeddings": {"from": f"{emb}.embeddings"}, "pooled": {"from": f"{pooled}.pooled"}, "control_latents": {"from": f"{cl}.latents"},
+            "step": {"from": f"{loop}.index"}, "steps": {"from": f"{loop}.count"}, "scale": {"from": f"{name}_scale.scale"},
+            **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
+        prev = name
+    return nodes
+
+
+def _flux_predict(st: _State, cid: str, loop: str, model: dict, pos: dict, neg: dict, pack: str, latents: str,
+                  controls: list[dict] = ()) -> dict[str, dict]:
     """FLUX.1's prediction in the loop, on packed latents with each conditioning's own guidance.
     ComfyUI skips the negative prompt at cfg 1 (what Flux-dev prompts use), so a prompt whose cfg
     is 1 translates to the one call (and no cfg param); any other cfg is ComfyUI's true CFG over
-    two calls (TrueCFG, the cfg param)."""
-    def call(name: str, c: dict) -> dict:
-        return {"type": "PredictFlux", "inputs": {
-            "transformer": {"from": model["unet"]}, "latents": {"from": f"{loop}.latents"}, "timestep": {"from": f"{loop}.timestep"},
+    two calls (TrueCFG, the cfg param). ControlNets (InstantX-style, as comfy/controlnet.py
+    ``load_controlnet_flux_instantx`` runs them: the image's latent mean through the linked VAE,
+    less the shift, times the scale, packed; the residuals times the strength while the step's
+    sigma lies within the percents, ModelSamplingFlux's ``percent_to_sigma``) run beside each call,
+    with that side's text, pooled embedding and guidance."""
+    nodes: dict[str, dict] = {}
+    control_latents = []
+    for k, c in enumerate(controls):
+        suffix = f"control_latents{k}" if len(controls) > 1 else "control_latents"
+        control_latents.append(st.add(cid, gid(cid, suffix), {"type": "FluxControlLatents", "inputs": {
+            "vae": {"from": c["vae"]}, "controlnet": {"from": c["controlnet"]}, "control_image": {"from": c["image"]}, "mode": "mean"}}))
+        nodes[f"{loop}_{suffix.replace('latents', 'scale')}"] = {"type": "ComfyControlScale", "inputs": {
+            "scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"}, "strength": c["strength"],
+            "start": c["range"][0], "end": c["range"][1], "flux": True, "scheduler_config": {"from": model["scheduler_config"]},
+            **({"shift": model["shift"]} if "shift" in model else {})}}
+
+    def call(name: str, side: str, c: dict) -> None:
+        prev = None
+        for k, ctl in enumerate(controls):
+            suffix = f"{k}" if len(controls) > 1 else ""
+            node = f"{loop}_{side}_control{suffix}"
+            nodes[node] = {"type": "ApplyFluxControlNet", "inputs": {
+                "controlnet": {"from": ctl["controlnet"]}, "latents": {"from": latents}, "timestep": {"from": f"{loop}.timestep"},
+                "embeddings": {"from": c["embeddings"]}, "pooled": {"from": c["pooled"]}, "text_ids": {"from": c["text_ids"]},
+                "image_ids": {"from": f"{pack}.image_ids"}, "control_latents": {"from": f"{control_latents[k]}.latents"}, "guidance": c["guidance"],
+                "step": {"from": f"{loop}.index"}, "steps": {"from": f"{loop}.count"}, "scale": {"from": f"{loop}_control_scale{suffix}.scale"},
+                **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
+            prev = node
+        nodes[name] = {"type": "PredictFlux", "inputs": {
+            "transformer": {"from": model["unet"]}, "latents": {"from": latents}, "timestep": {"from": f"{loop}.timestep"},
             "embeddings": {"from": c["embeddings"]}, "pooled": {"from": c["pooled"]}, "text_ids": {"from": c["text_ids"]},
-            "image_ids": {"from": f"{pack}.image_ids"}, "guidance": c["guidance"]}}
+            "image_ids": {"from": f"{pack}.image_ids"}, "guidance": c["guidance"], **({"control": {"from": f"{prev}.residuals"}} if prev else {})}}
     if float(_val(st, cid, "cfg")) == 1.0:
-        return {f"{loop}_cfg": call("cond", pos)}
-    return {f"{loop}_transformer": call("cond", pos), f"{loop}_negative": call("uncond", neg),
-            f"{loop}_cfg": {"type": "TrueCFG", "inputs": {"cond": {"from": f"{loop}_transformer.noise_pred"},
-                                                          "uncond": {"from": f"{loop}_negative.noise_pred"}, "scale": _pval(st, cid, "cfg")}}}
+        call(f"{loop}_cfg", "positive", pos)
+        return nodes
+    call(f"{loop}_transformer", "positive", pos)
+    call(f"{loop}_negative", "negative", neg)
+    nodes[f"{loop}_cfg"] = {"type": "TrueCFG", "inputs": {"cond": {"from": f"{loop}_transformer.noise_pred"},
+                                                          "uncond": {"from": f"{loop}_negative.noise_pred"}, "scale": _pval(st, cid, "cfg")}}
+    return nodes
 
 
 def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, noise: str,
-                   channels: bool = True) -> dict[str, dict]:
+                   channels: bool = True, packed: bool = False) -> dict[str, dict]:
     """The loop nodes a masked latent (SetLatentNoiseMask, VAEEncodeForInpaint,
     InpaintModelConditioning) adds, keyed by where they go: ``input`` (ComfyUI's blend of the
     model's input), ``prediction`` (its blend of the denoised estimate), ``channels`` (a
     9-channel inpainting UNet's mask and masked picture, from the conditioning's concat when
     InpaintModelConditioning gave one, else from the latent, as comfy/model_base.py
-    ``concat_cond`` chooses; a 4-channel UNet passes through it)."""
+    ``concat_cond`` chooses; a 4-channel UNet passes through it). ``packed``: FLUX.1's loop runs on
+    packed latents, so the picture's latents, the noise and the mask (as wide as the latents) are
+    packed too; packing only moves values, so the blends are ComfyUI's, which it makes unpacked."""
     parts: dict[str, dict] = {}
     mask = latent.get("noise_mask")
     if mask is not None:
-        lm = st.add(cid, gid(cid, "mask"), {"type": "ComfyLatentMask", "inputs": {"mask": {"from": mask}, "latents": {"from": latent["latents"]}}})
+        lm = st.add(cid, gid(cid, "mask"), {"type": "ComfyLatentMask", "inputs": {"mask": {"from": mask}, "latents": {"from": latent["latents"]},
+                                                                                   **({"pack": True} if packed else {})}})
+        image, unit_noise, latent_mask = latent["latents"], f"{noise}.noise", f"{lm}.mask"
+        if packed:
+            pack = lambda suffix, src: f"""{st.add(cid, gid(cid, suffix), {"type": "PackLatents", "inputs": {"latents": {"from": src}}})}.latents"""
+            image, unit_noise = pack("pack_image", image), pack("pack_noise", unit_noise)
         common = {"scheduler": {"from": f"{loop}.scheduler"}, "timestep": {"from": f"{loop}.timestep"},
-                  "image_latents": {"from": latent["latents"]}, "mask": {"from": f"{lm}.mask"}}
+                  "image_latents": {"from": image}, "mask": {"from": latent_mask}}
         parts["input"] = {f"{loop}_inpaint": {"type": "ComfyInpaintInput", "inputs": {
-            **common, "latents": {"from": f"{loop}.latents"}, "noise": {"from": f"{noise}.noise"}}}}
+            **common, "latents": {"from": f"{loop}.latents"}, "noise": {"from": unit_noise}}}}
         parts["prediction"] = {f"{loop}_keep": {"type": "ComfyInpaintPrediction", "inputs": {
             **common, "latents": {"from": f"{loop}.latents"}, "model_latents": {"from": f"{loop}_inpaint.latents"},
             "noise_pred": {"from": f"{loop}_cfg.noise_pred"}}}}
@@ -716,6 +864,11 @@ def _t_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
     return (f"{n}.controlnet",)
 
 
+def _t_diff_controlnet_loader(st: _State, cid: str, up: dict) -> tuple:
+    # ComfyUI reads the model only for a weight-difference file (one with a "difference" tensor), which LoadControlNet refuses
+    return _t_controlnet_loader(st, cid, up)
+
+
 def _control_image(st: _State, cid: str, up: dict) -> str:
     # ComfyUI resizes a hint of another size to the latents' (nearest-exact, centre crop); ApplyControlNet refuses one by name
     n = st.add(cid, gid(cid, "image"), {"type": "ControlImage", "inputs": {"image": {"from": up["image"]["image"]}}})
@@ -729,7 +882,7 @@ def _t_controlnet_apply(st: _State, cid: str, up: dict) -> tuple:
 
 def _t_controlnet_apply_advanced(st: _State, cid: str, up: dict) -> tuple:
     c = {"controlnet": up["control_net"], "image": _control_image(st, cid, up), "strength": _pval(st, cid, "strength"),
-         "range": [_pval(st, cid, "start_percent"), _pval(st, cid, "end_percent")]}
+         "range": [_pval(st, cid, "start_percent"), _pval(st, cid, "end_percent")], "vae": up["vae"]["vae"] if "vae" in up else None}
     return tuple([{**e, "controls": [*e.get("controls", []), c]} for e in up[side]] for side in ("positive", "negative"))
 
 
@@ -830,9 +983,10 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "UpscaleModelLoader": _t_upscale_loader, "ImageUpscaleWithModel": _t_upscale_with_model, "ImageScale": _t_image_scale,
     "ImageScaleBy": _t_image_scale_by,
     "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
-    "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
+    "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "DiffControlNetLoader": _t_diff_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
     "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
     "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
+    "UNETLoader": _t_unet_loader, "DualCLIPLoader": _t_dual_clip, "TripleCLIPLoader": _t_triple_clip, "VAELoader": _t_vae_loader,
     "CLIPTextEncodeFlux": _t_text_encode_flux, "CLIPTextEncodeSD3": _t_text_encode_sd3, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
 }
 
@@ -903,18 +1057,23 @@ def _translate_node(st: _State, cid: str) -> tuple | None:
         ct = st.prompt[cid]["class_type"]
         spec, _ = CLASS_TYPES[ct]
         up: dict[str, Any] = {}
-        for name, kind in spec.items():
+        failed = False
+        for name, kind in spec.items():  # every input, past a failed one, so each untranslatable node upstream is named
             v = st.prompt[cid]["inputs"].get(name)
             if isinstance(kind, str) and kind in LINK_TYPES and is_link(v):
                 outs = _translate_node(st, str(v[0]))
                 if outs is None:
-                    return None
+                    failed = True
+                    continue
                 if outs[v[1]] is None:
                     src = st.prompt[str(v[0])]["class_type"]
                     st.fail(cid, NodeError("bad_linked_input", f"input {name} reads {src}'s {CLASS_TYPES[src][1][v[1]]}, which has no translation",
                                            repr(v), name))
-                    return None
+                    failed = True
+                    continue
                 up[name] = outs[v[1]]
+        if failed:
+            return None
         try:
             outs = TRANSLATORS[ct](st, cid, up)
         except _Refuse as r:

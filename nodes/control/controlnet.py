@@ -84,6 +84,9 @@ def read_controlnet(path: Path) -> tuple[str, dict | None]:
     keys = file_keys(path)
     if not any(k.endswith(("zero_convs.0.0.weight", "controlnet_down_blocks.0.weight")) for k in keys):
         raise ModelError(f"{path} is not a ControlNet: it has neither zero_convs (original layout) nor controlnet_down_blocks (diffusers)")
+    if "difference" in keys:  # ComfyUI's DiffControlNetLoader adds such a file's weights to the checkpoint's UNet's
+        raise ModelError(f"{path} is a weight-difference ControlNet (its weights are added to a checkpoint's UNet): not read; "
+                         "use the full ControlNet file")
     return ("sdxl" if any(k in keys for k in SDXL_KEYS) else "sd"), None
 
 

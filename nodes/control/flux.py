@@ -9,7 +9,7 @@ residuals for its double-stream and single-stream blocks, which PredictFlux adds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from graphflow_nodes.control.controlnet import acting, scaled
 from graphflow_nodes.kinds import (SEED_MAX, VAE, ControlImage, ControlNet, ControlResiduals, Embeddings, ImageIds, Latents, Pooled, Rng,
@@ -56,6 +56,8 @@ class FluxControlLatents(Node, name="FluxControlLatents", category="control", us
         control_image: ControlImage = Field(description="from ControlImage, the picture's size")
         seed: int = Field(0, ge=0, le=SEED_MAX, description="the VAE sample's seed (the pipeline's generator)")
         rng: Rng | None = Field(None, description="draw from this generator state instead of the seed")
+        mode: Literal["sample", "mean"] = Field("sample", description="a sample of the latent distribution (diffusers' pipeline) or its "
+                                                "mean (ComfyUI's VAE encode)")
 
     class Out(Outputs):
         latents: Latents = Field(description="the ControlNet's condition: packed latents, or the picture for XLabs-style ones")
@@ -72,7 +74,8 @@ class FluxControlLatents(Node, name="FluxControlLatents", category="control", us
         if net.input_hint_block is not None:
             return {"latents": image, "rng": g.get_state()}
         with torch.no_grad():
-            z = vae.encode(image).latent_dist.sample(generator=g)
+            dist = vae.encode(image).latent_dist
+            z = dist.mean if i.mode == "mean" else dist.sample(generator=g)
         z = (z - vae.config.shift_factor) * vae.config.scaling_factor
         b, c, h, w = z.shape
         packed = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)

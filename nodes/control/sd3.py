@@ -13,7 +13,7 @@ diffusers default) read the latents without the VAE's shift and zeros for the po
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from graphflow_nodes.control.controlnet import acting, scaled
 from graphflow_nodes.kinds import SEED_MAX, VAE, ControlImage, ControlNet, ControlResiduals, Embeddings, Latents, Pooled, Rng, Timestep
@@ -54,6 +54,8 @@ class SD3ControlLatents(Node, name="SD3ControlLatents", category="control", uses
         seed: int = Field(0, ge=0, le=SEED_MAX, description="the VAE sample's seed")
         rng: Rng | None = Field(None, description="draw from this generator state instead of the seed")
         cfg: bool = Field(True, description="one sample for each half of the guidance batch")
+        mode: Literal["sample", "mean"] = Field("sample", description="a sample of the latent distribution (diffusers' pipeline) or its "
+                                                "mean (ComfyUI's VAE encode)")
 
     class Out(Outputs):
         latents: Latents = Field(description="the control latents, one row per row of the transformer's batch")
@@ -68,7 +70,8 @@ class SD3ControlLatents(Node, name="SD3ControlLatents", category="control", uses
         image = torch.cat([i.control_image] * 2) if i.cfg else i.control_image
         g = generator_from(i.seed, i.rng)
         with torch.no_grad():
-            z = vae.encode((2 * image - 1).to(device=device, dtype=dtype)).latent_dist.sample(generator=g)
+            dist = vae.encode((2 * image - 1).to(device=device, dtype=dtype)).latent_dist
+            z = dist.mean if i.mode == "mean" else dist.sample(generator=g)
         shift = 0.0 if net.config.force_zeros_for_pooled_projection else (getattr(vae.config, "shift_factor", None) or 0.0)
         return {"latents": (z - shift) * vae.config.scaling_factor, "rng": g.get_state()}
 

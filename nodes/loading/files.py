@@ -141,12 +141,26 @@ def locate(name: str, kind: str) -> Path:
     return p
 
 
+#: the folders ComfyUI keeps a model's separate parts in (UNETLoader, DualCLIPLoader, VAELoader),
+#: where a models folder laid out as ComfyUI's has them: looked in after ``checkpoints/``
+PART_FOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae")
+
+
 def resolve_model_path(name_or_path: str) -> Path:
     """A model folder or single-file checkpoint: a name in the models folders' ``checkpoints/``
-    (``tiny-sd`` is shipped), or a path."""
+    (``tiny-sd`` is shipped), else in their ComfyUI part folders (``PART_FOLDERS``), or a path."""
     if not name_or_path.strip():
         raise InputFileError("no model folder given: set the workflow's model parameter (--set model=PATH)", code="missing_file")
-    return locate(name_or_path, "checkpoints")
+    try:
+        return locate(name_or_path, "checkpoints")
+    except ModelNotFound:
+        rel = Path(name_or_path)
+        if not _is_explicit_path(name_or_path):
+            for folder in (d / sub for d in models_dirs() for sub in PART_FOLDERS):
+                p = folder / rel
+                if p.is_file() and not (_through_link(folder, rel) and not _inside(p, folder)):
+                    return p
+        raise
 
 
 def resolve_config_path(name_or_path: str) -> Path | None:

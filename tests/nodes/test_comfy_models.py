@@ -94,7 +94,7 @@ def test_checkpoint_family_reads_the_file_as_comfyui_does(tiny_sdxl, tiny_sd3, t
 
 
 def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int, size: int, shift: float, scheduler: str,
-              inpaint: tuple | None = None) -> torch.Tensor:
+              inpaint: tuple | None = None, control=None) -> torch.Tensor:
     """ComfyUI's KSampler (euler) on an SD3 model: CLIP-L and bigG penultimate states side by side,
     padded to T5's width, then T5's states for 77 tokens; noise σ·n; x += (σ' − σ)·v; the
     transformer's timestep σ × 1000."""
@@ -131,8 +131,10 @@ def comfy_sd3(model: Path, pos: str, neg: str, seed: int, cfg: float, steps: int
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         xm = x if mask is None else x * mask + (noise * s + (1 - s) * latent) * (1 - mask)
+        extra = {} if control is None else control(torch.cat([xm] * 2), s, emb, vae)
         with torch.no_grad():
-            v = tr(hidden_states=torch.cat([xm] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled).sample
+            v = tr(hidden_states=torch.cat([xm] * 2), timestep=(s * 1000).expand(2), encoder_hidden_states=emb, pooled_projections=pooled,
+                   **extra).sample
         u, c = v.chunk(2)
         d = xm - s * (u + (c - u) * cfg)
         if mask is not None:
@@ -195,11 +197,74 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
     assert not r.ok and "sampler_name 'euler_ancestral' on a flow model is refused" in str(r.errors) and "n3_schedule" in str(r.errors)
 
 
+@pytest.mark.parametrize("strength, end", [(0.8, 1.0), (1.0, 0.3)])
+def test_an_sd3_controlnet_is_comfyuis_arithmetic(tiny_sd3, tmp_path, strength, end):
+    """ControlNetApplyAdvanced on SD3 as comfy/controlnet.py runs an SD3 ControlNet: the image
+    through the linked VAE to its mean, times the scaling factor with no shift, the pooled
+    projection zeroed, the residuals times the strength while sigma lies within the percents
+    (a flow model's percent_to_sigma), on both halves."""
+    import numpy as np
+    from diffusers import SD3ControlNetModel
+    from PIL import Image
+
+    from tests.tiny_controlnet import build_tiny_sd3_controlnet
+
+    net_path = build_tiny_sd3_controlnet(tiny_sd3, tmp_path / "sd3-controlnet", seed=3)
+    pixels = (np.random.default_rng(9).random((32, 32, 3)) > 0.7).astype(np.uint8) * 255  # an edge-map-like picture
+    Image.fromarray(pixels, "RGB").save(tmp_path / "edges.png")
+    p = prompt("sd3")
+    p.update({"11": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": str(net_path)}},
+              "12": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["11", 0],
+                                                                        "image": ["13", 0], "strength": strength, "start_percent": 0.0,
+                                                                        "end_percent": end, "vae": ["4", 2]}},
+              "13": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}}})
+    p["3"]["inputs"].update(positive=["12", 0], negative=["12", 1])
+    doc, params, _ = translate(p, family_of=lambda name: "sd3")
+    assert list(doc["nodes"]["n3"]["body"]) == ["n3_control_scale", "n3_control", "n3_transformer", "n3_cfg", "n3_step"]
+    assert doc["nodes"]["n3_control_latents"]["inputs"]["mode"] == "mean"
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "edges.png"),
+                                                              "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    net = SD3ControlNetModel.from_pretrained(net_path).eval()
+    hint = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    from graphflow_nodes.comfy.samplers import ModelSamplingFlow
+
+    stop = float(ModelSamplingFlow(2.0).sigma((1 - end) * 1000)) if end < 1 else 0.0
+    used = []
+
+    def control(x, s, emb, vae):
+        used.append(bool(s >= stop))
+        if s < stop:
+            return {}
+        with torch.no_grad():
+            cond = vae.encode(hint * 2 - 1).latent_dist.mean * vae.config.scaling_factor  # ComfyUI: SD3 latent format, shift 0
+            blocks = net(hidden_states=x, timestep=(s * 1000).expand(2), encoder_hidden_states=emb if net.config.joint_attention_dim else None,
+                         pooled_projections=torch.zeros(2, net.config.pooled_projection_dim), controlnet_cond=torch.cat([cond] * 2),
+                         conditioning_scale=strength, return_dict=False)[0]
+        return {"block_controlnet_hidden_states": list(blocks)}
+
+    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform", control=control)
+    assert used == ([True, True, True] if end == 1.0 else [True, False, False])
+    assert (r["image"] - want).abs().max() < 1e-4
+    plain = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform")
+    assert (r["image"] - plain).abs().max() > 1e-3  # the ControlNet steered the picture
+    # ControlNetApply (no VAE, which ComfyUI's SD3 ControlNets need) is refused by node
+    p["12"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["11", 0], "image": ["13", 0], "strength": 1.0}}
+    p["3"]["inputs"].update(positive=["12", 0], negative=["7", 0])
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sd3")
+    assert e.value.node_errors["3"]["errors"][0]["message"].startswith("an SD3 ControlNet is translated from ControlNetApplyAdvanced with its vae")
+
+
 def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, size: int, shift: float, scheduler: str,
-               cfg: float = 1.0, neg: str = "") -> torch.Tensor:
+               cfg: float = 1.0, neg: str = "", inpaint: tuple | None = None, control=None) -> torch.Tensor:
     """ComfyUI's KSampler (euler) on FLUX.1: CLIP-L's pooled embedding, T5 at 256 tokens, the
     conditioning's guidance, ModelSamplingFlux's sigmas, noise σ·n over 16 × size/8 latents packed
-    in 2 × 2 patches, x += (σ' − σ)·v with the timestep σ; true CFG only when cfg is not 1."""
+    in 2 × 2 patches, x += (σ' − σ)·v with the timestep σ; true CFG only when cfg is not 1.
+    ``inpaint`` (greyed picture, pixel noise mask): KSamplerX0Inpaint's two blends, made on the
+    unpacked latents as ComfyUI makes them (its Flux model packs inside)."""
     from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -219,17 +284,28 @@ def comfy_flux(model: Path, text: str, seed: int, guidance: float, steps: int, s
     config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
     sigmas = torch.tensor(comfy_sigmas(config, scheduler, steps, shift=shift, flux=True))
     h = w = size // 8
-    x = torch.randn((1, 16, h, w), generator=torch.manual_seed(seed)) * sigmas[0]
-    x = FluxPipeline._pack_latents(x, 1, 16, h, w)
+    noise = torch.randn((1, 16, h, w), generator=torch.manual_seed(seed))
+    latent, mask = torch.zeros_like(noise), None
+    if inpaint is not None:
+        with torch.no_grad():
+            latent = (vae.encode(inpaint[0] * 2 - 1).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+        mask = torch.nn.functional.interpolate(inpaint[1], size=latent.shape[-2:], mode="bilinear")
+    x = noise * sigmas[0] + (1 - sigmas[0]) * latent
+    pack = lambda t: FluxPipeline._pack_latents(t, 1, 16, h, w)
+    unpack = lambda t: t.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
     img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
+        xm = x if mask is None else x * mask + (noise * s + (1 - s) * latent) * (1 - mask)
         with torch.no_grad():
-            v = [tr(hidden_states=x, timestep=s.view(1), guidance=torch.tensor([g]) if tr.config.guidance_embeds else None,
-                    pooled_projections=p, encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids).sample for e, p, g in sides]
-        v = v[0] if len(v) == 1 else v[1] + cfg * (v[0] - v[1])
-        x = x + (s_next - s) * v
-    x = x.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
+            v = [tr(hidden_states=pack(xm), timestep=s.view(1), guidance=torch.tensor([g]) if tr.config.guidance_embeds else None,
+                    pooled_projections=p, encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids,
+                    **({} if control is None else control(pack(xm), s, e, p, g, img_ids, vae))).sample for e, p, g in sides]
+        v = unpack(v[0] if len(v) == 1 else v[1] + cfg * (v[0] - v[1]))
+        d = xm - s * v
+        if mask is not None:
+            d = d * mask + latent * (1 - mask)
+        x = x + (x - d) / s * (s_next - s)
     with torch.no_grad():
         return (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
 
@@ -250,6 +326,98 @@ def test_a_flux_prompt_is_comfyuis_flux_arithmetic(tiny_flux, cfg):
     assert r.ok, r.errors
     want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg)
     assert (r["image"] - want).abs().max() < 1e-4
+
+
+def test_flux_inpainting_is_comfyuis_arithmetic(tiny_flux, tmp_path):
+    """VAEEncodeForInpaint on FLUX.1: ComfyUI's greyed picture and box-grown mask, its two blends
+    with a flow model's noise scaling, on the latents the loop packs (mask, picture and noise
+    packed with them)."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.dstack([(np.random.default_rng(5).random((32, 32, 3)) * 255).astype(np.uint8), np.full((32, 32), 255, np.uint8)])
+    rgba[4:20, 6:28, 3] = 127  # a half-transparent ring (a soft mask) around a transparent square
+    rgba[8:16, 10:24, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "flux-photo.png")
+    p = prompt("flux")
+    p.update({"12": {"class_type": "LoadImage", "inputs": {"image": "flux-photo.png"}},
+              "13": {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["12", 0], "vae": ["4", 2], "mask": ["12", 1], "grow_mask_by": 4}}})
+    p["3"]["inputs"]["latent_image"] = ["13", 0]
+    doc, params, _ = translate(p, family_of=lambda name: "flux")
+    assert list(doc["nodes"]["n3"]["body"]) == ["n3_inpaint", "n3_cfg", "n3_keep", "n3_step"]
+    assert doc["nodes"]["n3_mask"]["inputs"]["pack"] is True and doc["nodes"]["n3_pack_image"]["type"] == "PackLatents"
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "flux-photo.png"),
+                                                              "steps": 3}))
+    assert r.ok, r.errors
+    img = Image.open(tmp_path / "flux-photo.png")
+    image = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+    m = 1 - torch.from_numpy(np.asarray(img.getchannel("A"), np.float32) / 255)[None, None]
+    grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, 4, 4), padding=2), 0, 1)[:, :, :32, :32].round()
+    shift = 1.15  # ModelSamplingFlux at 1024 × 1024
+    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
+    assert (r["image"] - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("cfg, end", [(1.0, 1.0), (2.0, 0.3)])
+def test_a_flux_controlnet_is_comfyuis_arithmetic(tiny_flux, tmp_path, cfg, end):
+    """ControlNetApplyAdvanced on FLUX.1 as comfy/controlnet.py runs an InstantX ControlNet: the
+    image's latent mean through the linked VAE, less the shift, times the scale, packed; beside
+    each side's call with that side's text, pooled embedding and guidance; the residuals times the
+    strength while sigma lies within the percents (ModelSamplingFlux's percent_to_sigma)."""
+    import math
+
+    import numpy as np
+    from diffusers import FluxControlNetModel, FluxPipeline
+    from PIL import Image
+
+    from tests.tiny_controlnet import build_tiny_flux_controlnet
+
+    net_path = build_tiny_flux_controlnet(tiny_flux, tmp_path / "flux-controlnet", seed=4)
+    pixels = (np.random.default_rng(11).random((32, 32, 3)) > 0.7).astype(np.uint8) * 255
+    Image.fromarray(pixels, "RGB").save(tmp_path / "edges.png")
+    p = prompt("flux")
+    p["3"]["inputs"]["cfg"] = cfg
+    p.update({"12": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": str(net_path)}},
+              "13": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["11", 0], "negative": ["7", 0], "control_net": ["12", 0],
+                                                                        "image": ["14", 0], "strength": 0.7, "start_percent": 0.0,
+                                                                        "end_percent": end, "vae": ["4", 2]}},
+              "14": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}}})
+    p["3"]["inputs"].update(positive=["13", 0], negative=["13", 1])
+    doc, params, _ = translate(p, family_of=lambda name: "flux")
+    body = list(doc["nodes"]["n3"]["body"])
+    assert body == (["n3_control_scale", "n3_positive_control", "n3_cfg", "n3_step"] if cfg == 1.0 else
+                    ["n3_control_scale", "n3_positive_control", "n3_transformer", "n3_negative_control", "n3_negative", "n3_cfg", "n3_step"])
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "edges.png"),
+                                                              "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+    net = FluxControlNetModel.from_pretrained(net_path).eval()
+    hint = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    shift = 1.15
+    stop = 0.0 if end >= 1 else math.exp(shift) / (math.exp(shift) + (1 / (1 - end) - 1))
+    used = []
+
+    def control(x, s, e, pooled, g, img_ids, vae):
+        used.append(bool(s >= stop))
+        if s < stop:
+            return {}
+        with torch.no_grad():
+            z = (vae.encode(hint * 2 - 1).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+            cond = FluxPipeline._pack_latents(z, 1, 16, z.shape[-2], z.shape[-1])
+            blocks, single = net(hidden_states=x, controlnet_cond=cond, conditioning_scale=0.7, timestep=s.view(1),
+                                 guidance=torch.tensor([g]) if net.config.guidance_embeds else None, pooled_projections=pooled,
+                                 encoder_hidden_states=e, txt_ids=torch.zeros(e.shape[1], 3), img_ids=img_ids, return_dict=False)
+        return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": single}
+
+    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg, control=control)
+    sides = 1 if cfg == 1.0 else 2
+    assert used == [on for on in ([True] * 3 if end == 1.0 else [True, False, False]) for _ in range(sides)]
+    assert (r["image"] - want).abs().max() < 1e-4
+    plain = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg)
+    assert (r["image"] - plain).abs().max() > 1e-3  # the ControlNet steered the picture
 
 
 def test_flow_sigmas_are_comfyuis():
