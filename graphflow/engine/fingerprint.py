@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from graphflow.cache.content_ids import ContentIdStore, file_key
+from graphflow.cache.content_ids import ContentIdStore, file_key, hash_file
 from graphflow.document.tree import Link, LinkList, Lit, ParamRef, ScopeDef
 from graphflow.graph.memo import Recipe
 from graphflow.node.file_access import UNCONFINED, FileAccess
@@ -67,7 +67,6 @@ def code_version(cls: type) -> str:
 
 # --- file content ----------------------------------------------------------------------------
 
-_CHUNK = 1 << 20
 _memo: dict[tuple, str] = {}
 _memo_lock = threading.Lock()
 _store: ContentIdStore | None = None
@@ -124,15 +123,10 @@ def _file_hash(path: str, st: os.stat_result, max_bytes: int) -> str:
                 hash_stats.remembered += 1
             return hit
     t0 = time.perf_counter()
-    h = hashlib.blake2b(digest_size=DIGEST)
     with rules.open(path) as f:
         opened = os.fstat(f.fileno())
-        left = opened.st_size
-        while left > 0 and (chunk := f.read(min(_CHUNK, left))):
-            h.update(chunk)
-            left -= len(chunk)
+        value = hash_file(f, opened.st_size)
         after = os.fstat(f.fileno())
-    value = h.hexdigest()
     with _memo_lock:
         _memo[key] = value
         hash_stats.hashed += 1

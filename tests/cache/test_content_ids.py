@@ -4,7 +4,6 @@ this one with its in-process memo emptied, and, once, two real `graphflow run` p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import blake3
 import orjson
 import pytest
 
+from graphflow.cache import content_ids
 from graphflow.cache.content_ids import NAME, ContentIdStore
 from graphflow.engine import fingerprint as fp
 
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def blake(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
+    """A content id as the reference package computes it: BLAKE3, 160 bits."""
+    return blake3.blake3(data).hexdigest(length=20)
 
 
 @pytest.fixture
@@ -144,3 +146,84 @@ def test_graphflow_run_profile_shows_ids_hashed_then_remembered(tmp_path):
     assert first.startswith("content ids: 2 files hashed (2.0 MB in ")
     assert first.endswith(f"), 0 remembered from {cache / NAME}")
     assert run() == f"content ids: 0 files hashed (0.0 MB in 0.00 s), 2 remembered from {cache / NAME}"
+
+
+# --- the hash itself (BLAKE3 since the first-picture work; blake2b before) ----------------------
+
+BIG = (16 << 20) + 12_345  # over one read buffer: the id spans buffers and ends in a partial one
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("big") / "unet.safetensors"
+    data = os.urandom(BIG)
+    f.write_bytes(data)
+    return f, data
+
+
+@pytest.fixture
+def no_store():
+    fp.remember_content_ids(None)
+    fp._memo.clear()
+    yield
+    fp._memo.clear()
+
+
+def test_the_id_is_blake3_of_the_bytes_whatever_the_thread_count(no_store, big_file, monkeypatch):
+    f, data = big_file
+    ids = set()
+    for n in (1, 2, 4):
+        monkeypatch.setattr(content_ids, "hash_threads", lambda n=n: n)
+        fp._memo.clear()
+        ids.add(fp.content_id(f))
+    assert ids == {blake(data)}
+    assert content_ids.hash_bytes(data) == blake(data)
+
+
+def test_the_id_is_the_same_in_another_process(no_store, big_file):
+    f, data = big_file
+    folder = f.parent
+    code = "import sys; from graphflow.engine.fingerprint import content_id; print(content_id(sys.argv[1])); print(content_id(sys.argv[2]))"
+    p = subprocess.run([sys.executable, "-c", code, str(f), str(folder)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "GRAPHFLOW_THREADS": "2"}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [blake(data), fp.content_id(folder)]
+    assert fp.content_id(folder).startswith("dir:")
+
+
+@pytest.mark.parametrize("where", [0, 1 << 20, (16 << 20) - 1, 16 << 20, BIG - 1])
+def test_one_changed_byte_changes_the_id(no_store, big_file, tmp_path, where):
+    f, data = big_file
+    changed = bytearray(data)
+    changed[where] ^= 0x01
+    g = tmp_path / "changed.safetensors"
+    g.write_bytes(changed)
+    assert fp.content_id(g) == blake(bytes(changed)) != blake(data)
+
+
+def test_a_remembered_id_is_not_hashed_again(store, big_file, monkeypatch):
+    """Counted where the hashing happens: the function that reads a file's bytes."""
+    f, data = big_file
+    calls = []
+    real = fp.hash_file
+    monkeypatch.setattr(fp, "hash_file", lambda fh, size: calls.append(size) or real(fh, size))
+    assert fp.content_id(f) == blake(data)
+    assert calls == [BIG]
+    for _ in range(3):
+        new_process()
+        assert counted(f) == (blake(data), 0, 1)
+    assert calls == [BIG]
+
+
+def test_a_store_of_the_old_hash_is_not_trusted(store, tmp_path):
+    """A version-1 store (blake2b ids, checksum valid) is read as empty: no old id is mixed in."""
+    import hashlib
+
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"old bytes")
+    old = {content_ids.file_key(f.stat()): hashlib.blake2b(b"old bytes", digest_size=20).hexdigest()}
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_bytes(orjson.dumps({"version": 1, "check": content_ids._check(old), "ids": old}))
+    new_process()
+    assert counted(f) == (blake(b"old bytes"), 1, 0)
+    assert orjson.loads(store.read_bytes())["version"] == 2
