@@ -27,8 +27,10 @@ import hashlib
 import os
 import re
 import threading
+import time
 from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, TypeVar
 
 import blake3
 import orjson
@@ -67,6 +69,59 @@ def hash_file(f: BinaryIO, size: int) -> str:
         h.update(view[:n])
         left -= n
     return h.hexdigest(length=ID_BYTES)
+
+
+WARM_BYTES = 256 << 20  # files to hash beyond this: a model, so its loader's imports are worth starting
+_while_hashing: list[Callable[[], None]] = []
+_while_lock = threading.Lock()
+T = TypeVar("T")
+
+
+def while_hashing(fn: Callable[[], None]) -> None:
+    """Work to do while a model's files are hashed: once per process, at the first hash of more
+    than ``WARM_BYTES``, in the waiting thread while another thread hashes. A fresh process must
+    hash a 2 GB folder before its first step and then spends seconds importing torch and the model
+    libraries; the hash runs without the GIL, the imports mostly with it, so on two cores the one
+    hides behind the other. The node library registers its loaders' imports here. Best effort:
+    an exception is dropped (the node that needs the import meets it again, and reports it)."""
+    with _while_lock:
+        _while_hashing.append(fn)
+
+
+def overlapped(hash_all: Callable[[], T], size: int) -> tuple[T, float]:
+    """``hash_all()``, which will read ``size`` bytes not hashed before; beside it, in this thread,
+    whatever ``while_hashing`` registered, if the bytes are many enough. Returns its value and the
+    seconds the hash ran beside that work (0 when nothing ran beside it). The hash's exception, if
+    any, is raised here."""
+    with _while_lock:
+        pending = _while_hashing[:] if size >= WARM_BYTES else []
+        if pending:
+            _while_hashing.clear()
+    if not pending:
+        return hash_all(), 0.0
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        t = time.perf_counter()
+        try:
+            out["value"] = hash_all()
+        except BaseException as e:  # re-raised in the caller's thread
+            out["error"] = e
+        out["seconds"] = time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=work, name="graphflow-content-ids", daemon=True)
+    worker.start()
+    for fn in pending:
+        try:
+            fn()
+        except Exception:
+            pass
+    beside = time.perf_counter() - t0
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"], min(beside, out["seconds"])
 
 
 def hash_bytes(data: bytes) -> str:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import blake3
@@ -18,6 +19,7 @@ import pytest
 from graphflow.cache import content_ids
 from graphflow.cache.content_ids import NAME, ContentIdStore
 from graphflow.engine import fingerprint as fp
+from graphflow.node.file_access import InputRefused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,3 +229,74 @@ def test_a_store_of_the_old_hash_is_not_trusted(store, tmp_path):
     new_process()
     assert counted(f) == (blake(b"old bytes"), 1, 0)
     assert orjson.loads(store.read_bytes())["version"] == 2
+
+
+# --- work beside the hash (while_hashing): a fresh process imports its loaders meanwhile --------
+
+@pytest.fixture
+def hooks(monkeypatch):
+    """No hook but the test's own (the node library registers its loaders' imports), and a small
+    threshold, so a few hundred kB stand for a model."""
+    monkeypatch.setattr(content_ids, "_while_hashing", [])
+    monkeypatch.setattr(content_ids, "WARM_BYTES", 100_000)
+    return content_ids.while_hashing
+
+
+def model_folder(tmp_path) -> Path:
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "weights.safetensors").write_bytes(os.urandom(300_000))
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def test_the_hook_runs_once_in_the_waiting_thread_while_another_hashes(store, tmp_path, hooks, monkeypatch):
+    folder = model_folder(tmp_path)
+    hashing = threading.Event()
+    real = fp.hash_file
+
+    def hash_file(f, size):
+        hashing.set()
+        return real(f, size)
+
+    monkeypatch.setattr(fp, "hash_file", hash_file)
+    seen = []
+    hooks(lambda: seen.append((threading.current_thread() is threading.main_thread(), hashing.wait(10))))
+    beside = fp.hash_stats.beside
+    cid = fp.content_id(folder)
+    assert seen == [(True, True)]  # this thread, and the hash was running meanwhile (else it waited 10 s)
+    assert fp.hash_stats.beside > beside  # --profile says how much of the hash ran beside it
+    assert fp.hash_stats.hashed >= 2
+    new_process()
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    assert fp.content_id(other) == cid and seen == [(True, True)]  # once per process
+
+
+def test_no_hook_for_small_or_remembered_files(store, tmp_path, hooks):
+    """A fully cached second process finds its ids in the store: it must not import torch for them."""
+    calls = []
+    hooks(lambda: calls.append(1))
+    small = tmp_path / "config.json"
+    small.write_bytes(b"{}" * 100)
+    fp.content_id(small)
+    assert calls == []
+    folder = model_folder(tmp_path)
+    fp.content_id(folder)
+    assert calls == [1]
+    new_process()
+    hooks(lambda: calls.append(2))
+    fp.content_id(folder)
+    assert calls == [1]  # remembered: nothing to hash, nothing to do beside it
+
+
+def test_a_failing_hook_is_dropped_and_a_failing_hash_is_raised(store, tmp_path, hooks):
+    hooks(lambda: 1 / 0)
+    folder = model_folder(tmp_path)
+    assert fp.content_id(folder).startswith("dir:")  # the hook's error does not reach the caller
+    new_process()
+    hooks(lambda: None)
+    os.mkfifo(folder / "unet" / "pipe")
+    os.utime(folder / "unet" / "weights.safetensors", ns=(1, 1))  # a new identity: hashed again
+    with pytest.raises(InputRefused, match="pipe"):
+        fp.content_id(folder)
