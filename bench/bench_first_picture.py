@@ -163,10 +163,13 @@ def main() -> None:
             u(r)
         print(f"  round {r + 1}: " + ", ".join(f"{times[n][-1]:.1f} s ({cpus[n][-1]:.1f} CPU s)" for n in names), flush=True)
     base, cbase = min(times[names[0]]), min(cpus[names[0]])
-    print(f"\n{'variant':<38} {'best s':>7} {'median s':>9} {'÷ diffusers':>11} {'best CPU s':>11} {'÷ diffusers':>11}")
+    mbase, mcbase = statistics.median(times[names[0]]), statistics.median(cpus[names[0]])
+    print(f"\n{'variant':<38} {'best s':>7} {'÷ diff.':>8} {'median s':>9} {'÷ diff.':>8} {'best CPU s':>11} {'÷ diff.':>8} "
+          f"{'median CPU s':>13} {'÷ diff.':>8}")
     for n in names:
-        print(f"{n:<38} {min(times[n]):7.2f} {statistics.median(times[n]):9.2f} {min(times[n]) / base:10.2f}× "
-              f"{min(cpus[n]):11.2f} {min(cpus[n]) / cbase:10.2f}×")
+        t, c = times[n], cpus[n]
+        print(f"{n:<38} {min(t):7.2f} {min(t) / base:7.2f}× {statistics.median(t):9.2f} {statistics.median(t) / mbase:7.2f}× "
+              f"{min(c):11.2f} {min(c) / cbase:7.2f}× {statistics.median(c):13.2f} {statistics.median(c) / mcbase:7.2f}×")
     for n, lines in notes.items():
         for line in lines:
             print(f"  {n}: {line}")

@@ -86,7 +86,7 @@ class HashStats:
 
     def describe(self) -> str:
         where = f" from {self.store}" if self.store else " (no disk cache: nothing remembered between processes)"
-        beside = f", {self.beside:.2f} s of it beside the model loaders' imports" if self.beside else ""
+        beside = f", {min(self.beside, self.seconds):.2f} s of it beside the model loaders' imports" if self.beside else ""
         return (f"content ids: {self.hashed} file{'s' * (self.hashed != 1)} hashed ({self.bytes / 1e6:.1f} MB in "
                 f"{self.seconds:.2f} s{beside}), {self.remembered} remembered{where}")
 
