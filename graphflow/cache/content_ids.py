@@ -24,6 +24,7 @@ keyed by old ids miss once.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import threading
@@ -43,7 +44,7 @@ MAX_ENTRIES = 20_000  # the oldest go first beyond this: ~1.5 MB of JSON
 _ID = re.compile(r"(dir:)?[0-9a-f]{40}")
 VERSION = 2  # 1 held blake2b ids
 ID_BYTES = 20  # 160 bits, as git's object ids
-_BUFFER = 16 << 20  # per read: large enough for BLAKE3's threads to share one buffer's chunks
+_BUFFER = 16 << 20  # per read, where a file cannot be mapped
 
 
 def hash_threads() -> int:
@@ -55,10 +56,21 @@ def hash_threads() -> int:
 
 def hash_file(f: BinaryIO, size: int) -> str:
     """The content id of an open file's first ``size`` bytes (its size when it was opened: a file
-    that grows meanwhile is not read past it). Read into one reused buffer, not memory-mapped:
-    a file truncated under a mapping kills the process (SIGBUS), a short read just ends the loop.
-    The hash runs without the GIL, so other threads go on meanwhile."""
+    that grows meanwhile is not read past it). The file is memory-mapped and hashed in one call,
+    which holds no GIL from start to end: read in pieces, the hashing thread would need the GIL back
+    after every piece, and wait up to the interpreter's switch interval each time for a thread busy
+    in Python (the loaders' imports, ``while_hashing``), slower on a busy machine than the old hash.
+    The mapping is the one risk the loader takes too (safetensors maps the same file): a file
+    truncated while mapped ends the process. A file that cannot be mapped, or has shrunk since it
+    was opened, is read in pieces instead."""
     h = blake3.blake3(max_threads=hash_threads())
+    if size > 0:
+        try:
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+                h.update(view)
+            return h.hexdigest(length=ID_BYTES)
+        except (OSError, ValueError):  # not mappable (some FUSE and network mounts), or shorter than size
+            h = blake3.blake3(max_threads=hash_threads())
     buf = bytearray(min(_BUFFER, max(size, 1)))
     view = memoryview(buf)
     left = size

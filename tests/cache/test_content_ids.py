@@ -300,3 +300,24 @@ def test_a_failing_hook_is_dropped_and_a_failing_hash_is_raised(store, tmp_path,
     os.utime(folder / "unet" / "weights.safetensors", ns=(1, 1))  # a new identity: hashed again
     with pytest.raises(InputRefused, match="pipe"):
         fp.content_id(folder)
+
+
+def test_a_file_that_cannot_be_mapped_is_read_to_the_same_id(big_file, monkeypatch):
+    f, data = big_file
+
+    def refuse(*a, **k):
+        raise OSError("no mmap on this mount")
+
+    monkeypatch.setattr(content_ids.mmap, "mmap", refuse)
+    with open(f, "rb") as fh:
+        assert content_ids.hash_file(fh, BIG) == blake(data)
+
+
+def test_a_file_shorter_than_its_stated_size_is_hashed_as_far_as_it_goes(tmp_path):
+    """Shrunk between its stat and the hash: not mapped past its end (that would kill the process)."""
+    f = tmp_path / "shrunk.bin"
+    f.write_bytes(b"x" * 5000)
+    with open(f, "rb") as fh:
+        assert content_ids.hash_file(fh, 9000) == blake(b"x" * 5000)
+    with open(f, "rb") as fh:
+        assert content_ids.hash_file(fh, 3000) == blake(b"x" * 3000)
