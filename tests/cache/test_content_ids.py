@@ -321,3 +321,25 @@ def test_a_file_shorter_than_its_stated_size_is_hashed_as_far_as_it_goes(tmp_pat
         assert content_ids.hash_file(fh, 9000) == blake(b"x" * 5000)
     with open(f, "rb") as fh:
         assert content_ids.hash_file(fh, 3000) == blake(b"x" * 3000)
+
+
+def test_the_node_library_imports_its_loaders_while_a_model_is_hashed(tmp_path):
+    """In a new process: registering the node library imports no torch; hashing a model's worth of
+    unseen bytes (the threshold lowered to this small folder) imports it, beside the hash."""
+    folder = model_folder(tmp_path)
+    code = """
+import sys
+from graphflow.cache import content_ids
+from graphflow.engine.fingerprint import content_id, hash_stats
+from graphflow.node.registry import default_registry
+default_registry()
+before = [m for m in ("torch", "diffusers.models.modeling_utils", "transformers.modeling_utils") if m in sys.modules]
+content_ids.WARM_BYTES = 100_000
+content_id(sys.argv[1])
+after = [m for m in ("torch", "diffusers.models.modeling_utils", "transformers.modeling_utils") if m in sys.modules]
+print(before, after, hash_stats.beside > 0)
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "[] ['torch', 'diffusers.models.modeling_utils', 'transformers.modeling_utils'] True"
