@@ -10,12 +10,15 @@ them alike:
   by default: both convert the float16 weights; LMS, the same prompt and size);
 - graphflow as it was (``--before REF``, default ``main``: that commit's tree, extracted with
   ``git archive``), with a fresh disk cache, then in a second process on that cache (a new seed,
-  so the UNet runs again): it hashes every byte of the folder in both, to know the files' content;
-- graphflow now, the same two: the second process finds the content ids in the disk cache's
-  ``content-ids.json`` (by device, inode, size and mtime) and hashes nothing.
+  so the UNet runs again);
+- graphflow now, the same two. The fresh process hashes every byte of the folder (its files'
+  content ids: BLAKE3 now, blake2b before the first-picture work); the second finds the ids in
+  the disk cache's ``content-ids.json`` (by device, inode, size and mtime) and hashes nothing.
 
 Every process gets the same torch thread count (``--threads``, default 1: on a shared machine more
-threads measure the neighbours). Seconds are whole-process wall times. ``--profile`` lines of the
+threads measure the neighbours). Seconds are whole-process wall times, and CPU seconds (user +
+system) beside them, which a shared machine disturbs far less; each round starts with another of
+the three (diffusers, the before pair, the now pair), so that none is always first. ``--profile`` lines of the
 graphflow runs (content ids hashed / remembered) are printed under the table.
 
     .venv/bin/python bench/bench_first_picture.py [--rounds N] [--folder DIR] [--before REF]
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -91,13 +95,19 @@ def source_tree(ref: str, where: Path) -> Path:
     return where
 
 
-def run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
+def run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system, the process and its threads) and stderr. On a
+    shared machine the CPU seconds vary far less than the wall time: they count this process's own
+    work, not the time it waited for a core."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
     dt = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])}… failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return dt, p.stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dt, cpu, p.stderr
 
 
 def main() -> None:
@@ -123,29 +133,46 @@ def main() -> None:
     names = ["diffusers StableDiffusionPipeline", "graphflow before, fresh disk cache", "graphflow before, second process",
              "graphflow now, fresh disk cache", "graphflow now, second process"]
     times: dict[str, list[float]] = {n: [] for n in names}
-    notes: dict[str, str] = {}
+    cpus: dict[str, list[float]] = {n: [] for n in names}
+    notes: dict[str, list[str]] = {}
     print(f"txt2img 64 px, 1 LMS step, SD 1.5 architecture (random, float16, {folder}); {a.threads} torch thread(s); "
           f"{a.rounds} round(s), each variant a new process; before = {a.before}")
-    for r in range(a.rounds):
-        dt, _ = run([sys.executable, "-c", DIFFUSERS, str(folder), PROMPT, str(r)], env, ROOT)
+
+    def diffusers(r: int) -> None:
+        dt, cpu, _ = run([sys.executable, "-c", DIFFUSERS, str(folder), PROMPT, str(r)], env, ROOT)
         times[names[0]].append(dt)
-        for k, (tree, label) in enumerate(((before, "before"), (ROOT, "now"))):
-            cache = work / f"cache-{label}-{r}"
-            benv = {**env, "PYTHONPATH": str(tree)}
-            for j, seed in enumerate((10 * r, 10 * r + 1)):
-                dt, err = run(graphflow(tree, cache, seed), benv, tree)
-                name = names[1 + 2 * k + j]
-                times[name].append(dt)
-                line = next((x for x in err.splitlines() if x.startswith("content ids:")), None)
-                if line:
-                    notes[name] = line
-        print(f"  round {r + 1}: " + ", ".join(f"{times[n][-1]:.1f}" for n in names), flush=True)
-    base = min(times[names[0]])
-    print(f"\n{'variant':<38} {'best s':>7} {'median s':>9} {'÷ diffusers':>11}")
+        cpus[names[0]].append(cpu)
+
+    def pair(r: int, k: int, tree: Path, label: str) -> None:
+        """A fresh disk cache, then a second process on it (the pair stays in this order)."""
+        cache = work / f"cache-{label}-{r}"
+        benv = {**env, "PYTHONPATH": str(tree)}
+        for j, seed in enumerate((10 * r, 10 * r + 1)):
+            dt, cpu, err = run(graphflow(tree, cache, seed), benv, tree)
+            name = names[1 + 2 * k + j]
+            times[name].append(dt)
+            cpus[name].append(cpu)
+            line = next((x for x in err.splitlines() if x.startswith("content ids:")), None)
+            if line:
+                notes.setdefault(name, [])
+                notes[name].append(line)
+
+    units = [diffusers, lambda r: pair(r, 0, before, "before"), lambda r: pair(r, 1, ROOT, "now")]
+    for r in range(a.rounds):
+        for u in units[r % 3:] + units[:r % 3]:  # each round starts with another: no variant is always first
+            u(r)
+        print(f"  round {r + 1}: " + ", ".join(f"{times[n][-1]:.1f} s ({cpus[n][-1]:.1f} CPU s)" for n in names), flush=True)
+    base, cbase = min(times[names[0]]), min(cpus[names[0]])
+    mbase, mcbase = statistics.median(times[names[0]]), statistics.median(cpus[names[0]])
+    print(f"\n{'variant':<38} {'best s':>7} {'÷ diff.':>8} {'median s':>9} {'÷ diff.':>8} {'best CPU s':>11} {'÷ diff.':>8} "
+          f"{'median CPU s':>13} {'÷ diff.':>8}")
     for n in names:
-        print(f"{n:<38} {min(times[n]):7.2f} {statistics.median(times[n]):9.2f} {min(times[n]) / base:10.2f}×")
-    for n, line in notes.items():
-        print(f"  {n}: {line}")
+        t, c = times[n], cpus[n]
+        print(f"{n:<38} {min(t):7.2f} {min(t) / base:7.2f}× {statistics.median(t):9.2f} {statistics.median(t) / mbase:7.2f}× "
+              f"{min(c):11.2f} {min(c) / cbase:7.2f}× {statistics.median(c):13.2f} {statistics.median(c) / mcbase:7.2f}×")
+    for n, lines in notes.items():
+        for line in lines:
+            print(f"  {n}: {line}")
     shutil.rmtree(work, ignore_errors=True)
 
 

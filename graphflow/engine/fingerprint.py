@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from graphflow.cache.content_ids import ContentIdStore, file_key
+from graphflow.cache.content_ids import ContentIdStore, file_key, hash_file, overlapped
 from graphflow.document.tree import Link, LinkList, Lit, ParamRef, ScopeDef
 from graphflow.graph.memo import Recipe
 from graphflow.node.file_access import UNCONFINED, FileAccess
@@ -68,7 +68,6 @@ def code_version(cls: type) -> str:
 
 # --- file content ----------------------------------------------------------------------------
 
-_CHUNK = 1 << 20
 _memo: dict[tuple, str] = {}
 _memo_lock = threading.Lock()
 _store: ContentIdStore | None = None
@@ -84,11 +83,13 @@ class HashStats:
     seconds: float = 0.0
     remembered: int = 0
     store: str | None = field(default=None)
+    beside: float = 0.0  # seconds of hashing that ran while the loaders imported (content_ids.while_hashing)
 
     def describe(self) -> str:
         where = f" from {self.store}" if self.store else " (no disk cache: nothing remembered between processes)"
+        beside = f", {min(self.beside, self.seconds):.2f} s of it beside the model loaders' imports" if self.beside else ""
         return (f"content ids: {self.hashed} file{'s' * (self.hashed != 1)} hashed ({self.bytes / 1e6:.1f} MB in "
-                f"{self.seconds:.2f} s), {self.remembered} remembered{where}")
+                f"{self.seconds:.2f} s{beside}), {self.remembered} remembered{where}")
 
 
 hash_stats = HashStats()
@@ -125,15 +126,10 @@ def _file_hash(path: str, st: os.stat_result, max_bytes: int) -> str:
                 hash_stats.remembered += 1
             return hit
     t0 = time.perf_counter()
-    h = hashlib.blake2b(digest_size=DIGEST)
     with rules.open(path) as f:
         opened = os.fstat(f.fileno())
-        left = opened.st_size
-        while left > 0 and (chunk := f.read(min(_CHUNK, left))):
-            h.update(chunk)
-            left -= len(chunk)
+        value = hash_file(f, opened.st_size)
         after = os.fstat(f.fileno())
-    value = h.hexdigest()
     with _memo_lock:
         _memo[key] = value
         hash_stats.hashed += 1
@@ -182,14 +178,28 @@ def content_id(path: str | Path, max_bytes: int | None = None) -> str:
     except OSError:
         return "missing:" + digest(p)
     if not stat.S_ISDIR(st.st_mode):
-        return _file_hash(p, st, limit)
-    entries = []
+        cid, beside = overlapped(lambda: _file_hash(p, st, limit), _unknown_bytes([st]))
+        hash_stats.beside += beside
+        return cid
+    found = []
     for root, dirs, files in os.walk(p):
         dirs.sort()
         for name in sorted(files):
             full = os.path.join(root, name)
-            entries.append((os.path.relpath(full, p), _file_hash(full, os.stat(full), limit)))
+            found.append((os.path.relpath(full, p), full, os.stat(full)))
+    entries, beside = overlapped(lambda: [(rel, _file_hash(full, fst, limit)) for rel, full, fst in found],
+                                 _unknown_bytes([fst for _, _, fst in found]))
+    hash_stats.beside += beside
     return "dir:" + digest(entries)
+
+
+def _unknown_bytes(stats: list[os.stat_result]) -> int:
+    """How many of these files' bytes a hash would read: those whose ids neither this process nor
+    the disk cache's store remembers."""
+    store = _store
+    with _memo_lock:
+        unknown = [st for st in stats if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) not in _memo]
+    return sum(st.st_size for st in unknown if stat.S_ISREG(st.st_mode) and (store is None or store.get(file_key(st)) is None))
 
 
 def _unchanged(path: Path, cid: str, max_bytes: int) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from graphflow_nodes.loading.families import ModelError, component_class, family_of
 
-from graphflow.node_api import load_patched
+from graphflow.node_api import load_patched, while_hashing
 
 
 def offline() -> None:
@@ -24,6 +24,19 @@ def offline() -> None:
 
     tlog.disable_progress_bar()
     dlog.disable_progress_bar()
+
+
+def _warm_loaders() -> None:
+    """What loading any component imports (torch, diffusers' and transformers' model bases, several
+    seconds in a new process), with the hub kept offline first as ``load_component`` does. Run
+    while a fresh process hashes a model's files (``while_hashing``), so the hash, which needs no
+    GIL, costs no wall time of its own on a machine with a second core."""
+    offline()
+    import diffusers.models.modeling_utils  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
+
+while_hashing(_warm_loaders)
 
 
 def read_model_index(path: Path) -> str:

@@ -4,25 +4,29 @@ this one with its in-process memo emptied, and, once, two real `graphflow run` p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import blake3
 import orjson
 import pytest
 
+from graphflow.cache import content_ids
 from graphflow.cache.content_ids import NAME, ContentIdStore
 from graphflow.engine import fingerprint as fp
+from graphflow.node.file_access import InputRefused
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def blake(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
+    """A content id as the reference package computes it: BLAKE3, 160 bits."""
+    return blake3.blake3(data).hexdigest(length=20)
 
 
 @pytest.fixture
@@ -144,3 +148,198 @@ def test_graphflow_run_profile_shows_ids_hashed_then_remembered(tmp_path):
     assert first.startswith("content ids: 2 files hashed (2.0 MB in ")
     assert first.endswith(f"), 0 remembered from {cache / NAME}")
     assert run() == f"content ids: 0 files hashed (0.0 MB in 0.00 s), 2 remembered from {cache / NAME}"
+
+
+# --- the hash itself (BLAKE3 since the first-picture work; blake2b before) ----------------------
+
+BIG = (16 << 20) + 12_345  # over one read buffer: the id spans buffers and ends in a partial one
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("big") / "unet.safetensors"
+    data = os.urandom(BIG)
+    f.write_bytes(data)
+    return f, data
+
+
+@pytest.fixture
+def no_store():
+    fp.remember_content_ids(None)
+    fp._memo.clear()
+    yield
+    fp._memo.clear()
+
+
+def test_the_id_is_blake3_of_the_bytes_whatever_the_thread_count(no_store, big_file, monkeypatch):
+    f, data = big_file
+    ids = set()
+    for n in (1, 2, 4):
+        monkeypatch.setattr(content_ids, "hash_threads", lambda n=n: n)
+        fp._memo.clear()
+        ids.add(fp.content_id(f))
+    assert ids == {blake(data)}
+    assert content_ids.hash_bytes(data) == blake(data)
+
+
+def test_the_id_is_the_same_in_another_process(no_store, big_file):
+    f, data = big_file
+    folder = f.parent
+    code = "import sys; from graphflow.engine.fingerprint import content_id; print(content_id(sys.argv[1])); print(content_id(sys.argv[2]))"
+    p = subprocess.run([sys.executable, "-c", code, str(f), str(folder)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "GRAPHFLOW_THREADS": "2"}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [blake(data), fp.content_id(folder)]
+    assert fp.content_id(folder).startswith("dir:")
+
+
+@pytest.mark.parametrize("where", [0, 1 << 20, (16 << 20) - 1, 16 << 20, BIG - 1])
+def test_one_changed_byte_changes_the_id(no_store, big_file, tmp_path, where):
+    f, data = big_file
+    changed = bytearray(data)
+    changed[where] ^= 0x01
+    g = tmp_path / "changed.safetensors"
+    g.write_bytes(changed)
+    assert fp.content_id(g) == blake(bytes(changed)) != blake(data)
+
+
+def test_a_remembered_id_is_not_hashed_again(store, big_file, monkeypatch):
+    """Counted where the hashing happens: the function that reads a file's bytes."""
+    f, data = big_file
+    calls = []
+    real = fp.hash_file
+    monkeypatch.setattr(fp, "hash_file", lambda fh, size: calls.append(size) or real(fh, size))
+    assert fp.content_id(f) == blake(data)
+    assert calls == [BIG]
+    for _ in range(3):
+        new_process()
+        assert counted(f) == (blake(data), 0, 1)
+    assert calls == [BIG]
+
+
+def test_a_store_of_the_old_hash_is_not_trusted(store, tmp_path):
+    """A version-1 store (blake2b ids, checksum valid) is read as empty: no old id is mixed in."""
+    import hashlib
+
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"old bytes")
+    old = {content_ids.file_key(f.stat()): hashlib.blake2b(b"old bytes", digest_size=20).hexdigest()}
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_bytes(orjson.dumps({"version": 1, "check": content_ids._check(old), "ids": old}))
+    new_process()
+    assert counted(f) == (blake(b"old bytes"), 1, 0)
+    assert orjson.loads(store.read_bytes())["version"] == 2
+
+
+# --- work beside the hash (while_hashing): a fresh process imports its loaders meanwhile --------
+
+@pytest.fixture
+def hooks(monkeypatch):
+    """No hook but the test's own (the node library registers its loaders' imports), and a small
+    threshold, so a few hundred kB stand for a model."""
+    monkeypatch.setattr(content_ids, "_while_hashing", [])
+    monkeypatch.setattr(content_ids, "WARM_BYTES", 100_000)
+    return content_ids.while_hashing
+
+
+def model_folder(tmp_path) -> Path:
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "weights.safetensors").write_bytes(os.urandom(300_000))
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def test_the_hook_runs_once_in_the_waiting_thread_while_another_hashes(store, tmp_path, hooks, monkeypatch):
+    folder = model_folder(tmp_path)
+    hashing = threading.Event()
+    real = fp.hash_file
+
+    def hash_file(f, size):
+        hashing.set()
+        return real(f, size)
+
+    monkeypatch.setattr(fp, "hash_file", hash_file)
+    seen = []
+    hooks(lambda: seen.append((threading.current_thread() is threading.main_thread(), hashing.wait(10))))
+    beside = fp.hash_stats.beside
+    cid = fp.content_id(folder)
+    assert seen == [(True, True)]  # this thread, and the hash was running meanwhile (else it waited 10 s)
+    assert fp.hash_stats.beside > beside  # --profile says how much of the hash ran beside it
+    assert fp.hash_stats.hashed >= 2
+    new_process()
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    assert fp.content_id(other) == cid and seen == [(True, True)]  # once per process
+
+
+def test_no_hook_for_small_or_remembered_files(store, tmp_path, hooks):
+    """A fully cached second process finds its ids in the store: it must not import torch for them."""
+    calls = []
+    hooks(lambda: calls.append(1))
+    small = tmp_path / "config.json"
+    small.write_bytes(b"{}" * 100)
+    fp.content_id(small)
+    assert calls == []
+    folder = model_folder(tmp_path)
+    fp.content_id(folder)
+    assert calls == [1]
+    new_process()
+    hooks(lambda: calls.append(2))
+    fp.content_id(folder)
+    assert calls == [1]  # remembered: nothing to hash, nothing to do beside it
+
+
+def test_a_failing_hook_is_dropped_and_a_failing_hash_is_raised(store, tmp_path, hooks):
+    hooks(lambda: 1 / 0)
+    folder = model_folder(tmp_path)
+    assert fp.content_id(folder).startswith("dir:")  # the hook's error does not reach the caller
+    new_process()
+    hooks(lambda: None)
+    os.mkfifo(folder / "unet" / "pipe")
+    os.utime(folder / "unet" / "weights.safetensors", ns=(1, 1))  # a new identity: hashed again
+    with pytest.raises(InputRefused, match="pipe"):
+        fp.content_id(folder)
+
+
+def test_a_file_that_cannot_be_mapped_is_read_to_the_same_id(big_file, monkeypatch):
+    f, data = big_file
+
+    def refuse(*a, **k):
+        raise OSError("no mmap on this mount")
+
+    monkeypatch.setattr(content_ids.mmap, "mmap", refuse)
+    with open(f, "rb") as fh:
+        assert content_ids.hash_file(fh, BIG) == blake(data)
+
+
+def test_a_file_shorter_than_its_stated_size_is_hashed_as_far_as_it_goes(tmp_path):
+    """Shrunk between its stat and the hash: not mapped past its end (that would kill the process)."""
+    f = tmp_path / "shrunk.bin"
+    f.write_bytes(b"x" * 5000)
+    with open(f, "rb") as fh:
+        assert content_ids.hash_file(fh, 9000) == blake(b"x" * 5000)
+    with open(f, "rb") as fh:
+        assert content_ids.hash_file(fh, 3000) == blake(b"x" * 3000)
+
+
+def test_the_node_library_imports_its_loaders_while_a_model_is_hashed(tmp_path):
+    """In a new process: registering the node library imports no torch; hashing a model's worth of
+    unseen bytes (the threshold lowered to this small folder) imports it, beside the hash."""
+    folder = model_folder(tmp_path)
+    code = """
+import sys
+from graphflow.cache import content_ids
+from graphflow.engine.fingerprint import content_id, hash_stats
+from graphflow.node.registry import default_registry
+default_registry()
+before = [m for m in ("torch", "diffusers.models.modeling_utils", "transformers.modeling_utils") if m in sys.modules]
+content_ids.WARM_BYTES = 100_000
+content_id(sys.argv[1])
+after = [m for m in ("torch", "diffusers.models.modeling_utils", "transformers.modeling_utils") if m in sys.modules]
+print(before, after, hash_stats.beside > 0)
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "[] ['torch', 'diffusers.models.modeling_utils', 'transformers.modeling_utils'] True"
