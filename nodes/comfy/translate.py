@@ -300,9 +300,8 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
 def _config(st: _State, cid: str) -> dict:
     """The one ``config`` param every split loader of the prompt shares: the diffusers folder
     (configs and tokenizers, no weights needed) their files are built with."""
-    if "config" not in st.params:
-        st.param_uses["config"] = 1
-        st.param(cid, "config", "", "string", PARAM_WHAT["config"])
+    if "config" not in st.params:  # no default: validation names each loader's config until one is set (--set config=FOLDER)
+        st.params["config"] = {"type": "string", "description": f"{PARAM_WHAT['config']} (ComfyUI's split loaders; no default: set it)"}
     return {"param": "config"}
 
 
@@ -1176,7 +1175,7 @@ def translate(prompt: dict, input_dir: str | None = None,
     if not outputs:
         raise TranslationError({"type": "prompt_no_outputs", "message": "Prompt has no outputs",
                                 "details": "no SaveImage or PreviewImage node", "extra_info": {}}, {})
-    params = {k: v["default"] for k, v in st.params.items()}
+    params = {k: v["default"] for k, v in st.params.items() if "default" in v}  # config has none
     doc = {
         "format": 1,
         "description": "Translated from a ComfyUI API-format prompt; node n<N> (and n<N>_...) come from ComfyUI node N. "
