@@ -13,13 +13,16 @@ from graphflow_nodes.comfy.samplers import (
 from typing import Any
 
 from graphflow_nodes.kinds import (
-    SEED_MAX, TEXT_EMBEDDINGS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep, Timesteps, UNet,
+    POOLED_K, SEED_MAX, TEXT_EMBEDDINGS_K, TIME_IDS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep,
+    Timesteps, Transformer, UNet,
 )
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Limit, Node, Outputs, list_of
 
 EmbeddingsList = Annotated[list[Any], list_of(TEXT_EMBEDDINGS_K)]
+PooledList = Annotated[list[Any], list_of(POOLED_K)]
+TimeIdsList = Annotated[list[Any], list_of(TIME_IDS_K)]
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -205,17 +208,28 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
     (positive, negative) every conditioning whose percent range holds the current sigma is
     predicted and their predictions averaged, as ComfyUI's ``calc_cond_batch`` does for full-image
     conditionings of strength 1 (a side with none active predicts a clean picture of zeros, as
-    ComfyUI's does); then classifier-free guidance."""
+    ComfyUI's does); then classifier-free guidance. Each conditioning keeps what it carries: an
+    SDXL one its pooled embedding and size conditions (``*_pooled``, ``*_time_ids``), an SD3 one
+    its pooled embedding, with the ``transformer`` and the loop's ``latents`` in place of the UNet
+    and its scaled input. Averaging the predictions is averaging ComfyUI's denoised estimates,
+    since both are the same line in the prediction for one input and sigma."""
 
     class In(Inputs):
-        unet: UNet = Field(description="from LoadModel")
-        model_input: ModelInput = Field(description="from ScaleModelInput with cfg false (one batch, not doubled)")
+        unet: UNet | None = Field(None, description="from LoadModel (SD 1.x/2.x, SDXL)")
+        model_input: ModelInput | None = Field(None, description="from ScaleModelInput with cfg false (one batch, not doubled)")
+        transformer: Transformer | None = Field(None, description="an SD3 model's, from LoadModel (in place of unet)")
+        latents: Latents | None = Field(None, description="SD3: the loop's latents (in place of model_input)")
         timestep: Timestep = Field(description="the loop's timestep")
         scheduler: Scheduler = Field(description="the loop's current scheduler (gives the current sigma)")
         positive: EmbeddingsList = Field(description="the positive conditionings' embeddings")
         positive_ranges: list[list[float]] = Field(description="[start, end] percents per positive conditioning")
         negative: EmbeddingsList = Field(description="the negative conditionings' embeddings")
         negative_ranges: list[list[float]] = Field(description="[start, end] percents per negative conditioning")
+        positive_pooled: PooledList | None = Field(None, description="SDXL, SD3: each positive conditioning's pooled embedding")
+        negative_pooled: PooledList | None = Field(None, description="SDXL, SD3: each negative conditioning's pooled embedding")
+        positive_time_ids: TimeIdsList | None = Field(None, description="SDXL: each positive conditioning's size conditions")
+        negative_time_ids: TimeIdsList | None = Field(None, description="SDXL: each negative conditioning's size conditions")
+        shift: float | None = Field(None, gt=0.0, le=100.0, description="SD3: ModelSamplingSD3's shift (default: the scheduler config's)")
         guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="ComfyUI's cfg")
 
     class Out(Outputs):
@@ -223,31 +237,47 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.stages.scheduler_state import clone
-
-        if len(i.positive) != len(i.positive_ranges) or len(i.negative) != len(i.negative_ranges):
-            raise ValueError("each conditioning needs its [start, end] range")
-        s = clone(i.scheduler)
-        if getattr(s, "step_index", None) is None:
-            s._init_step_index(i.timestep)
-        sigma = float(s.sigmas[s.step_index])
-        ms = ModelSampling(dict(s.config))
+        from graphflow_nodes.comfy.inpaint import sigma_now
         from graphflow_nodes.runtime import placement
 
-        unet = ctx.models.get(i.unet)
-        device, dtype = placement(unet)
-        x = i.model_input.to(dtype=dtype)
-        sides = []
-        for embs, ranges in ((i.positive, i.positive_ranges), (i.negative, i.negative_ranges)):
-            used = [e for e, (a, b) in zip(embs, ranges) if active(ms, sigma, a, b)]
-            if not used:  # ComfyUI: denoised 0, i.e. the noise that removes all of x
-                sides.append(x * (1 + sigma ** 2) ** 0.5 / sigma)
+        flow = i.transformer is not None
+        if flow == (i.unet is not None) or (i.latents if flow else i.model_input) is None:
+            raise ValueError("give unet and model_input (SD 1.x/2.x, SDXL) or transformer and latents (SD3)")
+        sides = [(i.positive, i.positive_ranges, i.positive_pooled, i.positive_time_ids),
+                 (i.negative, i.negative_ranges, i.negative_pooled, i.negative_time_ids)]
+        for embs, ranges, pooled, time_ids in sides:
+            if len(embs) != len(ranges) or any(x is not None and len(x) != len(embs) for x in (pooled, time_ids)):
+                raise ValueError("each conditioning needs its [start, end] range (and its pooled embedding and size conditions where given)")
+        sigma = sigma_now(i.scheduler, i.timestep)
+        if flow:  # ModelSamplingDiscreteFlow.percent_to_sigma: 1 and 0 at the ends
+            ms = ModelSamplingFlow(i.shift or float(i.scheduler.config.get("shift", 1.0)))
+            to_sigma = lambda p: 1.0 if p <= 0.0 else 0.0 if p >= 1.0 else float(ms.sigma((1.0 - p) * 1000.0))
+            on = lambda a, b: not (sigma > to_sigma(a) or sigma < to_sigma(b))
+        else:
+            vp = ModelSampling(dict(i.scheduler.config))
+            on = lambda a, b: active(vp, sigma, a, b)
+        model = ctx.models.get(i.transformer if flow else i.unet)
+        device, dtype = placement(model)
+        x = (i.latents if flow else i.model_input).to(device=device, dtype=dtype)
+        n = x.shape[0]
+        rows = lambda ts: torch.cat([t.to(device=device, dtype=dtype).expand(n, *t.shape[1:]) for t in ts])
+        out = []
+        for embs, ranges, pooled, time_ids in sides:
+            used = [k for k, (a, b) in enumerate(ranges) if on(a, b)]
+            if not used:  # ComfyUI: denoised 0, i.e. the prediction that removes all of x
+                out.append(x / sigma if flow else x * (1 + sigma ** 2) ** 0.5 / sigma)
                 continue
+            pick = lambda ts: rows([ts[k] for k in used])
+            xs = torch.cat([x] * len(used))
             with torch.no_grad():
-                emb = torch.cat([e.to(device=device, dtype=dtype).expand(x.shape[0], -1, -1) for e in used])
-                eps = unet(torch.cat([x] * len(used)), i.timestep, encoder_hidden_states=emb).sample
-            sides.append(eps.view(len(used), *x.shape).mean(0))
-        cond, uncond = sides
+                if flow:
+                    pred = model(hidden_states=xs, timestep=i.timestep.expand(xs.shape[0]), encoder_hidden_states=pick(embs),
+                                 pooled_projections=pick(pooled), return_dict=False)[0]
+                else:
+                    added = {} if pooled is None else {"added_cond_kwargs": {"text_embeds": pick(pooled), "time_ids": pick(time_ids)}}
+                    pred = model(xs, i.timestep, encoder_hidden_states=pick(embs), **added).sample
+            out.append(pred.view(len(used), *x.shape).mean(0))
+        cond, uncond = out
         return {"noise_pred": uncond + i.guidance_scale * (cond - uncond)}
 
 

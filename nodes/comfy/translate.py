@@ -523,9 +523,6 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     if "channels" in inpaint:
         unet_input = f"{loop}_channels.model_input"
     xl = "pooled" in pos[0]
-    if xl and not plain:
-        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SDXL checkpoint have no translation",
-                                "give the sampler one conditioning a side", "positive"))
     if plain and xl:  # SDXL: the hidden states, pooled embeddings and size conditions of both sides in one guidance batch
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGConditions", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}, "uncond_pooled": {"from": neg[0]["pooled"]},
@@ -549,13 +546,8 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
         if any(c.get("controls") for c in pos + neg):
             raise _Refuse(NodeError("value_not_valid", "a ControlNet on combined or time-ranged conditionings has no translation",
                                     "apply ControlNets to one conditioning a side", "positive"))
-        links = lambda c: [{"from": e["embeddings"]} for e in c]
-        predict = {
-            f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
-                "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, "timestep": {"from": f"{loop}.timestep"},
-                "scheduler": {"from": f"{loop}.scheduler"}, "positive": links(pos), "positive_ranges": [[e["start"], e["end"]] for e in pos],
-                "negative": links(neg), "negative_ranges": [[e["start"], e["end"]] for e in neg], "guidance_scale": _pval(st, cid, "cfg")}},
-        }
+        predict = {f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+            "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, **_conditioned(st, cid, loop, pos, neg, xl)}}}
     prediction = f"{loop}_cfg.noise_pred"
     if "prediction" in inpaint:
         prediction = f"{loop}_keep.noise_pred"
@@ -581,13 +573,33 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     return ({"latents": f"{loop}.latents"},)
 
 
+def _conditioned(st: _State, cid: str, loop: str, pos: list, neg: list, pooled: bool, time_ids: bool = True) -> dict:
+    """PredictConditioned's inputs for combined or time-ranged conditionings: each side's
+    embeddings, percent ranges and (SDXL, SD3) pooled embeddings and (SDXL) size conditions."""
+    links = lambda c, key: [{"from": e[key]} for e in c]
+    extra = {}
+    if pooled:
+        extra.update(positive_pooled=links(pos, "pooled"), negative_pooled=links(neg, "pooled"))
+        if time_ids:
+            extra.update(positive_time_ids=links(pos, "time_ids"), negative_time_ids=links(neg, "time_ids"))
+    return {"timestep": {"from": f"{loop}.timestep"}, "scheduler": {"from": f"{loop}.scheduler"},
+            "positive": links(pos, "embeddings"), "positive_ranges": [[e["start"], e["end"]] for e in pos],
+            "negative": links(neg, "embeddings"), "negative_ranges": [[e["start"], e["end"]] for e in neg], **extra,
+            "guidance_scale": _pval(st, cid, "cfg")}
+
+
 def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, neg: list, sched: str, noise: str) -> tuple:
     """The loop for an SD3 model: its transformer's velocity on the joint sequence and pooled
-    embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas."""
-    if not all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg)):
-        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
-                                "give the sampler one conditioning a side", "positive"))
+    embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas. Combined or
+    time-ranged conditionings: PredictConditioned on the transformer (ComfyUI's averaging)."""
+    plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
     flux = model.get("translated_for") == "flux"
+    if not plain and flux:
+        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a FLUX.1 checkpoint have no translation",
+                                "give the sampler one conditioning a side", "positive"))
+    if not plain and any(c.get("controls") for c in pos + neg):
+        raise _Refuse(NodeError("value_not_valid", "a ControlNet on combined or time-ranged conditionings has no translation",
+                                "apply ControlNets to one conditioning a side", "positive"))
     controls = pos[0].get("controls", [])
     if any(c.get("controls") for c in pos + neg) and (neg[0].get("controls", []) != controls or any(c.get("vae") is None for c in controls)):
         what = "a FLUX.1" if flux else "an SD3"
@@ -601,6 +613,15 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
         body = {**inpaint.get("input", {}),
                 **_flux_predict(st, cid, loop, model, pos[0], neg[0], pack, f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents", controls),
                 **inpaint.get("prediction", {})}
+    elif not plain:
+        latents = f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"
+        body = {
+            **inpaint.get("input", {}),
+            f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+                "transformer": {"from": model["unet"]}, "latents": {"from": latents}, **_conditioned(st, cid, loop, pos, neg, True, False),
+                **({"shift": model["shift"]} if "shift" in model else {})}},
+            **inpaint.get("prediction", {}),
+        }
     else:
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})

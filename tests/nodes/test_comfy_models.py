@@ -507,3 +507,137 @@ def test_sdxl_inpainting_keeps_the_picture_and_an_sdxl_controlnet_steers(tiny_sd
     r = ex.run(Workflow.from_dict(pdoc).with_params(**{**pparams, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"), "steps": 3}))
     assert r.ok, r.errors
     assert (r["image"] - off["image"]).abs().max() < 1e-6  # strength 0: the ControlNet adds nothing
+
+
+def ranged(p: dict, extra_text: str, split: float) -> dict:
+    """The prompt with its positive conditioning (node 6) for the first ``split`` of the sampling
+    and ``extra_text`` (node 12) after it (ConditioningSetTimestepRange, ConditioningCombine),
+    plus the negative (node 7) combined with itself (an average of two equal predictions)."""
+    q = copy.deepcopy(p)
+    q.update({"12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": extra_text}},
+              "13": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["6", 0], "start": 0.0, "end": split}},
+              "14": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["12", 0], "start": split, "end": 1.0}},
+              "15": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["13", 0], "conditioning_2": ["14", 0]}},
+              "16": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0], "conditioning_2": ["7", 0]}}})
+    q["3"]["inputs"].update(positive=["15", 0], negative=["16", 0])
+    return q
+
+
+def comfy_side(x, s, conds, predict, to_sigma, empty):
+    """ComfyUI's ``calc_cond_batch`` for one side, written out: a conditioning applies unless the
+    sigma lies above its start's sigma or below its end's (``get_area_and_mult``); the denoised
+    estimates of those that apply are summed and divided by their count (strength 1, full area);
+    none applying gives 0 (``out_conds`` start at zeros)."""
+    used = [c for c in conds if not (float(s) > to_sigma(c["start"]) or float(s) < to_sigma(c["end"]))]
+    if not used:
+        return empty
+    return sum(predict(x, s, c) for c in used) / len(used)
+
+
+def test_sdxl_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny_sdxl):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    p = ranged(prompt("sdxl"), "a red boat at sea", 0.5)
+    doc, params, _ = translate(p, family_of=lambda name: "sdxl")
+    node = doc["nodes"]["n3"]["body"]["n3_cfg"]
+    assert node["type"] == "PredictConditioned" and node["inputs"]["positive_time_ids"] == [{"from": "n6_size.time_ids"}, {"from": "n12_size.time_ids"}]
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
+    assert r.ok, r.errors
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_sdxl, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(tiny_sdxl, subfolder="tokenizer"), CLIPTextModel.from_pretrained(tiny_sdxl, subfolder="text_encoder").eval()
+    tok2 = CLIPTokenizer.from_pretrained(tiny_sdxl, subfolder="tokenizer_2")
+    te2 = CLIPTextModelWithProjection.from_pretrained(tiny_sdxl, subfolder="text_encoder_2").eval()
+
+    def cond(text_l, text_g, ids, start, end):
+        with torch.no_grad():
+            a = weighted_embeddings(tok, te, text_l, "comfy", "penultimate")[0]
+            b, pooled = weighted_embeddings(tok2, te2, text_g, "comfy", "penultimate")
+        return {"emb": torch.cat([a, b], dim=-1), "pooled": pooled, "ids": torch.tensor([ids], dtype=torch.float32), "start": start, "end": end}
+
+    plain = [768, 768, 0, 0, 768, 768]  # CLIPTextEncode's size conditions on SDXL
+    pos = [cond("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024], 0.0, 0.5),
+           cond("a red boat at sea", "a red boat at sea", plain, 0.5, 1.0)]
+    neg = [cond("blurry, lowres", "blurry, lowres", plain, 0.0, 1.0)] * 2
+    ms = ModelSampling(SD_CONFIG)
+    to_sigma = lambda pc: 999999999.9 if pc <= 0.0 else 0.0 if pc >= 1.0 else float(ms.sigma((1.0 - pc) * 999.0))
+
+    def predict(x, s, c):
+        with torch.no_grad():
+            eps = unet(x / (s ** 2 + 1) ** 0.5, ms.timestep(s).float().view(1), encoder_hidden_states=c["emb"],
+                       added_cond_kwargs={"text_embeds": c["pooled"], "time_ids": c["ids"]}).sample
+        return x - eps * s
+
+    sigmas = torch.tensor(comfy_sigmas(SD_CONFIG, "karras", 3))
+    x = torch.randn((1, 4, 8, 8), generator=torch.manual_seed(31)) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    switched = []
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        c, u = (comfy_side(x, s, side, predict, to_sigma, torch.zeros_like(x)) for side in (pos, neg))
+        switched.append([to_sigma(0.5) >= float(s), float(s) >= to_sigma(0.5)])
+        d = u + (c - u) * 6.5
+        x = x + (x - d) / s * (s_next - s)
+    assert switched == [[False, True], [True, False], [True, False]]  # the first prompt for the noisiest step, the second after
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: 2.7e-6 / 2.3e-7 (max / mean)
+
+
+def test_sd3_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny_sd3):
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    p = ranged(prompt("sd3"), "a red boat at sea", 0.4)
+    doc, params, _ = translate(p, family_of=lambda name: "sd3")
+    node = doc["nodes"]["n3"]["body"]["n3_cfg"]
+    assert node["type"] == "PredictConditioned" and node["inputs"]["shift"] == {"param": "shift"}
+    assert node["inputs"]["positive_pooled"] == [{"from": "n6.pooled"}, {"from": "n12.pooled"}]
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+
+    tr = SD3Transformer2DModel.from_pretrained(tiny_sd3, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_sd3, subfolder="vae").eval()
+    encoders = [(CLIPTokenizer.from_pretrained(tiny_sd3, subfolder=f"tokenizer{k}"),
+                 CLIPTextModelWithProjection.from_pretrained(tiny_sd3, subfolder=f"text_encoder{k}").eval()) for k in ("", "_2")]
+    tok3, te3 = T5TokenizerFast.from_pretrained(tiny_sd3, subfolder="tokenizer_3"), T5EncoderModel.from_pretrained(tiny_sd3, subfolder="text_encoder_3").eval()
+
+    def cond(text, start, end):
+        with torch.no_grad():
+            (a, pa), (b, pb) = (weighted_embeddings(tok, te, text, "comfy", "penultimate") for tok, te in encoders)
+            t5 = te3(tok3(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)[0]
+        lg = torch.nn.functional.pad(torch.cat([a, b], dim=-1), (0, t5.shape[-1] - a.shape[-1] - b.shape[-1]))
+        return {"emb": torch.cat([lg, t5], dim=-2), "pooled": torch.cat([pa, pb], dim=-1), "start": start, "end": end}
+
+    pos = [cond(p["6"]["inputs"]["text"], 0.0, 0.4), cond("a red boat at sea", 0.4, 1.0)]
+    neg = [cond("", 0.0, 1.0)] * 2
+    shift = 2.0  # ModelSamplingSD3; percent_to_sigma is time_snr_shift(shift, 1 - percent), 1 and 0 at the ends
+    to_sigma = lambda pc: 1.0 if pc <= 0.0 else 0.0 if pc >= 1.0 else shift * (1 - pc) / (1 + (shift - 1) * (1 - pc))
+
+    def predict(x, s, c):
+        with torch.no_grad():
+            v = tr(hidden_states=x, timestep=(s * 1000).view(1), encoder_hidden_states=c["emb"], pooled_projections=c["pooled"]).sample
+        return x - s * v
+
+    sigmas = torch.tensor(comfy_sigmas({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift}, "sgm_uniform", 3))
+    x = torch.randn((1, 16, 4, 4), generator=torch.manual_seed(11)) * sigmas[0]
+    switched = []
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        c, u = (comfy_side(x, s, side, predict, to_sigma, torch.zeros_like(x)) for side in (pos, neg))
+        switched.append([to_sigma(0.4) >= float(s), float(s) >= to_sigma(0.4)])
+        d = u + (c - u) * 4.5
+        x = x + (x - d) / s * (s_next - s)
+    assert [a or b for a, b in switched] == [True] * 3 and switched[0] != switched[-1]  # both prompts used, each at some step
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4
