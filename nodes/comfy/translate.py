@@ -770,19 +770,24 @@ def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, p
 
 def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[dict], emb: str, added: dict) -> dict[str, dict]:
     """ApplyControlNet nodes for the ControlNets on the two conditionings, chained (summed), as
-    ComfyUI chains a conditioning's ControlNets. The same ControlNets on both sides
-    (ControlNetApplyAdvanced) run on both halves of the guidance batch, as ComfyUI batches
-    conditionings that share their control; on the positive side alone (ControlNetApply) the
-    negative half gets none. Anything else is refused."""
-    if not pos and not neg:
-        return {}
-    if neg and neg != pos:
-        raise _Refuse(NodeError("value_not_valid", "ControlNets that differ between the positive and negative conditionings have no translation",
-                                "apply them with ControlNetApplyAdvanced to both, or with ControlNetApply to the positive one", "negative"))
+    ComfyUI chains a conditioning's ControlNets. One on both sides (ControlNetApplyAdvanced) runs
+    on both halves of the guidance batch, as ComfyUI batches conditionings that share their
+    control; one on the positive side alone (ControlNetApply, or ControlNetApplyAdvanced fed
+    another negative) steers the prompt's half (``uncond`` false), one on the negative side alone
+    the unconditional half (``cond`` false): each side's prediction gets its own chain's sum."""
+    unmatched = list(neg)
+    both, pos_only = [], []
+    for c in pos:
+        if c in unmatched:
+            unmatched.remove(c)
+            both.append(c)
+        else:
+            pos_only.append(c)
+    chain = [(c, {}) for c in both] + [(c, {"uncond": False}) for c in pos_only] + [(c, {"cond": False}) for c in unmatched]
     nodes: dict[str, dict] = {}
     prev = None
-    for k, c in enumerate(pos):
-        name = f"{loop}_control{k}" if len(pos) > 1 else f"{loop}_control"
+    for k, (c, halves) in enumerate(chain):
+        name = f"{loop}_control{k}" if len(chain) > 1 else f"{loop}_control"
         scale = c["strength"]
         if c.get("range") is not None:
             nodes[f"{name}_scale"] = {"type": "ComfyControlScale", "inputs": {
@@ -792,7 +797,7 @@ def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[d
         nodes[name] = {"type": "ApplyControlNet", "inputs": {
             "controlnet": {"from": c["controlnet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
             "embeddings": {"from": f"{emb}.embeddings"}, "control_image": {"from": c["image"]}, "step": {"from": f"{loop}.index"},
-            "steps": {"from": f"{loop}.count"}, "scale": scale, **({} if neg else {"uncond": False}), **added,
+            "steps": {"from": f"{loop}.count"}, "scale": scale, **halves, **added,
             **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
         prev = name
     return nodes
