@@ -5,6 +5,8 @@ workflow reads like any other."""
 
 from __future__ import annotations
 
+import math
+
 from typing import Annotated, Literal
 
 from graphflow_nodes.comfy.samplers import (
@@ -13,7 +15,7 @@ from graphflow_nodes.comfy.samplers import (
 from typing import Any
 
 from graphflow_nodes.kinds import (
-    POOLED_K, SEED_MAX, TEXT_EMBEDDINGS_K, TIME_IDS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep,
+    POOLED_K, SEED_MAX, TEXT_EMBEDDINGS_K, TEXT_IDS_K, TIME_IDS_K, ImageIds, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep,
     Timesteps, Transformer, UNet,
 )
 from pydantic import Field
@@ -23,6 +25,7 @@ from graphflow.node_api import Context, Inputs, Limit, Node, Outputs, list_of
 EmbeddingsList = Annotated[list[Any], list_of(TEXT_EMBEDDINGS_K)]
 PooledList = Annotated[list[Any], list_of(POOLED_K)]
 TimeIdsList = Annotated[list[Any], list_of(TIME_IDS_K)]
+TextIdsList = Annotated[list[Any], list_of(TEXT_IDS_K)]
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -211,8 +214,10 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
     ComfyUI's does); then classifier-free guidance. Each conditioning keeps what it carries: an
     SDXL one its pooled embedding and size conditions (``*_pooled``, ``*_time_ids``), an SD3 one
     its pooled embedding, with the ``transformer`` and the loop's ``latents`` in place of the UNet
-    and its scaled input. Averaging the predictions is averaging ComfyUI's denoised estimates,
-    since both are the same line in the prediction for one input and sigma."""
+    and its scaled input; a FLUX.1 one (``flux``, packed latents) its pooled embedding, text ids and
+    distilled guidance. Averaging the predictions is averaging ComfyUI's denoised estimates,
+    since both are the same line in the prediction for one input and sigma. At cfg 1 the
+    negative side is not predicted, as ComfyUI skips it."""
 
     class In(Inputs):
         unet: UNet | None = Field(None, description="from LoadModel (SD 1.x/2.x, SDXL)")
@@ -229,7 +234,15 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
         negative_pooled: PooledList | None = Field(None, description="SDXL, SD3: each negative conditioning's pooled embedding")
         positive_time_ids: TimeIdsList | None = Field(None, description="SDXL: each positive conditioning's size conditions")
         negative_time_ids: TimeIdsList | None = Field(None, description="SDXL: each negative conditioning's size conditions")
-        shift: float | None = Field(None, gt=0.0, le=100.0, description="SD3: ModelSamplingSD3's shift (default: the scheduler config's)")
+        shift: float | None = Field(None, gt=0.0, le=100.0, description="SD3: ModelSamplingSD3's shift (default: the scheduler config's); "
+                                    "FLUX.1: ModelSamplingFlux's (default: dev 1.15, schnell 1.0)")
+        flux: bool = Field(False, description="a FLUX.1 transformer on packed latents (ComfyUI's ModelSamplingFlux percents)")
+        scheduler_config: SchedulerConfig | None = Field(None, description="FLUX.1: LoadModel's, which tells dev from schnell for the default shift")
+        image_ids: ImageIds | None = Field(None, description="FLUX.1: PackLatents.image_ids")
+        positive_text_ids: TextIdsList | None = Field(None, description="FLUX.1: each positive conditioning's text ids")
+        negative_text_ids: TextIdsList | None = Field(None, description="FLUX.1: each negative conditioning's text ids")
+        positive_guidance: list[float] | None = Field(None, description="FLUX.1: each positive conditioning's distilled guidance")
+        negative_guidance: list[float] | None = Field(None, description="FLUX.1: each negative conditioning's distilled guidance")
         guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="ComfyUI's cfg")
 
     class Out(Outputs):
@@ -243,13 +256,22 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
         flow = i.transformer is not None
         if flow == (i.unet is not None) or (i.latents if flow else i.model_input) is None:
             raise ValueError("give unet and model_input (SD 1.x/2.x, SDXL) or transformer and latents (SD3)")
-        sides = [(i.positive, i.positive_ranges, i.positive_pooled, i.positive_time_ids),
-                 (i.negative, i.negative_ranges, i.negative_pooled, i.negative_time_ids)]
-        for embs, ranges, pooled, time_ids in sides:
-            if len(embs) != len(ranges) or any(x is not None and len(x) != len(embs) for x in (pooled, time_ids)):
-                raise ValueError("each conditioning needs its [start, end] range (and its pooled embedding and size conditions where given)")
+        if i.flux and (not flow or i.image_ids is None or None in (i.positive_pooled, i.positive_text_ids, i.positive_guidance)):
+            raise ValueError("flux: give transformer, packed latents, image_ids and each conditioning's pooled, text ids and guidance")
+        sides = [(i.positive, i.positive_ranges, i.positive_pooled, i.positive_time_ids, i.positive_text_ids, i.positive_guidance),
+                 (i.negative, i.negative_ranges, i.negative_pooled, i.negative_time_ids, i.negative_text_ids, i.negative_guidance)]
+        if math.isclose(i.guidance_scale, 1.0):  # ComfyUI's sampling_function leaves the negative out at cfg 1
+            sides = sides[:1]
+        for embs, ranges, *per in sides:
+            if len(embs) != len(ranges) or any(x is not None and len(x) != len(embs) for x in per):
+                raise ValueError("each conditioning needs its [start, end] range (and its pooled embedding, size conditions, text ids "
+                                 "and guidance where given)")
         sigma = sigma_now(i.scheduler, i.timestep)
-        if flow:  # ModelSamplingDiscreteFlow.percent_to_sigma: 1 and 0 at the ends
+        if i.flux:  # ModelSamplingFlux.percent_to_sigma: flux_time_shift(shift, 1, 1 - percent), 1 and 0 at the ends
+            mu = i.shift if i.shift is not None else flux_default_shift(dict(i.scheduler_config or {}))
+            to_sigma = lambda p: 1.0 if p <= 0.0 else 0.0 if p >= 1.0 else math.exp(mu) / (math.exp(mu) + (1 / (1.0 - p) - 1))
+            on = lambda a, b: not (sigma > to_sigma(a) or sigma < to_sigma(b))
+        elif flow:  # ModelSamplingDiscreteFlow.percent_to_sigma: 1 and 0 at the ends
             ms = ModelSamplingFlow(i.shift or float(i.scheduler.config.get("shift", 1.0)))
             to_sigma = lambda p: 1.0 if p <= 0.0 else 0.0 if p >= 1.0 else float(ms.sigma((1.0 - p) * 1000.0))
             on = lambda a, b: not (sigma > to_sigma(a) or sigma < to_sigma(b))
@@ -262,7 +284,7 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
         n = x.shape[0]
         rows = lambda ts: torch.cat([t.to(device=device, dtype=dtype).expand(n, *t.shape[1:]) for t in ts])
         out = []
-        for embs, ranges, pooled, time_ids in sides:
+        for embs, ranges, pooled, time_ids, text_ids, guidance in sides:
             used = [k for k, (a, b) in enumerate(ranges) if on(a, b)]
             if not used:  # ComfyUI: denoised 0, i.e. the prediction that removes all of x
                 out.append(x / sigma if flow else x * (1 + sigma ** 2) ** 0.5 / sigma)
@@ -270,13 +292,20 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
             pick = lambda ts: rows([ts[k] for k in used])
             xs = torch.cat([x] * len(used))
             with torch.no_grad():
-                if flow:
+                if i.flux:  # one call per conditioning: each has its own text ids
+                    g = lambda k: torch.full([n], guidance[k], device=device, dtype=torch.float32) if model.config.guidance_embeds else None
+                    pred = torch.cat([model(hidden_states=x, timestep=i.timestep.expand(n).to(x.dtype) / 1000, guidance=g(k),
+                                            pooled_projections=rows([pooled[k]]), encoder_hidden_states=rows([embs[k]]),
+                                            txt_ids=text_ids[k].to(device), img_ids=i.image_ids.to(device), return_dict=False)[0] for k in used])
+                elif flow:
                     pred = model(hidden_states=xs, timestep=i.timestep.expand(xs.shape[0]), encoder_hidden_states=pick(embs),
                                  pooled_projections=pick(pooled), return_dict=False)[0]
                 else:
                     added = {} if pooled is None else {"added_cond_kwargs": {"text_embeds": pick(pooled), "time_ids": pick(time_ids)}}
                     pred = model(xs, i.timestep, encoder_hidden_states=pick(embs), **added).sample
             out.append(pred.view(len(used), *x.shape).mean(0))
+        if len(out) == 1:
+            return {"noise_pred": out[0]}
         cond, uncond = out
         return {"noise_pred": uncond + i.guidance_scale * (cond - uncond)}
 

@@ -588,15 +588,21 @@ def _conditioned(st: _State, cid: str, loop: str, pos: list, neg: list, pooled: 
             "guidance_scale": _pval(st, cid, "cfg")}
 
 
+def _guidances(st: _State, cid: str, conds: list, side: str) -> Any:
+    """Each FLUX.1 conditioning's distilled guidance as one list input: the values as written, or
+    where one is a parameter (FluxGuidance's) a Value node per conditioning, their outputs gathered."""
+    if not any(isinstance(c["guidance"], dict) for c in conds):
+        return [float(c["guidance"]) for c in conds]
+    return [{"from": f"{st.add(cid, gid(cid, f'{side}_guidance{k}'), {'type': 'Value', 'inputs': {'value': c['guidance']}})}.value"}
+            for k, c in enumerate(conds)]
+
+
 def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, neg: list, sched: str, noise: str) -> tuple:
     """The loop for an SD3 model: its transformer's velocity on the joint sequence and pooled
     embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas. Combined or
     time-ranged conditionings: PredictConditioned on the transformer (ComfyUI's averaging)."""
     plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
     flux = model.get("translated_for") == "flux"
-    if not plain and flux:
-        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a FLUX.1 checkpoint have no translation",
-                                "give the sampler one conditioning a side", "positive"))
     if not plain and any(c.get("controls") for c in pos + neg):
         raise _Refuse(NodeError("value_not_valid", "a ControlNet on combined or time-ranged conditionings has no translation",
                                 "apply ControlNets to one conditioning a side", "positive"))
@@ -610,9 +616,15 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
     if model.get("translated_for") == "flux":
         pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
         start = f"{pack}.latents"
-        body = {**inpaint.get("input", {}),
-                **_flux_predict(st, cid, loop, model, pos[0], neg[0], pack, f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents", controls),
-                **inpaint.get("prediction", {})}
+        latents = f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"
+        predict = _flux_predict(st, cid, loop, model, pos[0], neg[0], pack, latents, controls) if plain else \
+            {f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+                "transformer": {"from": model["unet"]}, "latents": {"from": latents}, **_conditioned(st, cid, loop, pos, neg, True, False),
+                "flux": True, "scheduler_config": {"from": model["scheduler_config"]}, "image_ids": {"from": f"{pack}.image_ids"},
+                "positive_text_ids": [{"from": e["text_ids"]} for e in pos], "negative_text_ids": [{"from": e["text_ids"]} for e in neg],
+                "positive_guidance": _guidances(st, cid, pos, "positive"), "negative_guidance": _guidances(st, cid, neg, "negative"),
+                **({"shift": model["shift"]} if "shift" in model else {})}}}
+        body = {**inpaint.get("input", {}), **predict, **inpaint.get("prediction", {})}
     elif not plain:
         latents = f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"
         body = {

@@ -640,4 +640,74 @@ def test_sd3_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny
     assert [a or b for a, b in switched] == [True] * 3 and switched[0] != switched[-1]  # both prompts used, each at some step
     with torch.no_grad():
         want = (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
-    assert (r["image"] - want).abs().max() < 1e-4
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: 1.6e-6 / 1.6e-7 (max / mean)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_flux_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny_flux, cfg):
+    """FLUX.1: the FluxGuidance'd prompt for the noisiest part, another prompt (ComfyUI's default
+    guidance 3.5) after, the negative combined with itself; each conditioning predicted with its
+    own guidance and averaged; at cfg 1 the negative is left out, as ComfyUI leaves it."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    p = prompt("flux")
+    p["3"]["inputs"]["cfg"] = cfg
+    p.update({"12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a red boat at sea"}},
+              "13": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["11", 0], "start": 0.0, "end": 0.5}},
+              "14": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["12", 0], "start": 0.5, "end": 1.0}},
+              "15": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["13", 0], "conditioning_2": ["14", 0]}},
+              "16": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0], "conditioning_2": ["7", 0]}}})
+    p["3"]["inputs"].update(positive=["15", 0], negative=["16", 0])
+    doc, params, _ = translate(p, family_of=lambda name: "flux")
+    node = doc["nodes"]["n3"]["body"]["n3_cfg"]
+    assert node["type"] == "PredictConditioned" and node["inputs"]["flux"] is True
+    assert node["inputs"]["positive_guidance"] == [{"from": "n3_positive_guidance0.value"}, {"from": "n3_positive_guidance1.value"}]
+    assert doc["nodes"]["n3_positive_guidance0"]["inputs"]["value"] == {"param": "guidance"} and node["inputs"]["negative_guidance"] == [3.5, 3.5]
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+
+    tr = FluxTransformer2DModel.from_pretrained(tiny_flux, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_flux, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(tiny_flux, subfolder="tokenizer"), CLIPTextModel.from_pretrained(tiny_flux, subfolder="text_encoder").eval()
+    tok2, te2 = T5TokenizerFast.from_pretrained(tiny_flux, subfolder="tokenizer_2"), T5EncoderModel.from_pretrained(tiny_flux, subfolder="text_encoder_2").eval()
+
+    def cond(text, guidance, start, end):
+        with torch.no_grad():
+            emb = te2(tok2(text, padding="max_length", max_length=256, truncation=True, return_tensors="pt").input_ids)[0]
+            pooled = weighted_embeddings(tok, te, text, "comfy")[1]
+        return {"emb": emb, "pooled": pooled, "guidance": guidance, "start": start, "end": end}
+
+    pos = [cond(p["6"]["inputs"]["text"], 2.5, 0.0, 0.5), cond("a red boat at sea", 3.5, 0.5, 1.0)]
+    neg = [cond("", 3.5, 0.0, 1.0)] * 2
+    shift = (1024 * 1024 / 256) * (0.65 / 3840) + 0.5 - (0.65 / 3840) * 256  # ModelSamplingFlux at 1024 × 1024
+    to_sigma = lambda pc: 1.0 if pc <= 0.0 else 0.0 if pc >= 1.0 else math.exp(shift) / (math.exp(shift) + (1 / (1.0 - pc) - 1))
+    config = json.loads((tiny_flux / "scheduler" / "scheduler_config.json").read_text())
+    sigmas = torch.tensor(comfy_sigmas(config, "simple", 3, shift=shift, flux=True))
+    h = w = 4
+    pack = lambda t: FluxPipeline._pack_latents(t, 1, 16, h, w)
+    unpack = lambda t: t.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+
+    def predict(x, s, c):  # ComfyUI's denoised estimate for one conditioning (its Flux model packs inside)
+        with torch.no_grad():
+            v = tr(hidden_states=pack(x), timestep=s.view(1), guidance=torch.tensor([c["guidance"]]), pooled_projections=c["pooled"],
+                   encoder_hidden_states=c["emb"], txt_ids=torch.zeros(c["emb"].shape[1], 3), img_ids=img_ids).sample
+        return x - s * unpack(v)
+
+    x = torch.randn((1, 16, h, w), generator=torch.manual_seed(21)) * sigmas[0]
+    used = []
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        c = comfy_side(x, s, pos, predict, to_sigma, torch.zeros_like(x))
+        d = c if cfg == 1.0 else (lambda u: u + (c - u) * cfg)(comfy_side(x, s, neg, predict, to_sigma, torch.zeros_like(x)))
+        used.append(float(s) >= to_sigma(0.5))
+        x = x + (x - d) / s * (s_next - s)
+    assert True in used and False in used  # each prompt at some step
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: cfg 1 1.4e-6 / 1.2e-7, cfg 2 1.7e-6 / 1.3e-7 (max / mean)
