@@ -351,8 +351,12 @@ class ComfyControlScale(Node, name="ComfyControlScale", category="control"):
 
 class ComfySizeConditions(Node, name="ComfySizeConditions", category="sampling"):
     """SDXL's size conditions as a ComfyUI conditioning carries them: CLIPTextEncodeSDXL's width,
-    height, crop and target size, or for a plain CLIPTextEncode ComfyUI's defaults, 768 × 768
-    uncropped (comfy/model_base.py ``SDXL.encode_adm``), whatever size the picture is."""
+    height, crop and target size; for a conditioning that carries none (a plain CLIPTextEncode)
+    the picture's size from the sampler's ``latents``, uncropped, as comfy/samplers.py
+    ``encode_model_conds`` fills in the width and height before ``SDXL.encode_adm`` reads them.
+    An SDXL refiner's (``aesthetic_score`` given): original size, crop and the aesthetic score
+    (CLIPTextEncodeSDXLRefiner's ``ascore``; ComfyUI's 6 for a positive conditioning without one,
+    2.5 for a negative)."""
 
     class In(Inputs):
         width: int = Field(768, ge=0, le=16384, description="the original width")
@@ -361,11 +365,20 @@ class ComfySizeConditions(Node, name="ComfySizeConditions", category="sampling")
         crop_h: int = Field(0, ge=0, le=16384, description="crop, top")
         target_width: int = Field(768, ge=0, le=16384, description="the target width")
         target_height: int = Field(768, ge=0, le=16384, description="the target height")
+        latents: Latents | None = Field(None, description="the sampler's latents: width, height and the target size are theirs × 8")
+        aesthetic_score: float | None = Field(None, ge=0.0, le=1000.0, description="an SDXL refiner's aesthetic score (5 conditions, no target)")
 
     class Out(Outputs):
-        time_ids: TimeIds = Field(description="(1, 6): original (h, w), crop (top, left), target (h, w)")
+        time_ids: TimeIds = Field(description="(1, 6): original (h, w), crop (top, left), target (h, w); a refiner's (1, 5): "
+                                              "original (h, w), crop (top, left), aesthetic score")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        return {"time_ids": torch.tensor([[i.height, i.width, i.crop_h, i.crop_w, i.target_height, i.target_width]], dtype=torch.float32)}
+        w, h, tw, th = i.width, i.height, i.target_width, i.target_height
+        if i.latents is not None:
+            h, w = (int(v) * 8 for v in i.latents.shape[-2:])
+            th, tw = h, w
+        if i.aesthetic_score is not None:
+            return {"time_ids": torch.tensor([[h, w, i.crop_h, i.crop_w, i.aesthetic_score]], dtype=torch.float32)}
+        return {"time_ids": torch.tensor([[h, w, i.crop_h, i.crop_w, th, tw]], dtype=torch.float32)}

@@ -82,6 +82,7 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "VAELoader": ({"vae_name": STR}, ("VAE",)),
     "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
                             "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
+    "CLIPTextEncodeSDXLRefiner": ({"ascore": FLOAT, "width": INT, "height": INT, "text": STR, "clip": "CLIP"}, ("CONDITIONING",)),
 }
 #: inputs ComfyUI lets a prompt leave out (its defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -97,7 +98,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "VAEEncodeForInpaint": {"grow_mask_by": 6},
     "InpaintModelConditioning": {"noise_mask": True},
     "ControlNetApply": {"strength": 1.0},
-    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional (an SD3 ControlNet needs it)
+    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},
+    "CLIPTextEncodeSDXLRefiner": {"ascore": 6.0, "width": 1024, "height": 1024},  # vae: optional (an SD3 ControlNet needs it)
     "Canny": {"low_threshold": 0.4, "high_threshold": 0.8},
     "UNETLoader": {"weight_dtype": "default"},
     "DualCLIPLoader": {"device": "default"},
@@ -233,7 +235,7 @@ def _pval(st: _State, cid: str, name: str) -> Any:
 
 
 #: the checkpoint families a translated prompt runs, and what the others are called in a refusal
-TRANSLATED_FAMILIES = ("sd", "sdxl", "sd3", "flux")
+TRANSLATED_FAMILIES = ("sd", "sdxl", "sdxl-refiner", "sd3", "flux")
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "sd3": "SD3/SD3.5", "flux": "FLUX.1", "pixel": "pixel-space DDPM"}
 
 
@@ -289,6 +291,8 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
                                 f"translated: {', '.join(FAMILY_NAMES[f] for f in TRANSLATED_FAMILIES)}", "ckpt_name"))
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
     clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0, "family": family}
+    if family == "sdxl-refiner":  # bigG alone
+        clip = {"tokenizer_2": f"{n}.tokenizer_2", "text_encoder_2": f"{n}.text_encoder_2", "clip_skip": 0, "family": family}
     if family in ("sdxl", "sd3", "flux"):
         clip.update(tokenizer_2=f"{n}.tokenizer_2", text_encoder_2=f"{n}.text_encoder_2")
     if family == "sd3":
@@ -357,23 +361,57 @@ def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
     stop = _val(st, cid, "stop_at_clip_layer")
     if not isinstance(stop, int) or stop > -1 or stop < -24:
         raise _Refuse(NodeError("value_not_valid", "stop_at_clip_layer is -1 (the last layer) to -24", str(stop), "stop_at_clip_layer"))
-    if up["clip"].get("family") in ("sdxl", "sd3"):
+    if up["clip"].get("family") in ("sdxl", "sdxl-refiner", "sd3"):
         raise _Refuse(NodeError("value_not_valid", f"CLIPSetLastLayer on an {FAMILY_NAMES[up['clip']['family']]} checkpoint has no translation",
                                 "its CLIP encoders already use their penultimate layer", "clip"))
     st.id_map.setdefault(cid, [])  # folded into each CLIPTextEncode it feeds, as clip_skip
     return ({**up["clip"], "clip_skip": up["clip"]["clip_skip"] + (-1 - stop)},)
 
 
-def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes: dict) -> tuple:
+def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes: dict | None) -> tuple:
     """SDXL's conditioning as ComfyUI makes it: both encoders' penultimate hidden states (its
     prompt weights), side by side; the second encoder's pooled embedding; and the size
-    conditions the conditioning carries."""
+    conditions the conditioning carries (CLIPTextEncodeSDXL's; a plain CLIPTextEncode's none:
+    ``time_ids`` None, the sampler gives it the picture's size, ``_sized``)."""
     enc = lambda suffix, tok, te, text: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": text, "mode": "comfy", "layer": "penultimate"}})
     a, b = enc("l", "tokenizer", "text_encoder", text_l), enc("g", "tokenizer_2", "text_encoder_2", text_g)
     n = st.add(cid, gid(cid), {"type": "ConcatEmbeddings", "inputs": {"a": {"from": f"{a}.text_embeddings"}, "b": {"from": f"{b}.text_embeddings"}}})
-    size = st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})
-    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": f"{size}.time_ids", "start": 0.0, "end": 1.0}],)
+    size = None if sizes is None else f"""{st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})}.time_ids"""
+    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": size, "start": 0.0, "end": 1.0}],)
+
+
+def _encode_refiner(st: _State, cid: str, clip: dict, text: Any, sizes: dict | None) -> tuple:
+    """An SDXL refiner's conditioning as ComfyUI makes it (``SDXLRefinerClipModel``): bigG's
+    penultimate states and pooled embedding, and the aesthetic-score conditions it carries
+    (CLIPTextEncodeSDXLRefiner's; a plain CLIPTextEncode's none, filled in by the sampler)."""
+    n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip["tokenizer_2"]}, "text_encoder": {"from": clip["text_encoder_2"]}, "text": text, "mode": "comfy",
+        "layer": "penultimate"}})
+    size = None if sizes is None else f"""{st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})}.time_ids"""
+    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{n}.pooled", "time_ids": size, "refiner": True, "start": 0.0, "end": 1.0}],)
+
+
+def _t_text_encode_refiner(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "sdxl-refiner":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeSDXLRefiner takes an SDXL refiner checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    w, h = _val(st, cid, "width"), _val(st, cid, "height")
+    return _encode_refiner(st, cid, up["clip"], st.param(cid, "refiner_text", _val(st, cid, "text"), "string", "the refiner's prompt"),
+                           {"width": w, "height": h, "target_width": w, "target_height": h, "aesthetic_score": float(_val(st, cid, "ascore"))})
+
+
+def _sized(st: _State, cid: str, side: str, conds: list, latent: dict) -> list:
+    """SDXL conditionings that carry no size (a plain CLIPTextEncode's) given the picture's, from
+    the sampler's latents, as comfy/samplers.py ``encode_model_conds`` gives them; on a refiner
+    with the aesthetic score of the side they are used on (6 positive, 2.5 negative)."""
+    out = []
+    for k, c in enumerate(conds):
+        if "time_ids" in c and c["time_ids"] is None:
+            n = st.add(cid, gid(cid, f"{side}_size{k}"), {"type": "ComfySizeConditions", "inputs": {
+                "latents": {"from": latent["latents"]}, **({"aesthetic_score": 2.5 if side == "negative" else 6.0} if c.get("refiner") else {})}})
+            c = {**c, "time_ids": f"{n}.time_ids"}
+        out.append(c)
+    return out
 
 
 def _encode_sd3(st: _State, cid: str, clip: dict, text: Any, text_g: Any = None, text_t5: Any = None) -> tuple:
@@ -466,7 +504,9 @@ def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
     role = st.roles.get(cid, "text")
     text = st.param(cid, role, _val(st, cid, "text"), "string", PARAM_WHAT[role])
     if clip.get("family") == "sdxl":
-        return _encode_xl(st, cid, clip, text, text, {})
+        return _encode_xl(st, cid, clip, text, text, None)
+    if clip.get("family") == "sdxl-refiner":
+        return _encode_refiner(st, cid, clip, text, None)
     if clip.get("family") == "sd3":
         return _encode_sd3(st, cid, clip, text)
     if clip.get("family") == "flux":
@@ -511,7 +551,7 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
-    pos, neg = up["positive"], up["negative"]
+    pos, neg = _sized(st, cid, "positive", up["positive"], latent), _sized(st, cid, "negative", up["negative"], latent)
     plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
     if model.get("translated_for") in ("sd3", "flux"):
         return _flow_loop(st, cid, loop, model, latent, pos, neg, sched, noise)
@@ -945,6 +985,8 @@ def _t_save(st: _State, cid: str, up: dict) -> tuple:
 
 
 def _t_lora(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") == "sdxl-refiner":
+        raise _Refuse(NodeError("value_not_valid", "LoraLoader on an SDXL refiner checkpoint has no translation", "", "clip"))
     xl = "text_encoder_2" in up["clip"]
     n = st.add(cid, gid(cid), {"type": "LoadLoRA", "inputs": {
         "unet": {"from": up["model"]["unet"]}, "text_encoder": {"from": up["clip"]["text_encoder"]}, "path": _pval(st, cid, "lora_name"),
@@ -1021,7 +1063,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "ImageScaleBy": _t_image_scale_by,
     "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
     "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "DiffControlNetLoader": _t_diff_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
-    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
+    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl, "CLIPTextEncodeSDXLRefiner": _t_text_encode_refiner,
     "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
     "UNETLoader": _t_unet_loader, "DualCLIPLoader": _t_dual_clip, "TripleCLIPLoader": _t_triple_clip, "VAELoader": _t_vae_loader,
     "CLIPTextEncodeFlux": _t_text_encode_flux, "CLIPTextEncodeSD3": _t_text_encode_sd3, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
@@ -1139,6 +1181,10 @@ def _text_source(prompt: dict, link: Any, depth: int = 0) -> str | None:
     return _text_source(prompt, src.get("inputs", {}).get(via), depth + 1) if via else None
 
 
+#: the text params of the encoders with texts of their own (named for the input, numbered where several nodes have one)
+TEXT_PARAMS = {"CLIPTextEncodeSDXL": ("text_l", "text_g"), "CLIPTextEncodeFlux": ("clip_l", "t5xxl"), "CLIPTextEncodeSDXLRefiner": ("refiner_text",)}
+
+
 def _count_params(st: _State) -> None:
     """How many nodes give each param name, and which prompts are positive or negative (the
     names must not depend on the order the nodes are translated in)."""
@@ -1155,6 +1201,8 @@ def _count_params(st: _State) -> None:
             st.param_uses["image"] = st.param_uses.get("image", 0) + 1
         if ct == "UpscaleModelLoader":
             st.param_uses["upscaler"] = st.param_uses.get("upscaler", 0) + 1
+        for base in TEXT_PARAMS.get(ct, ()):  # two CLIPTextEncodeSDXL (positive, negative): text_g_6, text_g_7, not one text_g
+            st.param_uses[base] = st.param_uses.get(base, 0) + 1
     for cid, body in st.prompt.items():
         if body["class_type"] == "CLIPTextEncode":
             role = st.roles.setdefault(cid, "text")

@@ -1,8 +1,9 @@
 """ComfyUI prompts for the newer checkpoints: CheckpointLoaderSimple tells the family from the
 file as ComfyUI does; an SDXL prompt (CLIPTextEncodeSDXL and a plain CLIPTextEncode) runs on the
 tiny SDXL model and gives ComfyUI's arithmetic written out (both encoders' penultimate states side
-by side, bigG's pooled embedding, the conditioning's size conditions: CLIPTextEncode's 768 × 768
-defaults whatever the picture's size); the families not translated yet are refused by node."""
+by side, bigG's pooled embedding, the conditioning's size conditions: a plain CLIPTextEncode's the
+picture's, which comfy/samplers.py ``encode_model_conds`` fills in); the families not translated
+yet are refused by node."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_an_sdxl_prompt_is_comfyuis_sdxl_arithmetic(tiny_sdxl):
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
     assert r.ok, r.errors
     want = comfy_sdxl(tiny_sdxl, ("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024]),
-                      ("blurry, lowres", "blurry, lowres", [768, 768, 0, 0, 768, 768]), 31, 6.5, 3, 64)
+                      ("blurry, lowres", "blurry, lowres", [64, 64, 0, 0, 64, 64]), 31, 6.5, 3, 64)
     assert (r["image"] - want).abs().max() < 1e-4
     # the same prompt run on an SD 1.x checkpoint is refused by the sampler, naming what to do
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": "tiny-sd", "width": 64, "height": 64, "steps": 1}))
@@ -439,15 +440,14 @@ def test_flow_sigmas_are_comfyuis():
     assert comfy_sigmas({}, "simple", 2, flux=True, shift=1.15) == pytest.approx([1.0, float(fx.sigmas[-5001]), 0.0])
 
 
-def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux, tiny_sdxl_refiner):
+def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux):
     assert checkpoint_family(str(tiny_flux)) == "flux"
     p = prompt("default")
-    p["4"]["inputs"]["ckpt_name"] = str(tiny_sdxl_refiner)
     with pytest.raises(TranslationError) as e:
-        translate(p)
+        translate(p, family_of=lambda name: "pixel")
     err = e.value.node_errors["4"]["errors"][0]
-    assert (err["message"], err["details"]) == ("ckpt_name is a SDXL refiner checkpoint, which translated prompts do not run yet",
-                                                "translated: SD 1.x/2.x, SDXL, SD3/SD3.5, FLUX.1")
+    assert (err["message"], err["details"]) == ("ckpt_name is a pixel-space DDPM checkpoint, which translated prompts do not run yet",
+                                                "translated: SD 1.x/2.x, SDXL, SDXL refiner, SD3/SD3.5, FLUX.1")
     p = prompt("sdxl")
     with pytest.raises(TranslationError) as e:
         translate(p, family_of=lambda name: "sd")
@@ -543,7 +543,8 @@ def test_sdxl_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tin
     p = ranged(prompt("sdxl"), "a red boat at sea", 0.5)
     doc, params, _ = translate(p, family_of=lambda name: "sdxl")
     node = doc["nodes"]["n3"]["body"]["n3_cfg"]
-    assert node["type"] == "PredictConditioned" and node["inputs"]["positive_time_ids"] == [{"from": "n6_size.time_ids"}, {"from": "n12_size.time_ids"}]
+    assert node["type"] == "PredictConditioned" and node["inputs"]["positive_time_ids"] == [{"from": "n6_size.time_ids"},
+                                                                                            {"from": "n3_positive_size1.time_ids"}]
     del doc["nodes"]["n9"]
     doc["outputs"] = {"image": "n8.image"}
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
@@ -561,7 +562,7 @@ def test_sdxl_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tin
             b, pooled = weighted_embeddings(tok2, te2, text_g, "comfy", "penultimate")
         return {"emb": torch.cat([a, b], dim=-1), "pooled": pooled, "ids": torch.tensor([ids], dtype=torch.float32), "start": start, "end": end}
 
-    plain = [768, 768, 0, 0, 768, 768]  # CLIPTextEncode's size conditions on SDXL
+    plain = [64, 64, 0, 0, 64, 64]  # CLIPTextEncode's size conditions on SDXL: the picture's (encode_model_conds)
     pos = [cond("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024], 0.0, 0.5),
            cond("a red boat at sea", "a red boat at sea", plain, 0.5, 1.0)]
     neg = [cond("blurry, lowres", "blurry, lowres", plain, 0.0, 1.0)] * 2
@@ -711,3 +712,64 @@ def test_flux_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tin
     with torch.no_grad():
         want = (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
     assert (r["image"] - want).abs().max() < 1e-4  # measured: cfg 1 1.4e-6 / 1.2e-7, cfg 2 1.7e-6 / 1.3e-7 (max / mean)
+
+
+def test_an_sdxl_refiner_prompt_is_comfyuis_refiner_arithmetic(tiny_sdxl_refiner):
+    """CLIPTextEncodeSDXLRefiner (bigG alone: its penultimate states and pooled embedding; the
+    aesthetic score, width and height it carries) on the positive side, a plain CLIPTextEncode on
+    the negative (the picture's size and ComfyUI's negative aesthetic score 2.5, filled in by
+    ``encode_model_conds`` and ``SDXLRefiner.encode_adm``). Refused before: the refiner family."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    assert checkpoint_family(str(tiny_sdxl_refiner)) == "sdxl-refiner"
+    p = prompt("sdxl")
+    p["6"] = {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": {"clip": ["4", 1], "ascore": 7.0, "width": 1024, "height": 896,
+                                                                     "text": "a lighthouse on a cliff, (dramatic:1.3) sky"}}
+    p["4"]["inputs"]["ckpt_name"] = str(tiny_sdxl_refiner)
+    doc, params, id_map = translate(p)
+    assert id_map["6"] == ["n6", "n6_size"] and params["refiner_text"] == p["6"]["inputs"]["text"]
+    assert doc["nodes"]["n3_negative_size0"]["inputs"] == {"latents": {"from": "n5.latents"}, "aesthetic_score": 2.5}
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "width": 64, "height": 64, "steps": 3}))
+    assert r.ok, r.errors
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl_refiner, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_sdxl_refiner, subfolder="vae").eval()
+    tok = CLIPTokenizer.from_pretrained(tiny_sdxl_refiner, subfolder="tokenizer_2")
+    te = CLIPTextModelWithProjection.from_pretrained(tiny_sdxl_refiner, subfolder="text_encoder_2").eval()
+    with torch.no_grad():
+        (a, pa), (b, pb) = (weighted_embeddings(tok, te, t, "comfy", "penultimate") for t in (p["6"]["inputs"]["text"], "blurry, lowres"))
+    emb, pooled = torch.cat([a, b]), torch.cat([pa, pb])
+    ids = torch.tensor([[896, 1024, 0, 0, 7.0], [64, 64, 0, 0, 2.5]])  # height, width, crop top, crop left, aesthetic score
+    ms = ModelSampling(SD_CONFIG)
+    sigmas = torch.tensor(comfy_sigmas(SD_CONFIG, "karras", 3))
+    x = torch.randn((1, 4, 8, 8), generator=torch.manual_seed(31)) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        with torch.no_grad():
+            eps = unet(torch.cat([x / (s ** 2 + 1) ** 0.5] * 2), torch.cat([ms.timestep(s).float().view(1)] * 2), encoder_hidden_states=emb,
+                       added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        c, u = (torch.cat([x] * 2) - eps * s).chunk(2)
+        x = x + (x - (u + (c - u) * 6.5)) / s * (s_next - s)
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: 7.2e-7 / 7.9e-8 (max / mean)
+    # an SDXL base's CLIP is not a refiner's
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sdxl")
+    assert e.value.node_errors["6"]["errors"][0]["message"] == "CLIPTextEncodeSDXLRefiner takes an SDXL refiner checkpoint's CLIP"
+
+
+def test_two_sdxl_encoders_get_text_params_of_their_own():
+    """Two CLIPTextEncodeSDXL (a positive and a negative, as SDXL workflows have them) shared one
+    text_g and text_l param before, so the positive drew the negative's text."""
+    p = prompt("sdxl")
+    p["7"] = {"class_type": "CLIPTextEncodeSDXL", "inputs": {**p["6"]["inputs"], "text_g": "blurry", "text_l": "lowres"}}
+    doc, params, _ = translate(p, family_of=lambda name: "sdxl")
+    assert {k: v for k, v in params.items() if k.startswith("text")} == {
+        "text_l_6": "oil painting", "text_g_6": "a lighthouse on a cliff, (dramatic:1.3) sky", "text_l_7": "lowres", "text_g_7": "blurry"}
+    assert (doc["nodes"]["n6_g"]["inputs"]["text"], doc["nodes"]["n7_g"]["inputs"]["text"]) == ({"param": "text_g_6"}, {"param": "text_g_7"})
