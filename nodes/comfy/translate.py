@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from graphflow_nodes.comfy.samplers import REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
+from graphflow_nodes.comfy.samplers import FLOW_REFUSED, FLOW_SAMPLERS, REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
 
 LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL", "CONTROL_NET")
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
@@ -543,6 +543,11 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
         if v in REFUSED_SAMPLERS:
             raise _Refuse(NodeError("value_not_valid", f"sampler_name {v} has no translation", REFUSED_SAMPLERS[v], name))
     model, latent = up["model"], up["latent_image"]
+    if model.get("translated_for") in ("sd3", "flux") and _val(st, cid, "sampler_name") not in FLOW_SAMPLERS:
+        # refused here, before anything runs (ComfySchedule refuses one set later, by --set, when it runs)
+        raise _Refuse(NodeError("value_not_valid", f"sampler_name {_val(st, cid, 'sampler_name')} on a flow model "
+                                f"({FAMILY_NAMES[model['translated_for']]}) has no translation",
+                                f"{FLOW_REFUSED}; translatable: {', '.join(FLOW_SAMPLERS)}", "sampler_name"))
     loop = gid(cid)
     sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
         "scheduler_config": {"from": model["scheduler_config"]}, "family": {"from": model["family"]}, "sampler_name": _pval(st, cid, "sampler_name"),

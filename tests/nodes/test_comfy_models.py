@@ -773,3 +773,21 @@ def test_two_sdxl_encoders_get_text_params_of_their_own():
     assert {k: v for k, v in params.items() if k.startswith("text")} == {
         "text_l_6": "oil painting", "text_g_6": "a lighthouse on a cliff, (dramatic:1.3) sky", "text_l_7": "lowres", "text_g_7": "blurry"}
     assert (doc["nodes"]["n6_g"]["inputs"]["text"], doc["nodes"]["n7_g"]["inputs"]["text"]) == ({"param": "text_g_6"}, {"param": "text_g_7"})
+
+
+def test_a_sampler_a_flow_model_cannot_run_is_refused_by_validate_naming_the_comfyui_node(tmp_path):
+    """The old translation passed ``graphflow validate`` and refused euler_ancestral on SD3 only
+    when the workflow ran; now the prompt is refused before anything runs (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    p = prompt("sd3")
+    p["3"]["inputs"]["sampler_name"] = "euler_ancestral"
+    path = tmp_path / "sd3-ancestral.json"
+    path.write_text(json.dumps(p))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    r = subprocess.run([sys.executable, "-m", "graphflow.cli", "validate", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert ("[comfy_value_not_valid] field 'sampler_name': ComfyUI node 3 (KSampler): sampler_name euler_ancestral on a flow model "
+            "(SD3/SD3.5) has no translation (ComfyUI runs its own rectified-flow variant") in r.stderr
