@@ -5,6 +5,8 @@ workflow reads like any other."""
 
 from __future__ import annotations
 
+import math
+
 from typing import Annotated, Literal
 
 from graphflow_nodes.comfy.samplers import (
@@ -13,13 +15,17 @@ from graphflow_nodes.comfy.samplers import (
 from typing import Any
 
 from graphflow_nodes.kinds import (
-    SEED_MAX, TEXT_EMBEDDINGS_K, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep, Timesteps, UNet,
+    POOLED_K, SEED_MAX, TEXT_EMBEDDINGS_K, TEXT_IDS_K, TIME_IDS_K, ImageIds, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep,
+    Timesteps, Transformer, UNet,
 )
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Limit, Node, Outputs, list_of
 
 EmbeddingsList = Annotated[list[Any], list_of(TEXT_EMBEDDINGS_K)]
+PooledList = Annotated[list[Any], list_of(POOLED_K)]
+TimeIdsList = Annotated[list[Any], list_of(TIME_IDS_K)]
+TextIdsList = Annotated[list[Any], list_of(TEXT_IDS_K)]
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -205,17 +211,38 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
     (positive, negative) every conditioning whose percent range holds the current sigma is
     predicted and their predictions averaged, as ComfyUI's ``calc_cond_batch`` does for full-image
     conditionings of strength 1 (a side with none active predicts a clean picture of zeros, as
-    ComfyUI's does); then classifier-free guidance."""
+    ComfyUI's does); then classifier-free guidance. Each conditioning keeps what it carries: an
+    SDXL one its pooled embedding and size conditions (``*_pooled``, ``*_time_ids``), an SD3 one
+    its pooled embedding, with the ``transformer`` and the loop's ``latents`` in place of the UNet
+    and its scaled input; a FLUX.1 one (``flux``, packed latents) its pooled embedding, text ids and
+    distilled guidance. Averaging the predictions is averaging ComfyUI's denoised estimates,
+    since both are the same line in the prediction for one input and sigma. At cfg 1 the
+    negative side is not predicted, as ComfyUI skips it."""
 
     class In(Inputs):
-        unet: UNet = Field(description="from LoadModel")
-        model_input: ModelInput = Field(description="from ScaleModelInput with cfg false (one batch, not doubled)")
+        unet: UNet | None = Field(None, description="from LoadModel (SD 1.x/2.x, SDXL)")
+        model_input: ModelInput | None = Field(None, description="from ScaleModelInput with cfg false (one batch, not doubled)")
+        transformer: Transformer | None = Field(None, description="an SD3 model's, from LoadModel (in place of unet)")
+        latents: Latents | None = Field(None, description="SD3: the loop's latents (in place of model_input)")
         timestep: Timestep = Field(description="the loop's timestep")
         scheduler: Scheduler = Field(description="the loop's current scheduler (gives the current sigma)")
         positive: EmbeddingsList = Field(description="the positive conditionings' embeddings")
         positive_ranges: list[list[float]] = Field(description="[start, end] percents per positive conditioning")
         negative: EmbeddingsList = Field(description="the negative conditionings' embeddings")
         negative_ranges: list[list[float]] = Field(description="[start, end] percents per negative conditioning")
+        positive_pooled: PooledList | None = Field(None, description="SDXL, SD3: each positive conditioning's pooled embedding")
+        negative_pooled: PooledList | None = Field(None, description="SDXL, SD3: each negative conditioning's pooled embedding")
+        positive_time_ids: TimeIdsList | None = Field(None, description="SDXL: each positive conditioning's size conditions")
+        negative_time_ids: TimeIdsList | None = Field(None, description="SDXL: each negative conditioning's size conditions")
+        shift: float | None = Field(None, gt=0.0, le=100.0, description="SD3: ModelSamplingSD3's shift (default: the scheduler config's); "
+                                    "FLUX.1: ModelSamplingFlux's (default: dev 1.15, schnell 1.0)")
+        flux: bool = Field(False, description="a FLUX.1 transformer on packed latents (ComfyUI's ModelSamplingFlux percents)")
+        scheduler_config: SchedulerConfig | None = Field(None, description="FLUX.1: LoadModel's, which tells dev from schnell for the default shift")
+        image_ids: ImageIds | None = Field(None, description="FLUX.1: PackLatents.image_ids")
+        positive_text_ids: TextIdsList | None = Field(None, description="FLUX.1: each positive conditioning's text ids")
+        negative_text_ids: TextIdsList | None = Field(None, description="FLUX.1: each negative conditioning's text ids")
+        positive_guidance: list[float] | None = Field(None, description="FLUX.1: each positive conditioning's distilled guidance")
+        negative_guidance: list[float] | None = Field(None, description="FLUX.1: each negative conditioning's distilled guidance")
         guidance_scale: float = Field(7.5, ge=0.0, le=100.0, description="ComfyUI's cfg")
 
     class Out(Outputs):
@@ -223,31 +250,63 @@ class PredictConditioned(Node, name="PredictConditioned", category="sampling", u
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
-        from graphflow_nodes.stages.scheduler_state import clone
-
-        if len(i.positive) != len(i.positive_ranges) or len(i.negative) != len(i.negative_ranges):
-            raise ValueError("each conditioning needs its [start, end] range")
-        s = clone(i.scheduler)
-        if getattr(s, "step_index", None) is None:
-            s._init_step_index(i.timestep)
-        sigma = float(s.sigmas[s.step_index])
-        ms = ModelSampling(dict(s.config))
+        from graphflow_nodes.comfy.inpaint import sigma_now
         from graphflow_nodes.runtime import placement
 
-        unet = ctx.models.get(i.unet)
-        device, dtype = placement(unet)
-        x = i.model_input.to(dtype=dtype)
-        sides = []
-        for embs, ranges in ((i.positive, i.positive_ranges), (i.negative, i.negative_ranges)):
-            used = [e for e, (a, b) in zip(embs, ranges) if active(ms, sigma, a, b)]
-            if not used:  # ComfyUI: denoised 0, i.e. the noise that removes all of x
-                sides.append(x * (1 + sigma ** 2) ** 0.5 / sigma)
+        flow = i.transformer is not None
+        if flow == (i.unet is not None) or (i.latents if flow else i.model_input) is None:
+            raise ValueError("give unet and model_input (SD 1.x/2.x, SDXL) or transformer and latents (SD3)")
+        if i.flux and (not flow or i.image_ids is None or None in (i.positive_pooled, i.positive_text_ids, i.positive_guidance)):
+            raise ValueError("flux: give transformer, packed latents, image_ids and each conditioning's pooled, text ids and guidance")
+        sides = [(i.positive, i.positive_ranges, i.positive_pooled, i.positive_time_ids, i.positive_text_ids, i.positive_guidance),
+                 (i.negative, i.negative_ranges, i.negative_pooled, i.negative_time_ids, i.negative_text_ids, i.negative_guidance)]
+        if math.isclose(i.guidance_scale, 1.0):  # ComfyUI's sampling_function leaves the negative out at cfg 1
+            sides = sides[:1]
+        for embs, ranges, *per in sides:
+            if len(embs) != len(ranges) or any(x is not None and len(x) != len(embs) for x in per):
+                raise ValueError("each conditioning needs its [start, end] range (and its pooled embedding, size conditions, text ids "
+                                 "and guidance where given)")
+        sigma = sigma_now(i.scheduler, i.timestep)
+        if i.flux:  # ModelSamplingFlux.percent_to_sigma: flux_time_shift(shift, 1, 1 - percent), 1 and 0 at the ends
+            mu = i.shift if i.shift is not None else flux_default_shift(dict(i.scheduler_config or {}))
+            to_sigma = lambda p: 1.0 if p <= 0.0 else 0.0 if p >= 1.0 else math.exp(mu) / (math.exp(mu) + (1 / (1.0 - p) - 1))
+            on = lambda a, b: not (sigma > to_sigma(a) or sigma < to_sigma(b))
+        elif flow:  # ModelSamplingDiscreteFlow.percent_to_sigma: 1 and 0 at the ends
+            ms = ModelSamplingFlow(i.shift or float(i.scheduler.config.get("shift", 1.0)))
+            to_sigma = lambda p: 1.0 if p <= 0.0 else 0.0 if p >= 1.0 else float(ms.sigma((1.0 - p) * 1000.0))
+            on = lambda a, b: not (sigma > to_sigma(a) or sigma < to_sigma(b))
+        else:
+            vp = ModelSampling(dict(i.scheduler.config))
+            on = lambda a, b: active(vp, sigma, a, b)
+        model = ctx.models.get(i.transformer if flow else i.unet)
+        device, dtype = placement(model)
+        x = (i.latents if flow else i.model_input).to(device=device, dtype=dtype)
+        n = x.shape[0]
+        rows = lambda ts: torch.cat([t.to(device=device, dtype=dtype).expand(n, *t.shape[1:]) for t in ts])
+        out = []
+        for embs, ranges, pooled, time_ids, text_ids, guidance in sides:
+            used = [k for k, (a, b) in enumerate(ranges) if on(a, b)]
+            if not used:  # ComfyUI: denoised 0, i.e. the prediction that removes all of x
+                out.append(x / sigma if flow else x * (1 + sigma ** 2) ** 0.5 / sigma)
                 continue
+            pick = lambda ts: rows([ts[k] for k in used])
+            xs = torch.cat([x] * len(used))
             with torch.no_grad():
-                emb = torch.cat([e.to(device=device, dtype=dtype).expand(x.shape[0], -1, -1) for e in used])
-                eps = unet(torch.cat([x] * len(used)), i.timestep, encoder_hidden_states=emb).sample
-            sides.append(eps.view(len(used), *x.shape).mean(0))
-        cond, uncond = sides
+                if i.flux:  # one call per conditioning: each has its own text ids
+                    g = lambda k: torch.full([n], guidance[k], device=device, dtype=torch.float32) if model.config.guidance_embeds else None
+                    pred = torch.cat([model(hidden_states=x, timestep=i.timestep.expand(n).to(x.dtype) / 1000, guidance=g(k),
+                                            pooled_projections=rows([pooled[k]]), encoder_hidden_states=rows([embs[k]]),
+                                            txt_ids=text_ids[k].to(device), img_ids=i.image_ids.to(device), return_dict=False)[0] for k in used])
+                elif flow:
+                    pred = model(hidden_states=xs, timestep=i.timestep.expand(xs.shape[0]), encoder_hidden_states=pick(embs),
+                                 pooled_projections=pick(pooled), return_dict=False)[0]
+                else:
+                    added = {} if pooled is None else {"added_cond_kwargs": {"text_embeds": pick(pooled), "time_ids": pick(time_ids)}}
+                    pred = model(xs, i.timestep, encoder_hidden_states=pick(embs), **added).sample
+            out.append(pred.view(len(used), *x.shape).mean(0))
+        if len(out) == 1:
+            return {"noise_pred": out[0]}
+        cond, uncond = out
         return {"noise_pred": uncond + i.guidance_scale * (cond - uncond)}
 
 
@@ -292,8 +351,12 @@ class ComfyControlScale(Node, name="ComfyControlScale", category="control"):
 
 class ComfySizeConditions(Node, name="ComfySizeConditions", category="sampling"):
     """SDXL's size conditions as a ComfyUI conditioning carries them: CLIPTextEncodeSDXL's width,
-    height, crop and target size, or for a plain CLIPTextEncode ComfyUI's defaults, 768 × 768
-    uncropped (comfy/model_base.py ``SDXL.encode_adm``), whatever size the picture is."""
+    height, crop and target size; for a conditioning that carries none (a plain CLIPTextEncode)
+    the picture's size from the sampler's ``latents``, uncropped, as comfy/samplers.py
+    ``encode_model_conds`` fills in the width and height before ``SDXL.encode_adm`` reads them.
+    An SDXL refiner's (``aesthetic_score`` given): original size, crop and the aesthetic score
+    (CLIPTextEncodeSDXLRefiner's ``ascore``; ComfyUI's 6 for a positive conditioning without one,
+    2.5 for a negative)."""
 
     class In(Inputs):
         width: int = Field(768, ge=0, le=16384, description="the original width")
@@ -302,11 +365,20 @@ class ComfySizeConditions(Node, name="ComfySizeConditions", category="sampling")
         crop_h: int = Field(0, ge=0, le=16384, description="crop, top")
         target_width: int = Field(768, ge=0, le=16384, description="the target width")
         target_height: int = Field(768, ge=0, le=16384, description="the target height")
+        latents: Latents | None = Field(None, description="the sampler's latents: width, height and the target size are theirs × 8")
+        aesthetic_score: float | None = Field(None, ge=0.0, le=1000.0, description="an SDXL refiner's aesthetic score (5 conditions, no target)")
 
     class Out(Outputs):
-        time_ids: TimeIds = Field(description="(1, 6): original (h, w), crop (top, left), target (h, w)")
+        time_ids: TimeIds = Field(description="(1, 6): original (h, w), crop (top, left), target (h, w); a refiner's (1, 5): "
+                                              "original (h, w), crop (top, left), aesthetic score")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
 
-        return {"time_ids": torch.tensor([[i.height, i.width, i.crop_h, i.crop_w, i.target_height, i.target_width]], dtype=torch.float32)}
+        w, h, tw, th = i.width, i.height, i.target_width, i.target_height
+        if i.latents is not None:
+            h, w = (int(v) * 8 for v in i.latents.shape[-2:])
+            th, tw = h, w
+        if i.aesthetic_score is not None:
+            return {"time_ids": torch.tensor([[h, w, i.crop_h, i.crop_w, i.aesthetic_score]], dtype=torch.float32)}
+        return {"time_ids": torch.tensor([[h, w, i.crop_h, i.crop_w, th, tw]], dtype=torch.float32)}

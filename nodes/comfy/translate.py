@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from graphflow_nodes.comfy.samplers import REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
+from graphflow_nodes.comfy.samplers import FLOW_REFUSED, FLOW_SAMPLERS, REFUSED_SAMPLERS, SAMPLERS, SCHEDULERS
 
 LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL", "CONTROL_NET")
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
@@ -82,6 +82,7 @@ CLASS_TYPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "VAELoader": ({"vae_name": STR}, ("VAE",)),
     "CLIPTextEncodeSDXL": ({"clip": "CLIP", "width": INT, "height": INT, "crop_w": INT, "crop_h": INT, "target_width": INT, "target_height": INT,
                             "text_g": STR, "text_l": STR}, ("CONDITIONING",)),
+    "CLIPTextEncodeSDXLRefiner": ({"ascore": FLOAT, "width": INT, "height": INT, "text": STR, "clip": "CLIP"}, ("CONDITIONING",)),
 }
 #: inputs ComfyUI lets a prompt leave out (its defaults)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -97,7 +98,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "VAEEncodeForInpaint": {"grow_mask_by": 6},
     "InpaintModelConditioning": {"noise_mask": True},
     "ControlNetApply": {"strength": 1.0},
-    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},  # vae: optional (an SD3 ControlNet needs it)
+    "ControlNetApplyAdvanced": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": None},
+    "CLIPTextEncodeSDXLRefiner": {"ascore": 6.0, "width": 1024, "height": 1024},  # vae: optional (an SD3 ControlNet needs it)
     "Canny": {"low_threshold": 0.4, "high_threshold": 0.8},
     "UNETLoader": {"weight_dtype": "default"},
     "DualCLIPLoader": {"device": "default"},
@@ -233,7 +235,7 @@ def _pval(st: _State, cid: str, name: str) -> Any:
 
 
 #: the checkpoint families a translated prompt runs, and what the others are called in a refusal
-TRANSLATED_FAMILIES = ("sd", "sdxl", "sd3", "flux")
+TRANSLATED_FAMILIES = ("sd", "sdxl", "sdxl-refiner", "sd3", "flux")
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "sd3": "SD3/SD3.5", "flux": "FLUX.1", "pixel": "pixel-space DDPM"}
 
 
@@ -289,6 +291,8 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
                                 f"translated: {', '.join(FAMILY_NAMES[f] for f in TRANSLATED_FAMILIES)}", "ckpt_name"))
     n = st.add(cid, gid(cid), {"type": "LoadModel", "inputs": {"path": _pval(st, cid, "ckpt_name")}})
     clip = {"tokenizer": f"{n}.tokenizer", "text_encoder": f"{n}.text_encoder", "clip_skip": 0, "family": family}
+    if family == "sdxl-refiner":  # bigG alone
+        clip = {"tokenizer_2": f"{n}.tokenizer_2", "text_encoder_2": f"{n}.text_encoder_2", "clip_skip": 0, "family": family}
     if family in ("sdxl", "sd3", "flux"):
         clip.update(tokenizer_2=f"{n}.tokenizer_2", text_encoder_2=f"{n}.text_encoder_2")
     if family == "sd3":
@@ -300,9 +304,8 @@ def _t_checkpoint(st: _State, cid: str, up: dict) -> tuple:
 def _config(st: _State, cid: str) -> dict:
     """The one ``config`` param every split loader of the prompt shares: the diffusers folder
     (configs and tokenizers, no weights needed) their files are built with."""
-    if "config" not in st.params:
-        st.param_uses["config"] = 1
-        st.param(cid, "config", "", "string", PARAM_WHAT["config"])
+    if "config" not in st.params:  # no default: validation names each loader's config until one is set (--set config=FOLDER)
+        st.params["config"] = {"type": "string", "description": f"{PARAM_WHAT['config']} (ComfyUI's split loaders; no default: set it)"}
     return {"param": "config"}
 
 
@@ -358,23 +361,57 @@ def _t_set_last_layer(st: _State, cid: str, up: dict) -> tuple:
     stop = _val(st, cid, "stop_at_clip_layer")
     if not isinstance(stop, int) or stop > -1 or stop < -24:
         raise _Refuse(NodeError("value_not_valid", "stop_at_clip_layer is -1 (the last layer) to -24", str(stop), "stop_at_clip_layer"))
-    if up["clip"].get("family") in ("sdxl", "sd3"):
+    if up["clip"].get("family") in ("sdxl", "sdxl-refiner", "sd3"):
         raise _Refuse(NodeError("value_not_valid", f"CLIPSetLastLayer on an {FAMILY_NAMES[up['clip']['family']]} checkpoint has no translation",
                                 "its CLIP encoders already use their penultimate layer", "clip"))
     st.id_map.setdefault(cid, [])  # folded into each CLIPTextEncode it feeds, as clip_skip
     return ({**up["clip"], "clip_skip": up["clip"]["clip_skip"] + (-1 - stop)},)
 
 
-def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes: dict) -> tuple:
+def _encode_xl(st: _State, cid: str, clip: dict, text_l: Any, text_g: Any, sizes: dict | None) -> tuple:
     """SDXL's conditioning as ComfyUI makes it: both encoders' penultimate hidden states (its
     prompt weights), side by side; the second encoder's pooled embedding; and the size
-    conditions the conditioning carries."""
+    conditions the conditioning carries (CLIPTextEncodeSDXL's; a plain CLIPTextEncode's none:
+    ``time_ids`` None, the sampler gives it the picture's size, ``_sized``)."""
     enc = lambda suffix, tok, te, text: st.add(cid, gid(cid, suffix), {"type": "EncodeWeighted", "inputs": {
         "tokenizer": {"from": clip[tok]}, "text_encoder": {"from": clip[te]}, "text": text, "mode": "comfy", "layer": "penultimate"}})
     a, b = enc("l", "tokenizer", "text_encoder", text_l), enc("g", "tokenizer_2", "text_encoder_2", text_g)
     n = st.add(cid, gid(cid), {"type": "ConcatEmbeddings", "inputs": {"a": {"from": f"{a}.text_embeddings"}, "b": {"from": f"{b}.text_embeddings"}}})
-    size = st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})
-    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": f"{size}.time_ids", "start": 0.0, "end": 1.0}],)
+    size = None if sizes is None else f"""{st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})}.time_ids"""
+    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{b}.pooled", "time_ids": size, "start": 0.0, "end": 1.0}],)
+
+
+def _encode_refiner(st: _State, cid: str, clip: dict, text: Any, sizes: dict | None) -> tuple:
+    """An SDXL refiner's conditioning as ComfyUI makes it (``SDXLRefinerClipModel``): bigG's
+    penultimate states and pooled embedding, and the aesthetic-score conditions it carries
+    (CLIPTextEncodeSDXLRefiner's; a plain CLIPTextEncode's none, filled in by the sampler)."""
+    n = st.add(cid, gid(cid), {"type": "EncodeWeighted", "inputs": {
+        "tokenizer": {"from": clip["tokenizer_2"]}, "text_encoder": {"from": clip["text_encoder_2"]}, "text": text, "mode": "comfy",
+        "layer": "penultimate"}})
+    size = None if sizes is None else f"""{st.add(cid, gid(cid, "size"), {"type": "ComfySizeConditions", "inputs": sizes})}.time_ids"""
+    return ([{"embeddings": f"{n}.text_embeddings", "pooled": f"{n}.pooled", "time_ids": size, "refiner": True, "start": 0.0, "end": 1.0}],)
+
+
+def _t_text_encode_refiner(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") != "sdxl-refiner":
+        raise _Refuse(NodeError("value_not_valid", "CLIPTextEncodeSDXLRefiner takes an SDXL refiner checkpoint's CLIP", "use CLIPTextEncode", "clip"))
+    w, h = _val(st, cid, "width"), _val(st, cid, "height")
+    return _encode_refiner(st, cid, up["clip"], st.param(cid, "refiner_text", _val(st, cid, "text"), "string", "the refiner's prompt"),
+                           {"width": w, "height": h, "target_width": w, "target_height": h, "aesthetic_score": float(_val(st, cid, "ascore"))})
+
+
+def _sized(st: _State, cid: str, side: str, conds: list, latent: dict) -> list:
+    """SDXL conditionings that carry no size (a plain CLIPTextEncode's) given the picture's, from
+    the sampler's latents, as comfy/samplers.py ``encode_model_conds`` gives them; on a refiner
+    with the aesthetic score of the side they are used on (6 positive, 2.5 negative)."""
+    out = []
+    for k, c in enumerate(conds):
+        if "time_ids" in c and c["time_ids"] is None:
+            n = st.add(cid, gid(cid, f"{side}_size{k}"), {"type": "ComfySizeConditions", "inputs": {
+                "latents": {"from": latent["latents"]}, **({"aesthetic_score": 2.5 if side == "negative" else 6.0} if c.get("refiner") else {})}})
+            c = {**c, "time_ids": f"{n}.time_ids"}
+        out.append(c)
+    return out
 
 
 def _encode_sd3(st: _State, cid: str, clip: dict, text: Any, text_g: Any = None, text_t5: Any = None) -> tuple:
@@ -467,7 +504,9 @@ def _t_text_encode(st: _State, cid: str, up: dict) -> tuple:
     role = st.roles.get(cid, "text")
     text = st.param(cid, role, _val(st, cid, "text"), "string", PARAM_WHAT[role])
     if clip.get("family") == "sdxl":
-        return _encode_xl(st, cid, clip, text, text, {})
+        return _encode_xl(st, cid, clip, text, text, None)
+    if clip.get("family") == "sdxl-refiner":
+        return _encode_refiner(st, cid, clip, text, None)
     if clip.get("family") == "sd3":
         return _encode_sd3(st, cid, clip, text)
     if clip.get("family") == "flux":
@@ -504,6 +543,11 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
         if v in REFUSED_SAMPLERS:
             raise _Refuse(NodeError("value_not_valid", f"sampler_name {v} has no translation", REFUSED_SAMPLERS[v], name))
     model, latent = up["model"], up["latent_image"]
+    if model.get("translated_for") in ("sd3", "flux") and _val(st, cid, "sampler_name") not in FLOW_SAMPLERS:
+        # refused here, before anything runs (ComfySchedule refuses one set later, by --set, when it runs)
+        raise _Refuse(NodeError("value_not_valid", f"sampler_name {_val(st, cid, 'sampler_name')} on a flow model "
+                                f"({FAMILY_NAMES[model['translated_for']]}) has no translation",
+                                f"{FLOW_REFUSED}; translatable: {', '.join(FLOW_SAMPLERS)}", "sampler_name"))
     loop = gid(cid)
     sched = st.add(cid, gid(cid, "schedule"), {"type": "ComfySchedule", "inputs": {
         "scheduler_config": {"from": model["scheduler_config"]}, "family": {"from": model["family"]}, "sampler_name": _pval(st, cid, "sampler_name"),
@@ -512,7 +556,7 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     noise = st.add(cid, gid(cid, "noise"), {"type": "ComfyNoise", "inputs": {
         "latents": {"from": latent["latents"]}, "seed": seed, "noise_scale": {"from": f"{sched}.noise_scale"},
         "latent_scale": {"from": f"{sched}.latent_scale"}, "add_noise": add_noise}})
-    pos, neg = up["positive"], up["negative"]
+    pos, neg = _sized(st, cid, "positive", up["positive"], latent), _sized(st, cid, "negative", up["negative"], latent)
     plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
     if model.get("translated_for") in ("sd3", "flux"):
         return _flow_loop(st, cid, loop, model, latent, pos, neg, sched, noise)
@@ -524,9 +568,6 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     if "channels" in inpaint:
         unet_input = f"{loop}_channels.model_input"
     xl = "pooled" in pos[0]
-    if xl and not plain:
-        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on an SDXL checkpoint have no translation",
-                                "give the sampler one conditioning a side", "positive"))
     if plain and xl:  # SDXL: the hidden states, pooled embeddings and size conditions of both sides in one guidance batch
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGConditions", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}, "uncond_pooled": {"from": neg[0]["pooled"]},
@@ -550,13 +591,8 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
         if any(c.get("controls") for c in pos + neg):
             raise _Refuse(NodeError("value_not_valid", "a ControlNet on combined or time-ranged conditionings has no translation",
                                     "apply ControlNets to one conditioning a side", "positive"))
-        links = lambda c: [{"from": e["embeddings"]} for e in c]
-        predict = {
-            f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
-                "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, "timestep": {"from": f"{loop}.timestep"},
-                "scheduler": {"from": f"{loop}.scheduler"}, "positive": links(pos), "positive_ranges": [[e["start"], e["end"]] for e in pos],
-                "negative": links(neg), "negative_ranges": [[e["start"], e["end"]] for e in neg], "guidance_scale": _pval(st, cid, "cfg")}},
-        }
+        predict = {f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+            "unet": {"from": model["unet"]}, "model_input": {"from": unet_input}, **_conditioned(st, cid, loop, pos, neg, xl)}}}
     prediction = f"{loop}_cfg.noise_pred"
     if "prediction" in inpaint:
         prediction = f"{loop}_keep.noise_pred"
@@ -582,13 +618,39 @@ def _sampler(st: _State, cid: str, up: dict, schedule_inputs: dict, seed: Any, a
     return ({"latents": f"{loop}.latents"},)
 
 
+def _conditioned(st: _State, cid: str, loop: str, pos: list, neg: list, pooled: bool, time_ids: bool = True) -> dict:
+    """PredictConditioned's inputs for combined or time-ranged conditionings: each side's
+    embeddings, percent ranges and (SDXL, SD3) pooled embeddings and (SDXL) size conditions."""
+    links = lambda c, key: [{"from": e[key]} for e in c]
+    extra = {}
+    if pooled:
+        extra.update(positive_pooled=links(pos, "pooled"), negative_pooled=links(neg, "pooled"))
+        if time_ids:
+            extra.update(positive_time_ids=links(pos, "time_ids"), negative_time_ids=links(neg, "time_ids"))
+    return {"timestep": {"from": f"{loop}.timestep"}, "scheduler": {"from": f"{loop}.scheduler"},
+            "positive": links(pos, "embeddings"), "positive_ranges": [[e["start"], e["end"]] for e in pos],
+            "negative": links(neg, "embeddings"), "negative_ranges": [[e["start"], e["end"]] for e in neg], **extra,
+            "guidance_scale": _pval(st, cid, "cfg")}
+
+
+def _guidances(st: _State, cid: str, conds: list, side: str) -> Any:
+    """Each FLUX.1 conditioning's distilled guidance as one list input: the values as written, or
+    where one is a parameter (FluxGuidance's) a Value node per conditioning, their outputs gathered."""
+    if not any(isinstance(c["guidance"], dict) for c in conds):
+        return [float(c["guidance"]) for c in conds]
+    return [{"from": f"{st.add(cid, gid(cid, f'{side}_guidance{k}'), {'type': 'Value', 'inputs': {'value': c['guidance']}})}.value"}
+            for k, c in enumerate(conds)]
+
+
 def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: list, neg: list, sched: str, noise: str) -> tuple:
     """The loop for an SD3 model: its transformer's velocity on the joint sequence and pooled
-    embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas."""
-    if not all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg)):
-        raise _Refuse(NodeError("value_not_valid", "combined or time-ranged conditionings on a flow checkpoint (SD3, FLUX.1) have no translation",
-                                "give the sampler one conditioning a side", "positive"))
+    embeddings (unconditional half first), CFG, FlowMatch Euler on ComfyUI's sigmas. Combined or
+    time-ranged conditionings: PredictConditioned on the transformer (ComfyUI's averaging)."""
+    plain = all(len(c) == 1 and (c[0]["start"], c[0]["end"]) == (0.0, 1.0) for c in (pos, neg))
     flux = model.get("translated_for") == "flux"
+    if not plain and any(c.get("controls") for c in pos + neg):
+        raise _Refuse(NodeError("value_not_valid", "a ControlNet on combined or time-ranged conditionings has no translation",
+                                "apply ControlNets to one conditioning a side", "positive"))
     controls = pos[0].get("controls", [])
     if any(c.get("controls") for c in pos + neg) and (neg[0].get("controls", []) != controls or any(c.get("vae") is None for c in controls)):
         what = "a FLUX.1" if flux else "an SD3"
@@ -599,9 +661,24 @@ def _flow_loop(st: _State, cid: str, loop: str, model: dict, latent: dict, pos: 
     if model.get("translated_for") == "flux":
         pack = st.add(cid, gid(cid, "pack"), {"type": "PackLatents", "inputs": {"latents": {"from": f"{noise}.latents"}}})
         start = f"{pack}.latents"
-        body = {**inpaint.get("input", {}),
-                **_flux_predict(st, cid, loop, model, pos[0], neg[0], pack, f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents", controls),
-                **inpaint.get("prediction", {})}
+        latents = f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"
+        predict = _flux_predict(st, cid, loop, model, pos[0], neg[0], pack, latents, controls) if plain else \
+            {f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+                "transformer": {"from": model["unet"]}, "latents": {"from": latents}, **_conditioned(st, cid, loop, pos, neg, True, False),
+                "flux": True, "scheduler_config": {"from": model["scheduler_config"]}, "image_ids": {"from": f"{pack}.image_ids"},
+                "positive_text_ids": [{"from": e["text_ids"]} for e in pos], "negative_text_ids": [{"from": e["text_ids"]} for e in neg],
+                "positive_guidance": _guidances(st, cid, pos, "positive"), "negative_guidance": _guidances(st, cid, neg, "negative"),
+                **({"shift": model["shift"]} if "shift" in model else {})}}}
+        body = {**inpaint.get("input", {}), **predict, **inpaint.get("prediction", {})}
+    elif not plain:
+        latents = f"{loop}_inpaint.latents" if inpaint else f"{loop}.latents"
+        body = {
+            **inpaint.get("input", {}),
+            f"{loop}_cfg": {"type": "PredictConditioned", "inputs": {
+                "transformer": {"from": model["unet"]}, "latents": {"from": latents}, **_conditioned(st, cid, loop, pos, neg, True, False),
+                **({"shift": model["shift"]} if "shift" in model else {})}},
+            **inpaint.get("prediction", {}),
+        }
     else:
         emb = st.add(cid, gid(cid, "embeddings"), {"type": "CFGEmbeddings", "inputs": {
             "uncond": {"from": neg[0]["embeddings"]}, "cond": {"from": pos[0]["embeddings"]}}})
@@ -750,19 +827,24 @@ def _inpaint_parts(st: _State, cid: str, loop: str, model: dict, latent: dict, p
 
 def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[dict], emb: str, added: dict) -> dict[str, dict]:
     """ApplyControlNet nodes for the ControlNets on the two conditionings, chained (summed), as
-    ComfyUI chains a conditioning's ControlNets. The same ControlNets on both sides
-    (ControlNetApplyAdvanced) run on both halves of the guidance batch, as ComfyUI batches
-    conditionings that share their control; on the positive side alone (ControlNetApply) the
-    negative half gets none. Anything else is refused."""
-    if not pos and not neg:
-        return {}
-    if neg and neg != pos:
-        raise _Refuse(NodeError("value_not_valid", "ControlNets that differ between the positive and negative conditionings have no translation",
-                                "apply them with ControlNetApplyAdvanced to both, or with ControlNetApply to the positive one", "negative"))
+    ComfyUI chains a conditioning's ControlNets. One on both sides (ControlNetApplyAdvanced) runs
+    on both halves of the guidance batch, as ComfyUI batches conditionings that share their
+    control; one on the positive side alone (ControlNetApply, or ControlNetApplyAdvanced fed
+    another negative) steers the prompt's half (``uncond`` false), one on the negative side alone
+    the unconditional half (``cond`` false): each side's prediction gets its own chain's sum."""
+    unmatched = list(neg)
+    both, pos_only = [], []
+    for c in pos:
+        if c in unmatched:
+            unmatched.remove(c)
+            both.append(c)
+        else:
+            pos_only.append(c)
+    chain = [(c, {}) for c in both] + [(c, {"uncond": False}) for c in pos_only] + [(c, {"cond": False}) for c in unmatched]
     nodes: dict[str, dict] = {}
     prev = None
-    for k, c in enumerate(pos):
-        name = f"{loop}_control{k}" if len(pos) > 1 else f"{loop}_control"
+    for k, (c, halves) in enumerate(chain):
+        name = f"{loop}_control{k}" if len(chain) > 1 else f"{loop}_control"
         scale = c["strength"]
         if c.get("range") is not None:
             nodes[f"{name}_scale"] = {"type": "ComfyControlScale", "inputs": {
@@ -772,7 +854,7 @@ def _control_nodes(st: _State, cid: str, loop: str, pos: list[dict], neg: list[d
         nodes[name] = {"type": "ApplyControlNet", "inputs": {
             "controlnet": {"from": c["controlnet"]}, "model_input": {"from": f"{loop}_scale.model_input"}, "timestep": {"from": f"{loop}.timestep"},
             "embeddings": {"from": f"{emb}.embeddings"}, "control_image": {"from": c["image"]}, "step": {"from": f"{loop}.index"},
-            "steps": {"from": f"{loop}.count"}, "scale": scale, **({} if neg else {"uncond": False}), **added,
+            "steps": {"from": f"{loop}.count"}, "scale": scale, **halves, **added,
             **({"residuals": {"from": f"{prev}.residuals"}} if prev else {})}}
         prev = name
     return nodes
@@ -908,6 +990,8 @@ def _t_save(st: _State, cid: str, up: dict) -> tuple:
 
 
 def _t_lora(st: _State, cid: str, up: dict) -> tuple:
+    if up["clip"].get("family") == "sdxl-refiner":
+        raise _Refuse(NodeError("value_not_valid", "LoraLoader on an SDXL refiner checkpoint has no translation", "", "clip"))
     xl = "text_encoder_2" in up["clip"]
     n = st.add(cid, gid(cid), {"type": "LoadLoRA", "inputs": {
         "unet": {"from": up["model"]["unet"]}, "text_encoder": {"from": up["clip"]["text_encoder"]}, "path": _pval(st, cid, "lora_name"),
@@ -984,7 +1068,7 @@ TRANSLATORS: dict[str, Callable[[_State, str, dict], tuple]] = {
     "ImageScaleBy": _t_image_scale_by,
     "LoadImageMask": _t_load_image_mask, "SetLatentNoiseMask": _t_set_noise_mask, "VAEEncodeForInpaint": _t_encode_for_inpaint,
     "InpaintModelConditioning": _t_inpaint_conditioning, "ControlNetLoader": _t_controlnet_loader, "DiffControlNetLoader": _t_diff_controlnet_loader, "ControlNetApply": _t_controlnet_apply,
-    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl,
+    "ControlNetApplyAdvanced": _t_controlnet_apply_advanced, "Canny": _t_canny, "CLIPTextEncodeSDXL": _t_text_encode_sdxl, "CLIPTextEncodeSDXLRefiner": _t_text_encode_refiner,
     "EmptySD3LatentImage": _t_empty_sd3_latent, "ModelSamplingSD3": _t_model_sampling_sd3,
     "UNETLoader": _t_unet_loader, "DualCLIPLoader": _t_dual_clip, "TripleCLIPLoader": _t_triple_clip, "VAELoader": _t_vae_loader,
     "CLIPTextEncodeFlux": _t_text_encode_flux, "CLIPTextEncodeSD3": _t_text_encode_sd3, "FluxGuidance": _t_flux_guidance, "ModelSamplingFlux": _t_model_sampling_flux,
@@ -1102,6 +1186,10 @@ def _text_source(prompt: dict, link: Any, depth: int = 0) -> str | None:
     return _text_source(prompt, src.get("inputs", {}).get(via), depth + 1) if via else None
 
 
+#: the text params of the encoders with texts of their own (named for the input, numbered where several nodes have one)
+TEXT_PARAMS = {"CLIPTextEncodeSDXL": ("text_l", "text_g"), "CLIPTextEncodeFlux": ("clip_l", "t5xxl"), "CLIPTextEncodeSDXLRefiner": ("refiner_text",)}
+
+
 def _count_params(st: _State) -> None:
     """How many nodes give each param name, and which prompts are positive or negative (the
     names must not depend on the order the nodes are translated in)."""
@@ -1118,6 +1206,8 @@ def _count_params(st: _State) -> None:
             st.param_uses["image"] = st.param_uses.get("image", 0) + 1
         if ct == "UpscaleModelLoader":
             st.param_uses["upscaler"] = st.param_uses.get("upscaler", 0) + 1
+        for base in TEXT_PARAMS.get(ct, ()):  # two CLIPTextEncodeSDXL (positive, negative): text_g_6, text_g_7, not one text_g
+            st.param_uses[base] = st.param_uses.get(base, 0) + 1
     for cid, body in st.prompt.items():
         if body["class_type"] == "CLIPTextEncode":
             role = st.roles.setdefault(cid, "text")
@@ -1176,7 +1266,7 @@ def translate(prompt: dict, input_dir: str | None = None,
     if not outputs:
         raise TranslationError({"type": "prompt_no_outputs", "message": "Prompt has no outputs",
                                 "details": "no SaveImage or PreviewImage node", "extra_info": {}}, {})
-    params = {k: v["default"] for k, v in st.params.items()}
+    params = {k: v["default"] for k, v in st.params.items() if "default" in v}  # config has none
     doc = {
         "format": 1,
         "description": "Translated from a ComfyUI API-format prompt; node n<N> (and n<N>_...) come from ComfyUI node N. "

@@ -255,6 +255,8 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
         guidance_batch: bool = Field(True, description="the inputs stack the unconditional and prompt halves (guess mode runs on the second)")
         uncond: bool = Field(True, description="false: the unconditional half gets no residuals, without guess mode's scaling "
                                                "(ComfyUI's ControlNetApply steers the positive prompt alone)")
+        cond: bool = Field(True, description="false: the prompt's half gets no residuals, the unconditional half alone is steered "
+                                             "(a ComfyUI negative conditioning's own ControlNet)")
         pooled: Pooled | None = Field(None, description="SDXL: CFGConditions.pooled")
         time_ids: TimeIds | None = Field(None, description="SDXL: CFGConditions.time_ids")
         residuals: ControlResiduals | None = Field(None, description="an earlier ApplyControlNet's: this one's are added to them")
@@ -278,12 +280,15 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
         if net.config.addition_embed_type == "text_time":
             added = {"text_embeds": to_batch(i.pooled.to(device=device, dtype=dtype), x.shape[0], "pooled"),
                      "time_ids": to_batch(i.time_ids.to(device=device, dtype=dtype), x.shape[0], "time_ids")}
-        halves = (i.guess_mode or not i.uncond) and i.guidance_batch
-        if halves:  # the prompt's half alone, as the pipelines run guess mode under guidance
+        if not (i.cond or i.uncond) or (i.guess_mode and not i.cond):
+            raise ValueError("cond, uncond: the ControlNet steers the prompt's half, the unconditional half or both (guess mode: the prompt's)")
+        halves = (i.guess_mode or not i.uncond or not i.cond) and i.guidance_batch
+        half = 1 if i.cond else 0  # the half it runs on: the prompt's (second), or with cond false the unconditional (first)
+        if halves:  # one half alone, as the pipelines run guess mode under guidance
             if x.shape[0] % 2:
                 raise ValueError(f"guidance_batch: the model input's batch {x.shape[0]} has no two halves")
-            x, emb = x.chunk(2)[1], emb.chunk(2)[1]
-            added = added and {k: v.chunk(2)[1] for k, v in added.items()}
+            x, emb = x.chunk(2)[half], emb.chunk(2)[half]
+            added = added and {k: v.chunk(2)[half] for k, v in added.items()}
         image = to_batch(i.control_image.to(device=device, dtype=dtype), x.shape[0], "control_image")
         # one call for a sweep's items at this timestep (the latents, embeddings and control image
         # are per-sample rows); the scale and guess mode's depth scaling are applied per item
@@ -304,8 +309,8 @@ class ApplyControlNet(Node, name="ApplyControlNet", category="control", uses=("m
         elif not pools:
             down, mid = scaled(down, i.scale), mid * i.scale
         if halves:
-            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
-            mid = torch.cat([torch.zeros_like(mid), mid])
+            pair = lambda t: torch.cat([torch.zeros_like(t), t] if half else [t, torch.zeros_like(t)])
+            down, mid = [pair(d) for d in down], pair(mid)
         mine = Residuals(tuple(down), mid)
         return {"residuals": mine if i.residuals is None else i.residuals + mine}
 

@@ -201,16 +201,39 @@ def describe_part_file(value: str) -> str | None:
     return f"a {_kind(kind)} text encoder file (width {width})"
 
 
-FilePath = Annotated[str, FileInput(resolve=resolve_model_path, describe=describe_part_file, folder=True)]
+def resolve_part_path(name_or_path: str) -> Path:
+    """A part file, placed as LoadModel places a checkpoint; a pickle or any file but a
+    ``.safetensors`` is refused here, when the workflow is validated (by its name alone)."""
+    path = resolve_model_path(name_or_path)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ModelError(f"{path.name}: {suffix} files are Python pickles, which can run code when loaded; graphflow reads .safetensors only")
+    if path.is_file() and suffix != ".safetensors":
+        raise ModelError(f"{path.name} is not a .safetensors file (a part file is one model's tensors in a .safetensors file)")
+    return path
+
+
+FilePath = Annotated[str, FileInput(resolve=resolve_part_path, describe=describe_part_file, folder=True)]
 
 
 def resolve_optional_model_path(name_or_path: str) -> Path | None:
     """An optional file input: None when empty."""
-    return resolve_model_path(name_or_path) if name_or_path.strip() else None
+    return resolve_part_path(name_or_path) if name_or_path.strip() else None
 
 
 OptionalFilePath = Annotated[str, FileInput(resolve=resolve_optional_model_path, describe=describe_part_file, folder=True)]
-ConfigPath = Annotated[str, FileInput(resolve=resolve_config_path, describe=describe_config, folder=True)]
+def resolve_required_config_path(name_or_path: str) -> Path | None:
+    """The part loaders' ``config``: required (a file alone carries no config or tokenizer), so
+    an empty one is refused when the workflow is validated, naming the node and the field,
+    rather than when the node runs."""
+    if not name_or_path.strip():
+        raise ModelError("no diffusers folder given: the part files are built with the configs and tokenizers of a diffusers folder "
+                         "of the model's architecture (the model's own, or one holding only its *.json and tokenizer files); "
+                         "set it (a translated ComfyUI prompt: --set config=FOLDER)")
+    return resolve_config_path(name_or_path)
+
+
+ConfigPath = Annotated[str, FileInput(resolve=resolve_required_config_path, describe=describe_config, folder=True)]
 
 
 class LoadTextEncoderFiles(Node, name="LoadTextEncoderFiles", category="model", disk_cache=False):

@@ -228,14 +228,46 @@ def test_controlnets_steer_both_halves_or_the_positive_one_within_comfyuis_perce
         assert [diffusers_active(k, STEPS, start, end) for k in range(STEPS)] == [False, False, False]
 
 
+def test_different_controlnets_on_the_positive_and_negative_conditionings_steer_each_its_own_half(tiny_model, comfy, controlnet, files):
+    """ControlNetApplyAdvanced with one ControlNet feeding the sampler's positive conditioning and
+    another its negative: ComfyUI adds each conditioning's own ControlNet to its own prediction,
+    so the prompt's half gets the first's residuals and the unconditional half the second's
+    (the old translation refused this)."""
+    from diffusers import ControlNetModel
+
+    other = build_tiny_controlnet(tiny_model, controlnet.parent / "tiny-controlnet-2", seed=2)
+    p = prompt("controlnet_advanced")
+    p["16"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "other.safetensors"}}
+    p["15"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["16", 0],
+                                                                   "image": ["13", 0], "strength": 0.6, "start_percent": 0.0, "end_percent": 1.0}}
+    p["3"]["inputs"]["negative"] = ["15", 1]
+    doc, _, _ = translate(p)
+    body = doc["nodes"]["n3"]["body"]
+    assert (body["n3_control0"]["inputs"]["uncond"], body["n3_control1"]["inputs"]["cond"]) == (False, False)
+    got = run(p, "n8", "n9", checkpoint=str(tiny_model), controlnet_11=str(controlnet), controlnet_16=str(other), image=str(files["edges"]),
+              width=SIZE, height=SIZE, steps=STEPS, control_end_12=0.3)
+    pos, neg = p["6"]["inputs"]["text"], p["7"]["inputs"]["text"]
+    a, b = ControlNetModel.from_pretrained(controlnet).eval(), ControlNetModel.from_pretrained(other).eval()
+    hint = canny(files["edges"])
+    fa, fb = control_fn(a, hint, 0.8, 0.0, 0.3, "positive"), control_fn(b, hint, 0.6, 0.0, 1.0, "positive")
+
+    def each_its_own(inp, t, emb, sigma):  # the reference batch is [positive, negative]: A's residuals on the first row, B's on the second
+        ra, rb = fa(inp, t, emb, sigma), fb(inp, t, emb.flip(0), sigma)  # B run on the negative's text: its row first, then flipped
+        down, mid = "down_block_additional_residuals", "mid_block_additional_residual"
+        rb = {down: [d.flip(0) for d in rb[down]], mid: rb[mid].flip(0)}
+        if not ra:  # A stops after the first sigma (end 0.3)
+            return rb
+        return {down: [x + y for x, y in zip(ra[down], rb[down])], mid: ra[mid] + rb[mid]}
+
+    latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+    seed, cfg = p["3"]["inputs"]["seed"], float(p["3"]["inputs"]["cfg"])
+    want = comfy.sample(comfy.encode_text(pos, neg), seed, cfg, latent, control=each_its_own)
+    assert (got - want).abs().max() < 1e-4  # measured: 7.7e-7 / 8.2e-8 (max / mean)
+    same = comfy.sample(comfy.encode_text(pos, neg), seed, cfg, latent, control=control_fn(a, hint, 0.8, 0.0, 0.3, "positive"))
+    assert (got - same).abs().max() > 1e-3  # the negative's own ControlNet changed the picture
+
+
 def test_controlnet_translation_refusals_name_the_node():
-    p = prompt("controlnet_apply")
-    p["15"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["7", 0], "control_net": ["11", 0], "image": ["13", 0], "strength": 0.5}}
-    p["3"]["inputs"]["negative"] = ["15", 0]
-    with pytest.raises(TranslationError) as e:
-        translate(p)
-    err = e.value.node_errors["3"]["errors"][0]
-    assert err["message"] == "ControlNets that differ between the positive and negative conditionings have no translation"
     p = prompt("controlnet_advanced")
     p["12"]["inputs"]["strength"] = "strong"
     with pytest.raises(TranslationError) as e:

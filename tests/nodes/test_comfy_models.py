@@ -1,8 +1,9 @@
 """ComfyUI prompts for the newer checkpoints: CheckpointLoaderSimple tells the family from the
 file as ComfyUI does; an SDXL prompt (CLIPTextEncodeSDXL and a plain CLIPTextEncode) runs on the
 tiny SDXL model and gives ComfyUI's arithmetic written out (both encoders' penultimate states side
-by side, bigG's pooled embedding, the conditioning's size conditions: CLIPTextEncode's 768 × 768
-defaults whatever the picture's size); the families not translated yet are refused by node."""
+by side, bigG's pooled embedding, the conditioning's size conditions: a plain CLIPTextEncode's the
+picture's, which comfy/samplers.py ``encode_model_conds`` fills in); the families not translated
+yet are refused by node."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_an_sdxl_prompt_is_comfyuis_sdxl_arithmetic(tiny_sdxl):
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
     assert r.ok, r.errors
     want = comfy_sdxl(tiny_sdxl, ("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024]),
-                      ("blurry, lowres", "blurry, lowres", [768, 768, 0, 0, 768, 768]), 31, 6.5, 3, 64)
+                      ("blurry, lowres", "blurry, lowres", [64, 64, 0, 0, 64, 64]), 31, 6.5, 3, 64)
     assert (r["image"] - want).abs().max() < 1e-4
     # the same prompt run on an SD 1.x checkpoint is refused by the sampler, naming what to do
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": "tiny-sd", "width": 64, "height": 64, "steps": 1}))
@@ -439,15 +440,14 @@ def test_flow_sigmas_are_comfyuis():
     assert comfy_sigmas({}, "simple", 2, flux=True, shift=1.15) == pytest.approx([1.0, float(fx.sigmas[-5001]), 0.0])
 
 
-def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux, tiny_sdxl_refiner):
+def test_checkpoints_of_families_not_translated_and_sdxl_only_types_are_refused_by_node(tiny_flux):
     assert checkpoint_family(str(tiny_flux)) == "flux"
     p = prompt("default")
-    p["4"]["inputs"]["ckpt_name"] = str(tiny_sdxl_refiner)
     with pytest.raises(TranslationError) as e:
-        translate(p)
+        translate(p, family_of=lambda name: "pixel")
     err = e.value.node_errors["4"]["errors"][0]
-    assert (err["message"], err["details"]) == ("ckpt_name is a SDXL refiner checkpoint, which translated prompts do not run yet",
-                                                "translated: SD 1.x/2.x, SDXL, SD3/SD3.5, FLUX.1")
+    assert (err["message"], err["details"]) == ("ckpt_name is a pixel-space DDPM checkpoint, which translated prompts do not run yet",
+                                                "translated: SD 1.x/2.x, SDXL, SDXL refiner, SD3/SD3.5, FLUX.1")
     p = prompt("sdxl")
     with pytest.raises(TranslationError) as e:
         translate(p, family_of=lambda name: "sd")
@@ -507,3 +507,287 @@ def test_sdxl_inpainting_keeps_the_picture_and_an_sdxl_controlnet_steers(tiny_sd
     r = ex.run(Workflow.from_dict(pdoc).with_params(**{**pparams, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"), "steps": 3}))
     assert r.ok, r.errors
     assert (r["image"] - off["image"]).abs().max() < 1e-6  # strength 0: the ControlNet adds nothing
+
+
+def ranged(p: dict, extra_text: str, split: float) -> dict:
+    """The prompt with its positive conditioning (node 6) for the first ``split`` of the sampling
+    and ``extra_text`` (node 12) after it (ConditioningSetTimestepRange, ConditioningCombine),
+    plus the negative (node 7) combined with itself (an average of two equal predictions)."""
+    q = copy.deepcopy(p)
+    q.update({"12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": extra_text}},
+              "13": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["6", 0], "start": 0.0, "end": split}},
+              "14": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["12", 0], "start": split, "end": 1.0}},
+              "15": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["13", 0], "conditioning_2": ["14", 0]}},
+              "16": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0], "conditioning_2": ["7", 0]}}})
+    q["3"]["inputs"].update(positive=["15", 0], negative=["16", 0])
+    return q
+
+
+def comfy_side(x, s, conds, predict, to_sigma, empty):
+    """ComfyUI's ``calc_cond_batch`` for one side, written out: a conditioning applies unless the
+    sigma lies above its start's sigma or below its end's (``get_area_and_mult``); the denoised
+    estimates of those that apply are summed and divided by their count (strength 1, full area);
+    none applying gives 0 (``out_conds`` start at zeros)."""
+    used = [c for c in conds if not (float(s) > to_sigma(c["start"]) or float(s) < to_sigma(c["end"]))]
+    if not used:
+        return empty
+    return sum(predict(x, s, c) for c in used) / len(used)
+
+
+def test_sdxl_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny_sdxl):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    p = ranged(prompt("sdxl"), "a red boat at sea", 0.5)
+    doc, params, _ = translate(p, family_of=lambda name: "sdxl")
+    node = doc["nodes"]["n3"]["body"]["n3_cfg"]
+    assert node["type"] == "PredictConditioned" and node["inputs"]["positive_time_ids"] == [{"from": "n6_size.time_ids"},
+                                                                                            {"from": "n3_positive_size1.time_ids"}]
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
+    assert r.ok, r.errors
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_sdxl, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(tiny_sdxl, subfolder="tokenizer"), CLIPTextModel.from_pretrained(tiny_sdxl, subfolder="text_encoder").eval()
+    tok2 = CLIPTokenizer.from_pretrained(tiny_sdxl, subfolder="tokenizer_2")
+    te2 = CLIPTextModelWithProjection.from_pretrained(tiny_sdxl, subfolder="text_encoder_2").eval()
+
+    def cond(text_l, text_g, ids, start, end):
+        with torch.no_grad():
+            a = weighted_embeddings(tok, te, text_l, "comfy", "penultimate")[0]
+            b, pooled = weighted_embeddings(tok2, te2, text_g, "comfy", "penultimate")
+        return {"emb": torch.cat([a, b], dim=-1), "pooled": pooled, "ids": torch.tensor([ids], dtype=torch.float32), "start": start, "end": end}
+
+    plain = [64, 64, 0, 0, 64, 64]  # CLIPTextEncode's size conditions on SDXL: the picture's (encode_model_conds)
+    pos = [cond("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024], 0.0, 0.5),
+           cond("a red boat at sea", "a red boat at sea", plain, 0.5, 1.0)]
+    neg = [cond("blurry, lowres", "blurry, lowres", plain, 0.0, 1.0)] * 2
+    ms = ModelSampling(SD_CONFIG)
+    to_sigma = lambda pc: 999999999.9 if pc <= 0.0 else 0.0 if pc >= 1.0 else float(ms.sigma((1.0 - pc) * 999.0))
+
+    def predict(x, s, c):
+        with torch.no_grad():
+            eps = unet(x / (s ** 2 + 1) ** 0.5, ms.timestep(s).float().view(1), encoder_hidden_states=c["emb"],
+                       added_cond_kwargs={"text_embeds": c["pooled"], "time_ids": c["ids"]}).sample
+        return x - eps * s
+
+    sigmas = torch.tensor(comfy_sigmas(SD_CONFIG, "karras", 3))
+    x = torch.randn((1, 4, 8, 8), generator=torch.manual_seed(31)) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    switched = []
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        c, u = (comfy_side(x, s, side, predict, to_sigma, torch.zeros_like(x)) for side in (pos, neg))
+        switched.append([to_sigma(0.5) >= float(s), float(s) >= to_sigma(0.5)])
+        d = u + (c - u) * 6.5
+        x = x + (x - d) / s * (s_next - s)
+    assert switched == [[False, True], [True, False], [True, False]]  # the first prompt for the noisiest step, the second after
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: 2.7e-6 / 2.3e-7 (max / mean)
+
+
+def test_sd3_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny_sd3):
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    p = ranged(prompt("sd3"), "a red boat at sea", 0.4)
+    doc, params, _ = translate(p, family_of=lambda name: "sd3")
+    node = doc["nodes"]["n3"]["body"]["n3_cfg"]
+    assert node["type"] == "PredictConditioned" and node["inputs"]["shift"] == {"param": "shift"}
+    assert node["inputs"]["positive_pooled"] == [{"from": "n6.pooled"}, {"from": "n12.pooled"}]
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+
+    tr = SD3Transformer2DModel.from_pretrained(tiny_sd3, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_sd3, subfolder="vae").eval()
+    encoders = [(CLIPTokenizer.from_pretrained(tiny_sd3, subfolder=f"tokenizer{k}"),
+                 CLIPTextModelWithProjection.from_pretrained(tiny_sd3, subfolder=f"text_encoder{k}").eval()) for k in ("", "_2")]
+    tok3, te3 = T5TokenizerFast.from_pretrained(tiny_sd3, subfolder="tokenizer_3"), T5EncoderModel.from_pretrained(tiny_sd3, subfolder="text_encoder_3").eval()
+
+    def cond(text, start, end):
+        with torch.no_grad():
+            (a, pa), (b, pb) = (weighted_embeddings(tok, te, text, "comfy", "penultimate") for tok, te in encoders)
+            t5 = te3(tok3(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)[0]
+        lg = torch.nn.functional.pad(torch.cat([a, b], dim=-1), (0, t5.shape[-1] - a.shape[-1] - b.shape[-1]))
+        return {"emb": torch.cat([lg, t5], dim=-2), "pooled": torch.cat([pa, pb], dim=-1), "start": start, "end": end}
+
+    pos = [cond(p["6"]["inputs"]["text"], 0.0, 0.4), cond("a red boat at sea", 0.4, 1.0)]
+    neg = [cond("", 0.0, 1.0)] * 2
+    shift = 2.0  # ModelSamplingSD3; percent_to_sigma is time_snr_shift(shift, 1 - percent), 1 and 0 at the ends
+    to_sigma = lambda pc: 1.0 if pc <= 0.0 else 0.0 if pc >= 1.0 else shift * (1 - pc) / (1 + (shift - 1) * (1 - pc))
+
+    def predict(x, s, c):
+        with torch.no_grad():
+            v = tr(hidden_states=x, timestep=(s * 1000).view(1), encoder_hidden_states=c["emb"], pooled_projections=c["pooled"]).sample
+        return x - s * v
+
+    sigmas = torch.tensor(comfy_sigmas({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift}, "sgm_uniform", 3))
+    x = torch.randn((1, 16, 4, 4), generator=torch.manual_seed(11)) * sigmas[0]
+    switched = []
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        c, u = (comfy_side(x, s, side, predict, to_sigma, torch.zeros_like(x)) for side in (pos, neg))
+        switched.append([to_sigma(0.4) >= float(s), float(s) >= to_sigma(0.4)])
+        d = u + (c - u) * 4.5
+        x = x + (x - d) / s * (s_next - s)
+    assert [a or b for a, b in switched] == [True] * 3 and switched[0] != switched[-1]  # both prompts used, each at some step
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: 1.6e-6 / 1.6e-7 (max / mean)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_flux_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny_flux, cfg):
+    """FLUX.1: the FluxGuidance'd prompt for the noisiest part, another prompt (ComfyUI's default
+    guidance 3.5) after, the negative combined with itself; each conditioning predicted with its
+    own guidance and averaged; at cfg 1 the negative is left out, as ComfyUI leaves it."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    p = prompt("flux")
+    p["3"]["inputs"]["cfg"] = cfg
+    p.update({"12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a red boat at sea"}},
+              "13": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["11", 0], "start": 0.0, "end": 0.5}},
+              "14": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["12", 0], "start": 0.5, "end": 1.0}},
+              "15": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["13", 0], "conditioning_2": ["14", 0]}},
+              "16": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0], "conditioning_2": ["7", 0]}}})
+    p["3"]["inputs"].update(positive=["15", 0], negative=["16", 0])
+    doc, params, _ = translate(p, family_of=lambda name: "flux")
+    node = doc["nodes"]["n3"]["body"]["n3_cfg"]
+    assert node["type"] == "PredictConditioned" and node["inputs"]["flux"] is True
+    assert node["inputs"]["positive_guidance"] == [{"from": "n3_positive_guidance0.value"}, {"from": "n3_positive_guidance1.value"}]
+    assert doc["nodes"]["n3_positive_guidance0"]["inputs"]["value"] == {"param": "guidance"} and node["inputs"]["negative_guidance"] == [3.5, 3.5]
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3}))
+    assert r.ok, r.errors
+
+    tr = FluxTransformer2DModel.from_pretrained(tiny_flux, subfolder="transformer").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_flux, subfolder="vae").eval()
+    tok, te = CLIPTokenizer.from_pretrained(tiny_flux, subfolder="tokenizer"), CLIPTextModel.from_pretrained(tiny_flux, subfolder="text_encoder").eval()
+    tok2, te2 = T5TokenizerFast.from_pretrained(tiny_flux, subfolder="tokenizer_2"), T5EncoderModel.from_pretrained(tiny_flux, subfolder="text_encoder_2").eval()
+
+    def cond(text, guidance, start, end):
+        with torch.no_grad():
+            emb = te2(tok2(text, padding="max_length", max_length=256, truncation=True, return_tensors="pt").input_ids)[0]
+            pooled = weighted_embeddings(tok, te, text, "comfy")[1]
+        return {"emb": emb, "pooled": pooled, "guidance": guidance, "start": start, "end": end}
+
+    pos = [cond(p["6"]["inputs"]["text"], 2.5, 0.0, 0.5), cond("a red boat at sea", 3.5, 0.5, 1.0)]
+    neg = [cond("", 3.5, 0.0, 1.0)] * 2
+    shift = (1024 * 1024 / 256) * (0.65 / 3840) + 0.5 - (0.65 / 3840) * 256  # ModelSamplingFlux at 1024 × 1024
+    to_sigma = lambda pc: 1.0 if pc <= 0.0 else 0.0 if pc >= 1.0 else math.exp(shift) / (math.exp(shift) + (1 / (1.0 - pc) - 1))
+    config = json.loads((tiny_flux / "scheduler" / "scheduler_config.json").read_text())
+    sigmas = torch.tensor(comfy_sigmas(config, "simple", 3, shift=shift, flux=True))
+    h = w = 4
+    pack = lambda t: FluxPipeline._pack_latents(t, 1, 16, h, w)
+    unpack = lambda t: t.view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+
+    def predict(x, s, c):  # ComfyUI's denoised estimate for one conditioning (its Flux model packs inside)
+        with torch.no_grad():
+            v = tr(hidden_states=pack(x), timestep=s.view(1), guidance=torch.tensor([c["guidance"]]), pooled_projections=c["pooled"],
+                   encoder_hidden_states=c["emb"], txt_ids=torch.zeros(c["emb"].shape[1], 3), img_ids=img_ids).sample
+        return x - s * unpack(v)
+
+    x = torch.randn((1, 16, h, w), generator=torch.manual_seed(21)) * sigmas[0]
+    used = []
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        c = comfy_side(x, s, pos, predict, to_sigma, torch.zeros_like(x))
+        d = c if cfg == 1.0 else (lambda u: u + (c - u) * cfg)(comfy_side(x, s, neg, predict, to_sigma, torch.zeros_like(x)))
+        used.append(float(s) >= to_sigma(0.5))
+        x = x + (x - d) / s * (s_next - s)
+    assert True in used and False in used  # each prompt at some step
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: cfg 1 1.4e-6 / 1.2e-7, cfg 2 1.7e-6 / 1.3e-7 (max / mean)
+
+
+def test_an_sdxl_refiner_prompt_is_comfyuis_refiner_arithmetic(tiny_sdxl_refiner):
+    """CLIPTextEncodeSDXLRefiner (bigG alone: its penultimate states and pooled embedding; the
+    aesthetic score, width and height it carries) on the positive side, a plain CLIPTextEncode on
+    the negative (the picture's size and ComfyUI's negative aesthetic score 2.5, filled in by
+    ``encode_model_conds`` and ``SDXLRefiner.encode_adm``). Refused before: the refiner family."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from graphflow_nodes.stages.weighting import weighted_embeddings
+
+    assert checkpoint_family(str(tiny_sdxl_refiner)) == "sdxl-refiner"
+    p = prompt("sdxl")
+    p["6"] = {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": {"clip": ["4", 1], "ascore": 7.0, "width": 1024, "height": 896,
+                                                                     "text": "a lighthouse on a cliff, (dramatic:1.3) sky"}}
+    p["4"]["inputs"]["ckpt_name"] = str(tiny_sdxl_refiner)
+    doc, params, id_map = translate(p)
+    assert id_map["6"] == ["n6", "n6_size"] and params["refiner_text"] == p["6"]["inputs"]["text"]
+    assert doc["nodes"]["n3_negative_size0"]["inputs"] == {"latents": {"from": "n5.latents"}, "aesthetic_score": 2.5}
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "width": 64, "height": 64, "steps": 3}))
+    assert r.ok, r.errors
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl_refiner, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_sdxl_refiner, subfolder="vae").eval()
+    tok = CLIPTokenizer.from_pretrained(tiny_sdxl_refiner, subfolder="tokenizer_2")
+    te = CLIPTextModelWithProjection.from_pretrained(tiny_sdxl_refiner, subfolder="text_encoder_2").eval()
+    with torch.no_grad():
+        (a, pa), (b, pb) = (weighted_embeddings(tok, te, t, "comfy", "penultimate") for t in (p["6"]["inputs"]["text"], "blurry, lowres"))
+    emb, pooled = torch.cat([a, b]), torch.cat([pa, pb])
+    ids = torch.tensor([[896, 1024, 0, 0, 7.0], [64, 64, 0, 0, 2.5]])  # height, width, crop top, crop left, aesthetic score
+    ms = ModelSampling(SD_CONFIG)
+    sigmas = torch.tensor(comfy_sigmas(SD_CONFIG, "karras", 3))
+    x = torch.randn((1, 4, 8, 8), generator=torch.manual_seed(31)) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    for i in range(3):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        with torch.no_grad():
+            eps = unet(torch.cat([x / (s ** 2 + 1) ** 0.5] * 2), torch.cat([ms.timestep(s).float().view(1)] * 2), encoder_hidden_states=emb,
+                       added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        c, u = (torch.cat([x] * 2) - eps * s).chunk(2)
+        x = x + (x - (u + (c - u) * 6.5)) / s * (s_next - s)
+    with torch.no_grad():
+        want = (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert (r["image"] - want).abs().max() < 1e-4  # measured: 7.2e-7 / 7.9e-8 (max / mean)
+    # an SDXL base's CLIP is not a refiner's
+    with pytest.raises(TranslationError) as e:
+        translate(p, family_of=lambda name: "sdxl")
+    assert e.value.node_errors["6"]["errors"][0]["message"] == "CLIPTextEncodeSDXLRefiner takes an SDXL refiner checkpoint's CLIP"
+
+
+def test_two_sdxl_encoders_get_text_params_of_their_own():
+    """Two CLIPTextEncodeSDXL (a positive and a negative, as SDXL workflows have them) shared one
+    text_g and text_l param before, so the positive drew the negative's text."""
+    p = prompt("sdxl")
+    p["7"] = {"class_type": "CLIPTextEncodeSDXL", "inputs": {**p["6"]["inputs"], "text_g": "blurry", "text_l": "lowres"}}
+    doc, params, _ = translate(p, family_of=lambda name: "sdxl")
+    assert {k: v for k, v in params.items() if k.startswith("text")} == {
+        "text_l_6": "oil painting", "text_g_6": "a lighthouse on a cliff, (dramatic:1.3) sky", "text_l_7": "lowres", "text_g_7": "blurry"}
+    assert (doc["nodes"]["n6_g"]["inputs"]["text"], doc["nodes"]["n7_g"]["inputs"]["text"]) == ({"param": "text_g_6"}, {"param": "text_g_7"})
+
+
+def test_a_sampler_a_flow_model_cannot_run_is_refused_by_validate_naming_the_comfyui_node(tmp_path):
+    """The old translation passed ``graphflow validate`` and refused euler_ancestral on SD3 only
+    when the workflow ran; now the prompt is refused before anything runs (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    p = prompt("sd3")
+    p["3"]["inputs"]["sampler_name"] = "euler_ancestral"
+    path = tmp_path / "sd3-ancestral.json"
+    path.write_text(json.dumps(p))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    r = subprocess.run([sys.executable, "-m", "graphflow.cli", "validate", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert ("[comfy_value_not_valid] field 'sampler_name': ComfyUI node 3 (KSampler): sampler_name euler_ancestral on a flow model "
+            "(SD3/SD3.5) has no translation (ComfyUI runs its own rectified-flow variant") in r.stderr

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,12 +76,8 @@ def test_flux_split_loaders_draw_the_folders_picture_bit_for_bit(tiny_flux, flux
     assert doc["nodes"]["n20"] == {"type": "LoadTextEncoderFiles", "inputs": {"file_1": {"param": "clip_1"}, "file_2": {"param": "clip_2"},
                                                                              "config": {"param": "config"}}}
     assert doc["nodes"]["n21"] == {"type": "LoadVAEFile", "inputs": {"path": {"param": "vae"}, "config": {"param": "config"}}}
-    assert params["config"] == "" and params["vae"] == str(flux_parts["vae"]) and "checkpoint" not in params
-    # the config param left empty: refused naming the node, the field and what it needs
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, **size}))
-    assert not r.ok
-    assert "a Flux transformer alone (no VAE or text encoders): set LoadModel's config" in str(r.errors)
-    assert "config: a text encoder file takes its configs and tokenizers from a diffusers folder" in str(r.errors)
+    assert "config" not in params and params["vae"] == str(flux_parts["vae"]) and "checkpoint" not in params
+    # the config param left empty: refused when the workflow is validated (test_validate_refuses_...)
 
 
 def test_part_files_load_with_every_weight_equal_whatever_their_layout(tiny_flux, flux_parts, tmp_path):
@@ -203,3 +202,39 @@ def test_diff_controlnet_loader_is_controlnet_loader_and_a_difference_file_is_re
     save_file({"zero_convs.0.0.weight": torch.zeros(4, 4, 1, 1), "difference": torch.zeros(1)}, str(diff))
     with pytest.raises(ModelError, match="diff_control_sd15_canny.safetensors is a weight-difference ControlNet"):
         read_controlnet(diff)
+
+
+def validate(path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``graphflow validate`` as a process, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-m", "graphflow.cli", "validate", str(path), *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_validate_refuses_split_loaders_without_config_and_pickled_parts_before_anything_runs(tiny_flux, flux_parts, tmp_path):
+    """The old translation gave ``config`` an empty default, which validation passed and the
+    loaders refused only when the workflow ran; now each split loader's ``config`` is named at
+    validation (exit 2), set or not, and so is a part file that is a pickle."""
+    q = split(prompt("flux"), "4", clip={"class_type": "DualCLIPLoader", "inputs": {"clip_name1": str(flux_parts["t5xxl"]),
+                                                                                      "clip_name2": str(flux_parts["clip_l"]), "type": "flux"}},
+              vae=str(flux_parts["vae"]), unet={"class_type": "UNETLoader", "inputs": {"unet_name": str(flux_parts["unet"]), "weight_dtype": "default"}})
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(q))
+    r = validate(path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    for node in ("n20", "n21", "n22"):  # ComfyUI nodes 20 (DualCLIPLoader), 21 (VAELoader), 22 (UNETLoader)
+        assert f"[missing_param] node '{node}', field 'inputs.config': parameter 'config' has no default; set it" in r.stderr
+    r = validate(path, "--set", "config=")
+    assert r.returncode == 2
+    for node in ("n20", "n21"):
+        assert (f"[refused_file] node '{node}', field 'inputs.config': no diffusers folder given: the part files are built with the "
+                "configs and tokenizers of a diffusers folder of the model's architecture") in r.stderr
+    r = validate(path, "--set", f"config={tiny_flux}")
+    assert r.returncode == 0, r.stderr
+    assert "split.json: ok (19 nodes" in r.stdout
+    pickle = tmp_path / "t5xxl.pt"
+    pickle.write_bytes(b"not read")
+    r = validate(path, "--set", f"config={tiny_flux}", "--set", f"clip_1={pickle}")
+    assert r.returncode == 2
+    assert ("[refused_file] node 'n20', field 'inputs.file_1': t5xxl.pt: .pt files are Python pickles, which can run code when loaded; "
+            "graphflow reads .safetensors only") in r.stderr

@@ -211,6 +211,9 @@ BAD = {
     # translated, then refused by graphflow's own checks, named by the ComfyUI node the graphflow node came from
     "steps over the server's limit": (lambda p: p["3"]["inputs"].update(steps=5000), {"3": [("over_limit", "steps")]}),
     "a checkpoint that is not there": (lambda p: p["4"]["inputs"].update(ckpt_name="no-such.safetensors"), {"4": [("missing_file", "path")]}),
+    "a split loader without its config folder": (  # no default for config: named before anything is queued
+        lambda p: (p.update({"20": {"class_type": "VAELoader", "inputs": {"vae_name": "no-such-vae.safetensors"}}}), p["8"]["inputs"].update(vae=["20", 0])),
+        {"20": [("missing_param", "config"), ("missing_file", "path")]}),
 }
 
 
