@@ -65,6 +65,19 @@ def comfy_sdxl(model: Path, pos: tuple[str, str, list], neg: tuple[str, str, lis
         return (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
 
 
+
+def encode_for_inpaint(path, grow: int = 4, size: int = 32):
+    """ComfyUI's VAEEncodeForInpaint on a picture with alpha, before its VAE: the mask is 1 − alpha,
+    grown by ``grow`` with its off-centre box, and the masked pixels are set to grey."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(path)
+    image = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+    m = 1 - torch.from_numpy(np.asarray(img.getchannel("A"), np.float32) / 255)[None, None]
+    grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, grow, grow), padding=grow // 2), 0, 1)[:, :, :size, :size].round()
+    return (image - 0.5) * (1 - m.round()) + 0.5, grown
+
 def test_an_sdxl_prompt_is_comfyuis_sdxl_arithmetic(tiny_sdxl):
     p = prompt("sdxl")
     doc, params, id_map = translate(p, family_of=lambda name: "sdxl")  # sd_xl_base_1.0.safetensors, as a models folder would hold it
@@ -175,11 +188,8 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
     r = Executor().run(Workflow.from_dict(idoc).with_params(**{**iparams, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "sd3-photo.png"),
                                                                "steps": 3}))
     assert r.ok, r.errors
-    img = Image.open(tmp_path / "sd3-photo.png")
-    image = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
-    m = 1 - torch.from_numpy(np.asarray(img.getchannel("A"), np.float32) / 255)[None, None]
-    grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, 4, 4), padding=2), 0, 1)[:, :, :32, :32].round()
-    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
+    want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform",
+                     inpaint=encode_for_inpaint(tmp_path / "sd3-photo.png"))
     assert (r["image"] - want).abs().max() < 1e-4
     # CLIPTextEncodeSD3 with the same text for its three encoders is CLIPTextEncode; an empty one without padding is refused
     three = copy.deepcopy(p)
@@ -352,12 +362,8 @@ def test_flux_inpainting_is_comfyuis_arithmetic(tiny_flux, tmp_path):
     r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "flux-photo.png"),
                                                               "steps": 3}))
     assert r.ok, r.errors
-    img = Image.open(tmp_path / "flux-photo.png")
-    image = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
-    m = 1 - torch.from_numpy(np.asarray(img.getchannel("A"), np.float32) / 255)[None, None]
-    grown = torch.clamp(torch.nn.functional.conv2d(m.round(), torch.ones(1, 1, 4, 4), padding=2), 0, 1)[:, :, :32, :32].round()
     shift = 1.15  # ModelSamplingFlux at 1024 × 1024
-    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", inpaint=((image - 0.5) * (1 - m.round()) + 0.5, grown))
+    want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", inpaint=encode_for_inpaint(tmp_path / "flux-photo.png"))
     assert (r["image"] - want).abs().max() < 1e-4
 
 
