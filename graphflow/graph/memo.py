@@ -55,8 +55,9 @@ Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Pat
 class Memo:
     #: node or scope id -> its fingerprint recipe; None until the first fingerprint
     recipes: dict[str, Recipe] | None = None
-    #: (the plan's top-level members, each with its recipe or None for a scope), for
-    #: ``engine.fingerprint.Fingerprints.all``; None until the first fingerprint
+    #: (the plan's top-level members, each with its recipe (None for a scope) and its plain form
+    #: (``engine.fingerprint._plain``)), for ``engine.fingerprint.Fingerprints.all``; None until the
+    #: first fingerprint
     top_recipes: tuple | None = None
     #: top-level member -> (pure, the ports a cache lookup asks for, producers), for
     #: ``engine.plan.plan``; None until the first plan
