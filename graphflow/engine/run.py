@@ -118,21 +118,24 @@ class Runner:
         return self.b.value(nid, fld) if isinstance(ref, (Lit, ParamRef)) else ref
 
     def inputs_of(self, d: NodeDef) -> tuple:
-        """Per input: (name, field, ref, how to read it, the adapter that checks a linked value,
-        the literal, the file marker of a linked file input, the type a linked value may have to
-        pass unchecked: ``Port.exact_type``). Kept with the checked graph: the
-        same for every run of the document."""
+        """(its literal inputs as a dict, per other input: (name, field, ref, how to read it, the
+        adapter that checks a linked value, the file marker of a linked file input, the type a
+        linked value may have to pass unchecked: ``Port.exact_type``)). Kept with the checked
+        graph: the same for every run of the document."""
         spec = self.specs.get(d.id)
         if spec is None:
-            ports, out = self.c.types[d.id].inputs, []
+            ports, literals, out = self.c.types[d.id].inputs, {}, []
             for name, ref in d.inputs.items():
                 fld = f"inputs.{name}"
                 how = _LITERAL if type(ref) is Lit else _PARAM if type(ref) is ParamRef else _LINK if type(ref) is Link else _LINKS
+                if how == _LITERAL:
+                    literals[name] = self.c.literals.get((d.id, fld))
+                    continue
                 linked = how in (_LINK, _LINKS)
                 check = ports[name].adapter if linked and ports[name].validates_values else None
-                out.append((name, fld, ref, how, check, self.c.literals.get((d.id, fld)) if how == _LITERAL else None,
-                            ports[name] if linked and ports[name].file is not None else None, ports[name].exact_type))
-            spec = self.specs[d.id] = tuple(out)
+                out.append((name, fld, ref, how, check, ports[name] if linked and ports[name].file is not None else None,
+                            ports[name].exact_type))
+            spec = self.specs[d.id] = (literals, tuple(out))
         return spec
 
     def check_file(self, nid: str, type_name: str, name: str, port, value: Any, iteration: int | None = None) -> None:
@@ -143,16 +146,15 @@ class Runner:
         except InputFileError as e:
             raise NodeError(nid, type_name, f"input '{name}': {e}", iteration, exc_type=e.code) from None
 
-    def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None) -> dict[str, Any]:
+    def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None,
+             cls: Any = None) -> dict[str, Any]:
         nid = d.id
-        cls = self.c.types[nid]
-        kwargs = {}
+        if cls is None:
+            cls = self.c.types[nid]
+        literals, linked = self.specs.get(nid) or self.inputs_of(d)
+        kwargs = literals.copy()  # a node's literal inputs never change: copied whole, not one by one
         values = self.values
-        spec = self.specs.get(nid)
-        for name, fld, ref, how, check, literal, file_port, exact in spec if spec is not None else self.inputs_of(d):
-            if how == _LITERAL:
-                kwargs[name] = literal
-                continue
+        for name, fld, ref, how, check, file_port, exact in linked:
             if how == _PARAM:
                 kwargs[name] = self.b.values[(nid, fld)]
                 continue
@@ -205,7 +207,7 @@ class Runner:
     def run_top(self, m: str, p: Plan) -> str | None:
         """Runs or loads one member; returns where it was loaded from, or None if it ran.
         Raises Unloadable when a planned cache entry could not be loaded (then re-plan)."""
-        d, pure, to_disk, _ = self.recs[m]
+        d, pure, to_disk = self.recs[m][:3]
         fp = p.fps[m]
         where = p.hits.get(m)
         if fp is None:
@@ -255,29 +257,72 @@ class Runner:
         preds = self.c.preds[None]
         holds_pins = getattr(self.ctx_values["models"], "holds_pins", None)
         holds_pins = holds_pins if callable(holds_pins) else None
+        pinned = False  # no member that may pin a model has run yet: nothing to unpin
+        # the loop below runs once per member: what it reads is hoisted into locals
+        values, failed, stats, recs, kfps = self.values, self.failed, self.stats, self.recs, self.keys.fps
+        stores, is_set, call, perf_counter = self.stores, self.cancel.is_set, self.call, time.perf_counter
+        done, store = stores.done, stores.store
+        # a member that simply runs (no one hears its events, no finiteness check, not loaded, its
+        # key known) takes the short path: run_top and release inlined. Whether anyone hears is
+        # asked per node (a listener may subscribe mid-run), from the emitter's lists when it has them
+        watched = (), ()
+        if self.emit is not None:
+            asks = getattr(self.emit, "watched", None)
+            watched = asks() if asks is not None else None
+        plain = watched is not None and not self.check_finite
+        sync, off = watched or ((), ())
+        fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
         steps = list(p.steps)
         k = 0
         while k < len(steps):
             m = steps[k]
             k += 1
-            if m in self.values:
+            if m in values:
                 continue
-            if self.cancel.is_set():
+            if is_set():
                 cancelled = True
                 break
-            blocked = [x for x in preds[m] if x in self.failed] if self.failed else None
+            blocked = [x for x in preds[m] if x in failed] if failed else None
             if blocked:
                 self.root_cause[m] = root = self.root_cause.get(blocked[0], blocked[0])
-                self.failed[m] = f"skipped because '{root}' failed"
+                failed[m] = f"skipped because '{root}' failed"
                 self.stat(m).status = "skipped"
                 continue
+            d, pure, to_disk, producers, cls, may_pin = recs[m]
+            pinned = pinned or may_pin
             try:
-                where = self.run_top(m, p)
+                fp = fps[m]
+                if plain and not sync and not off and cls is not None and fp is not None and m not in hits:
+                    t1 = perf_counter()
+                    out = call(d, _TOP, None, None, cls)
+                    if pure:
+                        store(fp, out, to_disk)
+                    done[fp] = out
+                    values[m] = out
+                    dt = perf_counter() - t1
+                    s = stats.get(m)
+                    if s is None:
+                        stats[m] = NodeStat(d.type, 1, 0, dt, "ran")
+                    else:
+                        s.runs += 1
+                        s.status = "ran"
+                        s.seconds += dt
+                    for x in producers:  # release(), inlined
+                        n = rem.get(x)
+                        if n is not None:
+                            rem[x] = n = n - 1
+                            if n == 0 and x not in keep:
+                                values.pop(x, None)
+                                done.pop(kfps.get(x), None)
+                elif self.run_top(m, p) is None:
+                    self.release(m, p)
             except Unloadable:  # a damaged entry: plan the rest again around it
                 p = plan(self.keys, self.stores)
+                fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
                 steps, k = list(p.steps), 0
                 continue
             except Cancelled:
+                self.stat(m)  # counted as pending, as run_top counts it before it runs a member
                 cancelled = True
                 break
             except NodeError as e:
@@ -285,16 +330,14 @@ class Runner:
                 # frames (and their tensors) alive; its text traceback is kept
                 e.__traceback__ = e.__context__ = e.__cause__ = None
                 self.errors.append(e)
-                self.failed[m] = str(e)
+                failed[m] = str(e)
                 self.stat(m).status = "failed"
                 if e.node != m:
                     self.stat(e.node).status = "failed"
                 if self.emit:
                     self.emit(ev.NodeFailedEvent(e.node, e.type, e.message, self.run_id))
                 continue
-            if where is None:
-                self.release(m, p)
-            if holds_pins is not None and holds_pins():
+            if pinned and holds_pins is not None and holds_pins():
                 self.unpin_unreachable(steps[k:])
         outputs, missing = {}, {}
         for name, link in self.c.doc.outputs.items():
@@ -341,12 +384,18 @@ class Runner:
 
 def _records(c, sh) -> dict[str, tuple]:
     """Per top-level member: (its definition, whether it is pure, whether its entry goes to disk,
-    its producers), kept with the checked graph: what the runner reads of a member at its turn,
-    in one lookup instead of four."""
+    its producers, its node class (None for a scope), whether running it may pin a model (a
+    scope, or a node that declares ``models``)), kept with the checked graph: what the runner
+    reads of a member at its turn, in one lookup instead of six."""
     recs = c.memo.top_records
     if recs is None:
-        preds = c.preds[None]
-        recs = c.memo.top_records = {m: (c.nodes[m], sh.pure[m], sh.to_disk[m], tuple(preds[m])) for m in sh.members}
+        preds, types = c.preds[None], c.types
+        recs = {}
+        for m in sh.members:
+            d = c.nodes[m]
+            cls = None if type(d) is ScopeDef else types[m]
+            recs[m] = (d, sh.pure[m], sh.to_disk[m], tuple(preds[m]), cls, cls is None or "models" in cls.uses)
+        c.memo.top_records = recs
     return recs
 
 
