@@ -36,6 +36,8 @@ class MemoryCache:
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: ``key in cache`` without a Python-level ``__contains__`` (the planner asks once per node)
+        self.holds = self._entries.__contains__
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -46,11 +48,18 @@ class MemoryCache:
             return hit
 
     def put(self, key: str, outputs: dict[str, Any]) -> None:
-        size = 0
-        for v in outputs.values():  # numbers and text (most nodes of a big graph) hold nothing to count
+        for v in outputs.values():
             if type(v) not in _SCALARS:
-                size = nbytes(outputs)
                 break
+        else:  # numbers and text (most nodes of a big graph): nothing to count, nothing to evict
+            with self._lock:
+                entries = self._entries
+                if key in entries:
+                    del entries[key]
+                    self.used -= self._sizes.pop(key, 0)
+                entries[key] = outputs
+            return
+        size = nbytes(outputs)
         if size > self.budget:
             return
         entries = self._entries

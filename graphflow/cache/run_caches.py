@@ -16,13 +16,14 @@ class RunCaches:
         self.done: dict[str, dict[str, Any]] = {}
         self.bad: set[str] = set()
         self.errors: list[str] = []
+        self._in_memory = getattr(memory, "holds", None) or memory.__contains__
 
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
         if fp in self.bad:
             return None
         if fp in self.done:
             return "run"
-        if fp in self.memory:
+        if self._in_memory(fp):
             return "memory"
         if self.disk is not None:
             ok, err = self.disk.has(fp, ports)

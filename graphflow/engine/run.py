@@ -24,6 +24,7 @@ from graphflow.node.file_access import InputFileError
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
 _TOP: list = []  # the frames of a top-level node: none (never appended to)
+_new = object.__new__
 
 
 class Unloadable(Exception):
@@ -118,13 +119,15 @@ class Runner:
         return self.b.value(nid, fld) if isinstance(ref, (Lit, ParamRef)) else ref
 
     def inputs_of(self, d: NodeDef) -> tuple:
-        """(its literal inputs as a dict, per other input: (name, field, ref, how to read it, the
-        adapter that checks a linked value, the file marker of a linked file input, the type a
-        linked value may have to pass unchecked: ``Port.exact_type``)). Kept with the checked
-        graph: the same for every run of the document."""
+        """(its literal inputs over the class's defaults as a dict, the names of the inputs the
+        document sets, per other input: (name, field, ref, how to read it, the adapter that checks
+        a linked value, the file marker of a linked file input, the type a linked value may have
+        to pass unchecked: ``Port.exact_type``)). Kept with the checked graph: the same for every
+        run of the document."""
         spec = self.specs.get(d.id)
         if spec is None:
-            ports, literals, out = self.c.types[d.id].inputs, {}, []
+            cls = self.c.types[d.id]
+            ports, literals, out = cls.inputs, dict(cls._defaults), []
             for name, ref in d.inputs.items():
                 fld = f"inputs.{name}"
                 how = _LITERAL if type(ref) is Lit else _PARAM if type(ref) is ParamRef else _LINK if type(ref) is Link else _LINKS
@@ -135,7 +138,7 @@ class Runner:
                 check = ports[name].adapter if linked and ports[name].validates_values else None
                 out.append((name, fld, ref, how, check, ports[name] if linked and ports[name].file is not None else None,
                             ports[name].exact_type))
-            spec = self.specs[d.id] = (literals, tuple(out))
+            spec = self.specs[d.id] = (literals, tuple(d.inputs), tuple(out))
         return spec
 
     def check_file(self, nid: str, type_name: str, name: str, port, value: Any, iteration: int | None = None) -> None:
@@ -151,8 +154,8 @@ class Runner:
         nid = d.id
         if cls is None:
             cls = self.c.types[nid]
-        literals, linked = self.specs.get(nid) or self.inputs_of(d)
-        kwargs = literals.copy()  # a node's literal inputs never change: copied whole, not one by one
+        literals, given, linked = self.specs.get(nid) or self.inputs_of(d)
+        kwargs = literals.copy()  # a node's defaults and literal inputs never change: copied whole
         values = self.values
         for name, fld, ref, how, check, file_port, exact in linked:
             if how == _PARAM:
@@ -171,9 +174,10 @@ class Runner:
         ctx_values = self.ctx_values
         if iteration is not None:
             ctx_values = {**ctx_values, "iteration": iteration, "iterations": count}
-        ctx = Context._make(nid, cls.type_name, cls.uses, ctx_values, self.cancel)
+        ctx = _new(Context)  # Context._make, inlined
+        ctx.node_id, ctx.node_type, ctx.cancel_event, ctx._declared, ctx._values = nid, cls.type_name, self.cancel, cls.uses, ctx_values
         try:
-            out = cls().run(cls.make_inputs(kwargs), ctx)
+            out = cls().run(cls.inputs_from(kwargs, given), ctx)
             if type(out) is not dict or not out.keys() >= cls.outputs.keys():
                 out = _outputs_dict(out, cls)
         except (Cancelled, NodeError):
@@ -261,7 +265,7 @@ class Runner:
         # the loop below runs once per member: what it reads is hoisted into locals
         values, failed, stats, recs, kfps = self.values, self.failed, self.stats, self.recs, self.keys.fps
         stores, is_set, call, perf_counter = self.stores, self.cancel.is_set, self.call, time.perf_counter
-        done, store = stores.done, stores.store
+        done, store, disk, memory_put = stores.done, stores.store, stores.disk, stores.memory.put
         # a member that simply runs (no one hears its events, no finiteness check, not loaded, its
         # key known) takes the short path: run_top and release inlined. Whether anyone hears is
         # asked per node (a listener may subscribe mid-run), from the emitter's lists when it has them
@@ -296,7 +300,10 @@ class Runner:
                     t1 = perf_counter()
                     out = call(d, _TOP, None, None, cls)
                     if pure:
-                        store(fp, out, to_disk)
+                        if to_disk and disk is not None:
+                            store(fp, out, True)
+                        else:  # RunCaches.store's memory-only case, inlined
+                            memory_put(fp, out)
                     done[fp] = out
                     values[m] = out
                     dt = perf_counter() - t1
