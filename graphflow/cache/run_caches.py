@@ -18,6 +18,11 @@ class RunCaches:
         self.errors: list[str] = []
         self._in_memory = getattr(memory, "holds", None) or memory.__contains__
 
+    def empty(self) -> bool:
+        """Nothing could be found (no disk cache, an empty memory cache, nothing run yet): the
+        planner need not walk the graph asking."""
+        return self.disk is None and not self.done and not len(self.memory)
+
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
         if fp in self.bad:
             return None

@@ -69,10 +69,14 @@ class Memo:
     fingerprints: Fingerprints = field(default_factory=dict)
     #: the top level's plan shape; None until the first plan
     shape: Shape | None = None
+    #: member -> how many steps read it, when every member is a step and none is loaded (a cold
+    #: run's plan: copied, not counted again); None until such a plan
+    all_remaining: dict[str, int] | None = None
     #: scope id -> the body members its values need, in order (``engine.plan.body_order``)
     body_order: dict[str, list[str]] = field(default_factory=dict)
-    #: node id -> per input: name, field, ref, how it is read, its value checker, its literal, the
-    #: file marker of a linked file input, the type a linked value may have to pass unchecked
+    #: node id -> (its literal inputs over its class's defaults, the names of the inputs it sets,
+    #: per other input: name, field, ref, how it is read, its value checker, the file marker of a
+    #: linked file input, the type a linked value may have to pass unchecked)
     #: (``engine.run.Runner.inputs_of``)
     input_specs: dict[str, tuple] = field(default_factory=dict)
     #: (node id, input name, port, whether the workflow gives the input) of every file input
