@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from graphflow.cache.memory import SCALARS
 from graphflow.cache.run_caches import RunCaches
 from graphflow.document.tree import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
 from graphflow.engine import events as ev
@@ -265,7 +266,7 @@ class Runner:
         # the loop below runs once per member: what it reads is hoisted into locals
         values, failed, stats, recs, kfps = self.values, self.failed, self.stats, self.recs, self.keys.fps
         stores, is_set, call, perf_counter = self.stores, self.cancel.is_set, self.call, time.perf_counter
-        done, store, disk, memory_put = stores.done, stores.store, stores.disk, stores.memory.put
+        done, store, disk, memory_put, small = stores.done, stores.store, stores.disk, stores.memory.put, stores.small.append
         # a member that simply runs (no one hears its events, no finiteness check, not loaded, its
         # key known) takes the short path: run_top and release inlined. Whether anyone hears is
         # asked per node (a listener may subscribe mid-run), from the emitter's lists when it has them
@@ -302,8 +303,13 @@ class Runner:
                     if pure:
                         if to_disk and disk is not None:
                             store(fp, out, True)
-                        else:  # RunCaches.store's memory-only case, inlined
-                            memory_put(fp, out)
+                        else:  # RunCaches.store's memory-only case: numbers and text wait for the run's end
+                            for v in out.values():
+                                if type(v) not in SCALARS:
+                                    memory_put(fp, out)
+                                    break
+                            else:
+                                small((fp, out))
                     done[fp] = out
                     values[m] = out
                     dt = perf_counter() - t1
@@ -324,6 +330,7 @@ class Runner:
                 elif self.run_top(m, p) is None:
                     self.release(m, p)
             except Unloadable:  # a damaged entry: plan the rest again around it
+                stores.flush()
                 p = plan(self.keys, self.stores)
                 fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
                 steps, k = list(p.steps), 0
@@ -346,6 +353,7 @@ class Runner:
                 continue
             if pinned and holds_pins is not None and holds_pins():
                 self.unpin_unreachable(steps[k:])
+        stores.flush()
         outputs, missing = {}, {}
         for name, link in self.c.doc.outputs.items():
             if link.node in self.values:
