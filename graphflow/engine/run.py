@@ -314,8 +314,9 @@ class Runner:
                     values[m] = out
                     dt = perf_counter() - t1
                     s = stats.get(m)
-                    if s is None:
-                        stats[m] = NodeStat(d.type, 1, 0, dt, "ran")
+                    if s is None:  # NodeStat(d.type, 1, 0, dt, "ran") without its __init__ call
+                        stats[m] = s = _new(NodeStat)
+                        s.type, s.runs, s.hits, s.seconds, s.status = d.type, 1, 0, dt, "ran"
                     else:
                         s.runs += 1
                         s.status = "ran"
