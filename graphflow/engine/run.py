@@ -277,6 +277,7 @@ class Runner:
         plain = watched is not None and not self.check_finite
         sync, off = watched or ((), ())
         fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
+        specs, bvalues, cancel, ctx_values = self.specs, self.b.values, self.cancel, self.ctx_values
         steps = list(p.steps)
         k = 0
         while k < len(steps):
@@ -299,7 +300,33 @@ class Runner:
                 fp = fps[m]
                 if plain and not sync and not off and cls is not None and fp is not None and m not in hits:
                     t1 = perf_counter()
-                    out = call(d, _TOP, None, None, cls)
+                    # call(), inlined for inputs read as they are: literals, parameters, links
+                    # whose value needs no check; any other input takes call()'s general reading
+                    literals, given, linked = specs.get(m) or self.inputs_of(d)
+                    kwargs = literals.copy()
+                    for name, fld, ref, how, check, file_port, exact in linked:
+                        if how == _LINK and file_port is None:
+                            v = values[ref.node][ref.port]
+                            if check is None or type(v) is exact:
+                                kwargs[name] = v
+                                continue
+                        elif how == _PARAM:
+                            kwargs[name] = bvalues[(m, fld)]
+                            continue
+                        out = call(d, _TOP, None, None, cls)
+                        break
+                    else:
+                        ctx = _new(Context)
+                        ctx.node_id, ctx.node_type, ctx.cancel_event, ctx._declared, ctx._values = (
+                            m, cls.type_name, cancel, cls.uses, ctx_values)
+                        try:
+                            out = cls().run(cls.inputs_from(kwargs, given), ctx)
+                            if type(out) is not dict or not out.keys() >= cls.outputs.keys():
+                                out = _outputs_dict(out, cls)
+                        except (Cancelled, NodeError):
+                            raise
+                        except Exception as e:
+                            raise NodeError.wrap(m, cls.type_name, e, None) from None
                     if pure:
                         if to_disk and disk is not None:
                             store(fp, out, True)
