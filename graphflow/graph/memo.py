@@ -62,8 +62,8 @@ class Memo:
     #: top-level member -> (pure, the ports a cache lookup asks for, producers), for
     #: ``engine.plan.plan``; None until the first plan
     plan_walk: dict[str, tuple] | None = None
-    #: top-level member -> (definition, pure, to disk, producers, node class, may pin a model), for
-    #: ``engine.run.Runner``; None until the first run
+    #: top-level member -> (definition, pure, to disk, producers, node class, may pin a model, how
+    #: it reads its inputs, type name), for ``engine.run.Runner``; None until the first run
     top_records: dict[str, tuple] | None = None
     #: the newest parameter sets' fingerprints (at most 32: a long sweep keeps the newest)
     fingerprints: Fingerprints = field(default_factory=dict)
