@@ -8,7 +8,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-_SCALARS = (int, float, str, bool, type(None))
+SCALARS = _SCALARS = (int, float, str, bool, type(None))  # values that hold nothing to count
 
 
 def nbytes(value: Any) -> int:
@@ -36,6 +36,8 @@ class MemoryCache:
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: ``key in cache`` without a Python-level ``__contains__`` (the planner asks once per node)
+        self.holds = self._entries.__contains__
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -46,11 +48,18 @@ class MemoryCache:
             return hit
 
     def put(self, key: str, outputs: dict[str, Any]) -> None:
-        size = 0
-        for v in outputs.values():  # numbers and text (most nodes of a big graph) hold nothing to count
+        for v in outputs.values():
             if type(v) not in _SCALARS:
-                size = nbytes(outputs)
                 break
+        else:  # numbers and text (most nodes of a big graph): nothing to count, nothing to evict
+            with self._lock:
+                entries = self._entries
+                if key in entries:
+                    del entries[key]
+                    self.used -= self._sizes.pop(key, 0)
+                entries[key] = outputs
+            return
+        size = nbytes(outputs)
         if size > self.budget:
             return
         entries = self._entries
@@ -65,6 +74,18 @@ class MemoryCache:
             while self.used > self.budget and entries:
                 old, _ = entries.popitem(last=False)
                 self.used -= self._sizes.pop(old, 0)
+
+    def put_scalars(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """``put`` for many entries of numbers and text only (they hold nothing to count, so
+        nothing is evicted), under one lock: a run keeps its small entries and hands them over
+        together (a put per node was a tenth of a trivial node's cost)."""
+        entries, sizes = self._entries, self._sizes
+        with self._lock:
+            for key, outputs in items:
+                if key in entries:
+                    del entries[key]
+                    self.used -= sizes.pop(key, 0)
+                entries[key] = outputs
 
     def clear(self) -> None:
         with self._lock:

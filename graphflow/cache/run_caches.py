@@ -16,13 +16,24 @@ class RunCaches:
         self.done: dict[str, dict[str, Any]] = {}
         self.bad: set[str] = set()
         self.errors: list[str] = []
+        self._in_memory = getattr(memory, "holds", None) or memory.__contains__
+        #: memory-cache entries of numbers and text that a run hands over at its end
+        #: (``keep_small``, ``flush``); meanwhile ``done`` or the run's values hold them
+        self.small: list[tuple[str, dict[str, Any]]] = []
+
+    def empty(self) -> bool:
+        """Nothing could be found (no disk cache, an empty memory cache, nothing run yet): the
+        planner need not walk the graph asking."""
+        return self.disk is None and not self.done and not self.small and not len(self.memory)
 
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
         if fp in self.bad:
             return None
         if fp in self.done:
             return "run"
-        if fp in self.memory:
+        if self.small:
+            self.flush()
+        if self._in_memory(fp):
             return "memory"
         if self.disk is not None:
             ok, err = self.disk.has(fp, ports)
@@ -49,6 +60,19 @@ class RunCaches:
                 return hit
         self.bad.add(fp)
         return None
+
+    def flush(self) -> None:
+        """Hand the small entries kept so far to the memory cache (at a run's end, before a
+        re-plan): one lock for all of them."""
+        if self.small:
+            small = self.small[:]
+            self.small.clear()  # in place: a runner holds its append
+            put = getattr(self.memory, "put_scalars", None)
+            if put is not None:
+                put(small)
+            else:
+                for fp, outputs in small:
+                    self.memory.put(fp, outputs)
 
     def store(self, fp: str, outputs: dict[str, Any], to_disk: bool) -> None:
         self.memory.put(fp, outputs)

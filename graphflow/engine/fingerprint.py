@@ -262,6 +262,26 @@ def _recipes(c) -> dict[str, Recipe]:
     return memo
 
 
+def _plain(r: Recipe) -> tuple | None:
+    """A node's key bytes as fixed segments around its producers' fingerprints, when nothing else
+    varies (a pure node of literals and links: no file, parameter or context value), so that the
+    cold run's loop joins ``segs[0] + fp(producer 0) + segs[1] + ...``: exactly the bytes
+    ``Fingerprints._hash`` joins for it, without walking its recipe. None for any other node."""
+    if r.values is None or r.uses or not r.pure:
+        return None
+    segs, producers, pending = [], [], r.static + r.values
+    for tag, _fld, _ref, file, links in r.dynamic:
+        if file is not None:
+            return None
+        pending += tag
+        for node, port, _within in links:
+            segs.append(pending + b"F")
+            producers.append(node)
+            pending = port
+    segs.append(pending)
+    return tuple(segs), tuple(producers)
+
+
 class Fingerprints:
     """The fingerprints of a bound graph's members, as they become known. ``token`` makes a node
     with side effects (and what depends on it) unique to one run. Fingerprints that depend on
@@ -296,9 +316,34 @@ class Fingerprints:
                 else:
                     self.fps[m] = fp
             return
-        fps, node_hash = self.fps, self._hash
-        for m, r in self._in_order(members):
-            if r is None:  # a scope
+        fps, node_hash, tainted, blake2b = self.fps, self._hash, self.tainted, hashlib.blake2b
+        for m, r, plain in self._in_order(members):
+            if plain is not None:  # _hash's bytes for a top-level node reading links only, joined here
+                segs, producers = plain
+                if len(producers) == 1:
+                    fp = fps[producers[0]]
+                    if fp is not None:
+                        if tainted and producers[0] in tainted:
+                            tainted.add(m)
+                        fps[m] = blake2b(segs[0] + fp.encode() + segs[1], digest_size=DIGEST).hexdigest()
+                        continue
+                elif not producers:
+                    fps[m] = blake2b(segs[0], digest_size=DIGEST).hexdigest()
+                    continue
+                else:
+                    parts = [segs[0]]
+                    for node, seg in zip(producers, segs[1:]):
+                        fp = fps[node]
+                        if fp is None:
+                            break
+                        if tainted and node in tainted:
+                            tainted.add(m)
+                        parts += (fp.encode(), seg)
+                    else:
+                        fps[m] = blake2b(b"".join(parts), digest_size=DIGEST).hexdigest()
+                        continue
+                fps[m] = None  # a producer without a fingerprint yet: so is this one
+            elif r is None:  # a scope
                 self.member(m)
             else:  # member()'s node case, inlined: this loop runs once per node of a cold run
                 h = node_hash(m, r, _NOTHING, None, m)
@@ -309,15 +354,16 @@ class Fingerprints:
         memo[mkey] = (dict(fps) if plain else {m: fp for m, fp in fps.items() if fp is not None and m not in self.tainted},
                       list(self.files))
 
-    def _in_order(self, members: list[str]) -> list[tuple[str, Recipe | None]]:
-        """(member, its recipe; None for a scope) in the order of ``members``, kept with the checked
-        graph for the list it was made from (the plan's members): a cold run's loop reads one list
-        instead of two dictionaries and a node per member."""
+    def _in_order(self, members: list[str]) -> list[tuple[str, Recipe | None, tuple | None]]:
+        """(member, its recipe (None for a scope), its plain form) in the order of ``members``,
+        kept with the checked graph for the list it was made from (the plan's members): a cold
+        run's loop reads one list instead of two dictionaries and a node per member."""
         memo = self.checked.memo
         kept = memo.top_recipes
         if kept is None or kept[0] is not members:
             nodes, recipes = self.checked.nodes, self._recipes
-            kept = memo.top_recipes = (members, [(m, None if type(nodes[m]) is ScopeDef else recipes[m]) for m in members])
+            kept = memo.top_recipes = (members, [(m, None, None) if type(nodes[m]) is ScopeDef else
+                                                 (m, recipes[m], _plain(recipes[m])) for m in members])
         return kept[1]
 
     def member(self, m: str, files: dict[str, Any] | None = None) -> str | None:

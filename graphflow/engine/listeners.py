@@ -87,6 +87,12 @@ class Emitter:
     def __bool__(self) -> bool:
         return self.record is not None or self.on_event is not None or bool(self.sync) or bool(self.off)
 
+    def watched(self) -> tuple[list, list] | None:
+        """The lists whose emptiness alone says no one hears (listeners subscribe into them
+        mid-run), for a runner that asks per node without calling ``__bool__``; None when someone
+        always hears (a log, or ``on_event``)."""
+        return None if self.record is not None or self.on_event is not None else (self.sync, self.off)
+
     def __call__(self, e: ev.Event) -> None:
         if self.record is not None:
             self.record(e)

@@ -21,7 +21,9 @@ __all__ = ["CacheIndex", "Fingerprints", "Plan", "RunOptions", "Shape", "plan"]
 
 class CacheIndex(Protocol):
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
-        """Where a complete-enough entry for ``fp`` is ("memory", "disk", ...), or None."""
+        """Where a complete-enough entry for ``fp`` is ("memory", "disk", ...), or None. An index
+        may also offer ``empty()``: true when every lookup would give None, so the planner skips
+        the walk."""
 
 
 @dataclass
@@ -107,8 +109,14 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
     c = keys.checked
     sh = shape(c)
     keys.all(sh.members)
-    fps, lookup, walk = keys.fps, index.lookup, _walk(c, sh)
+    fps, lookup = keys.fps, index.lookup
     hits: dict[str, str] = {}
+    empty = getattr(index, "empty", None)  # optional: an index that can say it holds nothing
+    if empty is not None and empty():  # nothing to find (a fresh executor, no disk cache): every member is a step
+        if c.memo.all_remaining is None:
+            c.memo.all_remaining = _remaining(c, sh.members, hits)
+        return Plan(list(sh.members), dict(fps), hits, sh.consumed, dict(c.memo.all_remaining), sh.keep)
+    walk = _walk(c, sh)
     active: set[str] = set()
     stack = list(sh.keep)
     while stack:
@@ -129,6 +137,10 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
         step_fps = {n: fps[n] for n in steps}
     else:  # every member is a step (a cold run): the fingerprints as they are, not a copy
         steps, step_fps = list(sh.members), dict(fps)
+        if not hits:
+            if c.memo.all_remaining is None:
+                c.memo.all_remaining = _remaining(c, steps, hits)
+            return Plan(steps, step_fps, hits, sh.consumed, dict(c.memo.all_remaining), sh.keep)
     return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
 
 

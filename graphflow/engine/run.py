@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from graphflow.cache.memory import SCALARS
 from graphflow.cache.run_caches import RunCaches
 from graphflow.document.tree import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
 from graphflow.engine import events as ev
@@ -24,6 +25,7 @@ from graphflow.node.file_access import InputFileError
 
 _LITERAL, _PARAM, _LINK, _LINKS = range(4)  # how a node input is read
 _TOP: list = []  # the frames of a top-level node: none (never appended to)
+_new = object.__new__
 
 
 class Unloadable(Exception):
@@ -76,8 +78,8 @@ class Runner:
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = {}
         self.shape = shape(self.c)
-        self.recs = _records(self.c, self.shape)
         self.specs = self.c.memo.input_specs
+        self.recs = _records(self.c, self.shape, self.inputs_of)
         self.stats: dict[str, NodeStat] = {}
         self.errors: list[NodeError] = []
         self.failed: dict[str, str] = {}
@@ -118,21 +120,26 @@ class Runner:
         return self.b.value(nid, fld) if isinstance(ref, (Lit, ParamRef)) else ref
 
     def inputs_of(self, d: NodeDef) -> tuple:
-        """Per input: (name, field, ref, how to read it, the adapter that checks a linked value,
-        the literal, the file marker of a linked file input, the type a linked value may have to
-        pass unchecked: ``Port.exact_type``). Kept with the checked graph: the
-        same for every run of the document."""
+        """(its literal inputs over the class's defaults as a dict, the names of the inputs the
+        document sets, per other input: (name, field, ref, how to read it, the adapter that checks
+        a linked value, the file marker of a linked file input, the type a linked value may have
+        to pass unchecked: ``Port.exact_type``)). Kept with the checked graph: the same for every
+        run of the document."""
         spec = self.specs.get(d.id)
         if spec is None:
-            ports, out = self.c.types[d.id].inputs, []
+            cls = self.c.types[d.id]
+            ports, literals, out = cls.inputs, dict(cls._defaults), []
             for name, ref in d.inputs.items():
                 fld = f"inputs.{name}"
                 how = _LITERAL if type(ref) is Lit else _PARAM if type(ref) is ParamRef else _LINK if type(ref) is Link else _LINKS
+                if how == _LITERAL:
+                    literals[name] = self.c.literals.get((d.id, fld))
+                    continue
                 linked = how in (_LINK, _LINKS)
                 check = ports[name].adapter if linked and ports[name].validates_values else None
-                out.append((name, fld, ref, how, check, self.c.literals.get((d.id, fld)) if how == _LITERAL else None,
-                            ports[name] if linked and ports[name].file is not None else None, ports[name].exact_type))
-            spec = self.specs[d.id] = tuple(out)
+                out.append((name, fld, ref, how, check, ports[name] if linked and ports[name].file is not None else None,
+                            ports[name].exact_type))
+            spec = self.specs[d.id] = (literals, tuple(d.inputs), tuple(out))
         return spec
 
     def check_file(self, nid: str, type_name: str, name: str, port, value: Any, iteration: int | None = None) -> None:
@@ -143,16 +150,15 @@ class Runner:
         except InputFileError as e:
             raise NodeError(nid, type_name, f"input '{name}': {e}", iteration, exc_type=e.code) from None
 
-    def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None) -> dict[str, Any]:
+    def call(self, d: NodeDef, frames: list, iteration: int | None = None, count: int | None = None,
+             cls: Any = None) -> dict[str, Any]:
         nid = d.id
-        cls = self.c.types[nid]
-        kwargs = {}
+        if cls is None:
+            cls = self.c.types[nid]
+        literals, given, linked = self.specs.get(nid) or self.inputs_of(d)
+        kwargs = literals.copy()  # a node's defaults and literal inputs never change: copied whole
         values = self.values
-        spec = self.specs.get(nid)
-        for name, fld, ref, how, check, literal, file_port, exact in spec if spec is not None else self.inputs_of(d):
-            if how == _LITERAL:
-                kwargs[name] = literal
-                continue
+        for name, fld, ref, how, check, file_port, exact in linked:
             if how == _PARAM:
                 kwargs[name] = self.b.values[(nid, fld)]
                 continue
@@ -169,9 +175,10 @@ class Runner:
         ctx_values = self.ctx_values
         if iteration is not None:
             ctx_values = {**ctx_values, "iteration": iteration, "iterations": count}
-        ctx = Context._make(nid, cls.type_name, cls.uses, ctx_values, self.cancel)
+        ctx = _new(Context)  # Context._make, inlined
+        ctx.node_id, ctx.node_type, ctx.cancel_event, ctx._declared, ctx._values = nid, cls.type_name, self.cancel, cls.uses, ctx_values
         try:
-            out = cls().run(cls.make_inputs(kwargs), ctx)
+            out = cls().run(cls.inputs_from(kwargs, given), ctx)
             if type(out) is not dict or not out.keys() >= cls.outputs.keys():
                 out = _outputs_dict(out, cls)
         except (Cancelled, NodeError):
@@ -205,7 +212,7 @@ class Runner:
     def run_top(self, m: str, p: Plan) -> str | None:
         """Runs or loads one member; returns where it was loaded from, or None if it ran.
         Raises Unloadable when a planned cache entry could not be loaded (then re-plan)."""
-        d, pure, to_disk, _ = self.recs[m]
+        d, pure, to_disk = self.recs[m][:3]
         fp = p.fps[m]
         where = p.hits.get(m)
         if fp is None:
@@ -255,29 +262,109 @@ class Runner:
         preds = self.c.preds[None]
         holds_pins = getattr(self.ctx_values["models"], "holds_pins", None)
         holds_pins = holds_pins if callable(holds_pins) else None
+        pinned = False  # no member that may pin a model has run yet: nothing to unpin
+        # the loop below runs once per member: what it reads is hoisted into locals
+        values, failed, stats, recs, kfps = self.values, self.failed, self.stats, self.recs, self.keys.fps
+        stores, is_set, call, perf_counter = self.stores, self.cancel.is_set, self.call, time.perf_counter
+        done, store, disk, memory_put, small = stores.done, stores.store, stores.disk, stores.memory.put, stores.small.append
+        # a member that simply runs (no one hears its events, no finiteness check, not loaded, its
+        # key known) takes the short path: run_top and release inlined. Whether anyone hears is
+        # asked per node (a listener may subscribe mid-run), from the emitter's lists when it has them
+        watched = (), ()
+        if self.emit is not None:
+            asks = getattr(self.emit, "watched", None)
+            watched = asks() if asks is not None else None
+        plain = watched is not None and not self.check_finite
+        sync, off = watched or ((), ())
+        fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
+        bvalues, cancel, ctx_values = self.b.values, self.cancel, self.ctx_values
         steps = list(p.steps)
         k = 0
         while k < len(steps):
             m = steps[k]
             k += 1
-            if m in self.values:
+            if m in values:
                 continue
-            if self.cancel.is_set():
+            if is_set():
                 cancelled = True
                 break
-            blocked = [x for x in preds[m] if x in self.failed] if self.failed else None
+            blocked = [x for x in preds[m] if x in failed] if failed else None
             if blocked:
                 self.root_cause[m] = root = self.root_cause.get(blocked[0], blocked[0])
-                self.failed[m] = f"skipped because '{root}' failed"
+                failed[m] = f"skipped because '{root}' failed"
                 self.stat(m).status = "skipped"
                 continue
+            d, pure, to_disk, producers, cls, may_pin, spec, type_name = recs[m]
+            pinned = pinned or may_pin
             try:
-                where = self.run_top(m, p)
+                fp = fps[m]
+                if plain and not sync and not off and cls is not None and fp is not None and m not in hits:
+                    t1 = perf_counter()
+                    # call(), inlined for inputs read as they are: literals, parameters, links
+                    # whose value needs no check; any other input takes call()'s general reading
+                    literals, given, linked = spec
+                    kwargs = literals.copy()
+                    for name, fld, ref, how, check, file_port, exact in linked:
+                        if how == _LINK and file_port is None:
+                            v = values[ref.node][ref.port]
+                            if check is None or type(v) is exact:
+                                kwargs[name] = v
+                                continue
+                        elif how == _PARAM:
+                            kwargs[name] = bvalues[(m, fld)]
+                            continue
+                        out = call(d, _TOP, None, None, cls)
+                        break
+                    else:
+                        ctx = _new(Context)
+                        ctx.node_id, ctx.node_type, ctx.cancel_event, ctx._declared, ctx._values = (
+                            m, cls.type_name, cancel, cls.uses, ctx_values)
+                        try:
+                            out = cls().run(cls.inputs_from(kwargs, given), ctx)
+                            if type(out) is not dict or not out.keys() >= cls.outputs.keys():
+                                out = _outputs_dict(out, cls)
+                        except (Cancelled, NodeError):
+                            raise
+                        except Exception as e:
+                            raise NodeError.wrap(m, cls.type_name, e, None) from None
+                    if pure:
+                        if to_disk and disk is not None:
+                            store(fp, out, True)
+                        else:  # RunCaches.store's memory-only case: numbers and text wait for the run's end
+                            for v in out.values():
+                                if type(v) not in SCALARS:
+                                    memory_put(fp, out)
+                                    break
+                            else:
+                                small((fp, out))
+                    done[fp] = out
+                    values[m] = out
+                    dt = perf_counter() - t1
+                    s = stats.get(m)
+                    if s is None:  # NodeStat(d.type, 1, 0, dt, "ran") without its __init__ call
+                        stats[m] = s = _new(NodeStat)
+                        s.type, s.runs, s.hits, s.seconds, s.status = type_name, 1, 0, dt, "ran"
+                    else:
+                        s.runs += 1
+                        s.status = "ran"
+                        s.seconds += dt
+                    for x in producers:  # release(), inlined
+                        n = rem.get(x)
+                        if n is not None:
+                            rem[x] = n = n - 1
+                            if n == 0 and x not in keep:
+                                values.pop(x, None)
+                                done.pop(kfps.get(x), None)
+                elif self.run_top(m, p) is None:
+                    self.release(m, p)
             except Unloadable:  # a damaged entry: plan the rest again around it
+                stores.flush()
                 p = plan(self.keys, self.stores)
+                fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
                 steps, k = list(p.steps), 0
                 continue
             except Cancelled:
+                self.stat(m)  # counted as pending, as run_top counts it before it runs a member
                 cancelled = True
                 break
             except NodeError as e:
@@ -285,17 +372,16 @@ class Runner:
                 # frames (and their tensors) alive; its text traceback is kept
                 e.__traceback__ = e.__context__ = e.__cause__ = None
                 self.errors.append(e)
-                self.failed[m] = str(e)
+                failed[m] = str(e)
                 self.stat(m).status = "failed"
                 if e.node != m:
                     self.stat(e.node).status = "failed"
                 if self.emit:
                     self.emit(ev.NodeFailedEvent(e.node, e.type, e.message, self.run_id))
                 continue
-            if where is None:
-                self.release(m, p)
-            if holds_pins is not None and holds_pins():
+            if pinned and holds_pins is not None and holds_pins():
                 self.unpin_unreachable(steps[k:])
+        stores.flush()
         outputs, missing = {}, {}
         for name, link in self.c.doc.outputs.items():
             if link.node in self.values:
@@ -339,14 +425,22 @@ class Runner:
                     self.stores.done.pop(self.keys.fps.get(x), None)
 
 
-def _records(c, sh) -> dict[str, tuple]:
+def _records(c, sh, spec_of: Callable[[NodeDef], tuple]) -> dict[str, tuple]:
     """Per top-level member: (its definition, whether it is pure, whether its entry goes to disk,
-    its producers), kept with the checked graph: what the runner reads of a member at its turn,
-    in one lookup instead of four."""
+    its producers, its node class (None for a scope), whether running it may pin a model (a
+    scope, or a node that declares ``models``), how it reads its inputs (``Runner.inputs_of``; None
+    for a scope), its type name), kept with the checked graph: what the runner reads of a member
+    at its turn, in one record (at 10,000 nodes the cost is mostly memory touched per node)."""
     recs = c.memo.top_records
     if recs is None:
-        preds = c.preds[None]
-        recs = c.memo.top_records = {m: (c.nodes[m], sh.pure[m], sh.to_disk[m], tuple(preds[m])) for m in sh.members}
+        preds, types = c.preds[None], c.types
+        recs = {}
+        for m in sh.members:
+            d = c.nodes[m]
+            cls = None if type(d) is ScopeDef else types[m]
+            recs[m] = (d, sh.pure[m], sh.to_disk[m], tuple(preds[m]), cls, cls is None or "models" in cls.uses,
+                       None if cls is None else spec_of(d), d.type)
+        c.memo.top_records = recs
     return recs
 
 

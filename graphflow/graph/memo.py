@@ -55,23 +55,28 @@ Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Pat
 class Memo:
     #: node or scope id -> its fingerprint recipe; None until the first fingerprint
     recipes: dict[str, Recipe] | None = None
-    #: (the plan's top-level members, each with its recipe or None for a scope), for
-    #: ``engine.fingerprint.Fingerprints.all``; None until the first fingerprint
+    #: (the plan's top-level members, each with its recipe (None for a scope) and its plain form
+    #: (``engine.fingerprint._plain``)), for ``engine.fingerprint.Fingerprints.all``; None until the
+    #: first fingerprint
     top_recipes: tuple | None = None
     #: top-level member -> (pure, the ports a cache lookup asks for, producers), for
     #: ``engine.plan.plan``; None until the first plan
     plan_walk: dict[str, tuple] | None = None
-    #: top-level member -> (definition, pure, to disk, producers), for ``engine.run.Runner``;
-    #: None until the first run
+    #: top-level member -> (definition, pure, to disk, producers, node class, may pin a model, how
+    #: it reads its inputs, type name), for ``engine.run.Runner``; None until the first run
     top_records: dict[str, tuple] | None = None
     #: the newest parameter sets' fingerprints (at most 32: a long sweep keeps the newest)
     fingerprints: Fingerprints = field(default_factory=dict)
     #: the top level's plan shape; None until the first plan
     shape: Shape | None = None
+    #: member -> how many steps read it, when every member is a step and none is loaded (a cold
+    #: run's plan: copied, not counted again); None until such a plan
+    all_remaining: dict[str, int] | None = None
     #: scope id -> the body members its values need, in order (``engine.plan.body_order``)
     body_order: dict[str, list[str]] = field(default_factory=dict)
-    #: node id -> per input: name, field, ref, how it is read, its value checker, its literal, the
-    #: file marker of a linked file input, the type a linked value may have to pass unchecked
+    #: node id -> (its literal inputs over its class's defaults, the names of the inputs it sets,
+    #: per other input: name, field, ref, how it is read, its value checker, the file marker of a
+    #: linked file input, the type a linked value may have to pass unchecked)
     #: (``engine.run.Runner.inputs_of``)
     input_specs: dict[str, tuple] = field(default_factory=dict)
     #: (node id, input name, port, whether the workflow gives the input) of every file input

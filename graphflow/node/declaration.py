@@ -238,6 +238,23 @@ class Node:
         return m
 
     @classmethod
+    def inputs_from(cls, full: dict[str, Any], given: Any) -> Inputs:
+        """``make_inputs`` for a caller that keeps ``{**cls._defaults, **literals}`` per node and
+        adds the linked values to a copy of it (the runner): ``full`` is that copy, taken over;
+        ``given`` the names the document sets (the fields set). Fields with a default factory
+        that ``full`` lacks get a fresh value here, as in ``make_inputs``."""
+        if cls._factories:
+            for name, factory in cls._factories:
+                if name not in full:
+                    full[name] = factory()
+        m = _new(cls.In)
+        _set_dict(m, full)
+        _set_fields_set(m, set(given))
+        _set_extra(m, None)
+        _set_private(m, None)
+        return m
+
+    @classmethod
     def doc(cls) -> str:
         return (cls.__doc__ or "").strip()
 
