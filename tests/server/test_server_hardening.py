@@ -216,6 +216,7 @@ def test_a_file_that_is_not_a_database_is_refused_at_start_naming_it(tmp_path):
     assert db.read_text() == "my notes, not a database\n" * 100
 
 
+@pytest.mark.slow  # the server waits SQLite's 30 s for the lock before it gives up
 def test_a_locked_database_is_refused_at_start_naming_it(tmp_path):
     db = tmp_path / "locked.db"
     holder = sqlite3.connect(db, isolation_level=None)
