@@ -195,6 +195,35 @@ def test_previews_reach_comfyui_clients_as_its_binary_frames_when_switched_on(se
     assert "executing:3" in order[:first] and order[last + 1:][0] in ("executing:8", "executing:9", "executed:9")
 
 
+def test_a_served_preview_decoder_reaches_the_worker_process(servers, tmp_path, tiny_model):
+    """`graphflow serve --preview-decoder FOLDER`: the runs execute in the server's worker process,
+    which must receive the decoder too. Its previews are then the picture's size (64 px: an
+    AutoencoderTiny decodes to pixels), not the latents' (8 px: the linear projection)."""
+    from tests.nodes.test_preview import tiny_autoencoder
+
+    taesd = tiny_autoencoder(tmp_path / "taesd", 4)
+    s = ProcessServer(tmp_path, "--preview-every", "1", "--preview-decoder", str(taesd), "--allow-read", str(tiny_model.parent))
+    servers.append(s)
+    address = s.url.removeprefix("http://").rstrip("/")
+    client_id, prompt_id = str(uuid.uuid4()), str(uuid.uuid4())
+    ws = websocket.create_connection(f"ws://{address}/ws?clientId={client_id}", timeout=120)
+    assert json.loads(ws.recv())["type"] == "status"
+    body = json.dumps({"prompt": default_prompt(tiny_model, steps=2), "client_id": client_id, "prompt_id": prompt_id}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"http://{address}/prompt", data=body)).read()
+    frames = []
+    while True:
+        out = ws.recv()
+        if isinstance(out, bytes):
+            frames.append(out)
+            continue
+        m = json.loads(out)
+        assert m["type"] != "execution_error", m
+        if m["type"] == "executing" and m["data"]["node"] is None and m["data"]["prompt_id"] == prompt_id:
+            break
+    ws.close()
+    assert len(frames) == 2 and [png_size(f[8:]) for f in frames] == [(64, 64)] * 2
+
+
 BAD = {
     "a link to a missing node": (lambda p: p["8"]["inputs"].update(samples=["30", 0]), {"8": [("bad_linked_input", "samples")]}),
     "a wrong output index": (lambda p: p["8"]["inputs"].update(vae=["4", 7]), {"8": [("bad_linked_input", "vae")]}),
