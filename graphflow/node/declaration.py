@@ -225,17 +225,7 @@ class Node:
         (values already validated, defaults filled in), without its per-field alias handling,
         which costs more than a trivial node's whole run. ``Inputs`` declares no aliases. Its
         four slots are set through their descriptors (``_SLOTS``), found once, not by name."""
-        d = {**cls._defaults, **values}
-        if cls._factories:
-            for name, factory in cls._factories:
-                if name not in values:
-                    d[name] = factory()
-        m = _new(cls.In)
-        _set_dict(m, d)
-        _set_fields_set(m, set(values))
-        _set_extra(m, None)
-        _set_private(m, None)
-        return m
+        return cls.inputs_from({**cls._defaults, **values}, values)
 
     @classmethod
     def inputs_from(cls, full: dict[str, Any], given: Any) -> Inputs:
