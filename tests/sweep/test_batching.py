@@ -4,7 +4,6 @@ events and failure still its own."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -17,37 +16,10 @@ from graphflow.engine.executor import Executor
 from graphflow.graph.workflow import Workflow
 from graphflow.problems import ValidationFailed
 from graphflow.sweep import sweep
+from tests.sweep.test_sweep import DIVIDE, ROOT, TXT2IMG, _isolated, lines, txt2img  # noqa: F401  (an autouse fixture: each test in its own folder)
 
-ROOT = Path(__file__).resolve().parents[2]
-TXT2IMG = str(ROOT / "workflows" / "txt2img.json")
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
 GRID = {"prompt": PROMPTS, "seed": [0, 1, 2]}
-
-# d=0 fails while running (division by zero); the other items must not fail with it
-DIVIDE = {
-    "format": 1,
-    "params": {"d": {"default": 1.0, "type": "float"}},
-    "nodes": {
-        "q": {"type": "Math", "inputs": {"a": 1.0, "b": {"param": "d"}, "op": "div"}},
-        "msg": {"type": "Text", "inputs": {"template": "q=$value", "value": {"from": "q.result"}}},
-        "save": {"type": "SaveText", "inputs": {"text": {"from": "msg.text"}, "filename": "q.txt"}},
-    },
-    "outputs": {"file": "save.path"},
-}
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRAPHFLOW_CACHE_DIR", str(tmp_path / "default-cache"))
-    monkeypatch.chdir(tmp_path)
-
-
-def txt2img(tiny_model) -> Workflow:
-    return Workflow.load(TXT2IMG).with_params(model=str(tiny_model), steps=2)
-
-
-def lines(out: Path) -> list[dict]:
-    return [orjson.loads(x) for x in (out / "index.jsonl").read_bytes().splitlines()]
 
 
 @pytest.fixture(scope="module")
