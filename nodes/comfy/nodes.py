@@ -15,7 +15,7 @@ from graphflow_nodes.comfy.samplers import (
 from typing import Any
 
 from graphflow_nodes.kinds import (
-    POOLED_K, SEED_MAX, TEXT_EMBEDDINGS_K, TEXT_IDS_K, TIME_IDS_K, ImageIds, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep,
+    POOLED_K, TEXT_EMBEDDINGS_K, TEXT_IDS_K, TIME_IDS_K, ImageIds, Latents, ModelInput, NoisePred, Rng, Scheduler, SchedulerConfig, TimeIds, Timestep,
     Timesteps, Transformer, UNet,
 )
 from pydantic import Field

@@ -5,7 +5,8 @@ for Flux), so mixing and token surgery on the CLIP embeddings work as for SDXL."
 
 from __future__ import annotations
 
-from graphflow_nodes.kinds import Pooled, TextEmbeddings, TextEncoder, TextIds, Tokenizer, Transformer
+from graphflow_nodes.kinds import Pooled, TextEmbeddings, TextEncoder, Tokenizer, Transformer
+from graphflow_nodes.kinds import TextIds as TextIdsKind  # the node below is named TextIds too
 from pydantic import Field
 
 from graphflow.node_api import Context, Inputs, Node, Outputs
@@ -101,7 +102,7 @@ class TextIds(Node, name="TextIds", category="text"):
         embeddings: TextEmbeddings = Field(description="the T5 sequence (gives its length)")
 
     class Out(Outputs):
-        text_ids: TextIds = Field(description="(tokens, 3)")
+        text_ids: TextIdsKind = Field(description="(tokens, 3)")
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch

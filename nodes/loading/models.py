@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from graphflow_nodes.kinds import VAE, SchedulerConfig, TextEncoder, Tokenizer, Transformer, UNet
 from graphflow_nodes.loading.descriptions import describe_config, describe_model_folder
 from graphflow_nodes.loading.families import ModelError, absent_components, family_of, pipeline_settings
-from graphflow_nodes.loading.files import locate, resolve_config_path, resolve_model_path
+from graphflow_nodes.loading.files import resolve_config_path, resolve_model_path
 from graphflow_nodes.loading.model_refs import COMPONENT_KINDS, AbsentComponent, MissingComponent, ModelRef
 from pydantic import Field
 
