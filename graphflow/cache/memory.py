@@ -1,5 +1,5 @@
 """Node outputs kept in memory between runs of one executor: least recently used first out,
-under a byte budget. Keys are fingerprints (``fingerprint.py``): equal fingerprints promise equal
+under a byte budget (entries of numbers and text: under a count). Keys are fingerprints (``fingerprint.py``): equal fingerprints promise equal
 outputs, so a hit is simply used."""
 
 from __future__ import annotations
@@ -27,20 +27,34 @@ def nbytes(value: Any) -> int:
 
 
 class MemoryCache:
-    """The entries, least recently used first, and the sizes of those that hold anything to count
-    (apart, so that an entry of numbers, most of a big graph's, is one dict slot and no tuple)."""
+    """Two stores. Entries that hold something to count (tensors) or opaque objects (models) are
+    kept least recently used first, under the byte budget, with the sizes of those that count.
+    Entries of numbers and text only, most of a big graph's, hold nothing the budget counts: they
+    live in a plain dict (an ordered dict's insert cost more than a trivial node's run), at most
+    ``max_small`` of them; past that the older half goes (a hit moves an entry to the young end)."""
 
-    def __init__(self, budget_bytes: int = 4 << 30) -> None:
+    def __init__(self, budget_bytes: int = 4 << 30, max_small: int = 500_000) -> None:
         self.budget = budget_bytes
+        self.max_small = max_small
         self.used = 0
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sizes: dict[str, int] = {}
+        self._small: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        #: ``key in cache`` without a Python-level ``__contains__`` (the planner asks once per node)
-        self.holds = self._entries.__contains__
+
+    def holds(self, key: str) -> bool:
+        """``key in cache``, as the planner asks it (once per node)."""
+        return key in self._small or key in self._entries
+
+    __contains__ = holds
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
+            small = self._small
+            hit = small.pop(key, None)
+            if hit is not None:
+                small[key] = hit  # the young end: the last to go
+                return hit
             hit = self._entries.get(key)
             if hit is None:
                 return None
@@ -51,13 +65,8 @@ class MemoryCache:
         for v in outputs.values():
             if type(v) not in _SCALARS:
                 break
-        else:  # numbers and text (most nodes of a big graph): nothing to count, nothing to evict
-            with self._lock:
-                entries = self._entries
-                if key in entries:
-                    del entries[key]
-                    self.used -= self._sizes.pop(key, 0)
-                entries[key] = outputs
+        else:  # numbers and text: nothing to count, nothing to evict by size
+            self.put_scalars({key: outputs})
             return
         size = nbytes(outputs)
         if size > self.budget:
@@ -75,26 +84,25 @@ class MemoryCache:
                 old, _ = entries.popitem(last=False)
                 self.used -= self._sizes.pop(old, 0)
 
-    def put_scalars(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """``put`` for many entries of numbers and text only (they hold nothing to count, so
-        nothing is evicted), under one lock: a run keeps its small entries and hands them over
-        together (a put per node was a tenth of a trivial node's cost)."""
-        entries, sizes = self._entries, self._sizes
+    def put_scalars(self, items: dict[str, dict[str, Any]]) -> None:
+        """``put`` for many entries of numbers and text only, under one lock: a run keeps its small
+        entries and hands them over together (a put per node was a tenth of a trivial node's cost)."""
         with self._lock:
-            for key, outputs in items:
-                if key in entries:
-                    del entries[key]
-                    self.used -= sizes.pop(key, 0)
-                entries[key] = outputs
+            small = self._small
+            for key in items.keys() & small.keys():  # put again: to the young end
+                del small[key]
+            small.update(items)
+            if len(small) > self.max_small:
+                keep = list(small.items())[len(small) - self.max_small // 2:]
+                small.clear()
+                small.update(keep)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._sizes.clear()
+            self._small.clear()
             self.used = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries
+        return len(self._entries) + len(self._small)

@@ -9,7 +9,8 @@ from typing import Any
 
 class RunCaches:
     """The caches a run reads and writes, seen as one index for the planner. ``done`` holds what
-    this run computed, so a re-plan never recomputes it."""
+    this run computed and still needs, by member (the runner's values): a re-plan stops at those
+    members, so it never recomputes them."""
 
     def __init__(self, memory, disk) -> None:
         self.memory, self.disk = memory, disk
@@ -18,8 +19,8 @@ class RunCaches:
         self.errors: list[str] = []
         self._in_memory = getattr(memory, "holds", None) or memory.__contains__
         #: memory-cache entries of numbers and text that a run hands over at its end
-        #: (``keep_small``, ``flush``); meanwhile ``done`` or the run's values hold them
-        self.small: list[tuple[str, dict[str, Any]]] = []
+        #: (``flush``), by fingerprint; meanwhile ``done`` or the run's values hold them
+        self.small: dict[str, dict[str, Any]] = {}
 
     def empty(self) -> bool:
         """Nothing could be found (no disk cache, an empty memory cache, nothing run yet): the
@@ -29,7 +30,7 @@ class RunCaches:
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
         if fp in self.bad:
             return None
-        if fp in self.done:
+        if member in self.done:
             return "run"
         if self.small:
             self.flush()
@@ -44,13 +45,13 @@ class RunCaches:
         return None
 
     def load(self, fp: str, where: str, ports: set[str], complete: set[str]) -> dict[str, Any] | None:
-        if where == "run":
-            return self.done[fp]
+        """An entry found by ``lookup`` in memory or on disk (a member found in ``done`` is not
+        loaded: the runner already holds its values)."""
         if where == "memory":
             hit = self.memory.get(fp)
             if hit is not None:
                 return hit
-        elif self.disk is not None:
+        elif where == "disk" and self.disk is not None:
             hit, err = self.disk.get(fp, ports)
             if err:
                 self.errors.append(f"recomputed a damaged entry ({err})")
@@ -65,13 +66,13 @@ class RunCaches:
         """Hand the small entries kept so far to the memory cache (at a run's end, before a
         re-plan): one lock for all of them."""
         if self.small:
-            small = self.small[:]
-            self.small.clear()  # in place: a runner holds its append
+            small = self.small.copy()
+            self.small.clear()  # in place: a runner holds it
             put = getattr(self.memory, "put_scalars", None)
             if put is not None:
                 put(small)
             else:
-                for fp, outputs in small:
+                for fp, outputs in small.items():
                     self.memory.put(fp, outputs)
 
     def store(self, fp: str, outputs: dict[str, Any], to_disk: bool) -> None:

@@ -257,7 +257,8 @@ def _recipes(c) -> dict[str, Recipe]:
         lits = None
         if all(isinstance(r, Lit) for f, r in refs if f in fields):
             lits = _bytes({f: c.literals.get((nid, f), r.value) for f, r in refs if f in fields})
-        memo[nid] = Recipe(_bytes(static), lits, tuple(fields), tuple(dynamic), uses, pure)
+        # the fixed part enters keys as its digest: a chain node's key then fits one blake2b block
+        memo[nid] = Recipe(hashlib.blake2b(_bytes(static), digest_size=DIGEST).digest(), lits, tuple(fields), tuple(dynamic), uses, pure)
     c.memo.recipes = memo
     return memo
 

@@ -36,7 +36,8 @@ class Plan:
     hits: dict[str, str]
     #: member -> the output ports that later steps and the workflow's outputs read ("*": all)
     consumed: dict[str, set[str]]
-    #: member -> how many steps still read it (its values are dropped at zero)
+    #: member -> how many steps still read it, plus one if it is in ``keep`` (its values are
+    #: dropped at zero)
     remaining: dict[str, int] = field(default_factory=dict)
     #: members whose outputs are returned to the caller
     keep: set[str] = field(default_factory=set)
@@ -114,7 +115,7 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
     empty = getattr(index, "empty", None)  # optional: an index that can say it holds nothing
     if empty is not None and empty():  # nothing to find (a fresh executor, no disk cache): every member is a step
         if c.memo.all_remaining is None:
-            c.memo.all_remaining = _remaining(c, sh.members, hits)
+            c.memo.all_remaining = _remaining(c, sh.members, hits, sh.keep)
         return Plan(list(sh.members), dict(fps), hits, sh.consumed, dict(c.memo.all_remaining), sh.keep)
     walk = _walk(c, sh)
     active: set[str] = set()
@@ -139,9 +140,9 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
         steps, step_fps = list(sh.members), dict(fps)
         if not hits:
             if c.memo.all_remaining is None:
-                c.memo.all_remaining = _remaining(c, steps, hits)
+                c.memo.all_remaining = _remaining(c, steps, hits, sh.keep)
             return Plan(steps, step_fps, hits, sh.consumed, dict(c.memo.all_remaining), sh.keep)
-    return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits), sh.keep)
+    return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits, sh.keep), sh.keep)
 
 
 def _walk(c, sh: Shape) -> dict[str, tuple]:
@@ -155,8 +156,11 @@ def _walk(c, sh: Shape) -> dict[str, tuple]:
     return walk
 
 
-def _remaining(c, steps: list[str], hits: dict[str, str]) -> dict[str, int]:
+def _remaining(c, steps: list[str], hits: dict[str, str], keep: set[str]) -> dict[str, int]:
     out = dict.fromkeys(steps, 0)
+    for k in keep:
+        if k in out:
+            out[k] = 1
     preds = c.preds[None]
     for s in steps:
         if s not in hits:

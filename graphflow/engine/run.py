@@ -76,7 +76,7 @@ class Runner:
         self.run_id = run_id
         self.cancel = cancel
         self.emit = emit
-        self.values: dict[str, dict[str, Any]] = {}
+        self.values: dict[str, dict[str, Any]] = stores.done  # what this run computed, by member
         self.shape = shape(self.c)
         self.specs = self.c.memo.input_specs
         self.recs = _records(self.c, self.shape, self.inputs_of)
@@ -139,7 +139,7 @@ class Runner:
                 check = ports[name].adapter if linked and ports[name].validates_values else None
                 out.append((name, fld, ref, how, check, ports[name] if linked and ports[name].file is not None else None,
                             ports[name].exact_type))
-            spec = self.specs[d.id] = (literals, tuple(d.inputs), tuple(out))
+            spec = self.specs[d.id] = (literals, set(d.inputs), tuple(out))
         return spec
 
     def check_file(self, nid: str, type_name: str, name: str, port, value: Any, iteration: int | None = None) -> None:
@@ -241,8 +241,6 @@ class Runner:
             s.status = "ran"
             if fp is not None and pure:
                 stores.store(fp, out, to_disk)
-        if fp is not None:
-            stores.done[fp] = out
         dt = time.perf_counter() - t0
         s.seconds += dt
         self.values[m] = out
@@ -264,9 +262,10 @@ class Runner:
         holds_pins = holds_pins if callable(holds_pins) else None
         pinned = False  # no member that may pin a model has run yet: nothing to unpin
         # the loop below runs once per member: what it reads is hoisted into locals
-        values, failed, stats, recs, kfps = self.values, self.failed, self.stats, self.recs, self.keys.fps
+        values, failed, stats, recs = self.values, self.failed, self.stats, self.recs
         stores, is_set, call, perf_counter = self.stores, self.cancel.is_set, self.call, time.perf_counter
-        done, store, disk, memory_put, small = stores.done, stores.store, stores.disk, stores.memory.put, stores.small.append
+        store, memory_put, small = stores.store, stores.memory.put, stores.small
+        to_disk_here = stores.disk is not None
         # a member that simply runs (no one hears its events, no finiteness check, not loaded, its
         # key known) takes the short path: run_top and release inlined. Whether anyone hears is
         # asked per node (a listener may subscribe mid-run), from the emitter's lists when it has them
@@ -276,111 +275,98 @@ class Runner:
             watched = asks() if asks is not None else None
         plain = watched is not None and not self.check_finite
         sync, off = watched or ((), ())
-        fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
         bvalues, cancel, ctx_values = self.b.values, self.cancel, self.ctx_values
-        steps = list(p.steps)
-        k = 0
-        while k < len(steps):
-            m = steps[k]
-            k += 1
-            if m in values:
-                continue
-            if is_set():
-                cancelled = True
-                break
-            blocked = [x for x in preds[m] if x in failed] if failed else None
-            if blocked:
-                self.root_cause[m] = root = self.root_cause.get(blocked[0], blocked[0])
-                failed[m] = f"skipped because '{root}' failed"
-                self.stat(m).status = "skipped"
-                continue
-            d, pure, to_disk, producers, cls, may_pin, spec, type_name = recs[m]
-            pinned = pinned or may_pin
-            try:
-                fp = fps[m]
-                if plain and not sync and not off and cls is not None and fp is not None and m not in hits:
-                    t1 = perf_counter()
-                    # call(), inlined for inputs read as they are: literals, parameters, links
-                    # whose value needs no check; any other input takes call()'s general reading
-                    literals, given, linked = spec
-                    kwargs = literals.copy()
-                    for name, fld, ref, how, check, file_port, exact in linked:
-                        if how == _LINK and file_port is None:
-                            v = values[ref.node][ref.port]
-                            if check is None or type(v) is exact:
-                                kwargs[name] = v
+        steps, replan = p.steps, True
+        while replan:  # once, and again after each re-plan (a cache entry counted on was damaged)
+            replan = False
+            fps, hits, rem = p.fps, p.hits, p.remaining
+            for k, m in enumerate(steps, 1):
+                if is_set():
+                    cancelled = True
+                    break
+                if failed and (blocked := [x for x in preds[m] if x in failed]):
+                    self.root_cause[m] = root = self.root_cause.get(blocked[0], blocked[0])
+                    failed[m] = f"skipped because '{root}' failed"
+                    self.stat(m).status = "skipped"
+                    continue
+                d, pure, to_disk, producers, cls, may_pin, type_name, literals, given, linked, out_keys = recs[m]
+                if may_pin:
+                    pinned = True
+                try:
+                    fp = fps[m]
+                    if plain and not sync and not off and cls is not None and fp is not None and m not in hits:
+                        t1 = perf_counter()
+                        # call(), inlined for inputs read as they are: literals, parameters, links
+                        # whose value needs no check; any other input takes call()'s general reading
+                        kwargs = literals.copy()
+                        for name, fld, ref, how, check, file_port, exact in linked:
+                            if how == _LINK and file_port is None:
+                                v = values[ref.node][ref.port]
+                                if check is None or type(v) is exact:
+                                    kwargs[name] = v
+                                    continue
+                            elif how == _PARAM:
+                                kwargs[name] = bvalues[(m, fld)]
                                 continue
-                        elif how == _PARAM:
-                            kwargs[name] = bvalues[(m, fld)]
-                            continue
-                        out = call(d, _TOP, None, None, cls)
-                        break
-                    else:
-                        ctx = _new(Context)
-                        ctx.node_id, ctx.node_type, ctx.cancel_event, ctx._declared, ctx._values = (
-                            m, cls.type_name, cancel, cls.uses, ctx_values)
-                        try:
-                            out = cls().run(cls.inputs_from(kwargs, given), ctx)
-                            if type(out) is not dict or not out.keys() >= cls.outputs.keys():
-                                out = _outputs_dict(out, cls)
-                        except (Cancelled, NodeError):
-                            raise
-                        except Exception as e:
-                            raise NodeError.wrap(m, cls.type_name, e, None) from None
-                    if pure:
-                        if to_disk and disk is not None:
-                            store(fp, out, True)
-                        else:  # RunCaches.store's memory-only case: numbers and text wait for the run's end
-                            for v in out.values():
-                                if type(v) not in SCALARS:
-                                    memory_put(fp, out)
-                                    break
-                            else:
-                                small((fp, out))
-                    done[fp] = out
-                    values[m] = out
-                    dt = perf_counter() - t1
-                    s = stats.get(m)
-                    if s is None:  # NodeStat(d.type, 1, 0, dt, "ran") without its __init__ call
+                            out = call(d, _TOP, None, None, cls)
+                            break
+                        else:
+                            ctx = _new(Context)
+                            ctx.node_id, ctx.node_type, ctx.cancel_event, ctx._declared, ctx._values = (
+                                m, cls.type_name, cancel, cls.uses, ctx_values)
+                            try:
+                                out = cls().run(cls.inputs_from(kwargs, given), ctx)
+                                if type(out) is not dict or not out.keys() >= out_keys:
+                                    out = _outputs_dict(out, cls)
+                            except (Cancelled, NodeError):
+                                raise
+                            except Exception as e:
+                                raise NodeError.wrap(m, cls.type_name, e, None) from None
+                        if pure:
+                            if to_disk and to_disk_here:
+                                store(fp, out, True)
+                            else:  # RunCaches.store's memory-only case: numbers and text wait for the run's end
+                                for v in out.values():
+                                    if type(v) not in SCALARS:
+                                        memory_put(fp, out)
+                                        break
+                                else:
+                                    small[fp] = out
+                        values[m] = out
+                        # a step runs once (a re-plan leaves out what ran or failed): its stat is
+                        # new, NodeStat(type_name, 1, 0, seconds, "ran") without its __init__ call
                         stats[m] = s = _new(NodeStat)
-                        s.type, s.runs, s.hits, s.seconds, s.status = type_name, 1, 0, dt, "ran"
-                    else:
-                        s.runs += 1
-                        s.status = "ran"
-                        s.seconds += dt
-                    for x in producers:  # release(), inlined
-                        n = rem.get(x)
-                        if n is not None:
-                            rem[x] = n = n - 1
-                            if n == 0 and x not in keep:
+                        s.type, s.runs, s.hits, s.seconds, s.status = type_name, 1, 0, perf_counter() - t1, "ran"
+                        for x in producers:  # release(), inlined
+                            rem[x] = n = rem[x] - 1
+                            if not n:
                                 values.pop(x, None)
-                                done.pop(kfps.get(x), None)
-                elif self.run_top(m, p) is None:
-                    self.release(m, p)
-            except Unloadable:  # a damaged entry: plan the rest again around it
-                stores.flush()
-                p = plan(self.keys, self.stores)
-                fps, hits, rem, keep = p.fps, p.hits, p.remaining, p.keep
-                steps, k = list(p.steps), 0
-                continue
-            except Cancelled:
-                self.stat(m)  # counted as pending, as run_top counts it before it runs a member
-                cancelled = True
-                break
-            except NodeError as e:
-                # the error outlives the run in its result: it must not keep the failed run's
-                # frames (and their tensors) alive; its text traceback is kept
-                e.__traceback__ = e.__context__ = e.__cause__ = None
-                self.errors.append(e)
-                failed[m] = str(e)
-                self.stat(m).status = "failed"
-                if e.node != m:
-                    self.stat(e.node).status = "failed"
-                if self.emit:
-                    self.emit(ev.NodeFailedEvent(e.node, e.type, e.message, self.run_id))
-                continue
-            if pinned and holds_pins is not None and holds_pins():
-                self.unpin_unreachable(steps[k:])
+                    elif self.run_top(m, p) is None:
+                        self.release(m, p)
+                except Unloadable:  # a damaged entry: plan the rest again around it
+                    stores.flush()
+                    p = plan(self.keys, self.stores)
+                    steps = [x for x in p.steps if x not in values and x not in failed]
+                    replan = True
+                    break
+                except Cancelled:
+                    self.stat(m)  # counted as pending, as run_top counts it before it runs a member
+                    cancelled = True
+                    break
+                except NodeError as e:
+                    # the error outlives the run in its result: it must not keep the failed run's
+                    # frames (and their tensors) alive; its text traceback is kept
+                    e.__traceback__ = e.__context__ = e.__cause__ = None
+                    self.errors.append(e)
+                    failed[m] = str(e)
+                    self.stat(m).status = "failed"
+                    if e.node != m:
+                        self.stat(e.node).status = "failed"
+                    if self.emit:
+                        self.emit(ev.NodeFailedEvent(e.node, e.type, e.message, self.run_id))
+                    continue
+                if pinned and holds_pins is not None and holds_pins():
+                    self.unpin_unreachable(steps[k:])
         stores.flush()
         outputs, missing = {}, {}
         for name, link in self.c.doc.outputs.items():
@@ -414,23 +400,22 @@ class Runner:
         models.keep_only(live)
 
     def release(self, m: str, p: Plan) -> None:
-        """Drop a producer's outputs once its last consumer has run (the cache may still hold them)."""
+        """Drop a producer's outputs once its last consumer has run (the cache may still hold them;
+        a member whose outputs the caller gets is never counted down to zero: ``Plan.remaining``)."""
         rem = p.remaining
         for x in self.recs[m][3]:
-            n = rem.get(x)
-            if n is not None:
-                rem[x] = n = n - 1
-                if n == 0 and x not in p.keep:
-                    self.values.pop(x, None)
-                    self.stores.done.pop(self.keys.fps.get(x), None)
+            rem[x] = n = rem[x] - 1
+            if not n:
+                self.values.pop(x, None)
 
 
 def _records(c, sh, spec_of: Callable[[NodeDef], tuple]) -> dict[str, tuple]:
     """Per top-level member: (its definition, whether it is pure, whether its entry goes to disk,
     its producers, its node class (None for a scope), whether running it may pin a model (a
-    scope, or a node that declares ``models``), how it reads its inputs (``Runner.inputs_of``; None
-    for a scope), its type name), kept with the checked graph: what the runner reads of a member
-    at its turn, in one record (at 10,000 nodes the cost is mostly memory touched per node)."""
+    scope, or a node that declares ``models``), its type name, then how it reads its inputs
+    (``Runner.inputs_of``'s three parts) and the names of its outputs (for a scope: Nones)), kept
+    with the checked graph: what the runner reads of a member at its turn, in one record (at 10,000
+    nodes the cost is mostly memory touched per node)."""
     recs = c.memo.top_records
     if recs is None:
         preds, types = c.preds[None], c.types
@@ -438,8 +423,8 @@ def _records(c, sh, spec_of: Callable[[NodeDef], tuple]) -> dict[str, tuple]:
         for m in sh.members:
             d = c.nodes[m]
             cls = None if type(d) is ScopeDef else types[m]
-            recs[m] = (d, sh.pure[m], sh.to_disk[m], tuple(preds[m]), cls, cls is None or "models" in cls.uses,
-                       None if cls is None else spec_of(d), d.type)
+            recs[m] = (d, sh.pure[m], sh.to_disk[m], tuple(preds[m]), cls, cls is None or "models" in cls.uses, d.type,
+                       *((None, None, None) if cls is None else spec_of(d)), None if cls is None else cls.outputs.keys())
         c.memo.top_records = recs
     return recs
 

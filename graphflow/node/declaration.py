@@ -225,21 +225,23 @@ class Node:
         (values already validated, defaults filled in), without its per-field alias handling,
         which costs more than a trivial node's whole run. ``Inputs`` declares no aliases. Its
         four slots are set through their descriptors (``_SLOTS``), found once, not by name."""
-        return cls.inputs_from({**cls._defaults, **values}, values)
+        return cls.inputs_from({**cls._defaults, **values}, set(values))
 
     @classmethod
     def inputs_from(cls, full: dict[str, Any], given: Any) -> Inputs:
         """``make_inputs`` for a caller that keeps ``{**cls._defaults, **literals}`` per node and
         adds the linked values to a copy of it (the runner): ``full`` is that copy, taken over;
-        ``given`` the names the document sets (the fields set). Fields with a default factory
-        that ``full`` lacks get a fresh value here, as in ``make_inputs``."""
+        ``given`` the set of names the document sets (the fields set), kept by the caller and
+        shared by every instance it makes (the inputs are frozen: nothing adds to it; building a
+        set per call was a sixth of this call). Fields with a default factory that ``full`` lacks
+        get a fresh value here, as in ``make_inputs``."""
         if cls._factories:
             for name, factory in cls._factories:
                 if name not in full:
                     full[name] = factory()
         m = _new(cls.In)
         _set_dict(m, full)
-        _set_fields_set(m, set(given))
+        _set_fields_set(m, given)
         _set_extra(m, None)
         _set_private(m, None)
         return m

@@ -145,6 +145,21 @@ def test_damaged_tensor_entry_is_recomputed_not_trusted(tmp_path, damage):
     assert sum(RUNS.values()) == 0 and r3.cache_errors == []
 
 
+def test_a_failed_node_is_not_run_again_when_a_damaged_entry_makes_the_run_re_plan(tmp_path):
+    """The re-plan around a damaged entry leaves out what already ran or failed."""
+    cache = tmp_path / "cache"
+    doc = {**VEC_DOC, "nodes": {"bad": {"type": "Fail"}, **VEC_DOC["nodes"]},
+           "outputs": {**VEC_DOC["outputs"], "never": "bad.y"}}
+    wf = Workflow.from_dict(doc, toy_registry())
+    Executor(cache_dir=cache, out_dir=tmp_path).run(wf)
+    flip_tensor_bytes(find_entry(cache, vec_value=6.0))  # found by the plan, refused when loaded
+    RUNS.clear()
+    r = Executor(cache_dir=cache, out_dir=tmp_path).run(wf)
+    assert r["total"] == 24.0 and len(r.cache_errors) == 1  # scale's entry failed to load: the run re-planned
+    assert dict(RUNS) == {"bad": 1, "scale": 1}
+    assert [e.node for e in r.errors] == ["bad"] and r.stats["bad"].status == "failed"
+
+
 def test_damaged_scalar_entry_is_recomputed(tmp_path):
     cache = tmp_path / "cache"
     wf = Workflow.from_dict(VEC_DOC, toy_registry())

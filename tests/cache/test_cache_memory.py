@@ -174,3 +174,12 @@ def test_nbytes_of_nested_values():
     assert nbytes(torch.zeros(10, dtype=torch.float32)) == 40
     assert nbytes({"a": [Blob(3), (Blob(4), 7)], "b": "text", "c": object()}) == 7
     assert nbytes(None) == 0
+
+
+def test_entries_of_numbers_keep_within_max_small_and_a_hit_is_kept_longest():
+    c = MemoryCache(0, max_small=4)
+    for i in range(4):
+        c.put(f"k{i}", {"v": i})
+    assert len(c) == 4 and c.get("k0") == {"v": 0}  # k0 is now the youngest but one
+    c.put_scalars({"k4": {"v": 4}})  # five: the older half goes
+    assert len(c) == 2 and "k0" in c and "k4" in c and "k1" not in c and c.used == 0
