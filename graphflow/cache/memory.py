@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from itertools import repeat
 from typing import Any
 
 SCALARS = _SCALARS = (int, float, str, bool, type(None))  # values that hold nothing to count
@@ -47,6 +48,32 @@ class MemoryCache:
         return key in self._small or key in self._entries
 
     __contains__ = holds
+
+    def holds_all(self, keys: list[str]) -> bool:
+        """``holds`` for many keys, answered in C (the planner of a fully cached run asks it)."""
+        small, entries = self._small, self._entries
+        return small.keys() >= set(keys) or all(k in small or k in entries for k in keys)
+
+    def get_many(self, keys: list[str]) -> list[dict[str, Any]] | None:
+        """``get`` of each key, in one go (a fully cached run's loads), or None when one is not
+        held. Keys may repeat (equal nodes have equal keys)."""
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            small, entries = self._small, self._entries
+            found = list(map(small.pop, unique, repeat(None)))  # taken out and put back: the young end
+            if None not in found:
+                small.update(zip(unique, found))
+            else:
+                small.update((k, v) for k, v in zip(unique, found) if v is not None)
+                for i, k in enumerate(unique):
+                    if found[i] is None:
+                        found[i] = entries.get(k)
+                        if found[i] is None:
+                            return None
+                        entries.move_to_end(k)
+        if len(unique) == len(keys):
+            return found
+        return list(map(dict(zip(unique, found)).__getitem__, keys))
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:

@@ -27,6 +27,15 @@ class RunCaches:
         planner need not walk the graph asking."""
         return self.disk is None and not self.done and not self.small and not len(self.memory)
 
+    def all_in_memory(self, fps: list[str]) -> bool:
+        """Whether ``lookup`` would answer "memory" for each of ``fps`` (asked before this run
+        has computed or refused anything)."""
+        if self.bad or self.done:
+            return False
+        self.flush()
+        holds_all = getattr(self.memory, "holds_all", None)
+        return holds_all(fps) if holds_all is not None else all(map(self._in_memory, fps))
+
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
         if fp in self.bad:
             return None

@@ -3,6 +3,9 @@ its thread happens to be, so nothing is left half-done; the way ``asyncio.run`` 
 
 from __future__ import annotations
 
+# _signal: the C functions under signal.signal/getsignal, whose enum conversions (an exception per
+# call for a Python handler) were a tenth of a cached run's fixed cost; same arguments, same values
+import _signal
 import signal
 import sys
 import threading
@@ -20,7 +23,7 @@ def interrupt_cancels(cancel_event: threading.Event) -> Iterator[None]:
     KeyboardInterrupt is raised once the run has stopped. A second SIGINT raises at once. Any
     other handler (the CLI's, a test's) is left in place: it chose what an interrupt means."""
     if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            or _signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     hits: list[int] = []
@@ -33,10 +36,10 @@ def interrupt_cancels(cancel_event: threading.Event) -> Iterator[None]:
             cancel_event.set()
         sys.stderr.write("\ninterrupted: the run stops at its next node or loop step (interrupt again to stop at once)\n")
 
-    signal.signal(signal.SIGINT, on_sigint)
+    _signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _signal.signal(signal.SIGINT, signal.default_int_handler)
     if hits:
         raise KeyboardInterrupt

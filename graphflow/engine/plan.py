@@ -23,7 +23,8 @@ class CacheIndex(Protocol):
     def lookup(self, fp: str, member: str, ports: set[str]) -> str | None:
         """Where a complete-enough entry for ``fp`` is ("memory", "disk", ...), or None. An index
         may also offer ``empty()``: true when every lookup would give None, so the planner skips
-        the walk."""
+        the walk; and ``all_in_memory(fps)``: true when every lookup of these would give
+        "memory", so a fully cached run is planned without one."""
 
 
 @dataclass
@@ -66,11 +67,13 @@ def shape(c) -> Shape:
             if link.node in consumed and link.node != n:
                 consumed[link.node].add(link.port)
     scope = {n: isinstance(c.nodes[n], ScopeDef) for n in members}
+    keep = {link.node for link in outputs}
+    pure = {n: is_pure(c, n) for n in members}
     c.memo.shape = memo = Shape(
-        members, consumed, {link.node for link in outputs},
-        {n: is_pure(c, n) for n in members},
+        members, consumed, keep, pure,
         {n: output_ports(c, n) for n in members},
         {n: scope[n] or c.types[n].disk_cache for n in members},
+        [n for n in members if n in keep] if all(pure[n] for n in keep) else None,
     )
     return memo
 
@@ -117,6 +120,13 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
         if c.memo.all_remaining is None:
             c.memo.all_remaining = _remaining(c, sh.members, hits, sh.keep)
         return Plan(list(sh.members), dict(fps), hits, sh.consumed, dict(c.memo.all_remaining), sh.keep)
+    if sh.kept is not None:  # a fully cached re-run: what the caller gets is all in memory
+        in_memory = getattr(index, "all_in_memory", None)
+        kept_fps = [fps[n] for n in sh.kept]
+        if in_memory is not None and None not in kept_fps and in_memory(kept_fps):
+            hits = dict.fromkeys(sh.kept, "memory")
+            return Plan(list(sh.kept), dict(zip(sh.kept, kept_fps)), hits, sh.consumed,
+                        _remaining(c, sh.kept, hits, sh.keep), sh.keep)
     walk = _walk(c, sh)
     active: set[str] = set()
     stack = list(sh.keep)
@@ -158,9 +168,7 @@ def _walk(c, sh: Shape) -> dict[str, tuple]:
 
 def _remaining(c, steps: list[str], hits: dict[str, str], keep: set[str]) -> dict[str, int]:
     out = dict.fromkeys(steps, 0)
-    for k in keep:
-        if k in out:
-            out[k] = 1
+    out.update(dict.fromkeys(out.keys() & keep, 1))
     preds = c.preds[None]
     for s in steps:
         if s not in hits:

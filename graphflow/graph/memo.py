@@ -44,11 +44,13 @@ class Shape:
     pure: dict[str, bool]
     ports: dict[str, set[str]]  # every output port of each member
     to_disk: dict[str, bool]
+    #: the members in ``keep``, in order, when each is pure: all a fully cached run touches; else None
+    kept: list[str] | None = None
 
 
 #: (the parameter set serialised, the run options) -> (member -> fingerprint, for those that hold
-#: no run token; the (file, content id) pairs those fingerprints read)
-Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Path, str]]]]
+#: no run token; the (file, content id) pairs those fingerprints read; whether that is every member)
+Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Path, str]], bool]]
 
 
 @dataclass(eq=False)
@@ -62,8 +64,9 @@ class Memo:
     #: top-level member -> (pure, the ports a cache lookup asks for, producers), for
     #: ``engine.plan.plan``; None until the first plan
     plan_walk: dict[str, tuple] | None = None
-    #: top-level member -> (definition, pure, to disk, producers, node class, may pin a model, how
-    #: it reads its inputs, type name), for ``engine.run.Runner``; None until the first run
+    #: top-level member -> (definition, pure, to disk, producers, node class, may pin a model, type
+    #: name, how it reads its inputs (three parts), its output names), for ``engine.run.Runner``;
+    #: None until the first run
     top_records: dict[str, tuple] | None = None
     #: the newest parameter sets' fingerprints (at most 32: a long sweep keeps the newest)
     fingerprints: Fingerprints = field(default_factory=dict)

@@ -183,3 +183,14 @@ def test_entries_of_numbers_keep_within_max_small_and_a_hit_is_kept_longest():
     assert len(c) == 4 and c.get("k0") == {"v": 0}  # k0 is now the youngest but one
     c.put_scalars({"k4": {"v": 4}})  # five: the older half goes
     assert len(c) == 2 and "k0" in c and "k4" in c and "k1" not in c and c.used == 0
+
+
+def test_get_many_gives_each_entry_in_order_repeats_included_or_none_if_one_is_missing():
+    c = MemoryCache(100)
+    c.put("a", {"v": 1.0})
+    c.put("t", {"x": Blob(10)})
+    c.put("b", {"v": 2.0})
+    assert c.get_many(["b", "t", "a", "b"]) == [{"v": 2.0}, {"x": c.get("t")["x"]}, {"v": 1.0}, {"v": 2.0}]
+    assert list(c._small) == ["b", "a"]  # the order asked: the last asked is the youngest
+    assert c.get_many(["a", "gone"]) is None and "a" in c
+    assert c.holds_all(["a", "b", "t"]) and not c.holds_all(["a", "gone"])
