@@ -20,7 +20,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 
-def per_sample(ctx: Any, key: Hashable, inputs: Any, call: Callable[[Any], Any]) -> Any:
+def per_sample(ctx: Any, key: Hashable, inputs: Any, call: Callable[[Any], Any], distinct: bool = False) -> Any:
     """``call(inputs)``, made once with the same-keyed calls of the runs batched with this one.
 
     ``inputs``: a tuple/list/dict nesting whose tensor leaves all have this item's rows first
@@ -29,7 +29,11 @@ def per_sample(ctx: Any, key: Hashable, inputs: Any, call: Callable[[Any], Any])
     position ids). ``call``'s result: a nesting of tensors with the rows of its input (or None
     leaves); each item gets its own rows back. Each sample's result is its own as long as the
     model has no cross-sample operation (true of every model here: norms and attention are per
-    sample), so batched pictures differ from unbatched ones by float summation order only."""
+    sample), so batched pictures differ from unbatched ones by float summation order only.
+
+    ``distinct``: equal inputs (compared by value) are computed once and each of their callers
+    gets that result: for text encoders, where the items of a batch often share a prompt (a
+    sweep's seeds), which unbatched runs would have encoded once and then found in the cache."""
     leaves, spec = tree_flatten(inputs)
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     rows = tensors[0].shape[0] if tensors and tensors[0].ndim else 0
@@ -42,6 +46,13 @@ def per_sample(ctx: Any, key: Hashable, inputs: Any, call: Callable[[Any], Any])
         return call(inputs)
 
     def together(payloads: list) -> list:
+        if distinct and len(payloads) > 1:
+            first: dict[bytes, int] = {}
+            slot = [first.setdefault(_content(p), len(first)) for p in payloads]
+            if len(first) < len(payloads):
+                unique = [payloads[slot.index(j)] for j in range(len(first))]
+                done = together(unique)
+                return [done[j] for j in slot]
         if len(payloads) == 1:
             return [call(payloads[0])]
         flat = [tree_flatten(p)[0] for p in payloads]
@@ -52,6 +63,13 @@ def per_sample(ctx: Any, key: Hashable, inputs: Any, call: Callable[[Any], Any])
         return [tree_unflatten([p[k] for p in parts], out_spec) for k in range(len(payloads))]
 
     return ctx.batched((key, spec, sig), inputs, together)
+
+
+def _content(inputs: Any) -> bytes:
+    """An input nesting's tensors by value (token ids, embeddings: small), for ``distinct``."""
+    leaves = tree_flatten(inputs)[0]
+    return b"".join(x.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes() if isinstance(x, torch.Tensor)
+                    else repr(x).encode() for x in leaves)  # as bytes: bfloat16 has no numpy type
 
 
 def timestep_key(timestep: Any) -> Any:

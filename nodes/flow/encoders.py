@@ -31,6 +31,7 @@ class EncodeT5(Node, name="EncodeT5", category="text", uses=("models",)):
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
+        from graphflow_nodes.batch_calls import per_sample
         from graphflow_nodes.loading.model_refs import AbsentComponent
         from graphflow_nodes.runtime import placement
 
@@ -45,8 +46,13 @@ class EncodeT5(Node, name="EncodeT5", category="text", uses=("models",)):
         te = ctx.models.get(i.text_encoder)
         ids = tokenizer([i.text or i.fallback], padding="max_length", max_length=i.max_sequence_length, truncation=True,
                         add_special_tokens=True, return_tensors="pt").input_ids
-        with torch.no_grad():
-            return {"hidden_states": te(ids.to(placement(te)[0]))[0]}
+
+        def encode(args):
+            with torch.no_grad():
+                return te(args[0].to(placement(te)[0]))[0]
+
+        # the prompts of runs batched with this one are encoded in one call (a shared one once)
+        return {"hidden_states": per_sample(ctx, ("t5", id(te)), (ids,), encode, distinct=True)}
 
 
 class JointEmbeddings(Node, name="JointEmbeddings", category="text"):

@@ -34,14 +34,20 @@ class EncodeHidden(Node, name="EncodeHidden", category="text", uses=("models",))
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
+        from graphflow_nodes.batch_calls import per_sample
         from graphflow_nodes.stages.encoders import table_device, tokenize
 
         te = ctx.models.get(i.text_encoder)
         ids, _ = tokenize(ctx.models.get(i.tokenizer), i.text or i.fallback)
-        with torch.no_grad():
-            out = te(ids.to(table_device(te)), output_hidden_states=True)
-        hidden = out[0] if i.layer == "last" else out.hidden_states[-(i.skip + 2)]
-        pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+
+        def encode(args):
+            with torch.no_grad():
+                out = te(args[0].to(table_device(te)), output_hidden_states=True)
+            hidden = out[0] if i.layer == "last" else out.hidden_states[-(i.skip + 2)]
+            return hidden, (out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output)
+
+        # the prompts of runs batched with this one are encoded in one call (a shared one once)
+        hidden, pooled = per_sample(ctx, ("clip-hidden", id(te), i.layer, i.skip), (ids,), encode, distinct=True)
         return {"hidden_states": hidden, "pooled": pooled}
 
 

@@ -153,7 +153,11 @@ class TextEncode(Node, name="TextEncode", category="text", uses=("models",)):
         text_embeddings: TextEmbeddings = Field(description="(batch, 77, hidden): what the UNet attends to")
 
     def run(self, i: In, ctx: Context) -> dict:
-        return {"text_embeddings": encode_embeddings(ctx.models.get(i.text_encoder), i.input_embeddings)}
+        from graphflow_nodes.batch_calls import per_sample
+
+        te = ctx.models.get(i.text_encoder)
+        return {"text_embeddings": per_sample(ctx, ("clip-embeddings", id(te)), (i.input_embeddings,),
+                                              lambda a: encode_embeddings(te, a[0]), distinct=True)}
 
 
 class EncodePrompt(Node, name="EncodePrompt", category="text", uses=("models",)):
@@ -172,17 +176,23 @@ class EncodePrompt(Node, name="EncodePrompt", category="text", uses=("models",))
 
     def run(self, i: In, ctx: Context) -> dict:
         import torch
+        from graphflow_nodes.batch_calls import per_sample
 
         te = ctx.models.get(i.text_encoder)
         ids, _ = tokenize(ctx.models.get(i.tokenizer), i.text)
         layers = te.config.num_hidden_layers
         if i.clip_skip >= layers:
             raise ValueError(f"clip_skip {i.clip_skip} reaches past the first of the text encoder's {layers} layers")
-        with torch.no_grad():
-            if i.clip_skip == 0:
-                return {"text_embeddings": te(ids.to(table_device(te)))[0]}
-            out = te(ids.to(table_device(te)), output_hidden_states=True)
-            return {"text_embeddings": _text_model(te).final_layer_norm(out.hidden_states[-(i.clip_skip + 1)])}
+
+        def encode(args):
+            with torch.no_grad():
+                if i.clip_skip == 0:
+                    return te(args[0].to(table_device(te)))[0]
+                out = te(args[0].to(table_device(te)), output_hidden_states=True)
+                return _text_model(te).final_layer_norm(out.hidden_states[-(i.clip_skip + 1)])
+
+        # the prompts of runs batched with this one are encoded in one call (a shared one once)
+        return {"text_embeddings": per_sample(ctx, ("clip", id(te), i.clip_skip), (ids,), encode, distinct=True)}
 
 
 class MixEmbeddings(Node, name="MixEmbeddings", category="text"):

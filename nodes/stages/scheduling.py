@@ -230,7 +230,7 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
         why = refusal(i.name, i.scheduler_config, i.linear_sigmas)
         if why:
             raise ValueError(f"scheduler {i.name} ({cls_name}) is refused here: {why}")
-        s = cls.from_config(config)
+        s = with_shared_coefficients(cls.from_config(config))
         warmup = getattr(s, "pndm_order", 0) if not s.config.get("skip_prk_steps", True) else 0
         if i.steps < warmup:  # diffusers' own set_timesteps fails with a numpy broadcast error
             raise ValueError(f"{cls_name} with skip_prk_steps false (its Runge-Kutta warm-up, as SD 2.x configs leave it) needs at "
@@ -248,6 +248,47 @@ class MakeScheduler(Node, name="Scheduler", category="sampling", uses=("device",
         if begin and hasattr(s, "set_begin_index"):
             s.set_begin_index(begin)
         return {"scheduler": s, "timesteps": s.timesteps[begin:end], "init_noise_sigma": float(getattr(s, "init_noise_sigma", 1.0))}
+
+
+_LMS_COEFFICIENTS: dict[tuple, float] = {}
+
+
+def _shared_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
+    """``LMSDiscreteScheduler.get_lms_coefficient``, computed by diffusers' own method once per
+    process for each set of the sigmas it reads (the key): the same value, bit for bit."""
+    key = (order, current_order, *(float(self.sigmas[k]) for k in range(t - order + 1, t + 2)))
+    hit = _LMS_COEFFICIENTS.get(key)
+    if hit is None:
+        if len(_LMS_COEFFICIENTS) > 100_000:
+            _LMS_COEFFICIENTS.clear()
+        hit = _LMS_COEFFICIENTS[key] = type(self).__mro__[1].get_lms_coefficient(self, order, t, current_order)
+    return hit
+
+
+def _shared_again(base: type, state: dict) -> Any:
+    """A copy or an unpickled scheduler of a ``_sharing`` class (pickle names the base class)."""
+    s = base.__new__(base)
+    s.__dict__.update(state)
+    return with_shared_coefficients(s)
+
+
+@functools.cache
+def _sharing(cls: type) -> type:
+    """``cls`` with its LMS coefficients shared; the same name, so configs and messages read alike."""
+    return type(cls.__name__, (cls,), {"get_lms_coefficient": _shared_lms_coefficient, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__,
+                                       "__reduce__": lambda self: (_shared_again, (cls, self.__dict__))})
+
+
+def with_shared_coefficients(s: Any) -> Any:
+    """LMS integrates each step's coefficients numerically (scipy's quad: 2 ms a step, as long as a
+    mid-size UNet call takes for a few rows), and every item of a sweep or a batch integrates the
+    same ones: here they are computed once per process. Other schedulers are returned as they are."""
+    import diffusers
+
+    if isinstance(s, diffusers.LMSDiscreteScheduler) and type(s) is diffusers.LMSDiscreteScheduler:
+        s.__class__ = _sharing(type(s))
+    return s
 
 
 class ScaleModelInput(Node, name="ScaleModelInput", category="sampling"):

@@ -75,3 +75,27 @@ def test_outside_a_group_the_call_is_made_at_once():
 @pytest.mark.parametrize("n", [0, 1])
 def test_empty_and_single_groups(n):
     assert CoRun().run([lambda: batched("m", 1, doubling([]))] * n) == [2] * n
+
+
+def test_per_sample_with_distinct_computes_equal_inputs_once_and_gives_each_caller_its_rows():
+    """Text encoders' batching (nodes/batch_calls.py): the items of a batch that share a prompt
+    get one row of the call, as unbatched runs would encode it once and find it in the cache."""
+    import torch
+    from graphflow_nodes.batch_calls import per_sample
+
+    from graphflow.node.context import Context
+
+    seen: list = []
+
+    def encode(args):
+        seen.append(args[0][:, 0].tolist())
+        return args[0] * 2, args[0][:, :1]
+
+    ids = [torch.tensor([[1, 7]]), torch.tensor([[2, 7]]), torch.tensor([[1, 7]]), torch.tensor([[3, 7]])]
+    out = CoRun().run([lambda x=x: per_sample(Context(), "te", (x,), encode, distinct=True) for x in ids])
+    assert seen == [[1, 2, 3]]  # one call, each distinct row once
+    assert [(a.tolist(), b.tolist()) for a, b in out] == [([[2, 14]], [[1]]), ([[4, 14]], [[2]]), ([[2, 14]], [[1]]),
+                                                          ([[6, 14]], [[3]])]
+    seen.clear()
+    CoRun().run([lambda x=x: per_sample(Context(), "te", (x,), encode) for x in ids])
+    assert seen == [[1, 2, 1, 3]]  # without distinct: every caller's row

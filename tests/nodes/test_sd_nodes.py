@@ -222,6 +222,42 @@ def test_an_edited_input_file_is_read_again(tmp_path):
     assert r.runs("img") == 1 and r["red"] == 0.0 and r["blue"] == 1.0
 
 
+def test_lms_coefficients_are_integrated_once_per_process_and_equal_diffusers_own(monkeypatch):
+    """Every item of a sweep integrated the same LMS coefficients (scipy's quad, 2 ms a step):
+    the Scheduler node's LMS shares them. Each is diffusers' own value; a copy, a pickle and a
+    scheduler of other sigmas behave as diffusers' does."""
+    from diffusers import LMSDiscreteScheduler
+    from graphflow_nodes.stages import scheduling
+    from graphflow_nodes.stages.scheduler_state import clone
+
+    integrals = []
+    real = scheduling._sharing(LMSDiscreteScheduler).__mro__[1].get_lms_coefficient
+    monkeypatch.setattr(LMSDiscreteScheduler, "get_lms_coefficient", lambda *a: integrals.append(a[1:]) or real(*a))
+    monkeypatch.setattr(scheduling, "_LMS_COEFFICIENTS", {})
+
+    def sample(s, steps=6):
+        s.set_timesteps(steps)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 8, 8, generator=g)
+        for t in s.timesteps:
+            x = s.step(torch.randn(1, 4, 8, 8, generator=g), t, s.scale_model_input(x, t)).prev_sample
+        return x
+
+    plain = sample(LMSDiscreteScheduler())
+    assert len(integrals) == 1 + 2 + 3 + 4 * 3  # order 4: one coefficient per order reached
+    integrals.clear()
+    shared = scheduling.with_shared_coefficients(LMSDiscreteScheduler())
+    assert type(shared).__name__ == "LMSDiscreteScheduler"
+    assert torch.equal(sample(shared), plain) and len(integrals) == 18
+    integrals.clear()
+    for again in (scheduling.with_shared_coefficients(LMSDiscreteScheduler()), clone(shared), pickle.loads(pickle.dumps(shared))):
+        assert type(again) is type(shared)
+        assert torch.equal(sample(again), plain)
+    assert integrals == []  # the same sigmas: nothing integrated again
+    sample(shared, steps=7)
+    assert len(integrals) == 18 + 4  # other sigmas: their own coefficients
+
+
 def test_scheduler_by_name_with_options_and_a_clear_error_for_a_wrong_option(tiny_model):
     def run(options):
         return Executor().run(Workflow.from_dict({

@@ -60,7 +60,9 @@ def test_sd3_sweep_makes_one_transformer_call_per_step_for_its_items(tmp_path, t
     calls.clear()
     batched, ex = pictures(wf, tmp_path / "four", 4, grid=grid)
     assert calls == [8, 8, 4, 4]  # chunks of 4 and 2 items, 2 steps each, CFG doubling each item
-    assert ex.batch_sizes == [4, 4, 4, 2, 2, 2]  # the VAE decode batches too (the shared Decode)
+    # the first chunk's six encoder calls (three encoders, each for the negative prompt and the
+    # prompts), two steps and the VAE decode (the shared Decode); the second chunk's prompts are cached
+    assert ex.batch_sizes == [4] * 9 + [2, 2, 2]
     assert_same_pictures(batched, alone)
 
 

@@ -187,7 +187,9 @@ def test_batch_on_ray_groups_an_actors_items_into_one_model_call_per_step(tmp_pa
     sw = Sweep(wf, grid=grid, out_dir=tmp_path / "ray", runner=RaySweep("local", workers=1, executor_options={"batch": 3}))
     it = iter(sw)
     first = next(it)  # paused here: the actor has run its first batch, 3 items, and no more
-    assert sw.runner.info()[0]["batch_sizes"] == [3, 3]  # the step's UNet call and the VAE decode, each for all 3
+    # the negative prompt's and the prompts' text encoder calls, the step's UNet call and the VAE
+    # decode, each for all 3
+    assert sw.runner.info()[0]["batch_sizes"] == [3, 3, 3, 3]
     results = [first, *it]
     assert sorted(r.item for r in results) == list(range(4)) and {r.status for r in results} == {"ok"}
     for r in results:  # float summation order only
