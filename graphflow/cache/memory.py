@@ -1,6 +1,6 @@
 """Node outputs kept in memory between runs of one executor: least recently used first out,
-under a byte budget (entries of numbers and text: under a count). Keys are fingerprints (``fingerprint.py``): equal fingerprints promise equal
-outputs, so a hit is simply used."""
+under a byte budget (entries of numbers and text: under a count). Keys are fingerprints
+(``fingerprint.py``): equal fingerprints promise equal outputs, so a hit is simply used."""
 
 from __future__ import annotations
 

@@ -18,10 +18,10 @@ to ``run``: ``interrupt.py``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 import time
-import os
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path

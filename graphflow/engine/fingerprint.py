@@ -258,7 +258,8 @@ def _recipes(c) -> dict[str, Recipe]:
         if all(isinstance(r, Lit) for f, r in refs if f in fields):
             lits = _bytes({f: c.literals.get((nid, f), r.value) for f, r in refs if f in fields})
         # the fixed part enters keys as its digest: a chain node's key then fits one blake2b block
-        memo[nid] = Recipe(hashlib.blake2b(_bytes(static), digest_size=DIGEST).digest(), lits, tuple(fields), tuple(dynamic), uses, pure)
+        fixed = hashlib.blake2b(_bytes(static), digest_size=DIGEST).digest()
+        memo[nid] = Recipe(fixed, lits, tuple(fields), tuple(dynamic), uses, pure)
     c.memo.recipes = memo
     return memo
 

@@ -268,8 +268,8 @@ class Runner:
         to_disk_here = stores.disk is not None
         # a member that simply runs (no one hears its events, no finiteness check, not loaded, its
         # key known) takes the short path: run_top and release inlined; so does one loaded from
-        # the memory cache. Whether anyone hears is
-        # asked per node (a listener may subscribe mid-run), from the emitter's lists when it has them
+        # the memory cache. Whether anyone hears is asked per node (a listener may subscribe
+        # mid-run), from the emitter's lists when it has them
         watched = (), ()
         if self.emit is not None:
             asks = getattr(self.emit, "watched", None)

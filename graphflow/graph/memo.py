@@ -24,7 +24,7 @@ __all__ = ["Memo", "Recipe", "Shape"]
 class Recipe(NamedTuple):
     """The part of a node's fingerprint the document fixes (``engine.fingerprint``)."""
 
-    static: bytes  # what never changes for the document: type, versions, condition
+    static: bytes  # the digest of what never changes for the document: type, versions, condition
     values: bytes | None  # the inline values, serialised, when no parameter feeds the node
     value_fields: tuple  # the fields holding values (literals or parameters)
     #: (tag, field, ref, file marker or None, links) for links and file inputs; links: per link,
