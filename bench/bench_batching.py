@@ -10,6 +10,9 @@ own (this script with --variant), timing model loads and the 16 pictures, not im
 the 16 pictures alone, after a 1-step warm-up picture that loads the models). The
 per-item difference between the batched and unbatched sweeps' pictures (8-bit levels) is printed.
 
+The UNet alone at 2 rows (the loop's call) and 16 (the batched sweep's), in a process of its own:
+how much cheaper a row is in a big call on this machine, the floor of what batching can save.
+
 Previews: the same txt2img, 30 steps, with ``preview_every=1`` against none, alternated in one
 process (best of 3 each): the linear latent-to-RGB projection and a PNG encode per step.
 
@@ -168,6 +171,28 @@ def preview_cost(model: Path, size: int, steps: int = 30, rounds: int = 3) -> di
     return {"off": min(times[0]), "on": min(times[1]), "previews": counts[-1]}
 
 
+def unet_rows(model: Path, size: int, rounds: int = 3) -> dict:
+    """The UNet alone, best of ``rounds`` calls at the per-item loop's 2 rows (CFG) and the batched
+    sweep's 16 (8 items): how much cheaper a row is in a big call on this machine, which bounds
+    what any batching of these items can save (the picture's other work does not batch away)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", local_files_only=True).eval()
+    side = size // 8
+    out = {}
+    with torch.no_grad():
+        for rows in (2, 16):
+            x, e = torch.randn(rows, unet.config.in_channels, side, side), torch.randn(rows, 77, unet.config.cross_attention_dim)
+            best = float("inf")
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                unet(x, 500, encoder_hidden_states=e)
+                best = min(best, time.perf_counter() - t0)
+            out[rows] = best
+    return {"2": out[2], "16": out[16]}
+
+
 def variant(name: str, model: Path, steps: int, size: int, out: Path) -> dict:
     import graphflow_nodes  # noqa: F401
     from diffusers import AutoencoderKL, LMSDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
@@ -179,6 +204,8 @@ def variant(name: str, model: Path, steps: int, size: int, out: Path) -> dict:
         return diffusers_loop(model, steps, size, per_prompt=True)
     if name == "preview":
         return preview_cost(model, size)
+    if name == "unet":
+        return unet_rows(model, size)
     return graphflow_sweep(model, steps, size, int(name[1:]), out)
 
 
@@ -212,7 +239,7 @@ def main() -> None:
             if key == "mid":
                 build_mid(model)
             rows = {}
-            for v in ("loop", "nipp", "b1", "b8", "preview"):
+            for v in ("loop", "nipp", "b1", "b8", "preview", "unet"):
                 p = subprocess.run([sys.executable, __file__, "--variant", v, "--model", str(model), "--steps", str(args.steps),
                                     "--size", str(size), "--out", str(tmp / f"{key}-{v}")],
                                    capture_output=True, text=True, timeout=3600, env=env)
@@ -232,6 +259,10 @@ def main() -> None:
                       f"{r['warm'] / rows['loop']['warm']:7.2f}x {r['calls']:11d}")
             print(f"batched vs num_images_per_prompt: {rows['b8']['seconds'] / rows['nipp']['seconds']:.2f}x, "
                   f"warm {rows['b8']['warm'] / rows['nipp']['warm']:.2f}x")
+            u = rows["unet"]
+            per_row = (u["16"] / 16) / (u["2"] / 2)
+            print(f"the UNet alone: {u['2'] * 1e3:.0f} ms for 2 rows, {u['16'] * 1e3:.0f} ms for 16: a row of a 16-row call costs "
+                  f"{per_row:.2f}x a row of a 2-row call on this machine (the floor of the batched UNet work against the loop's)")
             diffs = [max_levels(rows["b1"]["files"][i], rows["b8"]["files"][i]) for i in sorted(rows["b1"]["files"], key=int)]
             print(f"per item, batched vs unbatched picture, max difference in 8-bit levels: {diffs}")
             pv = rows["preview"]
