@@ -59,7 +59,9 @@ def per_sample(ctx: Any, key: Hashable, inputs: Any, call: Callable[[Any], Any],
         joined = [torch.cat(col) if isinstance(col[0], torch.Tensor) else col[0] for col in zip(*flat)]
         sizes = [next(x for x in f if isinstance(x, torch.Tensor)).shape[0] for f in flat]
         out, out_spec = tree_flatten(call(tree_unflatten(joined, spec)))
-        parts = [x.split(sizes) if isinstance(x, torch.Tensor) else [x] * len(payloads) for x in out]
+        # each item's rows copied out of the batch's tensor: a view would keep the whole batch alive
+        # for as long as one item's output is cached, which the cache counts as the view's size only
+        parts = [[p.clone() for p in x.split(sizes)] if isinstance(x, torch.Tensor) else [x] * len(payloads) for x in out]
         return [tree_unflatten([p[k] for p in parts], out_spec) for k in range(len(payloads))]
 
     return ctx.batched((key, spec, sig), inputs, together)

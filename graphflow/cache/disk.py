@@ -382,11 +382,23 @@ class DiskCache:
     def put(self, key: str, outputs: dict[str, Any]) -> bool:
         """Store the storable outputs; False when none is storable or the entry alone exceeds the
         size limit. Written by name inside the shard folder opened without following a link (a
-        link planted as the shard is replaced by a real folder), so nothing lands outside the cache."""
-        data = encode(key, outputs)
-        if data is None or (self.max_bytes is not None and len(data) > self.max_bytes):
-            return False
+        link planted as the shard is replaced by a real folder), so nothing lands outside the cache.
+        An entry already there is kept: equal keys hold equal outputs, and batched runs that share
+        a prompt each store its embeddings (a damaged entry was deleted when it was read)."""
         with self._shard_fd(key, create=True) as shard:
-            write_atomic(f"{key}.safetensors", data, dir_fd=shard)
+            name = f"{key}.safetensors"
+            try:
+                if stat.S_ISREG(os.stat(name, dir_fd=shard, follow_symlinks=False).st_mode):
+                    try:
+                        os.utime(name, dir_fd=shard, follow_symlinks=False)  # the most recently used, as a write made it
+                    except OSError:  # a read-only cache still works
+                        pass
+                    return True
+            except FileNotFoundError:
+                pass
+            data = encode(key, outputs)
+            if data is None or (self.max_bytes is not None and len(data) > self.max_bytes):
+                return False
+            write_atomic(name, data, dir_fd=shard)
         self._wrote(len(data))
         return True

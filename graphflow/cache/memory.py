@@ -1,22 +1,25 @@
 """Node outputs kept in memory between runs of one executor: least recently used first out,
-under a byte budget (entries of numbers and text: under a count). Keys are fingerprints
+under a byte budget (entries of numbers only: under a count). Keys are fingerprints
 (``fingerprint.py``): equal fingerprints promise equal outputs, so a hit is simply used."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from itertools import repeat
 from typing import Any
 
-SCALARS = _SCALARS = (int, float, str, bool, type(None))  # values that hold nothing to count
+NUMBERS = _NUMBERS = (int, float, bool, type(None))  # values that hold nothing to count
 
 
 def nbytes(value: Any) -> int:
-    """Memory a value holds, as far as the cache budget is concerned: tensors and arrays count,
-    containers add up their items, opaque objects (models) count as zero."""
-    if type(value) in _SCALARS:
+    """Memory a value holds, as far as the cache budget is concerned: tensors, arrays and text
+    count, containers add up their items, numbers and opaque objects (models) count as zero."""
+    if type(value) in _NUMBERS:
         return 0
+    if type(value) is str:
+        return sys.getsizeof(value)
     n = getattr(value, "nbytes", None)
     if isinstance(n, int):
         return n
@@ -28,10 +31,10 @@ def nbytes(value: Any) -> int:
 
 
 class MemoryCache:
-    """Two stores. Entries that hold something to count (tensors) or opaque objects (models) are
-    kept least recently used first, under the byte budget, with the sizes of those that count.
-    Entries of numbers and text only, most of a big graph's, hold nothing the budget counts: they
-    live in a plain dict (an ordered dict's insert cost more than a trivial node's run), at most
+    """Two stores. Entries that hold something to count (tensors, text) or opaque objects (models)
+    are kept least recently used first, under the byte budget, with the sizes of those that count.
+    Entries of numbers only, most of a big graph's, hold nothing the budget counts: they live in a
+    plain dict (an ordered dict's insert cost more than a trivial node's run), at most
     ``max_small`` of them; past that the older half goes (a hit moves an entry to the young end)."""
 
     def __init__(self, budget_bytes: int = 4 << 30, max_small: int = 500_000) -> None:
@@ -51,8 +54,9 @@ class MemoryCache:
 
     def holds_all(self, keys: list[str]) -> bool:
         """``holds`` for many keys, answered in C (the planner of a fully cached run asks it)."""
-        small, entries = self._small, self._entries
-        return small.keys() >= set(keys) or all(k in small or k in entries for k in keys)
+        with self._lock:  # get() takes a key out and puts it back: never seen missing meanwhile
+            small, entries = self._small, self._entries
+            return small.keys() >= set(keys) or all(k in small or k in entries for k in keys)
 
     def get_many(self, keys: list[str]) -> list[dict[str, Any]] | None:
         """``get`` of each key, in one go (a fully cached run's loads), or None when one is not
@@ -90,9 +94,9 @@ class MemoryCache:
 
     def put(self, key: str, outputs: dict[str, Any]) -> None:
         for v in outputs.values():
-            if type(v) not in _SCALARS:
+            if type(v) not in _NUMBERS:
                 break
-        else:  # numbers and text: nothing to count, nothing to evict by size
+        else:  # numbers: nothing to count, nothing to evict by size
             self.put_scalars({key: outputs})
             return
         size = nbytes(outputs)
@@ -112,15 +116,15 @@ class MemoryCache:
                 self.used -= self._sizes.pop(old, 0)
 
     def put_scalars(self, items: dict[str, dict[str, Any]]) -> None:
-        """``put`` for many entries of numbers and text only, under one lock: a run keeps its small
-        entries and hands them over together (a put per node was a tenth of a trivial node's cost)."""
+        """``put`` for many entries of numbers only, under one lock: a run keeps its small entries
+        and hands them over together (a put per node was a tenth of a trivial node's cost)."""
         with self._lock:
             small = self._small
             for key in items.keys() & small.keys():  # put again: to the young end
                 del small[key]
             small.update(items)
             if len(small) > self.max_small:
-                keep = list(small.items())[len(small) - self.max_small // 2:]
+                keep = list(small.items())[len(small) - max(1, self.max_small // 2):]
                 small.clear()
                 small.update(keep)
 

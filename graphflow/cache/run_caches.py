@@ -18,7 +18,7 @@ class RunCaches:
         self.bad: set[str] = set()
         self.errors: list[str] = []
         self._in_memory = getattr(memory, "holds", None) or memory.__contains__
-        #: memory-cache entries of numbers and text that a run hands over at its end
+        #: memory-cache entries of numbers only that a run hands over at its end
         #: (``flush``), by fingerprint; meanwhile ``done`` or the run's values hold them
         self.small: dict[str, dict[str, Any]] = {}
 

@@ -311,7 +311,7 @@ class Fingerprints:
         hit = memo.get(mkey)
         if hit is not None and all(_unchanged(p, cid, self.access.max_bytes) for p, cid in hit[1]):
             known = hit[0]
-            if hit[2]:  # every member's key, none holding a token: copied whole
+            if hit[2] == len(members):  # every one of these members' keys, none holding a token: copied whole
                 self.fps.update(known)
                 return
             for m in members:
@@ -357,7 +357,7 @@ class Fingerprints:
             memo.pop(next(iter(memo)))
         plain = not self.tainted and None not in fps.values()  # the usual case: a copy, made in C
         memo[mkey] = (dict(fps) if plain else {m: fp for m, fp in fps.items() if fp is not None and m not in self.tainted},
-                      list(self.files), plain and len(fps) == len(members))
+                      list(self.files), len(fps) if plain else -1)
 
     def _in_order(self, members: list[str]) -> list[tuple[str, Recipe | None, tuple | None]]:
         """(member, its recipe (None for a scope), its plain form) in the order of ``members``,

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from graphflow.cache.memory import SCALARS
+from graphflow.cache.memory import NUMBERS
 from graphflow.cache.run_caches import RunCaches
 from graphflow.document.tree import Link, LinkList, Lit, NodeDef, ParamRef, Ref, ScopeDef
 from graphflow.engine import events as ev
@@ -215,10 +215,12 @@ class Runner:
         d, pure, to_disk = self.recs[m][:3]
         fp = p.fps[m]
         where = p.hits.get(m)
+        twin = None
         if fp is None:
             fp = self.late_key(m)
-            if fp is not None and pure:
-                where = self.stores.lookup(fp, m, self.wanted(m, p))  # a late member: looked up now
+            if fp is not None and pure:  # a late member: looked up now, first among what this run holds
+                twin = next((x for x, f in self.keys.fps.items() if f == fp and x != m and x in self.values), None)
+                where = "run" if twin is not None else self.stores.lookup(fp, m, self.wanted(m, p))
         emit = self.emit if self.emit else None  # asked once per node: built only if someone hears
         if emit is not None:
             emit(ev.NodeStarted(m, d.type, None, self.run_id))
@@ -228,7 +230,7 @@ class Runner:
             s = self.stats[m] = NodeStat(d.type)
         stores = self.stores
         if where:
-            out = stores.load(fp, where, self.wanted(m, p), self.shape.ports[m])
+            out = self.values[twin] if twin is not None else stores.load(fp, where, self.wanted(m, p), self.shape.ports[m])
             if out is None:
                 raise Unloadable(m)
             s.hits += 1
@@ -337,9 +339,9 @@ class Runner:
                         if pure:
                             if to_disk and to_disk_here:
                                 store(fp, out, True)
-                            else:  # RunCaches.store's memory-only case: numbers and text wait for the run's end
+                            else:  # RunCaches.store's memory-only case: numbers wait for the run's end
                                 for v in out.values():
-                                    if type(v) not in SCALARS:
+                                    if type(v) not in NUMBERS:
                                         memory_put(fp, out)
                                         break
                                 else:

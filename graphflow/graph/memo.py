@@ -49,8 +49,9 @@ class Shape:
 
 
 #: (the parameter set serialised, the run options) -> (member -> fingerprint, for those that hold
-#: no run token; the (file, content id) pairs those fingerprints read; whether that is every member)
-Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Path, str]], bool]]
+#: no run token; the (file, content id) pairs those fingerprints read; how many members they are when
+#: none is missing or holds a token, else -1)
+Fingerprints = dict[tuple[bytes, Hashable], tuple[dict[str, str], list[tuple[Path, str]], int]]
 
 
 @dataclass(eq=False)

@@ -160,6 +160,21 @@ def test_a_failed_node_is_not_run_again_when_a_damaged_entry_makes_the_run_re_pl
     assert [e.node for e in r.errors] == ["bad"] and r.stats["bad"].status == "failed"
 
 
+def test_an_entry_already_stored_is_kept_not_written_again(tmp_path):
+    """Batched runs sharing a prompt each store its embeddings under one key: one write."""
+    import torch
+
+    from graphflow.cache.disk import DiskCache
+
+    disk = DiskCache(tmp_path / "c")
+    assert disk.put("ab" * 20, {"vec": torch.ones(2)})
+    first = os.stat(disk.path("ab" * 20))
+    assert disk.put("ab" * 20, {"vec": torch.ones(2)})
+    again = os.stat(disk.path("ab" * 20))
+    assert again.st_ino == first.st_ino and again.st_mtime_ns >= first.st_mtime_ns
+    assert disk.get("ab" * 20, {"vec"})[0]["vec"].tolist() == [1.0, 1.0]
+
+
 def test_damaged_scalar_entry_is_recomputed(tmp_path):
     cache = tmp_path / "cache"
     wf = Workflow.from_dict(VEC_DOC, toy_registry())

@@ -4,6 +4,7 @@ cache keeps within its byte budget."""
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from typing import Annotated, Any
 
@@ -172,7 +173,7 @@ def test_nbytes_of_nested_values():
     import torch
 
     assert nbytes(torch.zeros(10, dtype=torch.float32)) == 40
-    assert nbytes({"a": [Blob(3), (Blob(4), 7)], "b": "text", "c": object()}) == 7
+    assert nbytes({"a": [Blob(3), (Blob(4), 7)], "b": "text", "c": object()}) == 7 + sys.getsizeof("text")
     assert nbytes(None) == 0
 
 
@@ -194,3 +195,13 @@ def test_get_many_gives_each_entry_in_order_repeats_included_or_none_if_one_is_m
     assert list(c._small) == ["b", "a"]  # the order asked: the last asked is the youngest
     assert c.get_many(["a", "gone"]) is None and "a" in c
     assert c.holds_all(["a", "b", "t"]) and not c.holds_all(["a", "gone"])
+
+
+def test_text_counts_against_the_budget_and_is_evicted_like_a_tensor():
+    """Text held nothing the budget counted, so megabytes of it stayed while tensors were evicted."""
+    c = MemoryCache(3 << 20)
+    for k in range(4):
+        c.put(f"text{k}", {"caption": "x" * (1 << 20)})
+    assert c.used <= 3 << 20 and "text0" not in c and "text3" in c
+    c.put("tensor", {"x": Blob(2 << 20)})
+    assert c.used <= 3 << 20 and "text2" not in c and "tensor" in c

@@ -235,7 +235,9 @@ def test_a_damaged_entry_replaced_meanwhile_is_not_deleted(tmp_path):
     disk.put(KEYS[0], {"vec": torch.ones(2)})
     p = disk.path(KEYS[0])
     damaged = os.stat(p)
-    disk.put(KEYS[0], {"vec": torch.ones(2)})  # a new file (a new inode) under the same name
+    new = p.with_name("another-process.tmp")  # another process's atomic write: a new inode under the same name
+    new.write_bytes(p.read_bytes())
+    os.replace(new, p)
     fd = os.open(p.parent, os.O_RDONLY)
     try:
         disk._discard(fd, p.name, damaged)
@@ -295,7 +297,7 @@ def test_puts_do_not_rescan_the_folder_each_time(tmp_path, monkeypatch):
     scan = disk._scan
     monkeypatch.setattr(disk, "_scan", lambda: (scans.update(["scan"]), scan())[1])
     for i in range(150):
-        disk.put(KEYS[i % len(KEYS)], _entry(i))
+        disk.put(f"{i:04x}{'ab' * 30}", _entry(i))
     assert scans["scan"] == 2  # the first put, and once after 100 more (other writers are unseen)
 
 

@@ -213,6 +213,18 @@ def test_load_image_through_a_linked_path_sees_the_new_content_with_a_disk_cache
     assert r3.runs("load") == 0 and r3.runs("mean") == 0
 
 
+def test_equal_nodes_on_one_linked_path_read_it_once_even_where_the_memory_cache_keeps_nothing(tmp_path):
+    """Their keys are known only once the path arrives (late members): the second finds the first's
+    outputs among what the run computed, not in a cache."""
+    pic = png(tmp_path / "pic.png", (255, 0, 0))
+    doc = {**LINKED_IMAGE, "nodes": {**LINKED_IMAGE["nodes"], "again": {"type": "LoadImage", "inputs": {"path": link("where.value")}}},
+           "outputs": {**LINKED_IMAGE["outputs"], "copy": "again.image"}}
+    r = Executor(memory_budget=0).run(Workflow.from_dict(doc).with_params(image=str(pic)))
+    assert r.ok, r.errors
+    assert (r.runs("load"), r.runs("again"), r.stats["again"].hits) == (1, 0, 1)
+    assert r["red"] == 1.0 and float(r["copy"][0, 0].mean()) == 1.0
+
+
 def test_file_input_fed_by_a_link_is_read_again_after_an_edit(tmp_path):
     f = tmp_path / "note.txt"
     f.write_text("one")

@@ -94,6 +94,7 @@ def test_per_sample_with_distinct_computes_equal_inputs_once_and_gives_each_call
     ids = [torch.tensor([[1, 7]]), torch.tensor([[2, 7]]), torch.tensor([[1, 7]]), torch.tensor([[3, 7]])]
     out = CoRun().run([lambda x=x: per_sample(Context(), "te", (x,), encode, distinct=True) for x in ids])
     assert seen == [[1, 2, 3]]  # one call, each distinct row once
+    assert all(a.untyped_storage().nbytes() == a.nbytes for a, _ in out)  # each its own rows, not a view of the batch
     assert [(a.tolist(), b.tolist()) for a, b in out] == [([[2, 14]], [[1]]), ([[4, 14]], [[2]]), ([[2, 14]], [[1]]),
                                                           ([[6, 14]], [[3]])]
     seen.clear()
