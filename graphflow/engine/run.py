@@ -77,6 +77,7 @@ class Runner:
         self.cancel = cancel
         self.emit = emit
         self.values: dict[str, dict[str, Any]] = stores.done  # what this run computed, by member
+        self.by_key: dict[str, str] | None = None  # see run_top
         self.shape = shape(self.c)
         self.specs = self.c.memo.input_specs
         self.recs = _records(self.c, self.shape, self.inputs_of)
@@ -219,7 +220,10 @@ class Runner:
         if fp is None:
             fp = self.late_key(m)
             if fp is not None and pure:  # a late member: looked up now, first among what this run holds
-                twin = next((x for x, f in self.keys.fps.items() if f == fp and x != m and x in self.values), None)
+                if self.by_key is None:  # member by fingerprint (the first of equals), made at the first late member
+                    self.by_key = {f: x for x, f in reversed(self.keys.fps.items()) if f is not None}
+                x = self.by_key.setdefault(fp, m)
+                twin = x if x != m and x in self.values else None
                 where = "run" if twin is not None else self.stores.lookup(fp, m, self.wanted(m, p))
         emit = self.emit if self.emit else None  # asked once per node: built only if someone hears
         if emit is not None:
