@@ -6,7 +6,6 @@ residuals as an input: ``LoadAdapter`` → ``AdapterResiduals`` → ``PredictNoi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,8 +17,6 @@ from pydantic import Field
 
 from graphflow.node_api import Context, FileInput, Inputs, Node, Outputs, checked_input, content_id
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-PICKLES = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.ckpt", "diffusion_pytorch_model.pt")
 
 
 class AdapterError(ValueError):
@@ -28,20 +25,10 @@ class AdapterError(ValueError):
 
 def check_adapter_folder(path: Path) -> dict:
     """The adapter's config, once the folder is known to be a diffusers T2I-Adapter with
-    safetensors weights: a pickle is refused unread (loading one can run code)."""
-    if not path.is_dir():
-        raise AdapterError(f"{path}: a T2I-Adapter is a diffusers folder (config.json and {WEIGHTS}), not a single file")
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"{path} has no readable config.json ({e}): not a diffusers T2I-Adapter folder") from None
-    if config.get("_class_name") != "T2IAdapter":
-        raise AdapterError(f"{path} holds a {config.get('_class_name')!r}, not a T2IAdapter")
-    if not (path / WEIGHTS).is_file():
-        pickled = [p for p in PICKLES if (path / p).exists()]
-        why = f"it has only {pickled[0]}, a pickle, which graphflow never opens (it can run code)" if pickled else "it has none"
-        raise AdapterError(f"{path}: a T2I-Adapter's weights are read from {WEIGHTS}; {why}")
-    return config
+    safetensors weights."""
+    from graphflow_nodes.loading.model_refs import diffusers_config
+
+    return diffusers_config(path, "T2IAdapter", "a T2I-Adapter", AdapterError)
 
 
 @dataclass(frozen=True)

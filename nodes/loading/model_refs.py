@@ -4,6 +4,7 @@ LoadModel and the single-file checkpoint loader, which hand these references out
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,30 @@ def _warm_loaders() -> None:
 
 
 while_hashing(_warm_loaders)
+
+
+SAFE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+PICKLED_WEIGHTS = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.ckpt", "diffusion_pytorch_model.pt")
+
+
+def diffusers_config(path: Path, class_name: str, kind: str, error: type[Exception] = ValueError, hint: str = "") -> dict:
+    """The config of a diffusers folder that must hold a ``class_name`` (``kind``: what the user
+    named, with its article, for the messages), once its weights are known to be the safetensors
+    file: a folder whose weights are only a pickle is refused naming it, unopened (loading a pickle
+    can run code). Checked when the folder is named, before anything loads."""
+    if not path.is_dir():
+        raise error(f"{path} is not a folder: {kind} is a diffusers folder (config.json and {SAFE_WEIGHTS}){hint}")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise error(f"{path} has no readable config.json ({e}): not a diffusers {class_name} folder") from None
+    if config.get("_class_name") != class_name:
+        raise error(f"{path} holds a {config.get('_class_name')!r}, not {kind}")
+    if not (path / SAFE_WEIGHTS).is_file():
+        pickled = [p for p in PICKLED_WEIGHTS if (path / p).exists()]
+        why = f"it has only {pickled[0]}, a pickle, which graphflow never opens (it can run code)" if pickled else "it has none"
+        raise error(f"{path}: {kind}'s weights are read from {SAFE_WEIGHTS}; {why}")
+    return config
 
 
 def read_model_index(path: Path) -> str:

@@ -19,13 +19,10 @@ whatever VAE they hold (TAESD's are 1 and 0: it reads the sampler's latents as t
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-TINY_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 PREVIEW_FORMATS = ("auto", "sd15", "sdxl", "sd3", "flux")
 
@@ -104,20 +101,10 @@ class TinyDecoder:
         self.config()
 
     def config(self) -> dict:
-        folder = Path(self.path)
-        if not folder.is_dir():
-            raise ValueError(f"{folder} is not a folder: a preview decoder is a diffusers AutoencoderTiny folder "
-                             f"(config.json and {TINY_WEIGHTS}), e.g. madebyollin/taesd")
-        try:
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{folder} has no readable config.json ({e}): not a diffusers AutoencoderTiny folder") from None
-        if config.get("_class_name") != "AutoencoderTiny":
-            raise ValueError(f"{folder} holds a {config.get('_class_name')!r}, not an AutoencoderTiny (TAESD) decoder")
-        if not (folder / TINY_WEIGHTS).is_file():
-            raise ValueError(f"{folder}: an AutoencoderTiny's weights are read from {TINY_WEIGHTS}, which it lacks "
-                             "(a pickled .bin is never opened: loading one can run code)")
-        return config
+        from graphflow_nodes.loading.model_refs import diffusers_config
+
+        return diffusers_config(Path(self.path), "AutoencoderTiny", "an AutoencoderTiny (TAESD) decoder",
+                                hint=", e.g. madebyollin/taesd")
 
     def load(self, manager: Any) -> Any:
         from diffusers import AutoencoderTiny
