@@ -27,6 +27,15 @@ def prompt(name: str) -> dict:
     return json.loads((DATA / f"{name}.json").read_text())
 
 
+def drawn(doc: dict, params: dict, ex: Executor | None = None):
+    """A translated prompt's picture: its SaveImage (n9) left out, VAEDecode's image the output."""
+    del doc["nodes"]["n9"]
+    doc["outputs"] = {"image": "n8.image"}
+    r = (ex or Executor()).run(Workflow.from_dict(doc).with_params(**params))
+    assert r.ok, r.errors
+    return r
+
+
 def comfy_sdxl(model: Path, pos: tuple[str, str, list], neg: tuple[str, str, list], seed: int, cfg: float, steps: int, size: int) -> torch.Tensor:
     """ComfyUI's KSampler (euler, karras) on an SDXL model: each side (CLIP-L text, bigG text,
     size conditions)."""
@@ -84,10 +93,7 @@ def test_an_sdxl_prompt_is_comfyuis_sdxl_arithmetic(tiny_sdxl):
     assert id_map["6"] == ["n6_l", "n6_g", "n6", "n6_size"] and params["text_g"] == "a lighthouse on a cliff, (dramatic:1.3) sky"
     assert doc["nodes"]["n3_embeddings"]["type"] == "CFGConditions" and doc["nodes"]["n3"]["body"]["n3_unet"]["type"] == "PredictNoiseXL"
     assert doc["nodes"]["n3_schedule"]["inputs"]["translated_for"] == "sdxl"
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3})
     want = comfy_sdxl(tiny_sdxl, ("oil painting", params["text_g"], [4096, 4096, 0, 0, 1024, 1024]),
                       ("blurry, lowres", "blurry, lowres", [64, 64, 0, 0, 64, 64]), 31, 6.5, 3, 64)
     assert (r["image"] - want).abs().max() < 1e-4
@@ -163,10 +169,7 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
     doc, params, id_map = translate(p, family_of=lambda name: "sd3")
     assert id_map["10"] == [] and doc["nodes"]["n3_schedule"]["inputs"]["shift"] == {"param": "shift"} and params["shift"] == 2.0
     assert doc["nodes"]["n5"]["inputs"]["channels"] == 16 and doc["nodes"]["n6_t5"]["inputs"]["max_sequence_length"] == 77
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3})
     want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform")
     assert (r["image"] - want).abs().max() < 1e-4
     # VAEEncodeForInpaint on SD3: ComfyUI's greyed picture, box-grown mask and blends, with a flow model's noise scaling
@@ -183,11 +186,7 @@ def test_an_sd3_prompt_is_comfyuis_flow_arithmetic(tiny_sd3, tmp_path):
     ip["3"]["inputs"]["latent_image"] = ["13", 0]
     idoc, iparams, _ = translate(ip, family_of=lambda name: "sd3")
     assert list(idoc["nodes"]["n3"]["body"]) == ["n3_inpaint", "n3_transformer", "n3_cfg", "n3_keep", "n3_step"]
-    del idoc["nodes"]["n9"]
-    idoc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(idoc).with_params(**{**iparams, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "sd3-photo.png"),
-                                                               "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(idoc, {**iparams, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "sd3-photo.png"), "steps": 3})
     want = comfy_sd3(tiny_sd3, p["6"]["inputs"]["text"], "", 11, 4.5, 3, 32, 2.0, "sgm_uniform",
                      inpaint=encode_for_inpaint(tmp_path / "sd3-photo.png"))
     assert (r["image"] - want).abs().max() < 1e-4
@@ -233,11 +232,7 @@ def test_an_sd3_controlnet_is_comfyuis_arithmetic(tiny_sd3, tmp_path, strength, 
     doc, params, _ = translate(p, family_of=lambda name: "sd3")
     assert list(doc["nodes"]["n3"]["body"]) == ["n3_control_scale", "n3_control", "n3_transformer", "n3_cfg", "n3_step"]
     assert doc["nodes"]["n3_control_latents"]["inputs"]["mode"] == "mean"
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "edges.png"),
-                                                              "width": 32, "height": 32, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_sd3), "image": str(tmp_path / "edges.png"), "width": 32, "height": 32, "steps": 3})
     net = SD3ControlNetModel.from_pretrained(net_path).eval()
     hint = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
     from graphflow_nodes.comfy.samplers import ModelSamplingFlow
@@ -331,10 +326,7 @@ def test_a_flux_prompt_is_comfyuis_flux_arithmetic(tiny_flux, cfg):
     body = doc["nodes"]["n3"]["body"]
     assert params["guidance"] == 2.5 and ("cfg" in params) == (cfg != 1.0)
     assert [b["type"] for b in body.values()] == (["PredictFlux", "SchedulerStep"] if cfg == 1.0 else ["PredictFlux", "PredictFlux", "TrueCFG", "SchedulerStep"])
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3})
     want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", cfg=cfg)
     assert (r["image"] - want).abs().max() < 1e-4
 
@@ -357,11 +349,7 @@ def test_flux_inpainting_is_comfyuis_arithmetic(tiny_flux, tmp_path):
     doc, params, _ = translate(p, family_of=lambda name: "flux")
     assert list(doc["nodes"]["n3"]["body"]) == ["n3_inpaint", "n3_cfg", "n3_keep", "n3_step"]
     assert doc["nodes"]["n3_mask"]["inputs"]["pack"] is True and doc["nodes"]["n3_pack_image"]["type"] == "PackLatents"
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "flux-photo.png"),
-                                                              "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "flux-photo.png"), "steps": 3})
     shift = 1.15  # ModelSamplingFlux at 1024 × 1024
     want = comfy_flux(tiny_flux, p["6"]["inputs"]["text"], 21, 2.5, 3, 32, shift, "simple", inpaint=encode_for_inpaint(tmp_path / "flux-photo.png"))
     assert (r["image"] - want).abs().max() < 1e-4
@@ -396,11 +384,7 @@ def test_a_flux_controlnet_is_comfyuis_arithmetic(tiny_flux, tmp_path, cfg, end)
     body = list(doc["nodes"]["n3"]["body"])
     assert body == (["n3_control_scale", "n3_positive_control", "n3_cfg", "n3_step"] if cfg == 1.0 else
                     ["n3_control_scale", "n3_positive_control", "n3_transformer", "n3_negative_control", "n3_negative", "n3_cfg", "n3_step"])
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "edges.png"),
-                                                              "width": 32, "height": 32, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_flux), "image": str(tmp_path / "edges.png"), "width": 32, "height": 32, "steps": 3})
     net = FluxControlNetModel.from_pretrained(net_path).eval()
     hint = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
     shift = 1.15
@@ -508,10 +492,7 @@ def test_sdxl_inpainting_keeps_the_picture_and_an_sdxl_controlnet_steers(tiny_sd
     plain["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
     del plain["13"], plain["14"]
     pdoc, pparams, _ = translate(plain, family_of=lambda name: "sdxl")
-    del pdoc["nodes"]["n9"]
-    pdoc["outputs"] = {"image": "n8.image"}
-    r = ex.run(Workflow.from_dict(pdoc).with_params(**{**pparams, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"), "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(pdoc, {**pparams, "checkpoint": str(tiny_sdxl), "image": str(tmp_path / "photo.png"), "steps": 3}, ex)
     assert (r["image"] - off["image"]).abs().max() < 1e-6  # strength 0: the ControlNet adds nothing
 
 
@@ -551,10 +532,7 @@ def test_sdxl_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tin
     node = doc["nodes"]["n3"]["body"]["n3_cfg"]
     assert node["type"] == "PredictConditioned" and node["inputs"]["positive_time_ids"] == [{"from": "n6_size.time_ids"},
                                                                                             {"from": "n3_positive_size1.time_ids"}]
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_sdxl), "width": 64, "height": 64, "steps": 3})
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet").eval()
     vae = AutoencoderKL.from_pretrained(tiny_sdxl, subfolder="vae").eval()
@@ -607,10 +585,7 @@ def test_sd3_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tiny
     node = doc["nodes"]["n3"]["body"]["n3_cfg"]
     assert node["type"] == "PredictConditioned" and node["inputs"]["shift"] == {"param": "shift"}
     assert node["inputs"]["positive_pooled"] == [{"from": "n6.pooled"}, {"from": "n12.pooled"}]
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_sd3), "width": 32, "height": 32, "steps": 3})
 
     tr = SD3Transformer2DModel.from_pretrained(tiny_sd3, subfolder="transformer").eval()
     vae = AutoencoderKL.from_pretrained(tiny_sd3, subfolder="vae").eval()
@@ -673,10 +648,7 @@ def test_flux_combined_and_time_ranged_conditionings_are_comfyuis_arithmetic(tin
     assert node["type"] == "PredictConditioned" and node["inputs"]["flux"] is True
     assert node["inputs"]["positive_guidance"] == [{"from": "n3_positive_guidance0.value"}, {"from": "n3_positive_guidance1.value"}]
     assert doc["nodes"]["n3_positive_guidance0"]["inputs"]["value"] == {"param": "guidance"} and node["inputs"]["negative_guidance"] == [3.5, 3.5]
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "checkpoint": str(tiny_flux), "width": 32, "height": 32, "steps": 3})
 
     tr = FluxTransformer2DModel.from_pretrained(tiny_flux, subfolder="transformer").eval()
     vae = AutoencoderKL.from_pretrained(tiny_flux, subfolder="vae").eval()
@@ -738,10 +710,7 @@ def test_an_sdxl_refiner_prompt_is_comfyuis_refiner_arithmetic(tiny_sdxl_refiner
     doc, params, id_map = translate(p)
     assert id_map["6"] == ["n6", "n6_size"] and params["refiner_text"] == p["6"]["inputs"]["text"]
     assert doc["nodes"]["n3_negative_size0"]["inputs"] == {"latents": {"from": "n5.latents"}, "aesthetic_score": 2.5}
-    del doc["nodes"]["n9"]
-    doc["outputs"] = {"image": "n8.image"}
-    r = Executor().run(Workflow.from_dict(doc).with_params(**{**params, "width": 64, "height": 64, "steps": 3}))
-    assert r.ok, r.errors
+    r = drawn(doc, {**params, "width": 64, "height": 64, "steps": 3})
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sdxl_refiner, subfolder="unet").eval()
     vae = AutoencoderKL.from_pretrained(tiny_sdxl_refiner, subfolder="vae").eval()
