@@ -37,11 +37,9 @@ class Plan:
     hits: dict[str, str]
     #: member -> the output ports that later steps and the workflow's outputs read ("*": all)
     consumed: dict[str, set[str]]
-    #: member -> how many steps still read it, plus one if it is in ``keep`` (its values are
-    #: dropped at zero)
+    #: member -> how many steps still read it, plus one if the caller gets its outputs
+    #: (``Shape.keep``): its values are dropped at zero
     remaining: dict[str, int] = field(default_factory=dict)
-    #: members whose outputs are returned to the caller
-    keep: set[str] = field(default_factory=set)
 
 
 def shape(c) -> Shape:
@@ -119,14 +117,14 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
     if empty is not None and empty():  # nothing to find (a fresh executor, no disk cache): every member is a step
         if c.memo.all_remaining is None:
             c.memo.all_remaining = _remaining(c, sh.members, hits, sh.keep)
-        return Plan(list(sh.members), dict(fps), hits, sh.consumed, dict(c.memo.all_remaining), sh.keep)
+        return Plan(list(sh.members), dict(fps), hits, sh.consumed, dict(c.memo.all_remaining))
     if sh.kept is not None:  # a fully cached re-run: what the caller gets is all in memory
         in_memory = getattr(index, "all_in_memory", None)
         kept_fps = [fps[n] for n in sh.kept]
         if in_memory is not None and None not in kept_fps and in_memory(kept_fps):
             hits = dict.fromkeys(sh.kept, "memory")
             return Plan(list(sh.kept), dict(zip(sh.kept, kept_fps)), hits, sh.consumed,
-                        _remaining(c, sh.kept, hits, sh.keep), sh.keep)
+                        _remaining(c, sh.kept, hits, sh.keep))
     walk = _walk(c, sh)
     active: set[str] = set()
     stack = list(sh.keep)
@@ -151,8 +149,8 @@ def plan(keys: Fingerprints, index: CacheIndex) -> Plan:
         if not hits:
             if c.memo.all_remaining is None:
                 c.memo.all_remaining = _remaining(c, steps, hits, sh.keep)
-            return Plan(steps, step_fps, hits, sh.consumed, dict(c.memo.all_remaining), sh.keep)
-    return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits, sh.keep), sh.keep)
+            return Plan(steps, step_fps, hits, sh.consumed, dict(c.memo.all_remaining))
+    return Plan(steps, step_fps, hits, sh.consumed, _remaining(c, steps, hits, sh.keep))
 
 
 def _walk(c, sh: Shape) -> dict[str, tuple]:
